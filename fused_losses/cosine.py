@@ -1,0 +1,103 @@
+"""Masked cosine angle loss (docs/spec.md 3.3.3 and 4).
+
+n = max(||(a0, a1)||, 1e-12)      (as F.normalize)
+c = (a0 sin t + a1 cos t) / n
+L = sum((1 - c) m) / (sum(m) + eps)
+dc/da = (e - c a / n) / n with e = (sin t, cos t)   (= e / 1e-12 where ||a|| < 1e-12)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import (
+    PrecomputedGradient,
+    compute_dtype,
+    needs_grad,
+    raise_triton_pending,
+    resolve_backend,
+)
+from .validation import (
+    check_floating,
+    check_number,
+    check_real,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
+
+NORM_EPS = 1e-12  # F.normalize's default
+
+
+def cosine_terms(
+    a: torch.Tensor, sin_t: torch.Tensor, cos_t: torch.Tensor, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(1 - c [B,1,H,W], d(1 - c)/da [B,2,H,W] or None) for a [B,2,H,W], sin_t/cos_t [B,1,1,1]."""
+    a0, a1 = a[:, 0:1], a[:, 1:2]
+    norm = torch.sqrt(a0 * a0 + a1 * a1)
+    n = norm.clamp_min(NORM_EPS)
+    c = (a0 * sin_t + a1 * cos_t) / n
+    if not need_grad:
+        return 1 - c, None
+    small = norm < NORM_EPS
+    g0 = torch.where(small, sin_t / n, (sin_t - c * a0 / n) / n)
+    g1 = torch.where(small, cos_t / n, (cos_t - c * a1 / n) / n)
+    return 1 - c, -torch.cat([g0, g1], dim=1)
+
+
+def masked_cosine_loss(
+    pred: torch.Tensor,
+    target_angle: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    eps: float = 1e-7,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """sum((1 - cos(angle(pred) - t)) m) / (sum(m) + eps).
+
+    pred [B,2,H,W] holds (sin, cos) at any non-zero scale (normalised inside); target_angle [B]
+    radians; mask [B,1,H,W]. Gradient flows into ``pred``. Returns a 0-dim float32 tensor (float64
+    for float64 pred).
+    """
+    check_tensor("pred", pred)
+    check_floating("pred", pred)
+    check_shape("pred", pred, [None, 2, None, None], "[B, 2, H, W]")
+    b, _, h, w = pred.shape
+    check_tensor("target_angle", target_angle)
+    check_real("target_angle", target_angle)
+    check_shape("target_angle", target_angle, [b], f"[{b}]")
+    check_tensor("mask", mask)
+    check_real("mask", mask)
+    check_shape("mask", mask, [b, 1, h, w], f"[{b}, 1, {h}, {w}]")
+    check_same_device({"pred": pred, "target_angle": target_angle, "mask": mask})
+    eps = check_number("eps", eps, nonneg=True)
+    if resolve_backend(backend, pred.device) == "triton":
+        raise_triton_pending("masked_cosine_loss")
+    (need,) = needs_grad(pred)
+
+    def value_and_grad(a: torch.Tensor, t: torch.Tensor, m: torch.Tensor):
+        cdt = compute_dtype(a.dtype)
+        tc = t.to(cdt).view(-1, 1, 1, 1)
+        mc = m.to(cdt)
+        one_minus_c, grad = cosine_terms(a.to(cdt), torch.sin(tc), torch.cos(tc), need)
+        denom = mc.sum() + eps
+        loss = (one_minus_c * mc).sum() / denom
+        if grad is not None:
+            grad = grad * (mc / denom)
+        return loss, loss.new_zeros(0), (grad, None, None)
+
+    loss, _ = PrecomputedGradient.apply(value_and_grad, pred, target_angle, mask)
+    return loss
+
+
+class MaskedCosineLoss(torch.nn.Module):
+    """Module form of :func:`masked_cosine_loss`; ``forward(pred, target_angle, mask)``."""
+
+    def __init__(self, eps: float = 1e-7, backend: str = "auto") -> None:
+        super().__init__()
+        self.eps, self.backend = eps, backend
+
+    def forward(
+        self, pred: torch.Tensor, target_angle: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
+        return masked_cosine_loss(pred, target_angle, mask, eps=self.eps, backend=self.backend)

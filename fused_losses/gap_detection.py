@@ -1,0 +1,411 @@
+"""The gap-detection loss of a slider-captcha solver as one fused op (docs/spec.md 3).
+
+Inputs at 1/4 resolution (stride 4), B images, Hf x Wf maps:
+
+    heatmap_gap, heatmap_piece [B,1,Hf,Wf]   probabilities (logits with from_logits=True)
+    offset [B,4,Hf,Wf]                       (du_gap, dv_gap, du_piece, dv_piece)
+    angle  [B,2,Hf,Wf]                       (sin, cos) of the gap rotation, any scale
+    gap_center, piece_center [B,2]           (x, y) input pixels
+    gap_angle [B]                            radians
+    confusers [B,K,2], confuser_mask [B,K]   fake gaps (hard negatives)
+    padding_mask [B,1,H,W] | valid_box [B,4] letterbox padding, H = Hf * stride
+
+Total = w_heatmap (L_heat_gap + L_heat_piece) + w_offset L_offset + w_angle L_angle
+        + w_hard_negative L_hard_negative, each term as in the component ops (focal.py,
+smooth_l1.py, cosine.py, hard_negative.py), with labels (Gaussian heatmaps, offset targets, the
+padding weight W) generated from the coordinates inside the op.
+
+The torch backend computes every term and its analytic gradient in one forward pass and keeps only
+the four prediction gradients for backward, which scales them by the upstream gradient. The triton
+backend runs the same math as Triton kernels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import (
+    PrecomputedGradient,
+    compute_dtype,
+    needs_grad,
+    raise_triton_pending,
+    resolve_backend,
+)
+from .cosine import cosine_terms
+from .focal import focal_terms
+from .hard_negative import hard_negative_terms, negative_validity
+from .labels import CENTERS, gaussian_factors, offset_target, weight_from_padding
+from .smooth_l1 import smooth_l1_terms
+from .validation import (
+    check_choice,
+    check_floating,
+    check_mask_dtype,
+    check_number,
+    check_padding,
+    check_positive_int,
+    check_real,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
+
+COMPONENTS = ("heatmap_gap", "heatmap_piece", "offset", "angle", "hard_negative")
+
+
+def check_options(
+    *,
+    stride: int,
+    sigma: float,
+    center: str,
+    alpha: float,
+    beta: float,
+    pos_threshold: float,
+    reg_threshold: float,
+    margin: float,
+    w_heatmap: float,
+    w_offset: float,
+    w_angle: float,
+    w_hard_negative: float,
+    from_logits: bool,
+    eps: float,
+    backend: str,
+) -> dict:
+    """Validate the loss options; returns them with numbers as floats."""
+    from .backend import BACKENDS
+
+    check_choice("center", center, CENTERS)
+    check_choice("backend", backend, BACKENDS)
+    if not isinstance(from_logits, bool):
+        raise TypeError(f"from_logits: expected a bool, got {type(from_logits).__name__}")
+    return dict(
+        stride=check_positive_int("stride", stride),
+        sigma=check_number("sigma", sigma, positive=True),
+        center=center,
+        alpha=check_number("alpha", alpha, nonneg=True),
+        beta=check_number("beta", beta, nonneg=True),
+        pos_threshold=check_number("pos_threshold", pos_threshold),
+        reg_threshold=check_number("reg_threshold", reg_threshold),
+        margin=check_number("margin", margin),
+        w_heatmap=check_number("w_heatmap", w_heatmap),
+        w_offset=check_number("w_offset", w_offset),
+        w_angle=check_number("w_angle", w_angle),
+        w_hard_negative=check_number("w_hard_negative", w_hard_negative),
+        from_logits=from_logits,
+        eps=check_number("eps", eps, nonneg=True),
+        backend=backend,
+    )
+
+
+def check_inputs(
+    heatmap_gap: torch.Tensor,
+    heatmap_piece: torch.Tensor,
+    offset: torch.Tensor,
+    angle: torch.Tensor,
+    gap_center: torch.Tensor,
+    piece_center: torch.Tensor,
+    gap_angle: torch.Tensor,
+    confusers: torch.Tensor | None,
+    confuser_mask: torch.Tensor | None,
+    padding_mask: torch.Tensor | None,
+    valid_box: torch.Tensor | None,
+    stride: int,
+) -> None:
+    """SPEC 3.5: shapes, dtypes and devices, from metadata only (no device sync)."""
+    for name, x in (
+        ("heatmap_gap", heatmap_gap),
+        ("heatmap_piece", heatmap_piece),
+        ("offset", offset),
+        ("angle", angle),
+    ):
+        check_tensor(name, x)
+        check_floating(name, x)
+    check_shape("heatmap_gap", heatmap_gap, [None, 1, None, None], "[B, 1, Hf, Wf]")
+    b, _, hf, wf = heatmap_gap.shape
+    if hf < 2 or wf < 2:
+        raise ValueError(f"heatmap_gap: expected Hf, Wf >= 2, got [{b}, 1, {hf}, {wf}]")
+    check_shape("heatmap_piece", heatmap_piece, [b, 1, hf, wf], f"[{b}, 1, {hf}, {wf}]")
+    check_shape("offset", offset, [b, 4, hf, wf], f"[{b}, 4, {hf}, {wf}]")
+    check_shape("angle", angle, [b, 2, hf, wf], f"[{b}, 2, {hf}, {wf}]")
+    for name, x, shape, pretty in (
+        ("gap_center", gap_center, [b, 2], f"[{b}, 2]"),
+        ("piece_center", piece_center, [b, 2], f"[{b}, 2]"),
+        ("gap_angle", gap_angle, [b], f"[{b}]"),
+    ):
+        check_tensor(name, x)
+        check_real(name, x)
+        check_shape(name, x, shape, pretty)
+    if confusers is not None:
+        check_tensor("confusers", confusers)
+        check_real("confusers", confusers)
+        check_shape("confusers", confusers, [b, None, 2], f"[{b}, K, 2]")
+    if confuser_mask is not None:
+        if confusers is None:
+            raise ValueError("confuser_mask: given without confusers")
+        check_tensor("confuser_mask", confuser_mask)
+        check_mask_dtype("confuser_mask", confuser_mask)
+        k = confusers.shape[1]
+        check_shape("confuser_mask", confuser_mask, [b, k], f"[{b}, {k}]")
+    check_padding(padding_mask, valid_box, b, (hf, wf), stride)
+    check_same_device(
+        {
+            "heatmap_gap": heatmap_gap,
+            "heatmap_piece": heatmap_piece,
+            "offset": offset,
+            "angle": angle,
+            "gap_center": gap_center,
+            "piece_center": piece_center,
+            "gap_angle": gap_angle,
+            "confusers": confusers,
+            "confuser_mask": confuser_mask,
+            "padding_mask": padding_mask,
+            "valid_box": valid_box,
+        }
+    )
+
+
+def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
+    """The torch backend's fused forward: (total, components [5], (grads of the 11 inputs))."""
+
+    def value_and_grad(hg, hp, off, ang, gc, pc, ga, conf, cmask, pmask, vbox):
+        cdt = compute_dtype(torch.promote_types(torch.promote_types(hg.dtype, hp.dtype), off.dtype))
+        cdt = compute_dtype(torch.promote_types(cdt, ang.dtype))
+        b, _, hf, wf = hg.shape
+        stride, eps = opts["stride"], opts["eps"]
+        centers = torch.stack([gc, pc], dim=1).to(cdt)  # [B, 2 (gap, piece), 2]
+        gy, gx = gaussian_factors(centers, (hf, wf), opts["sigma"], stride, opts["center"], cdt)
+        y = gy[..., :, None] * gx[..., None, :]  # [B, 2, Hf, Wf]
+        w = weight_from_padding(pmask, vbox, (hf, wf), stride, cdt)  # [B,1,Hf,Wf] or None
+        sum_w = w.sum() if w is not None else torch.tensor(float(b * hf * wf), dtype=cdt)
+
+        # Focal on both heatmaps at once: channel 0 gap, channel 1 piece.
+        x = torch.cat([hg, hp], dim=1).to(cdt)
+        f, df, _ = focal_terms(
+            x,
+            y,
+            alpha=opts["alpha"],
+            beta=opts["beta"],
+            pos_threshold=opts["pos_threshold"],
+            from_logits=opts["from_logits"],
+            eps=eps,
+            need_grad=need[0] or need[1],
+        )
+        heat_scale = 1 / (sum_w + eps)
+        fw = f * w if w is not None else f
+        l_heat = fw.sum(dim=(0, 2, 3)) * heat_scale  # [2]
+
+        # Offsets and angle on the cells where Y > reg_threshold, weighted by W.
+        m = (y > opts["reg_threshold"]).to(cdt)
+        if w is not None:
+            m = m * w
+        reg_scale = 1 / (m.sum(dim=(0, 2, 3)) + eps)  # [2]
+        t = offset_target(centers, stride, cdt).reshape(b, 4, 1, 1)
+        s, ds = smooth_l1_terms(off.to(cdt) - t, 1.0, need[2])
+        s = s.view(b, 2, 2, hf, wf).sum(2)  # [B, 2 (gap, piece), Hf, Wf]
+        l_off = ((s * m).sum(dim=(0, 2, 3)) * reg_scale).sum()
+        tc = ga.to(cdt).view(b, 1, 1, 1)
+        one_minus_c, dcos = cosine_terms(ang.to(cdt), torch.sin(tc), torch.cos(tc), need[3])
+        m_gap = m[:, 0:1]
+        l_ang = (one_minus_c * m_gap).sum() * reg_scale[0]
+
+        # Hard negatives on bilinear samples of the gap probabilities.
+        if opts["from_logits"]:
+            probs = torch.sigmoid(x[:, 0])
+        else:
+            probs = x[:, 0]
+        if conf is None:
+            conf = gc.new_zeros(b, 0, 2)
+        valid = negative_validity(conf, cmask, w, (hf, wf), stride, cdt)
+        l_hard, g_hard = hard_negative_terms(
+            probs, gc, conf, valid, opts["margin"], stride, need[0]
+        )
+
+        wh, wo, wa, wn = (opts[k] for k in ("w_heatmap", "w_offset", "w_angle", "w_hard_negative"))
+        total = wh * l_heat.sum() + wo * l_off + wa * l_ang + wn * l_hard
+        comps = torch.stack([l_heat[0], l_heat[1], l_off, l_ang, l_hard]).detach()
+
+        g_hg = g_hp = g_off = g_ang = None
+        if df is not None:
+            g_heat = df * (wh * heat_scale)
+            if w is not None:
+                g_heat = g_heat * w
+            if need[0]:
+                g_hg = g_heat[:, 0:1]
+                if g_hard is not None:
+                    g_n = g_hard.view(b, 1, hf, wf) * wn
+                    if opts["from_logits"]:
+                        g_n = g_n * (probs * (1 - probs))[:, None]
+                    g_hg = g_hg + g_n
+            g_hp = g_heat[:, 1:2] if need[1] else None
+        if ds is not None:
+            g_off = ds.view(b, 2, 2, hf, wf) * (m * (wo * reg_scale).view(1, 2, 1, 1))[:, :, None]
+            g_off = g_off.view(b, 4, hf, wf)
+        if dcos is not None:
+            g_ang = dcos * (m_gap * (wa * reg_scale[0]))
+        return total, comps, (g_hg, g_hp, g_off, g_ang) + (None,) * 7
+
+    return value_and_grad
+
+
+def gap_detection_loss(
+    heatmap_gap: torch.Tensor,
+    heatmap_piece: torch.Tensor,
+    offset: torch.Tensor,
+    angle: torch.Tensor,
+    gap_center: torch.Tensor,
+    piece_center: torch.Tensor,
+    gap_angle: torch.Tensor,
+    confusers: torch.Tensor | None = None,
+    confuser_mask: torch.Tensor | None = None,
+    padding_mask: torch.Tensor | None = None,
+    valid_box: torch.Tensor | None = None,
+    return_components: bool = False,
+    *,
+    stride: int = 4,
+    sigma: float = 1.5,
+    center: str = "cell",
+    alpha: float = 1.5,
+    beta: float = 4.0,
+    pos_threshold: float = 0.9,
+    reg_threshold: float = 0.7,
+    margin: float = 0.25,
+    w_heatmap: float = 1.0,
+    w_offset: float = 1.0,
+    w_angle: float = 0.2,
+    w_hard_negative: float = 1.0,
+    from_logits: bool = False,
+    eps: float = 1e-7,
+    backend: str = "auto",
+) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Functional form of :class:`GapDetectionLoss` (same arguments; see the module docstring)."""
+    opts = check_options(
+        stride=stride,
+        sigma=sigma,
+        center=center,
+        alpha=alpha,
+        beta=beta,
+        pos_threshold=pos_threshold,
+        reg_threshold=reg_threshold,
+        margin=margin,
+        w_heatmap=w_heatmap,
+        w_offset=w_offset,
+        w_angle=w_angle,
+        w_hard_negative=w_hard_negative,
+        from_logits=from_logits,
+        eps=eps,
+        backend=backend,
+    )
+    return _gap_detection_loss(
+        opts,
+        (
+            heatmap_gap,
+            heatmap_piece,
+            offset,
+            angle,
+            gap_center,
+            piece_center,
+            gap_angle,
+            confusers,
+            confuser_mask,
+            padding_mask,
+            valid_box,
+        ),
+        return_components,
+    )
+
+
+def _gap_detection_loss(opts: dict, inputs: tuple, return_components: bool):
+    check_inputs(*inputs, stride=opts["stride"])
+    if resolve_backend(opts["backend"], inputs[0].device) == "triton":
+        raise_triton_pending("gap_detection_loss")
+    need = needs_grad(*inputs[:4])
+    total, comps = PrecomputedGradient.apply(torch_value_and_grad(opts, need), *inputs)
+    if not return_components:
+        return total
+    return total, dict(zip(COMPONENTS, comps.unbind(0)))
+
+
+class GapDetectionLoss(torch.nn.Module):
+    """Drop-in criterion for a slider-captcha gap detector (docs/spec.md 3).
+
+    ``GapDetectionLoss(stride=4, sigma=1.5, center="cell", alpha=1.5, beta=4.0, pos_threshold=0.9,
+    reg_threshold=0.7, margin=0.25, w_heatmap=1.0, w_offset=1.0, w_angle=0.2, w_hard_negative=1.0,
+    from_logits=False, eps=1e-7, backend="auto")``, called as
+    ``criterion(heatmap_gap, heatmap_piece, offset, angle, gap_center, piece_center, gap_angle,
+    confusers=None, confuser_mask=None, padding_mask=None, valid_box=None,
+    return_components=False)``. Returns the 0-dim total (float32; float64 for float64 inputs), or
+    ``(total, components)`` with detached 0-dim terms ``heatmap_gap``, ``heatmap_piece``,
+    ``offset``, ``angle``, ``hard_negative``. Gradients flow into the four predictions.
+    """
+
+    def __init__(
+        self,
+        stride: int = 4,
+        sigma: float = 1.5,
+        center: str = "cell",
+        alpha: float = 1.5,
+        beta: float = 4.0,
+        pos_threshold: float = 0.9,
+        reg_threshold: float = 0.7,
+        margin: float = 0.25,
+        w_heatmap: float = 1.0,
+        w_offset: float = 1.0,
+        w_angle: float = 0.2,
+        w_hard_negative: float = 1.0,
+        from_logits: bool = False,
+        eps: float = 1e-7,
+        backend: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.opts = check_options(
+            stride=stride,
+            sigma=sigma,
+            center=center,
+            alpha=alpha,
+            beta=beta,
+            pos_threshold=pos_threshold,
+            reg_threshold=reg_threshold,
+            margin=margin,
+            w_heatmap=w_heatmap,
+            w_offset=w_offset,
+            w_angle=w_angle,
+            w_hard_negative=w_hard_negative,
+            from_logits=from_logits,
+            eps=eps,
+            backend=backend,
+        )
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.opts.items())
+
+    def forward(
+        self,
+        heatmap_gap: torch.Tensor,
+        heatmap_piece: torch.Tensor,
+        offset: torch.Tensor,
+        angle: torch.Tensor,
+        gap_center: torch.Tensor,
+        piece_center: torch.Tensor,
+        gap_angle: torch.Tensor,
+        confusers: torch.Tensor | None = None,
+        confuser_mask: torch.Tensor | None = None,
+        padding_mask: torch.Tensor | None = None,
+        valid_box: torch.Tensor | None = None,
+        return_components: bool = False,
+    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return _gap_detection_loss(
+            self.opts,
+            (
+                heatmap_gap,
+                heatmap_piece,
+                offset,
+                angle,
+                gap_center,
+                piece_center,
+                gap_angle,
+                confusers,
+                confuser_mask,
+                padding_mask,
+                valid_box,
+            ),
+            return_components,
+        )

@@ -1,0 +1,184 @@
+"""Label generation: Gaussian heatmaps, offset targets and padding weights (docs/spec.md 3.2, 4).
+
+The torch backend never materialises more than it must: a Gaussian label is separable,
+``Y = gy[i] * gx[j]``, and the padding weight of a ``valid_box`` is separable too,
+``W = cy[i] * cx[j]`` with ``cx[j] = |[j s, (j+1) s) ∩ [x0, x1)| / s``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .backend import raise_triton_pending, resolve_backend
+from .validation import (
+    check_choice,
+    check_padding,
+    check_positive_int,
+    check_real,
+    check_same_device,
+    check_shape,
+    check_tensor,
+)
+
+CENTERS = ("cell", "exact")
+MERGES = ("max", "sum")
+
+
+def label_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 if any coordinate input is float64, else float32."""
+    return (
+        torch.float64
+        if any(t is not None and t.dtype == torch.float64 for t in tensors)
+        else torch.float32
+    )
+
+
+def gaussian_factors(
+    centers: torch.Tensor,
+    size: tuple[int, int],
+    sigma: float | torch.Tensor,
+    stride: int,
+    center: str,
+    dtype: torch.dtype,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column factors of Y_n = gy[b,n,i] * gx[b,n,j] for centers [B,N,2] (x, y pixels).
+
+    gy = exp(-(i - cv)^2 / (2 sy^2)), gx = exp(-(j - cu)^2 / (2 sx^2)), (cu, cv) = floor(u, v) for
+    center="cell" and (u, v) for "exact". Returns ([B,N,Hf], [B,N,Wf]).
+    """
+    hf, wf = size
+    uv = centers.to(dtype) / stride
+    if center == "cell":
+        uv = torch.floor(uv)
+    b, n = centers.shape[:2]
+    sig = sigma.to(dtype) if isinstance(sigma, torch.Tensor) else torch.tensor(sigma, dtype=dtype)
+    sig = sig.to(centers.device)
+    if sig.dim() == 0:
+        sx = sy = sig.expand(b, n)
+    elif sig.dim() == 2:
+        sx = sy = sig
+    else:
+        sx, sy = sig[..., 0], sig[..., 1]
+    rows = torch.arange(hf, dtype=dtype, device=centers.device)
+    cols = torch.arange(wf, dtype=dtype, device=centers.device)
+    gy = torch.exp(-((rows - uv[..., 1:2]) ** 2) / (2 * sy[..., None] ** 2))
+    gx = torch.exp(-((cols - uv[..., 0:1]) ** 2) / (2 * sx[..., None] ** 2))
+    return gy, gx
+
+
+def box_factors(
+    valid_box: torch.Tensor, size: tuple[int, int], stride: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column image fractions ([B,Hf], [B,Wf]) of the cells under ``valid_box`` [B,4]."""
+    hf, wf = size
+    box = valid_box.to(dtype)
+    lo_y = torch.arange(hf, dtype=dtype, device=box.device) * stride
+    lo_x = torch.arange(wf, dtype=dtype, device=box.device) * stride
+    cy = (torch.minimum(lo_y + stride, box[:, 3:4]) - torch.maximum(lo_y, box[:, 1:2])).clamp(min=0)
+    cx = (torch.minimum(lo_x + stride, box[:, 2:3]) - torch.maximum(lo_x, box[:, 0:1])).clamp(min=0)
+    return cy / stride, cx / stride
+
+
+def weight_from_padding(
+    padding_mask: torch.Tensor | None,
+    valid_box: torch.Tensor | None,
+    size: tuple[int, int],
+    stride: int,
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """W [B,1,Hf,Wf], or None when no padding is given (W = 1 everywhere)."""
+    if valid_box is not None:
+        cy, cx = box_factors(valid_box, size, stride, dtype)
+        return (cy[:, :, None] * cx[:, None, :])[:, None]
+    if padding_mask is not None:
+        m = padding_mask if padding_mask.dim() == 4 else padding_mask[:, None]
+        return 1 - F.avg_pool2d(m.to(dtype), kernel_size=stride, stride=stride)
+    return None
+
+
+def padding_weight(
+    padding_mask: torch.Tensor | None = None,
+    valid_box: torch.Tensor | None = None,
+    *,
+    size: tuple[int, int],
+    stride: int = 4,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Per-cell image weight W = 1 - AvgPool(kernel=stride, stride=stride)(padding_mask).
+
+    padding_mask [B,1,H,W] or [B,H,W] (1 = padding; bool, integer or float), or valid_box [B,4]
+    (x0, y0, x1, y1) pixels, whose W is the fraction of each cell inside the box, computed without a
+    full-resolution mask. ``size`` = (Hf, Wf), H = Hf * stride. Returns W [B,1,Hf,Wf] (float32, or
+    float64 for float64 inputs); ones [1,1,Hf,Wf] when neither is given.
+    """
+    stride = check_positive_int("stride", stride)
+    hf, wf = (check_positive_int("size[0]", size[0]), check_positive_int("size[1]", size[1]))
+    check_padding(padding_mask, valid_box, None, (hf, wf), stride)
+    src = padding_mask if padding_mask is not None else valid_box
+    dtype = label_dtype(src)
+    if src is None:
+        return torch.ones(1, 1, hf, wf, dtype=dtype)
+    if resolve_backend(backend, src.device) == "triton":
+        raise_triton_pending("padding_weight")
+    return weight_from_padding(padding_mask, valid_box, (hf, wf), stride, dtype)
+
+
+def gaussian_heatmap(
+    centers: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    sigma: float | torch.Tensor = 1.5,
+    stride: int = 4,
+    center: str = "cell",
+    mask: torch.Tensor | None = None,
+    merge: str = "max",
+    backend: str = "auto",
+) -> torch.Tensor:
+    """Y[b,0,i,j] = merge_n exp(-(i - cv_n)^2 / (2 sy_n^2) - (j - cu_n)^2 / (2 sx_n^2)).
+
+    centers [B,N,2] (x, y) input pixels, (u, v) = (x, y) / stride; (cu, cv) = floor(u, v) for
+    center="cell" (the centre's cell gets 1), (u, v) for "exact". sigma: float, [B,N] or [B,N,2]
+    (sx, sy) in grid units. mask [B,N] marks existing centres; merge "max" or "sum".
+    Returns [B,1,Hf,Wf] (float32, float64 for float64 centres).
+    """
+    check_tensor("centers", centers)
+    check_real("centers", centers)
+    check_shape("centers", centers, [None, None, 2], "[B, N, 2]")
+    b, n = centers.shape[:2]
+    hf, wf = (check_positive_int("size[0]", size[0]), check_positive_int("size[1]", size[1]))
+    stride = check_positive_int("stride", stride)
+    check_choice("center", center, CENTERS)
+    check_choice("merge", merge, MERGES)
+    named: dict[str, torch.Tensor | None] = {"centers": centers}
+    if isinstance(sigma, torch.Tensor):
+        check_real("sigma", sigma)
+        if sigma.dim() == 3:
+            check_shape("sigma", sigma, [b, n, 2], f"a float, [{b}, {n}] or [{b}, {n}, 2]")
+        elif sigma.dim() != 0:
+            check_shape("sigma", sigma, [b, n], f"a float, [{b}, {n}] or [{b}, {n}, 2]")
+        named["sigma"] = sigma
+    elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+        raise ValueError(f"sigma: expected a positive float or a tensor, got {sigma!r}")
+    if mask is not None:
+        check_tensor("mask", mask)
+        check_shape("mask", mask, [b, n], f"[{b}, {n}]")
+        named["mask"] = mask
+    check_same_device(named)
+    dtype = label_dtype(centers)
+    if resolve_backend(backend, centers.device) == "triton":
+        raise_triton_pending("gaussian_heatmap")
+    if n == 0:
+        return torch.zeros(b, 1, hf, wf, dtype=dtype, device=centers.device)
+    gy, gx = gaussian_factors(centers, (hf, wf), sigma, stride, center, dtype)
+    y = gy[..., :, None] * gx[..., None, :]
+    if mask is not None:
+        y = y * mask.to(dtype)[..., None, None]
+    y = y.amax(dim=1, keepdim=True) if merge == "max" else y.sum(dim=1, keepdim=True)
+    return y
+
+
+def offset_target(centers: torch.Tensor, stride: int, dtype: torch.dtype) -> torch.Tensor:
+    """(u - floor(u) - 0.5, v - floor(v) - 0.5) for centers [..., 2] (x, y pixels)."""
+    uv = centers.to(dtype) / stride
+    return uv - torch.floor(uv) - 0.5

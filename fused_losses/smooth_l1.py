@@ -1,0 +1,109 @@
+"""Masked smooth-L1 regression loss (docs/spec.md 3.3.2 and 4).
+
+s(b,i,j) = sum_c smoothL1(pred[b,c,i,j] - target[b,c,i,j])
+smoothL1(d) = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta
+L = sum(s * m) / (sum(m) + eps)          (m [B,1,H,W]: the denominator counts pixels)
+dL/dpred = smoothL1'(d) m / (sum(m) + eps), smoothL1'(d) = d / beta if |d| < beta else sign(d)
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .backend import (
+    PrecomputedGradient,
+    compute_dtype,
+    needs_grad,
+    raise_triton_pending,
+    resolve_backend,
+)
+from .validation import (
+    check_floating,
+    check_number,
+    check_real,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    shape_str,
+)
+
+
+def smooth_l1_terms(
+    d: torch.Tensor, beta: float, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Elementwise (smoothL1(d), smoothL1'(d) or None); the linear branch holds at |d| = beta."""
+    a = d.abs()
+    quad = a < beta
+    if beta > 0:
+        s = torch.where(quad, 0.5 * d * d / beta, a - 0.5 * beta)
+    else:
+        s = a
+    if not need_grad:
+        return s, None
+    ds = torch.where(quad, d / beta, torch.sign(d)) if beta > 0 else torch.sign(d)
+    return s, ds
+
+
+def masked_smooth_l1_loss(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    beta: float = 1.0,
+    eps: float = 1e-7,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """sum(m * sum_c smoothL1(pred - target)) / (sum(m) + eps).
+
+    pred [B,C,H,W]; target broadcastable to pred (e.g. [B,C,1,1] for one value per image); mask
+    [B,1,H,W] (any real dtype). Gradient flows into ``pred``. Returns a 0-dim float32 tensor
+    (float64 for float64 pred).
+    """
+    check_tensor("pred", pred)
+    check_floating("pred", pred)
+    check_shape("pred", pred, [None, None, None, None], "[B, C, H, W]")
+    b, _, h, w = pred.shape
+    check_tensor("target", target)
+    check_real("target", target)
+    try:
+        ok = torch.broadcast_shapes(target.shape, pred.shape) == pred.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"target: expected a shape broadcastable to {shape_str(pred)}, got {shape_str(target)}"
+        )
+    check_tensor("mask", mask)
+    check_real("mask", mask)
+    check_shape("mask", mask, [b, 1, h, w], f"[{b}, 1, {h}, {w}]")
+    check_same_device({"pred": pred, "target": target, "mask": mask})
+    beta = check_number("beta", beta, nonneg=True)
+    eps = check_number("eps", eps, nonneg=True)
+    if resolve_backend(backend, pred.device) == "triton":
+        raise_triton_pending("masked_smooth_l1_loss")
+    (need,) = needs_grad(pred)
+
+    def value_and_grad(x: torch.Tensor, t: torch.Tensor, m: torch.Tensor):
+        cdt = compute_dtype(x.dtype)
+        mc = m.to(cdt)
+        s, ds = smooth_l1_terms(x.to(cdt) - t.to(cdt), beta, need)
+        denom = mc.sum() + eps
+        loss = (s * mc).sum() / denom
+        grad = None if ds is None else ds * (mc / denom)
+        return loss, loss.new_zeros(0), (grad, None, None)
+
+    loss, _ = PrecomputedGradient.apply(value_and_grad, pred, target, mask)
+    return loss
+
+
+class MaskedSmoothL1Loss(torch.nn.Module):
+    """Module form of :func:`masked_smooth_l1_loss`; ``forward(pred, target, mask)``."""
+
+    def __init__(self, beta: float = 1.0, eps: float = 1e-7, backend: str = "auto") -> None:
+        super().__init__()
+        self.beta, self.eps, self.backend = beta, eps, backend
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return masked_smooth_l1_loss(
+            pred, target, mask, beta=self.beta, eps=self.eps, backend=self.backend
+        )

@@ -1,0 +1,106 @@
+"""Argument checks shared by every public op: shapes, dtypes, devices and option values.
+
+All checks look at metadata only (shape, dtype, device), so they never synchronise with the GPU.
+Each error names the argument, what was expected and what was received.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+
+def shape_str(x: torch.Tensor) -> str:
+    return "[" + ", ".join(str(s) for s in x.shape) + "]"
+
+
+def check_tensor(name: str, x: object) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name}: expected a torch.Tensor, got {type(x).__name__}")
+    return x
+
+
+def check_floating(name: str, x: torch.Tensor) -> None:
+    if not x.is_floating_point():
+        raise TypeError(f"{name}: expected a floating-point tensor, got dtype {x.dtype}")
+
+
+def check_real(name: str, x: torch.Tensor) -> None:
+    if x.is_complex():
+        raise TypeError(f"{name}: expected a real tensor, got dtype {x.dtype}")
+
+
+def check_shape(name: str, x: torch.Tensor, expected: Sequence[int | None], pretty: str) -> None:
+    """``expected`` holds one entry per dim, ``None`` for "any size"."""
+    ok = x.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape))
+    if not ok:
+        raise ValueError(f"{name}: expected shape {pretty}, got {shape_str(x)}")
+
+
+def check_same_device(named: dict[str, torch.Tensor | None]) -> torch.device:
+    devices = {k: v.device for k, v in named.items() if v is not None}
+    first_name, first = next(iter(devices.items()))
+    for k, d in devices.items():
+        if d != first:
+            raise ValueError(
+                f"{k}: expected a tensor on {first} (like {first_name}), got one on {d}"
+            )
+    return first
+
+
+def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
+
+
+def check_positive_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def check_number(
+    name: str, value: object, *, positive: bool = False, nonneg: bool = False
+) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    if positive and not value > 0:
+        raise ValueError(f"{name}: expected a positive number, got {value!r}")
+    if nonneg and not value >= 0:
+        raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
+    return float(value)
+
+
+def check_mask_dtype(name: str, x: torch.Tensor) -> None:
+    if x.is_floating_point() or x.is_complex():
+        raise TypeError(f"{name}: expected a bool (or integer) tensor, got dtype {x.dtype}")
+
+
+def check_padding(
+    padding_mask: torch.Tensor | None,
+    valid_box: torch.Tensor | None,
+    batch: int | None,
+    size: tuple[int, int],
+    stride: int,
+) -> None:
+    """padding_mask [B,1,H,W] or [B,H,W] with H = Hf * stride, W = Wf * stride; valid_box [B,4]."""
+    hf, wf = size
+    if padding_mask is not None and valid_box is not None:
+        raise ValueError("padding_mask, valid_box: give at most one of them, got both")
+    if padding_mask is not None:
+        check_tensor("padding_mask", padding_mask)
+        check_real("padding_mask", padding_mask)
+        h, w = hf * stride, wf * stride
+        if padding_mask.dim() == 3:
+            check_shape(
+                "padding_mask", padding_mask, [batch, h, w], f"[B, {h}, {w}] or [B, 1, {h}, {w}]"
+            )
+        else:
+            check_shape(
+                "padding_mask", padding_mask, [batch, 1, h, w], f"[B, 1, {h}, {w}] or [B, {h}, {w}]"
+            )
+    if valid_box is not None:
+        check_tensor("valid_box", valid_box)
+        check_real("valid_box", valid_box)
+        check_shape("valid_box", valid_box, [batch, 4], "[B, 4] (x0, y0, x1, y1)")
