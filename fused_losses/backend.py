@@ -85,9 +85,3 @@ class PrecomputedGradient(torch.autograd.Function):
         for has, dtype in zip(ctx.has_grad, ctx.dtypes):
             out.append((next(saved) * grad_loss).to(dtype) if has else None)
         return tuple(out)
-
-
-def raise_triton_pending(op: str) -> None:
-    raise NotImplementedError(
-        f"{op}: the triton backend is not implemented yet; use backend='torch' (the CPU default)"
-    )

@@ -14,7 +14,6 @@ from .backend import (
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
-    raise_triton_pending,
     resolve_backend,
 )
 from .validation import (
@@ -72,7 +71,9 @@ def masked_cosine_loss(
     check_same_device({"pred": pred, "target_angle": target_angle, "mask": mask})
     eps = check_number("eps", eps, nonneg=True)
     if resolve_backend(backend, pred.device) == "triton":
-        raise_triton_pending("masked_cosine_loss")
+        from .triton_ops import masked_cosine_loss_triton
+
+        return masked_cosine_loss_triton(pred, target_angle, mask, eps=eps)
     (need,) = needs_grad(pred)
 
     def value_and_grad(a: torch.Tensor, t: torch.Tensor, m: torch.Tensor):

@@ -26,7 +26,6 @@ from .backend import (
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
-    raise_triton_pending,
     resolve_backend,
 )
 from .validation import (
@@ -142,7 +141,9 @@ def masked_focal_loss(
         eps=check_number("eps", eps, nonneg=True),
     )
     if resolve_backend(backend, pred.device) == "triton":
-        raise_triton_pending("masked_focal_loss")
+        from .triton_ops import masked_focal_loss_triton
+
+        return masked_focal_loss_triton(pred, target, weight, normalize=normalize, **opts)
 
     (need,) = needs_grad(pred)
 

@@ -28,7 +28,6 @@ from .backend import (
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
-    raise_triton_pending,
     resolve_backend,
 )
 from .cosine import cosine_terms
@@ -316,9 +315,12 @@ def gap_detection_loss(
 def _gap_detection_loss(opts: dict, inputs: tuple, return_components: bool):
     check_inputs(*inputs, stride=opts["stride"])
     if resolve_backend(opts["backend"], inputs[0].device) == "triton":
-        raise_triton_pending("gap_detection_loss")
-    need = needs_grad(*inputs[:4])
-    total, comps = PrecomputedGradient.apply(torch_value_and_grad(opts, need), *inputs)
+        from .triton_ops import gap_detection_loss_triton
+
+        total, comps = gap_detection_loss_triton(opts, inputs)
+    else:
+        need = needs_grad(*inputs[:4])
+        total, comps = PrecomputedGradient.apply(torch_value_and_grad(opts, need), *inputs)
     if not return_components:
         return total
     return total, dict(zip(COMPONENTS, comps.unbind(0)))

@@ -15,7 +15,6 @@ from .backend import (
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
-    raise_triton_pending,
     resolve_backend,
 )
 from .validation import (
@@ -148,7 +147,11 @@ def hard_negative_margin_loss(
     margin = check_number("margin", margin)
     stride = check_positive_int("stride", stride)
     if resolve_backend(backend, heatmap.device) == "triton":
-        raise_triton_pending("hard_negative_margin_loss")
+        from .triton_ops import hard_negative_margin_loss_triton
+
+        return hard_negative_margin_loss_triton(
+            heatmap, positive, negatives, negative_mask, weight, margin=margin, stride=stride
+        )
     (need,) = needs_grad(heatmap)
 
     def value_and_grad(p: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .backend import raise_triton_pending, resolve_backend
+from .backend import resolve_backend
 from .validation import (
     check_choice,
     check_padding,
@@ -120,7 +120,9 @@ def padding_weight(
     if src is None:
         return torch.ones(1, 1, hf, wf, dtype=dtype)
     if resolve_backend(backend, src.device) == "triton":
-        raise_triton_pending("padding_weight")
+        from .triton_ops import padding_weight_triton
+
+        return padding_weight_triton(padding_mask, valid_box, (hf, wf), stride, dtype)
     return weight_from_padding(padding_mask, valid_box, (hf, wf), stride, dtype)
 
 
@@ -167,7 +169,9 @@ def gaussian_heatmap(
     check_same_device(named)
     dtype = label_dtype(centers)
     if resolve_backend(backend, centers.device) == "triton":
-        raise_triton_pending("gaussian_heatmap")
+        from .triton_ops import gaussian_heatmap_triton
+
+        return gaussian_heatmap_triton(centers, (hf, wf), sigma, stride, center, mask, merge, dtype)
     if n == 0:
         return torch.zeros(b, 1, hf, wf, dtype=dtype, device=centers.device)
     gy, gx = gaussian_factors(centers, (hf, wf), sigma, stride, center, dtype)

@@ -14,7 +14,6 @@ from .backend import (
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
-    raise_triton_pending,
     resolve_backend,
 )
 from .validation import (
@@ -80,7 +79,9 @@ def masked_smooth_l1_loss(
     beta = check_number("beta", beta, nonneg=True)
     eps = check_number("eps", eps, nonneg=True)
     if resolve_backend(backend, pred.device) == "triton":
-        raise_triton_pending("masked_smooth_l1_loss")
+        from .triton_ops import masked_smooth_l1_loss_triton
+
+        return masked_smooth_l1_loss_triton(pred, target, mask, beta=beta, eps=eps)
     (need,) = needs_grad(pred)
 
     def value_and_grad(x: torch.Tensor, t: torch.Tensor, m: torch.Tensor):
