@@ -41,6 +41,57 @@ from .validation import (
 NORMALIZE = ("weight", "num_pos", "sum", "mean")
 
 
+def _pow_pair(base: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(base^a, base^(a - 1)) with one pow when a >= 1."""
+    if a >= 1:
+        lower = base ** (a - 1)
+        return lower * base, lower
+    return base**a, base ** (a - 1)
+
+
+def focal_neg_terms(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    alpha: float,
+    beta: float,
+    from_logits: bool,
+    eps: float,
+    need_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Elementwise (f, df/dx or None) of the negative branch, -log(1 - P) P^alpha (1 - Y)^beta."""
+    if from_logits:
+        p, log_q = torch.sigmoid(x), F.logsigmoid(-x)
+    else:
+        p, log_q = x, torch.log(1 - x + eps)
+    neg_w = (1 - y) ** beta
+    if not need_grad:
+        return -log_q * p**alpha * neg_w, None
+    p_a, p_am1 = _pow_pair(p, alpha)
+    f = -log_q * p_a * neg_w
+    if from_logits:
+        return f, neg_w * p_a * (p - alpha * (1 - p) * log_q)
+    return f, neg_w * (p_a / (1 - p + eps) - alpha * p_am1 * log_q)
+
+
+def focal_pos_terms(
+    x: torch.Tensor, *, alpha: float, from_logits: bool, eps: float, need_grad: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Elementwise (f, df/dx or None) of the positive branch, -log(P) (1 - P)^alpha."""
+    if from_logits:
+        p, log_p = torch.sigmoid(x), F.logsigmoid(x)
+    else:
+        p, log_p = x, torch.log(x + eps)
+    q = 1 - p
+    q_a, q_am1 = _pow_pair(q, alpha)
+    f = -log_p * q_a
+    if not need_grad:
+        return f, None
+    if from_logits:
+        return f, q_a * (alpha * p * log_p - q)
+    return f, -q_a / (p + eps) + alpha * q_am1 * log_p
+
+
 def focal_terms(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -54,28 +105,11 @@ def focal_terms(
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """Elementwise (f, df/dx or None, pos) of the focal loss; x, y of one shape, compute dtype."""
     pos = y >= pos_threshold
-    neg_w = (1 - y) ** beta
-    if from_logits:
-        p = torch.sigmoid(x)
-        log_p = F.logsigmoid(x)
-        log_q = F.logsigmoid(-x)
-    else:
-        p = x
-        log_p = torch.log(p + eps)
-        log_q = torch.log(1 - p + eps)
-    q = 1 - p
-    q_a = q**alpha
-    p_a = p**alpha
-    f = torch.where(pos, -log_p * q_a, -log_q * p_a * neg_w)
-    if not need_grad:
-        return f, None, pos
-    if from_logits:
-        d_pos = q_a * (alpha * p * log_p - q)
-        d_neg = neg_w * p_a * (p - alpha * q * log_q)
-    else:
-        d_pos = -q_a / (p + eps) + alpha * q ** (alpha - 1) * log_p
-        d_neg = neg_w * (p_a / (q + eps) - alpha * p ** (alpha - 1) * log_q)
-    return f, torch.where(pos, d_pos, d_neg), pos
+    common = dict(alpha=alpha, from_logits=from_logits, eps=eps, need_grad=need_grad)
+    f_neg, d_neg = focal_neg_terms(x, y, beta=beta, **common)
+    f_pos, d_pos = focal_pos_terms(x, **common)
+    f = torch.where(pos, f_pos, f_neg)
+    return f, (None if d_neg is None else torch.where(pos, d_pos, d_neg)), pos
 
 
 def focal_normalizer(

@@ -31,9 +31,16 @@ from .backend import (
     resolve_backend,
 )
 from .cosine import cosine_terms
-from .focal import focal_terms
+from .focal import focal_neg_terms, focal_pos_terms
 from .hard_negative import hard_negative_terms, negative_validity
-from .labels import CENTERS, gaussian_factors, offset_target, weight_from_padding
+from .labels import (
+    CENTERS,
+    gaussian_factors,
+    object_windows,
+    offset_target,
+    weight_from_padding,
+    window_radius,
+)
 from .smooth_l1 import smooth_l1_terms
 from .validation import (
     check_choice,
@@ -163,54 +170,71 @@ def check_inputs(
 
 
 def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
-    """The torch backend's fused forward: (total, components [5], (grads of the 11 inputs))."""
+    """The torch backend's fused forward: (total, components [5], (grads of the 11 inputs)).
+
+    Dense work is limited to what every cell needs: the labels, W and the negative focal branch.
+    Positive focal cells, offsets and the angle only matter where Y >= pos_threshold or
+    Y > reg_threshold, a few cells around each centre, so they are evaluated on a small window per
+    object (``object_windows``) and scattered into the gradients.
+    """
 
     def value_and_grad(hg, hp, off, ang, gc, pc, ga, conf, cmask, pmask, vbox):
         cdt = compute_dtype(torch.promote_types(torch.promote_types(hg.dtype, hp.dtype), off.dtype))
         cdt = compute_dtype(torch.promote_types(cdt, ang.dtype))
         b, _, hf, wf = hg.shape
-        stride, eps = opts["stride"], opts["eps"]
+        n = hf * wf
+        stride, eps, alpha = opts["stride"], opts["eps"], opts["alpha"]
+        from_logits = opts["from_logits"]
         centers = torch.stack([gc, pc], dim=1).to(cdt)  # [B, 2 (gap, piece), 2]
         gy, gx = gaussian_factors(centers, (hf, wf), opts["sigma"], stride, opts["center"], cdt)
-        y = gy[..., :, None] * gx[..., None, :]  # [B, 2, Hf, Wf]
         w = weight_from_padding(pmask, vbox, (hf, wf), stride, cdt)  # [B,1,Hf,Wf] or None
-        sum_w = w.sum() if w is not None else torch.tensor(float(b * hf * wf), dtype=cdt)
+        sum_w = w.sum() if w is not None else torch.tensor(float(b * n), dtype=cdt)
 
-        # Focal on both heatmaps at once: channel 0 gap, channel 1 piece.
+        # Dense: the negative focal branch on both heatmaps (channel 0 gap, channel 1 piece).
         x = torch.cat([hg, hp], dim=1).to(cdt)
-        f, df, _ = focal_terms(
-            x,
-            y,
-            alpha=opts["alpha"],
-            beta=opts["beta"],
-            pos_threshold=opts["pos_threshold"],
-            from_logits=opts["from_logits"],
-            eps=eps,
-            need_grad=need[0] or need[1],
-        )
-        heat_scale = 1 / (sum_w + eps)
-        fw = f * w if w is not None else f
-        l_heat = fw.sum(dim=(0, 2, 3)) * heat_scale  # [2]
+        need_heat = need[0] or need[1]
+        y = gy[..., :, None] * gx[..., None, :]  # [B, 2, Hf, Wf]
+        common = dict(alpha=alpha, from_logits=from_logits, eps=eps, need_grad=need_heat)
+        f, df = focal_neg_terms(x, y, beta=opts["beta"], **common)
+        f, df = f.view(b, 2, n), None if df is None else df.view(b, 2, n)
 
-        # Offsets and angle on the cells where Y > reg_threshold, weighted by W.
-        m = (y > opts["reg_threshold"]).to(cdt)
-        if w is not None:
-            m = m * w
-        reg_scale = 1 / (m.sum(dim=(0, 2, 3)) + eps)  # [2]
-        t = offset_target(centers, stride, cdt).reshape(b, 4, 1, 1)
-        s, ds = smooth_l1_terms(off.to(cdt) - t, 1.0, need[2])
-        s = s.view(b, 2, 2, hf, wf).sum(2)  # [B, 2 (gap, piece), Hf, Wf]
-        l_off = ((s * m).sum(dim=(0, 2, 3)) * reg_scale).sum()
-        tc = ga.to(cdt).view(b, 1, 1, 1)
-        one_minus_c, dcos = cosine_terms(ang.to(cdt), torch.sin(tc), torch.cos(tc), need[3])
+        # Windows: a few cells around each centre, the same label values as the dense y.
+        radius = window_radius(
+            opts["sigma"], min(opts["pos_threshold"], opts["reg_threshold"]), (hf, wf)
+        )
+        idx = object_windows(centers, (hf, wf), radius, stride, cdt)  # [B, 2, k]
+        k = idx.shape[-1]
+        yw = torch.gather(y.view(b, 2, n), 2, idx)
+        ww = torch.gather(w.view(b, 1, n).expand(b, 2, n), 2, idx) if w is not None else None
+        pos = yw >= opts["pos_threshold"]
+        xw = torch.gather(x.view(b, 2, n), 2, idx)
+        f_pos, d_pos = focal_pos_terms(xw, **common)
+        f.scatter_(2, idx, torch.where(pos, f_pos, torch.gather(f, 2, idx)))
+        if df is not None:
+            df.scatter_(2, idx, torch.where(pos, d_pos, torch.gather(df, 2, idx)))
+        heat_scale = 1 / (sum_w + eps)
+        fw = f * w.view(b, 1, n) if w is not None else f
+        l_heat = fw.sum(dim=(0, 2)) * heat_scale  # [2]
+
+        # Offsets and angle where Y > reg_threshold, weighted by W: window cells only.
+        m = (yw > opts["reg_threshold"]).to(cdt)
+        if ww is not None:
+            m = m * ww
+        reg_scale = 1 / (m.sum(dim=(0, 2)) + eps)  # [2]
+        t = offset_target(centers, stride, cdt)[..., None]  # [B, 2, 2 (du, dv), 1]
+        idx_off = idx[:, :, None, :].expand(b, 2, 2, k)
+        offw = torch.gather(off.reshape(b, 2, 2, n).to(cdt), 3, idx_off)
+        s, ds = smooth_l1_terms(offw - t, 1.0, need[2])
+        l_off = ((s.sum(2) * m).sum(dim=(0, 2)) * reg_scale).sum()
+        tc = ga.to(cdt).view(b, 1, 1)
+        idx_ang = idx[:, 0:1].expand(b, 2, k)
+        angw = torch.gather(ang.reshape(b, 2, n).to(cdt), 2, idx_ang)
+        one_minus_c, dcos = cosine_terms(angw, torch.sin(tc), torch.cos(tc), need[3])
         m_gap = m[:, 0:1]
         l_ang = (one_minus_c * m_gap).sum() * reg_scale[0]
 
         # Hard negatives on bilinear samples of the gap probabilities.
-        if opts["from_logits"]:
-            probs = torch.sigmoid(x[:, 0])
-        else:
-            probs = x[:, 0]
+        probs = torch.sigmoid(x[:, 0]) if from_logits else x[:, 0]
         if conf is None:
             conf = gc.new_zeros(b, 0, 2)
         valid = negative_validity(conf, cmask, w, (hf, wf), stride, cdt)
@@ -226,20 +250,24 @@ def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
         if df is not None:
             g_heat = df * (wh * heat_scale)
             if w is not None:
-                g_heat = g_heat * w
+                g_heat = g_heat * w.view(b, 1, n)
+            g_heat = g_heat.view(b, 2, hf, wf)
             if need[0]:
                 g_hg = g_heat[:, 0:1]
                 if g_hard is not None:
                     g_n = g_hard.view(b, 1, hf, wf) * wn
-                    if opts["from_logits"]:
+                    if from_logits:
                         g_n = g_n * (probs * (1 - probs))[:, None]
                     g_hg = g_hg + g_n
             g_hp = g_heat[:, 1:2] if need[1] else None
         if ds is not None:
-            g_off = ds.view(b, 2, 2, hf, wf) * (m * (wo * reg_scale).view(1, 2, 1, 1))[:, :, None]
+            g_off = x.new_zeros(b, 2, 2, n)
+            g_off.scatter_(3, idx_off, ds * (m * (wo * reg_scale).view(1, 2, 1))[:, :, None])
             g_off = g_off.view(b, 4, hf, wf)
         if dcos is not None:
-            g_ang = dcos * (m_gap * (wa * reg_scale[0]))
+            g_ang = x.new_zeros(b, 2, n)
+            g_ang.scatter_(2, idx_ang, dcos * (m_gap * (wa * reg_scale[0])))
+            g_ang = g_ang.view(b, 2, hf, wf)
         return total, comps, (g_hg, g_hp, g_off, g_ang) + (None,) * 7
 
     return value_and_grad

@@ -7,6 +7,8 @@ The torch backend never materialises more than it must: a Gaussian label is sepa
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 
@@ -65,6 +67,33 @@ def gaussian_factors(
     gy = torch.exp(-((rows - uv[..., 1:2]) ** 2) / (2 * sy[..., None] ** 2))
     gx = torch.exp(-((cols - uv[..., 0:1]) ** 2) / (2 * sx[..., None] ** 2))
     return gy, gx
+
+
+def window_radius(sigma: float, threshold: float, size: tuple[int, int]) -> int:
+    """A radius R (cells) such that every cell with Y > threshold (or >=) lies within R of the
+    centre's cell, for a Gaussian of width ``sigma`` centred anywhere in that cell."""
+    if threshold <= 0:
+        return max(size)
+    r = sigma * math.sqrt(2 * math.log(1 / threshold)) if threshold < 1 else 0.0
+    return math.ceil(r) + 1
+
+
+def object_windows(
+    centers: torch.Tensor, size: tuple[int, int], radius: int, stride: int, dtype: torch.dtype
+) -> torch.Tensor:
+    """Flat cell indices [B,N,KH*KW] of a KH x KW window around each centre's cell.
+
+    KH = min(2R + 1, Hf), likewise KW; the window is shifted to lie on the grid, so its cells are
+    distinct and it covers every cell within R of the centre's cell that is on the grid.
+    """
+    hf, wf = size
+    kh, kw = min(2 * radius + 1, hf), min(2 * radius + 1, wf)
+    cell = torch.floor(centers.to(dtype) / stride)
+    top = (cell[..., 1] - radius).clamp(0, hf - kh).long()
+    left = (cell[..., 0] - radius).clamp(0, wf - kw).long()
+    rows = top[..., None] + torch.arange(kh, device=centers.device)
+    cols = left[..., None] + torch.arange(kw, device=centers.device)
+    return (rows[..., :, None] * wf + cols[..., None, :]).flatten(-2)
 
 
 def box_factors(
