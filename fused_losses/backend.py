@@ -11,6 +11,7 @@ import os
 from collections.abc import Callable
 
 import torch
+from torch.autograd.function import once_differentiable
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -79,6 +80,7 @@ class PrecomputedGradient(torch.autograd.Function):
         return loss, extras
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor, _grad_extras: torch.Tensor):  # type: ignore[override]
         saved = iter(ctx.saved_tensors)
         out: list[torch.Tensor | None] = [None]
