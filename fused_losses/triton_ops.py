@@ -1,21 +1,240 @@
 """The triton backend's autograd glue: one entry point per public op (inputs already validated).
 
-Placeholder until the kernels land: every entry raises NotImplementedError.
+The kernels and their launchers live in ``kernels/`` (``fused_losses.kernels``); this module turns
+them into differentiable ops.
+
+* The fused gap-detection loss is a pair of ``torch.library.triton_op`` custom ops,
+  ``fused_losses::gap_detection_fwd`` (2 launches: partial sums, then one finalize program) and
+  ``fused_losses::gap_detection_bwd`` (1 launch), tied together with ``register_autograd``. The
+  kernels are launched through ``torch.library.wrap_triton``, so ``torch.compile(fullgraph=True)``
+  traces straight through the loss. The same ops run eagerly on CPU tensors under Triton's
+  interpreter (``TRITON_INTERPRET=1``).
+* The component ops use plain ``torch.autograd.Function``s over their kernels (forward: partial
+  sums + one finalize program; backward: one elementwise kernel).
+
+Arithmetic runs in float32 inside (float64 when a prediction is float64); gradients come back in
+each input's dtype, the loss as float32 (float64 for float64 inputs).
 """
 
-from __future__ import annotations
+from typing import Optional
 
 import torch
+from torch import Tensor
+
+from .kernels.gap_detection import gap_detection_backward, gap_detection_forward
+
+# --------------------------------------------------------------------- fused gap-detection loss
+
+
+def _triton_op(name: str):
+    try:
+        from torch.library import triton_op
+    except ImportError:  # pragma: no cover - torch < 2.6
+        return None
+    return triton_op(name, mutates_args=())
+
+
+_triton_op_fwd = _triton_op("fused_losses::gap_detection_fwd")
+_triton_op_bwd = _triton_op("fused_losses::gap_detection_bwd")
+
+
+def _gap_fwd_impl(
+    heatmap_gap: Tensor,
+    heatmap_piece: Tensor,
+    offset: Tensor,
+    angle: Tensor,
+    gap_center: Tensor,
+    piece_center: Tensor,
+    gap_angle: Tensor,
+    confusers: Optional[Tensor],  # noqa: UP045 - torch.library parses these annotations
+    confuser_mask: Optional[Tensor],  # noqa: UP045
+    padding_mask: Optional[Tensor],  # noqa: UP045
+    valid_box: Optional[Tensor],  # noqa: UP045
+    stride: int,
+    sigma: float,
+    cell: bool,
+    alpha: float,
+    beta: float,
+    pos_threshold: float,
+    reg_threshold: float,
+    margin: float,
+    w_heatmap: float,
+    w_offset: float,
+    w_angle: float,
+    w_hard_negative: float,
+    from_logits: bool,
+    eps: float,
+) -> tuple[Tensor, Tensor]:
+    """(total 0-dim, aux [10 + B (1+K)]): see kernels/gap_detection.py."""
+    return gap_detection_forward(
+        heatmap_gap,
+        heatmap_piece,
+        offset,
+        angle,
+        gap_center,
+        piece_center,
+        gap_angle,
+        confusers,
+        confuser_mask,
+        padding_mask,
+        valid_box,
+        stride=stride,
+        sigma=sigma,
+        cell=cell,
+        alpha=alpha,
+        beta=beta,
+        pos_threshold=pos_threshold,
+        reg_threshold=reg_threshold,
+        margin=margin,
+        w_heatmap=w_heatmap,
+        w_offset=w_offset,
+        w_angle=w_angle,
+        w_hard_negative=w_hard_negative,
+        from_logits=from_logits,
+        eps=eps,
+    )
+
+
+def _gap_bwd_impl(
+    grad_total: Tensor,
+    aux: Tensor,
+    heatmap_gap: Tensor,
+    heatmap_piece: Tensor,
+    offset: Tensor,
+    angle: Tensor,
+    gap_center: Tensor,
+    piece_center: Tensor,
+    gap_angle: Tensor,
+    confusers: Optional[Tensor],  # noqa: UP045
+    padding_mask: Optional[Tensor],  # noqa: UP045
+    valid_box: Optional[Tensor],  # noqa: UP045
+    need_heatmap_gap: bool,
+    need_heatmap_piece: bool,
+    need_offset: bool,
+    need_angle: bool,
+    stride: int,
+    sigma: float,
+    cell: bool,
+    alpha: float,
+    beta: float,
+    pos_threshold: float,
+    reg_threshold: float,
+    from_logits: bool,
+    eps: float,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Gradients of the 4 predictions; an empty tensor for each one not requested."""
+    grads = gap_detection_backward(
+        grad_total,
+        aux,
+        heatmap_gap,
+        heatmap_piece,
+        offset,
+        angle,
+        gap_center,
+        piece_center,
+        gap_angle,
+        confusers,
+        padding_mask,
+        valid_box,
+        (need_heatmap_gap, need_heatmap_piece, need_offset, need_angle),
+        stride=stride,
+        sigma=sigma,
+        cell=cell,
+        alpha=alpha,
+        beta=beta,
+        pos_threshold=pos_threshold,
+        reg_threshold=reg_threshold,
+        from_logits=from_logits,
+        eps=eps,
+    )
+    g0, g1, g2, g3 = (g if g is not None else aux.new_empty(0) for g in grads)
+    return g0, g1, g2, g3
+
+
+_N_FWD_ARGS = 25  # tensors (11) + options (14) of gap_detection_fwd
+_BWD_OPTS = slice(11, None)  # options of the forward, as passed on to the backward
+
+
+def _bwd_options(opts: tuple) -> tuple:
+    (stride, sigma, cell, alpha, beta, pos_t, reg_t, _m, _wh, _wo, _wa, _wn, from_logits, eps) = (
+        opts
+    )
+    return stride, sigma, cell, alpha, beta, pos_t, reg_t, from_logits, eps
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    hg, hp, off, ang, gc, pc, ga, conf, _cmask, pmask, vbox = inputs[:11]
+    _, aux = output
+    ctx.mark_non_differentiable(aux)
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(hg, hp, off, ang, gc, pc, ga, conf, pmask, vbox, aux)
+    ctx.bwd_opts = _bwd_options(tuple(inputs[11:]))
+
+
+def _backward(ctx, grad_total, _grad_aux):
+    none = (None,) * _N_FWD_ARGS
+    need = tuple(bool(n) for n in ctx.needs_input_grad[:4])
+    if grad_total is None or not any(need):
+        return none
+    hg, hp, off, ang, gc, pc, ga, conf, pmask, vbox, aux = ctx.saved_tensors
+    grads = _gap_bwd(
+        grad_total, aux, hg, hp, off, ang, gc, pc, ga, conf, pmask, vbox, *need, *ctx.bwd_opts
+    )
+    return tuple(g if n else None for g, n in zip(grads, need)) + none[4:]
+
+
+if _triton_op_fwd is not None:
+    _gap_fwd = _triton_op_fwd(_gap_fwd_impl)
+    _gap_bwd = _triton_op_bwd(_gap_bwd_impl)
+    _gap_fwd.register_autograd(_backward, setup_context=_setup_context)
+else:  # pragma: no cover - torch < 2.6: a plain autograd.Function over the same launchers
+
+    class _GapFunction(torch.autograd.Function):
+        @staticmethod
+        def forward(*args):  # type: ignore[override]
+            return _gap_fwd_impl(*args)
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            _setup_context(ctx, inputs, output)
+
+        @staticmethod
+        def backward(ctx, grad_total, grad_aux):  # type: ignore[override]
+            return _backward(ctx, grad_total, grad_aux)
+
+    _gap_fwd = _GapFunction.apply
+    _gap_bwd = _gap_bwd_impl
+
+
+def gap_detection_loss_triton(opts: dict, inputs: tuple) -> tuple[Tensor, Tensor]:
+    """(total, components [5]) of the fused loss: 2 launches forward, 1 backward."""
+    total, aux = _gap_fwd(
+        *inputs,
+        opts["stride"],
+        opts["sigma"],
+        opts["center"] == "cell",
+        opts["alpha"],
+        opts["beta"],
+        opts["pos_threshold"],
+        opts["reg_threshold"],
+        opts["margin"],
+        opts["w_heatmap"],
+        opts["w_offset"],
+        opts["w_angle"],
+        opts["w_hard_negative"],
+        opts["from_logits"],
+        opts["eps"],
+    )
+    return total, aux[:5]
+
+
+# ------------------------------------------------------------------------------ component ops
 
 
 def _pending(op: str):
     raise NotImplementedError(
         f"{op}: the triton backend is not implemented yet; use backend='torch'"
     )
-
-
-def gap_detection_loss_triton(opts: dict, inputs: tuple) -> tuple[torch.Tensor, torch.Tensor]:
-    _pending("gap_detection_loss")
 
 
 def masked_focal_loss_triton(pred, target, weight, **opts) -> torch.Tensor:

@@ -1,0 +1,59 @@
+"""Kernel launching shared by every launcher in this package: one place that counts launches.
+
+Every launcher in ``kernels/`` starts its Triton kernels through :func:`launch`, which
+
+* wraps the kernel with ``torch.library.wrap_triton`` so that a launcher called inside a
+  ``torch.library.triton_op`` is traced by ``torch.compile`` (eagerly it just runs the kernel);
+* increments a module-level counter, so tests can assert how many launches an op costs
+  (``reset_launch_count()``, run, ``launch_count()``). Under ``torch.compile`` the counter moves
+  while tracing, not on every replay.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+
+_LAUNCHES = 0
+
+
+def launch_count() -> int:
+    """Number of Triton kernel launches issued through :func:`launch` since the last reset."""
+    return _LAUNCHES
+
+
+def reset_launch_count() -> None:
+    global _LAUNCHES
+    _LAUNCHES = 0
+
+
+def _wrap(kernel):
+    try:
+        from torch.library import wrap_triton
+    except ImportError:  # torch < 2.6: eager only
+        return kernel
+    return wrap_triton(kernel)
+
+
+def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
+    """``kernel[grid](*args, **kwargs)``, counted."""
+    global _LAUNCHES
+    _LAUNCHES += 1
+    _wrap(kernel)[grid](*args, **kwargs)
+
+
+def next_pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
+    """float64 when any given tensor is float64, else float32 (the arithmetic dtype inside)."""
+    f64 = any(t is not None and t.dtype == torch.float64 for t in tensors)
+    return torch.float64 if f64 else torch.float32
+
+
+def mask_view(x: torch.Tensor | None) -> torch.Tensor | None:
+    """A bool tensor viewed as uint8 (no copy); other dtypes unchanged."""
+    if x is not None and x.dtype == torch.bool:
+        return x.view(torch.uint8)
+    return x

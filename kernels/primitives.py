@@ -1,0 +1,373 @@
+"""Shared ``@triton.jit`` device functions: every piece of loss math is written once, here.
+
+The fused gap-detection kernels (``gap_detection.py``) and the component kernels (``focal.py``,
+``regression.py``, ``labels.py``, ``hard_negative.py``) all call these. Arithmetic runs in the
+dtype of the tensors passed in (float32, or float64 for float64 problems); scalar options arrive as
+kernel scalars and are brought to that dtype with :func:`as_dtype`.
+
+Conventions (docs/spec.md 3.2-3.3): grid coordinates ``u = x / stride``, ``v = y / stride``; cell
+(i, j) sits at grid point (j, i).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+NORM_EPS = 1e-12  # F.normalize's default, used by the cosine term
+
+
+@triton.jit
+def as_dtype(a, cdt: tl.constexpr):
+    """A kernel scalar (or Python number under the interpreter) as a 0-d value of dtype ``cdt``."""
+    return a + tl.zeros([], cdt)
+
+
+@triton.jit
+def div_exact(a, b):
+    """a / b correctly rounded (Triton's float32 ``/`` may be approximate; float64's is exact).
+
+    Used for coordinates, where ``floor(x / stride)`` must agree with PyTorch at cell borders.
+    """
+    if a.dtype == tl.float32:
+        return tl.div_rn(a, b)
+    else:
+        return a / b
+
+
+@triton.jit
+def pow_nonneg(x, a):
+    """x ** a for x >= 0 with torch's values at 0: 0 ** 0 = 1, 0 ** a = 0 (a > 0), inf (a < 0);
+    NaN for x < 0 (like torch for a fractional a)."""
+    safe = tl.where(x > 0, x, 1.0)
+    r = tl.exp(a * tl.log(safe))
+    at_zero = tl.where(a == 0, 1.0, tl.where(a > 0, 0.0, float("inf")))
+    r = tl.where(x > 0, r, at_zero)
+    return tl.where(x < 0, float("nan"), r)
+
+
+@triton.jit
+def log1p_nonneg(t):
+    """log(1 + t) for t >= 0, accurate for tiny t (Goldberg: log(u) * t / (u - 1), u = 1 + t)."""
+    u = 1.0 + t
+    d = u - 1.0
+    return tl.where(d == 0, t, tl.log(u) * (t / tl.where(d == 0, 1.0, d)))
+
+
+@triton.jit
+def sigmoid(x):
+    """1 / (1 + exp(-x)); saturates to exactly 0 and 1, never NaN for finite x."""
+    return 1.0 / (1.0 + tl.exp(-x))
+
+
+@triton.jit
+def logsigmoid(x):
+    """log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)), exact for large |x| (as F.logsigmoid)."""
+    return tl.minimum(x, 0.0) - log1p_nonneg(tl.exp(-tl.abs(x)))
+
+
+@triton.jit
+def focal_terms(x, y, alpha, beta, pos_threshold, eps, FROM_LOGITS: tl.constexpr):
+    """Penalty-reduced focal loss, elementwise: returns (f, df/dx, pos, p, 1 - p).
+
+    pos = Y >= pos_threshold
+    f = -log(P + eps) (1 - P)^alpha on pos, -log(1 - P + eps) P^alpha (1 - Y)^beta elsewhere
+    df/dP = -(1-P)^alpha / (P+eps) + alpha (1-P)^(alpha-1) log(P+eps)                 on pos
+    df/dP = (1-Y)^beta [P^alpha / (1-P+eps) - alpha P^(alpha-1) log(1-P+eps)]         elsewhere
+    With FROM_LOGITS, P = sigmoid(x), 1 - P = sigmoid(-x) (no cancellation), exact logs
+    log P = logsigmoid(x), log(1 - P) = logsigmoid(-x), no eps, and the derivative is in x:
+    df/dx = (1-P)^alpha [alpha P log P - (1-P)]           on pos
+    df/dx = (1-Y)^beta P^alpha [P - alpha (1-P) log(1-P)]  elsewhere
+    """
+    pos = y >= pos_threshold
+    neg_w = pow_nonneg(1.0 - y, beta)
+    if FROM_LOGITS:
+        p = sigmoid(x)
+        q = sigmoid(-x)
+        log_p = logsigmoid(x)
+        log_q = logsigmoid(-x)
+    else:
+        p = x
+        q = 1.0 - x
+        log_p = tl.log(p + eps)
+        log_q = tl.log(q + eps)
+    q_a = pow_nonneg(q, alpha)
+    p_a = pow_nonneg(p, alpha)
+    f = tl.where(pos, -log_p * q_a, -log_q * p_a * neg_w)
+    if FROM_LOGITS:
+        d_pos = q_a * (alpha * p * log_p - q)
+        d_neg = neg_w * p_a * (p - alpha * q * log_q)
+    else:
+        d_pos = -q_a / (p + eps) + alpha * pow_nonneg(q, alpha - 1.0) * log_p
+        d_neg = neg_w * (p_a / (q + eps) - alpha * pow_nonneg(p, alpha - 1.0) * log_q)
+    return f, tl.where(pos, d_pos, d_neg), pos, p, q
+
+
+@triton.jit
+def smooth_l1_terms(d, beta):
+    """(smoothL1(d), smoothL1'(d)): 0.5 d^2 / beta and d / beta if |d| < beta, else |d| - 0.5 beta
+    and sign(d) (the linear branch at |d| = beta; beta = 0 is the L1 loss)."""
+    a = tl.abs(d)
+    quad = a < beta
+    safe_beta = tl.where(beta > 0, beta, 1.0)
+    s = tl.where(quad, 0.5 * d * d / safe_beta, a - 0.5 * beta)
+    sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
+    return s, tl.where(quad, d / safe_beta, sign)
+
+
+@triton.jit
+def cosine_terms(a0, a1, sin_t, cos_t):
+    """(1 - c, d(1-c)/da0, d(1-c)/da1) with c = (a0 sin t + a1 cos t) / max(||a||, 1e-12).
+
+    dc/da = (e - c a / n) / n, e = (sin t, cos t), n = max(||a||, 1e-12); = e / n where ||a|| < 1e-12
+    (as torch's clamp_min).
+    """
+    norm = tl.sqrt(a0 * a0 + a1 * a1)
+    n = tl.maximum(norm, NORM_EPS)
+    c = (a0 * sin_t + a1 * cos_t) / n
+    small = norm < NORM_EPS
+    g0 = tl.where(small, sin_t / n, (sin_t - c * a0 / n) / n)
+    g1 = tl.where(small, cos_t / n, (cos_t - c * a1 / n) / n)
+    return 1.0 - c, -g0, -g1
+
+
+@triton.jit
+def grid_coord(x, STRIDE: tl.constexpr):
+    """u = x / stride, correctly rounded."""
+    return div_exact(x, STRIDE)
+
+
+@triton.jit
+def label_center(u, CELL: tl.constexpr):
+    """The Gaussian's centre on the grid: floor(u) for center="cell", u for "exact"."""
+    if CELL:
+        return tl.floor(u)
+    else:
+        return u
+
+
+@triton.jit
+def offset_target(u):
+    """Sub-cell offset target u - floor(u) - 0.5."""
+    return u - tl.floor(u) - 0.5
+
+
+@triton.jit
+def gaussian(ii, jj, cu, cv, sx, sy):
+    """exp(-(i - cv)^2 / (2 sy^2) - (j - cu)^2 / (2 sx^2)) at cell (ii, jj) (grid units)."""
+    di = ii - cv
+    dj = jj - cu
+    return tl.exp(-(di * di) / (2.0 * sy * sy) - (dj * dj) / (2.0 * sx * sx))
+
+
+@triton.jit
+def tent(t):
+    """Bilinear (tent) weight max(0, 1 - |t|) of a sample at distance t from a grid point."""
+    return tl.maximum(1.0 - tl.abs(t), 0.0)
+
+
+@triton.jit
+def cell_weight(
+    ptr, b, ci, cj, s_b, s_h, s_w, on, STRIDE: tl.constexpr, MODE: tl.constexpr, cdt: tl.constexpr
+):
+    """Image weight W of cell (ci, cj) of image b, in dtype ``cdt`` (1 where ``on`` is false).
+
+    MODE 0: no padding, W = 1.
+    MODE 1: full-resolution padding mask [B,(1,)H,W] (any dtype, 1 = padding; strides s_b, s_h,
+            s_w): W = 1 - mean of the cell's stride x stride block (AvgPool, kernel = stride).
+    MODE 2: valid_box [B,4] (x0, y0, x1, y1) pixels (strides s_b, s_w): W = cy * cx with
+            cy = max(min(ci s + s, y1) - max(ci s, y0), 0) / s (the same along x), no full-res mask.
+    MODE 3: a weight map at grid resolution [B,1,Hf,Wf] (strides s_b, s_h, s_w): W = map[b,ci,cj].
+    """
+    one = tl.full(ci.shape, 1.0, cdt)
+    if MODE == 0:
+        w = one
+    elif MODE == 1:
+        acc = tl.zeros(ci.shape, cdt)
+        base = ptr + b.to(tl.int64) * s_b
+        row0 = ci.to(tl.int64) * STRIDE
+        col0 = cj.to(tl.int64) * STRIDE
+        for t in range(0, STRIDE * STRIDE):
+            dy = t // STRIDE
+            dx = t % STRIDE
+            v = tl.load(base + (row0 + dy) * s_h + (col0 + dx) * s_w, mask=on, other=0)
+            acc += v.to(cdt)
+        w = 1.0 - acc / (STRIDE * STRIDE)
+    elif MODE == 2:
+        base = ptr + (b.to(tl.int64) * s_b + tl.zeros(ci.shape, tl.int64))
+        x0 = tl.load(base, mask=on, other=0).to(cdt)
+        y0 = tl.load(base + s_w, mask=on, other=0).to(cdt)
+        x1 = tl.load(base + 2 * s_w, mask=on, other=0).to(cdt)
+        y1 = tl.load(base + 3 * s_w, mask=on, other=0).to(cdt)
+        lo_y = ci.to(cdt) * STRIDE
+        lo_x = cj.to(cdt) * STRIDE
+        cy = tl.maximum(tl.minimum(lo_y + STRIDE, y1) - tl.maximum(lo_y, y0), 0.0) / STRIDE
+        cx = tl.maximum(tl.minimum(lo_x + STRIDE, x1) - tl.maximum(lo_x, x0), 0.0) / STRIDE
+        w = cy * cx
+    else:
+        off = b.to(tl.int64) * s_b + ci.to(tl.int64) * s_h + cj.to(tl.int64) * s_w
+        w = tl.load(ptr + off, mask=on, other=0).to(cdt)
+    return tl.where(on, w, one)
+
+
+@triton.jit
+def bilinear_sample(
+    hm_ptr, b, u, v, s_b, s_h, s_w, H, W, on, SIGMOID: tl.constexpr, cdt: tl.constexpr
+):
+    """Bilinear sample of map[b] at grid point (u, v), as F.grid_sample(align_corners=True,
+    padding_mode="zeros"): sum over the 4 corners (yc, xc) of tent(u - xc) tent(v - yc) map[yc, xc],
+    corners off the grid counting 0. With SIGMOID the map holds logits and is sampled as sigmoid.
+    """
+    x0 = tl.floor(u)
+    y0 = tl.floor(v)
+    acc = tl.zeros(u.shape, cdt)
+    base = hm_ptr + b.to(tl.int64) * s_b
+    for dy in tl.static_range(2):
+        for dx in tl.static_range(2):
+            xc = x0 + dx
+            yc = y0 + dy
+            inside = on & (xc >= 0) & (xc <= W - 1) & (yc >= 0) & (yc <= H - 1)
+            xi = tl.where(inside, xc, 0.0).to(tl.int64)
+            yi = tl.where(inside, yc, 0.0).to(tl.int64)
+            val = tl.load(base + yi * s_h + xi * s_w, mask=inside, other=0).to(cdt)
+            if SIGMOID:
+                val = sigmoid(val)
+            acc += tl.where(inside, tent(u - xc) * tent(v - yc) * val, 0.0)
+    return acc
+
+
+@triton.jit
+def hard_negative_block(
+    hm_ptr,
+    s_hm_b,
+    s_hm_h,
+    s_hm_w,
+    pos_ptr,
+    s_pos_b,
+    s_pos_c,
+    neg_ptr,
+    s_neg_b,
+    s_neg_k,
+    s_neg_c,
+    nmask_ptr,
+    s_nm_b,
+    s_nm_k,
+    w_ptr,
+    s_w_b,
+    s_w_h,
+    s_w_w,
+    coef_ptr,
+    B,
+    K,
+    H,
+    W,
+    margin,
+    STRIDE: tl.constexpr,
+    W_MODE: tl.constexpr,
+    HAS_NMASK: tl.constexpr,
+    SIGMOID: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    cdt: tl.constexpr,
+):
+    """Hard-negative margin ranking over the whole batch, in one program.
+
+    s_pos(b), s_k(b) = bilinear samples at the positive and the K negatives (``bilinear_sample``);
+    negative k of image b is valid if its mask is set, its cell (floor v, floor u) is on the grid
+    and W there (``cell_weight``, mode W_MODE) is > 0; hinge = margin - s_pos + s_k.
+    Returns (sum over valid of relu(hinge), number valid), in a fixed order (deterministic), and
+    writes coef [B, 1+K] (row-major at coef_ptr): coef[b, 1+k] = [valid and hinge > 0],
+    coef[b, 0] = -sum_k coef[b, 1+k]; dL/dmap = scale * sum_s coef[b, s] tent weights of sample s,
+    with scale = 1 / max(count, 1) (applied by the caller).
+    """
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_K)
+    marg = as_dtype(margin, cdt)
+    acc_loss = tl.zeros([BLOCK_B, BLOCK_K], cdt)
+    acc_cnt = tl.zeros([BLOCK_B, BLOCK_K], cdt)
+    for b0 in range(0, B, BLOCK_B):
+        b = b0 + rows
+        b_on = b < B
+        b64 = b.to(tl.int64)
+        px = tl.load(pos_ptr + b64 * s_pos_b, mask=b_on, other=0).to(cdt)
+        py = tl.load(pos_ptr + b64 * s_pos_b + s_pos_c, mask=b_on, other=0).to(cdt)
+        s_pos = bilinear_sample(
+            hm_ptr,
+            b64,
+            grid_coord(px, STRIDE),
+            grid_coord(py, STRIDE),
+            s_hm_b,
+            s_hm_h,
+            s_hm_w,
+            H,
+            W,
+            b_on,
+            SIGMOID,
+            cdt,
+        )
+        n_act = tl.zeros([BLOCK_B], cdt)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + cols
+            on = b_on[:, None] & (k < K)[None, :]
+            b2 = b64[:, None]
+            k2 = k[None, :].to(tl.int64)
+            nb = neg_ptr + b2 * s_neg_b + k2 * s_neg_k
+            u = grid_coord(tl.load(nb, mask=on, other=0).to(cdt), STRIDE)
+            v = grid_coord(tl.load(nb + s_neg_c, mask=on, other=0).to(cdt), STRIDE)
+            s_neg = bilinear_sample(
+                hm_ptr, b2, u, v, s_hm_b, s_hm_h, s_hm_w, H, W, on, SIGMOID, cdt
+            )
+            cu = tl.floor(u)
+            cv = tl.floor(v)
+            valid = on & (cu >= 0) & (cu < W) & (cv >= 0) & (cv < H)
+            if HAS_NMASK:
+                nm = tl.load(nmask_ptr + b2 * s_nm_b + k2 * s_nm_k, mask=on, other=0)
+                valid = valid & (nm != 0)
+            if W_MODE != 0:
+                ci = tl.where(valid, cv, 0.0).to(tl.int32)
+                cj = tl.where(valid, cu, 0.0).to(tl.int32)
+                wc = cell_weight(w_ptr, b2, ci, cj, s_w_b, s_w_h, s_w_w, valid, STRIDE, W_MODE, cdt)
+                valid = valid & (wc > 0)
+            hinge = marg - s_pos[:, None] + s_neg
+            act = valid & (hinge > 0)
+            acc_loss += tl.where(act, hinge, 0.0)
+            acc_cnt += valid.to(cdt)
+            actf = act.to(cdt)
+            n_act += tl.sum(actf, axis=1)
+            tl.store(coef_ptr + b2 * (K + 1) + 1 + k2, actf, mask=on)
+        tl.store(coef_ptr + b64 * (K + 1), 0.0 - n_act, mask=b_on)
+    return tl.sum(tl.sum(acc_loss, axis=1), axis=0), tl.sum(tl.sum(acc_cnt, axis=1), axis=0)
+
+
+@triton.jit
+def hard_negative_grad(
+    pos_ptr,
+    s_pos_b,
+    s_pos_c,
+    neg_ptr,
+    s_neg_b,
+    s_neg_k,
+    s_neg_c,
+    coef_ptr,
+    b,
+    ii,
+    jj,
+    K,
+    STRIDE: tl.constexpr,
+):
+    """sum over the 1+K samples s of image b of coef[b, s] * tent(u_s - j) * tent(v_s - i), at the
+    cells (ii, jj) (grid-coordinate tensors): the gradient of the samples, without atomics."""
+    cdt: tl.constexpr = ii.dtype
+    b64 = b.to(tl.int64)
+    row = coef_ptr + b64 * (K + 1)
+    px = tl.load(pos_ptr + b64 * s_pos_b).to(cdt)
+    py = tl.load(pos_ptr + b64 * s_pos_b + s_pos_c).to(cdt)
+    c0 = tl.load(row).to(cdt)
+    g = tent(grid_coord(px, STRIDE) - jj) * tent(grid_coord(py, STRIDE) - ii) * c0
+    nb = neg_ptr + b64 * s_neg_b
+    for k in range(0, K):
+        nx = tl.load(nb + k * s_neg_k).to(cdt)
+        ny = tl.load(nb + k * s_neg_k + s_neg_c).to(cdt)
+        ck = tl.load(row + 1 + k).to(cdt)
+        g += tent(grid_coord(nx, STRIDE) - jj) * tent(grid_coord(ny, STRIDE) - ii) * ck
+    return g
