@@ -1,0 +1,120 @@
+"""Shared fixtures and comparison helpers for the fused-losses tests.
+
+Without CUDA, Triton's interpreter is switched on before anything imports triton, so the triton
+backend's kernels run on CPU tensors (``TRITON_INTERPRET=1``). A value already in the environment
+wins (``TRITON_INTERPRET=0`` turns the interpreter off).
+
+Every parity test compares a backend against the float64 reference (``fused_losses.reference``)
+evaluated on the same inputs; the tolerances are those of the numerical contract (spec section 6).
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import itertools
+
+import pytest
+
+BACKENDS = ["torch", "triton"]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+ON_GPU = DEVICE == "cuda"
+
+# Spec section 6: loss relative error and gradient relative L2 error.
+TOLERANCES = {
+    torch.float64: (1e-5, 1e-5),
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (1e-3, 1e-2),
+    torch.bfloat16: (1e-3, 1e-2),
+}
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def device() -> str:
+    return DEVICE
+
+
+def to_float(x) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
+def rel_err(value, ref) -> float:
+    """|value - ref| / |ref| for scalars (absolute error when ref is 0)."""
+    value = to_float(value)
+    ref = to_float(ref)
+    den = abs(ref)
+    return abs(value - ref) / den if den > 0 else abs(value - ref)
+
+
+def assert_scalar_close(value, ref, tol: float, what: str = "loss") -> None:
+    value_f = to_float(value)
+    assert value_f == value_f and abs(value_f) != float("inf"), f"{what}: not finite ({value_f})"
+    err = rel_err(value, ref)
+    assert err <= tol, f"{what}: got {value_f!r}, reference {to_float(ref)!r}, rel err {err:.3g}"
+
+
+def assert_grad_close(grad, ref, tol: float, what: str = "grad") -> None:
+    """||g - g_ref|| / ||g_ref|| <= tol (||g|| <= 1e-12 when the reference gradient is 0)."""
+    assert ref is not None
+    ref = ref.detach().to("cpu", torch.float64)
+    if grad is None:
+        grad = torch.zeros_like(ref)
+    grad = grad.detach().to("cpu", torch.float64)
+    assert grad.shape == ref.shape, f"{what}: shape {tuple(grad.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(grad).all(), f"{what}: not finite"
+    den = ref.norm().item()
+    diff = (grad - ref).norm().item()
+    if den == 0:
+        assert diff <= 1e-12, f"{what}: reference gradient is 0, got norm {diff:.3g}"
+    else:
+        assert diff / den <= tol, f"{what}: rel L2 err {diff / den:.3g} > {tol}"
+
+
+def upstream_scalar(seed: int) -> float:
+    """A random upstream gradient r for (loss * r).backward(), away from 0 and from 1."""
+    g = torch.Generator().manual_seed(10_000 + seed)
+    r = float(torch.empty(()).uniform_(0.3, 2.5, generator=g))
+    sign = -1.0 if torch.rand((), generator=g) < 0.3 else 1.0
+    return sign * (r if abs(r - 1) > 0.05 else r + 0.2)
+
+
+def pairwise(factors: dict[str, list]) -> list[dict]:
+    """A deterministic covering array: every pair of values of every two factors appears in a row."""
+    names = list(factors)
+    sizes = [len(factors[n]) for n in names]
+    uncovered = {
+        (i, a, j, b)
+        for i, j in itertools.combinations(range(len(names)), 2)
+        for a in range(sizes[i])
+        for b in range(sizes[j])
+    }
+    rows: list[dict] = []
+    while uncovered:
+        i, a, j, b = min(uncovered)
+        row = {i: a, j: b}
+        for k in range(len(names)):
+            if k in row:
+                continue
+
+            gains = [
+                sum(
+                    ((min(k, m), v if k < m else a, max(k, m), a if k < m else v)) in uncovered
+                    for m, a in row.items()
+                )
+                for v in range(sizes[k])
+            ]
+            row[k] = max(range(sizes[k]), key=lambda v: (gains[v], -v))
+        for p, q in itertools.combinations(sorted(row), 2):
+            uncovered.discard((p, row[p], q, row[q]))
+        rows.append({names[k]: factors[names[k]][row[k]] for k in range(len(names))})
+    return rows
