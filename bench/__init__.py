@@ -1,0 +1,1 @@
+"""Benchmarks for fused-losses: ``pytest bench/`` (pytest-benchmark) and ``python -m bench.report``."""

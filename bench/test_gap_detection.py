@@ -1,0 +1,10 @@
+"""The full gap-detection loss (labels, padding weight, every term), forward and forward+backward."""
+
+import pytest
+
+from .harness import params, run_benchmark
+
+
+@pytest.mark.parametrize(("mode", "batch", "variant"), params("gap_detection_loss"))
+def test_gap_detection_loss(benchmark, mode, batch, variant):
+    run_benchmark(benchmark, "gap_detection_loss", mode, batch, variant)
