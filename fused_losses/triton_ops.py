@@ -21,6 +21,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .kernels import focal as _focal
+from .kernels import hard_negative as _hard_negative
+from .kernels import labels as _labels
+from .kernels import regression as _regression
 from .kernels.gap_detection import gap_detection_backward, gap_detection_forward
 
 # --------------------------------------------------------------------- fused gap-detection loss
@@ -229,37 +233,92 @@ def gap_detection_loss_triton(opts: dict, inputs: tuple) -> tuple[Tensor, Tensor
 
 
 # ------------------------------------------------------------------------------ component ops
+#
+# Each loss: forward = partial sums + one finalize program (2 launches; the hard negatives, 1),
+# backward = one elementwise launch. ``aux`` (the gradient scale, coefficients) is all that is kept
+# besides the inputs.
 
 
-def _pending(op: str):
-    raise NotImplementedError(
-        f"{op}: the triton backend is not implemented yet; use backend='torch'"
-    )
+class _KernelLoss(torch.autograd.Function):
+    """Loss over ``forward_fn(*tensors, **opts) -> (loss, aux)`` with gradient (for tensors[0])
+    ``backward_fn(grad_loss, aux, *tensors, **opts)``."""
+
+    @staticmethod
+    def forward(ctx, forward_fn, backward_fn, opts, *tensors):  # type: ignore[override]
+        loss, aux = forward_fn(*tensors, **opts)
+        ctx.backward_fn, ctx.opts, ctx.n = backward_fn, opts, len(tensors)
+        ctx.save_for_backward(aux, *tensors)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss):  # type: ignore[override]
+        aux, *tensors = ctx.saved_tensors
+        grad = None
+        if ctx.needs_input_grad[3]:
+            grad = ctx.backward_fn(grad_loss, aux, *tensors, **ctx.opts)
+        return (None, None, None, grad) + (None,) * (ctx.n - 1)
 
 
 def masked_focal_loss_triton(pred, target, weight, **opts) -> torch.Tensor:
-    _pending("masked_focal_loss")
+    return _KernelLoss.apply(
+        _focal.focal_forward, _focal.focal_backward, opts, pred, target, weight
+    )
 
 
 def masked_smooth_l1_loss_triton(pred, target, mask, *, beta, eps) -> torch.Tensor:
-    _pending("masked_smooth_l1_loss")
+    return _KernelLoss.apply(
+        _regression.smooth_l1_forward,
+        _regression.smooth_l1_backward,
+        {"beta": beta, "eps": eps},
+        pred,
+        target,
+        mask,
+    )
 
 
 def masked_cosine_loss_triton(pred, target_angle, mask, *, eps) -> torch.Tensor:
-    _pending("masked_cosine_loss")
+    return _KernelLoss.apply(
+        _regression.cosine_forward,
+        _regression.cosine_backward,
+        {"eps": eps},
+        pred,
+        target_angle,
+        mask,
+    )
+
+
+def _hn_forward(heatmap, positive, negatives, negative_mask, weight, *, margin, stride):
+    return _hard_negative.hard_negative_forward(
+        heatmap, positive, negatives, negative_mask, weight, margin=margin, stride=stride
+    )
+
+
+def _hn_backward(grad_loss, aux, heatmap, positive, negatives, _mask, _weight, *, margin, stride):
+    return _hard_negative.hard_negative_backward(
+        grad_loss, aux, heatmap, positive, negatives, stride=stride
+    )
 
 
 def hard_negative_margin_loss_triton(
     heatmap, positive, negatives, negative_mask, weight, *, margin, stride
 ):
-    _pending("hard_negative_margin_loss")
+    return _KernelLoss.apply(
+        _hn_forward,
+        _hn_backward,
+        {"margin": margin, "stride": stride},
+        heatmap,
+        positive,
+        negatives,
+        negative_mask,
+        weight,
+    )
 
 
 def padding_weight_triton(padding_mask, valid_box, size, stride, dtype) -> torch.Tensor:
-    _pending("padding_weight")
+    return _labels.padding_weight(padding_mask, valid_box, size, stride, dtype)
 
 
 def gaussian_heatmap_triton(
     centers, size, sigma, stride, center, mask, merge, dtype
 ) -> torch.Tensor:
-    _pending("gaussian_heatmap")
+    return _labels.gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dtype)

@@ -1,0 +1,235 @@
+"""Masked penalty-reduced focal loss (docs/spec.md 3.3.1, 4): forward partials and backward.
+
+``f`` and ``df/dx`` are ``primitives.focal_terms``. Forward (2 launches): partial sums
+(sum f W, sum W, sum pos W) per program, then ``reduce.ratio_finalize`` with the ``normalize``
+mode's denominator D; backward (1 launch): grad = df/dx * W * (1 / D) * upstream.
+
+Tensors of rank <= 4 are addressed through 4-d strides (a broadcast weight has stride 0 where it
+broadcasts: no copy); larger ranks are flattened (copied when needed).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import compute_dtype, launch, mask_view
+from .primitives import as_dtype, focal_terms
+from .reduce import (
+    DEN_EPS,
+    DEN_NUMEL,
+    DEN_ONE,
+    DEN_POS,
+    NUM_PARTIALS,
+    elementwise_block,
+    ratio_finalize,
+)
+
+NORMALIZE_MODES = {"weight": DEN_EPS, "num_pos": DEN_POS, "sum": DEN_ONE, "mean": DEN_NUMEL}
+
+
+@triton.jit
+def _offsets4(idx, d1, d2, d3, s0, s1, s2, s3):
+    """Memory offsets of the flat (row-major) indices ``idx`` of a 4-d shape with strides s."""
+    i3 = idx % d3
+    t = idx // d3
+    i2 = t % d2
+    t = t // d2
+    i1 = t % d1
+    i0 = t // d1
+    return i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
+
+
+@triton.jit
+def _focal_forward_kernel(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    part_ptr,
+    N,
+    d1,
+    d2,
+    d3,
+    sx0,
+    sx1,
+    sx2,
+    sx3,
+    sy0,
+    sy1,
+    sy2,
+    sy3,
+    sw0,
+    sw1,
+    sw2,
+    sw3,
+    alpha,
+    beta,
+    pos_threshold,
+    eps,
+    FROM_LOGITS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """partials[pid] = (sum f W, sum W, sum pos W, 0) over BLOCK elements."""
+    cdt: tl.constexpr = part_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    on = idx < N
+    x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
+    y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
+    f, _, pos, _, _ = focal_terms(
+        x.to(cdt), y.to(cdt), alpha, beta, as_dtype(pos_threshold, cdt), eps, FROM_LOGITS
+    )
+    if HAS_W:
+        w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)
+        w = w.to(cdt)
+    else:
+        w = tl.where(on, 1.0, 0.0).to(cdt)
+    out = part_ptr + pid * 4
+    tl.store(out, tl.sum(tl.where(on, f * w, 0.0), axis=0))
+    tl.store(out + 1, tl.sum(w, axis=0))
+    tl.store(out + 2, tl.sum(tl.where(pos, w, 0.0), axis=0))
+    tl.store(out + 3, tl.zeros([], cdt))
+
+
+@triton.jit
+def _focal_backward_kernel(
+    go_ptr,
+    aux_ptr,
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    g_ptr,
+    N,
+    d1,
+    d2,
+    d3,
+    sx0,
+    sx1,
+    sx2,
+    sx3,
+    sy0,
+    sy1,
+    sy2,
+    sy3,
+    sw0,
+    sw1,
+    sw2,
+    sw3,
+    alpha,
+    beta,
+    pos_threshold,
+    eps,
+    FROM_LOGITS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """grad[idx] = df/dx * W * aux[0] * upstream (contiguous, in the prediction's dtype)."""
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    on = idx < N
+    x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
+    y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
+    _, df, _, _, _ = focal_terms(
+        x.to(cdt), y.to(cdt), alpha, beta, as_dtype(pos_threshold, cdt), eps, FROM_LOGITS
+    )
+    scale = tl.load(aux_ptr) * tl.load(go_ptr).to(cdt)
+    g = df * scale
+    if HAS_W:
+        w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)
+        g = g * w.to(cdt)
+    tl.store(g_ptr + idx, g.to(g_ptr.dtype.element_ty), mask=on)
+
+
+def as4d(shape: torch.Size, *tensors: torch.Tensor | None):
+    """(4-d sizes, [(tensor, 4 strides) or None]) addressing each tensor broadcast to ``shape``."""
+    out = []
+    if len(shape) <= 4:
+        size4 = (1,) * (4 - len(shape)) + tuple(shape)
+        for t in tensors:
+            if t is None:
+                out.append(None)
+                continue
+            e = mask_view(t).expand(shape)
+            out.append((e, (0,) * (4 - len(shape)) + tuple(e.stride())))
+        return size4, out
+    n = 1
+    for s in shape:
+        n *= s
+    for t in tensors:
+        if t is None:
+            out.append(None)
+            continue
+        e = mask_view(t).expand(shape).reshape(-1)
+        out.append((e, (0, 0, 0, e.stride(0))))
+    return (1, 1, 1, n), out
+
+
+def _focal_args(pred, target, weight):
+    size4, ((x, sx), (y, sy), wt) = as4d(pred.shape, pred, target, weight)
+    w, sw = wt if wt is not None else (x, (0, 0, 0, 0))
+    return x, y, w, (*size4[1:], *sx, *sy, *sw)
+
+
+def focal_forward(
+    pred, target, weight, *, alpha, beta, pos_threshold, normalize, from_logits, eps
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, aux) in 2 launches; ``aux`` feeds :func:`focal_backward`."""
+    n = pred.numel()
+    cdt = compute_dtype(pred)
+    x, y, w, shape_args = _focal_args(pred, target, weight)
+    block, warps = elementwise_block(n)
+    nprog = max(triton.cdiv(n, block), 1)
+    partials = torch.empty(nprog, NUM_PARTIALS, dtype=cdt, device=pred.device)
+    launch(
+        _focal_forward_kernel,
+        (nprog,),
+        x,
+        y,
+        w,
+        partials,
+        n,
+        *shape_args,
+        float(alpha),
+        float(beta),
+        float(pos_threshold),
+        float(eps),
+        FROM_LOGITS=bool(from_logits),
+        HAS_W=weight is not None,
+        BLOCK=block,
+        num_warps=warps,
+    )
+    return ratio_finalize(partials, NORMALIZE_MODES[normalize], eps, n)
+
+
+def focal_backward(
+    grad_loss, aux, pred, target, weight, *, alpha, beta, pos_threshold, from_logits, eps, **_
+) -> torch.Tensor:
+    """d loss / d pred (1 launch), contiguous, in pred's dtype."""
+    n = pred.numel()
+    x, y, w, shape_args = _focal_args(pred, target, weight)
+    grad = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
+    block, warps = elementwise_block(n)
+    launch(
+        _focal_backward_kernel,
+        (max(triton.cdiv(n, block), 1),),
+        grad_loss,
+        aux,
+        x,
+        y,
+        w,
+        grad,
+        n,
+        *shape_args,
+        float(alpha),
+        float(beta),
+        float(pos_threshold),
+        float(eps),
+        FROM_LOGITS=bool(from_logits),
+        HAS_W=weight is not None,
+        BLOCK=block,
+        num_warps=warps,
+    )
+    return grad

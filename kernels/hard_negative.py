@@ -1,0 +1,224 @@
+"""Hard-negative margin ranking loss (docs/spec.md 3.3.4, 4): forward and backward kernels.
+
+Forward, one program (``primitives.hard_negative_block``): bilinear samples of the heatmap at the
+positive and the K negatives of every image, validity (mask, cell on the grid, weight > 0),
+L = mean over valid of relu(margin - s_pos + s_neg) (0 if none), and the per-sample coefficients
+coef [B, 1+K]. Writes loss and aux = [1 / max(count, 1), coef...].
+Backward, grid (cdiv(H*W, BLOCK), B) (``primitives.hard_negative_grad``): every cell sums the tent
+weights of its image's 1+K samples times their coefficients: no atomics, every cell written once.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import compute_dtype, launch, mask_view, next_pow2
+from .primitives import as_dtype, hard_negative_block, hard_negative_grad
+from .reduce import elementwise_block
+
+W_NONE, W_MAP = 0, 3  # cell_weight modes: no weight, a [B,1,H,W] weight map
+
+
+@triton.jit
+def _hard_negative_forward_kernel(
+    hm_ptr,
+    pos_ptr,
+    neg_ptr,
+    nmask_ptr,
+    w_ptr,
+    loss_ptr,
+    aux_ptr,
+    B,
+    K,
+    H,
+    W,
+    s_hm_b,
+    s_hm_h,
+    s_hm_w,
+    s_pos_b,
+    s_pos_c,
+    s_neg_b,
+    s_neg_k,
+    s_neg_c,
+    s_nm_b,
+    s_nm_k,
+    s_w_b,
+    s_w_h,
+    s_w_w,
+    margin,
+    STRIDE: tl.constexpr,
+    W_MODE: tl.constexpr,
+    HAS_NMASK: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    hinge_sum, count = hard_negative_block(
+        hm_ptr,
+        s_hm_b,
+        s_hm_h,
+        s_hm_w,
+        pos_ptr,
+        s_pos_b,
+        s_pos_c,
+        neg_ptr,
+        s_neg_b,
+        s_neg_k,
+        s_neg_c,
+        nmask_ptr,
+        s_nm_b,
+        s_nm_k,
+        w_ptr,
+        s_w_b,
+        s_w_h,
+        s_w_w,
+        aux_ptr + 1,
+        B,
+        K,
+        H,
+        W,
+        margin,
+        STRIDE,
+        W_MODE,
+        HAS_NMASK,
+        False,
+        BLOCK_B,
+        BLOCK_K,
+        cdt,
+    )
+    den = tl.maximum(count, as_dtype(1.0, cdt))
+    tl.store(loss_ptr, hinge_sum / den)
+    tl.store(aux_ptr, 1.0 / den)
+
+
+@triton.jit
+def _hard_negative_backward_kernel(
+    go_ptr,
+    aux_ptr,
+    pos_ptr,
+    neg_ptr,
+    g_ptr,
+    HW,
+    W,
+    K,
+    s_pos_b,
+    s_pos_c,
+    s_neg_b,
+    s_neg_k,
+    s_neg_c,
+    STRIDE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    cells = pid * BLOCK + tl.arange(0, BLOCK)
+    on = cells < HW
+    ii = (cells // W).to(cdt)
+    jj = (cells % W).to(cdt)
+    g = hard_negative_grad(
+        pos_ptr,
+        s_pos_b,
+        s_pos_c,
+        neg_ptr,
+        s_neg_b,
+        s_neg_k,
+        s_neg_c,
+        aux_ptr + 1,
+        b,
+        ii,
+        jj,
+        K,
+        STRIDE,
+    )
+    g = g * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt))
+    tl.store(g_ptr + b.to(tl.int64) * HW + cells, g.to(g_ptr.dtype.element_ty), mask=on)
+
+
+def _neg_args(negatives: torch.Tensor, dummy: torch.Tensor):
+    if negatives.shape[1] == 0:
+        return dummy, 0, 0, 0
+    return negatives, negatives.stride(0), negatives.stride(1), negatives.stride(2)
+
+
+def hard_negative_forward(heatmap, positive, negatives, negative_mask, weight, *, margin, stride):
+    """(loss, aux = [1 / max(count, 1), coef [B, 1+K]]) in 1 launch."""
+    b, _, h, w = heatmap.shape
+    k = negatives.shape[1]
+    cdt = compute_dtype(heatmap)
+    loss = torch.empty((), dtype=cdt, device=heatmap.device)
+    aux = torch.empty(1 + b * (k + 1), dtype=cdt, device=heatmap.device)
+    neg, s_nb, s_nk, s_nc = _neg_args(negatives, heatmap)
+    nm = mask_view(negative_mask) if negative_mask is not None and k > 0 else None
+    wt = mask_view(weight)
+    block_k = min(next_pow2(k), 32)
+    block_b = max(1, min(next_pow2(b), 512 // block_k))
+    launch(
+        _hard_negative_forward_kernel,
+        (1,),
+        heatmap,
+        positive,
+        neg,
+        nm if nm is not None else heatmap,
+        wt if wt is not None else heatmap,
+        loss,
+        aux,
+        b,
+        k,
+        h,
+        w,
+        heatmap.stride(0),
+        heatmap.stride(2),
+        heatmap.stride(3),
+        positive.stride(0),
+        positive.stride(1),
+        s_nb,
+        s_nk,
+        s_nc,
+        nm.stride(0) if nm is not None else 0,
+        nm.stride(1) if nm is not None else 0,
+        wt.stride(0) if wt is not None else 0,
+        wt.stride(2) if wt is not None else 0,
+        wt.stride(3) if wt is not None else 0,
+        float(margin),
+        STRIDE=stride,
+        W_MODE=W_MAP if wt is not None else W_NONE,
+        HAS_NMASK=nm is not None,
+        BLOCK_B=block_b,
+        BLOCK_K=block_k,
+        num_warps=4,
+    )
+    return loss, aux
+
+
+def hard_negative_backward(grad_loss, aux, heatmap, positive, negatives, *, stride):
+    """d loss / d heatmap (1 launch), contiguous, in the heatmap's dtype."""
+    b, _, h, w = heatmap.shape
+    k = negatives.shape[1]
+    grad = torch.empty(heatmap.shape, dtype=heatmap.dtype, device=heatmap.device)
+    neg, s_nb, s_nk, s_nc = _neg_args(negatives, heatmap)
+    block, warps = elementwise_block(h * w)
+    if b > 0:
+        launch(
+            _hard_negative_backward_kernel,
+            (max(triton.cdiv(h * w, block), 1), b),
+            grad_loss,
+            aux,
+            positive,
+            neg,
+            grad,
+            h * w,
+            w,
+            k,
+            positive.stride(0),
+            positive.stride(1),
+            s_nb,
+            s_nk,
+            s_nc,
+            STRIDE=stride,
+            BLOCK=block,
+            num_warps=warps,
+        )
+    return grad

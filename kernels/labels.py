@@ -1,0 +1,167 @@
+"""Label kernels (docs/spec.md 3.2, 4): Gaussian heatmaps and padding weights, one launch each.
+
+* ``gaussian_heatmap``: Y[b,0,i,j] = merge_n mask[b,n] exp(-(i - cv_n)^2 / (2 sy_n^2)
+  - (j - cu_n)^2 / (2 sx_n^2)) (``primitives.gaussian``), merge max or sum, (cu, cv) = floor(u, v)
+  for center="cell", (u, v) for "exact"; sigma a float or a tensor broadcast to [B,N,2] through
+  strides (no copy). Grid (cdiv(Hf*Wf, BLOCK), B), a loop over the N centres.
+* ``padding_weight``: W = ``primitives.cell_weight`` from a full-resolution padding mask (any dtype)
+  or analytically from valid_box.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import launch, mask_view
+from .primitives import as_dtype, cell_weight, gaussian, grid_coord, label_center
+from .reduce import elementwise_block
+
+
+@triton.jit
+def _gaussian_heatmap_kernel(
+    c_ptr,
+    sig_ptr,
+    m_ptr,
+    out_ptr,
+    N,
+    HW,
+    W,
+    s_c_b,
+    s_c_n,
+    s_c_c,
+    s_s_b,
+    s_s_n,
+    s_s_c,
+    s_m_b,
+    s_m_n,
+    sigma,
+    STRIDE: tl.constexpr,
+    CELL: tl.constexpr,
+    SIGMA_TENSOR: tl.constexpr,
+    HAS_MASK: tl.constexpr,
+    MERGE_MAX: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    cdt: tl.constexpr = out_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    cells = pid * BLOCK + tl.arange(0, BLOCK)
+    on = cells < HW
+    ii = (cells // W).to(cdt)
+    jj = (cells % W).to(cdt)
+    acc = tl.zeros([BLOCK], cdt)
+    sig = as_dtype(sigma, cdt)
+    for n in range(0, N):
+        c = c_ptr + b * s_c_b + n * s_c_n
+        cu = label_center(grid_coord(tl.load(c).to(cdt), STRIDE), CELL)
+        cv = label_center(grid_coord(tl.load(c + s_c_c).to(cdt), STRIDE), CELL)
+        if SIGMA_TENSOR:
+            s = sig_ptr + b * s_s_b + n * s_s_n
+            sx = tl.load(s).to(cdt)
+            sy = tl.load(s + s_s_c).to(cdt)
+        else:
+            sx = sig
+            sy = sig
+        y = gaussian(ii, jj, cu, cv, sx, sy)
+        if HAS_MASK:
+            y = y * tl.load(m_ptr + b * s_m_b + n * s_m_n).to(cdt)
+        if MERGE_MAX:
+            acc = tl.maximum(acc, y)
+        else:
+            acc += y
+    tl.store(out_ptr + b * HW + cells, acc, mask=on)
+
+
+@triton.jit
+def _padding_weight_kernel(
+    pad_ptr,
+    out_ptr,
+    HW,
+    W,
+    s_b,
+    s_h,
+    s_w,
+    STRIDE: tl.constexpr,
+    MODE: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    cdt: tl.constexpr = out_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    cells = pid * BLOCK + tl.arange(0, BLOCK)
+    on = cells < HW
+    w = cell_weight(pad_ptr, b, cells // W, cells % W, s_b, s_h, s_w, on, STRIDE, MODE, cdt)
+    tl.store(out_ptr + b.to(tl.int64) * HW + cells, w, mask=on)
+
+
+def gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dtype) -> torch.Tensor:
+    """[B,1,Hf,Wf] in ``dtype`` (1 launch)."""
+    b, n = centers.shape[:2]
+    hf, wf = size
+    out = torch.empty(b, 1, hf, wf, dtype=dtype, device=centers.device)
+    if isinstance(sigma, torch.Tensor):
+        sig = sigma if sigma.dim() != 2 else sigma[..., None]
+        sig = sig.expand(b, n, 2)
+        sig_args = (sig, *sig.stride(), 1.0)
+    else:
+        sig_args = (centers, 0, 0, 0, float(sigma))
+    m = mask_view(mask)
+    block, warps = elementwise_block(hf * wf)
+    if b > 0:
+        launch(
+            _gaussian_heatmap_kernel,
+            (max(triton.cdiv(hf * wf, block), 1), b),
+            centers,
+            sig_args[0],
+            m if m is not None else centers,
+            out,
+            n,
+            hf * wf,
+            wf,
+            centers.stride(0),
+            centers.stride(1),
+            centers.stride(2),
+            *sig_args[1:4],
+            m.stride(0) if m is not None else 0,
+            m.stride(1) if m is not None else 0,
+            sig_args[4],
+            STRIDE=stride,
+            CELL=center == "cell",
+            SIGMA_TENSOR=isinstance(sigma, torch.Tensor),
+            HAS_MASK=m is not None,
+            MERGE_MAX=merge == "max",
+            BLOCK=block,
+            num_warps=warps,
+        )
+    return out
+
+
+def padding_weight(padding_mask, valid_box, size, stride, dtype) -> torch.Tensor:
+    """W [B,1,Hf,Wf] in ``dtype`` (1 launch); one of padding_mask / valid_box is given."""
+    from .gap_detection import padding_args
+
+    src = padding_mask if padding_mask is not None else valid_box
+    b = src.shape[0]
+    hf, wf = size
+    out = torch.empty(b, 1, hf, wf, dtype=dtype, device=src.device)
+    pad, s_b, s_h, s_w, mode = padding_args(padding_mask, valid_box, src)
+    block, warps = elementwise_block(hf * wf)
+    if b > 0:
+        launch(
+            _padding_weight_kernel,
+            (max(triton.cdiv(hf * wf, block), 1), b),
+            pad,
+            out,
+            hf * wf,
+            wf,
+            s_b,
+            s_h,
+            s_w,
+            STRIDE=stride,
+            MODE=mode,
+            BLOCK=block,
+            num_warps=warps,
+        )
+    return out

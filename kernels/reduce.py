@@ -1,0 +1,85 @@
+"""One-program finalize shared by the component losses: ratio of reduced partial sums.
+
+The forward kernels of the component losses (``focal.py``, ``regression.py``) write per-program
+partial sums ``partials [P, 4]`` = (numerator, denominator sum, positive-weight sum, unused) and
+this kernel reduces them in a fixed order (deterministic, no atomics) and writes
+
+    loss = num / D,   aux[0] = 1 / D   (the gradient scale of the backward kernel)
+
+with D by ``DEN_MODE``: 0 ``den + eps``; 1 (CenterNet ``num_pos``) ``pos`` if ``pos > 0`` else 1;
+2 (``sum``) 1; 3 (``mean``) ``numel``.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import launch
+from .primitives import as_dtype
+
+DEN_EPS, DEN_POS, DEN_ONE, DEN_NUMEL = 0, 1, 2, 3
+NUM_PARTIALS = 4
+
+
+@triton.jit
+def _ratio_finalize_kernel(
+    part_ptr, P, loss_ptr, aux_ptr, eps, numel, DEN_MODE: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    cdt: tl.constexpr = part_ptr.dtype.element_ty
+    rows = tl.arange(0, BLOCK_P)
+    cols = tl.arange(0, 4)
+    acc = tl.zeros([BLOCK_P, 4], cdt)
+    for r0 in range(0, P, BLOCK_P):
+        r = (r0 + rows).to(tl.int64)
+        acc += tl.load(part_ptr + r[:, None] * 4 + cols[None, :], mask=(r < P)[:, None], other=0)
+    sums = tl.sum(acc, axis=0)
+    num = tl.sum(tl.where(cols == 0, sums, 0.0), axis=0)
+    den = tl.sum(tl.where(cols == 1, sums, 0.0), axis=0)
+    pos = tl.sum(tl.where(cols == 2, sums, 0.0), axis=0)
+    if DEN_MODE == 0:
+        d = den + as_dtype(eps, cdt)
+    elif DEN_MODE == 1:
+        d = tl.where(pos > 0, pos, 1.0)
+    elif DEN_MODE == 2:
+        d = tl.full([], 1.0, cdt)
+    else:
+        d = as_dtype(numel, cdt)
+    tl.store(loss_ptr, num / d)
+    tl.store(aux_ptr, 1.0 / d)
+
+
+def ratio_finalize(
+    partials: torch.Tensor, den_mode: int, eps: float, numel: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss 0-dim, aux [1] = 1 / D) from ``partials [P, 4]`` (one launch)."""
+    loss = torch.empty((), dtype=partials.dtype, device=partials.device)
+    aux = torch.empty(1, dtype=partials.dtype, device=partials.device)
+    launch(
+        _ratio_finalize_kernel,
+        (1,),
+        partials,
+        partials.shape[0],
+        loss,
+        aux,
+        float(eps),
+        int(numel),
+        DEN_MODE=den_mode,
+        BLOCK_P=128,
+        num_warps=4,
+    )
+    return loss, aux
+
+
+def interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def elementwise_block(n: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of the elementwise kernels over ``n`` items per program row."""
+    if interpreting():  # fewer, wider programs: the interpreter pays per program and op
+        return min(triton.next_power_of_2(max(n, 1)), 4096), 4
+    return min(triton.next_power_of_2(max(n, 1)), 1024), 8
