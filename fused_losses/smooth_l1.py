@@ -30,17 +30,14 @@ from .validation import (
 def smooth_l1_terms(
     d: torch.Tensor, beta: float, need_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Elementwise (smoothL1(d), smoothL1'(d) or None); the linear branch holds at |d| = beta."""
-    a = d.abs()
-    quad = a < beta
-    if beta > 0:
-        s = torch.where(quad, 0.5 * d * d / beta, a - 0.5 * beta)
-    else:
-        s = a
-    if not need_grad:
-        return s, None
-    ds = torch.where(quad, d / beta, torch.sign(d)) if beta > 0 else torch.sign(d)
-    return s, ds
+    """Elementwise (smoothL1(d), smoothL1'(d) or None) through c = clamp(d, -beta, beta):
+    smoothL1(d) = c (d - c / 2) / beta and smoothL1'(d) = c / beta (the linear branch, sign(d), at
+    |d| = beta); beta = 0 is the L1 loss."""
+    if beta <= 0:
+        return d.abs(), (torch.sign(d) if need_grad else None)
+    c = d.clamp(-beta, beta)
+    s = c * (d - 0.5 * c) / beta
+    return s, (c / beta if need_grad else None)
 
 
 def masked_smooth_l1_loss(
