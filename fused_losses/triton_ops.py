@@ -30,18 +30,6 @@ from .kernels.gap_detection import gap_detection_backward, gap_detection_forward
 # --------------------------------------------------------------------- fused gap-detection loss
 
 
-def _triton_op(name: str):
-    try:
-        from torch.library import triton_op
-    except ImportError:  # pragma: no cover - torch < 2.6
-        return None
-    return triton_op(name, mutates_args=())
-
-
-_triton_op_fwd = _triton_op("fused_losses::gap_detection_fwd")
-_triton_op_bwd = _triton_op("fused_losses::gap_detection_bwd")
-
-
 def _gap_fwd_impl(
     heatmap_gap: Tensor,
     heatmap_piece: Tensor,
@@ -156,7 +144,6 @@ def _gap_bwd_impl(
 
 
 _N_FWD_ARGS = 25  # tensors (11) + options (14) of gap_detection_fwd
-_BWD_OPTS = slice(11, None)  # options of the forward, as passed on to the backward
 
 
 def _bwd_options(opts: tuple) -> tuple:
@@ -187,27 +174,69 @@ def _backward(ctx, grad_total, _grad_aux):
     return tuple(g if n else None for g, n in zip(grads, need)) + none[4:]
 
 
-if _triton_op_fwd is not None:
-    _gap_fwd = _triton_op_fwd(_gap_fwd_impl)
-    _gap_bwd = _triton_op_bwd(_gap_bwd_impl)
-    _gap_fwd.register_autograd(_backward, setup_context=_setup_context)
-else:  # pragma: no cover - torch < 2.6: a plain autograd.Function over the same launchers
+def _gap_fwd_fake(
+    heatmap_gap,
+    heatmap_piece,
+    offset,
+    angle,
+    gap_center,
+    piece_center,
+    gap_angle,
+    confusers,
+    *_args,
+):
+    """Output metadata of gap_detection_fwd (the interpreter's opaque op needs it for tracing)."""
+    preds = (heatmap_gap, heatmap_piece, offset, angle)
+    cdt = torch.float64 if any(x.dtype == torch.float64 for x in preds) else torch.float32
+    k = confusers.shape[1] if confusers is not None else 0
+    b = heatmap_gap.shape[0]
+    return heatmap_gap.new_empty((), dtype=cdt), heatmap_gap.new_empty(10 + b * (k + 1), dtype=cdt)
 
-    class _GapFunction(torch.autograd.Function):
-        @staticmethod
-        def forward(*args):  # type: ignore[override]
-            return _gap_fwd_impl(*args)
 
-        @staticmethod
-        def setup_context(ctx, inputs, output):
-            _setup_context(ctx, inputs, output)
+def _gap_bwd_fake(
+    grad_total,
+    aux,
+    heatmap_gap,
+    heatmap_piece,
+    offset,
+    angle,
+    gap_center,
+    piece_center,
+    gap_angle,
+    confusers,
+    padding_mask,
+    valid_box,
+    *rest,
+):
+    preds = (heatmap_gap, heatmap_piece, offset, angle)
+    g0, g1, g2, g3 = (x.new_empty(x.shape) if n else aux.new_empty(0) for x, n in zip(preds, rest))
+    return g0, g1, g2, g3
 
-        @staticmethod
-        def backward(ctx, grad_total, grad_aux):  # type: ignore[override]
-            return _backward(ctx, grad_total, grad_aux)
 
-    _gap_fwd = _GapFunction.apply
-    _gap_bwd = _gap_bwd_impl
+def _register_gap_ops():
+    """``triton_op``s (traced through by torch.compile) on GPUs; under Triton's interpreter, whose
+    kernels ``wrap_triton`` cannot trace, opaque ``custom_op``s with explicit fake kernels (the
+    same launchers run eagerly inside)."""
+    import os
+
+    fwd_name, bwd_name = "fused_losses::gap_detection_fwd", "fused_losses::gap_detection_bwd"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        from torch.library import custom_op
+
+        fwd = custom_op(fwd_name, mutates_args=())(_gap_fwd_impl)
+        bwd = custom_op(bwd_name, mutates_args=())(_gap_bwd_impl)
+        fwd.register_fake(_gap_fwd_fake)
+        bwd.register_fake(_gap_bwd_fake)
+    else:
+        from torch.library import triton_op
+
+        fwd = triton_op(fwd_name, mutates_args=())(_gap_fwd_impl)
+        bwd = triton_op(bwd_name, mutates_args=())(_gap_bwd_impl)
+    fwd.register_autograd(_backward, setup_context=_setup_context)
+    return fwd, bwd
+
+
+_gap_fwd, _gap_bwd = _register_gap_ops()
 
 
 def gap_detection_loss_triton(opts: dict, inputs: tuple) -> tuple[Tensor, Tensor]:
