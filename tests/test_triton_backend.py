@@ -1,0 +1,316 @@
+"""Triton-specific tests of the fused gap-detection loss (and its kernels' launch budget).
+
+On a machine without CUDA they run the same kernels through Triton's interpreter on CPU tensors
+(``TRITON_INTERPRET=1``, set here before triton is imported in case conftest has not); the tests
+marked ``gpu`` need CUDA (half precision parity, CUDA-graph capture, torch.compile).
+"""
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+
+pytest.importorskip("triton")
+
+from fused_losses.kernels.launch import launch_count, reset_launch_count
+from fused_losses.reference.cases import gap_case
+
+import fused_losses
+from fused_losses import reference
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+COMPONENTS = ("heatmap_gap", "heatmap_piece", "offset", "angle", "hard_negative")
+gpu = pytest.mark.gpu
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x, ref = x.double().cpu(), ref.double().cpu()
+    den = ref.norm().item()
+    num = (x - ref).norm().item()
+    return num / den if den > 0 else num
+
+
+def triton_loss(case, dtype=torch.float32, **opts):
+    """(total, components, grads) of the triton backend, and the float64 reference on the same
+    (rounded) inputs."""
+    c = case.to(dtype, DEVICE, requires_grad=True)
+    total, comps = fused_losses.gap_detection_loss(
+        *c.args(), return_components=True, backend="triton", **opts
+    )
+    grads = torch.autograd.grad(total, c.predictions())
+    r = case.to(dtype).to(torch.float64, requires_grad=True)
+    ref_total, ref_comps = reference.gap_detection_loss(*r.args(), return_components=True, **opts)
+    ref_grads = torch.autograd.grad(ref_total, r.predictions())
+    return (total, comps, grads), (ref_total, ref_comps, ref_grads)
+
+
+def check_parity(ours, ref, loss_tol, grad_tol):
+    total, comps, grads = ours
+    ref_total, ref_comps, ref_grads = ref
+    assert torch.isfinite(total)
+    assert rel_err(total, ref_total) <= loss_tol
+    for name in COMPONENTS:
+        assert abs(comps[name].item() - ref_comps[name].item()) <= loss_tol * max(
+            abs(ref_comps[name].item()), 1e-3
+        ), name
+    for g, gr in zip(grads, ref_grads):
+        assert torch.isfinite(g).all()
+        assert rel_err(g, gr) <= grad_tol
+
+
+# ------------------------------------------------------------------------------ launch budget
+
+
+def _fills(prof) -> int:
+    names = {"aten::fill_", "aten::zero_"}
+    return sum(
+        1
+        for e in prof.events()
+        if e.name in names and (e.cpu_parent is None or e.cpu_parent.name not in names)
+    )
+
+
+@pytest.mark.parametrize("padding", [None, "mask", "box"])
+def test_full_loss_is_three_launches_and_no_fill(padding):
+    c = gap_case(2, (8, 12), confusers=3, padding=padding, seed=1).to(
+        torch.float32, DEVICE, requires_grad=True
+    )
+    upstream = torch.tensor(0.7, device=DEVICE)
+    reset_launch_count()
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        total = fused_losses.gap_detection_loss(*c.args(), backend="triton")
+        assert launch_count() == 2  # partial sums + finalize
+        torch.autograd.grad(total, c.predictions(), grad_outputs=upstream)
+    launches, fills = launch_count(), _fills(prof)
+    assert launches == 3, launches
+    assert fills <= 1, fills
+    assert launches + fills <= 4
+
+
+def test_forward_only_is_two_launches():
+    c = gap_case(1, (8, 12), confusers=2, seed=2).to(torch.float32, DEVICE)
+    reset_launch_count()
+    with torch.no_grad():
+        fused_losses.gap_detection_loss(*c.args(), backend="triton")
+    assert launch_count() == 2
+
+
+# ------------------------------------------------------------------------------ determinism
+
+
+def test_bitwise_run_to_run_determinism():
+    case = gap_case(3, (17, 33), confusers=3, padding="mask", from_logits=True, seed=3)
+    runs = []
+    for _ in range(2):
+        c = case.to(torch.float32, DEVICE, requires_grad=True)
+        total, comps = fused_losses.gap_detection_loss(
+            *c.args(), return_components=True, from_logits=True, backend="triton"
+        )
+        runs.append((total, comps, torch.autograd.grad(total, c.predictions())))
+    (t0, c0, g0), (t1, c1, g1) = runs
+    assert torch.equal(t0, t1)
+    assert all(torch.equal(c0[k], c1[k]) for k in COMPONENTS)
+    assert all(torch.equal(a, b) for a, b in zip(g0, g1))
+
+
+def test_random_upstream_gradient():
+    case = gap_case(2, (9, 16), confusers=2, padding="box", seed=4)
+    upstream = torch.randn((), generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    c = case.to(torch.float32, DEVICE, requires_grad=True)
+    total = fused_losses.gap_detection_loss(*c.args(), backend="triton")
+    grads = torch.autograd.grad(total, c.predictions(), grad_outputs=upstream)
+    r = case.to(torch.float32).to(torch.float64, requires_grad=True)
+    ref = reference.gap_detection_loss(*r.args())
+    ref_grads = torch.autograd.grad(ref, r.predictions(), grad_outputs=upstream.double().cpu())
+    for g, gr in zip(grads, ref_grads):
+        assert rel_err(g, gr) <= 1e-5
+
+
+# ------------------------------------------------------------------------------ parity (float32)
+
+
+PARITY = [
+    # batch, (Hf, Wf), confusers, padding, from_logits
+    (1, (8, 12), 0, None, False),
+    (3, (17, 33), 3, None, True),
+    (3, (17, 33), 3, "mask", False),
+    (2, (17, 33), 3, "mask", True),
+    (3, (17, 33), 0, "box", False),
+    (1, (9, 16), 3, "box", True),
+]
+
+
+@pytest.mark.parametrize(("batch", "size", "k", "padding", "from_logits"), PARITY)
+def test_parity_float32_vs_float64_reference(batch, size, k, padding, from_logits):
+    case = gap_case(batch, size, confusers=k, padding=padding, from_logits=from_logits, seed=5)
+    ours, ref = triton_loss(case, from_logits=from_logits)
+    assert ours[0].dtype == torch.float32
+    check_parity(ours, ref, 1e-5, 1e-5)
+
+
+def test_parity_options_exact_center_and_weights():
+    case = gap_case(2, (12, 20), confusers=3, padding="box", seed=6)
+    opts = dict(
+        center="exact",
+        sigma=2.0,
+        alpha=2.0,
+        beta=3.0,
+        reg_threshold=0.5,
+        margin=0.4,
+        w_heatmap=0.5,
+        w_offset=2.0,
+        w_angle=0.7,
+        w_hard_negative=3.0,
+    )
+    ours, ref = triton_loss(case, **opts)
+    check_parity(ours, ref, 1e-5, 1e-5)
+
+
+def test_float64_inputs_computed_in_float64():
+    case = gap_case(2, (9, 16), confusers=2, padding="mask", seed=7)
+    ours, ref = triton_loss(case, dtype=torch.float64)
+    assert ours[0].dtype == torch.float64
+    assert all(g.dtype == torch.float64 for g in ours[2])
+    check_parity(ours, ref, 1e-12, 1e-12)
+
+
+def test_non_contiguous_inputs_and_partial_requires_grad():
+    case = gap_case(2, (9, 16), confusers=2, padding="mask", seed=8)
+    c = case.to(torch.float32, DEVICE)
+    # Channels-last style strides for the predictions, a [B,H,W] padding mask, a strided centre.
+    hg = c.heatmap_gap.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2)
+    off = c.offset.permute(0, 2, 3, 1).contiguous().permute(0, 3, 1, 2).requires_grad_()
+    ang = c.angle.transpose(2, 3).contiguous().transpose(2, 3)
+    gc = torch.stack([c.gap_center, c.gap_center], dim=2)[..., 0]
+    pm = c.padding_mask[:, 0]
+    args = (hg, c.heatmap_piece, off, ang, gc, c.piece_center, c.gap_angle, c.confusers)
+    total = fused_losses.gap_detection_loss(*args, c.confuser_mask, pm, None, backend="triton")
+    (g_off,) = torch.autograd.grad(total, off)
+    r = case.to(torch.float32).to(torch.float64)
+    r.offset.requires_grad_()
+    ref = reference.gap_detection_loss(*r.args())
+    (ref_off,) = torch.autograd.grad(ref, r.offset)
+    assert rel_err(total, ref) <= 1e-5
+    assert rel_err(g_off, ref_off) <= 1e-5
+
+
+def test_edge_cases_are_finite():
+    case = gap_case(2, (8, 12), confusers=3, padding="mask", seed=9)
+    case.padding_mask[0] = True  # image 0 fully padded
+    case.confuser_mask[1] = False  # no confuser of image 1 counts
+    case.gap_center[1] = torch.tensor([-100.0, 1000.0], dtype=torch.float64)  # off the grid
+    ours, ref = triton_loss(case)
+    check_parity(ours, ref, 1e-5, 1e-5)
+
+
+def test_component_ops_are_three_launches():
+    pred = torch.rand(2, 1, 8, 12, device=DEVICE).clamp(0.01, 0.99).requires_grad_()
+    target = torch.rand(2, 1, 8, 12, device=DEVICE)
+    reset_launch_count()
+    loss = fused_losses.masked_focal_loss(pred, target, normalize="num_pos", backend="triton")
+    torch.autograd.grad(loss, pred)
+    assert launch_count() == 3
+
+
+# ------------------------------------------------------------------------------ GPU only
+
+
+@gpu
+@needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_half_precision_parity(dtype, from_logits):
+    case = gap_case(4, (64, 128), confusers=3, padding="mask", from_logits=from_logits, seed=10)
+    ours, ref = triton_loss(case, dtype=dtype, from_logits=from_logits)
+    assert ours[0].dtype == torch.float32
+    assert all(g.dtype == dtype for g in ours[2])
+    check_parity(ours, ref, 1e-3, 1e-2)
+
+
+@gpu
+@needs_cuda
+def test_autocast_training_step():
+    case = gap_case(2, (32, 64), confusers=2, padding="box", seed=11)
+    c = case.to(torch.float32, DEVICE, requires_grad=True)
+    with torch.autocast("cuda", dtype=torch.float16):
+        total = fused_losses.gap_detection_loss(*c.args(), backend="triton")
+    assert total.dtype == torch.float32
+    grads = torch.autograd.grad(total, c.predictions())
+    r = case.to(torch.float32).to(torch.float64, requires_grad=True)
+    ref = reference.gap_detection_loss(*r.args())
+    assert rel_err(total, ref) <= 1e-5
+    for g, gr in zip(grads, torch.autograd.grad(ref, r.predictions())):
+        assert rel_err(g, gr) <= 1e-5
+
+
+@gpu
+@needs_cuda
+def test_cuda_graph_capture_and_replay():
+    crit = fused_losses.GapDetectionLoss(backend="triton")
+    static = gap_case(2, (32, 64), confusers=3, padding="mask", seed=12).to(
+        torch.float32, "cuda", requires_grad=True
+    )
+
+    def step():
+        total = crit(*static.args())
+        return (total, *torch.autograd.grad(total, static.predictions()))
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(2):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        outs = step()
+    fresh = gap_case(2, (32, 64), confusers=3, padding="mask", seed=13).to(torch.float32, "cuda")
+    for name in ("heatmap_gap", "heatmap_piece", "offset", "angle", "gap_center", "piece_center"):
+        getattr(static, name).detach().copy_(getattr(fresh, name))
+    graph.replay()
+    torch.cuda.synchronize()
+    eager = fresh.to(requires_grad=True)
+    e_total = crit(*eager.args())
+    e_grads = torch.autograd.grad(e_total, eager.predictions())
+    assert torch.equal(outs[0], e_total)
+    assert all(torch.equal(a, b) for a, b in zip(outs[1:], e_grads))
+
+
+@gpu
+@needs_cuda
+def test_torch_compile_fullgraph_training_step():
+    torch.manual_seed(0)
+    net = torch.nn.Conv2d(3, 8, 3, padding=1).cuda()
+    crit = fused_losses.GapDetectionLoss(from_logits=True, backend="triton")
+    case = gap_case(2, (32, 64), confusers=3, padding="box", seed=14).to(torch.float32, "cuda")
+    image = torch.randn(2, 3, 32, 64, device="cuda")
+
+    def train_step(image, gc, pc, ga, conf, cmask, box):
+        out = net(image)
+        return crit(
+            out[:, 0:1], out[:, 1:2], out[:, 2:6], out[:, 6:8], gc, pc, ga, conf, cmask, None, box
+        )
+
+    targets = (
+        case.gap_center,
+        case.piece_center,
+        case.gap_angle,
+        case.confusers,
+        case.confuser_mask,
+        case.valid_box,
+    )
+    compiled = torch.compile(train_step, fullgraph=True)
+    loss_c = compiled(image, *targets)
+    loss_c.backward()
+    grads_c = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    loss_e = train_step(image, *targets)
+    loss_e.backward()
+    assert torch.allclose(loss_c, loss_e, rtol=1e-5, atol=1e-6)
+    for gc_, ge in zip(grads_c, (p.grad for p in net.parameters())):
+        assert rel_err(gc_, ge) <= 1e-4
