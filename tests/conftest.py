@@ -118,3 +118,53 @@ def pairwise(factors: dict[str, list]) -> list[dict]:
             uncovered.discard((p, row[p], q, row[q]))
         rows.append({names[k]: factors[names[k]][row[k]] for k in range(len(names))})
     return rows
+
+
+def check_parity(
+    op,
+    ref_op,
+    tensors: dict,
+    *,
+    grad: tuple[str, ...],
+    backend: str,
+    dtype: torch.dtype = torch.float32,
+    seed: int = 0,
+    device: str = DEVICE,
+    **opts,
+):
+    """Compare ``op(**tensors, **opts, backend=backend)`` with ``ref_op`` in float64.
+
+    Floating tensors are cast to ``dtype`` (the candidate's inputs); the reference gets the same
+    values upcast to float64. ``grad`` names the inputs whose gradients are compared, under a
+    random upstream gradient. Returns (loss, ref_loss, candidate leaves, reference leaves).
+    """
+    loss_tol, grad_tol = TOLERANCES[dtype]
+    cand = {
+        k: (v.to(dtype) if v is not None and v.is_floating_point() else v)
+        for k, v in tensors.items()
+    }
+    cand = {k: (v.to(device) if v is not None else v) for k, v in cand.items()}
+    ref = {
+        k: (v.detach().to("cpu", torch.float64) if v is not None and v.is_floating_point() else v)
+        for k, v in cand.items()
+    }
+    ref = {k: (v.cpu() if v is not None else v) for k, v in ref.items()}
+    for k in grad:
+        cand[k] = cand[k].detach().clone().requires_grad_(True)
+        ref[k] = ref[k].detach().clone().requires_grad_(True)
+    r = upstream_scalar(seed)
+    ref_loss = ref_op(**ref, **opts)
+    (ref_loss * r).backward()
+    loss = op(**cand, **opts, backend=backend)
+    assert isinstance(loss, torch.Tensor) and loss.dim() == 0
+    if dtype in (torch.float32, torch.float64):
+        assert loss.dtype == dtype
+    assert_scalar_close(loss, ref_loss, loss_tol)
+    if grad:
+        assert loss.requires_grad
+        (loss * r).backward()
+    for k in grad:
+        assert cand[k].grad is not None, k
+        assert cand[k].grad.dtype == dtype, k
+        assert_grad_close(cand[k].grad, ref[k].grad, grad_tol, f"grad {k}")
+    return loss, ref_loss, cand, ref

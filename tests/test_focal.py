@@ -1,0 +1,328 @@
+"""masked_focal_loss / MaskedFocalLoss against the float64 reference (spec 3.3.1 and 4)."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+from conftest import DEVICE, assert_scalar_close, check_parity, pairwise
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fused_losses as fl
+from fused_losses import reference as R
+
+NORMALIZE = ["weight", "num_pos", "sum", "mean"]
+WEIGHTS = ["none", "full", "per-image", "per-pixel-shared"]
+
+
+def focal_inputs(b, h, w, *, from_logits, weight, seed, n_pos=3):
+    g = torch.Generator().manual_seed(seed)
+    f64 = torch.float64
+    if from_logits:
+        pred = 3 * torch.randn(b, 1, h, w, generator=g, dtype=f64)
+    else:
+        pred = 0.01 + 0.98 * torch.rand(b, 1, h, w, generator=g, dtype=f64)
+    # A Gaussian-like target: a few exact 1s, values near and under the threshold elsewhere.
+    target = torch.rand(b, 1, h, w, generator=g, dtype=f64) ** 3
+    flat = target.view(-1)
+    idx = torch.randperm(flat.numel(), generator=g)[:n_pos]
+    flat[idx] = 1.0
+    if weight == "none":
+        wt = None
+    elif weight == "full":
+        wt = torch.rand(b, 1, h, w, generator=g, dtype=f64)
+        wt[0, 0, :2] = 0
+    elif weight == "per-image":
+        wt = torch.rand(b, 1, 1, 1, generator=g, dtype=f64)
+    else:
+        wt = torch.rand(1, 1, h, w, generator=g, dtype=f64)
+    return dict(pred=pred, target=target, weight=wt)
+
+
+def run_focal(backend, size, *, normalize, from_logits, weight, dt, seed, **opts):
+    tensors = focal_inputs(*size, from_logits=from_logits, weight=weight, seed=seed)
+    return check_parity(
+        fl.masked_focal_loss,
+        R.masked_focal_loss,
+        tensors,
+        grad=("pred",),
+        backend=backend,
+        dtype=dt,
+        seed=seed,
+        normalize=normalize,
+        from_logits=from_logits,
+        **opts,
+    )
+
+
+FULL = list(itertools.product(NORMALIZE, [False, True], WEIGHTS, [torch.float32, torch.float64]))
+
+
+def focal_id(normalize, from_logits, weight, dt):
+    return f"{normalize}-{'logits' if from_logits else 'probs'}-w_{weight}-{str(dt)[6:]}"
+
+
+@pytest.mark.parametrize("normalize,from_logits,weight,dt", FULL, ids=[focal_id(*p) for p in FULL])
+def test_focal_torch(normalize, from_logits, weight, dt):
+    seed = FULL.index((normalize, from_logits, weight, dt))
+    for size in ((3, 17, 33), (2, 64, 128)):
+        run_focal(
+            "torch",
+            size,
+            normalize=normalize,
+            from_logits=from_logits,
+            weight=weight,
+            dt=dt,
+            seed=seed,
+        )
+
+
+ROWS = pairwise(
+    {
+        "normalize": NORMALIZE,
+        "weight": WEIGHTS,
+        "from_logits": [False, True],
+        "dt": [torch.float32, torch.float64],
+    }
+)
+
+
+@pytest.mark.parametrize(
+    "row",
+    ROWS,
+    ids=[
+        "triton-" + focal_id(r["normalize"], r["from_logits"], r["weight"], r["dt"]) for r in ROWS
+    ],
+)
+def test_focal_triton(row):
+    run_focal("triton", (3, 17, 33), seed=len(row["normalize"]), **row)
+
+
+@pytest.mark.parametrize("weight", ["per-image", "per-pixel-shared"])
+@pytest.mark.parametrize("normalize", NORMALIZE)
+def test_broadcast_weight_equals_expanded_weight(backend, weight, normalize):
+    """A broadcast weight means the same as the weight expanded to pred's shape."""
+    t = focal_inputs(3, 16, 32, from_logits=False, weight=weight, seed=4)
+    expanded = t["weight"].expand_as(t["pred"]).contiguous()
+    a = fl.masked_focal_loss(
+        t["pred"].to(DEVICE), t["target"].to(DEVICE), t["weight"].to(DEVICE),
+        normalize=normalize, backend=backend,
+    )  # fmt: skip
+    b = fl.masked_focal_loss(
+        t["pred"].to(DEVICE), t["target"].to(DEVICE), expanded.to(DEVICE),
+        normalize=normalize, backend=backend,
+    )  # fmt: skip
+    assert_scalar_close(a, b, 1e-12, "broadcast vs expanded weight")
+
+
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_num_pos_without_positives_divides_by_one(backend, from_logits):
+    t = focal_inputs(2, 17, 33, from_logits=from_logits, weight="full", seed=5)
+    t["target"] = t["target"].clamp(max=0.85)  # no pixel reaches pos_threshold = 0.9
+    for weight in (t["weight"], None):
+        tt = {**t, "weight": weight}
+        loss, *_ = check_parity(
+            fl.masked_focal_loss,
+            R.masked_focal_loss,
+            tt,
+            grad=("pred",),
+            backend=backend,
+            normalize="num_pos",
+            from_logits=from_logits,
+        )
+        total, *_ = check_parity(
+            fl.masked_focal_loss,
+            R.masked_focal_loss,
+            tt,
+            grad=("pred",),
+            backend=backend,
+            normalize="sum",
+            from_logits=from_logits,
+        )
+        assert_scalar_close(loss, total, 1e-6, "num_pos with no positives == sum")
+    # Positives only where the weight is 0: sum(pos * W) = 0, divide by 1 as well.
+    t = focal_inputs(2, 17, 33, from_logits=from_logits, weight="full", seed=6)
+    t["target"] = t["target"].clamp(max=0.85)
+    t["target"][0, 0, 0, :5] = 1.0  # weight row 0 of image 0 is 0
+    check_parity(
+        fl.masked_focal_loss,
+        R.masked_focal_loss,
+        t,
+        grad=("pred",),
+        backend=backend,
+        normalize="num_pos",
+        from_logits=from_logits,
+    )
+
+
+def test_num_pos_counts_positives(backend):
+    """With W absent, "num_pos" divides the sum by the number of Y >= pos_threshold."""
+    t = focal_inputs(2, 17, 33, from_logits=False, weight="none", seed=7, n_pos=4)
+    n = int((t["target"] >= 0.9).sum())
+    assert n >= 4
+    args = (t["pred"].to(DEVICE), t["target"].to(DEVICE))
+    a = fl.masked_focal_loss(*args, normalize="num_pos", backend=backend)
+    s = fl.masked_focal_loss(*args, normalize="sum", backend=backend)
+    m = fl.masked_focal_loss(*args, normalize="mean", backend=backend)
+    assert_scalar_close(a * n, s, 1e-6, "num_pos * n == sum")
+    assert_scalar_close(m * t["pred"].numel(), s, 1e-6, "mean * numel == sum")
+
+
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_target_on_the_threshold_is_positive(backend, dt):
+    """pos = Y >= pos_threshold: a target exactly on the threshold is a positive. (0.75 is exact
+    in binary, so float32 and float64 agree on which targets sit on it.)"""
+    t = focal_inputs(2, 17, 33, from_logits=False, weight="full", seed=13)
+    t["target"] = t["target"].clamp(max=0.7)
+    t["target"][1, 0, 4, 5:9] = 0.75
+    on, *_ = check_parity(
+        fl.masked_focal_loss,
+        R.masked_focal_loss,
+        t,
+        grad=("pred",),
+        backend=backend,
+        dtype=dt,
+        pos_threshold=0.75,
+        normalize="num_pos",
+    )
+    off, *_ = check_parity(
+        fl.masked_focal_loss,
+        R.masked_focal_loss,
+        t,
+        grad=("pred",),
+        backend=backend,
+        dtype=dt,
+        pos_threshold=0.76,
+        normalize="num_pos",
+    )
+    assert abs(float(on.detach()) - float(off.detach())) > 1e-3
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(alpha=2.0, beta=4.0),
+        dict(alpha=0.0, beta=0.0),
+        dict(alpha=1.0, beta=2.5, pos_threshold=0.5),
+        dict(pos_threshold=1.01),
+        dict(eps=1e-3),
+        dict(eps=0.0),
+    ],
+    ids=["alpha2", "alpha0-beta0", "alpha1-thr0.5", "no-positives", "eps1e-3", "eps0"],
+)
+@pytest.mark.parametrize("from_logits", [False, True])
+def test_focal_options(backend, opts, from_logits):
+    run_focal(
+        backend,
+        (2, 17, 33),
+        normalize="weight",
+        from_logits=from_logits,
+        weight="full",
+        dt=torch.float32,
+        seed=8,
+        **opts,
+    )
+
+
+def test_logits_stable_for_large_logits(backend):
+    """from_logits: exact logs, finite for |x| = 40 in float32 where log(sigmoid(x) + eps) is not
+    exact."""
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(2, 1, 17, 33, generator=g, dtype=torch.float64) * 40
+    y = torch.rand(2, 1, 17, 33, generator=g, dtype=torch.float64) ** 4
+    y[:, :, 3, 3] = 1.0
+    x[:, :, 3, 3] = -40.0  # a confident miss on a positive
+    for dt in (torch.float32, torch.float64):
+        check_parity(
+            fl.masked_focal_loss,
+            R.masked_focal_loss,
+            dict(pred=x, target=y, weight=None),
+            grad=("pred",),
+            backend=backend,
+            dtype=dt,
+            from_logits=True,
+        )
+
+
+@pytest.mark.parametrize("dt", [torch.float16, torch.bfloat16])
+def test_focal_half_precision(backend, dt):
+    for from_logits in (True, False):
+        run_focal(
+            backend,
+            (2, 17, 33),
+            normalize="weight",
+            from_logits=from_logits,
+            weight="full",
+            dt=dt,
+            seed=10,
+        )
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), normalize=st.sampled_from(NORMALIZE))
+def test_logits_equal_probabilities_without_eps(seed, normalize):
+    """from_logits=True on x equals probabilities sigmoid(x) with eps=0 (moderate logits)."""
+    t = focal_inputs(2, 6, 7, from_logits=True, weight="full", seed=seed)
+    x = t["pred"].clamp(-8, 8)
+    a = fl.masked_focal_loss(
+        x, t["target"], t["weight"], from_logits=True, eps=0.0, normalize=normalize, backend="torch"
+    )
+    b = fl.masked_focal_loss(
+        torch.sigmoid(x), t["target"], t["weight"], eps=0.0, normalize=normalize, backend="torch"
+    )
+    assert_scalar_close(a, b, 1e-9, "logits vs probabilities")
+
+
+def test_focal_module_and_no_grad(backend):
+    t = focal_inputs(2, 17, 33, from_logits=True, weight="per-image", seed=11)
+    args = [v.to(DEVICE) for v in t.values()]
+    crit = fl.MaskedFocalLoss(alpha=2.0, normalize="num_pos", from_logits=True, backend=backend)
+    a = crit(*args)
+    b = fl.masked_focal_loss(
+        *args, alpha=2.0, normalize="num_pos", from_logits=True, backend=backend
+    )
+    assert_scalar_close(a, b, 1e-12, "module vs functional")
+    assert not a.requires_grad
+    pred = args[0].clone().requires_grad_(True)
+    with torch.no_grad():
+        c = crit(pred, *args[1:])
+    assert not c.requires_grad
+    assert_scalar_close(c, a, 1e-12, "no_grad")
+
+
+def test_focal_non_contiguous(backend):
+    t = focal_inputs(3, 17, 33, from_logits=False, weight="full", seed=12)
+    views = {k: v.transpose(2, 3).contiguous().transpose(2, 3) for k, v in t.items()}
+    assert not any(v.is_contiguous() for v in views.values())
+    run = check_parity(
+        fl.masked_focal_loss, R.masked_focal_loss, t, grad=("pred",), backend=backend, seed=12
+    )
+    loss_views = fl.masked_focal_loss(*(v.to(DEVICE) for v in views.values()), backend=backend)
+    assert_scalar_close(loss_views, run[0], 1e-6, "non-contiguous")
+
+
+def test_focal_bad_input():
+    p = torch.rand(2, 1, 5, 6)
+    y = torch.rand(2, 1, 5, 6)
+    with pytest.raises(TypeError, match="pred"):
+        fl.masked_focal_loss(p.to(torch.int64), y)
+    with pytest.raises(ValueError, match=r"target.*\[2, 1, 5, 6\].*\[2, 1, 6, 5\]"):
+        fl.masked_focal_loss(p, y.transpose(2, 3))
+    with pytest.raises(ValueError, match=r"weight.*\[2, 1, 5, 7\]"):
+        fl.masked_focal_loss(p, y, torch.ones(2, 1, 5, 7))
+    with pytest.raises(ValueError, match=r"weight.*\[3, 1, 1, 1\]"):
+        fl.masked_focal_loss(p, y, torch.ones(3, 1, 1, 1))
+    with pytest.raises(ValueError, match="normalize"):
+        fl.masked_focal_loss(p, y, normalize="batch")
+    with pytest.raises(ValueError, match="normalize"):
+        fl.MaskedFocalLoss(normalize="pos")
+    with pytest.raises(ValueError, match="alpha"):
+        fl.masked_focal_loss(p, y, alpha=-1.0)
+    with pytest.raises(ValueError, match="backend"):
+        fl.masked_focal_loss(p, y, backend="fused")
+    with pytest.raises(ValueError, match=r"target.*meta"):
+        fl.masked_focal_loss(p, y.to("meta"))
+    with pytest.raises(ValueError, match=r"weight.*meta"):
+        fl.masked_focal_loss(p, y, torch.ones(2, 1, 5, 6, device="meta"))
