@@ -1,0 +1,14 @@
+"""Triton kernels of fused-losses and their thin launchers (no autograd, no nn.Modules).
+
+Installed as ``fused_losses.kernels``. Modules:
+
+* ``primitives``: the shared ``@triton.jit`` device functions (focal value and derivative,
+  smooth-L1, cosine, Gaussian label, cell padding weight, bilinear tent weights, hard negatives);
+* ``gap_detection``: the fused gap-detection loss (forward: 2 launches, backward: 1);
+* ``labels``, ``focal``, ``regression``, ``hard_negative``, ``reduce``: the component ops;
+* ``launch``: the launch helper and its counter (``launch_count``, ``reset_launch_count``).
+"""
+
+from .launch import launch_count, reset_launch_count
+
+__all__ = ["launch_count", "reset_launch_count"]

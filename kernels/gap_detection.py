@@ -46,6 +46,7 @@ from .primitives import (
     offset_target,
     smooth_l1_terms,
 )
+from .reduce import elementwise_block
 
 NUM_PARTIALS = 8
 AUX_HEAD = 10  # 5 components + 5 gradient scales, then coef [B, 1+K]
@@ -623,19 +624,6 @@ def _gap_backward_kernel(
 # ----------------------------------------------------------------------------------- launchers
 
 
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
-
-
-def _block(hw: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) of the per-cell kernels."""
-    if _interpreting():  # fewer, wider programs: the interpreter pays per program and op
-        return min(next_pow2(hw), 4096), 4
-    return min(next_pow2(hw), 1024), 8
-
-
 def padding_args(
     padding_mask: torch.Tensor | None, valid_box: torch.Tensor | None, dummy: torch.Tensor
 ) -> tuple[torch.Tensor, int, int, int, int]:
@@ -720,7 +708,7 @@ def gap_detection_forward(
     hw = hf * wf
     cdt = compute_dtype(hg, hp, off, ang)
     dev = hg.device
-    block, warps = _block(hw)
+    block, warps = elementwise_block(hw)
     nblk = triton.cdiv(hw, block)
     partials = torch.empty(b * nblk, NUM_PARTIALS, dtype=cdt, device=dev)
     pad, s_pad_b, s_pad_h, s_pad_w, mode = padding_args(padding_mask, valid_box, hg)
@@ -839,7 +827,7 @@ def gap_detection_backward(
     hg, hp, off, ang = heatmap_gap, heatmap_piece, offset, angle
     b, _, hf, wf = hg.shape
     hw = hf * wf
-    block, warps = _block(hw)
+    block, warps = elementwise_block(hw)
     nblk = triton.cdiv(hw, block)
     grads = tuple(
         torch.empty(x.shape, dtype=x.dtype, device=x.device) if n else None

@@ -56,8 +56,9 @@ def log1p_nonneg(t):
 
 @triton.jit
 def sigmoid(x):
-    """1 / (1 + exp(-x)); saturates to exactly 0 and 1, never NaN for finite x."""
-    return 1.0 / (1.0 + tl.exp(-x))
+    """1 / (1 + exp(-x)), from e = exp(-|x|) <= 1 (no overflow; accurate tails on both sides)."""
+    e = tl.exp(-tl.abs(x))
+    return tl.where(x >= 0, 1.0 / (1.0 + e), e / (1.0 + e))
 
 
 @triton.jit
