@@ -293,22 +293,35 @@ class RegWeightedL1Loss(torch.nn.Module):
 # Targets.
 
 
+def _sqrt_rn(x: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded float64 sqrt. torch's CPU kernel may be off by an ulp (vectorised SLEEF),
+    which matters here: r3 = (b3 + sqrt(.)) / 2 cancels, and int(r3) can change. numpy's sqrt
+    (the hardware instruction) is exact, and so is CUDA's; a CPU tensor shares memory with numpy.
+    """
+    if x.device.type == "cpu":
+        import numpy as np
+
+        return torch.from_numpy(np.sqrt(x.contiguous().numpy()))
+    return torch.sqrt(x)
+
+
 def gaussian_radius_tensor(height: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
     """CenterNet's ``gaussian_radius((height, width), 0.7)`` elementwise, float64 in and out.
 
-    The same operations in the same order as the published Python, so the same float64 result.
+    The same operations in the same order as the published Python, and correctly rounded square
+    roots like ``math.sqrt``, so the same float64 result.
     """
     ov = MIN_OVERLAP
     b1 = height + width
     c1 = width * height * (1 - ov) / (1 + ov)
-    r1 = (b1 + torch.sqrt(b1 * b1 - (4 * 1) * c1)) / 2
+    r1 = (b1 + _sqrt_rn(b1 * b1 - (4 * 1) * c1)) / 2
     b2 = 2 * (height + width)
     c2 = (1 - ov) * width * height
-    r2 = (b2 + torch.sqrt(b2 * b2 - (4 * 4) * c2)) / 2
+    r2 = (b2 + _sqrt_rn(b2 * b2 - (4 * 4) * c2)) / 2
     a3 = 4 * ov
     b3 = -2 * ov * (height + width)
     c3 = (ov - 1) * width * height
-    r3 = (b3 + torch.sqrt(b3 * b3 - (4 * a3) * c3)) / 2
+    r3 = (b3 + _sqrt_rn(b3 * b3 - (4 * a3) * c3)) / 2
     return torch.minimum(torch.minimum(r1, r2), r3)
 
 

@@ -1,0 +1,486 @@
+"""The CenterNet family against its literal reference (reference/centernet.py, CenterNet's code).
+
+Losses: both backends against the reference evaluated in float64 on the same values, with a random
+upstream gradient, at the tolerances of spec section 6. Targets: the same integers (ind, reg_mask)
+and the same floats (hm, wh, reg) as the per-box loop of ctdet.py. The triton backend runs through
+Triton's interpreter on CPU tensors when there is no GPU; the cases are kept small for it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest
+from conftest import (
+    DEVICE,
+    TOLERANCES,
+    assert_grad_close,
+    assert_scalar_close,
+    upstream_scalar,
+)
+from fused_losses.reference import centernet as R
+
+import fused_losses.centernet as fc
+from fused_losses.backend import interpreter_on
+
+F32, F64 = torch.float32, torch.float64
+
+
+def _skip_unavailable(backend: str) -> None:
+    if backend == "triton" and DEVICE == "cpu" and not interpreter_on():
+        pytest.skip("triton backend needs CUDA or TRITON_INTERPRET=1")
+
+
+def make_boxes(
+    batch: int,
+    n: int,
+    size: tuple[int, int],
+    *,
+    num_classes: int,
+    down_ratio: int = 4,
+    seed: int = 0,
+    max_side: float = 40.0,
+    dtype: torch.dtype = F32,
+):
+    """Random boxes in input pixels: mostly on the map, some crossing or beyond its border, some
+    thinner than a cell, a repeated box (duplicate ind), some masked; labels may be out of range."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    img = torch.tensor([w * down_ratio, h * down_ratio], dtype=F64)
+    ctr = torch.rand(batch, n, 2, generator=g, dtype=F64) * img * 1.2 - 0.1 * img
+    side = torch.rand(batch, n, 2, generator=g, dtype=F64) * max_side + 0.3
+    boxes = torch.cat([ctr - side / 2, ctr + side / 2], dim=-1)
+    if n >= 3:
+        boxes[:, 1] = boxes[:, 0]  # same centre: duplicate ind, max-merged Gaussians
+        boxes[0, 2] = torch.tensor([-50.0, -40.0, -10.0, -5.0])  # clipped to nothing
+    labels = torch.randint(0, num_classes, (batch, n), generator=g)
+    if n >= 4:
+        labels[-1, 3] = num_classes  # out of range: dropped
+    box_mask = torch.rand(batch, n, generator=g) > 0.2
+    return boxes.to(dtype), labels, box_mask
+
+
+def check_targets(got: dict, ref: dict) -> None:
+    assert set(got) == set(fc.TARGET_KEYS)
+    for key in ("ind", "reg_mask"):
+        assert got[key].dtype == ref[key].dtype, key
+        assert torch.equal(got[key].cpu(), ref[key]), key
+    for key in ("hm", "wh", "reg"):
+        assert got[key].dtype == ref[key].dtype, key
+        assert got[key].shape == ref[key].shape, key
+        torch.testing.assert_close(got[key].cpu(), ref[key], rtol=1e-6, atol=1e-7, msg=key)
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets.
+
+
+def test_gaussian_radius_matches_centernet_exactly():
+    sides = torch.arange(1, 160, dtype=F64)
+    hh, ww = torch.meshgrid(sides, sides, indexing="ij")
+    got = fc.gaussian_radius_tensor(hh, ww)
+    ref = torch.tensor(
+        [[R.gaussian_radius((int(a), int(b))) for b in sides] for a in sides], dtype=F64
+    )
+    assert torch.equal(got, ref)
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        dict(batch=2, n=7, size=(12, 20), num_classes=3, seed=0),
+        dict(batch=1, n=5, size=(9, 7), num_classes=2, seed=1, max_side=120.0),  # big radii
+        dict(batch=2, n=4, size=(16, 16), num_classes=1, seed=2, dtype=F64),
+        dict(batch=1, n=6, size=(10, 13), num_classes=2, seed=3, down_ratio=3, max_side=3.0),
+    ],
+    ids=["basic", "big-boxes", "float64", "down3-tiny"],
+)
+def test_targets_match_ctdet(backend, case):
+    _skip_unavailable(backend)
+    down_ratio = case.get("down_ratio", 4)
+    boxes, labels, box_mask = make_boxes(**case)
+    kw = dict(num_classes=case["num_classes"], output_size=case["size"], down_ratio=down_ratio)
+    ref = R.centernet_targets(boxes, labels, box_mask, **kw)
+    got = fc.centernet_targets(
+        boxes.to(DEVICE), labels.to(DEVICE), box_mask.to(DEVICE), **kw, backend=backend
+    )
+    check_targets(got, ref)
+    assert ref["reg_mask"].any() and not ref["reg_mask"].all()
+
+
+def test_targets_radius_at_an_integer(backend):
+    """(ceil h, ceil w) = (15, 70) and (30, 140): gaussian_radius = 7.000000000000007 and
+    14.000000000000014, where a sqrt off by one ulp (torch's CPU kernel) or an FMA contraction
+    (a GPU compiler) gives int(radius) = 6 and 13."""
+    _skip_unavailable(backend)
+    boxes = torch.tensor([[[0.0, 0.0, 278.5, 57.5], [4.0, 8.0, 564.0, 127.5]]])
+    labels = torch.zeros(1, 2, dtype=torch.long)
+    kw = dict(num_classes=1, output_size=(40, 150))
+    ref = R.centernet_targets(boxes, labels, None, **kw)
+    got = fc.centernet_targets(boxes.to(DEVICE), labels.to(DEVICE), None, **kw, backend=backend)
+    check_targets(got, ref)
+    assert int(R.gaussian_radius((15, 70))) == 7 and int(R.gaussian_radius((30, 140))) == 14
+
+
+def test_targets_empty_cases(backend):
+    _skip_unavailable(backend)
+    size, k = (8, 10), 2
+    kw = dict(num_classes=k, output_size=size)
+    boxes, labels, box_mask = make_boxes(2, 3, size, num_classes=k, seed=4)
+    cases = {
+        "all masked": (boxes, labels, torch.zeros_like(box_mask)),
+        "all off the map": (boxes - 1000.0, labels, None),
+        "degenerate": (torch.full_like(boxes, 7.0), labels, box_mask),
+        "no boxes": (boxes[:, :0], labels[:, :0], box_mask[:, :0]),
+    }
+    for name, (bx, lb, bm) in cases.items():
+        ref = R.centernet_targets(bx, lb, bm, **kw)
+        assert not ref["reg_mask"].any(), name
+        dev = None if bm is None else bm.to(DEVICE)
+        got = fc.centernet_targets(bx.to(DEVICE), lb.to(DEVICE), dev, **kw, backend=backend)
+        check_targets(got, ref)
+
+
+def test_targets_one_launch_and_int32_labels():
+    pytest.importorskip("triton")
+    if DEVICE == "cpu" and not interpreter_on():
+        pytest.skip("needs CUDA or TRITON_INTERPRET=1")
+    from fused_losses.kernels.launch import launch_count, reset_launch_count
+
+    boxes, labels, box_mask = make_boxes(1, 4, (8, 8), num_classes=2, seed=5)
+    kw = dict(num_classes=2, output_size=(8, 8))
+    ref = R.centernet_targets(boxes, labels, box_mask, **kw)
+    reset_launch_count()
+    got = fc.centernet_targets(
+        boxes.to(DEVICE),
+        labels.int().to(DEVICE),
+        box_mask.to(torch.uint8).to(DEVICE),
+        **kw,
+        backend="triton",
+    )
+    assert launch_count() == 1
+    check_targets(got, ref)
+
+
+# ----------------------------------------------------------------------------------------------
+# Losses.
+
+
+def _focal_inputs(seed: int, *, positives: bool, shape=(2, 3, 6, 7)):
+    g = torch.Generator().manual_seed(seed)
+    pred = R.clamped_sigmoid(torch.randn(shape, generator=g, dtype=F64) * 3)
+    gt = torch.rand(shape, generator=g, dtype=F64) ** 3
+    gt[gt > 0.9] = 0.9
+    if positives:
+        gt[0, 1, 2, 3] = 1.0
+        gt[1, 0, 5, 6] = 1.0
+        gt[1, 2, 0, 0] = 1.0
+    return pred, gt
+
+
+@pytest.mark.parametrize("dtype", [F32, F64])
+@pytest.mark.parametrize("positives", [True, False], ids=["pos", "no-pos"])
+def test_focal_matches_neg_loss(backend, dtype, positives):
+    _skip_unavailable(backend)
+    loss_tol, grad_tol = TOLERANCES[dtype]
+    pred, gt = _focal_inputs(1, positives=positives)
+    x = pred.to(dtype).to(DEVICE).requires_grad_()
+    r = upstream_scalar(3)
+    loss = fc.CenterNetFocalLoss(backend=backend)(x, gt.to(dtype).to(DEVICE))
+    (loss * r).backward()
+    xr = x.detach().cpu().to(F64).requires_grad_()
+    ref = R.centernet_focal_loss(xr, gt.to(dtype).to(F64))
+    (ref * r).backward()
+    assert loss.dim() == 0 and loss.dtype == dtype
+    assert_scalar_close(loss, ref, loss_tol)
+    assert_grad_close(x.grad, xr.grad, grad_tol)
+
+
+def _reg_inputs(seed, *, weighted, b=2, c=3, h=5, w=6, m=7, mask_dtype=torch.uint8):
+    g = torch.Generator().manual_seed(seed)
+    output = torch.randn(b, c, h, w, generator=g, dtype=F64)
+    ind = torch.randint(0, h * w, (b, m), generator=g)
+    if m >= 5:
+        ind[0, 1] = ind[0, 2] = ind[0, 4]  # duplicates accumulate
+        ind[1, 3] = 0
+    shape = (b, m, c) if weighted else (b, m)
+    mask = torch.rand(shape, generator=g) > 0.3
+    mask = mask.to(mask_dtype)
+    target = torch.randn(b, m, c, generator=g, dtype=F64)
+    if m > 0:  # one entry exactly on target: l1's subgradient there is 0 (torch's sign(0))
+        target[0, 0] = output[0, :, ind[0, 0] // w, ind[0, 0] % w]
+    return output, mask, ind, target
+
+
+def _run_reg(fn, ref_fn, backend, output, mask, ind, target, dtype, seed, transform=None):
+    loss_tol, grad_tol = TOLERANCES[dtype]
+    leaf = output.to(dtype).to(DEVICE).requires_grad_()
+    x = transform(leaf) if transform is not None else leaf
+    args = (mask.to(DEVICE), ind.to(DEVICE), target.to(dtype).to(DEVICE))
+    loss = fn(x, *args, backend=backend)
+    r = upstream_scalar(seed)
+    (loss * r).backward()
+    xr = leaf.detach().cpu().to(F64).requires_grad_()
+    ref = ref_fn(
+        transform(xr) if transform is not None else xr, mask, ind, target.to(dtype).to(F64)
+    )
+    (ref * r).backward()
+    assert loss.dim() == 0 and loss.dtype == dtype
+    assert_scalar_close(loss, ref, loss_tol)
+    assert_grad_close(leaf.grad, xr.grad, grad_tol)
+    return loss, leaf.grad
+
+
+@pytest.mark.parametrize("weighted", [False, True], ids=["RegL1", "RegWeightedL1"])
+@pytest.mark.parametrize(
+    "variant", ["f32", "f64", "bool-mask", "float-mask", "channels-last", "empty-mask", "M=0"]
+)
+def test_reg_l1_matches_centernet(backend, weighted, variant):
+    _skip_unavailable(backend)
+    dtype = F64 if variant == "f64" else F32
+    mask_dtype = {"bool-mask": torch.bool, "float-mask": F32}.get(variant, torch.uint8)
+    output, mask, ind, target = _reg_inputs(
+        7, weighted=weighted, mask_dtype=mask_dtype, m=0 if variant == "M=0" else 7
+    )
+    if variant == "float-mask":
+        mask = mask * torch.rand(mask.shape, generator=torch.Generator().manual_seed(1))
+    if variant == "empty-mask":
+        mask = torch.zeros_like(mask)
+    transform = None
+    if variant == "channels-last":
+        transform = lambda t: t.contiguous(memory_format=torch.channels_last)[:, :, 1:, :-1]
+        ind = ind % ((output.shape[2] - 1) * (output.shape[3] - 1))
+    fn = fc.reg_weighted_l1_loss if weighted else fc.reg_l1_loss
+    ref_fn = R.reg_weighted_l1_loss if weighted else R.reg_l1_loss
+    loss, grad = _run_reg(fn, ref_fn, backend, output, mask, ind, target, dtype, 11, transform)
+    if variant in ("empty-mask", "M=0"):
+        assert float(loss.detach()) == 0.0 and not grad.any()
+
+
+def test_reg_modules_and_no_grad(backend):
+    _skip_unavailable(backend)
+    output, mask, ind, target = _reg_inputs(2, weighted=False)
+    args = (output.float().to(DEVICE), mask.to(DEVICE), ind.to(DEVICE), target.float().to(DEVICE))
+    ref = R.reg_l1_loss(output, mask, ind, target.float().double())
+    assert_scalar_close(fc.RegL1Loss(backend=backend)(*args), ref, 1e-5)
+    with torch.no_grad():
+        assert_scalar_close(fc.reg_l1_loss(*args, backend=backend), ref, 1e-5)
+    wmask = mask[..., None].expand(*mask.shape, 3)
+    assert_scalar_close(
+        fc.RegWeightedL1Loss(backend=backend)(args[0], wmask.to(DEVICE), *args[2:]),
+        R.reg_weighted_l1_loss(output, wmask, ind, target),
+        1e-5,
+    )
+
+
+@pytest.mark.parametrize("dtype", [F32, torch.float16])
+def test_transpose_and_gather_feat(backend, dtype):
+    _skip_unavailable(backend)
+    output, _, ind, _ = _reg_inputs(3, weighted=False)
+    leaf = output.to(dtype).to(DEVICE).requires_grad_()
+    x = leaf.contiguous(memory_format=torch.channels_last)
+    got = fc.transpose_and_gather_feat(x, ind.to(DEVICE), backend=backend)
+    ref_leaf = leaf.detach().cpu().to(F64).requires_grad_()
+    ref = R.transpose_and_gather_feat(ref_leaf, ind)
+    assert got.shape == ref.shape and got.dtype == dtype
+    assert torch.equal(got.detach().cpu().to(F64), ref.detach())
+    up = torch.randn(ref.shape, generator=torch.Generator().manual_seed(5), dtype=F64)
+    (got * up.to(dtype).to(DEVICE)).sum().backward()
+    (ref * up.to(dtype).to(F64)).sum().backward()
+    assert_grad_close(leaf.grad, ref_leaf.grad, TOLERANCES[dtype][1])
+
+
+def test_reg_l1_triton_launches_and_determinism():
+    _skip_unavailable("triton")
+    from fused_losses.kernels.launch import launch_count, reset_launch_count
+
+    output, mask, ind, target = _reg_inputs(4, weighted=False)
+    grads = []
+    for _ in range(2):
+        x = output.float().to(DEVICE).requires_grad_()
+        reset_launch_count()
+        loss = fc.reg_l1_loss(x, mask.to(DEVICE), ind.to(DEVICE), target.float().to(DEVICE),
+                              backend="triton")  # fmt: skip
+        assert launch_count() == 2  # gather-and-reduce + fixed-order finalize
+        loss.backward()
+        assert launch_count() == 3  # one deterministic scatter
+        grads.append(x.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+# ----------------------------------------------------------------------------------------------
+# The ctdet total.
+
+
+def _ctdet_problem(seed: int, *, b=2, k=3, size=(10, 12), n=6, masked=False):
+    h, w = size
+    boxes, labels, box_mask = make_boxes(b, n, size, num_classes=k, seed=seed)
+    if masked:
+        box_mask = torch.zeros_like(box_mask)
+    g = torch.Generator().manual_seed(100 + seed)
+    hm = R.clamped_sigmoid(torch.randn(b, k, h, w, generator=g, dtype=F64) * 2 - 2)
+    wh = torch.randn(b, 2, h, w, generator=g, dtype=F64) * 4 + 6
+    reg = torch.rand(b, 2, h, w, generator=g, dtype=F64)
+    return (hm, wh, reg), (boxes, labels, box_mask)
+
+
+@pytest.mark.parametrize("mode", ["targets", "boxes", "boxes-module", "all-masked"])
+def test_centernet_loss_matches_ctdet(backend, mode):
+    _skip_unavailable(backend)
+    dtype = F32
+    loss_tol, grad_tol = TOLERANCES[dtype]
+    heads, (boxes, labels, box_mask) = _ctdet_problem(6, masked=mode == "all-masked")
+    h, w = heads[0].shape[-2:]
+    kw = dict(num_classes=heads[0].shape[1], output_size=(h, w))
+    targets = R.centernet_targets(boxes, labels, box_mask, **kw)
+    weights = dict(hm_weight=1.3, wh_weight=0.1, off_weight=0.7)
+
+    leaves = [t.to(dtype).to(DEVICE).requires_grad_() for t in heads]
+    if mode == "targets":
+        batch = {k: v.to(DEVICE) for k, v in targets.items()}
+        batch["meta"] = "ignored"  # CenterNet's batch dicts carry more keys
+        total, comps = fc.centernet_loss(
+            *leaves, batch, **weights, return_components=True, backend=backend
+        )
+    else:
+        raw = dict(boxes=boxes.to(DEVICE), labels=labels.to(DEVICE), box_mask=box_mask.to(DEVICE))
+        if mode == "boxes-module":
+            crit = fc.CenterNetLoss(**weights, backend=backend)
+            total, comps = crit(*leaves, **raw, return_components=True)
+        else:
+            total, comps = fc.centernet_loss(
+                *leaves, **raw, **weights, return_components=True, backend=backend
+            )
+    r = upstream_scalar(8)
+    (total * r).backward()
+
+    ref_leaves = [t.detach().cpu().to(F64).requires_grad_() for t in leaves]
+    ref_total, ref_comps = R.centernet_loss(*ref_leaves, targets, **weights)
+    (ref_total * r).backward()
+
+    assert total.dim() == 0 and total.dtype == dtype
+    assert_scalar_close(total, ref_total, loss_tol, "total")
+    assert set(comps) == {"hm", "wh", "off"}
+    for name, value in comps.items():
+        assert value.dim() == 0 and not value.requires_grad
+        assert_scalar_close(value, ref_comps[name], loss_tol, name)
+    for name, leaf, ref_leaf in zip(("hm", "wh", "reg"), leaves, ref_leaves):
+        assert_grad_close(leaf.grad, ref_leaf.grad, grad_tol, f"grad {name}")
+    if mode == "all-masked":
+        assert float(comps["wh"]) == 0.0 and float(comps["off"]) == 0.0
+
+
+def test_clamped_sigmoid():
+    x = torch.tensor([-20.0, -1.0, 0.0, 3.0, 20.0])
+    torch.testing.assert_close(fc.clamped_sigmoid(x), R.clamped_sigmoid(x))
+    assert fc.clamped_sigmoid(x).min() == 1e-4 and fc.clamped_sigmoid(x).max() <= 1 - 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# Bad input: ValueError / TypeError naming the argument, before any kernel runs.
+
+
+def _bad_calls():
+    b, c, h, w, m = 2, 2, 5, 6, 4
+    out = torch.rand(b, c, h, w)
+    mask = torch.ones(b, m)
+    ind = torch.zeros(b, m, dtype=torch.long)
+    tgt = torch.rand(b, m, c)
+    boxes = torch.rand(b, 3, 4) * 20
+    labels = torch.zeros(b, 3, dtype=torch.long)
+    hm = torch.rand(b, 3, h, w) * 0.5
+    targets = {
+        "hm": hm,
+        "wh": tgt,
+        "reg": tgt,
+        "ind": ind,
+        "reg_mask": mask,
+    }
+    tk = dict(num_classes=3, output_size=(h, w))
+    return [
+        ("output", TypeError, lambda: fc.reg_l1_loss(out.long(), mask, ind, tgt)),
+        ("output", ValueError, lambda: fc.reg_l1_loss(out[0], mask, ind, tgt)),
+        ("ind", TypeError, lambda: fc.reg_l1_loss(out, mask, ind.float(), tgt)),
+        ("ind", ValueError, lambda: fc.reg_l1_loss(out, mask, ind[:1], tgt)),
+        ("target", ValueError, lambda: fc.reg_l1_loss(out, mask, ind, tgt[..., :1])),
+        ("mask", ValueError, lambda: fc.reg_l1_loss(out, mask[..., None], ind, tgt)),
+        ("mask", ValueError, lambda: fc.reg_weighted_l1_loss(out, mask, ind, tgt)),
+        ("mask", TypeError, lambda: fc.reg_l1_loss(out, mask.tolist(), ind, tgt)),
+        ("backend", ValueError, lambda: fc.reg_l1_loss(out, mask, ind, tgt, backend="cuda")),
+        ("gt", ValueError, lambda: fc.centernet_focal_loss(hm, hm[:, :1])),
+        ("pred", TypeError, lambda: fc.centernet_focal_loss(hm.long(), hm)),
+        ("feat", ValueError, lambda: fc.transpose_and_gather_feat(out[0], ind)),
+        ("ind", TypeError, lambda: fc.transpose_and_gather_feat(out, ind.bool())),
+        ("boxes", ValueError, lambda: fc.centernet_targets(boxes[..., :3], labels, None, **tk)),
+        ("labels", TypeError, lambda: fc.centernet_targets(boxes, labels.float(), None, **tk)),
+        ("labels", ValueError, lambda: fc.centernet_targets(boxes, labels[:, :2], None, **tk)),
+        ("box_mask", ValueError, lambda: fc.centernet_targets(boxes, labels, mask, **tk)),
+        (
+            "num_classes",
+            ValueError,
+            lambda: fc.centernet_targets(boxes, labels, None, num_classes=0, output_size=(h, w)),
+        ),
+        (
+            "output_size",
+            ValueError,
+            lambda: fc.centernet_targets(boxes, labels, None, num_classes=3, output_size=(h,)),
+        ),
+        (
+            "down_ratio",
+            ValueError,
+            lambda: fc.centernet_targets(boxes, labels, None, **tk, down_ratio=0),
+        ),
+        ("wh", ValueError, lambda: fc.centernet_loss(hm, out[:, :, :-1], out, targets)),
+        ("hm", TypeError, lambda: fc.centernet_loss(hm.long(), out, out, targets)),
+        ("targets, boxes", ValueError, lambda: fc.centernet_loss(hm, out, out)),
+        (
+            "targets, boxes",
+            ValueError,
+            lambda: fc.centernet_loss(hm, out, out, targets, boxes=boxes, labels=labels),
+        ),
+        ("targets", TypeError, lambda: fc.centernet_loss(hm, out, out, [targets])),
+        ("targets", ValueError, lambda: fc.centernet_loss(hm, out, out, {"hm": hm})),
+        (
+            "targets['hm']",
+            ValueError,
+            lambda: fc.centernet_loss(hm, out, out, {**targets, "hm": hm[:, :1]}),
+        ),
+        (
+            "targets['ind']",
+            TypeError,
+            lambda: fc.centernet_loss(hm, out, out, {**targets, "ind": ind.float()}),
+        ),
+        (
+            "targets['wh']",
+            ValueError,
+            lambda: fc.centernet_loss(hm, out, out, {**targets, "wh": tgt[:, :1]}),
+        ),
+        ("labels", ValueError, lambda: fc.centernet_loss(hm, out, out, boxes=boxes)),
+        (
+            "boxes",
+            ValueError,
+            lambda: fc.centernet_loss(hm, out, out, boxes=boxes[:1], labels=labels[:1]),
+        ),
+        ("wh_weight", TypeError, lambda: fc.CenterNetLoss(wh_weight="0.1")),
+        ("backend", ValueError, lambda: fc.CenterNetLoss(backend="gpu")),
+    ]
+
+
+@pytest.mark.parametrize("idx", range(len(_bad_calls())))
+def test_bad_input_names_the_argument(idx, monkeypatch):
+    name, exc, call = _bad_calls()[idx]
+    monkeypatch.setenv("FUSED_LOSSES_BACKEND", "triton" if interpreter_on() else "torch")
+    try:
+        from fused_losses.kernels.launch import launch_count, reset_launch_count
+    except ImportError:  # no triton: nothing can launch
+        launch_count = reset_launch_count = lambda: 0
+    reset_launch_count()
+    with pytest.raises(exc) as info:
+        call()
+    assert str(info.value).startswith(name) or f"{name}:" in str(info.value), str(info.value)
+    assert launch_count() == 0
