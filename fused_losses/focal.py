@@ -184,7 +184,7 @@ def masked_focal_loss(
     def value_and_grad(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor | None):
         cdt = compute_dtype(x.dtype)
         xc, yc = x.to(cdt), y.to(cdt)
-        wc = None if w is None else w.to(cdt)
+        wc = None if w is None else w.to(cdt).expand_as(xc)
         f, df, pos = focal_terms(xc, yc, **opts, need_grad=need)
         if wc is not None:
             f = f * wc

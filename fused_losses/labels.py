@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .backend import resolve_backend
+from .backend import BACKENDS, resolve_backend
 from .validation import (
     check_choice,
     check_padding,
@@ -143,6 +143,7 @@ def padding_weight(
     """
     stride = check_positive_int("stride", stride)
     hf, wf = (check_positive_int("size[0]", size[0]), check_positive_int("size[1]", size[1]))
+    check_choice("backend", backend, BACKENDS)
     check_padding(padding_mask, valid_box, None, (hf, wf), stride)
     src = padding_mask if padding_mask is not None else valid_box
     dtype = label_dtype(src)
