@@ -1,9 +1,23 @@
 """fused-losses: fused training losses for detection and keypoint models.
 
-Public API (docs/spec.md): the gap-detection criterion and its component ops. CUDA tensors run
+Public API: the gap-detection criterion and its component ops (docs/spec.md), and the CenterNet
+family (docs/centernet.md). CUDA tensors run
 Triton kernels; CPU tensors run a pure-PyTorch fused implementation with analytic gradients.
 """
 
+from .centernet import (
+    CenterNetFocalLoss,
+    CenterNetLoss,
+    RegL1Loss,
+    RegWeightedL1Loss,
+    centernet_focal_loss,
+    centernet_loss,
+    centernet_targets,
+    clamped_sigmoid,
+    reg_l1_loss,
+    reg_weighted_l1_loss,
+    transpose_and_gather_feat,
+)
 from .cosine import MaskedCosineLoss, masked_cosine_loss
 from .focal import MaskedFocalLoss, masked_focal_loss
 from .gap_detection import GapDetectionLoss, gap_detection_loss
@@ -14,11 +28,19 @@ from .smooth_l1 import MaskedSmoothL1Loss, masked_smooth_l1_loss
 __version__ = "0.1.0"
 
 __all__ = [
+    "CenterNetFocalLoss",
+    "CenterNetLoss",
     "GapDetectionLoss",
     "HardNegativeMarginLoss",
     "MaskedCosineLoss",
     "MaskedFocalLoss",
     "MaskedSmoothL1Loss",
+    "RegL1Loss",
+    "RegWeightedL1Loss",
+    "centernet_focal_loss",
+    "centernet_loss",
+    "centernet_targets",
+    "clamped_sigmoid",
     "gap_detection_loss",
     "gaussian_heatmap",
     "hard_negative_margin_loss",
@@ -26,4 +48,7 @@ __all__ = [
     "masked_focal_loss",
     "masked_smooth_l1_loss",
     "padding_weight",
+    "reg_l1_loss",
+    "reg_weighted_l1_loss",
+    "transpose_and_gather_feat",
 ]

@@ -5,6 +5,7 @@ math, autograd for the gradients, no fusion and no speed tricks. Tests and bench
 float64 and compare the fused backends against it. The library's runtime never imports this package.
 """
 
+from . import centernet
 from .gap_detection import gap_detection_loss
 from .labels import gaussian_heatmap, offset_target, padding_weight, valid_box_padding_mask
 from .losses import (
@@ -17,6 +18,7 @@ from .losses import (
 
 __all__ = [
     "bilinear_sample",
+    "centernet",
     "gap_detection_loss",
     "gaussian_heatmap",
     "hard_negative_margin_loss",
