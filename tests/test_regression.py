@@ -73,7 +73,8 @@ SL1_PARAMS = [
 @pytest.mark.parametrize("backend,target_kind,mask_kind,beta,dt", SL1_PARAMS)
 def test_smooth_l1(backend, target_kind, mask_kind, beta, dt):
     seed = SL1_CASES.index((target_kind, mask_kind, beta, dt))
-    for size in SIZES[backend]:
+    sizes = SIZES[backend] if backend == "triton" or beta == 1.0 else SIZES[backend][:1]
+    for size in sizes:
         t = smooth_l1_inputs(*size, target_kind=target_kind, mask_kind=mask_kind, seed=seed)
         check_parity(
             fl.masked_smooth_l1_loss,
