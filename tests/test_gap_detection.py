@@ -519,6 +519,20 @@ def test_valid_box_equals_integer_padding_mask(backend):
         assert_scalar_close(c_box[name], c_mask[name], 1e-6, name)
     for a, b in zip(l_box, l_mask):
         assert_grad_close(a.grad, b.grad, 1e-6)
+    # An integer box means the same.
+    t_int, *_ = run_gap(replace(case, valid_box=box.long()), backend=backend, seed=39)
+    assert_scalar_close(t_int, t_box, 1e-6, "int64 box")
+
+
+def test_float32_predictions_with_float64_coordinates(backend):
+    """Targets often arrive in float64: the coordinates' dtype does not change the result."""
+
+    def to_f64(preds, rest):
+        return preds, [x.double() if x is not None and x.is_floating_point() else x for x in rest]
+
+    case = gap_case(3, (17, 33), confusers=3, padding="box", seed=42)
+    total, *_ = run_gap(case, backend=backend, seed=42, transform=to_f64)
+    assert total.dtype == torch.float32
 
 
 def test_fractional_valid_box_equals_materialised_mask(backend):
