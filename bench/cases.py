@@ -1,7 +1,8 @@
 """Benchmark cases shared by the pytest benchmarks (``pytest bench/``) and ``python -m bench.report``.
 
-A case is one (op, mode, batch, variant) on one device: ``make_case`` builds the inputs from
-``fused_losses.reference.cases.gap_case`` (the same random problems the tests use) and returns a
+A case is one (op, mode, batch, variant) on one device: ``make_case`` builds the inputs (gap ops:
+from ``fused_losses.reference.cases.gap_case``, the same random problems the tests use; CenterNet
+ops: from ``centernet_boxes``, random valid boxes, some masked) and returns a
 ``Case`` whose ``setup()`` clears gradients and whose ``step()`` runs one forward (under
 ``torch.no_grad()``) or one forward+backward and synchronises the device, so that wall-clock timing
 of ``step`` is the device time of one iteration.
@@ -11,7 +12,8 @@ Variants: ``eager`` (the literal reference, ``fused_losses.reference``, float32)
 ``backend="torch"`` / ``backend="triton"``).
 
 Environment overrides (also used by the pytest benchmarks): ``BENCH_DEVICE`` (``cuda`` or ``cpu``;
-default cuda when available), ``BENCH_BATCHES`` (e.g. ``8,64``), ``BENCH_SIZE`` (e.g. ``64x128``),
+default cuda when available), ``BENCH_BATCHES`` (e.g. ``8,64``), ``BENCH_SIZE`` (e.g. ``64x128``; the
+map size of every op, CenterNet ops included),
 ``BENCH_CPU_COMPILE=1`` (also benchmark ``torch.compile`` on CPU; off by default because Inductor's
 C++ compile is slow on small CI machines).
 """
@@ -22,7 +24,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, lru_cache
 
 import fused_losses.reference as ref
 import torch
@@ -30,7 +32,7 @@ from fused_losses.reference.cases import gap_case
 
 import fused_losses
 
-OPS = (
+GAP_OPS = (
     "gap_detection_loss",
     "gaussian_heatmap",
     "padding_weight",
@@ -39,8 +41,11 @@ OPS = (
     "masked_cosine_loss",
     "hard_negative_margin_loss",
 )
+# CenterNet (ctdet) family; "centernet_loss" is the full total from raw boxes (targets inside).
+CENTERNET_OPS = ("centernet_loss", "centernet_focal_loss", "reg_l1_loss", "centernet_targets")
+OPS = GAP_OPS + CENTERNET_OPS
 # Ops without a gradient (label generation) are benchmarked forward only.
-FORWARD_ONLY = frozenset({"gaussian_heatmap", "padding_weight"})
+FORWARD_ONLY = frozenset({"gaussian_heatmap", "padding_weight", "centernet_targets"})
 MODES = ("forward", "forward+backward")
 VARIANTS = ("eager", "compile", "torch", "triton")
 
@@ -52,6 +57,29 @@ CPU_BATCHES = (2, 8)
 DEFAULT_SIZE = (64, 128)
 
 
+@dataclass(frozen=True)
+class CenterNetShape:
+    """Default CenterNet problem on one device type: ``boxes`` box slots per image (a random
+    number between boxes // 4 and boxes of them valid, the rest masked)."""
+
+    classes: int
+    size: tuple[int, int]
+    boxes: int
+    batches: tuple[int, ...]
+
+
+CENTERNET_SHAPES = {
+    "cuda": CenterNetShape(classes=80, size=(128, 128), boxes=128, batches=(8, 64)),
+    # Small: the reference centernet_targets is a per-box Python loop.
+    "cpu": CenterNetShape(classes=20, size=(64, 64), boxes=16, batches=(2,)),
+}
+DOWN_RATIO = 4
+
+
+def centernet_shape(device: str) -> CenterNetShape:
+    return CENTERNET_SHAPES["cuda" if torch.device(device).type == "cuda" else "cpu"]
+
+
 def default_device() -> str:
     dev = os.environ.get("BENCH_DEVICE", "").strip()
     if dev:
@@ -59,18 +87,22 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def default_batches(device: str) -> tuple[int, ...]:
+def default_batches(device: str, op: str | None = None) -> tuple[int, ...]:
     env = os.environ.get("BENCH_BATCHES", "").strip()
     if env:
         return tuple(int(b) for b in env.split(","))
+    if op in CENTERNET_OPS:
+        return centernet_shape(device).batches
     return CUDA_BATCHES if torch.device(device).type == "cuda" else CPU_BATCHES
 
 
-def default_size() -> tuple[int, int]:
+def default_size(op: str | None = None, device: str | None = None) -> tuple[int, int]:
     env = os.environ.get("BENCH_SIZE", "").strip().lower()
     if env:
         h, w = env.split("x")
         return int(h), int(w)
+    if op in CENTERNET_OPS:
+        return centernet_shape(device or default_device()).size
     return DEFAULT_SIZE
 
 
@@ -78,8 +110,10 @@ def modes_for(op: str) -> tuple[str, ...]:
     return ("forward",) if op in FORWARD_ONLY else MODES
 
 
-def skip_reason(variant: str, device: str) -> str | None:
-    """Why ``variant`` is not benchmarked on ``device`` (None when it is)."""
+def skip_reason(variant: str, device: str, op: str | None = None) -> str | None:
+    """Why ``variant`` of ``op`` is not benchmarked on ``device`` (None when it is)."""
+    if variant == "compile" and op == "centernet_targets":
+        return "the reference centernet_targets is a per-box Python loop: nothing to compile"
     is_cuda = torch.device(device).type == "cuda"
     if variant == "triton" and not is_cuda:
         return "triton variant needs a CUDA device"
@@ -181,6 +215,7 @@ class Case:
             "input_bytes": self.input_bytes,
             "grad_bytes": self.grad_bytes,
             "floor_bytes": self.floor_bytes,
+            **{k: self.extra[k] for k in ("classes", "boxes") if k in self.extra},
         }
 
 
@@ -198,7 +233,7 @@ def _compiled(fn: Callable) -> Callable:
 def _impl(op: str, variant: str) -> Callable:
     """The function to call for ``op`` and the keyword arguments that pick its backend."""
     if variant in ("eager", "compile"):
-        fn = getattr(ref, op)
+        fn = getattr(ref.centernet if op in CENTERNET_OPS else ref, op)
         return _compiled(fn) if variant == "compile" else fn
     if variant in ("torch", "triton"):
         fn = getattr(fused_losses, op)
@@ -218,11 +253,13 @@ def make_case(
 ) -> Case:
     """Build the inputs (float32 on ``device``) and the call for one benchmark case."""
     device = device or default_device()
-    size = size or default_size()
+    size = size or default_size(op, device)
     if op not in OPS:
         raise ValueError(f"op: expected one of {list(OPS)}, got {op!r}")
     if mode not in modes_for(op):
         raise ValueError(f"mode: {op} supports {list(modes_for(op))}, got {mode!r}")
+    if op in CENTERNET_OPS:
+        return _centernet_case(op, mode, batch, variant, device, size, seed)
     grad = mode == "forward+backward"
     hf, wf = size
     problem = gap_case(batch, size, confusers=CONFUSERS, padding="mask", stride=STRIDE, seed=seed)
@@ -269,6 +306,96 @@ def make_case(
         pred, pos, neg, nmask = c.heatmap_gap, c.gap_center, c.confusers, c.confuser_mask
         run = lambda: fn(pred, pos, neg, nmask, w, stride=STRIDE)
         leaves, inputs = (pred,), (pred, pos, neg, nmask, w)
+    if not grad:
+        leaves = ()
+    return Case(op, mode, batch, variant, device, size, run, leaves, inputs, extra)
+
+
+def centernet_boxes(
+    batch: int, n: int, size: tuple[int, int], *, num_classes: int, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Random ctdet boxes on the CPU: boxes [B,N,4] float32 (x1 < x2, y1 < y2, inside the input
+    image of ``size * DOWN_RATIO`` pixels, sides log-uniform between 8 px and 60% of the image),
+    labels [B,N] int64 in [0, num_classes), box_mask [B,N] bool with the first k_b slots of image
+    b valid, k_b uniform in [max(1, n // 4), n] (the masked slots hold boxes too)."""
+    g = torch.Generator().manual_seed(seed)
+    img = torch.tensor([size[1], size[0]], dtype=torch.float64) * DOWN_RATIO  # (W, H) pixels
+    lo = torch.log(torch.tensor(8.0, dtype=torch.float64))
+    u = torch.rand(batch, n, 2, generator=g, dtype=torch.float64)
+    side = torch.exp(lo + u * (torch.log(0.6 * img) - lo))
+    x1y1 = torch.rand(batch, n, 2, generator=g, dtype=torch.float64) * (img - side)
+    boxes = torch.cat([x1y1, x1y1 + side], dim=-1).float()
+    labels = torch.randint(0, num_classes, (batch, n), generator=g)
+    k = torch.randint(max(1, n // 4), n + 1, (batch, 1), generator=g)
+    box_mask = torch.arange(n)[None, :] < k
+    return boxes, labels, box_mask
+
+
+@lru_cache(maxsize=4)
+def _centernet_reference_targets(
+    batch: int, n: int, size: tuple[int, int], num_classes: int, seed: int
+) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+    """CPU boxes and their reference targets (float32), shared by the cases of one problem."""
+    boxes = centernet_boxes(batch, n, size, num_classes=num_classes, seed=seed)
+    targets = ref.centernet.centernet_targets(
+        *boxes, num_classes=num_classes, output_size=size, down_ratio=DOWN_RATIO
+    )
+    return boxes, targets
+
+
+def _centernet_case(
+    op: str, mode: str, batch: int, variant: str, device: str, size: tuple[int, int], seed: int
+) -> Case:
+    """A CenterNet case: heads [B,K,H,W] (clamped-sigmoid probabilities) and [B,2,H,W] (wh, reg),
+    ``centernet_shape(device)`` classes and box slots. The reference builds its targets on the
+    CPU (CenterNet's data loader), so ``eager``/``compile`` read CPU copies of the boxes and the
+    timed call includes moving the targets to the device."""
+    shape = centernet_shape(device)
+    k, n = shape.classes, shape.boxes
+    grad = mode == "forward+backward"
+    extra: dict = {"classes": k, "boxes": n}
+    boxes_cpu, t_cpu = _centernet_reference_targets(batch, n, size, k, seed)
+    boxes, labels, box_mask = (x.to(device) for x in boxes_cpu)
+    targets = {key: v.to(device) for key, v in t_cpu.items()}
+    g = torch.Generator(device=device).manual_seed(seed + 1)
+
+    def head(c: int, fn: Callable) -> torch.Tensor:
+        x = torch.randn(batch, c, *size, generator=g, device=device, dtype=DTYPE)
+        return fn(x).detach().requires_grad_(grad)
+
+    fn = _impl(op, variant)
+    reference = variant in ("eager", "compile")
+
+    def ref_targets() -> dict[str, torch.Tensor]:
+        t = ref.centernet.centernet_targets(
+            *boxes_cpu, num_classes=k, output_size=size, down_ratio=DOWN_RATIO
+        )
+        return {key: v.to(device) for key, v in t.items()}
+
+    if op == "centernet_targets":
+        extra["output_bytes"] = nbytes(*targets.values())
+        opts = dict(num_classes=k, output_size=size, down_ratio=DOWN_RATIO)
+        run = ref_targets if reference else (lambda: fn(boxes, labels, box_mask, **opts))
+        leaves, inputs = (), (boxes, labels, box_mask)
+    elif op == "centernet_loss":
+        # Head biased like CenterNet's (-2.19: p about 0.1), then its clamped sigmoid.
+        hm = head(k, lambda x: ref.centernet.clamped_sigmoid(x - 2.19))
+        wh = head(2, lambda x: x.abs() * 8)
+        reg = head(2, torch.sigmoid)
+        if reference:
+            run = lambda: fn(hm, wh, reg, ref_targets())[0]
+        else:
+            run = lambda: fn(hm, wh, reg, boxes=boxes, labels=labels, box_mask=box_mask)
+        leaves, inputs = (hm, wh, reg), (hm, wh, reg, boxes, labels, box_mask)
+    elif op == "centernet_focal_loss":
+        pred, gt = head(k, lambda x: ref.centernet.clamped_sigmoid(x - 2.19)), targets["hm"]
+        run = lambda: fn(pred, gt)
+        leaves, inputs = (pred,), (pred, gt)
+    else:  # reg_l1_loss on the wh head
+        out = head(2, lambda x: x.abs() * 8)
+        mask, ind, target = targets["reg_mask"], targets["ind"], targets["wh"]
+        run = lambda: fn(out, mask, ind, target)
+        leaves, inputs = (out,), (out, mask, ind, target)
     if not grad:
         leaves = ()
     return Case(op, mode, batch, variant, device, size, run, leaves, inputs, extra)

@@ -11,7 +11,6 @@ import torch
 from .cases import default_batches, default_device, make_case, modes_for, skip_reason, sync
 
 DEVICE = default_device()
-BATCHES = default_batches(DEVICE)
 VARIANTS = ("eager", "compile", "torch", "triton")
 # Each timed case runs about TARGET_S seconds, between MIN_ROUNDS and MAX_ROUNDS rounds.
 TARGET_S = float(os.environ.get("BENCH_TARGET_S", "0.5"))
@@ -22,9 +21,9 @@ def params(op: str) -> list:
     """(mode, batch, variant) parameters of ``op``; variants not run on this device are skipped."""
     out = []
     for mode in modes_for(op):
-        for batch in BATCHES:
+        for batch in default_batches(DEVICE, op):
             for variant in VARIANTS:
-                reason = skip_reason(variant, DEVICE)
+                reason = skip_reason(variant, DEVICE, op)
                 marks = [pytest.mark.skip(reason=reason)] if reason else []
                 out.append(
                     pytest.param(mode, batch, variant, id=f"{mode}-B{batch}-{variant}", marks=marks)

@@ -27,7 +27,6 @@ from .cases import (
     copy_bandwidth,
     default_batches,
     default_device,
-    default_size,
     make_case,
     modes_for,
     skip_reason,
@@ -61,9 +60,9 @@ def measure(args) -> tuple[list[dict], dict]:
     bw = copy_bandwidth(device)
     for op in args.ops:
         for mode in modes_for(op):
-            for batch in args.batches:
+            for batch in args.batches or default_batches(device, op):
                 for variant in args.variants:
-                    if skip_reason(variant, device):
+                    if skip_reason(variant, device, op):
                         continue
                     rec = {"op": op, "mode": mode, "batch": batch, "variant": variant}
                     case = make_case(op, mode, batch, variant, device=device, size=args.size)
@@ -87,12 +86,23 @@ def measure(args) -> tuple[list[dict], dict]:
                     if torch.device(device).type == "cuda":
                         torch.cuda.empty_cache()
     meta = {"device": device, "copy_bandwidth": bw, "torch": torch.__version__}
-    meta["size"] = f"{args.size[0]}x{args.size[1]}"
+    meta["size"] = sizes(records)
     if torch.device(device).type == "cuda":
         meta["device_name"] = torch.cuda.get_device_name()
     else:
         meta["device_name"] = f"CPU, {torch.get_num_threads()} threads"
     return records, meta
+
+
+def sizes(records: list[dict]) -> str:
+    """The map sizes of the records, with classes and box slots where given (CenterNet)."""
+    out = {}
+    for r in records:
+        s = r.get("size", "?")
+        if "classes" in r:
+            s += f" ({r['classes']} classes, {r['boxes']} box slots)"
+        out.setdefault(s)
+    return ", ".join(out) or "?"
 
 
 def load_json(path: str, device: str) -> tuple[list[dict], dict]:
@@ -109,7 +119,7 @@ def load_json(path: str, device: str) -> tuple[list[dict], dict]:
     bw = info.get("copy_bandwidth")
     dev = info.get("bench_device") or (records[0]["device"] if records else device)
     meta = {"device": dev, "torch": info.get("torch_version", "?")}
-    meta["size"] = records[0]["size"] if records else "?"
+    meta["size"] = sizes(records)
     meta["device_name"] = info.get("cuda_device_name") or info.get("cpu", {}).get("brand_raw", dev)
     if bw is None:  # run with --benchmark-disable, or an older dump: measure here and say so
         bw = copy_bandwidth(dev)
@@ -191,8 +201,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0])
     p.add_argument("--json", help="pytest-benchmark JSON to report instead of timing here")
     p.add_argument("--device", default=default_device())
-    p.add_argument("--batches", help="comma-separated batch sizes (default by device)")
-    p.add_argument("--size", default=None, help="Hf x Wf, e.g. 64x128")
+    p.add_argument("--batches", help="comma-separated batch sizes (default by device and op)")
+    p.add_argument("--size", default=None, help="Hf x Wf, e.g. 64x128 (default by op)")
     p.add_argument("--ops", default=",".join(OPS), help="comma-separated ops")
     p.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated variants")
     p.add_argument("--target-s", type=float, default=0.5, help="timed seconds per case")
@@ -209,12 +219,9 @@ def main(argv: list[str] | None = None) -> None:
     for v in args.variants:
         if v not in VARIANTS:
             p.error(f"--variants: unknown variant {v!r}; expected some of {list(VARIANTS)}")
-    args.batches = (
-        tuple(int(b) for b in args.batches.split(","))
-        if args.batches
-        else default_batches(args.device)
-    )
-    args.size = tuple(int(x) for x in args.size.lower().split("x")) if args.size else default_size()
+    # None: each op's default (bench.cases.default_batches / default_size).
+    args.batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else None
+    args.size = tuple(int(x) for x in args.size.lower().split("x")) if args.size else None
 
     if args.threads:
         torch.set_num_threads(args.threads)
