@@ -185,7 +185,9 @@ def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
         n = hf * wf
         stride, eps, alpha = opts["stride"], opts["eps"], opts["alpha"]
         from_logits = opts["from_logits"]
-        centers = torch.stack([gc, pc], dim=1).to(cdt)  # [B, 2 (gap, piece), 2]
+        # Coordinates keep float64 (labels.grid_coords): their cells and offsets are exact.
+        ldt = torch.float64 if torch.float64 in (gc.dtype, pc.dtype) else cdt
+        centers = torch.stack([gc.to(ldt), pc.to(ldt)], dim=1)  # [B, 2 (gap, piece), 2]
         gy, gx = gaussian_factors(centers, (hf, wf), opts["sigma"], stride, opts["center"], cdt)
         w = weight_from_padding(pmask, vbox, (hf, wf), stride, cdt)  # [B,1,Hf,Wf] or None
         sum_w = w.sum() if w is not None else torch.tensor(float(b * n), dtype=cdt)

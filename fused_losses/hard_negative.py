@@ -17,6 +17,7 @@ from .backend import (
     needs_grad,
     resolve_backend,
 )
+from .labels import grid_coords
 from .validation import (
     check_floating,
     check_mask_dtype,
@@ -53,7 +54,7 @@ def negative_validity(
 ) -> torch.Tensor:
     """[B,K] bool: mask set, cell (floor(v), floor(u)) on the grid, and weight there > 0."""
     h, w = size
-    cell = torch.floor(negatives.to(dtype) / stride)
+    cell = torch.floor(grid_coords(negatives, stride, dtype))
     cu, cv = cell[..., 0], cell[..., 1]
     valid = (cu >= 0) & (cu < w) & (cv >= 0) & (cv < h)
     if negative_mask is not None:

@@ -36,6 +36,13 @@ def label_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     )
 
 
+def grid_coords(centers: torch.Tensor, stride: int, dtype: torch.dtype) -> torch.Tensor:
+    """(u, v) = (x, y) / stride in the coordinates' own precision: float64 when ``centers`` is
+    float64 (floor(u) and the offset target must not see a float64 coordinate rounded to float32
+    when the loss computes in float32), else ``dtype``. Cast derived values to ``dtype``."""
+    return centers.to(torch.float64 if centers.dtype == torch.float64 else dtype) / stride
+
+
 def gaussian_factors(
     centers: torch.Tensor,
     size: tuple[int, int],
@@ -50,9 +57,10 @@ def gaussian_factors(
     center="cell" and (u, v) for "exact". Returns ([B,N,Hf], [B,N,Wf]).
     """
     hf, wf = size
-    uv = centers.to(dtype) / stride
+    uv = grid_coords(centers, stride, dtype)
     if center == "cell":
         uv = torch.floor(uv)
+    uv = uv.to(dtype)
     b, n = centers.shape[:2]
     sig = sigma.to(dtype) if isinstance(sigma, torch.Tensor) else torch.tensor(sigma, dtype=dtype)
     sig = sig.to(centers.device)
@@ -88,7 +96,7 @@ def object_windows(
     """
     hf, wf = size
     kh, kw = min(2 * radius + 1, hf), min(2 * radius + 1, wf)
-    cell = torch.floor(centers.to(dtype) / stride)
+    cell = torch.floor(grid_coords(centers, stride, dtype))
     top = (cell[..., 1] - radius).clamp(0, hf - kh).long()
     left = (cell[..., 0] - radius).clamp(0, wf - kw).long()
     rows = top[..., None] + torch.arange(kh, device=centers.device)
@@ -214,5 +222,5 @@ def gaussian_heatmap(
 
 def offset_target(centers: torch.Tensor, stride: int, dtype: torch.dtype) -> torch.Tensor:
     """(u - floor(u) - 0.5, v - floor(v) - 0.5) for centers [..., 2] (x, y pixels)."""
-    uv = centers.to(dtype) / stride
-    return uv - torch.floor(uv) - 0.5
+    uv = grid_coords(centers, stride, dtype)
+    return (uv - torch.floor(uv) - 0.5).to(dtype)

@@ -36,10 +36,10 @@ from .launch import compute_dtype, launch, mask_view, next_pow2
 from .primitives import (
     as_dtype,
     cell_weight,
+    coord_grid,
     cosine_terms,
     focal_terms,
     gaussian,
-    grid_coord,
     hard_negative_block,
     hard_negative_grad,
     label_center,
@@ -116,10 +116,16 @@ def _gap_cell_terms(
     j64 = j.to(tl.int64)
 
     # Per-image targets, loaded once per program.
-    ug = grid_coord(tl.load(gc_ptr + b64 * s_gc_b).to(cdt), STRIDE)
-    vg = grid_coord(tl.load(gc_ptr + b64 * s_gc_b + s_gc_c).to(cdt), STRIDE)
-    up = grid_coord(tl.load(pc_ptr + b64 * s_pc_b).to(cdt), STRIDE)
-    vp = grid_coord(tl.load(pc_ptr + b64 * s_pc_b + s_pc_c).to(cdt), STRIDE)
+    # Grid coordinates in the coordinates' own precision (float64 stays float64), so floor(u) and
+    # the offset targets are exact before they are cast to the compute dtype.
+    ug = coord_grid(tl.load(gc_ptr + b64 * s_gc_b), STRIDE, cdt)
+    vg = coord_grid(tl.load(gc_ptr + b64 * s_gc_b + s_gc_c), STRIDE, cdt)
+    up = coord_grid(tl.load(pc_ptr + b64 * s_pc_b), STRIDE, cdt)
+    vp = coord_grid(tl.load(pc_ptr + b64 * s_pc_b + s_pc_c), STRIDE, cdt)
+    cug = label_center(ug, CELL).to(cdt)
+    cvg = label_center(vg, CELL).to(cdt)
+    cup = label_center(up, CELL).to(cdt)
+    cvp = label_center(vp, CELL).to(cdt)
     theta = tl.load(ga_ptr + b64 * s_ga_b).to(tl.float64)
     sin_t = tl.sin(theta).to(cdt)
     cos_t = tl.cos(theta).to(cdt)
@@ -127,8 +133,8 @@ def _gap_cell_terms(
     reg_t = as_dtype(reg_threshold, cdt)
 
     # Labels, in registers.
-    y_gap = gaussian(ii, jj, label_center(ug, CELL), label_center(vg, CELL), sig, sig)
-    y_piece = gaussian(ii, jj, label_center(up, CELL), label_center(vp, CELL), sig, sig)
+    y_gap = gaussian(ii, jj, cug, cvg, sig, sig)
+    y_piece = gaussian(ii, jj, cup, cvp, sig, sig)
     w = cell_weight(pad_ptr, b, i, j, s_pad_b, s_pad_h, s_pad_w, on, STRIDE, PADDING, cdt)
     w = tl.where(on, w, 0.0)
     m_gap = tl.where(y_gap > reg_t, w, 0.0)
@@ -146,10 +152,10 @@ def _gap_cell_terms(
 
     # Offsets: the same target at every supervised cell of the image.
     o = off_ptr + b64 * s_off_b + i64 * s_off_h + j64 * s_off_w
-    d0 = tl.load(o, mask=on, other=0).to(cdt) - offset_target(ug)
-    d1 = tl.load(o + s_off_c, mask=on, other=0).to(cdt) - offset_target(vg)
-    d2 = tl.load(o + 2 * s_off_c, mask=on, other=0).to(cdt) - offset_target(up)
-    d3 = tl.load(o + 3 * s_off_c, mask=on, other=0).to(cdt) - offset_target(vp)
+    d0 = tl.load(o, mask=on, other=0).to(cdt) - offset_target(ug).to(cdt)
+    d1 = tl.load(o + s_off_c, mask=on, other=0).to(cdt) - offset_target(vg).to(cdt)
+    d2 = tl.load(o + 2 * s_off_c, mask=on, other=0).to(cdt) - offset_target(up).to(cdt)
+    d3 = tl.load(o + 3 * s_off_c, mask=on, other=0).to(cdt) - offset_target(vp).to(cdt)
     s0, ds0 = smooth_l1_terms(d0, 1.0)
     s1, ds1 = smooth_l1_terms(d1, 1.0)
     s2, ds2 = smooth_l1_terms(d2, 1.0)

@@ -139,6 +139,17 @@ def grid_coord(x, STRIDE: tl.constexpr):
 
 
 @triton.jit
+def coord_grid(x, STRIDE: tl.constexpr, cdt: tl.constexpr):
+    """u = x / stride for a loaded coordinate ``x``: in float64 when ``x`` is float64 (so that
+    floor(u) and the offset target see the coordinate unrounded even when the loss computes in
+    float32; cast the results with ``.to(cdt)``), else in ``cdt``."""
+    if x.dtype == tl.float64:
+        return grid_coord(x, STRIDE)
+    else:
+        return grid_coord(x.to(cdt), STRIDE)
+
+
+@triton.jit
 def label_center(u, CELL: tl.constexpr):
     """The Gaussian's centre on the grid: floor(u) for center="cell", u for "exact"."""
     if CELL:
@@ -290,13 +301,13 @@ def hard_negative_block(
         b = b0 + rows
         b_on = b < B
         b64 = b.to(tl.int64)
-        px = tl.load(pos_ptr + b64 * s_pos_b, mask=b_on, other=0).to(cdt)
-        py = tl.load(pos_ptr + b64 * s_pos_b + s_pos_c, mask=b_on, other=0).to(cdt)
+        px = tl.load(pos_ptr + b64 * s_pos_b, mask=b_on, other=0)
+        py = tl.load(pos_ptr + b64 * s_pos_b + s_pos_c, mask=b_on, other=0)
         s_pos = bilinear_sample(
             hm_ptr,
             b64,
-            grid_coord(px, STRIDE),
-            grid_coord(py, STRIDE),
+            coord_grid(px, STRIDE, cdt).to(cdt),
+            coord_grid(py, STRIDE, cdt).to(cdt),
             s_hm_b,
             s_hm_h,
             s_hm_w,
@@ -313,13 +324,14 @@ def hard_negative_block(
             b2 = b64[:, None]
             k2 = k[None, :].to(tl.int64)
             nb = neg_ptr + b2 * s_neg_b + k2 * s_neg_k
-            u = grid_coord(tl.load(nb, mask=on, other=0).to(cdt), STRIDE)
-            v = grid_coord(tl.load(nb + s_neg_c, mask=on, other=0).to(cdt), STRIDE)
+            # The validity cell from the coordinates' own precision (float64 stays float64).
+            u = coord_grid(tl.load(nb, mask=on, other=0), STRIDE, cdt)
+            v = coord_grid(tl.load(nb + s_neg_c, mask=on, other=0), STRIDE, cdt)
             s_neg = bilinear_sample(
-                hm_ptr, b2, u, v, s_hm_b, s_hm_h, s_hm_w, H, W, on, SIGMOID, cdt
+                hm_ptr, b2, u.to(cdt), v.to(cdt), s_hm_b, s_hm_h, s_hm_w, H, W, on, SIGMOID, cdt
             )
-            cu = tl.floor(u)
-            cv = tl.floor(v)
+            cu = tl.floor(u).to(cdt)
+            cv = tl.floor(v).to(cdt)
             valid = on & (cu >= 0) & (cu < W) & (cv >= 0) & (cv < H)
             if HAS_NMASK:
                 nm = tl.load(nmask_ptr + b2 * s_nm_b + k2 * s_nm_k, mask=on, other=0)

@@ -535,6 +535,42 @@ def test_float32_predictions_with_float64_coordinates(backend):
     assert total.dtype == torch.float32
 
 
+def test_float64_coordinates_are_not_rounded_to_float32(backend):
+    """float64 coordinates one ulp-ish below a cell border: floor(x / stride), the label centre, the
+    offset target and a confuser's validity use the coordinate as given (float32 would round
+    7.99999999 up to 8 and 31.999999999 up to 32, moving the centre and the confuser one cell)."""
+    g = torch.Generator().manual_seed(7)
+    b, h, w = 1, 8, 8
+    preds = [
+        torch.rand(b, 1, h, w, generator=g) * 0.9 + 0.05,
+        torch.rand(b, 1, h, w, generator=g) * 0.9 + 0.05,
+        torch.rand(b, 4, h, w, generator=g) - 0.5,
+        torch.randn(b, 2, h, w, generator=g),
+    ]
+    gc = torch.tensor([[7.99999999, 12.0]], dtype=torch.float64)
+    pc = torch.tensor([[20.0, 11.999999999]], dtype=torch.float64)
+    ga = torch.tensor([0.3], dtype=torch.float64)
+    conf = torch.tensor([[[31.999999999, 5.0], [3.0, 31.9999999999]]], dtype=torch.float64)
+    assert float(gc[0, 0].float()) == 8.0 and float(conf[0, 0, 0].float()) == 32.0
+    rest = (gc, pc, ga, conf)
+    r = upstream_scalar(43)
+    ref_leaves = [p.double().requires_grad_(True) for p in preds]
+    opts = dict(margin=2.0)  # every valid confuser's hinge is active: the count shows
+    ref_total, ref_comps = R.gap_detection_loss(*ref_leaves, *rest, return_components=True, **opts)
+    (ref_total * r).backward()
+    leaves = [p.to(DEVICE).requires_grad_(True) for p in preds]
+    total, comps = fl.gap_detection_loss(
+        *leaves, *(x.to(DEVICE) for x in rest), return_components=True, backend=backend, **opts
+    )
+    assert total.dtype == torch.float32
+    for name in COMPONENTS:
+        assert_scalar_close(comps[name], ref_comps[name], 1e-5, name)
+    assert_scalar_close(total, ref_total, 1e-5, "total")
+    (total * r).backward()
+    for name, leaf, ref_leaf in zip(PREDICTIONS, leaves, ref_leaves):
+        assert_grad_close(leaf.grad, ref_leaf.grad, 1e-5, f"grad {name}")
+
+
 def test_fractional_valid_box_equals_materialised_mask(backend):
     case = gap_case(3, (17, 33), confusers=3, padding="box", seed=40)
     box = torch.tensor(
