@@ -42,11 +42,14 @@ NORMALIZE = ("weight", "num_pos", "sum", "mean")
 
 
 def _pow_pair(base: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(base^a, base^(a - 1)) with one pow when a >= 1."""
+    """(base^a, d(base^a)/dbase = a base^(a - 1)) with one pow when a >= 1; the derivative is 0 for
+    a = 0 (as torch's pow backward: no 0 * inf at base = 0)."""
+    if a == 0:
+        return torch.ones_like(base), torch.zeros_like(base)
     if a >= 1:
         lower = base ** (a - 1)
-        return lower * base, lower
-    return base**a, base ** (a - 1)
+        return lower * base, a * lower
+    return base**a, a * base ** (a - 1)
 
 
 def focal_neg_terms(
@@ -67,11 +70,11 @@ def focal_neg_terms(
     neg_w = (1 - y) ** beta
     if not need_grad:
         return -log_q * p**alpha * neg_w, None
-    p_a, p_am1 = _pow_pair(p, alpha)
+    p_a, dp_a = _pow_pair(p, alpha)
     f = -log_q * p_a * neg_w
     if from_logits:
         return f, neg_w * p_a * (p - alpha * (1 - p) * log_q)
-    return f, neg_w * (p_a / (1 - p + eps) - alpha * p_am1 * log_q)
+    return f, neg_w * (p_a / (1 - p + eps) - dp_a * log_q)
 
 
 def focal_pos_terms(
@@ -83,13 +86,13 @@ def focal_pos_terms(
     else:
         p, log_p = x, torch.log(x + eps)
     q = 1 - p
-    q_a, q_am1 = _pow_pair(q, alpha)
+    q_a, dq_a = _pow_pair(q, alpha)
     f = -log_p * q_a
     if not need_grad:
         return f, None
     if from_logits:
         return f, q_a * (alpha * p * log_p - q)
-    return f, -q_a / (p + eps) + alpha * q_am1 * log_p
+    return f, -q_a / (p + eps) + dq_a * log_p
 
 
 def focal_terms(

@@ -99,8 +99,14 @@ def focal_terms(x, y, alpha, beta, pos_threshold, eps, FROM_LOGITS: tl.constexpr
         d_pos = q_a * (alpha * p * log_p - q)
         d_neg = neg_w * p_a * (p - alpha * q * log_q)
     else:
-        d_pos = -q_a / (p + eps) + alpha * pow_nonneg(q, alpha - 1.0) * log_p
-        d_neg = neg_w * (p_a / (q + eps) - alpha * pow_nonneg(p, alpha - 1.0) * log_q)
+        # d(x^alpha)/dx = alpha x^(alpha-1), 0 for alpha = 0 (as torch's pow backward: no 0 * inf
+        # at q = 0 or p = 0).
+        d_pos = -q_a / (p + eps) + tl.where(
+            alpha == 0, 0.0, alpha * pow_nonneg(q, alpha - 1.0) * log_p
+        )
+        d_neg = neg_w * (
+            p_a / (q + eps) - tl.where(alpha == 0, 0.0, alpha * pow_nonneg(p, alpha - 1.0) * log_q)
+        )
     return f, tl.where(pos, d_pos, d_neg), pos, p, q
 
 

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import DEVICE, assert_scalar_close, check_parity, pairwise
+from conftest import DEVICE, assert_grad_close, assert_scalar_close, check_parity, pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -155,6 +155,69 @@ def test_num_pos_without_positives_divides_by_one(backend, from_logits):
         normalize="num_pos",
         from_logits=from_logits,
     )
+
+
+def _focal_with_exact_0_and_1(seed):
+    """Inputs with P exactly 0 and exactly 1 on both positive and negative cells."""
+    t = focal_inputs(2, 5, 7, from_logits=False, weight="none", seed=seed)
+    t["target"] = t["target"].clamp(max=0.85)
+    t["target"][0, 0, 0, :4] = 1.0
+    t["pred"][0, 0, 0, :4] = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    t["pred"][1, 0, 2, :4] = torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64)
+    return t
+
+
+def test_alpha_zero_with_probabilities_exactly_0_and_1(backend):
+    """alpha = 0: d((1-P)^0)/dP = 0 at P = 1 and d(P^0)/dP = 0 at P = 0 (torch's pow backward),
+    not 0 * inf = NaN; the gradient is finite and matches the reference."""
+    t = _focal_with_exact_0_and_1(seed=9)
+    check_parity(
+        fl.masked_focal_loss, R.masked_focal_loss, t, grad=("pred",), backend=backend, alpha=0.0
+    )
+
+
+def test_fractional_alpha_at_0_and_1_matches_reference_finiteness(backend):
+    """0 < alpha < 1: the reference's own gradient is infinite at P = 1 on a positive and P = 0 on
+    a negative (and NaN on the branch torch.where does not take). Where the reference is finite we
+    must be finite and close; where it is +-inf we give the same infinity; its NaNs (an artefact of
+    autograd through torch.where) are not compared."""
+    t = _focal_with_exact_0_and_1(seed=9)
+    pred = t["pred"].clone().requires_grad_(True)
+    R.masked_focal_loss(pred, t["target"], alpha=0.5).backward()
+    x = t["pred"].float().to(DEVICE).requires_grad_(True)
+    loss = fl.masked_focal_loss(x, t["target"].float().to(DEVICE), alpha=0.5, backend=backend)
+    loss.backward()
+    ours, ref = x.grad.cpu().double(), pred.grad
+    ref_finite, ref_inf = torch.isfinite(ref), torch.isinf(ref)
+    assert ref_inf.any()
+    assert torch.isfinite(ours[ref_finite]).all()
+    assert torch.equal(ours[ref_inf], ref[ref_inf])
+    assert_grad_close(ours[ref_finite], ref[ref_finite], 1e-5)
+
+
+def test_gap_loss_alpha_zero_with_probability_exactly_1(backend):
+    """The fused gap-detection loss, alpha = 0, P = 1 at the gap's positive cell and P = 0 on a
+    negative cell: finite gradients matching the reference."""
+    g = torch.Generator().manual_seed(11)
+    hg = torch.rand(1, 1, 6, 7, generator=g) * 0.9 + 0.05
+    hp = torch.rand(1, 1, 6, 7, generator=g) * 0.9 + 0.05
+    hg[0, 0, 2, 2], hg[0, 0, 4, 5], hp[0, 0, 0, 0] = 1.0, 0.0, 0.0
+    preds = [
+        hg,
+        hp,
+        torch.rand(1, 4, 6, 7, generator=g) - 0.5,
+        torch.randn(1, 2, 6, 7, generator=g),
+    ]
+    rest = (torch.tensor([[10.0, 10.0]]), torch.tensor([[18.0, 14.0]]), torch.zeros(1))
+    ref = [p.double().requires_grad_(True) for p in preds]
+    ref_total = R.gap_detection_loss(*ref, *(x.double() for x in rest), alpha=0.0)
+    ref_total.backward()
+    cand = [p.to(DEVICE).requires_grad_(True) for p in preds]
+    total = fl.gap_detection_loss(*cand, *(x.to(DEVICE) for x in rest), alpha=0.0, backend=backend)
+    total.backward()
+    assert_scalar_close(total, ref_total, 1e-5)
+    for c, r in zip(cand, ref):
+        assert_grad_close(c.grad, r.grad, 1e-5)
 
 
 def test_num_pos_counts_positives(backend):
