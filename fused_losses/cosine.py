@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 
 from .backend import (
+    BACKENDS,
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
     resolve_backend,
 )
 from .validation import (
+    check_choice,
     check_floating,
     check_number,
     check_real,
@@ -44,6 +46,12 @@ def cosine_terms(
     return 1 - c, -torch.cat([g0, g1], dim=1)
 
 
+def check_cosine_options(*, eps: float, backend: str) -> tuple[float, str]:
+    """Validate the options of :func:`masked_cosine_loss`: (eps, backend)."""
+    check_choice("backend", backend, BACKENDS)
+    return check_number("eps", eps, nonneg=True), backend
+
+
 def masked_cosine_loss(
     pred: torch.Tensor,
     target_angle: torch.Tensor,
@@ -69,7 +77,7 @@ def masked_cosine_loss(
     check_real("mask", mask)
     check_shape("mask", mask, [b, 1, h, w], f"[{b}, 1, {h}, {w}]")
     check_same_device({"pred": pred, "target_angle": target_angle, "mask": mask})
-    eps = check_number("eps", eps, nonneg=True)
+    eps, backend = check_cosine_options(eps=eps, backend=backend)
     if resolve_backend(backend, pred.device) == "triton":
         from .triton_ops import masked_cosine_loss_triton
 
@@ -96,7 +104,7 @@ class MaskedCosineLoss(torch.nn.Module):
 
     def __init__(self, eps: float = 1e-7, backend: str = "auto") -> None:
         super().__init__()
-        self.eps, self.backend = eps, backend
+        self.eps, self.backend = check_cosine_options(eps=eps, backend=backend)
 
     def forward(
         self, pred: torch.Tensor, target_angle: torch.Tensor, mask: torch.Tensor

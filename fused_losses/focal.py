@@ -23,12 +23,14 @@ import torch
 import torch.nn.functional as F
 
 from .backend import (
+    BACKENDS,
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
     resolve_backend,
 )
 from .validation import (
+    check_bool,
     check_choice,
     check_floating,
     check_number,
@@ -129,6 +131,30 @@ def focal_normalizer(
     return 1.0
 
 
+def check_focal_options(
+    *,
+    alpha: float,
+    beta: float,
+    pos_threshold: float,
+    normalize: str,
+    from_logits: bool,
+    eps: float,
+    backend: str,
+) -> dict:
+    """Validate the options of :func:`masked_focal_loss`; returns them with numbers as floats."""
+    check_choice("normalize", normalize, NORMALIZE)
+    check_choice("backend", backend, BACKENDS)
+    return dict(
+        alpha=check_number("alpha", alpha, nonneg=True),
+        beta=check_number("beta", beta, nonneg=True),
+        pos_threshold=check_number("pos_threshold", pos_threshold),
+        normalize=normalize,
+        from_logits=check_bool("from_logits", from_logits),
+        eps=check_number("eps", eps, nonneg=True),
+        backend=backend,
+    )
+
+
 def masked_focal_loss(
     pred: torch.Tensor,
     target: torch.Tensor,
@@ -169,14 +195,17 @@ def masked_focal_loss(
                 f"weight: expected a shape broadcastable to {shape_str(pred)}, got {shape_str(weight)}"
             )
     check_same_device({"pred": pred, "target": target, "weight": weight})
-    check_choice("normalize", normalize, NORMALIZE)
-    opts = dict(
-        alpha=check_number("alpha", alpha, nonneg=True),
-        beta=check_number("beta", beta, nonneg=True),
-        pos_threshold=check_number("pos_threshold", pos_threshold),
-        from_logits=bool(from_logits),
-        eps=check_number("eps", eps, nonneg=True),
+    opts = check_focal_options(
+        alpha=alpha,
+        beta=beta,
+        pos_threshold=pos_threshold,
+        normalize=normalize,
+        from_logits=from_logits,
+        eps=eps,
+        backend=backend,
     )
+    normalize = opts.pop("normalize")
+    backend = opts.pop("backend")
     if resolve_backend(backend, pred.device) == "triton":
         from .triton_ops import masked_focal_loss_triton
 
@@ -216,8 +245,7 @@ class MaskedFocalLoss(torch.nn.Module):
         backend: str = "auto",
     ) -> None:
         super().__init__()
-        check_choice("normalize", normalize, NORMALIZE)
-        self.opts = dict(
+        self.opts = check_focal_options(
             alpha=alpha,
             beta=beta,
             pos_threshold=pos_threshold,

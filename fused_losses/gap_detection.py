@@ -43,6 +43,7 @@ from .labels import (
 )
 from .smooth_l1 import smooth_l1_terms
 from .validation import (
+    check_bool,
     check_choice,
     check_floating,
     check_mask_dtype,
@@ -81,8 +82,7 @@ def check_options(
 
     check_choice("center", center, CENTERS)
     check_choice("backend", backend, BACKENDS)
-    if not isinstance(from_logits, bool):
-        raise TypeError(f"from_logits: expected a bool, got {type(from_logits).__name__}")
+    check_bool("from_logits", from_logits)
     return dict(
         stride=check_positive_int("stride", stride),
         sigma=check_number("sigma", sigma, positive=True),

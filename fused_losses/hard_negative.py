@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .backend import (
+    BACKENDS,
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
@@ -19,6 +20,7 @@ from .backend import (
 )
 from .labels import grid_coords
 from .validation import (
+    check_choice,
     check_floating,
     check_mask_dtype,
     check_number,
@@ -96,6 +98,12 @@ def hard_negative_terms(
     return loss, grad
 
 
+def check_margin_options(*, margin: float, stride: int, backend: str) -> tuple[float, int, str]:
+    """Validate the options of :func:`hard_negative_margin_loss`: (margin, stride, backend)."""
+    check_choice("backend", backend, BACKENDS)
+    return check_number("margin", margin), check_positive_int("stride", stride), backend
+
+
 def hard_negative_margin_loss(
     heatmap: torch.Tensor,
     positive: torch.Tensor,
@@ -145,8 +153,7 @@ def hard_negative_margin_loss(
             "weight": weight,
         }
     )
-    margin = check_number("margin", margin)
-    stride = check_positive_int("stride", stride)
+    margin, stride, backend = check_margin_options(margin=margin, stride=stride, backend=backend)
     if resolve_backend(backend, heatmap.device) == "triton":
         from .triton_ops import hard_negative_margin_loss_triton
 
@@ -174,7 +181,9 @@ class HardNegativeMarginLoss(torch.nn.Module):
 
     def __init__(self, margin: float = 0.25, stride: int = 4, backend: str = "auto") -> None:
         super().__init__()
-        self.margin, self.stride, self.backend = margin, stride, backend
+        self.margin, self.stride, self.backend = check_margin_options(
+            margin=margin, stride=stride, backend=backend
+        )
 
     def forward(
         self,

@@ -198,7 +198,7 @@ def gaussian_heatmap(
         elif sigma.dim() != 0:
             check_shape("sigma", sigma, [b, n], f"a float, [{b}, {n}] or [{b}, {n}, 2]")
         named["sigma"] = sigma
-    elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not sigma > 0:
+    elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
         raise ValueError(f"sigma: expected a positive float or a tensor, got {sigma!r}")
     if mask is not None:
         check_tensor("mask", mask)

@@ -11,12 +11,14 @@ from __future__ import annotations
 import torch
 
 from .backend import (
+    BACKENDS,
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
     resolve_backend,
 )
 from .validation import (
+    check_choice,
     check_floating,
     check_number,
     check_real,
@@ -38,6 +40,12 @@ def smooth_l1_terms(
     c = d.clamp(-beta, beta)
     s = c * (d - 0.5 * c) / beta
     return s, (c / beta if need_grad else None)
+
+
+def check_smooth_l1_options(*, beta: float, eps: float, backend: str) -> tuple[float, float, str]:
+    """Validate the options of :func:`masked_smooth_l1_loss`: (beta, eps, backend)."""
+    check_choice("backend", backend, BACKENDS)
+    return check_number("beta", beta, nonneg=True), check_number("eps", eps, nonneg=True), backend
 
 
 def masked_smooth_l1_loss(
@@ -73,8 +81,7 @@ def masked_smooth_l1_loss(
     check_real("mask", mask)
     check_shape("mask", mask, [b, 1, h, w], f"[{b}, 1, {h}, {w}]")
     check_same_device({"pred": pred, "target": target, "mask": mask})
-    beta = check_number("beta", beta, nonneg=True)
-    eps = check_number("eps", eps, nonneg=True)
+    beta, eps, backend = check_smooth_l1_options(beta=beta, eps=eps, backend=backend)
     if resolve_backend(backend, pred.device) == "triton":
         from .triton_ops import masked_smooth_l1_loss_triton
 
@@ -99,7 +106,9 @@ class MaskedSmoothL1Loss(torch.nn.Module):
 
     def __init__(self, beta: float = 1.0, eps: float = 1e-7, backend: str = "auto") -> None:
         super().__init__()
-        self.beta, self.eps, self.backend = beta, eps, backend
+        self.beta, self.eps, self.backend = check_smooth_l1_options(
+            beta=beta, eps=eps, backend=backend
+        )
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         return masked_smooth_l1_loss(

@@ -6,6 +6,7 @@ Each error names the argument, what was expected and what was received.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -65,11 +66,23 @@ def check_number(
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise ValueError(f"{name}: expected a finite number, got {value!r}")
     if positive and not value > 0:
         raise ValueError(f"{name}: expected a positive number, got {value!r}")
     if nonneg and not value >= 0:
         raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
     return float(value)
+
+
+def check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+    return value
 
 
 def check_mask_dtype(name: str, x: torch.Tensor) -> None:

@@ -366,6 +366,65 @@ def test_focal_non_contiguous(backend):
     assert_scalar_close(loss_views, run[0], 1e-6, "non-contiguous")
 
 
+NAN, INF = float("nan"), float("inf")
+BAD_COMPONENT_OPTIONS = [
+    ("focal", {"alpha": NAN}, ValueError, "alpha"),
+    ("focal", {"beta": INF}, ValueError, "beta"),
+    ("focal", {"pos_threshold": NAN}, ValueError, "pos_threshold"),
+    ("focal", {"eps": INF}, ValueError, "eps"),
+    ("focal", {"from_logits": "False"}, TypeError, "from_logits"),
+    ("focal", {"from_logits": 1}, TypeError, "from_logits"),
+    ("focal", {"alpha": -1.0}, ValueError, "alpha"),
+    ("focal", {"backend": "fused"}, ValueError, "backend"),
+    ("smooth_l1", {"beta": NAN}, ValueError, "beta"),
+    ("smooth_l1", {"beta": -1.0}, ValueError, "beta"),
+    ("smooth_l1", {"eps": INF}, ValueError, "eps"),
+    ("smooth_l1", {"backend": "fused"}, ValueError, "backend"),
+    ("cosine", {"eps": NAN}, ValueError, "eps"),
+    ("cosine", {"eps": -1.0}, ValueError, "eps"),
+    ("cosine", {"backend": "fused"}, ValueError, "backend"),
+    ("hard_negative", {"margin": INF}, ValueError, "margin"),
+    ("hard_negative", {"margin": NAN}, ValueError, "margin"),
+    ("hard_negative", {"stride": 0}, ValueError, "stride"),
+    ("hard_negative", {"backend": "fused"}, ValueError, "backend"),
+]
+
+
+def _component_call(op, **opts):
+    g = torch.Generator().manual_seed(0)
+    p = torch.rand(2, 1, 5, 6, generator=g)
+    m = torch.ones(2, 1, 5, 6)
+    if op == "focal":
+        return fl.masked_focal_loss(p, torch.rand(2, 1, 5, 6, generator=g), **opts)
+    if op == "smooth_l1":
+        return fl.masked_smooth_l1_loss(torch.rand(2, 2, 5, 6), torch.zeros(2, 2, 1, 1), m, **opts)
+    if op == "cosine":
+        return fl.masked_cosine_loss(torch.randn(2, 2, 5, 6), torch.zeros(2), m, **opts)
+    return fl.hard_negative_margin_loss(p, torch.ones(2, 2), torch.ones(2, 3, 2), **opts)
+
+
+COMPONENT_MODULES = {
+    "focal": "MaskedFocalLoss",
+    "smooth_l1": "MaskedSmoothL1Loss",
+    "cosine": "MaskedCosineLoss",
+    "hard_negative": "HardNegativeMarginLoss",
+}
+
+
+@pytest.mark.parametrize(
+    "op,opts,exc,name",
+    BAD_COMPONENT_OPTIONS,
+    ids=[f"{op}-{k}={v!r}" for op, o, _, _ in BAD_COMPONENT_OPTIONS for k, v in o.items()],
+)
+def test_component_bad_options_raise_in_function_and_module_constructor(op, opts, exc, name):
+    """Non-finite numbers, a non-bool from_logits ("False" is truthy) and unknown choices raise,
+    naming the argument; the modules check their options when constructed, not at the first call."""
+    with pytest.raises(exc, match=name):
+        _component_call(op, **opts)
+    with pytest.raises(exc, match=name):
+        getattr(fl, COMPONENT_MODULES[op])(**opts)
+
+
 def test_focal_bad_input():
     p = torch.rand(2, 1, 5, 6)
     y = torch.rand(2, 1, 5, 6)

@@ -770,6 +770,15 @@ BAD_OPTIONS = [
     ("from_logits", "yes", TypeError),
     ("w_angle", "0.2", TypeError),
     ("margin", None, TypeError),
+    ("pos_threshold", float("nan"), ValueError),
+    ("reg_threshold", float("inf"), ValueError),
+    ("margin", float("-inf"), ValueError),
+    ("w_angle", float("nan"), ValueError),
+    ("w_heatmap", float("inf"), ValueError),
+    ("eps", float("inf"), ValueError),
+    ("eps", float("nan"), ValueError),
+    ("beta", float("inf"), ValueError),
+    ("sigma", float("inf"), ValueError),
 ]
 
 

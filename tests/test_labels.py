@@ -245,7 +245,7 @@ def test_gaussian_heatmap_bad_input():
         fl.gaussian_heatmap(c, (4, 4), sigma=torch.ones(2, 3, 3))
     with pytest.raises(ValueError, match=r"sigma.*\[3\]"):
         fl.gaussian_heatmap(c, (4, 4), sigma=torch.ones(3))
-    for bad in (0.0, -1.0):
+    for bad in (0.0, -1.0, float("inf"), float("nan")):
         with pytest.raises(ValueError, match="sigma"):
             fl.gaussian_heatmap(c, (4, 4), sigma=bad)
     with pytest.raises(ValueError, match=r"mask.*\[2, 2\]"):
