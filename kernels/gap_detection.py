@@ -50,6 +50,7 @@ from .reduce import elementwise_block
 
 NUM_PARTIALS = 8
 AUX_HEAD = 10  # 5 components + 5 gradient scales, then coef [B, 1+K]
+FINALIZE_BLOCK_P = 128  # partial rows per pass of the finalize kernel (tests lower it)
 
 # Padding modes of ``cell_weight``.
 NO_PADDING, PADDING_MASK, VALID_BOX = 0, 1, 2
@@ -795,7 +796,7 @@ def gap_detection_forward(
         FROM_LOGITS=bool(from_logits),
         PADDING=mode,
         HAS_CMASK=has_cm,
-        BLOCK_P=128,
+        BLOCK_P=FINALIZE_BLOCK_P,
         BLOCK_B=block_b,
         BLOCK_K=block_k,
         num_warps=4,

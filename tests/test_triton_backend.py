@@ -171,6 +171,45 @@ def test_parity_options_exact_center_and_weights():
     check_parity(ours, ref, 1e-5, 1e-5)
 
 
+@pytest.mark.parametrize("padding,from_logits", [("mask", False), ("box", True)])
+def test_many_programs_per_image_and_multi_pass_finalize(monkeypatch, padding, from_logits):
+    """GPU-like tiling under the interpreter (which otherwise runs one program per image): 8 cells
+    per program gives 18 programs per image (blocks straddling rows, a ragged last block), and
+    with 16 partial rows per finalize pass the 36 rows take 3 passes."""
+    import fused_losses.kernels.gap_detection as K
+
+    monkeypatch.setattr(K, "elementwise_block", lambda n: (8, 4))
+    monkeypatch.setattr(K, "FINALIZE_BLOCK_P", 16)
+    case = gap_case(2, (9, 15), confusers=3, padding=padding, from_logits=from_logits, seed=3)
+    reset_launch_count()
+    ours, ref = triton_loss(case, from_logits=from_logits)
+    assert launch_count() == 3
+    check_parity(ours, ref, 1e-5, 1e-5)
+
+
+def test_component_ops_with_many_programs(monkeypatch):
+    """The focal kernels and ratio_finalize with 8 elements per program and 16 partial rows per
+    finalize pass: 2 * 9 * 15 / 8 -> 34 rows, 3 passes."""
+    import fused_losses.kernels.focal as KF
+    import fused_losses.kernels.reduce as KR
+
+    monkeypatch.setattr(KF, "elementwise_block", lambda n: (8, 4))
+    monkeypatch.setattr(KR, "FINALIZE_BLOCK_P", 16)
+    g = torch.Generator().manual_seed(4)
+    pred = (torch.rand(2, 1, 9, 15, generator=g) * 0.98 + 0.01).to(DEVICE)
+    target = torch.rand(2, 1, 9, 15, generator=g).to(DEVICE) ** 3
+    target[0, 0, 3, 4] = target[1, 0, 8, 14] = 1.0
+    weight = torch.rand(2, 1, 9, 15, generator=g).to(DEVICE)
+    x = pred.clone().requires_grad_(True)
+    loss = fused_losses.masked_focal_loss(x, target, weight, backend="triton")
+    (grad,) = torch.autograd.grad(loss, x)
+    xr = pred.double().cpu().requires_grad_(True)
+    ref = reference.masked_focal_loss(xr, target.double().cpu(), weight.double().cpu())
+    (ref_grad,) = torch.autograd.grad(ref, xr)
+    assert rel_err(loss, ref) <= 1e-5
+    assert rel_err(grad, ref_grad) <= 1e-5
+
+
 def test_float64_inputs_computed_in_float64():
     case = gap_case(2, (9, 16), confusers=2, padding="mask", seed=7)
     ours, ref = triton_loss(case, dtype=torch.float64)
