@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import compute_dtype, launch, mask_view
-from .primitives import as_dtype, focal_terms
+from .launch import compute_dtype, f64_bits, launch, mask_view
+from .primitives import focal_terms, option
 from .reduce import (
     DEN_EPS,
     DEN_NUMEL,
@@ -41,7 +41,7 @@ def _offsets4(idx, d1, d2, d3, s0, s1, s2, s3):
     return i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["alpha", "beta", "pos_threshold", "eps"])
 def _focal_forward_kernel(
     x_ptr,
     y_ptr,
@@ -79,7 +79,13 @@ def _focal_forward_kernel(
     x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
     y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
     f, _, pos, _, _ = focal_terms(
-        x.to(cdt), y.to(cdt), alpha, beta, as_dtype(pos_threshold, cdt), eps, FROM_LOGITS
+        x.to(cdt),
+        y.to(cdt),
+        option(alpha, cdt),
+        option(beta, cdt),
+        option(pos_threshold, cdt),
+        option(eps, cdt),
+        FROM_LOGITS,
     )
     if HAS_W:
         w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)
@@ -93,7 +99,7 @@ def _focal_forward_kernel(
     tl.store(out + 3, tl.zeros([], cdt))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["alpha", "beta", "pos_threshold", "eps"])
 def _focal_backward_kernel(
     go_ptr,
     aux_ptr,
@@ -133,7 +139,13 @@ def _focal_backward_kernel(
     x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
     y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
     _, df, _, _, _ = focal_terms(
-        x.to(cdt), y.to(cdt), alpha, beta, as_dtype(pos_threshold, cdt), eps, FROM_LOGITS
+        x.to(cdt),
+        y.to(cdt),
+        option(alpha, cdt),
+        option(beta, cdt),
+        option(pos_threshold, cdt),
+        option(eps, cdt),
+        FROM_LOGITS,
     )
     scale = tl.load(aux_ptr) * tl.load(go_ptr).to(cdt)
     g = df * scale
@@ -192,10 +204,10 @@ def focal_forward(
         partials,
         n,
         *shape_args,
-        float(alpha),
-        float(beta),
-        float(pos_threshold),
-        float(eps),
+        f64_bits(alpha),
+        f64_bits(beta),
+        f64_bits(pos_threshold),
+        f64_bits(eps),
         FROM_LOGITS=bool(from_logits),
         HAS_W=weight is not None,
         BLOCK=block,
@@ -223,10 +235,10 @@ def focal_backward(
         grad,
         n,
         *shape_args,
-        float(alpha),
-        float(beta),
-        float(pos_threshold),
-        float(eps),
+        f64_bits(alpha),
+        f64_bits(beta),
+        f64_bits(pos_threshold),
+        f64_bits(eps),
         FROM_LOGITS=bool(from_logits),
         HAS_W=weight is not None,
         BLOCK=block,

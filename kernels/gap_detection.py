@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import compute_dtype, launch, mask_view, next_pow2
+from .launch import compute_dtype, f64_bits, launch, mask_view, next_pow2
 from .primitives import (
     as_dtype,
     cell_weight,
@@ -44,6 +44,7 @@ from .primitives import (
     hard_negative_grad,
     label_center,
     offset_target,
+    option,
     smooth_l1_terms,
 )
 from .reduce import elementwise_block
@@ -106,8 +107,15 @@ def _gap_cell_terms(
 ):
     """Every per-cell quantity of the loss at ``cells`` (flat indices) of image ``b``.
 
-    Cells with ``on`` false get W = 0 and m = 0 (and finite values everywhere else).
+    Cells with ``on`` false get W = 0 and m = 0 (and finite values everywhere else). The float
+    options arrive as float64 bit patterns (``launch.f64_bits``).
     """
+    sigma = option(sigma, cdt)
+    alpha = option(alpha, cdt)
+    beta = option(beta, cdt)
+    pos_threshold = option(pos_threshold, cdt)
+    reg_threshold = option(reg_threshold, cdt)
+    eps = option(eps, cdt)
     i = cells // Wf
     j = cells % Wf
     ii = i.to(cdt)
@@ -192,7 +200,10 @@ def _gap_cell_terms(
     )
 
 
-@triton.jit
+_CELL_OPTIONS = ["sigma", "alpha", "beta", "pos_threshold", "reg_threshold", "eps"]
+
+
+@triton.jit(do_not_specialize=_CELL_OPTIONS)
 def _gap_forward_kernel(
     hg_ptr,
     hp_ptr,
@@ -324,7 +335,9 @@ def _gap_forward_kernel(
     tl.store(out + 7, tl.sum(tl.where(on, one_minus_c * m_gap, 0.0), axis=0))
 
 
-@triton.jit
+@triton.jit(
+    do_not_specialize=["margin", "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "eps"]
+)
 def _gap_finalize_kernel(
     part_ptr,
     P,
@@ -368,6 +381,7 @@ def _gap_finalize_kernel(
 ):
     """One program: reduce the partials, the hard negatives, the components, total and scales."""
     cdt: tl.constexpr = part_ptr.dtype.element_ty
+    margin = option(margin, cdt)
     rows = tl.arange(0, BLOCK_P)
     cols = tl.arange(0, 8)
     acc = tl.zeros([BLOCK_P, 8], cdt)
@@ -419,7 +433,7 @@ def _gap_finalize_kernel(
         cdt,
     )
 
-    e = as_dtype(eps, cdt)
+    e = option(eps, cdt)
     heat_den = sum_w + e
     gap_den = sum_m_gap + e
     piece_den = sum_m_piece + e
@@ -429,10 +443,10 @@ def _gap_finalize_kernel(
     l_offset = sum_sm_gap / gap_den + sum_sm_piece / piece_den
     l_angle = sum_cm / gap_den
     l_hard = hinge_sum / hn_den
-    wh = as_dtype(w_heatmap, cdt)
-    wo = as_dtype(w_offset, cdt)
-    wa = as_dtype(w_angle, cdt)
-    wn = as_dtype(w_hard_negative, cdt)
+    wh = option(w_heatmap, cdt)
+    wo = option(w_offset, cdt)
+    wa = option(w_angle, cdt)
+    wn = option(w_hard_negative, cdt)
     total = wh * (l_heat_gap + l_heat_piece) + wo * l_offset + wa * l_angle + wn * l_hard
     tl.store(total_ptr, total)
     tl.store(aux_ptr + 0, l_heat_gap)
@@ -447,7 +461,7 @@ def _gap_finalize_kernel(
     tl.store(aux_ptr + 9, wn / hn_den)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_CELL_OPTIONS)
 def _gap_backward_kernel(
     go_ptr,
     aux_ptr,
@@ -740,12 +754,12 @@ def gap_detection_forward(
         hw,
         wf,
         *cell_args,
-        float(sigma),
-        float(alpha),
-        float(beta),
-        float(pos_threshold),
-        float(reg_threshold),
-        float(eps),
+        f64_bits(sigma),
+        f64_bits(alpha),
+        f64_bits(beta),
+        f64_bits(pos_threshold),
+        f64_bits(reg_threshold),
+        f64_bits(eps),
         STRIDE=stride,
         CELL=bool(cell),
         FROM_LOGITS=bool(from_logits),
@@ -786,12 +800,12 @@ def gap_detection_forward(
         s_pad_b,
         s_pad_h,
         s_pad_w,
-        float(margin),
-        float(w_heatmap),
-        float(w_offset),
-        float(w_angle),
-        float(w_hard_negative),
-        float(eps),
+        f64_bits(margin),
+        f64_bits(w_heatmap),
+        f64_bits(w_offset),
+        f64_bits(w_angle),
+        f64_bits(w_hard_negative),
+        f64_bits(eps),
         STRIDE=stride,
         FROM_LOGITS=bool(from_logits),
         PADDING=mode,
@@ -867,12 +881,12 @@ def gap_detection_backward(
         s_cf_b,
         s_cf_k,
         s_cf_c,
-        float(sigma),
-        float(alpha),
-        float(beta),
-        float(pos_threshold),
-        float(reg_threshold),
-        float(eps),
+        f64_bits(sigma),
+        f64_bits(alpha),
+        f64_bits(beta),
+        f64_bits(pos_threshold),
+        f64_bits(reg_threshold),
+        f64_bits(eps),
         STRIDE=stride,
         CELL=bool(cell),
         FROM_LOGITS=bool(from_logits),

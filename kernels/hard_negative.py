@@ -14,14 +14,14 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import compute_dtype, launch, mask_view, next_pow2
-from .primitives import as_dtype, hard_negative_block, hard_negative_grad
+from .launch import compute_dtype, f64_bits, launch, mask_view, next_pow2
+from .primitives import as_dtype, hard_negative_block, hard_negative_grad, option
 from .reduce import elementwise_block
 
 W_NONE, W_MAP = 0, 3  # cell_weight modes: no weight, a [B,1,H,W] weight map
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["margin"])
 def _hard_negative_forward_kernel(
     hm_ptr,
     pos_ptr,
@@ -79,7 +79,7 @@ def _hard_negative_forward_kernel(
         K,
         H,
         W,
-        margin,
+        option(margin, cdt),
         STRIDE,
         W_MODE,
         HAS_NMASK,
@@ -182,7 +182,7 @@ def hard_negative_forward(heatmap, positive, negatives, negative_mask, weight, *
         wt.stride(0) if wt is not None else 0,
         wt.stride(2) if wt is not None else 0,
         wt.stride(3) if wt is not None else 0,
-        float(margin),
+        f64_bits(margin),
         STRIDE=stride,
         W_MODE=W_MAP if wt is not None else W_NONE,
         HAS_NMASK=nm is not None,

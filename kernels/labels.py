@@ -14,12 +14,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import launch, mask_view
-from .primitives import as_dtype, cell_weight, gaussian, grid_coord, label_center
+from .launch import f64_bits, launch, mask_view
+from .primitives import cell_weight, gaussian, grid_coord, label_center, option
 from .reduce import elementwise_block
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["sigma"])
 def _gaussian_heatmap_kernel(
     c_ptr,
     sig_ptr,
@@ -52,7 +52,7 @@ def _gaussian_heatmap_kernel(
     ii = (cells // W).to(cdt)
     jj = (cells % W).to(cdt)
     acc = tl.zeros([BLOCK], cdt)
-    sig = as_dtype(sigma, cdt)
+    sig = option(sigma, cdt)
     for n in range(0, N):
         c = c_ptr + b * s_c_b + n * s_c_n
         cu = label_center(grid_coord(tl.load(c).to(cdt), STRIDE), CELL)
@@ -104,9 +104,9 @@ def gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dtype) -
     if isinstance(sigma, torch.Tensor):
         sig = sigma if sigma.dim() != 2 else sigma[..., None]
         sig = sig.expand(b, n, 2)
-        sig_args = (sig, *sig.stride(), 1.0)
+        sig_args = (sig, *sig.stride(), f64_bits(1.0))
     else:
-        sig_args = (centers, 0, 0, 0, float(sigma))
+        sig_args = (centers, 0, 0, 0, f64_bits(sigma))
     m = mask_view(mask)
     block, warps = elementwise_block(hf * wf)
     if b > 0:

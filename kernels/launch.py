@@ -11,6 +11,8 @@ Every launcher in ``kernels/`` starts its Triton kernels through :func:`launch`,
 
 from __future__ import annotations
 
+import struct
+
 import torch
 import triton
 
@@ -40,6 +42,17 @@ def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     global _LAUNCHES
     _LAUNCHES += 1
     _wrap(kernel)[grid](*args, **kwargs)
+
+
+def f64_bits(x: float) -> int:
+    """A float option as the int64 bit pattern of its float64 value, for a kernel argument.
+
+    Triton types a Python float argument as fp32, which would round e.g. w_angle = 0.2 to
+    0.20000000298 in the float64 path; an int argument keeps every bit, and the kernel rebuilds the
+    exact value with ``primitives.option(bits, cdt)`` (no allocation, no sync). Kernels list these
+    arguments in ``do_not_specialize`` (Triton would otherwise specialise on their values).
+    """
+    return struct.unpack("<q", struct.pack("<d", float(x)))[0]
 
 
 def next_pow2(n: int) -> int:

@@ -24,6 +24,13 @@ def as_dtype(a, cdt: tl.constexpr):
 
 
 @triton.jit
+def option(bits, cdt: tl.constexpr):
+    """A float option passed as its float64 bit pattern (``launch.f64_bits``) as a 0-d value of
+    dtype ``cdt``: exact in float64, correctly rounded in float32."""
+    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(cdt)
+
+
+@triton.jit
 def div_exact(a, b):
     """a / b correctly rounded (Triton's float32 ``/`` may be approximate; float64's is exact).
 

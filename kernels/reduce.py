@@ -16,15 +16,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import launch
-from .primitives import as_dtype
+from .launch import f64_bits, launch
+from .primitives import as_dtype, option
 
 DEN_EPS, DEN_POS, DEN_ONE, DEN_NUMEL = 0, 1, 2, 3
 NUM_PARTIALS = 4
 FINALIZE_BLOCK_P = 128  # partial rows per pass of the finalize kernel (tests lower it)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["eps"])
 def _ratio_finalize_kernel(
     part_ptr, P, loss_ptr, aux_ptr, eps, numel, DEN_MODE: tl.constexpr, BLOCK_P: tl.constexpr
 ):
@@ -40,7 +40,7 @@ def _ratio_finalize_kernel(
     den = tl.sum(tl.where(cols == 1, sums, 0.0), axis=0)
     pos = tl.sum(tl.where(cols == 2, sums, 0.0), axis=0)
     if DEN_MODE == 0:
-        d = den + as_dtype(eps, cdt)
+        d = den + option(eps, cdt)
     elif DEN_MODE == 1:
         d = tl.where(pos > 0, pos, 1.0)
     elif DEN_MODE == 2:
@@ -64,7 +64,7 @@ def ratio_finalize(
         partials.shape[0],
         loss,
         aux,
-        float(eps),
+        f64_bits(eps),
         int(numel),
         DEN_MODE=den_mode,
         BLOCK_P=FINALIZE_BLOCK_P,

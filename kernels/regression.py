@@ -16,12 +16,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import compute_dtype, launch, mask_view
-from .primitives import cosine_terms, smooth_l1_terms
+from .launch import compute_dtype, f64_bits, launch, mask_view
+from .primitives import cosine_terms, option, smooth_l1_terms
 from .reduce import DEN_EPS, NUM_PARTIALS, elementwise_block, ratio_finalize
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["beta"])
 def _smooth_l1_forward_kernel(
     x_ptr,
     t_ptr,
@@ -56,7 +56,7 @@ def _smooth_l1_forward_kernel(
     for c in range(0, C):
         x = tl.load(x_ptr + b * sx_b + c * sx_c + i * sx_h + j * sx_w, mask=on, other=0)
         t = tl.load(t_ptr + b * st_b + c * st_c + i * st_h + j * st_w, mask=on, other=0)
-        sc, _ = smooth_l1_terms(x.to(cdt) - t.to(cdt), beta)
+        sc, _ = smooth_l1_terms(x.to(cdt) - t.to(cdt), option(beta, cdt))
         s += sc
     out = part_ptr + (b * tl.num_programs(0) + pid) * 4
     tl.store(out, tl.sum(tl.where(on, s * m, 0.0), axis=0))
@@ -65,7 +65,7 @@ def _smooth_l1_forward_kernel(
     tl.store(out + 3, tl.zeros([], cdt))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["beta"])
 def _smooth_l1_backward_kernel(
     go_ptr,
     aux_ptr,
@@ -102,7 +102,7 @@ def _smooth_l1_backward_kernel(
     for c in range(0, C):
         x = tl.load(x_ptr + b * sx_b + c * sx_c + i * sx_h + j * sx_w, mask=on, other=0)
         t = tl.load(t_ptr + b * st_b + c * st_c + i * st_h + j * st_w, mask=on, other=0)
-        _, ds = smooth_l1_terms(x.to(cdt) - t.to(cdt), beta)
+        _, ds = smooth_l1_terms(x.to(cdt) - t.to(cdt), option(beta, cdt))
         dst = g_ptr + (b * C + c) * HW + cells
         tl.store(dst, (ds * scale).to(g_ptr.dtype.element_ty), mask=on)
 
@@ -214,7 +214,7 @@ def smooth_l1_forward(pred, target, mask, *, beta, eps):
             *_strides4(pred),
             *_strides4(t),
             *_mask_strides(m),
-            float(beta),
+            f64_bits(beta),
             BLOCK=block,
             num_warps=warps,
         )
@@ -243,7 +243,7 @@ def smooth_l1_backward(grad_loss, aux, pred, target, mask, *, beta, eps=None):
             *_strides4(pred),
             *_strides4(t),
             *_mask_strides(m),
-            float(beta),
+            f64_bits(beta),
             BLOCK=block,
             num_warps=warps,
         )

@@ -211,11 +211,86 @@ def test_component_ops_with_many_programs(monkeypatch):
 
 
 def test_float64_inputs_computed_in_float64():
-    case = gap_case(2, (9, 16), confusers=2, padding="mask", seed=7)
+    # A case with an active angle term: w_angle = 0.2 rounded to fp32 would show at 1e-12.
+    case = gap_case(2, (9, 16), confusers=2, padding="mask", seed=17)
     ours, ref = triton_loss(case, dtype=torch.float64)
+    assert ref[1]["angle"].item() > 0.1
     assert ours[0].dtype == torch.float64
     assert all(g.dtype == torch.float64 for g in ours[2])
     check_parity(ours, ref, 1e-12, 1e-12)
+
+
+KERNEL_MODULES = ("gap_detection", "focal", "regression", "hard_negative", "reduce", "labels")
+
+
+def _fp32_scalar_launches(monkeypatch):
+    """Launch every kernel of these modules as a GPU would: Triton types a Python float argument
+    as fp32 (the interpreter passes it at full precision). Returns the list of float args seen."""
+    import importlib
+
+    import numpy as np
+
+    seen = []
+    for name in KERNEL_MODULES:
+        mod = importlib.import_module(f"fused_losses.kernels.{name}")
+        orig = mod.launch
+
+        def launch32(kernel, grid, *args, _orig=orig, **kw):
+            seen.extend(a for a in args if isinstance(a, float))
+            args = [float(np.float32(a)) if isinstance(a, float) else a for a in args]
+            return _orig(kernel, grid, *args, **kw)
+
+        monkeypatch.setattr(mod, "launch", launch32)
+    return seen
+
+
+def test_float_options_reach_float64_kernels_exactly(monkeypatch):
+    """Float options are passed as float64 bit patterns (launch.f64_bits), never as Python floats
+    that Triton would round to fp32: with GPU-like fp32 scalar arguments simulated, the float64
+    path still matches the float64 reference to 1e-12, non-default options included."""
+    from fused_losses.kernels.launch import f64_bits
+
+    for x in (0.2, 0.0, -0.0, 1e-7, 1 / 3, -2.5, 1e300, 5e-324):
+        bits = f64_bits(x)
+        assert isinstance(bits, int)
+        assert torch.tensor([bits], dtype=torch.int64).view(torch.float64).item() == x
+    seen = _fp32_scalar_launches(monkeypatch)
+    case = gap_case(2, (9, 16), confusers=2, padding="box", seed=17)
+    opts = dict(
+        sigma=1.3,
+        alpha=1.7,
+        beta=3.3,
+        pos_threshold=0.85,
+        reg_threshold=0.6,
+        margin=0.3,
+        w_heatmap=0.7,
+        w_offset=1.1,
+        w_angle=0.2,
+        w_hard_negative=0.9,
+        eps=1.1e-7,
+    )
+    ours, ref = triton_loss(case, dtype=torch.float64, **opts)
+    assert ref[1]["angle"].item() > 0.1
+    check_parity(ours, ref, 1e-12, 1e-12)
+
+    g = torch.Generator().manual_seed(3)
+    f64 = dict(dtype=torch.float64, device=DEVICE)
+    pred = torch.rand(2, 1, 5, 6, generator=g).to(**f64)
+    target = torch.rand(2, 1, 5, 6, generator=g).to(**f64)
+    focal = dict(alpha=1.3, beta=3.7, pos_threshold=0.6, eps=1.1e-7)
+    loss = fused_losses.masked_focal_loss(pred, target, backend="triton", **focal)
+    ref_loss = reference.masked_focal_loss(pred.cpu(), target.cpu(), **focal)
+    assert rel_err(loss, ref_loss) <= 1e-12
+    off = torch.rand(2, 2, 5, 6, generator=g).to(**f64)
+    mask = torch.ones(2, 1, 5, 6, **f64)
+    loss = fused_losses.masked_smooth_l1_loss(off, off * 0, mask, beta=0.3, backend="triton")
+    ref_loss = reference.masked_smooth_l1_loss(off.cpu(), off.cpu() * 0, mask.cpu(), beta=0.3)
+    assert rel_err(loss, ref_loss) <= 1e-12
+    centers = torch.rand(2, 3, 2, generator=g).to(**f64) * 20
+    hm = fused_losses.gaussian_heatmap(centers, (5, 6), sigma=1.3, backend="triton")
+    ref_hm = reference.gaussian_heatmap(centers.cpu(), (5, 6), sigma=1.3)
+    assert rel_err(hm, ref_hm) <= 1e-12
+    assert seen == []
 
 
 def test_non_contiguous_inputs_and_partial_requires_grad():
