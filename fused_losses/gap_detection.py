@@ -190,7 +190,7 @@ def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
         centers = torch.stack([gc.to(ldt), pc.to(ldt)], dim=1)  # [B, 2 (gap, piece), 2]
         gy, gx = gaussian_factors(centers, (hf, wf), opts["sigma"], stride, opts["center"], cdt)
         w = weight_from_padding(pmask, vbox, (hf, wf), stride, cdt)  # [B,1,Hf,Wf] or None
-        sum_w = w.sum() if w is not None else torch.tensor(float(b * n), dtype=cdt)
+        sum_w = w.sum() if w is not None else float(b * n)
 
         # Dense: the negative focal branch on both heatmaps (channel 0 gap, channel 1 piece).
         x = torch.cat([hg, hp], dim=1).to(cdt)

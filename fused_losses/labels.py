@@ -61,19 +61,18 @@ def gaussian_factors(
     if center == "cell":
         uv = torch.floor(uv)
     uv = uv.to(dtype)
-    b, n = centers.shape[:2]
-    sig = sigma.to(dtype) if isinstance(sigma, torch.Tensor) else torch.tensor(sigma, dtype=dtype)
-    sig = sig.to(centers.device)
-    if sig.dim() == 0:
-        sx = sy = sig.expand(b, n)
-    elif sig.dim() == 2:
-        sx = sy = sig
+    if isinstance(sigma, torch.Tensor):
+        sig = sigma.to(device=centers.device, dtype=dtype)
+        if sig.dim() == 3:
+            sx, sy = sig[..., 0:1], sig[..., 1:2]  # [B,N,1]
+        else:
+            sx = sy = sig[..., None] if sig.dim() == 2 else sig
     else:
-        sx, sy = sig[..., 0], sig[..., 1]
+        sx = sy = float(sigma)  # a Python scalar: no host-to-device copy
     rows = torch.arange(hf, dtype=dtype, device=centers.device)
     cols = torch.arange(wf, dtype=dtype, device=centers.device)
-    gy = torch.exp(-((rows - uv[..., 1:2]) ** 2) / (2 * sy[..., None] ** 2))
-    gx = torch.exp(-((cols - uv[..., 0:1]) ** 2) / (2 * sx[..., None] ** 2))
+    gy = torch.exp(-((rows - uv[..., 1:2]) ** 2) / (2 * sy**2))
+    gx = torch.exp(-((cols - uv[..., 0:1]) ** 2) / (2 * sx**2))
     return gy, gx
 
 

@@ -42,6 +42,7 @@ from .primitives import (
     gaussian,
     hard_negative_block,
     hard_negative_grad,
+    keep_float64,
     label_center,
     offset_target,
     option,
@@ -135,7 +136,8 @@ def _gap_cell_terms(
     cvg = label_center(vg, CELL).to(cdt)
     cup = label_center(up, CELL).to(cdt)
     cvp = label_center(vp, CELL).to(cdt)
-    theta = tl.load(ga_ptr + b64 * s_ga_b).to(tl.float64)
+    # sin/cos in the compute dtype, or float64 for a float64 angle (one scalar per program).
+    theta = keep_float64(tl.load(ga_ptr + b64 * s_ga_b), cdt)
     sin_t = tl.sin(theta).to(cdt)
     cos_t = tl.cos(theta).to(cdt)
     sig = as_dtype(sigma, cdt)

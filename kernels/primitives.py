@@ -152,6 +152,16 @@ def grid_coord(x, STRIDE: tl.constexpr):
 
 
 @triton.jit
+def keep_float64(x, cdt: tl.constexpr):
+    """``x`` unchanged when it is float64, else cast to ``cdt`` (per-image scalars such as the
+    target angle: float64 math only where the input carries float64 precision)."""
+    if x.dtype == tl.float64:
+        return x
+    else:
+        return x.to(cdt)
+
+
+@triton.jit
 def coord_grid(x, STRIDE: tl.constexpr, cdt: tl.constexpr):
     """u = x / stride for a loaded coordinate ``x``: in float64 when ``x`` is float64 (so that
     floor(u) and the offset target see the coordinate unrounded even when the loss computes in

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .launch import compute_dtype, f64_bits, launch, mask_view
-from .primitives import cosine_terms, option, smooth_l1_terms
+from .primitives import cosine_terms, keep_float64, option, smooth_l1_terms
 from .reduce import DEN_EPS, NUM_PARTIALS, elementwise_block, ratio_finalize
 
 
@@ -133,7 +133,7 @@ def _cosine_forward_kernel(
     i = (cells // W).to(tl.int64)
     j = (cells % W).to(tl.int64)
     m = tl.load(m_ptr + b * sm_b + i * sm_h + j * sm_w, mask=on, other=0).to(cdt)
-    theta = tl.load(t_ptr + b * st_b).to(tl.float64)
+    theta = keep_float64(tl.load(t_ptr + b * st_b), cdt)
     a = a_ptr + b * sa_b + i * sa_h + j * sa_w
     a0 = tl.load(a, mask=on, other=1).to(cdt)
     a1 = tl.load(a + sa_c, mask=on, other=1).to(cdt)
@@ -173,7 +173,7 @@ def _cosine_backward_kernel(
     i = (cells // W).to(tl.int64)
     j = (cells % W).to(tl.int64)
     m = tl.load(m_ptr + b * sm_b + i * sm_h + j * sm_w, mask=on, other=0).to(cdt)
-    theta = tl.load(t_ptr + b * st_b).to(tl.float64)
+    theta = keep_float64(tl.load(t_ptr + b * st_b), cdt)
     a = a_ptr + b * sa_b + i * sa_h + j * sa_w
     a0 = tl.load(a, mask=on, other=1).to(cdt)
     a1 = tl.load(a + sa_c, mask=on, other=1).to(cdt)
