@@ -41,6 +41,59 @@ def _offsets4(idx, d1, d2, d3, s0, s1, s2, s3):
     return i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
 
 
+@triton.jit
+def _focal_block(
+    x_ptr,
+    y_ptr,
+    w_ptr,
+    N,
+    d1,
+    d2,
+    d3,
+    sx0,
+    sx1,
+    sx2,
+    sx3,
+    sy0,
+    sy1,
+    sy2,
+    sy3,
+    sw0,
+    sw1,
+    sw2,
+    sw3,
+    alpha,
+    beta,
+    pos_threshold,
+    eps,
+    FROM_LOGITS: tl.constexpr,
+    HAS_W: tl.constexpr,
+    BLOCK: tl.constexpr,
+    cdt: tl.constexpr,
+):
+    """This program's BLOCK elements: (idx, on, f, df/dx, pos, W) with W = 1 (0 off the end)
+    when there is no weight."""
+    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    on = idx < N
+    x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
+    y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
+    f, df, pos, _, _ = focal_terms(
+        x.to(cdt),
+        y.to(cdt),
+        option(alpha, cdt),
+        option(beta, cdt),
+        option(pos_threshold, cdt),
+        option(eps, cdt),
+        FROM_LOGITS,
+    )
+    if HAS_W:
+        w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)
+        w = w.to(cdt)
+    else:
+        w = tl.where(on, 1.0, 0.0).to(cdt)
+    return idx, on, f, df, pos, w
+
+
 @triton.jit(do_not_specialize=["alpha", "beta", "pos_threshold", "eps"])
 def _focal_forward_kernel(
     x_ptr,
@@ -74,24 +127,35 @@ def _focal_forward_kernel(
     """partials[pid] = (sum f W, sum W, sum pos W, 0) over BLOCK elements."""
     cdt: tl.constexpr = part_ptr.dtype.element_ty
     pid = tl.program_id(0)
-    idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    on = idx < N
-    x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
-    y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
-    f, _, pos, _, _ = focal_terms(
-        x.to(cdt),
-        y.to(cdt),
-        option(alpha, cdt),
-        option(beta, cdt),
-        option(pos_threshold, cdt),
-        option(eps, cdt),
+    _, on, f, _, pos, w = _focal_block(
+        x_ptr,
+        y_ptr,
+        w_ptr,
+        N,
+        d1,
+        d2,
+        d3,
+        sx0,
+        sx1,
+        sx2,
+        sx3,
+        sy0,
+        sy1,
+        sy2,
+        sy3,
+        sw0,
+        sw1,
+        sw2,
+        sw3,
+        alpha,
+        beta,
+        pos_threshold,
+        eps,
         FROM_LOGITS,
+        HAS_W,
+        BLOCK,
+        cdt,
     )
-    if HAS_W:
-        w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)
-        w = w.to(cdt)
-    else:
-        w = tl.where(on, 1.0, 0.0).to(cdt)
     out = part_ptr + pid * 4
     tl.store(out, tl.sum(tl.where(on, f * w, 0.0), axis=0))
     tl.store(out + 1, tl.sum(w, axis=0))
@@ -133,25 +197,36 @@ def _focal_backward_kernel(
 ):
     """grad[idx] = df/dx * W * aux[0] * upstream (contiguous, in the prediction's dtype)."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    idx = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    on = idx < N
-    x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
-    y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
-    _, df, _, _, _ = focal_terms(
-        x.to(cdt),
-        y.to(cdt),
-        option(alpha, cdt),
-        option(beta, cdt),
-        option(pos_threshold, cdt),
-        option(eps, cdt),
+    idx, on, _, df, _, w = _focal_block(
+        x_ptr,
+        y_ptr,
+        w_ptr,
+        N,
+        d1,
+        d2,
+        d3,
+        sx0,
+        sx1,
+        sx2,
+        sx3,
+        sy0,
+        sy1,
+        sy2,
+        sy3,
+        sw0,
+        sw1,
+        sw2,
+        sw3,
+        alpha,
+        beta,
+        pos_threshold,
+        eps,
         FROM_LOGITS,
+        HAS_W,
+        BLOCK,
+        cdt,
     )
-    scale = tl.load(aux_ptr) * tl.load(go_ptr).to(cdt)
-    g = df * scale
-    if HAS_W:
-        w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)
-        g = g * w.to(cdt)
+    g = df * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt)) * w
     tl.store(g_ptr + idx, g.to(g_ptr.dtype.element_ty), mask=on)
 
 

@@ -108,6 +108,40 @@ def _smooth_l1_backward_kernel(
 
 
 @triton.jit
+def _cosine_block(
+    a_ptr,
+    t_ptr,
+    m_ptr,
+    HW,
+    W,
+    sa_b,
+    sa_c,
+    sa_h,
+    sa_w,
+    st_b,
+    sm_b,
+    sm_h,
+    sm_w,
+    BLOCK: tl.constexpr,
+    cdt: tl.constexpr,
+):
+    """This program's cells of image b: (b, cells, on, m, 1 - c, d(1 - c)/da0, d(1 - c)/da1)."""
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    cells = pid * BLOCK + tl.arange(0, BLOCK)
+    on = cells < HW
+    i = (cells // W).to(tl.int64)
+    j = (cells % W).to(tl.int64)
+    m = tl.load(m_ptr + b * sm_b + i * sm_h + j * sm_w, mask=on, other=0).to(cdt)
+    theta = keep_float64(tl.load(t_ptr + b * st_b), cdt)
+    a = a_ptr + b * sa_b + i * sa_h + j * sa_w
+    a0 = tl.load(a, mask=on, other=1).to(cdt)
+    a1 = tl.load(a + sa_c, mask=on, other=1).to(cdt)
+    one_minus_c, g0, g1 = cosine_terms(a0, a1, tl.sin(theta).to(cdt), tl.cos(theta).to(cdt))
+    return b, cells, on, m, one_minus_c, g0, g1
+
+
+@triton.jit
 def _cosine_forward_kernel(
     a_ptr,
     t_ptr,
@@ -127,17 +161,9 @@ def _cosine_forward_kernel(
 ):
     cdt: tl.constexpr = part_ptr.dtype.element_ty
     pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    cells = pid * BLOCK + tl.arange(0, BLOCK)
-    on = cells < HW
-    i = (cells // W).to(tl.int64)
-    j = (cells % W).to(tl.int64)
-    m = tl.load(m_ptr + b * sm_b + i * sm_h + j * sm_w, mask=on, other=0).to(cdt)
-    theta = keep_float64(tl.load(t_ptr + b * st_b), cdt)
-    a = a_ptr + b * sa_b + i * sa_h + j * sa_w
-    a0 = tl.load(a, mask=on, other=1).to(cdt)
-    a1 = tl.load(a + sa_c, mask=on, other=1).to(cdt)
-    one_minus_c, _, _ = cosine_terms(a0, a1, tl.sin(theta).to(cdt), tl.cos(theta).to(cdt))
+    b, _, on, m, one_minus_c, _, _ = _cosine_block(
+        a_ptr, t_ptr, m_ptr, HW, W, sa_b, sa_c, sa_h, sa_w, st_b, sm_b, sm_h, sm_w, BLOCK, cdt
+    )
     out = part_ptr + (b * tl.num_programs(0) + pid) * 4
     tl.store(out, tl.sum(tl.where(on, one_minus_c * m, 0.0), axis=0))
     tl.store(out + 1, tl.sum(m, axis=0))
@@ -166,18 +192,9 @@ def _cosine_backward_kernel(
     BLOCK: tl.constexpr,
 ):
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    b = tl.program_id(1).to(tl.int64)
-    cells = pid * BLOCK + tl.arange(0, BLOCK)
-    on = cells < HW
-    i = (cells // W).to(tl.int64)
-    j = (cells % W).to(tl.int64)
-    m = tl.load(m_ptr + b * sm_b + i * sm_h + j * sm_w, mask=on, other=0).to(cdt)
-    theta = keep_float64(tl.load(t_ptr + b * st_b), cdt)
-    a = a_ptr + b * sa_b + i * sa_h + j * sa_w
-    a0 = tl.load(a, mask=on, other=1).to(cdt)
-    a1 = tl.load(a + sa_c, mask=on, other=1).to(cdt)
-    _, g0, g1 = cosine_terms(a0, a1, tl.sin(theta).to(cdt), tl.cos(theta).to(cdt))
+    b, cells, on, m, _, g0, g1 = _cosine_block(
+        a_ptr, t_ptr, m_ptr, HW, W, sa_b, sa_c, sa_h, sa_w, st_b, sm_b, sm_h, sm_w, BLOCK, cdt
+    )
     scale = m * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt))
     dst = g_ptr + b * 2 * HW + cells
     tl.store(dst, (g0 * scale).to(g_ptr.dtype.element_ty), mask=on)
