@@ -9,6 +9,7 @@ dL/dpred = smoothL1'(d) m / (sum(m) + eps), smoothL1'(d) = d / beta if |d| < bet
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .backend import (
     BACKENDS,
@@ -91,10 +92,19 @@ def masked_smooth_l1_loss(
     def value_and_grad(x: torch.Tensor, t: torch.Tensor, m: torch.Tensor):
         cdt = compute_dtype(x.dtype)
         mc = m.to(cdt)
-        s, ds = smooth_l1_terms(x.to(cdt) - t.to(cdt), beta, need)
+        xc, tc = x.to(cdt), t.to(cdt)
+        # The value through PyTorch's native smooth-L1 (one pass); channels summed before the
+        # mask, as the mask is per pixel.
+        s = F.smooth_l1_loss(xc, tc.expand_as(xc), reduction="none", beta=beta)
         denom = mc.sum() + eps
-        loss = (s * mc).sum() / denom
-        grad = None if ds is None else ds * (mc / denom)
+        loss = (s.sum(dim=1, keepdim=True) * mc).sum() / denom
+        grad = None
+        if need:  # smoothL1'(d) m / (sum(m) + eps), PyTorch's native derivative in one pass
+            scale = (mc / denom).expand_as(xc)
+            if beta > 0:
+                grad = torch.ops.aten.smooth_l1_loss_backward(scale, xc, tc.expand_as(xc), 0, beta)
+            else:  # the L1 loss
+                grad = (xc - tc).sign_().mul_(scale)
         return loss, loss.new_zeros(0), (grad, None, None)
 
     loss, _ = PrecomputedGradient.apply(value_and_grad, pred, target, mask)
