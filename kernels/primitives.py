@@ -14,7 +14,8 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-NORM_EPS = 1e-12  # F.normalize's default, used by the cosine term
+NORM_EPS: tl.constexpr = tl.constexpr(1e-12)  # F.normalize's default (cosine term); a constexpr:
+# @triton.jit code may read no other kind of global (the compiler rejects it, the interpreter not)
 
 
 @triton.jit

@@ -1,0 +1,395 @@
+"""Compile every Triton kernel for real GPUs without a GPU, and report what each one costs.
+
+Triton's interpreter (how CI runs the kernels on CPU) accepts code that the compiler rejects, e.g. a
+``@triton.jit`` function reading a plain module global. This module compiles each kernel, in each
+specialisation its launchers really produce, for sm_80 (A100) and sm_90 (H100) through Triton's
+compiler API (``triton.compile(ASTSource(...), target=GPUTarget(...))``; ptxas ships inside the
+triton wheel, so no GPU and no CUDA toolkit are needed) and reads ptxas's resource report.
+
+How the specialisations are found: the public ops run on small CPU tensors with the triton backend,
+with ``kernels.launch`` patched to *record* each launch instead of running it (nothing executes, so
+the interpreter is not involved); each recorded launch is bound exactly as ``JITFunction.run`` binds
+it for a CUDA device (argument types, 16-byte alignment, integer specialisation, constexprs,
+``num_warps``), deduplicated, then compiled.
+
+    python -m bench.compile_check                 # table for sm_80 and sm_90, every dtype
+    python -m bench.compile_check --arch 90 --markdown
+
+Must run in a process where ``TRITON_INTERPRET`` is unset or 0 (``@triton.jit`` builds interpreter
+objects instead of compilable ones otherwise); ``tests/test_compile.py`` starts one.
+
+Budget (issue 7): every kernel compiles; float32/float16/bfloat16 specialisations use at most
+``REG_BUDGET`` registers per thread and spill nothing; float64 must compile (spills reported).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+REG_BUDGET = 128
+# Map sizes of the recorded calls: block sizes follow the map size, so these are the benchmark's.
+GAP_SIZE = (64, 128)
+CENTERNET_SIZE = (128, 128)
+ARCHS = (80, 90)
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+
+# Per-SM limits used for the occupancy column (the same on A100 and H100 except shared memory).
+_SM = {
+    80: {"regs": 65536, "warps": 64, "blocks": 32, "smem": 164 * 1024},
+    90: {"regs": 65536, "warps": 64, "blocks": 32, "smem": 228 * 1024},
+}
+
+
+@dataclass(frozen=True)
+class Launch:
+    """One recorded launch: the kernel, its arguments and launch options, and the call it came from."""
+
+    kernel: object  # triton.runtime.jit.JITFunction
+    args: tuple
+    kwargs: dict
+    op: str
+    dtype: str
+
+
+@dataclass
+class Report:
+    kernel: str
+    op: str
+    dtype: str
+    arch: int
+    num_warps: int
+    regs: int | None = None
+    spill_bytes: int | None = None
+    shared: int | None = None
+    error: str | None = None
+
+    @property
+    def occupancy(self) -> float | None:
+        """Resident warps per SM / maximum, from registers, shared memory and the block limit."""
+        if self.regs is None:
+            return None
+        sm = _SM[self.arch]
+        regs_per_warp = -(-max(self.regs, 1) * 32 // 256) * 256  # allocation unit: 256 per warp
+        by_regs = (sm["regs"] // regs_per_warp) // self.num_warps
+        by_smem = sm["smem"] // max(self.shared + 1024, 1)  # 1 KiB reserved per block
+        blocks = min(by_regs, by_smem, sm["blocks"], sm["warps"] // self.num_warps)
+        return blocks * self.num_warps / sm["warps"]
+
+    def budget_error(self) -> str | None:
+        """Why this specialisation breaks the budget (None when it keeps it)."""
+        if self.error is not None:
+            return f"does not compile: {self.error}"
+        if self.dtype == "float64":
+            return None
+        if self.spill_bytes:
+            return f"spills {self.spill_bytes} bytes"
+        if self.regs is not None and self.regs > REG_BUDGET:
+            return f"{self.regs} registers per thread > {REG_BUDGET}"
+        return None
+
+
+# ------------------------------------------------------------------------------------- recording
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return getattr(torch, name)
+
+
+def _gap_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    """(op, thunk) pairs covering the gap family's launcher specialisations for one dtype."""
+    import torch
+    from fused_losses.reference.cases import gap_case
+
+    import fused_losses as fl
+
+    f64 = dtype == torch.float64
+
+    def gap(padding, from_logits, confusers, center="cell"):
+        def run():
+            c = gap_case(
+                2, GAP_SIZE, confusers=confusers, padding=padding, from_logits=from_logits
+            ).to(dtype, "cpu", requires_grad=True)
+            loss = fl.gap_detection_loss(
+                *c.args(), from_logits=from_logits, center=center, backend="triton"
+            )
+            loss.backward()
+
+        return run
+
+    yield "gap_detection_loss[mask]", gap("mask", False, 2)
+    yield "gap_detection_loss[box,logits]", gap("box", True, 2, "exact")
+    yield "gap_detection_loss[none,K=0]", gap(None, False, 0)
+
+    def components():
+        c = gap_case(2, GAP_SIZE, confusers=2, padding="mask").to(dtype, "cpu", requires_grad=True)
+        size = GAP_SIZE
+        centers = torch.stack([c.gap_center, c.piece_center], dim=1).detach()
+        w = fl.padding_weight(c.padding_mask, size=size, backend="triton")
+        fl.padding_weight(
+            valid_box=torch.tensor([[0.0, 0, 30, 20]] * 2), size=size, backend="triton"
+        )
+        y = fl.gaussian_heatmap(centers, size, backend="triton").to(dtype)
+        fl.gaussian_heatmap(centers, size, sigma=torch.full((2, 2, 2), 1.5), backend="triton")
+        wp = w.to(dtype) if not f64 else w.double()
+        for normalize in ("weight", "num_pos", "mean"):
+            fl.masked_focal_loss(
+                c.heatmap_gap, y, wp, normalize=normalize, backend="triton"
+            ).backward()
+        fl.masked_focal_loss(c.heatmap_gap, y, from_logits=True, backend="triton").backward()
+        t = torch.zeros(2, 4, 1, 1, dtype=dtype)
+        m = (y > 0.7).to(dtype) * wp
+        fl.masked_smooth_l1_loss(c.offset, t, m, backend="triton").backward()
+        fl.masked_cosine_loss(c.angle, c.gap_angle, m, backend="triton").backward()
+        fl.hard_negative_margin_loss(
+            c.heatmap_gap, c.gap_center, c.confusers, c.confuser_mask, wp, backend="triton"
+        ).backward()
+
+    yield "component ops", components
+
+
+def _centernet_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    import torch
+
+    import fused_losses as fl
+
+    def run():
+        g = torch.Generator().manual_seed(0)
+        b, n, c, hm_size = 2, 5, 3, CENTERNET_SIZE
+        boxes = torch.rand(b, n, 2, generator=g) * 30
+        boxes = torch.cat([boxes, boxes + 8 + torch.rand(b, n, 2, generator=g) * 20], dim=-1)
+        labels = torch.randint(0, c, (b, n), generator=g)
+        mask = torch.ones(b, n, dtype=torch.bool)
+        hm = torch.randn(b, c, *hm_size, dtype=dtype, requires_grad=True)
+        wh = torch.randn(b, 2, *hm_size, dtype=dtype, requires_grad=True)
+        reg = torch.randn(b, 2, *hm_size, dtype=dtype, requires_grad=True)
+        fl.centernet_loss(
+            hm, wh, reg, boxes=boxes, labels=labels, box_mask=mask, backend="triton"
+        ).backward()
+        t = fl.centernet_targets(
+            boxes, labels, mask, num_classes=c, output_size=hm_size, backend="triton"
+        )
+        fl.reg_l1_loss(wh, t["reg_mask"], t["ind"], t["wh"], backend="triton").backward()
+        fl.reg_weighted_l1_loss(
+            wh,
+            t["reg_mask"][..., None].expand(-1, -1, 2).float(),
+            t["ind"],
+            t["wh"],
+            backend="triton",
+        ).backward()
+
+    yield "centernet", run
+
+
+@contextlib.contextmanager
+def _recording(sink: list, op: str, dtype: str):
+    """Patch the launch path so that launches are recorded, not run, and the triton backend is
+    accepted for CPU tensors."""
+    from fused_losses.kernels import launch as _launch
+
+    from fused_losses import backend as _backend
+
+    def record(kernel):
+        class _Grid:
+            def __getitem__(self, grid):
+                def call(*args, **kwargs):
+                    sink.append(Launch(kernel, args, kwargs, op, dtype))
+
+                return call
+
+        return _Grid()
+
+    saved = (_launch._wrap, _backend.interpreter_on)
+    _launch._wrap = record
+    _backend.interpreter_on = lambda: True
+    try:
+        yield
+    finally:
+        _launch._wrap, _backend.interpreter_on = saved
+
+
+def record_launches(dtypes=DTYPES) -> list[Launch]:
+    """Every launch the public ops issue for the scenarios above, one list over ``dtypes``."""
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        raise RuntimeError("compile_check needs TRITON_INTERPRET unset or 0 (compilable kernels)")
+    import warnings
+
+    sink: list[Launch] = []
+    for name in dtypes:
+        dtype = _torch_dtype(name)
+        for scenarios in (_gap_scenarios, _centernet_scenarios):
+            for op, thunk in scenarios(dtype):
+                with _recording(sink, op, name), warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    thunk()
+    return sink
+
+
+# ------------------------------------------------------------------------------------ compiling
+
+
+def _bind(launch: Launch, backend):
+    """(signature, constexprs, attrs, options) exactly as ``JITFunction.run`` computes them."""
+    from triton.runtime.jit import create_function_from_signature
+
+    kernel = launch.kernel
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    kwargs = dict(launch.kwargs)
+    kwargs.setdefault("debug", False)
+    bound, specialization, options = binder(*launch.args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(
+        backend, kwargs, bound, specialization, options
+    )
+    key = (kernel.fn.__qualname__, repr(specialization), repr(sorted(options.__dict__.items())))
+    return key, signature, constexprs, attrs, options
+
+
+_PTXAS = re.compile(
+    r"(\d+) bytes spill stores, (\d+) bytes spill loads.*?Used (\d+) registers", re.DOTALL
+)
+
+
+def _root_cause(exc: BaseException) -> str:
+    """The innermost cause of a compile error, on one line (Triton nests one error per frame)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = [x for x in str(exc).strip().splitlines() if x.strip() and x.strip() != "^"]
+    return f"{type(exc).__name__}: {lines[-1].strip() if lines else ''}"[:300]
+
+
+def _compile(launch: Launch, arch: int, bound) -> Report:
+    from triton.compiler import ASTSource
+    from triton.compiler import compile as triton_compile
+
+    _key, signature, constexprs, attrs, options = bound
+    report = Report(launch.kernel.fn.__name__, launch.op, launch.dtype, arch, options.num_warps)
+    from triton.backends.compiler import GPUTarget
+
+    src = ASTSource(launch.kernel, signature, constexprs, attrs)
+    log = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(log):
+            compiled = triton_compile(
+                src, target=GPUTarget("cuda", arch, 32), options=options.__dict__
+            )
+    except Exception as exc:  # the point of the check: report it, per kernel
+        report.error = _root_cause(exc)
+        return report
+    found = _PTXAS.search(log.getvalue())
+    if found:
+        report.spill_bytes = int(found.group(1)) + int(found.group(2))
+        report.regs = int(found.group(3))
+    report.shared = int(compiled.metadata.shared)
+    return report
+
+
+def compile_all(launches: list[Launch], archs=ARCHS) -> list[Report]:
+    """Compile each distinct specialisation once per arch (fresh Triton cache: ptxas always runs,
+    so its register report is always read)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+
+    triton.knobs.nvidia.dump_ptxas_log = True
+    reports = []
+    with tempfile.TemporaryDirectory() as cache:
+        saved = os.environ.get("TRITON_CACHE_DIR")
+        os.environ["TRITON_CACHE_DIR"] = cache
+        triton.knobs.cache.dir = cache
+        try:
+            for arch in archs:
+                backend = make_backend(GPUTarget("cuda", arch, 32))
+                seen = set()
+                for launch in launches:
+                    bound = _bind(launch, backend)
+                    if bound[0] in seen:
+                        continue
+                    seen.add(bound[0])
+                    reports.append(_compile(launch, arch, bound))
+        finally:
+            if saved is None:
+                os.environ.pop("TRITON_CACHE_DIR", None)
+            else:
+                os.environ["TRITON_CACHE_DIR"] = saved
+    return reports
+
+
+# ------------------------------------------------------------------------------------- reporting
+
+
+def table(reports: list[Report], markdown: bool = False) -> str:
+    head = ("kernel", "dtype", "sm", "warps", "regs", "spill B", "smem B", "occupancy", "first op")
+    rows = []
+    for r in sorted(reports, key=lambda r: (r.kernel, DTYPES.index(r.dtype), r.arch)):
+        occ = r.occupancy
+        rows.append(
+            (
+                r.kernel,
+                r.dtype,
+                str(r.arch),
+                str(r.num_warps),
+                "-" if r.regs is None else str(r.regs),
+                "-" if r.spill_bytes is None else str(r.spill_bytes),
+                "-" if r.shared is None else str(r.shared),
+                "ERROR" if r.error else ("-" if occ is None else f"{occ:.0%}"),
+                r.op,
+            )
+        )
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in rows]
+    else:
+        widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+        fmt = "  ".join(f"{{:{w}}}" for w in widths)
+        lines = [fmt.format(*head)] + [fmt.format(*row) for row in rows]
+    for r in reports:
+        if r.error:
+            lines.append(f"ERROR {r.kernel} [{r.dtype}, sm_{r.arch}]: {r.error}")
+    return "\n".join(lines)
+
+
+def summarize(reports: list[Report]) -> list[str]:
+    """Budget violations, one line each (empty: every kernel compiles within budget)."""
+    out = []
+    for r in reports:
+        why = r.budget_error()
+        if why:
+            out.append(f"{r.kernel} [{r.dtype}, sm_{r.arch}, {r.num_warps} warps, {r.op}]: {why}")
+    return sorted(set(out))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="default: 80 90")
+    parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES)
+    parser.add_argument("--markdown", action="store_true", help="a Markdown table")
+    args = parser.parse_args(argv)
+    import torch
+    import triton
+
+    print(
+        f"# torch {torch.__version__}, triton {triton.__version__}; budget {REG_BUDGET} registers"
+    )
+    import warnings
+
+    warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+    reports = compile_all(record_launches(args.dtype), args.arch)
+    print(table(reports, args.markdown))
+    problems = summarize(reports)
+    print(f"\n{len(reports)} compiled specialisations, {len(problems)} over budget or failing")
+    for line in problems:
+        print("  " + line)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
