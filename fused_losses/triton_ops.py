@@ -3,9 +3,11 @@
 The kernels and their launchers live in ``kernels/`` (``fused_losses.kernels``); this module turns
 them into differentiable ops.
 
-* The fused gap-detection loss is a pair of ``torch.library.triton_op`` custom ops,
-  ``fused_losses::gap_detection_fwd`` (2 launches: partial sums, then one finalize program) and
-  ``fused_losses::gap_detection_bwd`` (1 launch), tied together with ``register_autograd``. The
+* The fused gap-detection loss is three ``torch.library.triton_op`` custom ops,
+  ``fused_losses::gap_detection_fwd`` (4 launches; writes the gradients too when it can),
+  ``fused_losses::gap_detection_scale_`` (in-place upstream-gradient scaling, 1 launch) and
+  ``fused_losses::gap_detection_bwd`` (recomputed gradients, 1 launch), tied together with
+  ``register_autograd``. The
   kernels are launched through ``torch.library.wrap_triton``, so ``torch.compile(fullgraph=True)``
   traces straight through the loss. The same ops run eagerly on CPU tensors under Triton's
   interpreter (``TRITON_INTERPRET=1``).
@@ -22,12 +24,28 @@ import torch
 from torch import Tensor
 
 from .kernels import focal as _focal
+from .kernels import gap_detection as _gap
 from .kernels import hard_negative as _hard_negative
 from .kernels import labels as _labels
 from .kernels import regression as _regression
-from .kernels.gap_detection import gap_detection_backward, gap_detection_forward
 
 # --------------------------------------------------------------------- fused gap-detection loss
+#
+# gap_detection_fwd (4 launches) returns the total, ``aux`` (components, gradient scales,
+# hard-negative coefficients), the flat buffer of the gradients it wrote when ``store_grads`` (the
+# predictions that need a gradient share float32 or float64, eager), and the weight map of a
+# padding mask. Backward then scales the stored gradients in place by the upstream gradient
+# (gap_detection_scale_, nothing moves when it is 1); otherwise, and for a second backward through
+# a retained graph, gap_detection_bwd recomputes them with the upstream gradient (1 launch).
+
+_GAP_OPTIONS = (
+    "stride", "sigma", "cell", "alpha", "beta", "pos_threshold", "reg_threshold", "margin",
+    "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "from_logits", "eps",
+)  # fmt: skip
+_GAP_BWD_OPTIONS = (
+    "stride", "sigma", "cell", "alpha", "beta", "pos_threshold", "reg_threshold", "from_logits",
+    "eps",
+)  # fmt: skip
 
 
 def _gap_fwd_impl(
@@ -56,13 +74,19 @@ def _gap_fwd_impl(
     w_hard_negative: float,
     from_logits: bool,
     eps: float,
-) -> tuple[Tensor, Tensor]:
-    """(total 0-dim, aux [10 + B (1+K)]): see kernels/gap_detection.py."""
-    return gap_detection_forward(
-        heatmap_gap,
-        heatmap_piece,
-        offset,
-        angle,
+    need_heatmap_gap: bool,
+    need_heatmap_piece: bool,
+    need_offset: bool,
+    need_angle: bool,
+    store_grads: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(total 0-dim, aux, gradient buffer or empty, weight map or empty): see
+    kernels/gap_detection.py."""
+    preds = (heatmap_gap, heatmap_piece, offset, angle)
+    need = (need_heatmap_gap, need_heatmap_piece, need_offset, need_angle)
+    grads, buf = _gap.grad_outputs(preds, need) if store_grads else ((None,) * 4, None)
+    total, aux, wmap = _gap.gap_detection_forward(
+        *preds,
         gap_center,
         piece_center,
         gap_angle,
@@ -84,12 +108,20 @@ def _gap_fwd_impl(
         w_hard_negative=w_hard_negative,
         from_logits=from_logits,
         eps=eps,
+        grads=grads,
+    )
+    return (
+        total,
+        aux,
+        buf if buf is not None else aux.new_empty(0),
+        wmap if wmap is not None else aux.new_empty(0),
     )
 
 
 def _gap_bwd_impl(
     grad_total: Tensor,
     aux: Tensor,
+    weight_map: Tensor,
     heatmap_gap: Tensor,
     heatmap_piece: Tensor,
     offset: Tensor,
@@ -98,7 +130,6 @@ def _gap_bwd_impl(
     piece_center: Tensor,
     gap_angle: Tensor,
     confusers: Optional[Tensor],  # noqa: UP045
-    padding_mask: Optional[Tensor],  # noqa: UP045
     valid_box: Optional[Tensor],  # noqa: UP045
     need_heatmap_gap: bool,
     need_heatmap_piece: bool,
@@ -114,10 +145,11 @@ def _gap_bwd_impl(
     from_logits: bool,
     eps: float,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Gradients of the 4 predictions; an empty tensor for each one not requested."""
-    grads = gap_detection_backward(
+    """Gradients of the 4 predictions, recomputed; an empty tensor for each one not requested."""
+    grads = _gap.gap_detection_backward(
         grad_total,
         aux,
+        weight_map,
         heatmap_gap,
         heatmap_piece,
         offset,
@@ -126,7 +158,6 @@ def _gap_bwd_impl(
         piece_center,
         gap_angle,
         confusers,
-        padding_mask,
         valid_box,
         (need_heatmap_gap, need_heatmap_piece, need_offset, need_angle),
         stride=stride,
@@ -143,34 +174,48 @@ def _gap_bwd_impl(
     return g0, g1, g2, g3
 
 
-_N_FWD_ARGS = 25  # tensors (11) + options (14) of gap_detection_fwd
+def _gap_scale_impl(grad_total: Tensor, grads: Tensor) -> None:
+    """grads *= grad_total in place (the forward's stored gradients)."""
+    _gap.scale_gradients_(grad_total, grads)
 
 
-def _bwd_options(opts: tuple) -> tuple:
-    (stride, sigma, cell, alpha, beta, pos_t, reg_t, _m, _wh, _wo, _wa, _wn, from_logits, eps) = (
-        opts
-    )
-    return stride, sigma, cell, alpha, beta, pos_t, reg_t, from_logits, eps
+_N_FWD_ARGS = 11 + len(_GAP_OPTIONS) + 5  # tensors, options, need flags, store_grads
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    hg, hp, off, ang, gc, pc, ga, conf, _cmask, pmask, vbox = inputs[:11]
-    _, aux = output
-    ctx.mark_non_differentiable(aux)
+    hg, hp, off, ang, gc, pc, ga, conf, _cmask, _pmask, vbox = inputs[:11]
+    opts = dict(zip(_GAP_OPTIONS, inputs[11 : 11 + len(_GAP_OPTIONS)]))
+    _, aux, buf, wmap = output
+    ctx.mark_non_differentiable(aux, buf, wmap)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(hg, hp, off, ang, gc, pc, ga, conf, pmask, vbox, aux)
-    ctx.bwd_opts = _bwd_options(tuple(inputs[11:]))
+    ctx.save_for_backward(hg, hp, off, ang, gc, pc, ga, conf, vbox, aux, wmap)
+    # The stored gradients are not saved tensors: they are scaled in place by the first backward
+    # (a retained graph's later backwards recompute instead).
+    ctx.stored = buf if buf.numel() > 0 else None
+    ctx.bwd_opts = tuple(opts[k] for k in _GAP_BWD_OPTIONS)
 
 
-def _backward(ctx, grad_total, _grad_aux):
+def _backward(ctx, grad_total, *_unused):
     none = (None,) * _N_FWD_ARGS
     need = tuple(bool(n) for n in ctx.needs_input_grad[:4])
     if grad_total is None or not any(need):
         return none
-    hg, hp, off, ang, gc, pc, ga, conf, pmask, vbox, aux = ctx.saved_tensors
-    grads = _gap_bwd(
-        grad_total, aux, hg, hp, off, ang, gc, pc, ga, conf, pmask, vbox, *need, *ctx.bwd_opts
-    )
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            "gap_detection_loss (triton backend): double backward (create_graph=True) is not "
+            "supported; use backend='torch' or compute the gradient penalty another way"
+        )
+    hg, hp, off, ang, gc, pc, ga, conf, vbox, aux, wmap = ctx.saved_tensors
+    preds = (hg, hp, off, ang)
+    if ctx.stored is not None:
+        buf, ctx.stored = ctx.stored, None
+        _gap_scale(grad_total, buf)
+        grads, at = [], 0
+        for x, n in zip(preds, need):
+            grads.append(buf[at : at + x.numel()].view(x.shape) if n else None)
+            at += x.numel() if n else 0
+        return tuple(grads) + none[4:]
+    grads = _gap_bwd(grad_total, aux, wmap, *preds, gc, pc, ga, conf, vbox, *need, *ctx.bwd_opts)
     return tuple(g if n else None for g, n in zip(grads, need)) + none[4:]
 
 
@@ -183,33 +228,33 @@ def _gap_fwd_fake(
     piece_center,
     gap_angle,
     confusers,
-    *_args,
+    confuser_mask,
+    padding_mask,
+    valid_box,
+    stride,
+    *rest,
 ):
     """Output metadata of gap_detection_fwd (the interpreter's opaque op needs it for tracing)."""
     preds = (heatmap_gap, heatmap_piece, offset, angle)
     cdt = torch.float64 if any(x.dtype == torch.float64 for x in preds) else torch.float32
     k = confusers.shape[1] if confusers is not None else 0
-    b = heatmap_gap.shape[0]
-    return heatmap_gap.new_empty((), dtype=cdt), heatmap_gap.new_empty(10 + b * (k + 1), dtype=cdt)
+    b, _, hf, wf = heatmap_gap.shape
+    need, store = rest[-5:-1], rest[-1]
+    n_buf = sum(x.numel() for x, n in zip(preds, need) if n) if store else 0
+    buf_dtype = next((x.dtype for x, n in zip(preds, need) if n), cdt)
+    map_dtype = _gap.weight_map_spec(padding_mask, stride, cdt)
+    return (
+        heatmap_gap.new_empty((), dtype=cdt),
+        heatmap_gap.new_empty(_gap.AUX_HEAD + b * (k + 1), dtype=cdt),
+        heatmap_gap.new_empty(n_buf, dtype=buf_dtype if n_buf else cdt),
+        heatmap_gap.new_empty(b * hf * wf if map_dtype else 0, dtype=map_dtype or cdt),
+    )
 
 
-def _gap_bwd_fake(
-    grad_total,
-    aux,
-    heatmap_gap,
-    heatmap_piece,
-    offset,
-    angle,
-    gap_center,
-    piece_center,
-    gap_angle,
-    confusers,
-    padding_mask,
-    valid_box,
-    *rest,
-):
+def _gap_bwd_fake(grad_total, aux, weight_map, heatmap_gap, heatmap_piece, offset, angle, *rest):
     preds = (heatmap_gap, heatmap_piece, offset, angle)
-    g0, g1, g2, g3 = (x.new_empty(x.shape) if n else aux.new_empty(0) for x, n in zip(preds, rest))
+    need = rest[5:9]
+    g0, g1, g2, g3 = (x.new_empty(x.shape) if n else aux.new_empty(0) for x, n in zip(preds, need))
     return g0, g1, g2, g3
 
 
@@ -219,44 +264,46 @@ def _register_gap_ops():
     same launchers run eagerly inside)."""
     import os
 
-    fwd_name, bwd_name = "fused_losses::gap_detection_fwd", "fused_losses::gap_detection_bwd"
+    names = ("fused_losses::gap_detection_fwd", "fused_losses::gap_detection_bwd")
+    scale_name = "fused_losses::gap_detection_scale_"
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         from torch.library import custom_op
 
-        fwd = custom_op(fwd_name, mutates_args=())(_gap_fwd_impl)
-        bwd = custom_op(bwd_name, mutates_args=())(_gap_bwd_impl)
+        fwd = custom_op(names[0], mutates_args=())(_gap_fwd_impl)
+        bwd = custom_op(names[1], mutates_args=())(_gap_bwd_impl)
+        scale = custom_op(scale_name, mutates_args=("grads",))(_gap_scale_impl)
         fwd.register_fake(_gap_fwd_fake)
         bwd.register_fake(_gap_bwd_fake)
     else:
         from torch.library import triton_op
 
-        fwd = triton_op(fwd_name, mutates_args=())(_gap_fwd_impl)
-        bwd = triton_op(bwd_name, mutates_args=())(_gap_bwd_impl)
+        fwd = triton_op(names[0], mutates_args=())(_gap_fwd_impl)
+        bwd = triton_op(names[1], mutates_args=())(_gap_bwd_impl)
+        scale = triton_op(scale_name, mutates_args=("grads",))(_gap_scale_impl)
     fwd.register_autograd(_backward, setup_context=_setup_context)
-    return fwd, bwd
+    return fwd, bwd, scale
 
 
-_gap_fwd, _gap_bwd = _register_gap_ops()
+_gap_fwd, _gap_bwd, _gap_scale = _register_gap_ops()
+
+
+def _store_grads(preds: tuple[Tensor, ...], need: tuple[bool, ...]) -> bool:
+    """Whether the forward writes the final gradients: eager, and the predictions that need one
+    share float32 or float64 (float16/bfloat16 gradients are computed in backward, where the
+    upstream gradient, e.g. a loss scale, is known: unscaled they would underflow)."""
+    if not any(need) or torch.compiler.is_compiling():
+        return False
+    dtypes = {x.dtype for x, n in zip(preds, need) if n}
+    return len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}
 
 
 def gap_detection_loss_triton(opts: dict, inputs: tuple) -> tuple[Tensor, Tensor]:
-    """(total, components [5]) of the fused loss: 2 launches forward, 1 backward."""
-    total, aux = _gap_fwd(
-        *inputs,
-        opts["stride"],
-        opts["sigma"],
-        opts["center"] == "cell",
-        opts["alpha"],
-        opts["beta"],
-        opts["pos_threshold"],
-        opts["reg_threshold"],
-        opts["margin"],
-        opts["w_heatmap"],
-        opts["w_offset"],
-        opts["w_angle"],
-        opts["w_hard_negative"],
-        opts["from_logits"],
-        opts["eps"],
+    """(total, components [5]) of the fused loss: 4 launches forward, 1 backward."""
+    preds = inputs[:4]
+    need = tuple(torch.is_grad_enabled() and x.requires_grad for x in preds)
+    values = {**opts, "cell": opts["center"] == "cell"}
+    total, aux, _buf, _wmap = _gap_fwd(
+        *inputs, *(values[k] for k in _GAP_OPTIONS), *need, _store_grads(preds, need)
     )
     return total, aux[:5]
 

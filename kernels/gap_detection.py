@@ -1,27 +1,65 @@
-"""The fused gap-detection loss (docs/spec.md 3): forward and backward in 3 Triton launches.
+"""The fused gap-detection loss (docs/spec.md 3), bandwidth first: one pass over the maps gives the
+loss partial sums and the final gradients together.
+
+Everything the per-cell gradients need besides the predictions is known before the main pass: the
+normalisers (sum W, sum m_gap, sum m_piece, the number of valid confusers) depend only on
+coordinates and padding, and the hard-negative relu gates only on 1+K bilinear samples per image.
+So the forward computes them first, cheaply, and then reads each prediction once, writing the loss
+partials and (when gradients are wanted) the gradients in the same pass.
 
 Launches (no memset, no host sync, no data-dependent shapes; CUDA-graph capturable):
 
-1. ``_gap_forward_kernel``, grid (cdiv(Hf*Wf, BLOCK), B): a program owns BLOCK cells of one image.
-   It generates the labels in registers from the image's coordinates (Gaussians Y_gap, Y_piece,
-   offset targets, the padding weight W from the mask's stride x stride blocks or analytically from
-   valid_box) and writes 8 partial sums per program, every entry (no memset), into
-   ``partials [P, 8]``:
-       sum f_gap W, sum f_piece W, sum W, sum s_gap m_gap, sum m_gap, sum s_piece m_piece,
-       sum m_piece, sum (1 - c) m_gap
-   with f the focal term, s = smoothL1(du - tu) + smoothL1(dv - tv), c the cosine of the angle
-   error and m = (Y > reg_threshold) W.
-2. ``_gap_finalize_kernel``, one program: reduces the partials in a fixed order (deterministic, no
-   atomics), evaluates the hard negatives (bilinear samples of heatmap_gap, as probabilities, at the
-   gap centre and the K confusers; validity; margin ranking) and writes ``total`` and
-   ``aux = [5 components, 5 gradient scales, coef [B, 1+K]]``:
-       aux[5] = w_heatmap / (sum W + eps)            aux[6] = w_offset / (sum m_gap + eps)
-       aux[7] = w_offset / (sum m_piece + eps)       aux[8] = w_angle / (sum m_gap + eps)
-       aux[9] = w_hard_negative / max(#valid, 1)     aux[10:] = hard-negative sample coefficients
-3. ``_gap_backward_kernel``, same grid as 1: recomputes the per-cell derivatives from the inputs,
-   scales them by aux and by the upstream gradient (read from its pointer: no sync), adds the
-   hard-negative bilinear gradient into heatmap_gap's (each cell loops over its image's 1+K
-   samples: no atomics) and writes each requested gradient once, in its input's dtype.
+1. ``_gap_weights_kernel``, grid (cdiv(Hf*Wf, BLOCK), B): per block of cells, the labels (Gaussians
+   from the coordinates, in registers) and the padding weight W; writes ``norm [P, 4]`` = (sum W,
+   sum m_gap, sum m_piece, 0) with m = (Y > reg_threshold) W. With a padding mask it reads the
+   mask once and writes W at grid resolution for the main pass: for a bool mask the number of
+   padding pixels per cell as uint8 (exact, 1 byte per cell, while stride^2 <= 255), otherwise W
+   in the compute dtype. valid_box and no padding need no map (W is analytic).
+2. ``_gap_normalize_kernel``, one program: reduces ``norm`` in a fixed order and evaluates the hard
+   negatives (bilinear samples at the gap centre and the K confusers; validity; margin ranking);
+   writes into ``aux``: the hard-negative component, the 5 gradient scales, the denominators, the
+   unit upstream gradient and the per-sample hard-negative coefficients (layout below).
+3. ``_gap_main_kernel``, grid as 1: recomputes the labels, reads the predictions and W once,
+   writes ``part [P, 8]`` (sum f_gap W, sum f_piece W, sum s_gap m_gap, sum s_piece m_piece,
+   sum (1 - c) m_gap) and, for each prediction that needs one, its final gradient (scaled by
+   ``aux`` and by the upstream gradient read from a pointer).
+4. ``_gap_total_kernel``, one program: reduces ``part`` in a fixed order into the components and
+   the total.
+
+Backward: when the forward already wrote the gradients (float32/float64 predictions, eager),
+``_gap_scale_kernel`` multiplies them in place by the upstream gradient, read on the device: each
+program returns at once when it is 1 (the usual ``loss.backward()``), so no bytes move. Otherwise
+(float16/bfloat16 predictions, whose unscaled gradients would lose range; under torch.compile; a
+second backward through a retained graph) launch 3 runs again with the real upstream gradient and
+writes the gradients only.
+
+Bytes per launch at B=1024, 64x128 maps (8192 cells), stride 4, bool padding mask (16 B/cell),
+float32 predictions (8 channels, 32 B/cell) and gradients (32 B/cell); MB = 1e6 bytes:
+
+======================================  ==========  ==========  ===========================
+launch                                  reads (MB)  writes (MB)  note
+======================================  ==========  ==========  ===========================
+1 weights (mask -> uint8 count map)         134.2         8.4   + 0.2 MB partials
+2 normalize (1 program)                       0.2         0.1   partials, 1+K samples/image
+3 main (loss partials + gradients)          276.8       268.4   predictions + count map
+4 total (1 program)                           0.4         0.0
+backward, upstream gradient == 1              0.0         0.0   one 4-byte read per program
+--------------------------------------  ----------  ----------  ---------------------------
+forward + backward                          411.6       276.9   688.5 MB
+floor: predictions + mask read once,        402.7       268.4   671.1 MB -> 97.5% of floor
+gradients written once
+======================================  ==========  ==========  ===========================
+
+With an upstream gradient other than 1 the in-place scaling reads and writes the gradients once
+more (+537 MB: 56% of the floor). At B=8 the same design costs 4 forward launches + 1 backward
+launch (the previous design: 2 + 1) for 5.4 MB instead of 8.4 MB: at that size launch latency,
+not bytes, sets the time, so the two extra launches cost a few microseconds there.
+
+``aux`` layout (compute dtype): [0:5] components (heatmap_gap, heatmap_piece, offset, angle,
+hard_negative); [5:10] gradient scales w_heatmap / (sum W + eps), w_offset / (sum m_gap + eps),
+w_offset / (sum m_piece + eps), w_angle / (sum m_gap + eps), w_hard_negative / max(#valid, 1);
+[10] 1.0 (the upstream gradient of the forward's gradients); [11:14] the denominators
+sum W + eps, sum m_gap + eps, sum m_piece + eps; [16:] coef [B, 1+K] (``hard_negative_block``).
 
 Arithmetic runs in float32 (float64 when a prediction is float64); the loss comes back in that dtype.
 """
@@ -32,9 +70,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .labels import NO_PADDING, PADDING_MASK, VALID_BOX, padding_args
 from .launch import compute_dtype, f64_bits, launch, mask_view, next_pow2
 from .primitives import (
-    as_dtype,
     cell_weight,
     coord_grid,
     cosine_terms,
@@ -46,619 +84,315 @@ from .primitives import (
     label_center,
     offset_target,
     option,
+    padding_block_sum,
     smooth_l1_terms,
 )
-from .reduce import elementwise_block
+from .reduce import interpreting
 
-NUM_PARTIALS = 8
-AUX_HEAD = 10  # 5 components + 5 gradient scales, then coef [B, 1+K]
-FINALIZE_BLOCK_P = 128  # partial rows per pass of the finalize kernel (tests lower it)
+AUX_HEAD = 16
+AUX_UNIT = 10  # aux[AUX_UNIT] = 1.0: the upstream gradient the forward's gradients are scaled by
+FINALIZE_BLOCK_P = 128  # partial rows per pass of the one-program kernels (tests lower it)
+# Padding-weight sources of the main pass (``cell_weight`` modes): besides NO_PADDING / VALID_BOX,
+WEIGHT_MAP, COUNT_MAP = 3, 4  # the map launch 1 wrote (W itself, or padding pixels per cell)
 
-# Padding modes of ``cell_weight``.
-NO_PADDING, PADDING_MASK, VALID_BOX = 0, 1, 2
+
+def main_block(n: int) -> tuple[int, int]:
+    """(BLOCK, num_warps) of the passes over the maps: 2 cells per thread keeps the main pass
+    (labels, four heads, gradients) within 128 registers; the interpreter prefers wide blocks."""
+    if interpreting():
+        return min(triton.next_power_of_2(max(n, 1)), 4096), 4
+    return min(triton.next_power_of_2(max(n, 1)), 512), 8
 
 
 @triton.jit
-def _gap_cell_terms(
-    hg_ptr,
-    hp_ptr,
-    off_ptr,
-    ang_ptr,
-    gc_ptr,
-    pc_ptr,
-    ga_ptr,
-    pad_ptr,
-    b,
-    cells,
-    on,
-    Wf,
-    s_hg_b,
-    s_hg_h,
-    s_hg_w,
-    s_hp_b,
-    s_hp_h,
-    s_hp_w,
-    s_off_b,
-    s_off_c,
-    s_off_h,
-    s_off_w,
-    s_ang_b,
-    s_ang_c,
-    s_ang_h,
-    s_ang_w,
-    s_gc_b,
-    s_gc_c,
-    s_pc_b,
-    s_pc_c,
-    s_ga_b,
-    s_pad_b,
-    s_pad_h,
-    s_pad_w,
-    sigma,
-    alpha,
-    beta,
-    pos_threshold,
-    reg_threshold,
-    eps,
-    STRIDE: tl.constexpr,
-    CELL: tl.constexpr,
-    FROM_LOGITS: tl.constexpr,
-    PADDING: tl.constexpr,
-    cdt: tl.constexpr,
-):
-    """Every per-cell quantity of the loss at ``cells`` (flat indices) of image ``b``.
-
-    Cells with ``on`` false get W = 0 and m = 0 (and finite values everywhere else). The float
-    options arrive as float64 bit patterns (``launch.f64_bits``).
-    """
-    sigma = option(sigma, cdt)
-    alpha = option(alpha, cdt)
-    beta = option(beta, cdt)
-    pos_threshold = option(pos_threshold, cdt)
-    reg_threshold = option(reg_threshold, cdt)
-    eps = option(eps, cdt)
-    i = cells // Wf
-    j = cells % Wf
-    ii = i.to(cdt)
-    jj = j.to(cdt)
+def _cell_labels(
+    gc_ptr, pc_ptr, b, ii, jj, s_gc_b, s_gc_c, s_pc_b, s_pc_c, sigma, STRIDE: tl.constexpr,
+    CELL: tl.constexpr, cdt: tl.constexpr,
+):  # fmt: skip
+    """(Y_gap, Y_piece, u_gap, v_gap, u_piece, v_piece) at cells (ii, jj) of image b; the grid
+    coordinates stay in their own precision (float64 coordinates unrounded)."""
     b64 = b.to(tl.int64)
-    i64 = i.to(tl.int64)
-    j64 = j.to(tl.int64)
-
-    # Per-image targets, loaded once per program.
-    # Grid coordinates in the coordinates' own precision (float64 stays float64), so floor(u) and
-    # the offset targets are exact before they are cast to the compute dtype.
     ug = coord_grid(tl.load(gc_ptr + b64 * s_gc_b), STRIDE, cdt)
     vg = coord_grid(tl.load(gc_ptr + b64 * s_gc_b + s_gc_c), STRIDE, cdt)
     up = coord_grid(tl.load(pc_ptr + b64 * s_pc_b), STRIDE, cdt)
     vp = coord_grid(tl.load(pc_ptr + b64 * s_pc_b + s_pc_c), STRIDE, cdt)
-    cug = label_center(ug, CELL).to(cdt)
-    cvg = label_center(vg, CELL).to(cdt)
-    cup = label_center(up, CELL).to(cdt)
-    cvp = label_center(vp, CELL).to(cdt)
-    # sin/cos in the compute dtype, or float64 for a float64 angle (one scalar per program).
-    theta = keep_float64(tl.load(ga_ptr + b64 * s_ga_b), cdt)
-    sin_t = tl.sin(theta).to(cdt)
-    cos_t = tl.cos(theta).to(cdt)
-    sig = as_dtype(sigma, cdt)
-    reg_t = as_dtype(reg_threshold, cdt)
+    y_gap = gaussian(
+        ii, jj, label_center(ug, CELL).to(cdt), label_center(vg, CELL).to(cdt), sigma, sigma
+    )
+    y_piece = gaussian(
+        ii, jj, label_center(up, CELL).to(cdt), label_center(vp, CELL).to(cdt), sigma, sigma
+    )
+    return y_gap, y_piece, ug, vg, up, vp
 
-    # Labels, in registers.
-    y_gap = gaussian(ii, jj, cug, cvg, sig, sig)
-    y_piece = gaussian(ii, jj, cup, cvp, sig, sig)
-    w = cell_weight(pad_ptr, b, i, j, s_pad_b, s_pad_h, s_pad_w, on, STRIDE, PADDING, cdt)
+
+@triton.jit(do_not_specialize=["sigma", "reg_threshold"])
+def _gap_weights_kernel(
+    gc_ptr, pc_ptr, pad_ptr, map_ptr, norm_ptr, HW, Wf, s_gc_b, s_gc_c, s_pc_b, s_pc_c,
+    s_pad_b, s_pad_h, s_pad_w, sigma, reg_threshold, STRIDE: tl.constexpr, CELL: tl.constexpr,
+    PADDING: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Launch 1: normaliser partials of one block of cells, and W at grid resolution (mask mode)."""
+    cdt: tl.constexpr = norm_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    b = tl.program_id(1)
+    cells = pid * BLOCK + tl.arange(0, BLOCK)
+    on = cells < HW
+    i = cells // Wf
+    j = cells % Wf
+    y_gap, y_piece, _, _, _, _ = _cell_labels(
+        gc_ptr, pc_ptr, b, i.to(cdt), j.to(cdt), s_gc_b, s_gc_c, s_pc_b, s_pc_c,
+        option(sigma, cdt), STRIDE, CELL, cdt,
+    )  # fmt: skip
+    if PADDING == 1:
+        acc = padding_block_sum(pad_ptr, b, i, j, s_pad_b, s_pad_h, s_pad_w, on, STRIDE, cdt)
+        w = 1.0 - acc / (STRIDE * STRIDE)
+        dst = map_ptr + b.to(tl.int64) * HW + cells
+        if COUNT:
+            tl.store(dst, acc.to(map_ptr.dtype.element_ty), mask=on)
+        else:
+            tl.store(dst, w.to(map_ptr.dtype.element_ty), mask=on)
+    else:
+        w = cell_weight(pad_ptr, b, i, j, s_pad_b, s_pad_h, s_pad_w, on, STRIDE, PADDING, cdt)
     w = tl.where(on, w, 0.0)
-    m_gap = tl.where(y_gap > reg_t, w, 0.0)
-    m_piece = tl.where(y_piece > reg_t, w, 0.0)
+    reg_t = option(reg_threshold, cdt)
+    out = norm_ptr + (b.to(tl.int64) * tl.num_programs(0) + pid) * 4
+    tl.store(out + 0, tl.sum(w, axis=0))
+    tl.store(out + 1, tl.sum(tl.where(y_gap > reg_t, w, 0.0), axis=0))
+    tl.store(out + 2, tl.sum(tl.where(y_piece > reg_t, w, 0.0), axis=0))
+    tl.store(out + 3, tl.sum(tl.zeros_like(w), axis=0))
 
-    # Focal terms of both heatmaps.
-    x_gap = tl.load(hg_ptr + b64 * s_hg_b + i64 * s_hg_h + j64 * s_hg_w, mask=on, other=0.5)
-    x_piece = tl.load(hp_ptr + b64 * s_hp_b + i64 * s_hp_h + j64 * s_hp_w, mask=on, other=0.5)
-    f_gap, df_gap, _, p_gap, q_gap = focal_terms(
-        x_gap.to(cdt), y_gap, alpha, beta, pos_threshold, eps, FROM_LOGITS
-    )
-    f_piece, df_piece, _, _, _ = focal_terms(
-        x_piece.to(cdt), y_piece, alpha, beta, pos_threshold, eps, FROM_LOGITS
-    )
 
-    # Offsets: the same target at every supervised cell of the image.
-    o = off_ptr + b64 * s_off_b + i64 * s_off_h + j64 * s_off_w
-    d0 = tl.load(o, mask=on, other=0).to(cdt) - offset_target(ug).to(cdt)
-    d1 = tl.load(o + s_off_c, mask=on, other=0).to(cdt) - offset_target(vg).to(cdt)
-    d2 = tl.load(o + 2 * s_off_c, mask=on, other=0).to(cdt) - offset_target(up).to(cdt)
-    d3 = tl.load(o + 3 * s_off_c, mask=on, other=0).to(cdt) - offset_target(vp).to(cdt)
-    s0, ds0 = smooth_l1_terms(d0, 1.0)
-    s1, ds1 = smooth_l1_terms(d1, 1.0)
-    s2, ds2 = smooth_l1_terms(d2, 1.0)
-    s3, ds3 = smooth_l1_terms(d3, 1.0)
+@triton.jit
+def _column_sums(part_ptr, P, NCOL: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Column sums of ``part [P, NCOL]`` in a fixed order (deterministic), and the column ids."""
+    cdt: tl.constexpr = part_ptr.dtype.element_ty
+    rows = tl.arange(0, BLOCK_P)
+    cols = tl.arange(0, NCOL)
+    acc = tl.zeros([BLOCK_P, NCOL], cdt)
+    for r0 in range(0, P, BLOCK_P):
+        r = (r0 + rows).to(tl.int64)
+        acc += tl.load(part_ptr + r[:, None] * NCOL + cols[None, :], mask=(r < P)[:, None], other=0)
+    return tl.sum(acc, axis=0), cols
 
-    # Angle.
-    a = ang_ptr + b64 * s_ang_b + i64 * s_ang_h + j64 * s_ang_w
-    a0 = tl.load(a, mask=on, other=1).to(cdt)
-    a1 = tl.load(a + s_ang_c, mask=on, other=1).to(cdt)
-    one_minus_c, dc0, dc1 = cosine_terms(a0, a1, sin_t, cos_t)
 
-    return (
-        ii,
-        jj,
-        w,
-        m_gap,
-        m_piece,
-        f_gap,
-        df_gap,
-        p_gap,
-        q_gap,
-        f_piece,
-        df_piece,
-        s0 + s1,
-        ds0,
-        ds1,
-        s2 + s3,
-        ds2,
-        ds3,
-        one_minus_c,
-        dc0,
-        dc1,
-    )
+@triton.jit
+def _pick(sums, cols, k):
+    return tl.sum(tl.where(cols == k, sums, 0.0), axis=0)
+
+
+@triton.jit(
+    do_not_specialize=["margin", "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "eps"]
+)
+def _gap_normalize_kernel(
+    norm_ptr, P, hg_ptr, gc_ptr, conf_ptr, cmask_ptr, w_ptr, aux_ptr, B, K, Hf, Wf,
+    s_hg_b, s_hg_h, s_hg_w, s_gc_b, s_gc_c, s_cf_b, s_cf_k, s_cf_c, s_cm_b, s_cm_k,
+    s_w_b, s_w_h, s_w_w, margin, w_heatmap, w_offset, w_angle, w_hard_negative, eps,
+    STRIDE: tl.constexpr, FROM_LOGITS: tl.constexpr, W_MODE: tl.constexpr,
+    HAS_CMASK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """Launch 2 (one program): denominators, gradient scales and the hard negatives (confuser
+    validity reads W from launch 1's map, or analytically)."""
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    sums, cols = _column_sums(norm_ptr, P, 4, BLOCK_P)
+    e = option(eps, cdt)
+    heat_den = _pick(sums, cols, 0) + e
+    gap_den = _pick(sums, cols, 1) + e
+    piece_den = _pick(sums, cols, 2) + e
+    hinge_sum, count = hard_negative_block(
+        hg_ptr, s_hg_b, s_hg_h, s_hg_w, gc_ptr, s_gc_b, s_gc_c, conf_ptr, s_cf_b, s_cf_k, s_cf_c,
+        cmask_ptr, s_cm_b, s_cm_k, w_ptr, s_w_b, s_w_h, s_w_w, aux_ptr + 16, B, K, Hf, Wf,
+        option(margin, cdt), STRIDE, W_MODE, HAS_CMASK, FROM_LOGITS, BLOCK_B, BLOCK_K, cdt,
+    )  # fmt: skip
+    hn_den = tl.maximum(count, 1.0)
+    wo = option(w_offset, cdt)
+    tl.store(aux_ptr + 4, hinge_sum / hn_den)
+    tl.store(aux_ptr + 5, option(w_heatmap, cdt) / heat_den)
+    tl.store(aux_ptr + 6, wo / gap_den)
+    tl.store(aux_ptr + 7, wo / piece_den)
+    tl.store(aux_ptr + 8, option(w_angle, cdt) / gap_den)
+    tl.store(aux_ptr + 9, option(w_hard_negative, cdt) / hn_den)
+    tl.store(aux_ptr + 10, tl.full([], 1.0, cdt))
+    tl.store(aux_ptr + 11, heat_den)
+    tl.store(aux_ptr + 12, gap_den)
+    tl.store(aux_ptr + 13, piece_den)
+
+
+@triton.jit
+def _store_grad(ptr, g, mask):
+    tl.store(ptr, g.to(ptr.dtype.element_ty), mask=mask)
 
 
 _CELL_OPTIONS = ["sigma", "alpha", "beta", "pos_threshold", "reg_threshold", "eps"]
 
 
 @triton.jit(do_not_specialize=_CELL_OPTIONS)
-def _gap_forward_kernel(
-    hg_ptr,
-    hp_ptr,
-    off_ptr,
-    ang_ptr,
-    gc_ptr,
-    pc_ptr,
-    ga_ptr,
-    pad_ptr,
-    part_ptr,
-    HW,
-    Wf,
-    s_hg_b,
-    s_hg_h,
-    s_hg_w,
-    s_hp_b,
-    s_hp_h,
-    s_hp_w,
-    s_off_b,
-    s_off_c,
-    s_off_h,
-    s_off_w,
-    s_ang_b,
-    s_ang_c,
-    s_ang_h,
-    s_ang_w,
-    s_gc_b,
-    s_gc_c,
-    s_pc_b,
-    s_pc_c,
-    s_ga_b,
-    s_pad_b,
-    s_pad_h,
-    s_pad_w,
-    sigma,
-    alpha,
-    beta,
-    pos_threshold,
-    reg_threshold,
-    eps,
-    STRIDE: tl.constexpr,
-    CELL: tl.constexpr,
-    FROM_LOGITS: tl.constexpr,
-    PADDING: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    """Partial sums of one block of cells of one image (see the module docstring)."""
-    cdt: tl.constexpr = part_ptr.dtype.element_ty
+def _gap_main_kernel(
+    hg_ptr, hp_ptr, off_ptr, ang_ptr, gc_ptr, pc_ptr, ga_ptr, conf_ptr, w_ptr,
+    aux_ptr, go_ptr, part_ptr, g_hg_ptr, g_hp_ptr, g_off_ptr, g_ang_ptr, HW, Wf, K,
+    s_hg_b, s_hg_h, s_hg_w, s_hp_b, s_hp_h, s_hp_w, s_off_b, s_off_c, s_off_h, s_off_w,
+    s_ang_b, s_ang_c, s_ang_h, s_ang_w, s_gc_b, s_gc_c, s_pc_b, s_pc_c, s_ga_b,
+    s_w_b, s_w_h, s_w_w, s_cf_b, s_cf_k, s_cf_c,
+    sigma, alpha, beta, pos_threshold, reg_threshold, eps,
+    STRIDE: tl.constexpr, CELL: tl.constexpr, FROM_LOGITS: tl.constexpr, W_MODE: tl.constexpr,
+    WRITE_LOSS: tl.constexpr, NEED_HG: tl.constexpr, NEED_HP: tl.constexpr,
+    NEED_OFF: tl.constexpr, NEED_ANG: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """Launch 3: loss partials and/or final gradients of one block of cells of one image.
+
+    Heads are handled one after another (load, value, gradient, store, reduce) so that only one
+    head's values are live at a time. Gradients go to contiguous [B, C, Hf, Wf] outputs.
+    """
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
     pid = tl.program_id(0)
     b = tl.program_id(1)
+    b64 = b.to(tl.int64)
     cells = pid * BLOCK + tl.arange(0, BLOCK)
     on = cells < HW
-    (
-        _,
-        _,
-        w,
-        m_gap,
-        m_piece,
-        f_gap,
-        _,
-        _,
-        _,
-        f_piece,
-        _,
-        s_gap,
-        _,
-        _,
-        s_piece,
-        _,
-        _,
-        one_minus_c,
-        _,
-        _,
-    ) = _gap_cell_terms(
-        hg_ptr,
-        hp_ptr,
-        off_ptr,
-        ang_ptr,
-        gc_ptr,
-        pc_ptr,
-        ga_ptr,
-        pad_ptr,
-        b,
-        cells,
-        on,
-        Wf,
-        s_hg_b,
-        s_hg_h,
-        s_hg_w,
-        s_hp_b,
-        s_hp_h,
-        s_hp_w,
-        s_off_b,
-        s_off_c,
-        s_off_h,
-        s_off_w,
-        s_ang_b,
-        s_ang_c,
-        s_ang_h,
-        s_ang_w,
-        s_gc_b,
-        s_gc_c,
-        s_pc_b,
-        s_pc_c,
-        s_ga_b,
-        s_pad_b,
-        s_pad_h,
-        s_pad_w,
-        sigma,
-        alpha,
-        beta,
-        pos_threshold,
-        reg_threshold,
-        eps,
-        STRIDE,
-        CELL,
-        FROM_LOGITS,
-        PADDING,
-        cdt,
+    i = cells // Wf
+    j = cells % Wf
+    ii = i.to(cdt)
+    jj = j.to(cdt)
+    i64 = i.to(tl.int64)
+    j64 = j.to(tl.int64)
+    alpha = option(alpha, cdt)
+    beta = option(beta, cdt)
+    pos_threshold = option(pos_threshold, cdt)
+    eps = option(eps, cdt)
+    reg_t = option(reg_threshold, cdt)
+    y_gap, y_piece, ug, vg, up, vp = _cell_labels(
+        gc_ptr, pc_ptr, b, ii, jj, s_gc_b, s_gc_c, s_pc_b, s_pc_c, option(sigma, cdt), STRIDE,
+        CELL, cdt,
+    )  # fmt: skip
+    w = cell_weight(w_ptr, b, i, j, s_w_b, s_w_h, s_w_w, on, STRIDE, W_MODE, cdt)
+    w = tl.where(on, w, 0.0)
+    m_gap = tl.where(y_gap > reg_t, w, 0.0)
+    m_piece = tl.where(y_piece > reg_t, w, 0.0)
+    go = tl.load(go_ptr).to(cdt)
+    if WRITE_LOSS:
+        out = part_ptr + (b64 * tl.num_programs(0) + pid) * 8
+
+    # Heatmap of the gap: focal term, plus the hard-negative bilinear gradient.
+    x = tl.load(hg_ptr + b64 * s_hg_b + i64 * s_hg_h + j64 * s_hg_w, mask=on, other=0.5)
+    f, df, _, p, q = focal_terms(x.to(cdt), y_gap, alpha, beta, pos_threshold, eps, FROM_LOGITS)
+    if WRITE_LOSS:
+        tl.store(out + 0, tl.sum(tl.where(on, f * w, 0.0), axis=0))
+    if NEED_HG:
+        g = df * w * (tl.load(aux_ptr + 5) * go)
+        hn = hard_negative_grad(
+            gc_ptr, s_gc_b, s_gc_c, conf_ptr, s_cf_b, s_cf_k, s_cf_c, aux_ptr + 16, b, ii, jj, K,
+            STRIDE,
+        )  # fmt: skip
+        hn = hn * (tl.load(aux_ptr + 9) * go)
+        if FROM_LOGITS:
+            hn = hn * (p * q)
+        _store_grad(g_hg_ptr + b64 * HW + cells, g + hn, on)
+
+    # Heatmap of the piece.
+    x = tl.load(hp_ptr + b64 * s_hp_b + i64 * s_hp_h + j64 * s_hp_w, mask=on, other=0.5)
+    f, df, _, _, _ = focal_terms(x.to(cdt), y_piece, alpha, beta, pos_threshold, eps, FROM_LOGITS)
+    if WRITE_LOSS:
+        tl.store(out + 1, tl.sum(tl.where(on, f * w, 0.0), axis=0))
+    if NEED_HP:
+        _store_grad(g_hp_ptr + b64 * HW + cells, df * w * (tl.load(aux_ptr + 5) * go), on)
+
+    # Offsets: the same target at every supervised cell of the image.
+    o = off_ptr + b64 * s_off_b + i64 * s_off_h + j64 * s_off_w
+    g_off = g_off_ptr + b64 * 4 * HW + cells
+    sg = m_gap * (tl.load(aux_ptr + 6) * go)
+    s0, d0 = smooth_l1_terms(tl.load(o, mask=on, other=0).to(cdt) - offset_target(ug).to(cdt), 1.0)
+    if NEED_OFF:
+        _store_grad(g_off, d0 * sg, on)
+    s1, d1 = smooth_l1_terms(
+        tl.load(o + s_off_c, mask=on, other=0).to(cdt) - offset_target(vg).to(cdt), 1.0
     )
-    out = part_ptr + (b.to(tl.int64) * tl.num_programs(0) + pid) * 8
-    tl.store(out + 0, tl.sum(tl.where(on, f_gap * w, 0.0), axis=0))
-    tl.store(out + 1, tl.sum(tl.where(on, f_piece * w, 0.0), axis=0))
-    tl.store(out + 2, tl.sum(w, axis=0))
-    tl.store(out + 3, tl.sum(tl.where(on, s_gap * m_gap, 0.0), axis=0))
-    tl.store(out + 4, tl.sum(m_gap, axis=0))
-    tl.store(out + 5, tl.sum(tl.where(on, s_piece * m_piece, 0.0), axis=0))
-    tl.store(out + 6, tl.sum(m_piece, axis=0))
-    tl.store(out + 7, tl.sum(tl.where(on, one_minus_c * m_gap, 0.0), axis=0))
+    if NEED_OFF:
+        _store_grad(g_off + HW, d1 * sg, on)
+    if WRITE_LOSS:
+        tl.store(out + 2, tl.sum(tl.where(on, (s0 + s1) * m_gap, 0.0), axis=0))
+    sp = m_piece * (tl.load(aux_ptr + 7) * go)
+    s2, d2 = smooth_l1_terms(
+        tl.load(o + 2 * s_off_c, mask=on, other=0).to(cdt) - offset_target(up).to(cdt), 1.0
+    )
+    if NEED_OFF:
+        _store_grad(g_off + 2 * HW, d2 * sp, on)
+    s3, d3 = smooth_l1_terms(
+        tl.load(o + 3 * s_off_c, mask=on, other=0).to(cdt) - offset_target(vp).to(cdt), 1.0
+    )
+    if NEED_OFF:
+        _store_grad(g_off + 3 * HW, d3 * sp, on)
+    if WRITE_LOSS:
+        tl.store(out + 3, tl.sum(tl.where(on, (s2 + s3) * m_piece, 0.0), axis=0))
+
+    # Angle: sin/cos of the target in the compute dtype (float64 for a float64 angle).
+    theta = keep_float64(tl.load(ga_ptr + b64 * s_ga_b), cdt)
+    a = ang_ptr + b64 * s_ang_b + i64 * s_ang_h + j64 * s_ang_w
+    a0 = tl.load(a, mask=on, other=1).to(cdt)
+    a1 = tl.load(a + s_ang_c, mask=on, other=1).to(cdt)
+    one_minus_c, dc0, dc1 = cosine_terms(a0, a1, tl.sin(theta).to(cdt), tl.cos(theta).to(cdt))
+    if WRITE_LOSS:
+        tl.store(out + 4, tl.sum(tl.where(on, one_minus_c * m_gap, 0.0), axis=0))
+        zero = tl.sum(tl.zeros_like(w), axis=0)
+        tl.store(out + 5, zero)
+        tl.store(out + 6, zero)
+        tl.store(out + 7, zero)
+    if NEED_ANG:
+        sa = m_gap * (tl.load(aux_ptr + 8) * go)
+        g_ang = g_ang_ptr + b64 * 2 * HW + cells
+        _store_grad(g_ang, dc0 * sa, on)
+        _store_grad(g_ang + HW, dc1 * sa, on)
 
 
-@triton.jit(
-    do_not_specialize=["margin", "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "eps"]
-)
-def _gap_finalize_kernel(
-    part_ptr,
-    P,
-    hg_ptr,
-    gc_ptr,
-    conf_ptr,
-    cmask_ptr,
-    pad_ptr,
-    total_ptr,
-    aux_ptr,
-    B,
-    K,
-    Hf,
-    Wf,
-    s_hg_b,
-    s_hg_h,
-    s_hg_w,
-    s_gc_b,
-    s_gc_c,
-    s_cf_b,
-    s_cf_k,
-    s_cf_c,
-    s_cm_b,
-    s_cm_k,
-    s_pad_b,
-    s_pad_h,
-    s_pad_w,
-    margin,
-    w_heatmap,
-    w_offset,
-    w_angle,
-    w_hard_negative,
-    eps,
-    STRIDE: tl.constexpr,
-    FROM_LOGITS: tl.constexpr,
-    PADDING: tl.constexpr,
-    HAS_CMASK: tl.constexpr,
+@triton.jit(do_not_specialize=["w_heatmap", "w_offset", "w_angle", "w_hard_negative"])
+def _gap_total_kernel(
+    part_ptr, P, aux_ptr, total_ptr, w_heatmap, w_offset, w_angle, w_hard_negative,
     BLOCK_P: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
-    """One program: reduce the partials, the hard negatives, the components, total and scales."""
-    cdt: tl.constexpr = part_ptr.dtype.element_ty
-    margin = option(margin, cdt)
-    rows = tl.arange(0, BLOCK_P)
-    cols = tl.arange(0, 8)
-    acc = tl.zeros([BLOCK_P, 8], cdt)
-    for r0 in range(0, P, BLOCK_P):
-        r = (r0 + rows).to(tl.int64)
-        tile = tl.load(part_ptr + r[:, None] * 8 + cols[None, :], mask=(r < P)[:, None], other=0)
-        acc += tile
-    sums = tl.sum(acc, axis=0)
-    sum_fw_gap = tl.sum(tl.where(cols == 0, sums, 0.0), axis=0)
-    sum_fw_piece = tl.sum(tl.where(cols == 1, sums, 0.0), axis=0)
-    sum_w = tl.sum(tl.where(cols == 2, sums, 0.0), axis=0)
-    sum_sm_gap = tl.sum(tl.where(cols == 3, sums, 0.0), axis=0)
-    sum_m_gap = tl.sum(tl.where(cols == 4, sums, 0.0), axis=0)
-    sum_sm_piece = tl.sum(tl.where(cols == 5, sums, 0.0), axis=0)
-    sum_m_piece = tl.sum(tl.where(cols == 6, sums, 0.0), axis=0)
-    sum_cm = tl.sum(tl.where(cols == 7, sums, 0.0), axis=0)
-
-    hinge_sum, count = hard_negative_block(
-        hg_ptr,
-        s_hg_b,
-        s_hg_h,
-        s_hg_w,
-        gc_ptr,
-        s_gc_b,
-        s_gc_c,
-        conf_ptr,
-        s_cf_b,
-        s_cf_k,
-        s_cf_c,
-        cmask_ptr,
-        s_cm_b,
-        s_cm_k,
-        pad_ptr,
-        s_pad_b,
-        s_pad_h,
-        s_pad_w,
-        aux_ptr + 10,
-        B,
-        K,
-        Hf,
-        Wf,
-        margin,
-        STRIDE,
-        PADDING,
-        HAS_CMASK,
-        FROM_LOGITS,
-        BLOCK_B,
-        BLOCK_K,
-        cdt,
+):  # fmt: skip
+    """Launch 4 (one program): the components and the total from the main pass's partials."""
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    sums, cols = _column_sums(part_ptr, P, 8, BLOCK_P)
+    heat_den = tl.load(aux_ptr + 11)
+    gap_den = tl.load(aux_ptr + 12)
+    piece_den = tl.load(aux_ptr + 13)
+    l_heat_gap = _pick(sums, cols, 0) / heat_den
+    l_heat_piece = _pick(sums, cols, 1) / heat_den
+    l_offset = _pick(sums, cols, 2) / gap_den + _pick(sums, cols, 3) / piece_den
+    l_angle = _pick(sums, cols, 4) / gap_den
+    l_hard = tl.load(aux_ptr + 4)
+    total = (
+        option(w_heatmap, cdt) * (l_heat_gap + l_heat_piece)
+        + option(w_offset, cdt) * l_offset
+        + option(w_angle, cdt) * l_angle
+        + option(w_hard_negative, cdt) * l_hard
     )
-
-    e = option(eps, cdt)
-    heat_den = sum_w + e
-    gap_den = sum_m_gap + e
-    piece_den = sum_m_piece + e
-    hn_den = tl.maximum(count, 1.0)
-    l_heat_gap = sum_fw_gap / heat_den
-    l_heat_piece = sum_fw_piece / heat_den
-    l_offset = sum_sm_gap / gap_den + sum_sm_piece / piece_den
-    l_angle = sum_cm / gap_den
-    l_hard = hinge_sum / hn_den
-    wh = option(w_heatmap, cdt)
-    wo = option(w_offset, cdt)
-    wa = option(w_angle, cdt)
-    wn = option(w_hard_negative, cdt)
-    total = wh * (l_heat_gap + l_heat_piece) + wo * l_offset + wa * l_angle + wn * l_hard
     tl.store(total_ptr, total)
     tl.store(aux_ptr + 0, l_heat_gap)
     tl.store(aux_ptr + 1, l_heat_piece)
     tl.store(aux_ptr + 2, l_offset)
     tl.store(aux_ptr + 3, l_angle)
-    tl.store(aux_ptr + 4, l_hard)
-    tl.store(aux_ptr + 5, wh / heat_den)
-    tl.store(aux_ptr + 6, wo / gap_den)
-    tl.store(aux_ptr + 7, wo / piece_den)
-    tl.store(aux_ptr + 8, wa / gap_den)
-    tl.store(aux_ptr + 9, wn / hn_den)
 
 
-@triton.jit(do_not_specialize=_CELL_OPTIONS)
-def _gap_backward_kernel(
-    go_ptr,
-    aux_ptr,
-    hg_ptr,
-    hp_ptr,
-    off_ptr,
-    ang_ptr,
-    gc_ptr,
-    pc_ptr,
-    ga_ptr,
-    pad_ptr,
-    conf_ptr,
-    g_hg_ptr,
-    g_hp_ptr,
-    g_off_ptr,
-    g_ang_ptr,
-    HW,
-    Wf,
-    K,
-    s_hg_b,
-    s_hg_h,
-    s_hg_w,
-    s_hp_b,
-    s_hp_h,
-    s_hp_w,
-    s_off_b,
-    s_off_c,
-    s_off_h,
-    s_off_w,
-    s_ang_b,
-    s_ang_c,
-    s_ang_h,
-    s_ang_w,
-    s_gc_b,
-    s_gc_c,
-    s_pc_b,
-    s_pc_c,
-    s_ga_b,
-    s_pad_b,
-    s_pad_h,
-    s_pad_w,
-    s_cf_b,
-    s_cf_k,
-    s_cf_c,
-    sigma,
-    alpha,
-    beta,
-    pos_threshold,
-    reg_threshold,
-    eps,
-    STRIDE: tl.constexpr,
-    CELL: tl.constexpr,
-    FROM_LOGITS: tl.constexpr,
-    PADDING: tl.constexpr,
-    NEED_HG: tl.constexpr,
-    NEED_HP: tl.constexpr,
-    NEED_OFF: tl.constexpr,
-    NEED_ANG: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    """Gradients of the 4 predictions for one block of cells of one image (contiguous outputs)."""
-    cdt: tl.constexpr = aux_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    b = tl.program_id(1)
-    cells = pid * BLOCK + tl.arange(0, BLOCK)
-    on = cells < HW
-    (
-        ii,
-        jj,
-        w,
-        m_gap,
-        m_piece,
-        _,
-        df_gap,
-        p_gap,
-        q_gap,
-        _,
-        df_piece,
-        _,
-        ds0,
-        ds1,
-        _,
-        ds2,
-        ds3,
-        _,
-        dc0,
-        dc1,
-    ) = _gap_cell_terms(
-        hg_ptr,
-        hp_ptr,
-        off_ptr,
-        ang_ptr,
-        gc_ptr,
-        pc_ptr,
-        ga_ptr,
-        pad_ptr,
-        b,
-        cells,
-        on,
-        Wf,
-        s_hg_b,
-        s_hg_h,
-        s_hg_w,
-        s_hp_b,
-        s_hp_h,
-        s_hp_w,
-        s_off_b,
-        s_off_c,
-        s_off_h,
-        s_off_w,
-        s_ang_b,
-        s_ang_c,
-        s_ang_h,
-        s_ang_w,
-        s_gc_b,
-        s_gc_c,
-        s_pc_b,
-        s_pc_c,
-        s_ga_b,
-        s_pad_b,
-        s_pad_h,
-        s_pad_w,
-        sigma,
-        alpha,
-        beta,
-        pos_threshold,
-        reg_threshold,
-        eps,
-        STRIDE,
-        CELL,
-        FROM_LOGITS,
-        PADDING,
-        cdt,
-    )
-    go = tl.load(go_ptr).to(cdt)
-    b64 = b.to(tl.int64)
-    if NEED_HG or NEED_HP:
-        heat_scale = tl.load(aux_ptr + 5) * go
-    if NEED_HG:
-        g = df_gap * w * heat_scale
-        hn = hard_negative_grad(
-            gc_ptr,
-            s_gc_b,
-            s_gc_c,
-            conf_ptr,
-            s_cf_b,
-            s_cf_k,
-            s_cf_c,
-            aux_ptr + 10,
-            b,
-            ii,
-            jj,
-            K,
-            STRIDE,
-        )
-        hn = hn * (tl.load(aux_ptr + 9) * go)
-        if FROM_LOGITS:
-            hn = hn * (p_gap * q_gap)
-        g += hn
-        tl.store(g_hg_ptr + b64 * HW + cells, g.to(g_hg_ptr.dtype.element_ty), mask=on)
-    if NEED_HP:
-        g = df_piece * w * heat_scale
-        tl.store(g_hp_ptr + b64 * HW + cells, g.to(g_hp_ptr.dtype.element_ty), mask=on)
-    if NEED_OFF:
-        sg = m_gap * (tl.load(aux_ptr + 6) * go)
-        sp = m_piece * (tl.load(aux_ptr + 7) * go)
-        base = g_off_ptr + b64 * 4 * HW + cells
-        ety = g_off_ptr.dtype.element_ty
-        tl.store(base, (ds0 * sg).to(ety), mask=on)
-        tl.store(base + HW, (ds1 * sg).to(ety), mask=on)
-        tl.store(base + 2 * HW, (ds2 * sp).to(ety), mask=on)
-        tl.store(base + 3 * HW, (ds3 * sp).to(ety), mask=on)
-    if NEED_ANG:
-        sa = m_gap * (tl.load(aux_ptr + 8) * go)
-        base = g_ang_ptr + b64 * 2 * HW + cells
-        ety = g_ang_ptr.dtype.element_ty
-        tl.store(base, (dc0 * sa).to(ety), mask=on)
-        tl.store(base + HW, (dc1 * sa).to(ety), mask=on)
+@triton.jit
+def _gap_scale_kernel(go_ptr, g_ptr, N, BLOCK: tl.constexpr):
+    """Backward of the forward-written gradients: g *= upstream gradient, in place; a program
+    whose upstream gradient is 1 reads nothing else and writes nothing."""
+    go = tl.load(go_ptr)
+    if go != 1.0:
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        on = offs < N
+        g = tl.load(g_ptr + offs, mask=on, other=0)
+        tl.store(g_ptr + offs, (g * go.to(g.dtype)).to(g_ptr.dtype.element_ty), mask=on)
 
 
 # ----------------------------------------------------------------------------------- launchers
 
 
-def padding_args(
-    padding_mask: torch.Tensor | None, valid_box: torch.Tensor | None, dummy: torch.Tensor
-) -> tuple[torch.Tensor, int, int, int, int]:
-    """(tensor, stride_b, stride_h, stride_w, mode) for ``cell_weight`` (views only, no copy)."""
-    if padding_mask is not None:
-        pm = mask_view(padding_mask)
-        if pm.dim() == 4:
-            return pm, pm.stride(0), pm.stride(2), pm.stride(3), PADDING_MASK
-        return pm, pm.stride(0), pm.stride(1), pm.stride(2), PADDING_MASK
-    if valid_box is not None:
-        return valid_box, valid_box.stride(0), 0, valid_box.stride(1), VALID_BOX
-    return dummy, 0, 0, 0, NO_PADDING
+def weight_map_spec(padding_mask: torch.Tensor | None, stride: int, cdt: torch.dtype):
+    """dtype of the grid-resolution map launch 1 writes for this padding (None: no map)."""
+    if padding_mask is None:
+        return None
+    if padding_mask.dtype == torch.bool and stride * stride <= 255:
+        return torch.uint8
+    return cdt
 
 
 def _confuser_args(confusers, confuser_mask, dummy):
@@ -672,29 +406,67 @@ def _confuser_args(confusers, confuser_mask, dummy):
     return cf, cf.stride(0), cf.stride(1), cf.stride(2), k, cm, cm.stride(0), cm.stride(1), True
 
 
-def _cell_args(hg, hp, off, ang, gc, pc, ga, pad_strides):
-    return (
-        hg.stride(0),
-        hg.stride(2),
-        hg.stride(3),
-        hp.stride(0),
-        hp.stride(2),
-        hp.stride(3),
-        off.stride(0),
-        off.stride(1),
-        off.stride(2),
-        off.stride(3),
-        ang.stride(0),
-        ang.stride(1),
-        ang.stride(2),
-        ang.stride(3),
-        gc.stride(0),
-        gc.stride(1),
-        pc.stride(0),
-        pc.stride(1),
-        ga.stride(0),
-        *pad_strides,
+def grad_outputs(preds: tuple[torch.Tensor, ...], need: tuple[bool, ...], shared: bool = True):
+    """Contiguous gradient outputs for the predictions in ``need`` (None for the others), as
+    views of one flat buffer (returned too; else None) when ``shared`` and they share a dtype."""
+    wanted = [x for x, n in zip(preds, need) if n]
+    if not wanted:
+        return (None,) * len(preds), None
+    if not shared or len({x.dtype for x in wanted}) > 1:
+        grads = tuple(torch.empty(x.shape, dtype=x.dtype, device=x.device) if n else None
+                      for x, n in zip(preds, need))  # fmt: skip
+        return grads, None
+    buf = torch.empty(
+        sum(x.numel() for x in wanted), dtype=wanted[0].dtype, device=wanted[0].device
     )
+    grads, at = [], 0
+    for x, n in zip(preds, need):
+        grads.append(buf[at : at + x.numel()].view(x.shape) if n else None)
+        at += x.numel() if n else 0
+    return tuple(grads), buf
+
+
+def _main_launch(
+    preds, targets, conf, wsrc, aux, go, part, grads, *, stride, sigma, cell, alpha, beta,
+    pos_threshold, reg_threshold, from_logits, eps,
+):  # fmt: skip
+    """Launch 3 (forward: ``part`` given; backward recompute: ``part`` None)."""
+    hg, hp, off, ang = preds
+    gc, pc, ga = targets
+    cf, s_cf_b, s_cf_k, s_cf_c, k = conf
+    w_src, s_w_b, s_w_h, s_w_w, w_mode = wsrc
+    b, _, hf, wf = hg.shape
+    hw = hf * wf
+    block, warps = main_block(hw)
+    dummy = aux
+    launch(
+        _gap_main_kernel,
+        (triton.cdiv(hw, block), b),
+        hg, hp, off, ang, gc, pc, ga, cf, w_src, aux, go,
+        part if part is not None else dummy,
+        *(g if g is not None else dummy for g in grads),
+        hw, wf, k,
+        hg.stride(0), hg.stride(2), hg.stride(3), hp.stride(0), hp.stride(2), hp.stride(3),
+        *off.stride(), *ang.stride(), gc.stride(0), gc.stride(1), pc.stride(0), pc.stride(1),
+        ga.stride(0), s_w_b, s_w_h, s_w_w, s_cf_b, s_cf_k, s_cf_c,
+        f64_bits(sigma), f64_bits(alpha), f64_bits(beta), f64_bits(pos_threshold),
+        f64_bits(reg_threshold), f64_bits(eps),
+        STRIDE=stride, CELL=bool(cell), FROM_LOGITS=bool(from_logits), W_MODE=w_mode,
+        WRITE_LOSS=part is not None, NEED_HG=grads[0] is not None, NEED_HP=grads[1] is not None,
+        NEED_OFF=grads[2] is not None, NEED_ANG=grads[3] is not None,
+        BLOCK=block, num_warps=warps,
+    )  # fmt: skip
+
+
+def _weight_source(weight_map, valid_box, hg):
+    """(tensor, s_b, s_h, s_w, mode) of W for the main pass: the map of launch 1, else analytic."""
+    if weight_map is not None and weight_map.numel() > 0:
+        mode = COUNT_MAP if weight_map.dtype == torch.uint8 else WEIGHT_MAP
+        hw = hg.shape[2] * hg.shape[3]
+        return weight_map, hw, hg.shape[3], 1, mode
+    pad, s_b, s_h, s_w, mode = padding_args(None, valid_box, hg)
+    assert mode != PADDING_MASK
+    return pad, s_b, s_h, s_w, mode
 
 
 def gap_detection_forward(
@@ -724,105 +496,75 @@ def gap_detection_forward(
     w_hard_negative: float,
     from_logits: bool,
     eps: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launches 1 and 2: returns (total 0-dim, aux [10 + B (1+K)]) in the compute dtype."""
-    hg, hp, off, ang = heatmap_gap, heatmap_piece, offset, angle
+    grads: tuple[torch.Tensor | None, ...] = (None, None, None, None),
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Launches 1 to 4. Returns (total 0-dim, aux [16 + B (1+K)], weight map [B*Hf*Wf] or None);
+    writes the final gradients (upstream gradient 1) into the given ``grads`` (None: not wanted)."""
+    preds = (heatmap_gap, heatmap_piece, offset, angle)
+    hg = heatmap_gap
     b, _, hf, wf = hg.shape
     hw = hf * wf
-    cdt = compute_dtype(hg, hp, off, ang)
+    cdt = compute_dtype(*preds)
     dev = hg.device
-    block, warps = elementwise_block(hw)
+    block, warps = main_block(hw)
     nblk = triton.cdiv(hw, block)
-    partials = torch.empty(b * nblk, NUM_PARTIALS, dtype=cdt, device=dev)
     pad, s_pad_b, s_pad_h, s_pad_w, mode = padding_args(padding_mask, valid_box, hg)
+    map_dtype = weight_map_spec(padding_mask, stride, cdt)
+    wmap = torch.empty(b * hw, dtype=map_dtype, device=dev) if map_dtype is not None else None
+    norm = torch.empty(b * nblk, 4, dtype=cdt, device=dev)
+    launch(
+        _gap_weights_kernel,
+        (nblk, b),
+        gap_center, piece_center, pad, wmap if wmap is not None else norm, norm, hw, wf,
+        gap_center.stride(0), gap_center.stride(1), piece_center.stride(0),
+        piece_center.stride(1), s_pad_b, s_pad_h, s_pad_w, f64_bits(sigma),
+        f64_bits(reg_threshold),
+        STRIDE=stride, CELL=bool(cell), PADDING=mode, COUNT=map_dtype == torch.uint8,
+        BLOCK=block, num_warps=warps,
+    )  # fmt: skip
+
     cf, s_cf_b, s_cf_k, s_cf_c, k, cm, s_cm_b, s_cm_k, has_cm = _confuser_args(
         confusers, confuser_mask, hg
     )
-    cell_args = _cell_args(
-        hg, hp, off, ang, gap_center, piece_center, gap_angle, (s_pad_b, s_pad_h, s_pad_w)
-    )
-    launch(
-        _gap_forward_kernel,
-        (nblk, b),
-        hg,
-        hp,
-        off,
-        ang,
-        gap_center,
-        piece_center,
-        gap_angle,
-        pad,
-        partials,
-        hw,
-        wf,
-        *cell_args,
-        f64_bits(sigma),
-        f64_bits(alpha),
-        f64_bits(beta),
-        f64_bits(pos_threshold),
-        f64_bits(reg_threshold),
-        f64_bits(eps),
-        STRIDE=stride,
-        CELL=bool(cell),
-        FROM_LOGITS=bool(from_logits),
-        PADDING=mode,
-        BLOCK=block,
-        num_warps=warps,
-    )
-    total = torch.empty((), dtype=cdt, device=dev)
     aux = torch.empty(AUX_HEAD + b * (k + 1), dtype=cdt, device=dev)
     block_k = min(next_pow2(k), 32)
-    block_b = max(1, min(next_pow2(b), 512 // block_k))
+    block_b = max(1, min(next_pow2(b), 256 // block_k))
+    wsrc = _weight_source(wmap, valid_box, hg)
     launch(
-        _gap_finalize_kernel,
+        _gap_normalize_kernel,
         (1,),
-        partials,
-        partials.shape[0],
-        hg,
-        gap_center,
-        cf,
-        cm,
-        pad,
-        total,
-        aux,
-        b,
-        k,
-        hf,
-        wf,
-        hg.stride(0),
-        hg.stride(2),
-        hg.stride(3),
-        gap_center.stride(0),
-        gap_center.stride(1),
-        s_cf_b,
-        s_cf_k,
-        s_cf_c,
-        s_cm_b,
-        s_cm_k,
-        s_pad_b,
-        s_pad_h,
-        s_pad_w,
-        f64_bits(margin),
-        f64_bits(w_heatmap),
-        f64_bits(w_offset),
-        f64_bits(w_angle),
-        f64_bits(w_hard_negative),
-        f64_bits(eps),
-        STRIDE=stride,
-        FROM_LOGITS=bool(from_logits),
-        PADDING=mode,
-        HAS_CMASK=has_cm,
-        BLOCK_P=FINALIZE_BLOCK_P,
-        BLOCK_B=block_b,
-        BLOCK_K=block_k,
-        num_warps=4,
-    )
-    return total, aux
+        norm, norm.shape[0], hg, gap_center, cf, cm, wsrc[0], aux, b, k, hf, wf,
+        hg.stride(0), hg.stride(2), hg.stride(3), gap_center.stride(0), gap_center.stride(1),
+        s_cf_b, s_cf_k, s_cf_c, s_cm_b, s_cm_k, *wsrc[1:4],
+        f64_bits(margin), f64_bits(w_heatmap), f64_bits(w_offset), f64_bits(w_angle),
+        f64_bits(w_hard_negative), f64_bits(eps),
+        STRIDE=stride, FROM_LOGITS=bool(from_logits), W_MODE=wsrc[4], HAS_CMASK=has_cm,
+        BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4,
+    )  # fmt: skip
+
+    part = torch.empty(b * nblk, 8, dtype=cdt, device=dev)
+    _main_launch(
+        preds, (gap_center, piece_center, gap_angle), (cf, s_cf_b, s_cf_k, s_cf_c, k),
+        wsrc, aux, aux[AUX_UNIT:], part, grads,
+        stride=stride, sigma=sigma, cell=cell, alpha=alpha, beta=beta,
+        pos_threshold=pos_threshold, reg_threshold=reg_threshold, from_logits=from_logits,
+        eps=eps,
+    )  # fmt: skip
+    total = torch.empty((), dtype=cdt, device=dev)
+    launch(
+        _gap_total_kernel,
+        (1,),
+        part, part.shape[0], aux, total, f64_bits(w_heatmap), f64_bits(w_offset),
+        f64_bits(w_angle), f64_bits(w_hard_negative),
+        BLOCK_P=FINALIZE_BLOCK_P, num_warps=4,
+    )  # fmt: skip
+    return total, aux, wmap
 
 
 def gap_detection_backward(
     grad_total: torch.Tensor,
     aux: torch.Tensor,
+    weight_map: torch.Tensor | None,
     heatmap_gap: torch.Tensor,
     heatmap_piece: torch.Tensor,
     offset: torch.Tensor,
@@ -831,7 +573,6 @@ def gap_detection_backward(
     piece_center: torch.Tensor,
     gap_angle: torch.Tensor,
     confusers: torch.Tensor | None,
-    padding_mask: torch.Tensor | None,
     valid_box: torch.Tensor | None,
     need: tuple[bool, bool, bool, bool],
     *,
@@ -845,59 +586,39 @@ def gap_detection_backward(
     from_logits: bool,
     eps: float,
 ) -> tuple[torch.Tensor | None, ...]:
-    """Launch 3: the gradients of the 4 predictions (None where ``need`` is False), contiguous, in
-    each prediction's dtype. ``grad_total`` is the upstream gradient (0-dim, read in the kernel)."""
-    hg, hp, off, ang = heatmap_gap, heatmap_piece, offset, angle
-    b, _, hf, wf = hg.shape
-    hw = hf * wf
-    block, warps = elementwise_block(hw)
-    nblk = triton.cdiv(hw, block)
-    grads = tuple(
-        torch.empty(x.shape, dtype=x.dtype, device=x.device) if n else None
-        for x, n in zip((hg, hp, off, ang), need)
-    )
-    pad, s_pad_b, s_pad_h, s_pad_w, mode = padding_args(padding_mask, valid_box, hg)
-    cf, s_cf_b, s_cf_k, s_cf_c, k, _, _, _, _ = _confuser_args(confusers, None, hg)
-    cell_args = _cell_args(
-        hg, hp, off, ang, gap_center, piece_center, gap_angle, (s_pad_b, s_pad_h, s_pad_w)
-    )
-    launch(
-        _gap_backward_kernel,
-        (nblk, b),
-        grad_total,
-        aux,
-        hg,
-        hp,
-        off,
-        ang,
-        gap_center,
-        piece_center,
-        gap_angle,
-        pad,
-        cf,
-        *(g if g is not None else aux for g in grads),
-        hw,
-        wf,
-        k,
-        *cell_args,
-        s_cf_b,
-        s_cf_k,
-        s_cf_c,
-        f64_bits(sigma),
-        f64_bits(alpha),
-        f64_bits(beta),
-        f64_bits(pos_threshold),
-        f64_bits(reg_threshold),
-        f64_bits(eps),
-        STRIDE=stride,
-        CELL=bool(cell),
-        FROM_LOGITS=bool(from_logits),
-        PADDING=mode,
-        NEED_HG=bool(need[0]),
-        NEED_HP=bool(need[1]),
-        NEED_OFF=bool(need[2]),
-        NEED_ANG=bool(need[3]),
-        BLOCK=block,
-        num_warps=warps,
-    )
+    """Launch 3 again, gradients only, scaled by ``grad_total`` (0-dim, read in the kernel):
+    contiguous, in each prediction's dtype, None where ``need`` is False."""
+    preds = (heatmap_gap, heatmap_piece, offset, angle)
+    grads, _ = grad_outputs(preds, need, shared=False)  # op outputs may not alias
+    cf, s_cf_b, s_cf_k, s_cf_c, k, _, _, _, _ = _confuser_args(confusers, None, heatmap_gap)
+    _main_launch(
+        preds, (gap_center, piece_center, gap_angle), (cf, s_cf_b, s_cf_k, s_cf_c, k),
+        _weight_source(weight_map, valid_box, heatmap_gap), aux, grad_total, None, grads,
+        stride=stride, sigma=sigma, cell=cell, alpha=alpha, beta=beta,
+        pos_threshold=pos_threshold, reg_threshold=reg_threshold, from_logits=from_logits,
+        eps=eps,
+    )  # fmt: skip
     return grads
+
+
+SCALE_BLOCK = 1024
+
+
+def scale_gradients_(grad_total: torch.Tensor, buf: torch.Tensor) -> None:
+    """``buf *= grad_total`` in place (one launch; nothing moves when grad_total is 1)."""
+    n = buf.numel()
+    if n:
+        launch(_gap_scale_kernel, (triton.cdiv(n, SCALE_BLOCK),), grad_total, buf, n,
+               BLOCK=SCALE_BLOCK, num_warps=4)  # fmt: skip
+
+
+__all__ = [
+    "AUX_HEAD",
+    "NO_PADDING",
+    "VALID_BOX",
+    "gap_detection_backward",
+    "gap_detection_forward",
+    "grad_outputs",
+    "scale_gradients_",
+    "weight_map_spec",
+]

@@ -138,10 +138,26 @@ def gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dtype) -
     return out
 
 
+# Padding modes of ``primitives.cell_weight`` for the user's padding arguments.
+NO_PADDING, PADDING_MASK, VALID_BOX = 0, 1, 2
+
+
+def padding_args(
+    padding_mask: torch.Tensor | None, valid_box: torch.Tensor | None, dummy: torch.Tensor
+) -> tuple[torch.Tensor, int, int, int, int]:
+    """(tensor, stride_b, stride_h, stride_w, mode) for ``cell_weight`` (views only, no copy)."""
+    if padding_mask is not None:
+        pm = mask_view(padding_mask)
+        if pm.dim() == 4:
+            return pm, pm.stride(0), pm.stride(2), pm.stride(3), PADDING_MASK
+        return pm, pm.stride(0), pm.stride(1), pm.stride(2), PADDING_MASK
+    if valid_box is not None:
+        return valid_box, valid_box.stride(0), 0, valid_box.stride(1), VALID_BOX
+    return dummy, 0, 0, 0, NO_PADDING
+
+
 def padding_weight(padding_mask, valid_box, size, stride, dtype) -> torch.Tensor:
     """W [B,1,Hf,Wf] in ``dtype`` (1 launch); one of padding_mask / valid_box is given."""
-    from .gap_detection import padding_args
-
     src = padding_mask if padding_mask is not None else valid_box
     b = src.shape[0]
     hf, wf = size

@@ -203,6 +203,22 @@ def tent(t):
 
 
 @triton.jit
+def padding_block_sum(ptr, b, ci, cj, s_b, s_h, s_w, on, STRIDE: tl.constexpr, cdt: tl.constexpr):
+    """Sum of the full-resolution padding mask over the stride x stride pixel block of cell (ci, cj)
+    of image b (mask [B,(1,)H,W], any dtype, strides s_b, s_h, s_w), in dtype ``cdt``."""
+    acc = tl.zeros(ci.shape, cdt)
+    base = ptr + b.to(tl.int64) * s_b
+    row0 = ci.to(tl.int64) * STRIDE
+    col0 = cj.to(tl.int64) * STRIDE
+    for t in range(0, STRIDE * STRIDE):
+        dy = t // STRIDE
+        dx = t % STRIDE
+        v = tl.load(base + (row0 + dy) * s_h + (col0 + dx) * s_w, mask=on, other=0)
+        acc += v.to(cdt)
+    return acc
+
+
+@triton.jit
 def cell_weight(
     ptr, b, ci, cj, s_b, s_h, s_w, on, STRIDE: tl.constexpr, MODE: tl.constexpr, cdt: tl.constexpr
 ):
@@ -214,20 +230,14 @@ def cell_weight(
     MODE 2: valid_box [B,4] (x0, y0, x1, y1) pixels (strides s_b, s_w): W = cy * cx with
             cy = max(min(ci s + s, y1) - max(ci s, y0), 0) / s (the same along x), no full-res mask.
     MODE 3: a weight map at grid resolution [B,1,Hf,Wf] (strides s_b, s_h, s_w): W = map[b,ci,cj].
+    MODE 4: a map at grid resolution of the padding pixels per cell (``padding_block_sum`` of a
+            bool mask, stored as integers): W = 1 - map[b,ci,cj] / stride^2, bit for bit MODE 1.
     """
     one = tl.full(ci.shape, 1.0, cdt)
     if MODE == 0:
         w = one
     elif MODE == 1:
-        acc = tl.zeros(ci.shape, cdt)
-        base = ptr + b.to(tl.int64) * s_b
-        row0 = ci.to(tl.int64) * STRIDE
-        col0 = cj.to(tl.int64) * STRIDE
-        for t in range(0, STRIDE * STRIDE):
-            dy = t // STRIDE
-            dx = t % STRIDE
-            v = tl.load(base + (row0 + dy) * s_h + (col0 + dx) * s_w, mask=on, other=0)
-            acc += v.to(cdt)
+        acc = padding_block_sum(ptr, b, ci, cj, s_b, s_h, s_w, on, STRIDE, cdt)
         w = 1.0 - acc / (STRIDE * STRIDE)
     elif MODE == 2:
         base = ptr + (b.to(tl.int64) * s_b + tl.zeros(ci.shape, tl.int64))
@@ -240,9 +250,12 @@ def cell_weight(
         cy = tl.maximum(tl.minimum(lo_y + STRIDE, y1) - tl.maximum(lo_y, y0), 0.0) / STRIDE
         cx = tl.maximum(tl.minimum(lo_x + STRIDE, x1) - tl.maximum(lo_x, x0), 0.0) / STRIDE
         w = cy * cx
-    else:
+    elif MODE == 3:
         off = b.to(tl.int64) * s_b + ci.to(tl.int64) * s_h + cj.to(tl.int64) * s_w
         w = tl.load(ptr + off, mask=on, other=0).to(cdt)
+    else:
+        off = b.to(tl.int64) * s_b + ci.to(tl.int64) * s_h + cj.to(tl.int64) * s_w
+        w = 1.0 - tl.load(ptr + off, mask=on, other=0).to(cdt) / (STRIDE * STRIDE)
     return tl.where(on, w, one)
 
 
