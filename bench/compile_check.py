@@ -292,7 +292,7 @@ def _compile(launch: Launch, arch: int, bound) -> Report:
     return report
 
 
-def compile_all(launches: list[Launch], archs=ARCHS) -> list[Report]:
+def compile_all(launches: list[Launch], archs=ARCHS, only: str = "") -> list[Report]:
     """Compile each distinct specialisation once per arch (fresh Triton cache: ptxas always runs,
     so its register report is always read)."""
     import triton
@@ -310,6 +310,8 @@ def compile_all(launches: list[Launch], archs=ARCHS) -> list[Report]:
                 backend = make_backend(GPUTarget("cuda", arch, 32))
                 seen = set()
                 for launch in launches:
+                    if only not in launch.kernel.fn.__name__:
+                        continue
                     bound = _bind(launch, backend)
                     if bound[0] in seen:
                         continue
@@ -372,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="default: 80 90")
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--markdown", action="store_true", help="a Markdown table")
+    parser.add_argument("--only", default="", help="only kernels whose name contains this")
     args = parser.parse_args(argv)
     import torch
     import triton
@@ -382,7 +385,7 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
-    reports = compile_all(record_launches(args.dtype), args.arch)
+    reports = compile_all(record_launches(args.dtype), args.arch, args.only)
     print(table(reports, args.markdown))
     problems = summarize(reports)
     print(f"\n{len(reports)} compiled specialisations, {len(problems)} over budget or failing")

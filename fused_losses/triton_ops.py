@@ -43,8 +43,7 @@ _GAP_OPTIONS = (
     "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "from_logits", "eps",
 )  # fmt: skip
 _GAP_BWD_OPTIONS = (
-    "stride", "sigma", "cell", "alpha", "beta", "pos_threshold", "reg_threshold", "from_logits",
-    "eps",
+    "stride", "sigma", "alpha", "beta", "pos_threshold", "reg_threshold", "from_logits", "eps",
 )  # fmt: skip
 
 
@@ -126,9 +125,6 @@ def _gap_bwd_impl(
     heatmap_piece: Tensor,
     offset: Tensor,
     angle: Tensor,
-    gap_center: Tensor,
-    piece_center: Tensor,
-    gap_angle: Tensor,
     confusers: Optional[Tensor],  # noqa: UP045
     valid_box: Optional[Tensor],  # noqa: UP045
     need_heatmap_gap: bool,
@@ -137,7 +133,6 @@ def _gap_bwd_impl(
     need_angle: bool,
     stride: int,
     sigma: float,
-    cell: bool,
     alpha: float,
     beta: float,
     pos_threshold: float,
@@ -154,15 +149,11 @@ def _gap_bwd_impl(
         heatmap_piece,
         offset,
         angle,
-        gap_center,
-        piece_center,
-        gap_angle,
         confusers,
         valid_box,
         (need_heatmap_gap, need_heatmap_piece, need_offset, need_angle),
         stride=stride,
         sigma=sigma,
-        cell=cell,
         alpha=alpha,
         beta=beta,
         pos_threshold=pos_threshold,
@@ -183,12 +174,12 @@ _N_FWD_ARGS = 11 + len(_GAP_OPTIONS) + 5  # tensors, options, need flags, store_
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    hg, hp, off, ang, gc, pc, ga, conf, _cmask, _pmask, vbox = inputs[:11]
+    hg, hp, off, ang, _gc, _pc, _ga, conf, _cmask, _pmask, vbox = inputs[:11]
     opts = dict(zip(_GAP_OPTIONS, inputs[11 : 11 + len(_GAP_OPTIONS)]))
     _, aux, buf, wmap = output
     ctx.mark_non_differentiable(aux, buf, wmap)
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(hg, hp, off, ang, gc, pc, ga, conf, vbox, aux, wmap)
+    ctx.save_for_backward(hg, hp, off, ang, conf, vbox, aux, wmap)
     # The stored gradients are not saved tensors: they are scaled in place by the first backward
     # (a retained graph's later backwards recompute instead).
     ctx.stored = buf if buf.numel() > 0 else None
@@ -205,7 +196,7 @@ def _backward(ctx, grad_total, *_unused):
             "gap_detection_loss (triton backend): double backward (create_graph=True) is not "
             "supported; use backend='torch' or compute the gradient penalty another way"
         )
-    hg, hp, off, ang, gc, pc, ga, conf, vbox, aux, wmap = ctx.saved_tensors
+    hg, hp, off, ang, conf, vbox, aux, wmap = ctx.saved_tensors
     preds = (hg, hp, off, ang)
     if ctx.stored is not None:
         buf, ctx.stored = ctx.stored, None
@@ -215,7 +206,7 @@ def _backward(ctx, grad_total, *_unused):
             grads.append(buf[at : at + x.numel()].view(x.shape) if n else None)
             at += x.numel() if n else 0
         return tuple(grads) + none[4:]
-    grads = _gap_bwd(grad_total, aux, wmap, *preds, gc, pc, ga, conf, vbox, *need, *ctx.bwd_opts)
+    grads = _gap_bwd(grad_total, aux, wmap, *preds, conf, vbox, *need, *ctx.bwd_opts)
     return tuple(g if n else None for g, n in zip(grads, need)) + none[4:]
 
 
@@ -245,7 +236,7 @@ def _gap_fwd_fake(
     map_dtype = _gap.weight_map_spec(padding_mask, stride, cdt)
     return (
         heatmap_gap.new_empty((), dtype=cdt),
-        heatmap_gap.new_empty(_gap.AUX_HEAD + b * (k + 1), dtype=cdt),
+        heatmap_gap.new_empty(_gap.aux_size(b, k), dtype=cdt),
         heatmap_gap.new_empty(n_buf, dtype=buf_dtype if n_buf else cdt),
         heatmap_gap.new_empty(b * hf * wf if map_dtype else 0, dtype=map_dtype or cdt),
     )
@@ -253,7 +244,7 @@ def _gap_fwd_fake(
 
 def _gap_bwd_fake(grad_total, aux, weight_map, heatmap_gap, heatmap_piece, offset, angle, *rest):
     preds = (heatmap_gap, heatmap_piece, offset, angle)
-    need = rest[5:9]
+    need = rest[2:6]
     g0, g1, g2, g3 = (x.new_empty(x.shape) if n else aux.new_empty(0) for x, n in zip(preds, need))
     return g0, g1, g2, g3
 

@@ -33,33 +33,34 @@ program returns at once when it is 1 (the usual ``loss.backward()``), so no byte
 second backward through a retained graph) launch 3 runs again with the real upstream gradient and
 writes the gradients only.
 
-Bytes per launch at B=1024, 64x128 maps (8192 cells), stride 4, bool padding mask (16 B/cell),
+Bytes per launch at B=1024, 64x128 maps (8192 cells), K=4, stride 4, bool padding mask (16 B/cell),
 float32 predictions (8 channels, 32 B/cell) and gradients (32 B/cell); MB = 1e6 bytes:
 
-======================================  ==========  ==========  ===========================
-launch                                  reads (MB)  writes (MB)  note
-======================================  ==========  ==========  ===========================
-1 weights (mask -> uint8 count map)         134.2         8.4   + 0.2 MB partials
-2 normalize (1 program)                       0.2         0.1   partials, 1+K samples/image
-3 main (loss partials + gradients)          276.8       268.4   predictions + count map
-4 total (1 program)                           0.4         0.0
-backward, upstream gradient == 1              0.0         0.0   one 4-byte read per program
---------------------------------------  ----------  ----------  ---------------------------
-forward + backward                          411.6       276.9   688.5 MB
-floor: predictions + mask read once,        402.7       268.4   671.1 MB -> 97.5% of floor
+======================================  ==========  ===========  ==============================
+launch                                  reads (MB)  writes (MB)  what
+======================================  ==========  ===========  ==============================
+1 weights                                    134.2          8.9  mask; uint8 count map, partials
+2 normalize (1 program)                        0.7          0.1  partials, 1+K samples/image
+3 main (loss partials + gradients)           276.8        269.5  predictions + count map
+4 total (1 program)                            1.0          0.0  partials
+backward, upstream gradient == 1               0.3          0.0  one 4-byte read per program
+--------------------------------------  ----------  -----------  ------------------------------
+forward + backward                           413.0        278.5  691.5 MB
+floor: predictions and mask read once,       402.7        268.4  671.1 MB: 97.0% of the floor
 gradients written once
-======================================  ==========  ==========  ===========================
+======================================  ==========  ===========  ==============================
 
 With an upstream gradient other than 1 the in-place scaling reads and writes the gradients once
-more (+537 MB: 56% of the floor). At B=8 the same design costs 4 forward launches + 1 backward
-launch (the previous design: 2 + 1) for 5.4 MB instead of 8.4 MB: at that size launch latency,
-not bytes, sets the time, so the two extra launches cost a few microseconds there.
+more (+537 MB: 55% of the floor). At B=8 the forward costs 4 launches and the backward 1 (the
+previous design: 2 + 1) for 5.4 MB instead of 8.4 MB: at that size launch latency, not bytes,
+sets the time, so the extra launches cost a few microseconds there and save nothing measurable.
 
 ``aux`` layout (compute dtype): [0:5] components (heatmap_gap, heatmap_piece, offset, angle,
 hard_negative); [5:10] gradient scales w_heatmap / (sum W + eps), w_offset / (sum m_gap + eps),
 w_offset / (sum m_piece + eps), w_angle / (sum m_gap + eps), w_hard_negative / max(#valid, 1);
 [10] 1.0 (the upstream gradient of the forward's gradients); [11:14] the denominators
-sum W + eps, sum m_gap + eps, sum m_piece + eps; [16:] coef [B, 1+K] (``hard_negative_block``).
+sum W + eps, sum m_gap + eps, sum m_piece + eps; [16:16+2B] (sin, cos) of each image's target
+angle; [16+2B:] coef [B, 1+K] (``hard_negative_block``).
 
 Arithmetic runs in float32 (float64 when a prediction is float64); the loss comes back in that dtype.
 """
@@ -79,17 +80,19 @@ from .primitives import (
     focal_terms,
     gaussian,
     hard_negative_block,
-    hard_negative_grad,
     keep_float64,
     label_center,
     offset_target,
     option,
     padding_block_sum,
     smooth_l1_terms,
+    tent,
 )
 from .reduce import interpreting
 
-AUX_HEAD = 16
+# aux layout (module docstring); constexprs, since @triton.jit code reads them.
+AUX_HEAD: tl.constexpr = tl.constexpr(16)
+IMG_COLS: tl.constexpr = tl.constexpr(10)  # per-image table columns
 AUX_UNIT = 10  # aux[AUX_UNIT] = 1.0: the upstream gradient the forward's gradients are scaled by
 FINALIZE_BLOCK_P = 128  # partial rows per pass of the one-program kernels (tests lower it)
 # Padding-weight sources of the main pass (``cell_weight`` modes): besides NO_PADDING / VALID_BOX,
@@ -97,11 +100,12 @@ WEIGHT_MAP, COUNT_MAP = 3, 4  # the map launch 1 wrote (W itself, or padding pix
 
 
 def main_block(n: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) of the passes over the maps: 2 cells per thread keeps the main pass
-    (labels, four heads, gradients) within 128 registers; the interpreter prefers wide blocks."""
+    """(BLOCK, num_warps) of the passes over the maps: one cell per thread keeps the main pass
+    (labels, four heads, gradients) near 48 registers in float32 (62% occupancy on an H100, by
+    ``python -m bench.compile_check``); the interpreter prefers wide blocks."""
     if interpreting():
         return min(triton.next_power_of_2(max(n, 1)), 4096), 4
-    return min(triton.next_power_of_2(max(n, 1)), 512), 8
+    return min(triton.next_power_of_2(max(n, 1)), 256), 8
 
 
 @triton.jit
@@ -184,25 +188,65 @@ def _pick(sums, cols, k):
     do_not_specialize=["margin", "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "eps"]
 )
 def _gap_normalize_kernel(
-    norm_ptr, P, hg_ptr, gc_ptr, conf_ptr, cmask_ptr, w_ptr, aux_ptr, B, K, Hf, Wf,
-    s_hg_b, s_hg_h, s_hg_w, s_gc_b, s_gc_c, s_cf_b, s_cf_k, s_cf_c, s_cm_b, s_cm_k,
-    s_w_b, s_w_h, s_w_w, margin, w_heatmap, w_offset, w_angle, w_hard_negative, eps,
-    STRIDE: tl.constexpr, FROM_LOGITS: tl.constexpr, W_MODE: tl.constexpr,
-    HAS_CMASK: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    norm_ptr, P, hg_ptr, gc_ptr, pc_ptr, ga_ptr, conf_ptr, cmask_ptr, w_ptr, aux_ptr, B, K, Hf,
+    Wf, s_hg_b, s_hg_h, s_hg_w, s_gc_b, s_gc_c, s_pc_b, s_pc_c, s_ga_b, s_cf_b, s_cf_k, s_cf_c,
+    s_cm_b, s_cm_k, s_w_b, s_w_h, s_w_w, margin, w_heatmap, w_offset, w_angle, w_hard_negative,
+    eps, STRIDE: tl.constexpr, CELL: tl.constexpr, FROM_LOGITS: tl.constexpr,
+    W_MODE: tl.constexpr, HAS_CMASK: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
-    """Launch 2 (one program): denominators, gradient scales and the hard negatives (confuser
-    validity reads W from launch 1's map, or analytically)."""
+    """Launch 2 (one program): denominators, gradient scales, the hard negatives (confuser
+    validity reads W from launch 1's map, or analytically) and the per-image table of the main
+    pass (label centres, offset targets, sin/cos of the angle, sample coordinates): scalar work
+    whose correctly rounded divisions and sin/cos would otherwise cost the main pass registers."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     sums, cols = _column_sums(norm_ptr, P, 4, BLOCK_P)
     e = option(eps, cdt)
     heat_den = _pick(sums, cols, 0) + e
     gap_den = _pick(sums, cols, 1) + e
     piece_den = _pick(sums, cols, 2) + e
+    coef_ptr = aux_ptr + AUX_HEAD + IMG_COLS * B
     hinge_sum, count = hard_negative_block(
         hg_ptr, s_hg_b, s_hg_h, s_hg_w, gc_ptr, s_gc_b, s_gc_c, conf_ptr, s_cf_b, s_cf_k, s_cf_c,
-        cmask_ptr, s_cm_b, s_cm_k, w_ptr, s_w_b, s_w_h, s_w_w, aux_ptr + 16, B, K, Hf, Wf,
+        cmask_ptr, s_cm_b, s_cm_k, w_ptr, s_w_b, s_w_h, s_w_w, coef_ptr, B, K, Hf, Wf,
         option(margin, cdt), STRIDE, W_MODE, HAS_CMASK, FROM_LOGITS, BLOCK_B, BLOCK_K, cdt,
     )  # fmt: skip
+    uv_ptr = coef_ptr + B * (K + 1)
+    rows = tl.arange(0, BLOCK_B)
+    cols_k = tl.arange(0, BLOCK_K)
+    for b0 in range(0, B, BLOCK_B):
+        bb = b0 + rows
+        on = bb < B
+        b64 = bb.to(tl.int64)
+        ug = coord_grid(tl.load(gc_ptr + b64 * s_gc_b, mask=on, other=0), STRIDE, cdt)
+        vg = coord_grid(tl.load(gc_ptr + b64 * s_gc_b + s_gc_c, mask=on, other=0), STRIDE, cdt)
+        up = coord_grid(tl.load(pc_ptr + b64 * s_pc_b, mask=on, other=0), STRIDE, cdt)
+        vp = coord_grid(tl.load(pc_ptr + b64 * s_pc_b + s_pc_c, mask=on, other=0), STRIDE, cdt)
+        theta = keep_float64(tl.load(ga_ptr + b64 * s_ga_b, mask=on, other=0), cdt)
+        row = aux_ptr + AUX_HEAD + IMG_COLS * b64
+        tl.store(row + 0, label_center(ug, CELL).to(cdt), mask=on)
+        tl.store(row + 1, label_center(vg, CELL).to(cdt), mask=on)
+        tl.store(row + 2, label_center(up, CELL).to(cdt), mask=on)
+        tl.store(row + 3, label_center(vp, CELL).to(cdt), mask=on)
+        tl.store(row + 4, offset_target(ug).to(cdt), mask=on)
+        tl.store(row + 5, offset_target(vg).to(cdt), mask=on)
+        tl.store(row + 6, offset_target(up).to(cdt), mask=on)
+        tl.store(row + 7, offset_target(vp).to(cdt), mask=on)
+        tl.store(row + 8, tl.sin(theta).to(cdt), mask=on)
+        tl.store(row + 9, tl.cos(theta).to(cdt), mask=on)
+        # Sample coordinates (u, v) [B, 1+K, 2]: the gap centre, then the confusers.
+        uv = uv_ptr + b64 * (2 * (K + 1))
+        tl.store(uv, ug.to(cdt), mask=on)
+        tl.store(uv + 1, vg.to(cdt), mask=on)
+        for k0 in range(0, K, BLOCK_K):
+            k = k0 + cols_k
+            on2 = on[:, None] & (k < K)[None, :]
+            nb = conf_ptr + b64[:, None] * s_cf_b + k[None, :].to(tl.int64) * s_cf_k
+            nu = coord_grid(tl.load(nb, mask=on2, other=0), STRIDE, cdt)
+            nv = coord_grid(tl.load(nb + s_cf_c, mask=on2, other=0), STRIDE, cdt)
+            dst = uv[:, None] + 2 * (1 + k[None, :])
+            tl.store(dst, nu.to(cdt), mask=on2)
+            tl.store(dst + 1, nv.to(cdt), mask=on2)
     hn_den = tl.maximum(count, 1.0)
     wo = option(w_offset, cdt)
     tl.store(aux_ptr + 4, hinge_sum / hn_den)
@@ -222,29 +266,45 @@ def _store_grad(ptr, g, mask):
     tl.store(ptr, g.to(ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _samples_grad(coef_ptr, uv_ptr, b, ii, jj, K):
+    """sum over the 1+K samples s of image b of coef[b, s] tent(u_s - j) tent(v_s - i): the
+    bilinear samples' gradient at cells (ii, jj), without atomics."""
+    cdt: tl.constexpr = ii.dtype
+    base = b.to(tl.int64) * (K + 1)
+    g = tl.zeros(ii.shape, cdt)
+    for s in range(0, K + 1):
+        c = tl.load(coef_ptr + base + s)
+        u = tl.load(uv_ptr + 2 * (base + s))
+        v = tl.load(uv_ptr + 2 * (base + s) + 1)
+        g += tent(u - jj) * tent(v - ii) * c
+    return g
+
+
 _CELL_OPTIONS = ["sigma", "alpha", "beta", "pos_threshold", "reg_threshold", "eps"]
 
 
 @triton.jit(do_not_specialize=_CELL_OPTIONS)
 def _gap_main_kernel(
-    hg_ptr, hp_ptr, off_ptr, ang_ptr, gc_ptr, pc_ptr, ga_ptr, conf_ptr, w_ptr,
-    aux_ptr, go_ptr, part_ptr, g_hg_ptr, g_hp_ptr, g_off_ptr, g_ang_ptr, HW, Wf, K,
+    hg_ptr, hp_ptr, off_ptr, ang_ptr, w_ptr, aux_ptr, go_ptr, part_ptr,
+    g_hg_ptr, g_hp_ptr, g_off_ptr, g_ang_ptr, HW, Wf, K,
     s_hg_b, s_hg_h, s_hg_w, s_hp_b, s_hp_h, s_hp_w, s_off_b, s_off_c, s_off_h, s_off_w,
-    s_ang_b, s_ang_c, s_ang_h, s_ang_w, s_gc_b, s_gc_c, s_pc_b, s_pc_c, s_ga_b,
-    s_w_b, s_w_h, s_w_w, s_cf_b, s_cf_k, s_cf_c,
+    s_ang_b, s_ang_c, s_ang_h, s_ang_w, s_w_b, s_w_h, s_w_w,
     sigma, alpha, beta, pos_threshold, reg_threshold, eps,
-    STRIDE: tl.constexpr, CELL: tl.constexpr, FROM_LOGITS: tl.constexpr, W_MODE: tl.constexpr,
+    STRIDE: tl.constexpr, FROM_LOGITS: tl.constexpr, W_MODE: tl.constexpr,
     WRITE_LOSS: tl.constexpr, NEED_HG: tl.constexpr, NEED_HP: tl.constexpr,
     NEED_OFF: tl.constexpr, NEED_ANG: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Launch 3: loss partials and/or final gradients of one block of cells of one image.
 
-    Heads are handled one after another (load, value, gradient, store, reduce) so that only one
-    head's values are live at a time. Gradients go to contiguous [B, C, Hf, Wf] outputs.
+    Per-image values come from launch 2's table in ``aux``. Heads are handled one after another
+    (load, value, gradient, store, reduce) so that only one head's values are live at a time.
+    Gradients go to contiguous [B, C, Hf, Wf] outputs.
     """
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     pid = tl.program_id(0)
     b = tl.program_id(1)
+    B = tl.num_programs(1)
     b64 = b.to(tl.int64)
     cells = pid * BLOCK + tl.arange(0, BLOCK)
     on = cells < HW
@@ -259,10 +319,10 @@ def _gap_main_kernel(
     pos_threshold = option(pos_threshold, cdt)
     eps = option(eps, cdt)
     reg_t = option(reg_threshold, cdt)
-    y_gap, y_piece, ug, vg, up, vp = _cell_labels(
-        gc_ptr, pc_ptr, b, ii, jj, s_gc_b, s_gc_c, s_pc_b, s_pc_c, option(sigma, cdt), STRIDE,
-        CELL, cdt,
-    )  # fmt: skip
+    sig = option(sigma, cdt)
+    row = aux_ptr + AUX_HEAD + IMG_COLS * b64
+    y_gap = gaussian(ii, jj, tl.load(row + 0), tl.load(row + 1), sig, sig)
+    y_piece = gaussian(ii, jj, tl.load(row + 2), tl.load(row + 3), sig, sig)
     w = cell_weight(w_ptr, b, i, j, s_w_b, s_w_h, s_w_w, on, STRIDE, W_MODE, cdt)
     w = tl.where(on, w, 0.0)
     m_gap = tl.where(y_gap > reg_t, w, 0.0)
@@ -278,10 +338,8 @@ def _gap_main_kernel(
         tl.store(out + 0, tl.sum(tl.where(on, f * w, 0.0), axis=0))
     if NEED_HG:
         g = df * w * (tl.load(aux_ptr + 5) * go)
-        hn = hard_negative_grad(
-            gc_ptr, s_gc_b, s_gc_c, conf_ptr, s_cf_b, s_cf_k, s_cf_c, aux_ptr + 16, b, ii, jj, K,
-            STRIDE,
-        )  # fmt: skip
+        coef_ptr = aux_ptr + AUX_HEAD + IMG_COLS * B
+        hn = _samples_grad(coef_ptr, coef_ptr + B * (K + 1), b, ii, jj, K)
         hn = hn * (tl.load(aux_ptr + 9) * go)
         if FROM_LOGITS:
             hn = hn * (p * q)
@@ -299,36 +357,33 @@ def _gap_main_kernel(
     o = off_ptr + b64 * s_off_b + i64 * s_off_h + j64 * s_off_w
     g_off = g_off_ptr + b64 * 4 * HW + cells
     sg = m_gap * (tl.load(aux_ptr + 6) * go)
-    s0, d0 = smooth_l1_terms(tl.load(o, mask=on, other=0).to(cdt) - offset_target(ug).to(cdt), 1.0)
+    s0, d0 = smooth_l1_terms(tl.load(o, mask=on, other=0).to(cdt) - tl.load(row + 4), 1.0)
     if NEED_OFF:
         _store_grad(g_off, d0 * sg, on)
-    s1, d1 = smooth_l1_terms(
-        tl.load(o + s_off_c, mask=on, other=0).to(cdt) - offset_target(vg).to(cdt), 1.0
-    )
+    s1, d1 = smooth_l1_terms(tl.load(o + s_off_c, mask=on, other=0).to(cdt) - tl.load(row + 5), 1.0)
     if NEED_OFF:
         _store_grad(g_off + HW, d1 * sg, on)
     if WRITE_LOSS:
         tl.store(out + 2, tl.sum(tl.where(on, (s0 + s1) * m_gap, 0.0), axis=0))
     sp = m_piece * (tl.load(aux_ptr + 7) * go)
     s2, d2 = smooth_l1_terms(
-        tl.load(o + 2 * s_off_c, mask=on, other=0).to(cdt) - offset_target(up).to(cdt), 1.0
+        tl.load(o + 2 * s_off_c, mask=on, other=0).to(cdt) - tl.load(row + 6), 1.0
     )
     if NEED_OFF:
         _store_grad(g_off + 2 * HW, d2 * sp, on)
     s3, d3 = smooth_l1_terms(
-        tl.load(o + 3 * s_off_c, mask=on, other=0).to(cdt) - offset_target(vp).to(cdt), 1.0
+        tl.load(o + 3 * s_off_c, mask=on, other=0).to(cdt) - tl.load(row + 7), 1.0
     )
     if NEED_OFF:
         _store_grad(g_off + 3 * HW, d3 * sp, on)
     if WRITE_LOSS:
         tl.store(out + 3, tl.sum(tl.where(on, (s2 + s3) * m_piece, 0.0), axis=0))
 
-    # Angle: sin/cos of the target in the compute dtype (float64 for a float64 angle).
-    theta = keep_float64(tl.load(ga_ptr + b64 * s_ga_b), cdt)
+    # Angle.
     a = ang_ptr + b64 * s_ang_b + i64 * s_ang_h + j64 * s_ang_w
     a0 = tl.load(a, mask=on, other=1).to(cdt)
     a1 = tl.load(a + s_ang_c, mask=on, other=1).to(cdt)
-    one_minus_c, dc0, dc1 = cosine_terms(a0, a1, tl.sin(theta).to(cdt), tl.cos(theta).to(cdt))
+    one_minus_c, dc0, dc1 = cosine_terms(a0, a1, tl.load(row + 8), tl.load(row + 9))
     if WRITE_LOSS:
         tl.store(out + 4, tl.sum(tl.where(on, one_minus_c * m_gap, 0.0), axis=0))
         zero = tl.sum(tl.zeros_like(w), axis=0)
@@ -427,13 +482,11 @@ def grad_outputs(preds: tuple[torch.Tensor, ...], need: tuple[bool, ...], shared
 
 
 def _main_launch(
-    preds, targets, conf, wsrc, aux, go, part, grads, *, stride, sigma, cell, alpha, beta,
-    pos_threshold, reg_threshold, from_logits, eps,
+    preds, k, wsrc, aux, go, part, grads, *, stride, sigma, alpha, beta, pos_threshold,
+    reg_threshold, from_logits, eps,
 ):  # fmt: skip
     """Launch 3 (forward: ``part`` given; backward recompute: ``part`` None)."""
     hg, hp, off, ang = preds
-    gc, pc, ga = targets
-    cf, s_cf_b, s_cf_k, s_cf_c, k = conf
     w_src, s_w_b, s_w_h, s_w_w, w_mode = wsrc
     b, _, hf, wf = hg.shape
     hw = hf * wf
@@ -442,16 +495,15 @@ def _main_launch(
     launch(
         _gap_main_kernel,
         (triton.cdiv(hw, block), b),
-        hg, hp, off, ang, gc, pc, ga, cf, w_src, aux, go,
+        hg, hp, off, ang, w_src, aux, go,
         part if part is not None else dummy,
         *(g if g is not None else dummy for g in grads),
         hw, wf, k,
         hg.stride(0), hg.stride(2), hg.stride(3), hp.stride(0), hp.stride(2), hp.stride(3),
-        *off.stride(), *ang.stride(), gc.stride(0), gc.stride(1), pc.stride(0), pc.stride(1),
-        ga.stride(0), s_w_b, s_w_h, s_w_w, s_cf_b, s_cf_k, s_cf_c,
+        *off.stride(), *ang.stride(), s_w_b, s_w_h, s_w_w,
         f64_bits(sigma), f64_bits(alpha), f64_bits(beta), f64_bits(pos_threshold),
         f64_bits(reg_threshold), f64_bits(eps),
-        STRIDE=stride, CELL=bool(cell), FROM_LOGITS=bool(from_logits), W_MODE=w_mode,
+        STRIDE=stride, FROM_LOGITS=bool(from_logits), W_MODE=w_mode,
         WRITE_LOSS=part is not None, NEED_HG=grads[0] is not None, NEED_HP=grads[1] is not None,
         NEED_OFF=grads[2] is not None, NEED_ANG=grads[3] is not None,
         BLOCK=block, num_warps=warps,
@@ -526,27 +578,28 @@ def gap_detection_forward(
     cf, s_cf_b, s_cf_k, s_cf_c, k, cm, s_cm_b, s_cm_k, has_cm = _confuser_args(
         confusers, confuser_mask, hg
     )
-    aux = torch.empty(AUX_HEAD + b * (k + 1), dtype=cdt, device=dev)
+    aux = torch.empty(aux_size(b, k), dtype=cdt, device=dev)
     block_k = min(next_pow2(k), 32)
     block_b = max(1, min(next_pow2(b), 256 // block_k))
     wsrc = _weight_source(wmap, valid_box, hg)
     launch(
         _gap_normalize_kernel,
         (1,),
-        norm, norm.shape[0], hg, gap_center, cf, cm, wsrc[0], aux, b, k, hf, wf,
-        hg.stride(0), hg.stride(2), hg.stride(3), gap_center.stride(0), gap_center.stride(1),
-        s_cf_b, s_cf_k, s_cf_c, s_cm_b, s_cm_k, *wsrc[1:4],
+        norm, norm.shape[0], hg, gap_center, piece_center, gap_angle, cf, cm, wsrc[0], aux, b, k,
+        hf, wf, hg.stride(0), hg.stride(2), hg.stride(3), gap_center.stride(0),
+        gap_center.stride(1), piece_center.stride(0), piece_center.stride(1),
+        gap_angle.stride(0), s_cf_b, s_cf_k, s_cf_c, s_cm_b, s_cm_k, *wsrc[1:4],
         f64_bits(margin), f64_bits(w_heatmap), f64_bits(w_offset), f64_bits(w_angle),
         f64_bits(w_hard_negative), f64_bits(eps),
-        STRIDE=stride, FROM_LOGITS=bool(from_logits), W_MODE=wsrc[4], HAS_CMASK=has_cm,
+        STRIDE=stride, CELL=bool(cell), FROM_LOGITS=bool(from_logits), W_MODE=wsrc[4],
+        HAS_CMASK=has_cm,
         BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4,
     )  # fmt: skip
 
     part = torch.empty(b * nblk, 8, dtype=cdt, device=dev)
     _main_launch(
-        preds, (gap_center, piece_center, gap_angle), (cf, s_cf_b, s_cf_k, s_cf_c, k),
-        wsrc, aux, aux[AUX_UNIT:], part, grads,
-        stride=stride, sigma=sigma, cell=cell, alpha=alpha, beta=beta,
+        preds, k, wsrc, aux, aux[AUX_UNIT:], part, grads, stride=stride, sigma=sigma,
+        alpha=alpha, beta=beta,
         pos_threshold=pos_threshold, reg_threshold=reg_threshold, from_logits=from_logits,
         eps=eps,
     )  # fmt: skip
@@ -569,16 +622,12 @@ def gap_detection_backward(
     heatmap_piece: torch.Tensor,
     offset: torch.Tensor,
     angle: torch.Tensor,
-    gap_center: torch.Tensor,
-    piece_center: torch.Tensor,
-    gap_angle: torch.Tensor,
     confusers: torch.Tensor | None,
     valid_box: torch.Tensor | None,
     need: tuple[bool, bool, bool, bool],
     *,
     stride: int,
     sigma: float,
-    cell: bool,
     alpha: float,
     beta: float,
     pos_threshold: float,
@@ -590,11 +639,10 @@ def gap_detection_backward(
     contiguous, in each prediction's dtype, None where ``need`` is False."""
     preds = (heatmap_gap, heatmap_piece, offset, angle)
     grads, _ = grad_outputs(preds, need, shared=False)  # op outputs may not alias
-    cf, s_cf_b, s_cf_k, s_cf_c, k, _, _, _, _ = _confuser_args(confusers, None, heatmap_gap)
+    k = confusers.shape[1] if confusers is not None else 0
     _main_launch(
-        preds, (gap_center, piece_center, gap_angle), (cf, s_cf_b, s_cf_k, s_cf_c, k),
-        _weight_source(weight_map, valid_box, heatmap_gap), aux, grad_total, None, grads,
-        stride=stride, sigma=sigma, cell=cell, alpha=alpha, beta=beta,
+        preds, k, _weight_source(weight_map, valid_box, heatmap_gap), aux, grad_total, None,
+        grads, stride=stride, sigma=sigma, alpha=alpha, beta=beta,
         pos_threshold=pos_threshold, reg_threshold=reg_threshold, from_logits=from_logits,
         eps=eps,
     )  # fmt: skip
@@ -602,6 +650,11 @@ def gap_detection_backward(
 
 
 SCALE_BLOCK = 1024
+
+
+def aux_size(batch: int, confusers: int) -> int:
+    """Entries of ``aux`` (layout in the module docstring)."""
+    return AUX_HEAD.value + batch * (IMG_COLS.value + 3 * (confusers + 1))
 
 
 def scale_gradients_(grad_total: torch.Tensor, buf: torch.Tensor) -> None:
