@@ -27,6 +27,7 @@ from .kernels import focal as _focal
 from .kernels import gap_detection as _gap
 from .kernels import hard_negative as _hard_negative
 from .kernels import labels as _labels
+from .kernels import reduce as _reduce
 from .kernels import regression as _regression
 
 # --------------------------------------------------------------------- fused gap-detection loss
@@ -167,7 +168,7 @@ def _gap_bwd_impl(
 
 def _gap_scale_impl(grad_total: Tensor, grads: Tensor) -> None:
     """grads *= grad_total in place (the forward's stored gradients)."""
-    _gap.scale_gradients_(grad_total, grads)
+    _reduce.scale_gradients_(grad_total, grads)
 
 
 _N_FWD_ARGS = 11 + len(_GAP_OPTIONS) + 5  # tensors, options, need flags, store_grads
@@ -278,23 +279,16 @@ def _register_gap_ops():
 _gap_fwd, _gap_bwd, _gap_scale = _register_gap_ops()
 
 
-def _store_grads(preds: tuple[Tensor, ...], need: tuple[bool, ...]) -> bool:
-    """Whether the forward writes the final gradients: eager, and the predictions that need one
-    share float32 or float64 (float16/bfloat16 gradients are computed in backward, where the
-    upstream gradient, e.g. a loss scale, is known: unscaled they would underflow)."""
-    if not any(need) or torch.compiler.is_compiling():
-        return False
-    dtypes = {x.dtype for x, n in zip(preds, need) if n}
-    return len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}
-
-
 def gap_detection_loss_triton(opts: dict, inputs: tuple) -> tuple[Tensor, Tensor]:
     """(total, components [5]) of the fused loss: 4 launches forward, 1 backward."""
     preds = inputs[:4]
     need = tuple(torch.is_grad_enabled() and x.requires_grad for x in preds)
     values = {**opts, "cell": opts["center"] == "cell"}
     total, aux, _buf, _wmap = _gap_fwd(
-        *inputs, *(values[k] for k in _GAP_OPTIONS), *need, _store_grads(preds, need)
+        *inputs,
+        *(values[k] for k in _GAP_OPTIONS),
+        *need,
+        _reduce.stores_gradients(*(x for x, n in zip(preds, need) if n)),
     )
     return total, aux[:5]
 

@@ -31,14 +31,17 @@ NORMALIZE_MODES = {"weight": DEN_EPS, "num_pos": DEN_POS, "sum": DEN_ONE, "mean"
 
 @triton.jit
 def _offsets4(idx, d1, d2, d3, s0, s1, s2, s3):
-    """Memory offsets of the flat (row-major) indices ``idx`` of a 4-d shape with strides s."""
+    """Memory offsets (int64) of the flat (row-major) indices ``idx`` of a 4-d shape with strides
+    s. The divisions run in idx's own width: int32 ones are inline, int64 ones a subroutine call
+    that costs registers and spills."""
     i3 = idx % d3
     t = idx // d3
     i2 = t % d2
     t = t // d2
     i1 = t % d1
     i0 = t // d1
-    return i0 * s0 + i1 * s1 + i2 * s2 + i3 * s3
+    i64 = tl.int64
+    return i0.to(i64) * s0 + i1.to(i64) * s1 + i2.to(i64) * s2 + i3.to(i64) * s3
 
 
 @triton.jit
@@ -68,12 +71,16 @@ def _focal_block(
     eps,
     FROM_LOGITS: tl.constexpr,
     HAS_W: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK: tl.constexpr,
     cdt: tl.constexpr,
 ):
     """This program's BLOCK elements: (idx, on, f, df/dx, pos, W) with W = 1 (0 off the end)
-    when there is no weight."""
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    when there is no weight. Flat indices are int32 unless N needs more (WIDE)."""
+    if WIDE:
+        idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    else:
+        idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     on = idx < N
     x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
     y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
@@ -122,6 +129,7 @@ def _focal_forward_kernel(
     eps,
     FROM_LOGITS: tl.constexpr,
     HAS_W: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """partials[pid] = (sum f W, sum W, sum pos W, 0) over BLOCK elements."""
@@ -153,6 +161,7 @@ def _focal_forward_kernel(
         eps,
         FROM_LOGITS,
         HAS_W,
+        WIDE,
         BLOCK,
         cdt,
     )
@@ -193,6 +202,7 @@ def _focal_backward_kernel(
     eps,
     FROM_LOGITS: tl.constexpr,
     HAS_W: tl.constexpr,
+    WIDE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     """grad[idx] = df/dx * W * aux[0] * upstream (contiguous, in the prediction's dtype)."""
@@ -223,6 +233,7 @@ def _focal_backward_kernel(
         eps,
         FROM_LOGITS,
         HAS_W,
+        WIDE,
         BLOCK,
         cdt,
     )
@@ -285,6 +296,7 @@ def focal_forward(
         f64_bits(eps),
         FROM_LOGITS=bool(from_logits),
         HAS_W=weight is not None,
+        WIDE=n >= 2**31,
         BLOCK=block,
         num_warps=warps,
     )
@@ -316,6 +328,7 @@ def focal_backward(
         f64_bits(eps),
         FROM_LOGITS=bool(from_logits),
         HAS_W=weight is not None,
+        WIDE=n >= 2**31,
         BLOCK=block,
         num_warps=warps,
     )

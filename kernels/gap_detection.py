@@ -27,7 +27,7 @@ Launches (no memset, no host sync, no data-dependent shapes; CUDA-graph capturab
    the total.
 
 Backward: when the forward already wrote the gradients (float32/float64 predictions, eager),
-``_gap_scale_kernel`` multiplies them in place by the upstream gradient, read on the device: each
+``reduce.scale_gradients_`` multiplies them in place by the upstream gradient, read on the device: each
 program returns at once when it is 1 (the usual ``loss.backward()``), so no bytes move. Otherwise
 (float16/bfloat16 predictions, whose unscaled gradients would lose range; under torch.compile; a
 second backward through a retained graph) launch 3 runs again with the real upstream gradient and
@@ -426,18 +426,6 @@ def _gap_total_kernel(
     tl.store(aux_ptr + 3, l_angle)
 
 
-@triton.jit
-def _gap_scale_kernel(go_ptr, g_ptr, N, BLOCK: tl.constexpr):
-    """Backward of the forward-written gradients: g *= upstream gradient, in place; a program
-    whose upstream gradient is 1 reads nothing else and writes nothing."""
-    go = tl.load(go_ptr)
-    if go != 1.0:
-        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-        on = offs < N
-        g = tl.load(g_ptr + offs, mask=on, other=0)
-        tl.store(g_ptr + offs, (g * go.to(g.dtype)).to(g_ptr.dtype.element_ty), mask=on)
-
-
 # ----------------------------------------------------------------------------------- launchers
 
 
@@ -649,20 +637,9 @@ def gap_detection_backward(
     return grads
 
 
-SCALE_BLOCK = 1024
-
-
 def aux_size(batch: int, confusers: int) -> int:
     """Entries of ``aux`` (layout in the module docstring)."""
     return AUX_HEAD.value + batch * (IMG_COLS.value + 3 * (confusers + 1))
-
-
-def scale_gradients_(grad_total: torch.Tensor, buf: torch.Tensor) -> None:
-    """``buf *= grad_total`` in place (one launch; nothing moves when grad_total is 1)."""
-    n = buf.numel()
-    if n:
-        launch(_gap_scale_kernel, (triton.cdiv(n, SCALE_BLOCK),), grad_total, buf, n,
-               BLOCK=SCALE_BLOCK, num_warps=4)  # fmt: skip
 
 
 __all__ = [
@@ -672,6 +649,5 @@ __all__ = [
     "gap_detection_backward",
     "gap_detection_forward",
     "grad_outputs",
-    "scale_gradients_",
     "weight_map_spec",
 ]

@@ -73,6 +73,41 @@ def ratio_finalize(
     return loss, aux
 
 
+@triton.jit
+def _scale_kernel(go_ptr, g_ptr, N, BLOCK: tl.constexpr):
+    """g *= upstream gradient, in place; a program whose upstream gradient is 1 reads nothing
+    else and writes nothing (the usual ``loss.backward()``)."""
+    go = tl.load(go_ptr)
+    if go != 1.0:
+        offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        on = offs < N
+        g = tl.load(g_ptr + offs, mask=on, other=0)
+        tl.store(g_ptr + offs, (g * go.to(g.dtype)).to(g_ptr.dtype.element_ty), mask=on)
+
+
+SCALE_BLOCK = 1024
+
+
+def scale_gradients_(grad_output: torch.Tensor, buf: torch.Tensor) -> None:
+    """``buf *= grad_output`` in place (``buf`` contiguous; one launch, nothing moves when
+    grad_output is 1): the backward of a loss whose forward already wrote its gradients."""
+    n = buf.numel()
+    if n:
+        launch(_scale_kernel, (triton.cdiv(n, SCALE_BLOCK),), grad_output, buf, n,
+               BLOCK=SCALE_BLOCK, num_warps=4)  # fmt: skip
+
+
+def stores_gradients(*tensors: torch.Tensor) -> bool:
+    """Whether a forward may write final gradients for ``tensors`` (those that need one): eager
+    (not while torch.compile traces) and one shared float32/float64 dtype. float16/bfloat16
+    gradients are computed in backward instead, where the upstream gradient (a loss scale, say)
+    is known: unscaled they would underflow."""
+    if not tensors or torch.compiler.is_compiling():
+        return False
+    dtypes = {x.dtype for x in tensors}
+    return len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}
+
+
 def interpreting() -> bool:
     import os
 
@@ -83,4 +118,4 @@ def elementwise_block(n: int) -> tuple[int, int]:
     """(BLOCK, num_warps) of the elementwise kernels over ``n`` items per program row."""
     if interpreting():  # fewer, wider programs: the interpreter pays per program and op
         return min(triton.next_power_of_2(max(n, 1)), 4096), 4
-    return min(triton.next_power_of_2(max(n, 1)), 1024), 8
+    return min(triton.next_power_of_2(max(n, 1)), 512), 8
