@@ -508,7 +508,14 @@ def centernet_loss(
     check_positive_int("down_ratio", down_ratio)
     _check_backend(backend)
     targets = check_centernet_inputs(hm, wh, reg, targets, boxes, labels, box_mask, down_ratio)
-    if targets is None:
+    l_hm = None
+    if targets is None and hm.numel() > 0 and resolve_backend(backend, hm.device) == "triton":
+        # Bandwidth first: the focal term rebuilds the target heatmap in registers.
+        l_hm, *small = _HeatmapFromBoxesTriton.apply(
+            hm, boxes, labels, box_mask, down_ratio, needs_grad(hm)[0]
+        )
+        targets = dict(zip(("wh", "reg", "ind", "reg_mask"), small))
+    elif targets is None:
         targets = centernet_targets(
             boxes,
             labels,
@@ -518,7 +525,8 @@ def centernet_loss(
             down_ratio=down_ratio,
             backend=backend,
         )
-    l_hm = masked_focal_loss(hm, targets["hm"], **CENTERNET_FOCAL, backend=backend)
+    if l_hm is None:
+        l_hm = masked_focal_loss(hm, targets["hm"], **CENTERNET_FOCAL, backend=backend)
     l_wh = _reg_loss(wh, targets["reg_mask"], targets["ind"], targets["wh"], False, backend)
     l_off = _reg_loss(reg, targets["reg_mask"], targets["ind"], targets["reg"], False, backend)
     total = weights[0] * l_hm + weights[1] * l_wh + weights[2] * l_off
@@ -632,3 +640,52 @@ class _RegL1Triton(torch.autograd.Function):
         shape, dtype = ctx.meta
         grad = scatter_rows_launch(gm, ind, shape, dtype, scale=grad_loss, denom=denom)
         return grad, None, None, None, None, None
+
+
+class _HeatmapFromBoxesTriton(torch.autograd.Function):
+    """CenterNet's focal term of ``hm`` against the targets of raw boxes, the targets never
+    materialised (kernels/centernet.py, ``centernet_hm_loss_launch``). For float32/float64 ``hm``
+    the forward also writes the final gradient; the first backward scales it in place by the
+    upstream gradient (nothing moves when that is 1), any later one (retained graph) and every
+    float16/bfloat16 one recompute it. Returns (loss, wh, reg, ind, reg_mask)."""
+
+    @staticmethod
+    def forward(ctx, hm, boxes, labels, box_mask, down_ratio, need):  # type: ignore[override]
+        from .kernels.centernet import centernet_hm_loss_launch
+        from .kernels.reduce import stores_gradients
+
+        grad = None
+        if need and stores_gradients(hm):
+            grad = torch.empty(hm.shape, dtype=hm.dtype, device=hm.device)
+        loss, aux, small = centernet_hm_loss_launch(
+            hm, boxes, labels, box_mask, down_ratio, CENTERNET_FOCAL, grad
+        )
+        ctx.save_for_backward(hm, boxes, labels, box_mask, aux)
+        ctx.down_ratio = down_ratio
+        ctx.grad = grad
+        outs = (small["wh"], small["reg"], small["ind"], small["reg_mask"])
+        ctx.mark_non_differentiable(*outs)
+        return (loss, *outs)
+
+    @staticmethod
+    def backward(ctx, grad_loss, *_unused):  # type: ignore[override]
+        from .kernels.centernet import centernet_hm_grad_launch
+        from .kernels.reduce import scale_gradients_
+
+        none = (None,) * 5
+        if grad_loss is None or not ctx.needs_input_grad[0]:
+            return (None, *none)
+        if torch.is_grad_enabled():
+            raise RuntimeError(
+                "centernet_loss (triton backend): double backward (create_graph=True) is not "
+                "supported; use backend='torch'"
+            )
+        if ctx.grad is not None:
+            grad, ctx.grad = ctx.grad, None
+            scale_gradients_(grad_loss, grad)
+            return (grad, *none)
+        hm, boxes, labels, box_mask, aux = ctx.saved_tensors
+        grad = centernet_hm_grad_launch(
+            grad_loss, aux, hm, boxes, labels, box_mask, ctx.down_ratio, CENTERNET_FOCAL
+        )
+        return (grad, *none)

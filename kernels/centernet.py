@@ -32,7 +32,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import launch, mask_view, next_pow2
+from .launch import f64_bits, launch, mask_view, next_pow2
+from .primitives import focal_terms, option
 from .reduce import DEN_EPS, NUM_PARTIALS, ratio_finalize
 
 REG_EPS = 1e-4
@@ -375,37 +376,14 @@ def _box_geometry(x1, y1, x2, y2, down_ratio, Hm, Wm, k_ptr, cdt: tl.constexpr):
 
 
 @triton.jit
-def _targets_kernel(
-    box_ptr,
-    s_bb,
-    s_bn,
-    s_bk,
-    lab_ptr,
-    s_lb,
-    s_ln,
-    msk_ptr,
-    s_mb,
-    s_mn,
-    k_ptr,
-    hm_ptr,
-    wh_ptr,
-    reg_ptr,
-    ind_ptr,
-    rm_ptr,
-    N,
-    C,
-    Hm,
-    Wm,
-    down_ratio,
-    HAS_MASK: tl.constexpr,
-    BLOCK: tl.constexpr,
-    BLOCK_N: tl.constexpr,
-):
-    cdt: tl.constexpr = hm_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    tile = tl.program_id(1)
-    b = (pid // C).to(tl.int64)
-    c = pid % C
+def _class_heatmap(
+    box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, c, tile, N,
+    Hm, Wm, down_ratio, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, cdt: tl.constexpr,
+):  # fmt: skip
+    """ctdet's hm of class c of image b on one tile of BLOCK cells: (cells, on, Gaussian max).
+
+    Loops over the image's N boxes, skips (scalar branches) those of another class, masked or
+    empty, or whose window misses the tile, and max-merges the others' Gaussians in registers."""
     HW = Hm * Wm
     lo = tile * BLOCK
     ps = lo + tl.arange(0, BLOCK)
@@ -422,7 +400,7 @@ def _targets_kernel(
         if HAS_MASK:
             live = live & (tl.load(msk_ptr + b * s_mb + n * s_mn) != 0)
         if live:
-            keep, cx, cy, cxi, cyi, w, h, r = _box_geometry(
+            keep, _cx, _cy, cxi, cyi, _w, _h, r = _box_geometry(
                 tl.load(bp + n * s_bn).to(cdt),
                 tl.load(bp + n * s_bn + s_bk).to(cdt),
                 tl.load(bp + n * s_bn + 2 * s_bk).to(cdt),
@@ -443,36 +421,68 @@ def _targets_kernel(
                 two_ss = 2.0 * sigma * sigma
                 g = tl.exp(-(dx * dx + dy * dy).to(tl.float64) / two_ss)
                 acc = tl.maximum(acc, tl.where(win, g, 0.0).to(cdt))
-    tl.store(hm_ptr + (b * C + c) * HW + ps, acc, mask=on)
+    return ps, on, acc
 
+
+@triton.jit
+def _box_outputs(
+    box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, wh_ptr, reg_ptr,
+    ind_ptr, rm_ptr, b, N, C, Hm, Wm, down_ratio, HAS_MASK: tl.constexpr, BLOCK_N: tl.constexpr,
+    cdt: tl.constexpr,
+):  # fmt: skip
+    """The per-box targets of image b: wh, reg, ind (cy * W + cx), reg_mask (kept boxes)."""
+    bp = box_ptr + b * s_bb
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        on_n = ns < N
+        lab = tl.load(lab_ptr + b * s_lb + ns * s_ln, mask=on_n, other=-1)
+        live = on_n & (lab >= 0) & (lab < C)
+        if HAS_MASK:
+            live = live & (tl.load(msk_ptr + b * s_mb + ns * s_mn, mask=on_n, other=0) != 0)
+        keep, cx, cy, cxi, cyi, w, h, _r = _box_geometry(
+            tl.load(bp + ns * s_bn, mask=on_n, other=0).to(cdt),
+            tl.load(bp + ns * s_bn + s_bk, mask=on_n, other=0).to(cdt),
+            tl.load(bp + ns * s_bn + 2 * s_bk, mask=on_n, other=0).to(cdt),
+            tl.load(bp + ns * s_bn + 3 * s_bk, mask=on_n, other=0).to(cdt),
+            down_ratio,
+            Hm,
+            Wm,
+            k_ptr,
+            cdt,
+        )
+        keep = keep & live
+        o = b * N + ns
+        tl.store(wh_ptr + o * 2, tl.where(keep, w, 0.0), mask=on_n)
+        tl.store(wh_ptr + o * 2 + 1, tl.where(keep, h, 0.0), mask=on_n)
+        tl.store(reg_ptr + o * 2, tl.where(keep, cx - cxi.to(cdt), 0.0), mask=on_n)
+        tl.store(reg_ptr + o * 2 + 1, tl.where(keep, cy - cyi.to(cdt), 0.0), mask=on_n)
+        flat = cyi.to(tl.int64) * Wm + cxi.to(tl.int64)
+        tl.store(ind_ptr + o, tl.where(keep, flat, 0), mask=on_n)
+        tl.store(rm_ptr + o, keep.to(tl.uint8), mask=on_n)
+
+
+@triton.jit
+def _targets_kernel(
+    box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, hm_ptr, wh_ptr,
+    reg_ptr, ind_ptr, rm_ptr, N, C, Hm, Wm, down_ratio, HAS_MASK: tl.constexpr,
+    BLOCK: tl.constexpr, BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """All ctdet targets; the program of (b, class 0, tile 0) also writes image b's per-box ones."""
+    cdt: tl.constexpr = hm_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    tile = tl.program_id(1)
+    b = (pid // C).to(tl.int64)
+    c = pid % C
+    ps, on, acc = _class_heatmap(
+        box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, c, tile,
+        N, Hm, Wm, down_ratio, HAS_MASK, BLOCK, cdt,
+    )  # fmt: skip
+    tl.store(hm_ptr + (b * C + c) * (Hm * Wm) + ps, acc, mask=on)
     if (c == 0) & (tile == 0):
-        for n0 in range(0, N, BLOCK_N):
-            ns = n0 + tl.arange(0, BLOCK_N)
-            on_n = ns < N
-            lab = tl.load(lab_ptr + b * s_lb + ns * s_ln, mask=on_n, other=-1)
-            live = on_n & (lab >= 0) & (lab < C)
-            if HAS_MASK:
-                live = live & (tl.load(msk_ptr + b * s_mb + ns * s_mn, mask=on_n, other=0) != 0)
-            keep, cx, cy, cxi, cyi, w, h, r = _box_geometry(
-                tl.load(bp + ns * s_bn, mask=on_n, other=0).to(cdt),
-                tl.load(bp + ns * s_bn + s_bk, mask=on_n, other=0).to(cdt),
-                tl.load(bp + ns * s_bn + 2 * s_bk, mask=on_n, other=0).to(cdt),
-                tl.load(bp + ns * s_bn + 3 * s_bk, mask=on_n, other=0).to(cdt),
-                down_ratio,
-                Hm,
-                Wm,
-                k_ptr,
-                cdt,
-            )
-            keep = keep & live
-            o = b * N + ns
-            tl.store(wh_ptr + o * 2, tl.where(keep, w, 0.0), mask=on_n)
-            tl.store(wh_ptr + o * 2 + 1, tl.where(keep, h, 0.0), mask=on_n)
-            tl.store(reg_ptr + o * 2, tl.where(keep, cx - cxi.to(cdt), 0.0), mask=on_n)
-            tl.store(reg_ptr + o * 2 + 1, tl.where(keep, cy - cyi.to(cdt), 0.0), mask=on_n)
-            flat = cyi.to(tl.int64) * Wm + cxi.to(tl.int64)
-            tl.store(ind_ptr + o, tl.where(keep, flat, 0), mask=on_n)
-            tl.store(rm_ptr + o, keep.to(tl.uint8), mask=on_n)
+        _box_outputs(
+            box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, wh_ptr,
+            reg_ptr, ind_ptr, rm_ptr, b, N, C, Hm, Wm, down_ratio, HAS_MASK, BLOCK_N, cdt,
+        )  # fmt: skip
 
 
 def centernet_targets_launch(
@@ -526,6 +536,204 @@ def centernet_targets_launch(
         enable_fp_fusion=False,  # no FMA contraction: gaussian_radius must round like Python
     )
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# The heatmap term of CenterNetLoss from raw boxes, bandwidth first.
+#
+# CenterNet's focal term only needs, besides the predictions, the Gaussian targets (a function of
+# the boxes, cheap to rebuild in registers) and the number of positives (the distinct (class,
+# centre) pairs of the kept boxes: a function of the boxes alone). So instead of writing hm
+# [B,K,H,W] and reading it back in the loss's forward and again in its backward, the boxes
+# kernel counts the positives, and one pass over the predictions rebuilds the targets tile by
+# tile, evaluates the loss partials and writes the final gradient (scaled by 1 / num_pos, known
+# by then). Bytes per heatmap element, float32: before 4 (targets written) + 8 (forward reads)
+# + 12 (backward: 2 reads, 1 write) = 24; now 4 + 4 (predictions read, gradient written): the
+# floor. With an upstream gradient other than 1, ``reduce.scale_gradients_`` adds 8.
+#
+# Launches: _boxes_kernel (grid B: per-box targets, positives per image), _hm_norm_kernel (one
+# program: 1 / num_pos), _hm_focal_kernel (grid B*K x tiles), _hm_total_kernel (one program).
+
+
+@triton.jit
+def _boxes_kernel(
+    box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, wh_ptr, reg_ptr,
+    ind_ptr, rm_ptr, npos_ptr, N, C, Hm, Wm, down_ratio, HAS_MASK: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):  # fmt: skip
+    """Image b's per-box targets, and npos[b] = its kept boxes whose (class, centre) no earlier
+    kept box has: the cells where hm == 1."""
+    cdt: tl.constexpr = wh_ptr.dtype.element_ty
+    b = tl.program_id(0).to(tl.int64)
+    _box_outputs(
+        box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, wh_ptr,
+        reg_ptr, ind_ptr, rm_ptr, b, N, C, Hm, Wm, down_ratio, HAS_MASK, BLOCK_N, cdt,
+    )  # fmt: skip
+    tl.debug_barrier()  # the reads below see this program's writes above
+    count = tl.zeros([BLOCK_N], tl.int32)
+    for n0 in range(0, N, BLOCK_N):
+        ns = n0 + tl.arange(0, BLOCK_N)
+        on_n = ns < N
+        kept = tl.load(rm_ptr + b * N + ns, mask=on_n, other=0) != 0
+        ind = tl.load(ind_ptr + b * N + ns, mask=on_n, other=0)
+        lab = tl.load(lab_ptr + b * s_lb + ns * s_ln, mask=on_n, other=0)
+        dup = tl.zeros([BLOCK_N], tl.int32)
+        for m in range(0, n0 + BLOCK_N):
+            same = (tl.load(ind_ptr + b * N + m, mask=m < N, other=-1) == ind) & (
+                tl.load(lab_ptr + b * s_lb + m * s_ln, mask=m < N, other=0) == lab
+            )
+            kept_m = tl.load(rm_ptr + b * N + m, mask=m < N, other=0) != 0
+            dup = dup | ((m < ns) & kept_m & same).to(tl.int32)
+        count += (kept & (dup == 0)).to(tl.int32)
+    tl.store(npos_ptr + b, tl.sum(count, axis=0))
+
+
+@triton.jit
+def _hm_norm_kernel(npos_ptr, B, aux_ptr, BLOCK_B: tl.constexpr):
+    """aux = (1 / D, 1.0, D) with D = the batch's positives, or 1 when there is none (CenterNet:
+    the negative term alone). Fixed-order sum."""
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    acc = tl.zeros([BLOCK_B], tl.int64)
+    for b0 in range(0, B, BLOCK_B):
+        bb = b0 + tl.arange(0, BLOCK_B)
+        acc += tl.load(npos_ptr + bb, mask=bb < B, other=0).to(tl.int64)
+    n = tl.sum(acc, axis=0).to(cdt)
+    d = tl.where(n > 0, n, 1.0)
+    tl.store(aux_ptr, 1.0 / d)
+    tl.store(aux_ptr + 1, tl.full([], 1.0, cdt))
+    tl.store(aux_ptr + 2, d)
+
+
+@triton.jit(do_not_specialize=["alpha", "beta", "pos_threshold", "eps"])
+def _hm_focal_kernel(
+    box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, x_ptr, s_xb,
+    s_xc, s_xh, s_xw, aux_ptr, go_ptr, part_ptr, g_ptr, N, C, Hm, Wm, down_ratio, alpha, beta,
+    pos_threshold, eps, HAS_MASK: tl.constexpr, BOX64: tl.constexpr, WRITE_LOSS: tl.constexpr,
+    NEED: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """One tile of class c of image b: the ctdet target in registers (``_class_heatmap``), the
+    focal term's partial sum and/or its final gradient df/dx / D * upstream."""
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    tdt: tl.constexpr = tl.float64 if BOX64 else tl.float32  # the targets' dtype
+    pid = tl.program_id(0)
+    tile = tl.program_id(1)
+    b = (pid // C).to(tl.int64)
+    c = pid % C
+    ps, on, y = _class_heatmap(
+        box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, c, tile,
+        N, Hm, Wm, down_ratio, HAS_MASK, BLOCK, tdt,
+    )  # fmt: skip
+    row = (ps // Wm).to(tl.int64)
+    col = (ps % Wm).to(tl.int64)
+    x = tl.load(x_ptr + b * s_xb + c * s_xc + row * s_xh + col * s_xw, mask=on, other=0.5)
+    f, df, _, _, _ = focal_terms(
+        x.to(cdt), y.to(cdt), option(alpha, cdt), option(beta, cdt), option(pos_threshold, cdt),
+        option(eps, cdt), False,
+    )  # fmt: skip
+    if WRITE_LOSS:
+        tl.store(part_ptr + pid * tl.num_programs(1) + tile, tl.sum(tl.where(on, f, 0.0), axis=0))
+    if NEED:
+        g = df * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt))
+        tl.store(g_ptr + (b * C + c) * (Hm * Wm) + ps, g.to(g_ptr.dtype.element_ty), mask=on)
+
+
+@triton.jit
+def _hm_total_kernel(part_ptr, P, aux_ptr, loss_ptr, BLOCK_P: tl.constexpr):
+    """loss = (fixed-order sum of the partials) / D."""
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    acc = tl.zeros([BLOCK_P], cdt)
+    for r0 in range(0, P, BLOCK_P):
+        r = r0 + tl.arange(0, BLOCK_P)
+        acc += tl.load(part_ptr + r, mask=r < P, other=0)
+    tl.store(loss_ptr, tl.sum(acc, axis=0) / tl.load(aux_ptr + 2))
+
+
+HM_BLOCK = 512  # cells per program of the heatmap pass (4096 under the interpreter; tests lower it)
+BOXES_BLOCK_N = 128  # boxes per step of the boxes kernel (tests lower it)
+
+
+def _hm_block(hw: int) -> int:
+    return min(next_pow2(hw), 4096 if _interpreting() and HM_BLOCK == 512 else HM_BLOCK)
+
+
+def _box_args(boxes, labels, box_mask):
+    msk = mask_view(box_mask) if box_mask is not None else labels
+    return (boxes, *boxes.stride(), labels, *labels.stride(), msk, *msk.stride(),
+            _radius_consts(boxes.device))  # fmt: skip
+
+
+def _hm_launch(hm, boxes, labels, box_mask, down_ratio, aux, go, part, grad, focal):
+    b, c, h, w = hm.shape
+    block = _hm_block(h * w)
+    launch(
+        _hm_focal_kernel,
+        (b * c, triton.cdiv(h * w, block)),
+        *_box_args(boxes, labels, box_mask), hm, *hm.stride(), aux, go,
+        part if part is not None else aux, grad if grad is not None else aux,
+        boxes.shape[1], c, h, w, int(down_ratio),
+        *(f64_bits(focal[k]) for k in ("alpha", "beta", "pos_threshold", "eps")),
+        HAS_MASK=box_mask is not None, BOX64=boxes.dtype == torch.float64,
+        WRITE_LOSS=part is not None, NEED=grad is not None, BLOCK=block, num_warps=8,
+        enable_fp_fusion=False,  # gaussian_radius must round like Python (as the targets kernel)
+    )  # fmt: skip
+
+
+def centernet_hm_loss_launch(
+    hm: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    box_mask: torch.Tensor | None,
+    down_ratio: int,
+    focal: dict,
+    grad: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """CenterNet's focal term of ``hm`` [B,K,H,W] against the ctdet targets of ``boxes``, without
+    materialising the target heatmap: (loss 0-dim, aux [3], per-box targets wh, reg, ind,
+    reg_mask). Writes the final gradient (upstream 1) into ``grad`` when given. 4 launches."""
+    b, c, h, w = hm.shape
+    n = boxes.shape[1]
+    dev = hm.device
+    tdt = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    cdt = torch.float64 if hm.dtype == torch.float64 else torch.float32
+    small = {
+        "wh": torch.empty(b, n, 2, dtype=tdt, device=dev),
+        "reg": torch.empty(b, n, 2, dtype=tdt, device=dev),
+        "ind": torch.empty(b, n, dtype=torch.int64, device=dev),
+        "reg_mask": torch.empty(b, n, dtype=torch.uint8, device=dev),
+    }
+    npos = torch.empty(b, dtype=torch.int32, device=dev)
+    launch(
+        _boxes_kernel,
+        (b,),
+        *_box_args(boxes, labels, box_mask), small["wh"], small["reg"], small["ind"],
+        small["reg_mask"], npos, n, c, h, w, int(down_ratio),
+        HAS_MASK=box_mask is not None, BLOCK_N=min(next_pow2(n), BOXES_BLOCK_N), num_warps=4,
+        enable_fp_fusion=False,
+    )  # fmt: skip
+    aux = torch.empty(3, dtype=cdt, device=dev)
+    launch(_hm_norm_kernel, (1,), npos, b, aux, BLOCK_B=min(next_pow2(b), 1024), num_warps=4)
+    part = torch.empty(b * c * triton.cdiv(h * w, _hm_block(h * w)), dtype=cdt, device=dev)
+    _hm_launch(hm, boxes, labels, box_mask, down_ratio, aux, aux[1:], part, grad, focal)
+    loss = torch.empty((), dtype=cdt, device=dev)
+    launch(_hm_total_kernel, (1,), part, part.numel(), aux, loss, BLOCK_P=1024, num_warps=4)
+    return loss, aux, small
+
+
+def centernet_hm_grad_launch(
+    grad_loss: torch.Tensor,
+    aux: torch.Tensor,
+    hm: torch.Tensor,
+    boxes: torch.Tensor,
+    labels: torch.Tensor,
+    box_mask: torch.Tensor | None,
+    down_ratio: int,
+    focal: dict,
+) -> torch.Tensor:
+    """The gradient of :func:`centernet_hm_loss_launch`'s loss, recomputed with the upstream
+    gradient (1 launch; contiguous, in hm's dtype)."""
+    grad = torch.empty(hm.shape, dtype=hm.dtype, device=hm.device)
+    _hm_launch(hm, boxes, labels, box_mask, down_ratio, aux, grad_loss, None, grad, focal)
+    return grad
 
 
 def _interpreting() -> bool:

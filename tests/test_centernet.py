@@ -484,3 +484,77 @@ def test_bad_input_names_the_argument(idx, monkeypatch):
         call()
     assert str(info.value).startswith(name) or f"{name}:" in str(info.value), str(info.value)
     assert launch_count() == 0
+
+
+# ----------------------------------------------------------------------------------------------
+# The triton heatmap term from raw boxes (targets rebuilt in registers, gradient written in the
+# forward): positives counted from the boxes, tiles, dtypes, launches, retained graphs.
+
+
+def _hm_from_boxes(hm, boxes, labels, box_mask, upstream, dtype):
+    """(loss, grad) of the heatmap term through centernet_loss (wh/off weights 0) and the float64
+    reference on the same inputs."""
+    x = hm.to(dtype).to(DEVICE).requires_grad_()
+    z = torch.zeros(hm.shape[0], 2, *hm.shape[2:], dtype=dtype, device=DEVICE)
+    raw = dict(boxes=boxes.to(DEVICE), labels=labels.to(DEVICE), box_mask=box_mask.to(DEVICE))
+    total = fc.centernet_loss(x, z, z, **raw, wh_weight=0.0, off_weight=0.0, backend="triton")
+    (grad,) = torch.autograd.grad(total, x, grad_outputs=torch.tensor(upstream, device=DEVICE))
+    xr = x.detach().cpu().to(F64).requires_grad_()
+    kw = dict(num_classes=hm.shape[1], output_size=tuple(hm.shape[-2:]))
+    ref = R.centernet_focal_loss(xr, R.centernet_targets(boxes, labels, box_mask, **kw)["hm"])
+    (ref_grad,) = torch.autograd.grad(ref, xr, grad_outputs=torch.tensor(upstream, dtype=F64))
+    return (total, grad), (ref, ref_grad)
+
+
+@pytest.mark.parametrize("dtype", [F32, torch.float64, torch.float16])
+def test_hm_from_boxes_duplicate_centres_and_tiles(monkeypatch, dtype):
+    """Two boxes of one class sharing a centre make one positive, the same centre in another
+    class another one; 64 cells per program and 4 boxes per step force many tiles and steps."""
+    _skip_unavailable("triton")
+    import fused_losses.kernels.centernet as KC
+
+    monkeypatch.setattr(KC, "HM_BLOCK", 64)
+    monkeypatch.setattr(KC, "BOXES_BLOCK_N", 4)
+    boxes, labels, box_mask = make_boxes(2, 9, (10, 12), num_classes=3, seed=21)
+    boxes[0, 1] = boxes[0, 0]  # same box twice ...
+    labels[0, 1] = labels[0, 0]
+    boxes[0, 2] = boxes[0, 0] + torch.tensor([-2.0, -2.0, 2.0, 2.0])  # same centre, larger
+    labels[0, 2] = labels[0, 0]
+    boxes[0, 3] = boxes[0, 0]  # same centre, another class
+    labels[0, 3] = (labels[0, 0] + 1) % 3
+    box_mask[0, :4] = True
+    g = torch.Generator().manual_seed(22)
+    hm = R.clamped_sigmoid(torch.randn(2, 3, 10, 12, generator=g, dtype=F64) * 2 - 2)
+    (loss, grad), (ref, ref_grad) = _hm_from_boxes(hm, boxes, labels, box_mask, 0.7, dtype)
+    loss_tol, grad_tol = TOLERANCES[dtype]
+    assert_scalar_close(loss, ref, loss_tol, "hm loss")
+    assert grad.dtype == dtype
+    assert_grad_close(grad, ref_grad, grad_tol, "grad hm")
+
+
+def test_hm_from_boxes_launches_and_retained_graph():
+    """Forward: boxes, 1/num_pos, the heatmap pass, its total (+ 2 x 2 for the regressions);
+    backward: the in-place scaling (+ 2 scatters). A second backward through the retained graph
+    recomputes instead of scaling twice."""
+    _skip_unavailable("triton")
+    from fused_losses.kernels.launch import launch_count, reset_launch_count
+
+    heads, (boxes, labels, box_mask) = _ctdet_problem(23)
+    leaves = [t.float().to(DEVICE).requires_grad_() for t in heads]
+    raw = dict(boxes=boxes.to(DEVICE), labels=labels.to(DEVICE), box_mask=box_mask.to(DEVICE))
+    reset_launch_count()
+    total = fc.centernet_loss(*leaves, **raw, backend="triton")
+    assert launch_count() == 4 + 4
+    refs = [t.detach().cpu().to(F64).requires_grad_() for t in leaves]
+    kw = dict(num_classes=heads[0].shape[1], output_size=tuple(heads[0].shape[-2:]))
+    ref_total, _ = R.centernet_loss(*refs, R.centernet_targets(boxes, labels, box_mask, **kw))
+    for upstream in (2.0, 0.5):
+        up = torch.tensor(upstream, device=DEVICE)
+        reset_launch_count()
+        grads = torch.autograd.grad(total, leaves, grad_outputs=up, retain_graph=True)
+        assert launch_count() == 3
+        ref_grads = torch.autograd.grad(
+            ref_total, refs, grad_outputs=torch.tensor(upstream, dtype=F64), retain_graph=True
+        )
+        for name, g, gr in zip(("hm", "wh", "reg"), grads, ref_grads):
+            assert_grad_close(g, gr, 1e-5, f"grad {name} (upstream {upstream})")
