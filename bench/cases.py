@@ -241,6 +241,14 @@ def _impl(op: str, variant: str) -> Callable:
     raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
 
 
+@lru_cache(maxsize=4)
+def _gap_problem(batch: int, size: tuple[int, int], seed: int):
+    """The float64 CPU problem of a gap case, shared by its ops, variants and modes (generating one
+    at B=1024 takes seconds; it holds about 0.7 GB). ``GapCase.to(float32, ...)`` copies every
+    floating tensor, so no case sees another's tensors except the read-only bool masks on CPU."""
+    return gap_case(batch, size, confusers=CONFUSERS, padding="mask", stride=STRIDE, seed=seed)
+
+
 def make_case(
     op: str,
     mode: str,
@@ -262,8 +270,7 @@ def make_case(
         return _centernet_case(op, mode, batch, variant, device, size, seed)
     grad = mode == "forward+backward"
     hf, wf = size
-    problem = gap_case(batch, size, confusers=CONFUSERS, padding="mask", stride=STRIDE, seed=seed)
-    c = problem.to(DTYPE, device, requires_grad=grad)
+    c = _gap_problem(batch, size, seed).to(DTYPE, device, requires_grad=grad)
     fn = _impl(op, variant)
     extra: dict = {}
 
@@ -271,7 +278,12 @@ def make_case(
         args = c.args()
         leaves = c.predictions()
         inputs = tuple(x for x in args if isinstance(x, torch.Tensor))
-        return Case(op, mode, batch, variant, device, size, lambda: fn(*args), leaves, inputs)
+        # extra["args"]: the positional arguments, for callers that call the loss another way
+        # (bench.gpu_probe profiles ``GapDetectionLoss()(*args)``).
+        extra["args"] = args
+        return Case(
+            op, mode, batch, variant, device, size, lambda: fn(*args), leaves, inputs, extra
+        )
 
     # Component ops: labels and weights precomputed once with the reference (not timed).
     with torch.no_grad():

@@ -148,7 +148,7 @@ def render(records: list[dict], meta: dict) -> str:
     bw = meta["copy_bandwidth"]
     lines = [
         f"Device: {meta['device_name']} ({meta['device']}), torch {meta['torch']}, "
-        f"copy bandwidth {bw / 1e9:.1f} GB/s (clone: read + write)"
+        f"copy bandwidth {bw / 1e9:.1f} GB/s ({meta.get('bw_method', 'clone: read + write')})"
         + (f" [{meta['bw_note']}]" if meta.get("bw_note") else ""),
         "",
     ]
