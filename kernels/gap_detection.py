@@ -93,6 +93,8 @@ from .reduce import interpreting
 # aux layout (module docstring); constexprs, since @triton.jit code reads them.
 AUX_HEAD: tl.constexpr = tl.constexpr(16)
 IMG_COLS: tl.constexpr = tl.constexpr(10)  # per-image table columns
+NORM_COLS: tl.constexpr = tl.constexpr(4)  # columns of launch 1's partials
+LOSS_COLS: tl.constexpr = tl.constexpr(8)  # columns of launch 3's partials
 AUX_UNIT = 10  # aux[AUX_UNIT] = 1.0: the upstream gradient the forward's gradients are scaled by
 FINALIZE_BLOCK_P = 128  # partial rows per pass of the one-program kernels (tests lower it)
 # Padding-weight sources of the main pass (``cell_weight`` modes): besides NO_PADDING / VALID_BOX,
@@ -200,7 +202,7 @@ def _gap_normalize_kernel(
     pass (label centres, offset targets, sin/cos of the angle, sample coordinates): scalar work
     whose correctly rounded divisions and sin/cos would otherwise cost the main pass registers."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
-    sums, cols = _column_sums(norm_ptr, P, 4, BLOCK_P)
+    sums, cols = _column_sums(norm_ptr, P, NORM_COLS, BLOCK_P)
     e = option(eps, cdt)
     heat_den = _pick(sums, cols, 0) + e
     gap_den = _pick(sums, cols, 1) + e
@@ -404,7 +406,7 @@ def _gap_total_kernel(
 ):  # fmt: skip
     """Launch 4 (one program): the components and the total from the main pass's partials."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
-    sums, cols = _column_sums(part_ptr, P, 8, BLOCK_P)
+    sums, cols = _column_sums(part_ptr, P, LOSS_COLS, BLOCK_P)
     heat_den = tl.load(aux_ptr + 11)
     gap_den = tl.load(aux_ptr + 12)
     piece_den = tl.load(aux_ptr + 13)

@@ -32,7 +32,10 @@ def reset_launch_count() -> None:
 def _wrap(kernel):
     try:
         from torch.library import wrap_triton
+        from triton.runtime.jit import JITFunction
     except ImportError:  # torch < 2.6: eager only
+        return kernel
+    if not isinstance(kernel, JITFunction):  # Triton's interpreter: torch 2.11 refuses to wrap it
         return kernel
     return wrap_triton(kernel)
 
