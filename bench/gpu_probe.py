@@ -664,15 +664,8 @@ def parse_args(argv: list[str] | None):
     args.profile_batch = args.profile_batch or (64 if cuda else 2)
     args.copy_mib = args.copy_mib or (1024 if cuda else 64)
     args.size = tuple(int(x) for x in args.size.lower().split("x")) if args.size else None
-    args.ops = [o for o in args.ops.split(",") if o]
-    args.variants = [v for v in args.variants.split(",") if v]
     args.skip = {s for s in args.skip.split(",") if s}
-    for o in args.ops:
-        if o not in OPS:
-            p.error(f"--ops: unknown op {o!r}; expected some of {list(OPS)}")
-    for v in args.variants:
-        if v not in VARIANTS:
-            p.error(f"--variants: unknown variant {v!r}; expected some of {list(VARIANTS)}")
+    report.parse_ops_and_variants(p, args)
     return args
 
 

@@ -197,6 +197,18 @@ def render(records: list[dict], meta: dict) -> str:
     return "\n".join(lines)
 
 
+def parse_ops_and_variants(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """``args.ops`` / ``args.variants`` from comma lists to lists, each name checked."""
+    args.ops = [o for o in args.ops.split(",") if o]
+    args.variants = [v for v in args.variants.split(",") if v]
+    for o in args.ops:
+        if o not in OPS:
+            parser.error(f"--ops: unknown op {o!r}; expected some of {list(OPS)}")
+    for v in args.variants:
+        if v not in VARIANTS:
+            parser.error(f"--variants: unknown variant {v!r}; expected some of {list(VARIANTS)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m bench.report", description=__doc__.split("\n")[0])
     p.add_argument("--json", help="pytest-benchmark JSON to report instead of timing here")
@@ -211,14 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, help="torch.set_num_threads on CPU (default: torch's)")
     p.add_argument("--out", help="also write the markdown to this file")
     args = p.parse_args(argv)
-    args.ops = [o for o in args.ops.split(",") if o]
-    args.variants = [v for v in args.variants.split(",") if v]
-    for o in args.ops:
-        if o not in OPS:
-            p.error(f"--ops: unknown op {o!r}; expected some of {list(OPS)}")
-    for v in args.variants:
-        if v not in VARIANTS:
-            p.error(f"--variants: unknown variant {v!r}; expected some of {list(VARIANTS)}")
+    parse_ops_and_variants(p, args)
     # None: each op's default (bench.cases.default_batches / default_size).
     args.batches = tuple(int(b) for b in args.batches.split(",")) if args.batches else None
     args.size = tuple(int(x) for x in args.size.lower().split("x")) if args.size else None
