@@ -377,13 +377,18 @@ def _box_geometry(x1, y1, x2, y2, down_ratio, Hm, Wm, k_ptr, cdt: tl.constexpr):
 
 @triton.jit
 def _class_heatmap(
-    box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, c, tile, N,
-    Hm, Wm, down_ratio, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, cdt: tl.constexpr,
+    box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, N, C, Hm, Wm,
+    down_ratio, HAS_MASK: tl.constexpr, BLOCK: tl.constexpr, cdt: tl.constexpr,
 ):  # fmt: skip
-    """ctdet's hm of class c of image b on one tile of BLOCK cells: (cells, on, Gaussian max).
+    """ctdet's hm on this program's tile, grid (B * C, cdiv(H*W, BLOCK)): (b, c, tile, cells,
+    on, Gaussian max) for image b, class c.
 
     Loops over the image's N boxes, skips (scalar branches) those of another class, masked or
     empty, or whose window misses the tile, and max-merges the others' Gaussians in registers."""
+    pid = tl.program_id(0)
+    tile = tl.program_id(1)
+    b = (pid // C).to(tl.int64)
+    c = pid % C
     HW = Hm * Wm
     lo = tile * BLOCK
     ps = lo + tl.arange(0, BLOCK)
@@ -421,7 +426,7 @@ def _class_heatmap(
                 two_ss = 2.0 * sigma * sigma
                 g = tl.exp(-(dx * dx + dy * dy).to(tl.float64) / two_ss)
                 acc = tl.maximum(acc, tl.where(win, g, 0.0).to(cdt))
-    return ps, on, acc
+    return b, c, tile, ps, on, acc
 
 
 @triton.jit
@@ -469,13 +474,9 @@ def _targets_kernel(
 ):  # fmt: skip
     """All ctdet targets; the program of (b, class 0, tile 0) also writes image b's per-box ones."""
     cdt: tl.constexpr = hm_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    tile = tl.program_id(1)
-    b = (pid // C).to(tl.int64)
-    c = pid % C
-    ps, on, acc = _class_heatmap(
-        box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, c, tile,
-        N, Hm, Wm, down_ratio, HAS_MASK, BLOCK, cdt,
+    b, c, tile, ps, on, acc = _class_heatmap(
+        box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, N, C, Hm, Wm,
+        down_ratio, HAS_MASK, BLOCK, cdt,
     )  # fmt: skip
     tl.store(hm_ptr + (b * C + c) * (Hm * Wm) + ps, acc, mask=on)
     if (c == 0) & (tile == 0):
@@ -615,13 +616,9 @@ def _hm_focal_kernel(
     focal term's partial sum and/or its final gradient df/dx / D * upstream."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     tdt: tl.constexpr = tl.float64 if BOX64 else tl.float32  # the targets' dtype
-    pid = tl.program_id(0)
-    tile = tl.program_id(1)
-    b = (pid // C).to(tl.int64)
-    c = pid % C
-    ps, on, y = _class_heatmap(
-        box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, c, tile,
-        N, Hm, Wm, down_ratio, HAS_MASK, BLOCK, tdt,
+    b, c, tile, ps, on, y = _class_heatmap(
+        box_ptr, s_bb, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, N, C, Hm, Wm,
+        down_ratio, HAS_MASK, BLOCK, tdt,
     )  # fmt: skip
     row = (ps // Wm).to(tl.int64)
     col = (ps % Wm).to(tl.int64)
@@ -631,7 +628,8 @@ def _hm_focal_kernel(
         option(eps, cdt), False,
     )  # fmt: skip
     if WRITE_LOSS:
-        tl.store(part_ptr + pid * tl.num_programs(1) + tile, tl.sum(tl.where(on, f, 0.0), axis=0))
+        part = part_ptr + tl.program_id(0) * tl.num_programs(1) + tile
+        tl.store(part, tl.sum(tl.where(on, f, 0.0), axis=0))
     if NEED:
         g = df * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt))
         tl.store(g_ptr + (b * C + c) * (Hm * Wm) + ps, g.to(g_ptr.dtype.element_ty), mask=on)
