@@ -11,7 +11,6 @@ import os
 from collections.abc import Callable
 
 import torch
-from torch.autograd.function import once_differentiable
 
 BACKENDS = ("auto", "torch", "triton")
 
@@ -61,6 +60,18 @@ def needs_grad(*tensors: torch.Tensor | None) -> tuple[bool, ...]:
     return tuple(enabled and t is not None and t.requires_grad for t in tensors)
 
 
+def refuse_double_backward(op: str) -> None:
+    """Raise in a backward that runs with grad mode on (``create_graph=True``): the fused ops'
+    gradients are computed analytically and are not themselves differentiable, and returning
+    them as constants would silently drop the second-order term (e.g. of a gradient penalty)."""
+    if torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{op}: double backward (create_graph=True) is not supported: its gradient is "
+            "computed analytically and is not differentiable. For a gradient penalty use the "
+            "literal formulas in fused_losses.reference."
+        )
+
+
 class PrecomputedGradient(torch.autograd.Function):
     """Autograd node for a loss whose gradients were computed analytically in the forward pass.
 
@@ -80,8 +91,8 @@ class PrecomputedGradient(torch.autograd.Function):
         return loss, extras
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss: torch.Tensor, _grad_extras: torch.Tensor):  # type: ignore[override]
+        refuse_double_backward("fused_losses (torch backend)")
         saved = iter(ctx.saved_tensors)
         out: list[torch.Tensor | None] = [None]
         for has, dtype in zip(ctx.has_grad, ctx.dtypes):

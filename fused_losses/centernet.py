@@ -23,7 +23,14 @@ from __future__ import annotations
 
 import torch
 
-from .backend import BACKENDS, PrecomputedGradient, compute_dtype, needs_grad, resolve_backend
+from .backend import (
+    BACKENDS,
+    PrecomputedGradient,
+    compute_dtype,
+    needs_grad,
+    refuse_double_backward,
+    resolve_backend,
+)
 from .focal import masked_focal_loss
 from .validation import (
     check_choice,
@@ -613,6 +620,7 @@ class _GatherTriton(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         from .kernels.centernet import scatter_rows_launch
 
+        refuse_double_backward("transpose_and_gather_feat (triton backend)")
         (ind,) = ctx.saved_tensors
         shape, dtype = ctx.feat_meta
         if not ctx.needs_input_grad[0]:
@@ -634,6 +642,7 @@ class _RegL1Triton(torch.autograd.Function):
     def backward(ctx, grad_loss):  # type: ignore[override]
         from .kernels.centernet import scatter_rows_launch
 
+        refuse_double_backward("reg_l1_loss (triton backend)")
         gm, ind, denom = ctx.saved_tensors
         if not ctx.needs_input_grad[0]:
             return (None,) * 6
@@ -675,11 +684,7 @@ class _HeatmapFromBoxesTriton(torch.autograd.Function):
         none = (None,) * 5
         if grad_loss is None or not ctx.needs_input_grad[0]:
             return (None, *none)
-        if torch.is_grad_enabled():
-            raise RuntimeError(
-                "centernet_loss (triton backend): double backward (create_graph=True) is not "
-                "supported; use backend='torch'"
-            )
+        refuse_double_backward("centernet_loss (triton backend)")
         if ctx.grad is not None:
             grad, ctx.grad = ctx.grad, None
             scale_gradients_(grad_loss, grad)

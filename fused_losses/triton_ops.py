@@ -23,6 +23,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .backend import refuse_double_backward
 from .kernels import focal as _focal
 from .kernels import gap_detection as _gap
 from .kernels import hard_negative as _hard_negative
@@ -192,11 +193,7 @@ def _backward(ctx, grad_total, *_unused):
     need = tuple(bool(n) for n in ctx.needs_input_grad[:4])
     if grad_total is None or not any(need):
         return none
-    if torch.is_grad_enabled():
-        raise RuntimeError(
-            "gap_detection_loss (triton backend): double backward (create_graph=True) is not "
-            "supported; use backend='torch' or compute the gradient penalty another way"
-        )
+    refuse_double_backward("gap_detection_loss (triton backend)")
     hg, hp, off, ang, conf, vbox, aux, wmap = ctx.saved_tensors
     preds = (hg, hp, off, ang)
     if ctx.stored is not None:
@@ -313,6 +310,7 @@ class _KernelLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss):  # type: ignore[override]
+        refuse_double_backward("fused_losses (triton backend)")
         aux, *tensors = ctx.saved_tensors
         grad = None
         if ctx.needs_input_grad[3]:

@@ -1,0 +1,138 @@
+"""Double backward (``create_graph=True``, e.g. a gradient penalty): every differentiable public op
+either supports it exactly or raises a clear RuntimeError; it never drops the second-order term.
+
+The fused losses compute their gradients analytically (not differentiable): they raise, on both
+backends. ``transpose_and_gather_feat`` on the torch backend is a plain gather, differentiable to
+any order: its penalty gradient must match the reference's.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import BACKENDS, DEVICE
+from fused_losses.reference import centernet as RC
+from fused_losses.reference.cases import gap_case
+
+import fused_losses as fl
+from fused_losses.backend import interpreter_on
+
+
+def _skip_unavailable(backend: str) -> None:
+    if backend == "triton" and DEVICE == "cpu" and not interpreter_on():
+        pytest.skip("triton backend needs CUDA or TRITON_INTERPRET=1")
+
+
+def _gap_inputs():
+    c = gap_case(2, (8, 12), confusers=2, padding="mask", seed=31)
+    return c.to(torch.float32, DEVICE, requires_grad=True)
+
+
+def _centernet_inputs():
+    g = torch.Generator().manual_seed(32)
+    hm = RC.clamped_sigmoid(torch.randn(2, 3, 8, 8, generator=g) - 1).to(DEVICE)
+    wh = (torch.randn(2, 2, 8, 8, generator=g) + 4).to(DEVICE)
+    boxes = torch.tensor([[[2.0, 3.0, 20.0, 25.0]], [[5.0, 1.0, 12.0, 30.0]]], device=DEVICE)
+    labels = torch.tensor([[1], [2]], device=DEVICE)
+    return hm, wh, boxes, labels
+
+
+def _ops():
+    """(name, thunk(backend) -> (loss, the prediction it is differentiated in))."""
+
+    def gap(backend):
+        c = _gap_inputs()
+        return fl.gap_detection_loss(*c.args(), backend=backend), c.heatmap_gap
+
+    def focal(backend):
+        c = _gap_inputs()
+        y = torch.rand(c.heatmap_gap.shape, generator=torch.Generator().manual_seed(1))
+        return fl.masked_focal_loss(c.heatmap_gap, y.to(DEVICE), backend=backend), c.heatmap_gap
+
+    def smooth_l1(backend):
+        c = _gap_inputs()
+        m = torch.ones(2, 1, 8, 12, device=DEVICE)
+        t = torch.zeros(2, 4, 1, 1, device=DEVICE)
+        return fl.masked_smooth_l1_loss(c.offset, t, m, backend=backend), c.offset
+
+    def cosine(backend):
+        c = _gap_inputs()
+        m = torch.ones(2, 1, 8, 12, device=DEVICE)
+        return fl.masked_cosine_loss(c.angle, c.gap_angle.detach(), m, backend=backend), c.angle
+
+    def hard_negative(backend):
+        c = _gap_inputs()
+        loss = fl.hard_negative_margin_loss(
+            c.heatmap_gap, c.gap_center, c.confusers, c.confuser_mask, backend=backend
+        )
+        return loss, c.heatmap_gap
+
+    def centernet_focal(backend):
+        hm, _, boxes, labels = _centernet_inputs()
+        hm.requires_grad_()
+        t = fl.centernet_targets(boxes, labels, num_classes=3, output_size=(8, 8), backend="torch")
+        return fl.centernet_focal_loss(hm, t["hm"], backend=backend), hm
+
+    def reg_l1(backend):
+        _, wh, boxes, labels = _centernet_inputs()
+        wh.requires_grad_()
+        t = fl.centernet_targets(boxes, labels, num_classes=3, output_size=(8, 8), backend="torch")
+        return fl.reg_l1_loss(wh, t["reg_mask"], t["ind"], t["wh"], backend=backend), wh
+
+    def centernet_total(backend):
+        hm, wh, boxes, labels = _centernet_inputs()
+        hm.requires_grad_()
+        reg = torch.zeros_like(wh)
+        loss = fl.centernet_loss(hm, wh, reg, boxes=boxes, labels=labels, backend=backend)
+        return loss, hm
+
+    return [
+        ("gap_detection_loss", gap),
+        ("masked_focal_loss", focal),
+        ("masked_smooth_l1_loss", smooth_l1),
+        ("masked_cosine_loss", cosine),
+        ("hard_negative_margin_loss", hard_negative),
+        ("centernet_focal_loss", centernet_focal),
+        ("reg_l1_loss", reg_l1),
+        ("centernet_loss", centernet_total),
+    ]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("name", "make"), _ops(), ids=[n for n, _ in _ops()])
+def test_gradient_penalty_raises_instead_of_dropping_the_second_order_term(name, make, backend):
+    _skip_unavailable(backend)
+    loss, x = make(backend)
+    # First order still works.
+    (g,) = torch.autograd.grad(loss, x, retain_graph=True)
+    assert torch.isfinite(g).all()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, x, create_graph=True)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_gather_double_backward(backend):
+    """torch: exact (a gather is linear, the penalty gradient is the reference's); triton: raises."""
+    _skip_unavailable(backend)
+    g = torch.Generator().manual_seed(33)
+    feat = torch.randn(2, 3, 4, 5, generator=g, dtype=torch.float64)
+    ind = torch.tensor([[0, 7, 7, 19], [3, 3, 11, 2]])
+    w = torch.randn(2, 4, 3, generator=g, dtype=torch.float64)
+
+    def penalty_grad(fn, x):
+        out = fn(x)
+        loss = (out * w.to(out.device)).sum() + (out**2).sum()
+        (gx,) = torch.autograd.grad(loss, x, create_graph=True)
+        (gg,) = torch.autograd.grad((gx**2).sum(), x)
+        return gg
+
+    ref = penalty_grad(
+        lambda x: RC.transpose_and_gather_feat(x, ind), feat.clone().requires_grad_()
+    )
+    x = feat.to(DEVICE).requires_grad_()
+    ours = lambda x: fl.transpose_and_gather_feat(x, ind.to(DEVICE), backend=backend)
+    if backend == "torch":
+        torch.testing.assert_close(penalty_grad(ours, x).cpu(), ref)
+    else:
+        with pytest.raises(RuntimeError, match="double backward"):
+            penalty_grad(ours, x)
