@@ -127,7 +127,7 @@ def focal_normalizer(
         n = (pos * weight).sum() if weight is not None else pos.sum().to(torch.float32)
         return torch.where(n > 0, n, torch.ones_like(n))
     if normalize == "mean":
-        return float(numel)
+        return float(max(numel, 1))  # an empty batch: 0, like "sum"
     return 1.0
 
 
@@ -172,7 +172,7 @@ def masked_focal_loss(
 
     weight broadcasts to pred (default 1). D by ``normalize``: "weight" sum(W) + eps; "num_pos"
     sum(pos * W) (the number of positives without W), or 1 when that is 0 (CenterNet); "sum" 1;
-    "mean" numel(pred). Gradient flows into ``pred`` only. Returns a 0-dim float32 tensor
+    "mean" max(numel(pred), 1). Gradient flows into ``pred`` only. Returns a 0-dim float32 tensor
     (float64 for float64 pred).
     """
     check_tensor("pred", pred)

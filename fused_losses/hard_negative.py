@@ -83,7 +83,8 @@ def hard_negative_terms(
     pts = torch.cat([positive[:, None, :], negatives], dim=1).to(probs.dtype) / stride  # [B,1+K,2]
     idx, wts = bilinear_corners(pts, (h, w))
     flat = probs.reshape(b, h * w)
-    samples = (torch.gather(flat, 1, idx.view(b, -1)).view(b, k + 1, 4) * wts).sum(-1)
+    cols = (k + 1) * 4  # explicit (not -1): B may be 0
+    samples = (torch.gather(flat, 1, idx.reshape(b, cols)).view(b, k + 1, 4) * wts).sum(-1)
     hinge = margin - samples[:, :1] + samples[:, 1:]
     validf = valid.to(probs.dtype)
     count = validf.sum()
@@ -94,7 +95,7 @@ def hard_negative_terms(
     coef_neg = (hinge > 0).to(probs.dtype) * validf / denom  # [B,K]
     coef = torch.cat([-coef_neg.sum(1, keepdim=True), coef_neg], dim=1)  # [B,1+K]
     grad = flat.new_zeros(b, h * w)
-    grad.scatter_add_(1, idx.view(b, -1), (wts * coef[..., None]).view(b, -1))
+    grad.scatter_add_(1, idx.reshape(b, cols), (wts * coef[..., None]).reshape(b, cols))
     return loss, grad
 
 

@@ -300,7 +300,7 @@ def focal_forward(
         BLOCK=block,
         num_warps=warps,
     )
-    return ratio_finalize(partials, NORMALIZE_MODES[normalize], eps, n)
+    return ratio_finalize(partials, NORMALIZE_MODES[normalize], eps, max(n, 1))
 
 
 def focal_backward(

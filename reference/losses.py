@@ -24,7 +24,7 @@ def masked_focal_loss(
     f = -log(P + eps) (1 - P)^alpha on pos, -log(1 - P + eps) P^alpha (1 - Y)^beta elsewhere;
     with from_logits, P = sigmoid(x) and the logs are logsigmoid(x), logsigmoid(-x).
     normalize: "weight" -> sum(f W) / (sum(W) + eps); "num_pos" -> sum(f W) / n with
-    n = sum(pos W), or 1 when n == 0; "sum" -> sum(f W); "mean" -> sum(f W) / numel(f).
+    n = sum(pos W), or 1 when n == 0; "sum" -> sum(f W); "mean" -> sum(f W) / max(numel(f), 1).
     """
     y = target.to(pred.dtype)
     if from_logits:
@@ -49,7 +49,7 @@ def masked_focal_loss(
     if normalize == "sum":
         return total
     if normalize == "mean":
-        return total / f.numel()
+        return total / max(f.numel(), 1)  # an empty batch: 0, like "sum"
     raise ValueError(f"normalize must be weight, num_pos, sum or mean, got {normalize!r}")
 
 

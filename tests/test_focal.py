@@ -448,3 +448,17 @@ def test_focal_bad_input():
         fl.masked_focal_loss(p, y.to("meta"))
     with pytest.raises(ValueError, match=r"weight.*meta"):
         fl.masked_focal_loss(p, y, torch.ones(2, 1, 5, 6, device="meta"))
+
+
+@pytest.mark.parametrize("normalize", ["weight", "num_pos", "sum", "mean"])
+def test_empty_batch_is_zero_on_both_backends(backend, normalize):
+    """B = 0: every normalisation gives 0 (mean over nothing included, not NaN) and an empty
+    gradient, as the reference."""
+    pred = torch.rand(0, 1, 4, 4, device=DEVICE, requires_grad=True)
+    target = torch.rand(0, 1, 4, 4, device=DEVICE)
+    loss = fl.masked_focal_loss(pred, target, normalize=normalize, backend=backend)
+    ref = R.masked_focal_loss(pred.detach().cpu().double(), target.cpu().double(),
+                                      normalize=normalize)  # fmt: skip
+    assert float(ref) == 0.0 and float(loss) == 0.0
+    (g,) = torch.autograd.grad(loss, pred)
+    assert g.shape == pred.shape

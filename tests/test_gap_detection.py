@@ -821,3 +821,17 @@ def test_errors_raised_before_any_computation(monkeypatch):
             fl.gap_detection_loss(**args, backend="triton")
         with pytest.raises(ValueError, match="backend"):
             fl.gap_detection_loss(**good_args(), backend="triton")
+
+
+@pytest.mark.parametrize("padding", [None, "mask", "box"])
+def test_empty_batch(backend, padding):
+    """B = 0: loss 0 on both backends (as the reference), gradients of shape [0, ...]."""
+    c = gap_case(2, (8, 12), confusers=2, padding=padding, seed=41)
+    args = [a[:0] if isinstance(a, torch.Tensor) else a for a in c.args()]
+    preds = [a.float().to(DEVICE).requires_grad_() for a in args[:4]]
+    rest = [a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in args[4:]]
+    loss = fl.gap_detection_loss(*preds, *rest, backend=backend)
+    assert float(R.gap_detection_loss(*args)) == 0.0
+    assert float(loss) == 0.0
+    grads = torch.autograd.grad(loss, preds)
+    assert [g.shape for g in grads] == [p.shape for p in preds]
