@@ -53,6 +53,7 @@ from .validation import (
     check_real,
     check_same_device,
     check_shape,
+    check_sigma,
     check_tensor,
 )
 
@@ -85,7 +86,7 @@ def check_options(
     check_bool("from_logits", from_logits)
     return dict(
         stride=check_positive_int("stride", stride),
-        sigma=check_number("sigma", sigma, positive=True),
+        sigma=check_sigma("sigma", sigma),
         center=center,
         alpha=check_number("alpha", alpha, nonneg=True),
         beta=check_number("beta", beta, nonneg=True),

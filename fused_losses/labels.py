@@ -20,6 +20,8 @@ from .validation import (
     check_real,
     check_same_device,
     check_shape,
+    check_sigma,
+    check_size,
     check_tensor,
 )
 
@@ -149,7 +151,7 @@ def padding_weight(
     float64 for float64 inputs); ones [1,1,Hf,Wf] when neither is given.
     """
     stride = check_positive_int("stride", stride)
-    hf, wf = (check_positive_int("size[0]", size[0]), check_positive_int("size[1]", size[1]))
+    hf, wf = check_size("size", size)
     check_choice("backend", backend, BACKENDS)
     check_padding(padding_mask, valid_box, None, (hf, wf), stride)
     src = padding_mask if padding_mask is not None else valid_box
@@ -185,7 +187,7 @@ def gaussian_heatmap(
     check_real("centers", centers)
     check_shape("centers", centers, [None, None, 2], "[B, N, 2]")
     b, n = centers.shape[:2]
-    hf, wf = (check_positive_int("size[0]", size[0]), check_positive_int("size[1]", size[1]))
+    hf, wf = check_size("size", size)
     stride = check_positive_int("stride", stride)
     check_choice("center", center, CENTERS)
     check_choice("merge", merge, MERGES)
@@ -197,8 +199,8 @@ def gaussian_heatmap(
         elif sigma.dim() != 0:
             check_shape("sigma", sigma, [b, n], f"a float, [{b}, {n}] or [{b}, {n}, 2]")
         named["sigma"] = sigma
-    elif isinstance(sigma, bool) or not isinstance(sigma, (int, float)) or not 0 < sigma < math.inf:
-        raise ValueError(f"sigma: expected a positive float or a tensor, got {sigma!r}")
+    else:
+        sigma = check_sigma("sigma", sigma)
     if mask is not None:
         check_tensor("mask", mask)
         check_shape("mask", mask, [b, n], f"[{b}, {n}]")

@@ -55,10 +55,23 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"{name}: expected one of {list(choices)}, got {value!r}")
 
 
-def check_positive_int(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+INT_LIMIT = 2**16  # strides and map sizes: kernels index with int32 and loop over stride^2 pixels
+
+
+def check_positive_int(name: str, value: object, limit: int = INT_LIMIT) -> int:
+    """A positive int no larger than ``limit`` (a ValueError naming the range otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
+        raise ValueError(f"{name}: expected an int in [1, {limit}], got {value!r}")
     return value
+
+
+def check_size(name: str, size: object) -> tuple[int, int]:
+    """(Hf, Wf) from a sequence of two positive ints."""
+    if isinstance(size, (str, bytes)) or not isinstance(size, (tuple, list, torch.Size)):
+        raise TypeError(f"{name}: expected a pair (Hf, Wf) of ints, got {type(size).__name__}")
+    if len(size) != 2:
+        raise ValueError(f"{name}: expected a pair (Hf, Wf) of ints, got {len(size)} values")
+    return check_positive_int(f"{name}[0]", size[0]), check_positive_int(f"{name}[1]", size[1])
 
 
 def check_number(
@@ -77,6 +90,19 @@ def check_number(
     if nonneg and not value >= 0:
         raise ValueError(f"{name}: expected a non-negative number, got {value!r}")
     return float(value)
+
+
+SIGMA_RANGE = (1e-6, 1e6)  # grid units: 2 sigma^2 and d^2 / (2 sigma^2) stay normal float32
+
+
+def check_sigma(name: str, value: object) -> float:
+    """A Gaussian width in ``SIGMA_RANGE``: narrower is a delta, wider is flat, and beyond it
+    2 sigma^2 under- or overflows in float32."""
+    v = check_number(name, value, positive=True)
+    lo, hi = SIGMA_RANGE
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}: expected a number in [{lo:g}, {hi:g}], got {value!r}")
+    return v
 
 
 def check_bool(name: str, value: object) -> bool:

@@ -432,3 +432,38 @@ def test_padding_weight_unknown_backend_without_padding():
     """Spec 3.5: an unknown option value raises, also when there is nothing to pool."""
     with pytest.raises(ValueError, match="backend"):
         fl.padding_weight(size=(17, 33), backend="gpu")
+
+
+def test_size_and_extreme_options_are_named_errors():
+    """size must be two positive ints (a TypeError / ValueError naming it, never a raw Python
+    error); sigma outside [1e-6, 1e6] and strides beyond 2**16 are rejected with their range."""
+    centers = torch.zeros(1, 1, 2)
+    with pytest.raises(TypeError, match=r"size: expected a pair"):
+        fl.gaussian_heatmap(centers, 8)
+    with pytest.raises(ValueError, match=r"size: expected a pair .* got 3 values"):
+        fl.gaussian_heatmap(centers, (8, 16, 3))
+    with pytest.raises(TypeError, match=r"size: expected a pair"):
+        fl.padding_weight(valid_box=torch.tensor([[0.0, 0, 8, 8]]), size=8)
+    for sigma in (1e-30, 1e30):
+        with pytest.raises(ValueError, match=r"sigma: expected a number in \[1e-06, 1e\+06\]"):
+            fl.gaussian_heatmap(centers, (8, 16), sigma=sigma)
+        with pytest.raises(ValueError, match=r"sigma: expected a number in"):
+            fl.GapDetectionLoss(sigma=sigma)
+    for stride in (2**70, 2**17, 0):
+        with pytest.raises(ValueError, match=r"stride: expected an int in \[1, 65536\]"):
+            fl.gaussian_heatmap(centers, (8, 16), stride=stride)
+        with pytest.raises(ValueError, match=r"stride: expected an int in"):
+            fl.GapDetectionLoss(stride=stride)
+
+
+@pytest.mark.parametrize("sigma", [1e-6, 1e6])
+def test_sigma_at_the_ends_of_its_range(backend, sigma):
+    """The extreme valid widths stay finite and match the reference (a delta, a flat map)."""
+    centers = torch.tensor([[[13.0, 9.0], [40.5, 22.25]]])
+    for center in ("cell", "exact"):
+        y = fl.gaussian_heatmap(
+            centers.to(DEVICE), (8, 16), sigma=sigma, center=center, backend=backend
+        )
+        ref = R.gaussian_heatmap(centers.double(), (8, 16), sigma=sigma, center=center)
+        assert torch.isfinite(y).all()
+        torch.testing.assert_close(y.double().cpu(), ref, rtol=1e-5, atol=1e-6)
