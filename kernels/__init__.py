@@ -4,7 +4,8 @@ Installed as ``fused_losses.kernels``. Modules:
 
 * ``primitives``: the shared ``@triton.jit`` device functions (focal value and derivative,
   smooth-L1, cosine, Gaussian label, cell padding weight, bilinear tent weights, hard negatives);
-* ``gap_detection``: the fused gap-detection loss (forward: 2 launches, backward: 1);
+* ``gap_detection``: the fused gap-detection loss (forward: 4 launches writing the loss and the
+  gradients in one pass over the maps; backward: 1, an in-place scaling);
 * ``labels``, ``focal``, ``regression``, ``hard_negative``, ``reduce``: the component ops;
 * ``launch``: the launch helper and its counter (``launch_count``, ``reset_launch_count``).
 """
