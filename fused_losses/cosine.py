@@ -35,7 +35,7 @@ def cosine_terms(
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(1 - c [B,1,H,W], d(1 - c)/da [B,2,H,W] or None) for a [B,2,H,W], sin_t/cos_t [B,1,1,1]."""
     a0, a1 = a[:, 0:1], a[:, 1:2]
-    norm = torch.sqrt(a0 * a0 + a1 * a1)
+    norm = torch.hypot(a0, a1)  # no overflow of a0^2 for a head at any scale
     n = norm.clamp_min(NORM_EPS)
     c = (a0 * sin_t + a1 * cos_t) / n
     if not need_grad:

@@ -132,12 +132,18 @@ def smooth_l1_terms(d, beta):
 
 @triton.jit
 def cosine_terms(a0, a1, sin_t, cos_t):
-    """(1 - c, d(1-c)/da0, d(1-c)/da1) with c = (a0 sin t + a1 cos t) / max(||a||, 1e-12).
+    """(1 - c, d(1-c)/da0, d(1-c)/da1) with c = (a0 sin t + a1 cos t) / max(||a||, 1e-12), for a
+    head at any scale (||a|| without squaring a: no float32 overflow).
 
     dc/da = (e - c a / n) / n, e = (sin t, cos t), n = max(||a||, 1e-12); = e / n where ||a|| < 1e-12
     (as torch's clamp_min).
     """
-    norm = tl.sqrt(a0 * a0 + a1 * a1)
+    # ||a|| = m sqrt((a0/m)^2 + (a1/m)^2), m = max |a_i|: no overflow of a0^2 at any scale.
+    m = tl.maximum(tl.abs(a0), tl.abs(a1))
+    s = tl.where(m > 0, m, 1.0)
+    r0 = a0 / s
+    r1 = a1 / s
+    norm = s * tl.sqrt(r0 * r0 + r1 * r1)
     n = tl.maximum(norm, NORM_EPS)
     c = (a0 * sin_t + a1 * cos_t) / n
     small = norm < NORM_EPS

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from conftest import (
     check_parity,
     upstream_scalar,
 )
+from fused_losses.reference.cases import gap_case
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -348,3 +350,34 @@ def test_cosine_bad_input():
         fl.masked_cosine_loss(p, a, m, backend="x")
     with pytest.raises(ValueError, match=r"target_angle.*meta"):
         fl.masked_cosine_loss(p, a.to("meta"), m)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e30, 1e-3])
+def test_cosine_float32_head_at_extreme_scale(backend, scale):
+    """A float32 angle head at any scale (its square overflows float32 beyond ~1.8e19): loss and
+    gradient of masked_cosine_loss and of the full gap loss match the float64 reference."""
+    t = cosine_inputs(2, 5, 7, mask_kind="soft", seed=3)
+    pred32 = (t["pred"] * scale).float()
+    pred = pred32.to(DEVICE).requires_grad_(True)
+    loss = fl.masked_cosine_loss(
+        pred, t["target_angle"].float().to(DEVICE), t["mask"].float().to(DEVICE), backend=backend
+    )
+    (g,) = torch.autograd.grad(loss, pred)
+    ref_pred = pred32.double().requires_grad_(True)
+    ref = R.masked_cosine_loss(
+        ref_pred, t["target_angle"].float().double(), t["mask"].float().double()
+    )
+    (ref_g,) = torch.autograd.grad(ref, ref_pred)
+    assert_scalar_close(loss, ref, 1e-5, "loss")
+    assert_grad_close(g, ref_g, 1e-5, "grad")
+
+    case = gap_case(2, (8, 12), confusers=1, seed=4)
+    case = replace(case, angle=case.angle * scale)
+    c = case.to(torch.float32, DEVICE, requires_grad=True)
+    total, comps = fl.gap_detection_loss(*c.args(), return_components=True, backend=backend)
+    (ga,) = torch.autograd.grad(total, c.angle)
+    r = case.to(torch.float32).to(torch.float64, requires_grad=True)
+    ref_total, ref_comps = R.gap_detection_loss(*r.args(), return_components=True)
+    (ref_ga,) = torch.autograd.grad(ref_total, r.angle)
+    assert_scalar_close(comps["angle"], ref_comps["angle"], 1e-5, "angle component")
+    assert_grad_close(ga, ref_ga, 1e-5, "angle grad")
