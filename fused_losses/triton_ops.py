@@ -199,11 +199,7 @@ def _backward(ctx, grad_total, *_unused):
     if ctx.stored is not None:
         buf, ctx.stored = ctx.stored, None
         _gap_scale(grad_total, buf)
-        grads, at = [], 0
-        for x, n in zip(preds, need):
-            grads.append(buf[at : at + x.numel()].view(x.shape) if n else None)
-            at += x.numel() if n else 0
-        return tuple(grads) + none[4:]
+        return _gap.split_gradients(buf, preds, need) + none[4:]
     grads = _gap_bwd(grad_total, aux, wmap, *preds, conf, vbox, *need, *ctx.bwd_opts)
     return tuple(g if n else None for g, n in zip(grads, need)) + none[4:]
 

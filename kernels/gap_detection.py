@@ -464,11 +464,17 @@ def grad_outputs(preds: tuple[torch.Tensor, ...], need: tuple[bool, ...], shared
     buf = torch.empty(
         sum(x.numel() for x in wanted), dtype=wanted[0].dtype, device=wanted[0].device
     )
+    return split_gradients(buf, preds, need), buf
+
+
+def split_gradients(buf: torch.Tensor, preds: tuple[torch.Tensor, ...], need: tuple[bool, ...]):
+    """The per-prediction views of the flat gradient buffer of :func:`grad_outputs` (None where
+    ``need`` is False), in prediction order."""
     grads, at = [], 0
     for x, n in zip(preds, need):
         grads.append(buf[at : at + x.numel()].view(x.shape) if n else None)
         at += x.numel() if n else 0
-    return tuple(grads), buf
+    return tuple(grads)
 
 
 def _main_launch(
@@ -540,8 +546,9 @@ def gap_detection_forward(
     eps: float,
     grads: tuple[torch.Tensor | None, ...] = (None, None, None, None),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launches 1 to 4. Returns (total 0-dim, aux [16 + B (1+K)], weight map [B*Hf*Wf] or None);
-    writes the final gradients (upstream gradient 1) into the given ``grads`` (None: not wanted)."""
+    """Launches 1 to 4. Returns (total 0-dim, aux [``aux_size(B, K)``], weight map [B*Hf*Wf] or
+    None); writes the final gradients (upstream gradient 1) into the given ``grads`` (None: not
+    wanted)."""
     preds = (heatmap_gap, heatmap_piece, offset, angle)
     hg = heatmap_gap
     b, _, hf, wf = hg.shape
@@ -651,5 +658,6 @@ __all__ = [
     "gap_detection_backward",
     "gap_detection_forward",
     "grad_outputs",
+    "split_gradients",
     "weight_map_spec",
 ]
