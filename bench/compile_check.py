@@ -378,12 +378,73 @@ def summarize(reports: list[Report]) -> list[str]:
     return sorted(set(out))
 
 
+def mutation_report(launches: list[Launch]) -> tuple[list[str], int]:
+    """What torch.compile's ``triton_op`` tracing sees each kernel write, one line per kernel.
+
+    ``torch._higher_order_ops.triton_kernel_wrap`` builds each kernel's TTIR with the scalar
+    arguments as Python constants; when that fails it logs a warning and assumes every input is
+    mutated (functionalisation then copies every input map). Returns (lines, failures).
+    """
+    import triton
+    import triton.runtime
+    from torch._higher_order_ops import triton_kernel_wrap as tkw
+    from triton.backends.compiler import GPUTarget
+
+    class _Sm90:  # the analysis asks the active driver for its target; no GPU here
+        @staticmethod
+        def get_current_target():
+            return GPUTarget("cuda", 90, 32)
+
+    warned: list[str] = []
+    logger = tkw.log  # "torch._dynamo" (2.11) or the module's own; torch may reset its handlers
+
+    def _catch(msg, *args, **kwargs):
+        warned.append(str(msg) % args if args else str(msg))
+
+    logger.warning = _catch  # an instance attribute: only this logger object, until restored
+    previous = triton.runtime.driver._active  # None until a driver was first asked for
+    triton.runtime.driver.set_active(_Sm90())
+    lines, failures, seen = [], 0, set()
+    try:
+        for la in launches:
+            name = la.kernel.fn.__name__
+            if name in seen:
+                continue
+            seen.add(name)
+            kwargs = {**dict(zip(la.kernel.arg_names, la.args)), **la.kwargs}
+            kwargs = {n: kwargs[n] for n in la.kernel.arg_names if n in kwargs}
+            warned.clear()
+            try:
+                if hasattr(tkw, "identify_mutated_tensors"):  # torch <= 2.12
+                    writes = sorted(tkw.identify_mutated_tensors(la.kernel, kwargs, {}))
+                else:
+                    acc = tkw.identify_accessed_tensors(la.kernel, kwargs, {})
+                    writes = sorted(d.name for d in acc.read_writes.writes)
+            except Exception as e:  # an analysis that raises counts as a failure too
+                warned.append(f"{type(e).__name__}: {e}")
+                writes = []
+            if warned:
+                failures += 1
+                lines.append(f"FAIL {name}: {warned[0].splitlines()[0][:200]}")
+            else:
+                lines.append(f"ok   {name}: writes {', '.join(writes)}")
+    finally:
+        del logger.warning
+        triton.runtime.driver._active = previous
+    return lines, failures
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=int, nargs="+", default=list(ARCHS), help="default: 80 90")
     parser.add_argument("--dtype", nargs="+", default=list(DTYPES), choices=DTYPES)
     parser.add_argument("--markdown", action="store_true", help="a Markdown table")
     parser.add_argument("--only", default="", help="only kernels whose name contains this")
+    parser.add_argument(
+        "--mutations",
+        action="store_true",
+        help="instead: what torch.compile's triton_op analysis sees each kernel write",
+    )
     args = parser.parse_args(argv)
     import torch
     import triton
@@ -394,6 +455,11 @@ def main(argv: list[str] | None = None) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION")
+    if args.mutations:
+        lines, failures = mutation_report(record_launches(args.dtype))
+        print("\n".join(lines))
+        print(f"\n{len(lines)} kernels analysed, {failures} failing")
+        return 1 if failures else 0
     reports = compile_all(record_launches(args.dtype), args.arch, args.only)
     print(table(reports, args.markdown))
     problems = summarize(reports)

@@ -234,6 +234,76 @@ def _profile_criterion(forward: Callable[[], torch.Tensor], case, problem: str) 
     return res
 
 
+# ----------------------------------------------------------------- 2b. device time and loop time
+
+DEVICE_TIME_CASES = (
+    ("gap_detection_loss", 64),
+    ("gap_detection_loss", 1024),
+    ("centernet_loss", 64),
+)
+
+
+def kernel_time(step: Callable[[], None], device: str, steps: int = 5) -> tuple[float, dict]:
+    """Device time of one ``step`` (seconds): the summed durations of its device events
+    (kernels, memsets, memcpys) under torch.profiler, averaged over ``steps`` steps, and the
+    per-event-name share. It leaves out host time and launch gaps: the kernels' own speed."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    sync(device)
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        sync(device)
+    per: Counter = Counter()
+    for e in prof.events():
+        if e.device_type != DeviceType.CPU:
+            per[e.name] += e.time_range.elapsed_us() * 1e-6 / steps
+    return sum(per.values()), {n: t for n, t in per.most_common()}
+
+
+def loop_time(step: Callable[[], None], device: str, n: int = 50) -> float:
+    """Seconds per step of ``n`` steps issued back to back, one sync at the end: what a training
+    loop sees, max(host time, device time) per step."""
+    for _ in range(3):
+        step()
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        step()
+    sync(device)
+    return (time.perf_counter() - t0) / n
+
+
+def device_times(args) -> list[dict]:
+    """Kernel time and loop time of the full losses, forward+backward, per variant."""
+    rows = []
+    cuda = is_cuda(args.device)
+    for op, b in DEVICE_TIME_CASES if cuda else (("gap_detection_loss", 2),):  # CPU: dry run
+        for variant in ("eager", "compile", "triton") if cuda else ("eager", "torch"):
+            case = make_case(op, "forward+backward", b, variant, device=args.device)
+
+            def step(case=case) -> None:
+                case.setup()
+                case.run().backward()
+
+            row = {"op": op, "batch": b, "variant": variant, "floor_bytes": case.floor_bytes}
+            try:
+                for _ in range(3):  # compile, autotune, warm caches
+                    step()
+                row["loop_s"] = loop_time(step, args.device, 50 if cuda else 3)
+                if is_cuda(args.device):
+                    row["kernel_s"], names = kernel_time(step, args.device)
+                    if variant == "triton":
+                        row["per_kernel_s"] = names
+            except Exception as e:
+                row["error"] = f"{type(e).__name__}: {e}"
+            rows.append(row)
+            del case
+            free(args.device)
+    return rows
+
+
 # ----------------------------------------------------------------------------- 3. peak memory
 
 
@@ -488,6 +558,30 @@ def summary_lines(data: dict) -> list[str]:
                 f"{gbs(r.get('achieved_bytes_per_s'))} = {pct(r.get('frac_of_copy'))} of copy; "
                 f"{ratio(r['vs_eager'])} vs eager, {ratio(r['vs_compile'])} vs compile"
             )
+    bw_s = (bw or {}).get("bytes_per_s")
+    dt = data.get("device_time") or []
+    for r in dt:
+        if r["variant"] != "triton" or "error" in r:
+            continue
+        eager = next((x for x in dt if x["op"] == r["op"] and x["batch"] == r["batch"]
+                      and x["variant"] == "eager" and "loop_s" in x), None)  # fmt: skip
+        comp = next((x for x in dt if x["op"] == r["op"] and x["batch"] == r["batch"]
+                     and x["variant"] == "compile" and "loop_s" in x), None)  # fmt: skip
+        line = f"{r['op']} fwd+bwd B={r['batch']} triton: loop {report.fmt_time(r['loop_s'])}/step"
+        if eager:
+            line += f" ({eager['loop_s'] / r['loop_s']:.1f}x eager"
+            line += f", {comp['loop_s'] / r['loop_s']:.2f}x compile)" if comp else ")"
+        if r.get("kernel_s"):
+            line += f"; kernels {report.fmt_time(r['kernel_s'])}"
+            if bw_s:
+                frac = r["floor_bytes"] / r["kernel_s"] / bw_s
+                line += f" = {frac:.1%} of copy bandwidth"
+            if comp and comp.get("kernel_s"):
+                line += f" ({comp['kernel_s'] / r['kernel_s']:.2f}x compile's kernels)"
+        lines.append(line)
+    for r in dt:
+        if "error" in r:
+            lines.append(f"ERROR device_time {r['op']} B={r['batch']} {r['variant']}: {r['error']}")
     for name, res in (data.get("launches") or {}).items():
         f, fb = res["forward"], res["forward+backward"]
         what = "device events" if is_cuda(data["device"]) else "host aten ops (CPU dry run)"
@@ -549,6 +643,39 @@ def render_markdown(data: dict) -> str:
             for r in rows
         ]
         out.append("")
+    dt = data.get("device_time") or []
+    if dt:
+        out += [
+            "## Device time and loop time, forward+backward",
+            "",
+            "loop: seconds per step of 50 steps issued back to back with one sync at the end "
+            "(max of host and device time: what a training loop sees). kernels: summed device "
+            "event durations per step (torch.profiler, mean of 5 steps): the kernels' own "
+            "speed; % of copy = floor bytes / kernel time / copy bandwidth.",
+            "",
+            "| op | B | variant | loop | kernels | % of copy | floor MiB |",
+            "| --- | ---: | --- | ---: | ---: | ---: | ---: |",
+        ]
+        bw_s = (data.get("copy_bandwidth") or {}).get("bytes_per_s")
+        for r in dt:
+            if "error" in r:
+                out.append(f"| {r['op']} | {r['batch']} | {r['variant']} | {r['error'][:80]} |||")
+                continue
+            k = r.get("kernel_s")
+            frac = pct(r["floor_bytes"] / k / bw_s) if k and bw_s else "n/a"
+            out.append(
+                f"| {r['op']} | {r['batch']} | {r['variant']} | {report.fmt_time(r['loop_s'])} "
+                f"| {report.fmt_time(k) if k else 'n/a'} | {frac} "
+                f"| {report.fmt_mib(r['floor_bytes'])} |"
+            )
+        out.append("")
+        for r in dt:
+            if r.get("per_kernel_s"):
+                out += [f"Kernels of {r['op']} B={r['batch']} triton, per step:", ""]
+                out += [
+                    f"- `{n[:100]}`: {report.fmt_time(t)}" for n, t in r["per_kernel_s"].items()
+                ]
+                out.append("")
     launches_ = data.get("launches") or {}
     if launches_:
         out += ["## Launches per call (torch.profiler)", ""]
@@ -649,7 +776,7 @@ def parse_args(argv: list[str] | None):
     p.add_argument(
         "--skip",
         default="",
-        help="comma-separated sections to skip: copy_bandwidth,launches,memory,report",
+        help="comma-separated sections to skip: copy_bandwidth,launches,device_time,memory,report",
     )
     args = p.parse_args(argv)
 
@@ -695,6 +822,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         if "launches" not in args.skip:
             probe.section("launches", lambda: launches(args))
+        if "device_time" not in args.skip:
+            probe.section("device_time", lambda: device_times(args))
         if "memory" not in args.skip:
             probe.section("memory", lambda: peak_memory(args))
         if "report" not in args.skip:

@@ -24,7 +24,14 @@ def triton_available() -> bool:
 
 
 def interpreter_on() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    """Whether the triton backend may run on CPU tensors: ``TRITON_INTERPRET=1`` and the kernels
+    really are interpreted (Triton decides when they are defined, so on a machine whose kernels
+    were compiled, setting the variable later does not make CPU tensors runnable)."""
+    if os.environ.get("TRITON_INTERPRET", "0") != "1" or not triton_available():
+        return False
+    from .kernels.launch import interpreting
+
+    return interpreting()
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:

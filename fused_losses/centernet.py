@@ -32,6 +32,7 @@ from .backend import (
     resolve_backend,
 )
 from .focal import masked_focal_loss
+from .labels import div_exact
 from .validation import (
     check_choice,
     check_floating,
@@ -343,7 +344,7 @@ def box_geometry(
 ) -> dict[str, torch.Tensor]:
     """Per-box quantities of ctdet.py, vectorised over [B, N] (torch backend)."""
     h_map, w_map = size
-    bx = boxes.to(cdt) / down_ratio
+    bx = div_exact(boxes.to(cdt), down_ratio)
     x1 = bx[..., 0].clamp(0, w_map - 1)
     y1 = bx[..., 1].clamp(0, h_map - 1)
     x2 = bx[..., 2].clamp(0, w_map - 1)

@@ -18,7 +18,7 @@ from .backend import (
     needs_grad,
     resolve_backend,
 )
-from .labels import grid_coords
+from .labels import div_exact, grid_coords
 from .validation import (
     check_choice,
     check_floating,
@@ -80,7 +80,7 @@ def hard_negative_terms(
     """(loss, dL/dprobs [B,H*W] or None) for probs [B,H,W] (compute dtype), points in pixels."""
     b, h, w = probs.shape
     k = negatives.shape[1]
-    pts = torch.cat([positive[:, None, :], negatives], dim=1).to(probs.dtype) / stride  # [B,1+K,2]
+    pts = div_exact(torch.cat([positive[:, None, :], negatives], dim=1).to(probs.dtype), stride)
     idx, wts = bilinear_corners(pts, (h, w))
     flat = probs.reshape(b, h * w)
     cols = (k + 1) * 4  # explicit (not -1): B may be 0

@@ -38,11 +38,20 @@ def label_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
     )
 
 
+def div_exact(x: torch.Tensor, d: int | float) -> torch.Tensor:
+    """``x / d`` correctly rounded on every device. On CUDA, PyTorch divides by a Python number
+    as a multiplication by its reciprocal (``x / 3`` can then differ from the CPU by an ulp, and
+    ``floor`` of a cell coordinate by a whole cell); a 0-dim device tensor divisor divides."""
+    if x.device.type == "cpu":
+        return x / d
+    return x / torch.full((), d, dtype=x.dtype, device=x.device)
+
+
 def grid_coords(centers: torch.Tensor, stride: int, dtype: torch.dtype) -> torch.Tensor:
     """(u, v) = (x, y) / stride in the coordinates' own precision: float64 when ``centers`` is
     float64 (floor(u) and the offset target must not see a float64 coordinate rounded to float32
     when the loss computes in float32), else ``dtype``. Cast derived values to ``dtype``."""
-    return centers.to(torch.float64 if centers.dtype == torch.float64 else dtype) / stride
+    return div_exact(centers.to(torch.float64 if centers.dtype == torch.float64 else dtype), stride)
 
 
 def gaussian_factors(
@@ -115,7 +124,7 @@ def box_factors(
     lo_x = torch.arange(wf, dtype=dtype, device=box.device) * stride
     cy = (torch.minimum(lo_y + stride, box[:, 3:4]) - torch.maximum(lo_y, box[:, 1:2])).clamp(min=0)
     cx = (torch.minimum(lo_x + stride, box[:, 2:3]) - torch.maximum(lo_x, box[:, 0:1])).clamp(min=0)
-    return cy / stride, cx / stride
+    return div_exact(cy, stride), div_exact(cx, stride)
 
 
 def weight_from_padding(

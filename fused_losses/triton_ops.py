@@ -28,6 +28,7 @@ from .kernels import focal as _focal
 from .kernels import gap_detection as _gap
 from .kernels import hard_negative as _hard_negative
 from .kernels import labels as _labels
+from .kernels import launch as _launch
 from .kernels import reduce as _reduce
 from .kernels import regression as _regression
 
@@ -189,6 +190,13 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, grad_total, *_unused):
+    return _gap_backward(ctx, grad_total, _gap_scale, _gap_bwd)
+
+
+def _gap_backward(ctx, grad_total, scale, recompute):
+    """Gradients of the forward's inputs (None for all but the 4 predictions): the stored ones
+    scaled in place by ``grad_total``, or recomputed. ``scale``/``recompute``: the custom ops
+    (torch.compile's path) or their implementations (eager)."""
     none = (None,) * _N_FWD_ARGS
     need = tuple(bool(n) for n in ctx.needs_input_grad[:4])
     if grad_total is None or not any(need):
@@ -198,10 +206,28 @@ def _backward(ctx, grad_total, *_unused):
     preds = (hg, hp, off, ang)
     if ctx.stored is not None:
         buf, ctx.stored = ctx.stored, None
-        _gap_scale(grad_total, buf)
+        scale(grad_total, buf)
         return _gap.split_gradients(buf, preds, need) + none[4:]
-    grads = _gap_bwd(grad_total, aux, wmap, *preds, conf, vbox, *need, *ctx.bwd_opts)
+    grads = recompute(grad_total, aux, wmap, *preds, conf, vbox, *need, *ctx.bwd_opts)
     return tuple(g if n else None for g, n in zip(grads, need)) + none[4:]
+
+
+class _GapLossEager(torch.autograd.Function):
+    """The same forward and backward as the ``gap_detection_fwd`` op, without the custom-op
+    dispatcher: eagerly that costs about 1 ms of host time per step (torch's schema handling is
+    quadratic in the 30 arguments), more than the kernels themselves up to B of about 1000.
+    torch.compile traces the op instead (:func:`gap_detection_loss_triton`)."""
+
+    @staticmethod
+    def forward(ctx, *inputs):  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        output = _gap_fwd_impl(*inputs)
+        _setup_context(ctx, inputs, output)
+        return output[0], output[1]
+
+    @staticmethod
+    def backward(ctx, grad_total, _grad_aux):  # type: ignore[override]
+        return _gap_backward(ctx, grad_total, _gap_scale_impl, _gap_bwd_impl)
 
 
 def _gap_fwd_fake(
@@ -247,11 +273,9 @@ def _register_gap_ops():
     """``triton_op``s (traced through by torch.compile) on GPUs; under Triton's interpreter, whose
     kernels ``wrap_triton`` cannot trace, opaque ``custom_op``s with explicit fake kernels (the
     same launchers run eagerly inside)."""
-    import os
-
     names = ("fused_losses::gap_detection_fwd", "fused_losses::gap_detection_bwd")
     scale_name = "fused_losses::gap_detection_scale_"
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+    if _launch.interpreting():
         from torch.library import custom_op
 
         fwd = custom_op(names[0], mutates_args=())(_gap_fwd_impl)
@@ -277,12 +301,16 @@ def gap_detection_loss_triton(opts: dict, inputs: tuple) -> tuple[Tensor, Tensor
     preds = inputs[:4]
     need = tuple(torch.is_grad_enabled() and x.requires_grad for x in preds)
     values = {**opts, "cell": opts["center"] == "cell"}
-    total, aux, _buf, _wmap = _gap_fwd(
+    args = (
         *inputs,
         *(values[k] for k in _GAP_OPTIONS),
         *need,
         _reduce.stores_gradients(*(x for x, n in zip(preds, need) if n)),
     )
+    if torch.compiler.is_compiling():
+        total, aux, _buf, _wmap = _gap_fwd(*args)
+    else:
+        total, aux = _GapLossEager.apply(*args)
     return total, aux[:5]
 
 

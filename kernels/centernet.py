@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import f64_bits, launch, mask_view, next_pow2
+from .launch import f64_bits, interpreting, launch, mask_view, next_pow2
 from .primitives import focal_terms, option
 from .reduce import DEN_EPS, NUM_PARTIALS, ratio_finalize
 
@@ -119,7 +119,7 @@ def _reg_l1_forward_kernel(
     BLOCK_C: tl.constexpr,
 ):
     """partials[pid] = (sum |p m - t m|, sum m, 0, 0) over the program's [BLOCK_M, C] slice;
-    g[b, m, c] = sign(p m - t m) m (the derivative before the 1 / D scale)."""
+    g[b, m, c] = sign((p - t) m) m (the derivative before the 1 / D scale)."""
     cdt: tl.constexpr = part_ptr.dtype.element_ty
     b = tl.program_id(0).to(tl.int64)
     pm = tl.program_id(1)
@@ -141,7 +141,9 @@ def _reg_l1_forward_kernel(
             mask_ptr + b * s_mb + ms[:, None] * s_mm + cs[None, :] * s_mc, mask=on, other=0
         )
         mk = mk.to(cdt)
-        d = p.to(cdt) * mk - t.to(cdt) * mk
+        # (p - t) m, not p m - t m: the compiler may contract the latter into an fma, whose
+        # sign at p == t is the rounding error of t m (the subgradient there must be 0).
+        d = (p.to(cdt) - t.to(cdt)) * mk
         acc_l += tl.abs(d)
         acc_m += mk
         if NEED_GRAD:
@@ -508,7 +510,7 @@ def centernet_targets_launch(
     if b == 0:
         return out
     msk = mask_view(box_mask) if box_mask is not None else labels
-    interp = _interpreting()
+    interp = interpreting()
     block = min(next_pow2(h * w), 4096 if interp else 1024)
     launch(
         _targets_kernel,
@@ -651,7 +653,7 @@ BOXES_BLOCK_N = 128  # boxes per step of the boxes kernel (tests lower it)
 
 
 def _hm_block(hw: int) -> int:
-    return min(next_pow2(hw), 4096 if _interpreting() and HM_BLOCK == 512 else HM_BLOCK)
+    return min(next_pow2(hw), 4096 if interpreting() and HM_BLOCK == 512 else HM_BLOCK)
 
 
 def _box_args(boxes, labels, box_mask):
@@ -732,9 +734,3 @@ def centernet_hm_grad_launch(
     grad = torch.empty(hm.shape, dtype=hm.dtype, device=hm.device)
     _hm_launch(hm, boxes, labels, box_mask, down_ratio, aux, grad_loss, None, grad, focal)
     return grad
-
-
-def _interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"

@@ -72,7 +72,7 @@ import triton
 import triton.language as tl
 
 from .labels import NO_PADDING, PADDING_MASK, VALID_BOX, padding_args
-from .launch import compute_dtype, f64_bits, launch, mask_view, next_pow2
+from .launch import compute_dtype, f64_bits, interpreting, launch, mask_view, next_pow2
 from .primitives import (
     cell_weight,
     coord_grid,
@@ -88,7 +88,6 @@ from .primitives import (
     smooth_l1_terms,
     tent,
 )
-from .reduce import interpreting
 
 # aux layout (module docstring); constexprs, since @triton.jit code reads them.
 AUX_HEAD: tl.constexpr = tl.constexpr(16)

@@ -29,6 +29,23 @@ def reset_launch_count() -> None:
     _LAUNCHES = 0
 
 
+@triton.jit
+def _mode_probe():
+    pass
+
+
+def interpreting() -> bool:
+    """Whether this process's kernels run under Triton's interpreter.
+
+    ``@triton.jit`` decides when a kernel is defined (``TRITON_INTERPRET=1`` then gives an
+    interpreted function, not a ``JITFunction``), so a later change of the variable changes
+    nothing: the kernels themselves are asked.
+    """
+    from triton.runtime.jit import JITFunction
+
+    return not isinstance(_mode_probe, JITFunction)
+
+
 def _wrap(kernel):
     try:
         from torch.library import wrap_triton
@@ -69,7 +86,13 @@ def compute_dtype(*tensors: torch.Tensor | None) -> torch.dtype:
 
 
 def mask_view(x: torch.Tensor | None) -> torch.Tensor | None:
-    """A bool tensor viewed as uint8 (no copy); other dtypes unchanged."""
+    """A bool tensor viewed as uint8 (no copy); other dtypes unchanged.
+
+    While torch.compile traces a ``triton_op`` (fake tensors), a cast instead: Inductor cannot
+    lower a bool-to-uint8 dtype view (torch 2.11), and fuses the cast into the producer anyway.
+    """
     if x is not None and x.dtype == torch.bool:
-        return x.view(torch.uint8)
+        from torch._subclasses.fake_tensor import is_fake
+
+        return x.to(torch.uint8) if is_fake(x) else x.view(torch.uint8)
     return x

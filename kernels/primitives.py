@@ -28,7 +28,8 @@ def as_dtype(a, cdt: tl.constexpr):
 def option(bits, cdt: tl.constexpr):
     """A float option passed as its float64 bit pattern (``launch.f64_bits``) as a 0-d value of
     dtype ``cdt``: exact in float64, correctly rounded in float32."""
-    return bits.to(tl.int64).to(tl.float64, bitcast=True).to(cdt)
+    # tl.cast, not bits.to: torch.compile's mutation analysis passes scalars as Python ints.
+    return tl.cast(bits, tl.int64).to(tl.float64, bitcast=True).to(cdt)
 
 
 @triton.jit

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import f64_bits, launch
+from .launch import f64_bits, interpreting, launch
 from .primitives import as_dtype, option
 
 DEN_EPS, DEN_POS, DEN_ONE, DEN_NUMEL = 0, 1, 2, 3
@@ -106,12 +106,6 @@ def stores_gradients(*tensors: torch.Tensor) -> bool:
         return False
     dtypes = {x.dtype for x in tensors}
     return len(dtypes) == 1 and dtypes <= {torch.float32, torch.float64}
-
-
-def interpreting() -> bool:
-    import os
-
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def elementwise_block(n: int) -> tuple[int, int]:

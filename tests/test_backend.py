@@ -3,9 +3,14 @@ interpreter switch TRITON_INTERPRET."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 from conftest import ON_GPU, assert_scalar_close
+from fused_losses.kernels.launch import interpreting
 from fused_losses.reference.cases import gap_case
 
 import fused_losses as fl
@@ -14,6 +19,12 @@ from fused_losses.backend import resolve_backend
 
 CPU = torch.device("cpu")
 needs_cpu = pytest.mark.skipif(ON_GPU, reason="dispatch of CPU tensors; on a GPU box see CUDA test")
+# Triton picks interpreted or compiled kernels when they are defined: on a GPU machine they are
+# compiled, and TRITON_INTERPRET=1 set later cannot make the triton backend take CPU tensors.
+KERNELS_INTERPRETED = interpreting()
+needs_interpreter = pytest.mark.skipif(
+    not KERNELS_INTERPRETED, reason="kernels compiled in this process (no Triton interpreter)"
+)
 
 
 @pytest.fixture
@@ -76,6 +87,7 @@ class _Dispatched(Exception):
     pass
 
 
+@needs_interpreter
 def test_resolve_backend_rules(clean_env):
     mp = clean_env
     assert resolve_backend("torch", CPU) == "torch"
@@ -123,6 +135,7 @@ def test_auto_on_cpu_picks_torch_without_interpreter(clean_env, op, entry, call)
     assert spy.calls == 0
 
 
+@needs_interpreter
 @pytest.mark.parametrize("op,entry,call", OPS, ids=OP_IDS)
 def test_auto_picks_kernels_under_interpreter(clean_env, op, entry, call):
     clean_env.setenv("TRITON_INTERPRET", "1")
@@ -136,6 +149,7 @@ def test_auto_picks_kernels_under_interpreter(clean_env, op, entry, call):
     assert spy.calls == 2
 
 
+@needs_interpreter
 @pytest.mark.parametrize("op,entry,call", OPS, ids=OP_IDS)
 def test_env_var_overrides_auto(clean_env, op, entry, call):
     clean_env.setenv("TRITON_INTERPRET", "1")
@@ -173,6 +187,7 @@ def test_explicit_kernels_on_cpu_without_interpreter(clean_env, op, entry, call)
     assert spy.calls == 0
 
 
+@needs_interpreter
 def test_auto_under_interpreter_matches_explicit_backends(clean_env):
     """auto (interpreter on) runs the same kernels as backend="triton", close to torch."""
     clean_env.setenv("TRITON_INTERPRET", "1")
@@ -185,6 +200,7 @@ def test_auto_under_interpreter_matches_explicit_backends(clean_env):
     assert_scalar_close(auto, fl.gap_detection_loss(*case.args(), backend="torch"), 1e-5)
 
 
+@needs_interpreter
 def test_module_backend_option(clean_env):
     with pytest.raises(ValueError, match=r"backend.*'numpy'"):
         fl.GapDetectionLoss(backend="numpy")
@@ -196,3 +212,27 @@ def test_module_backend_option(clean_env):
     with pytest.raises(_Dispatched):
         fl.GapDetectionLoss()(*case.args())
     assert spy.calls == 1
+
+
+def test_interpreter_variable_set_late_changes_nothing():
+    """Kernels compiled at import (TRITON_INTERPRET=0, as on a GPU machine): setting the variable
+    to 1 later does not route CPU tensors to kernels that cannot take them. Auto stays on torch,
+    an explicit triton is refused (a fresh process: this one's kernels may be interpreted)."""
+    code = (
+        "import os, torch\n"
+        "from fused_losses.backend import resolve_backend\n"
+        "from fused_losses.kernels.launch import interpreting\n"
+        "assert not interpreting()\n"
+        "os.environ['TRITON_INTERPRET'] = '1'\n"
+        "assert resolve_backend('auto', torch.device('cpu')) == 'torch'\n"
+        "try:\n"
+        "    resolve_backend('triton', torch.device('cpu'))\n"
+        "except ValueError as e:\n"
+        "    assert 'cpu' in str(e)\n"
+        "else:\n"
+        "    raise AssertionError('backend=triton accepted CPU tensors')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "FUSED_LOSSES_BACKEND"}
+    env["TRITON_INTERPRET"] = "0"
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]

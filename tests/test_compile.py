@@ -85,3 +85,22 @@ print(cc.summarize(reports))
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "does not compile" in res.stdout and "SCALE" in res.stdout, res.stdout
+
+
+def test_torch_compile_sees_what_each_kernel_writes():
+    """torch.compile analyses every kernel a ``triton_op`` launches (scalars passed as Python
+    constants). A kernel it cannot analyse makes it assume every input is written, and copy them
+    all: e.g. ``bits.to(...)`` on a scalar argument did that to every gap kernel."""
+    env = {**os.environ, "TRITON_INTERPRET": "0"}
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.compile_check", "--mutations", "--dtype", "float32"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    out = run.stdout + run.stderr
+    assert run.returncode == 0, out[-4000:]
+    assert "ok   _gap_main_kernel: writes g_ang_ptr, g_hg_ptr, g_hp_ptr, g_off_ptr, part_ptr" in out
+    assert "ok   _scale_kernel: writes g_ptr" in out

@@ -228,7 +228,7 @@ def test_components_weighted_sum_and_module_agree(backend):
     for name in COMPONENTS:
         assert_scalar_close(m_comps[name], comps[name], 1e-6, name)
     # Without return_components only the total comes back.
-    c = case.to(torch.float32)
+    c = case.to(torch.float32, DEVICE)
     out = fl.GapDetectionLoss(**opts, backend=backend)(*c.args())
     assert isinstance(out, torch.Tensor) and out.dim() == 0
     assert_scalar_close(out, total, 1e-6, "plain module call")

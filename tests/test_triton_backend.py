@@ -5,6 +5,7 @@ On a machine without CUDA they run the same kernels through Triton's interpreter
 marked ``gpu`` need CUDA (half precision parity, CUDA-graph capture, torch.compile).
 """
 
+import dataclasses
 import os
 
 import torch
@@ -464,8 +465,10 @@ def test_cuda_graph_capture_and_replay():
     with torch.cuda.graph(graph):
         outs = step()
     fresh = gap_case(2, (32, 64), confusers=3, padding="mask", seed=13).to(torch.float32, "cuda")
-    for name in ("heatmap_gap", "heatmap_piece", "offset", "angle", "gap_center", "piece_center"):
-        getattr(static, name).detach().copy_(getattr(fresh, name))
+    for f in dataclasses.fields(static):  # every input, in place (the graph reads those buffers)
+        dst, src = getattr(static, f.name), getattr(fresh, f.name)
+        if isinstance(dst, torch.Tensor):
+            dst.detach().copy_(src)
     graph.replay()
     torch.cuda.synchronize()
     eager = fresh.to(requires_grad=True)
