@@ -72,7 +72,7 @@ import triton
 import triton.language as tl
 
 from .labels import NO_PADDING, PADDING_MASK, VALID_BOX, padding_args
-from .launch import compute_dtype, f64_bits, interpreting, launch, mask_view, next_pow2
+from .launch import compute_dtype, interpreting, launch, mask_view, next_pow2, option_arg
 from .primitives import (
     cell_weight,
     coord_grid,
@@ -95,18 +95,22 @@ IMG_COLS: tl.constexpr = tl.constexpr(10)  # per-image table columns
 NORM_COLS: tl.constexpr = tl.constexpr(4)  # columns of launch 1's partials
 LOSS_COLS: tl.constexpr = tl.constexpr(8)  # columns of launch 3's partials
 AUX_UNIT = 10  # aux[AUX_UNIT] = 1.0: the upstream gradient the forward's gradients are scaled by
-FINALIZE_BLOCK_P = 128  # partial rows per pass of the one-program kernels (tests lower it)
+# Partial rows per pass of the one-program kernels (tests lower it): 2048 halves the finalize time
+# of 128 at B=1024 on an H100 (bench.tune_gap: 110 -> 41 us).
+FINALIZE_BLOCK_P = 2048
 # Padding-weight sources of the main pass (``cell_weight`` modes): besides NO_PADDING / VALID_BOX,
 WEIGHT_MAP, COUNT_MAP = 3, 4  # the map launch 1 wrote (W itself, or padding pixels per cell)
 
 
 def main_block(n: int) -> tuple[int, int]:
-    """(BLOCK, num_warps) of the passes over the maps: one cell per thread keeps the main pass
-    (labels, four heads, gradients) near 48 registers in float32 (62% occupancy on an H100, by
-    ``python -m bench.compile_check``); the interpreter prefers wide blocks."""
+    """(BLOCK, num_warps) of the passes over the maps: two cells per thread keep the main pass
+    (labels, four heads, gradients) within the register budget (``python -m
+    bench.compile_check``); 256 cells on 4 warps was the fastest of ``python -m bench.tune_gap``
+    on an H100 (B=1024: main pass 326 us, against 480 us for 256 on 8 warps). The interpreter
+    prefers wide blocks."""
     if interpreting():
         return min(triton.next_power_of_2(max(n, 1)), 4096), 4
-    return min(triton.next_power_of_2(max(n, 1)), 256), 8
+    return min(triton.next_power_of_2(max(n, 1)), 256), 4
 
 
 @triton.jit
@@ -487,6 +491,7 @@ def _main_launch(
     hw = hf * wf
     block, warps = main_block(hw)
     dummy = aux
+    cdt = compute_dtype(*preds)
     launch(
         _gap_main_kernel,
         (triton.cdiv(hw, block), b),
@@ -496,8 +501,8 @@ def _main_launch(
         hw, wf, k,
         hg.stride(0), hg.stride(2), hg.stride(3), hp.stride(0), hp.stride(2), hp.stride(3),
         *off.stride(), *ang.stride(), s_w_b, s_w_h, s_w_w,
-        f64_bits(sigma), f64_bits(alpha), f64_bits(beta), f64_bits(pos_threshold),
-        f64_bits(reg_threshold), f64_bits(eps),
+        option_arg(sigma, cdt), option_arg(alpha, cdt), option_arg(beta, cdt), option_arg(pos_threshold, cdt),
+        option_arg(reg_threshold, cdt), option_arg(eps, cdt),
         STRIDE=stride, FROM_LOGITS=bool(from_logits), W_MODE=w_mode,
         WRITE_LOSS=part is not None, NEED_HG=grads[0] is not None, NEED_HP=grads[1] is not None,
         NEED_OFF=grads[2] is not None, NEED_ANG=grads[3] is not None,
@@ -565,8 +570,8 @@ def gap_detection_forward(
         (nblk, b),
         gap_center, piece_center, pad, wmap if wmap is not None else norm, norm, hw, wf,
         gap_center.stride(0), gap_center.stride(1), piece_center.stride(0),
-        piece_center.stride(1), s_pad_b, s_pad_h, s_pad_w, f64_bits(sigma),
-        f64_bits(reg_threshold),
+        piece_center.stride(1), s_pad_b, s_pad_h, s_pad_w, option_arg(sigma, cdt),
+        option_arg(reg_threshold, cdt),
         STRIDE=stride, CELL=bool(cell), PADDING=mode, COUNT=map_dtype == torch.uint8,
         BLOCK=block, num_warps=warps,
     )  # fmt: skip
@@ -585,8 +590,8 @@ def gap_detection_forward(
         hf, wf, hg.stride(0), hg.stride(2), hg.stride(3), gap_center.stride(0),
         gap_center.stride(1), piece_center.stride(0), piece_center.stride(1),
         gap_angle.stride(0), s_cf_b, s_cf_k, s_cf_c, s_cm_b, s_cm_k, *wsrc[1:4],
-        f64_bits(margin), f64_bits(w_heatmap), f64_bits(w_offset), f64_bits(w_angle),
-        f64_bits(w_hard_negative), f64_bits(eps),
+        option_arg(margin, cdt), option_arg(w_heatmap, cdt), option_arg(w_offset, cdt), option_arg(w_angle, cdt),
+        option_arg(w_hard_negative, cdt), option_arg(eps, cdt),
         STRIDE=stride, CELL=bool(cell), FROM_LOGITS=bool(from_logits), W_MODE=wsrc[4],
         HAS_CMASK=has_cm,
         BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4,
@@ -603,8 +608,8 @@ def gap_detection_forward(
     launch(
         _gap_total_kernel,
         (1,),
-        part, part.shape[0], aux, total, f64_bits(w_heatmap), f64_bits(w_offset),
-        f64_bits(w_angle), f64_bits(w_hard_negative),
+        part, part.shape[0], aux, total, option_arg(w_heatmap, cdt), option_arg(w_offset, cdt),
+        option_arg(w_angle, cdt), option_arg(w_hard_negative, cdt),
         BLOCK_P=FINALIZE_BLOCK_P, num_warps=4,
     )  # fmt: skip
     return total, aux, wmap

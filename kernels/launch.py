@@ -96,3 +96,12 @@ def mask_view(x: torch.Tensor | None) -> torch.Tensor | None:
 
         return x.to(torch.uint8) if is_fake(x) else x.view(torch.uint8)
     return x
+
+
+def option_arg(x: float, cdt: torch.dtype) -> int | float:
+    """A float option as a kernel argument for arithmetic in ``cdt``: float64, its bit pattern
+    (:func:`f64_bits`, exact); otherwise the float itself, which Triton passes as float32 rounded
+    to nearest, the value ``primitives.option`` would rebuild from the bits. torch.compile's
+    Inductor (torch 2.11) fails on an int argument above 2**31, i.e. on any bit pattern of a
+    positive float, so the ``triton_op`` path of float32 losses needs the plain float."""
+    return f64_bits(x) if cdt == torch.float64 else float(x)

@@ -293,6 +293,11 @@ def test_hard_negative_random_points(positive, negatives, seed, margin):
     hinge = margin - s_pos + s_neg
     if hinge.numel() and hinge.abs().min() < 1e-9:
         return  # too close to relu's kink for a float64 comparison of gradients
+    if any(abs(positive[0] - x) + abs(positive[1] - y) < 1e-6 for x, y in negatives):
+        # A negative on the positive: their bilinear gradients cancel to a residue of the
+        # distance (e.g. 1e-12 next to terms of 1), and float64 rounding of the terms is then a
+        # large part of it (seen on CUDA, where the scatter order differs).
+        return
     check_parity(
         fl.hard_negative_margin_loss,
         R.hard_negative_margin_loss,
