@@ -275,12 +275,21 @@ def loop_time(step: Callable[[], None], device: str, n: int = 50) -> float:
     return (time.perf_counter() - t0) / n
 
 
-def device_times(args) -> list[dict]:
-    """Kernel time and loop time of the full losses, forward+backward, per variant."""
-    rows = []
+def device_times(args, rows: list[dict] | None = None) -> list[dict]:
+    """Loop time of the full losses, forward+backward, per variant (eager reference and the
+    fused backend; torch.compile's times are in the report), then their kernel times.
+
+    All loop times are taken before the first profiler session of the section: a CUDA profiler
+    session can leave launches slower for the rest of the process (run this section before the
+    ``launches`` one). ``rows`` (appended to as it goes) keeps what was measured if the section
+    is cut short."""
+    rows = [] if rows is None else rows
     cuda = is_cuda(args.device)
-    for op, b in DEVICE_TIME_CASES if cuda else (("gap_detection_loss", 2),):  # CPU: dry run
-        for variant in ("eager", "compile", "triton") if cuda else ("eager", "torch"):
+    fused = "triton" if cuda else "torch"
+    cases = DEVICE_TIME_CASES if cuda else (("gap_detection_loss", 2),)  # CPU: a dry run
+    steps = {}
+    for op, b in cases:
+        for variant in ("eager", fused):
             case = make_case(op, "forward+backward", b, variant, device=args.device)
 
             def step(case=case) -> None:
@@ -288,19 +297,24 @@ def device_times(args) -> list[dict]:
                 case.run().backward()
 
             row = {"op": op, "batch": b, "variant": variant, "floor_bytes": case.floor_bytes}
+            rows.append(row)
             try:
-                for _ in range(3):  # compile, autotune, warm caches
+                for _ in range(3):  # compile kernels, warm caches
                     step()
                 row["loop_s"] = loop_time(step, args.device, 50 if cuda else 3)
-                if is_cuda(args.device):
-                    row["kernel_s"], names = kernel_time(step, args.device)
-                    if variant == "triton":
-                        row["per_kernel_s"] = names
+                steps[len(rows) - 1] = (case, step)
             except Exception as e:
                 row["error"] = f"{type(e).__name__}: {e}"
-            rows.append(row)
-            del case
-            free(args.device)
+    if cuda:
+        for i, (_case, step) in steps.items():
+            try:
+                rows[i]["kernel_s"], names = kernel_time(step, args.device)
+                if rows[i]["variant"] == "triton":
+                    rows[i]["per_kernel_s"] = names
+            except Exception as e:
+                rows[i]["error"] = f"{type(e).__name__}: {e}"
+    steps.clear()
+    free(args.device)
     return rows
 
 
@@ -567,6 +581,8 @@ def summary_lines(data: dict) -> list[str]:
                       and x["variant"] == "eager" and "loop_s" in x), None)  # fmt: skip
         comp = next((x for x in dt if x["op"] == r["op"] and x["batch"] == r["batch"]
                      and x["variant"] == "compile" and "loop_s" in x), None)  # fmt: skip
+        if "loop_s" not in r:
+            continue
         line = f"{r['op']} fwd+bwd B={r['batch']} triton: loop {report.fmt_time(r['loop_s'])}/step"
         if eager:
             line += f" ({eager['loop_s'] / r['loop_s']:.1f}x eager"
@@ -658,8 +674,9 @@ def render_markdown(data: dict) -> str:
         ]
         bw_s = (data.get("copy_bandwidth") or {}).get("bytes_per_s")
         for r in dt:
-            if "error" in r:
-                out.append(f"| {r['op']} | {r['batch']} | {r['variant']} | {r['error'][:80]} |||")
+            if "error" in r or "loop_s" not in r:
+                why = r.get("error", "not measured")[:80]
+                out.append(f"| {r['op']} | {r['batch']} | {r['variant']} | {why} ||||")
                 continue
             k = r.get("kernel_s")
             frac = pct(r["floor_bytes"] / k / bw_s) if k and bw_s else "n/a"
@@ -820,10 +837,12 @@ def main(argv: list[str] | None = None) -> int:
                 "copy_bandwidth",
                 lambda: copy_bandwidth_median(dev, args.copy_mib, args.copy_repeats),
             )
+        if "device_time" not in args.skip:
+            rows: list[dict] = []
+            probe.data["device_time"] = rows  # written as it fills, if the section is cut short
+            probe.section("device_time", lambda: device_times(args, rows))
         if "launches" not in args.skip:
             probe.section("launches", lambda: launches(args))
-        if "device_time" not in args.skip:
-            probe.section("device_time", lambda: device_times(args))
         if "memory" not in args.skip:
             probe.section("memory", lambda: peak_memory(args))
         if "report" not in args.skip:

@@ -83,7 +83,7 @@ from .primitives import (
     keep_float64,
     label_center,
     offset_target,
-    option,
+    option_value,
     padding_block_sum,
     smooth_l1_terms,
     tent,
@@ -150,7 +150,7 @@ def _gap_weights_kernel(
     j = cells % Wf
     y_gap, y_piece, _, _, _, _ = _cell_labels(
         gc_ptr, pc_ptr, b, i.to(cdt), j.to(cdt), s_gc_b, s_gc_c, s_pc_b, s_pc_c,
-        option(sigma, cdt), STRIDE, CELL, cdt,
+        option_value(sigma, cdt), STRIDE, CELL, cdt,
     )  # fmt: skip
     if PADDING == 1:
         acc = padding_block_sum(pad_ptr, b, i, j, s_pad_b, s_pad_h, s_pad_w, on, STRIDE, cdt)
@@ -163,7 +163,7 @@ def _gap_weights_kernel(
     else:
         w = cell_weight(pad_ptr, b, i, j, s_pad_b, s_pad_h, s_pad_w, on, STRIDE, PADDING, cdt)
     w = tl.where(on, w, 0.0)
-    reg_t = option(reg_threshold, cdt)
+    reg_t = option_value(reg_threshold, cdt)
     out = norm_ptr + (b.to(tl.int64) * tl.num_programs(0) + pid) * 4
     tl.store(out + 0, tl.sum(w, axis=0))
     tl.store(out + 1, tl.sum(tl.where(y_gap > reg_t, w, 0.0), axis=0))
@@ -206,7 +206,7 @@ def _gap_normalize_kernel(
     whose correctly rounded divisions and sin/cos would otherwise cost the main pass registers."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     sums, cols = _column_sums(norm_ptr, P, NORM_COLS, BLOCK_P)
-    e = option(eps, cdt)
+    e = option_value(eps, cdt)
     heat_den = _pick(sums, cols, 0) + e
     gap_den = _pick(sums, cols, 1) + e
     piece_den = _pick(sums, cols, 2) + e
@@ -214,7 +214,7 @@ def _gap_normalize_kernel(
     hinge_sum, count = hard_negative_block(
         hg_ptr, s_hg_b, s_hg_h, s_hg_w, gc_ptr, s_gc_b, s_gc_c, conf_ptr, s_cf_b, s_cf_k, s_cf_c,
         cmask_ptr, s_cm_b, s_cm_k, w_ptr, s_w_b, s_w_h, s_w_w, coef_ptr, B, K, Hf, Wf,
-        option(margin, cdt), STRIDE, W_MODE, HAS_CMASK, FROM_LOGITS, BLOCK_B, BLOCK_K, cdt,
+        option_value(margin, cdt), STRIDE, W_MODE, HAS_CMASK, FROM_LOGITS, BLOCK_B, BLOCK_K, cdt,
     )  # fmt: skip
     uv_ptr = coef_ptr + B * (K + 1)
     rows = tl.arange(0, BLOCK_B)
@@ -253,13 +253,13 @@ def _gap_normalize_kernel(
             tl.store(dst, nu.to(cdt), mask=on2)
             tl.store(dst + 1, nv.to(cdt), mask=on2)
     hn_den = tl.maximum(count, 1.0)
-    wo = option(w_offset, cdt)
+    wo = option_value(w_offset, cdt)
     tl.store(aux_ptr + 4, hinge_sum / hn_den)
-    tl.store(aux_ptr + 5, option(w_heatmap, cdt) / heat_den)
+    tl.store(aux_ptr + 5, option_value(w_heatmap, cdt) / heat_den)
     tl.store(aux_ptr + 6, wo / gap_den)
     tl.store(aux_ptr + 7, wo / piece_den)
-    tl.store(aux_ptr + 8, option(w_angle, cdt) / gap_den)
-    tl.store(aux_ptr + 9, option(w_hard_negative, cdt) / hn_den)
+    tl.store(aux_ptr + 8, option_value(w_angle, cdt) / gap_den)
+    tl.store(aux_ptr + 9, option_value(w_hard_negative, cdt) / hn_den)
     tl.store(aux_ptr + 10, tl.full([], 1.0, cdt))
     tl.store(aux_ptr + 11, heat_den)
     tl.store(aux_ptr + 12, gap_den)
@@ -319,12 +319,12 @@ def _gap_main_kernel(
     jj = j.to(cdt)
     i64 = i.to(tl.int64)
     j64 = j.to(tl.int64)
-    alpha = option(alpha, cdt)
-    beta = option(beta, cdt)
-    pos_threshold = option(pos_threshold, cdt)
-    eps = option(eps, cdt)
-    reg_t = option(reg_threshold, cdt)
-    sig = option(sigma, cdt)
+    alpha = option_value(alpha, cdt)
+    beta = option_value(beta, cdt)
+    pos_threshold = option_value(pos_threshold, cdt)
+    eps = option_value(eps, cdt)
+    reg_t = option_value(reg_threshold, cdt)
+    sig = option_value(sigma, cdt)
     row = aux_ptr + AUX_HEAD + IMG_COLS * b64
     y_gap = gaussian(ii, jj, tl.load(row + 0), tl.load(row + 1), sig, sig)
     y_piece = gaussian(ii, jj, tl.load(row + 2), tl.load(row + 3), sig, sig)
@@ -419,10 +419,10 @@ def _gap_total_kernel(
     l_angle = _pick(sums, cols, 4) / gap_den
     l_hard = tl.load(aux_ptr + 4)
     total = (
-        option(w_heatmap, cdt) * (l_heat_gap + l_heat_piece)
-        + option(w_offset, cdt) * l_offset
-        + option(w_angle, cdt) * l_angle
-        + option(w_hard_negative, cdt) * l_hard
+        option_value(w_heatmap, cdt) * (l_heat_gap + l_heat_piece)
+        + option_value(w_offset, cdt) * l_offset
+        + option_value(w_angle, cdt) * l_angle
+        + option_value(w_hard_negative, cdt) * l_hard
     )
     tl.store(total_ptr, total)
     tl.store(aux_ptr + 0, l_heat_gap)

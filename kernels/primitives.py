@@ -26,16 +26,21 @@ def as_dtype(a, cdt: tl.constexpr):
 
 @triton.jit
 def option(bits, cdt: tl.constexpr):
-    """A float option as a 0-d value of dtype ``cdt``, passed either as its float64 bit pattern
-    (``launch.f64_bits``: exact in float64, correctly rounded in float32) or as a float32
-    (``launch.option_arg`` for float32 kernels)."""
-    # + a 0-d int8: a tensor also where torch.compile's analysis passes a Python number, and its
-    # dtype tells the two forms apart (float32 stays float32, a bit pattern stays an integer).
-    v = bits + tl.zeros([], tl.int8)
-    if v.dtype == tl.float32:
-        return v.to(cdt)
+    """A float option passed as its float64 bit pattern (``launch.f64_bits``) as a 0-d value of
+    dtype ``cdt``: exact in float64, correctly rounded in float32."""
+    # tl.cast, not bits.to: torch.compile's mutation analysis passes scalars as Python ints.
+    return tl.cast(bits, tl.int64).to(tl.float64, bitcast=True).to(cdt)
+
+
+@triton.jit
+def option_value(v, cdt: tl.constexpr):
+    """A float option passed by ``launch.option_arg`` for arithmetic in ``cdt``: the float64 bit
+    pattern when ``cdt`` is float64, else a float32 (the kernels of ``triton_op``s: Inductor
+    cannot pass a bit pattern, see option_arg)."""
+    if cdt == tl.float64:
+        return tl.cast(v, tl.int64).to(tl.float64, bitcast=True)
     else:
-        return v.to(tl.int64).to(tl.float64, bitcast=True).to(cdt)
+        return tl.cast(v, tl.float32).to(cdt)
 
 
 @triton.jit
