@@ -360,7 +360,8 @@ elif ((!RUN_GPU)); then
 else
     PARALLEL=()
     ((XDIST > 0)) && PARALLEL=(-n "$XDIST")
-    # tests/test_compile.py is step 2's compile check again: not run twice (nor once per worker).
+    # The two compile-budget tests of tests/test_compile.py are step 2 again: not run twice (nor
+    # once per worker); its torch.compile analysis test runs here (on the torch of this machine).
     TIMEOUT_SIGNAL=INT run tests "$(limit 240 110)" "$PY" -m pytest tests -q -m "not gpu" -rfE --tb=short \
         --deselect tests/test_compile.py::test_every_kernel_compiles_within_budget \
         --deselect tests/test_compile.py::test_every_kernel_is_checked \
