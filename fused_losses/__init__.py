@@ -8,35 +8,45 @@ Triton kernels; CPU tensors run a pure-PyTorch fused implementation with analyti
 from .centernet import (
     CenterNetFocalLoss,
     CenterNetLoss,
+    CenterNetOptions,
     RegL1Loss,
     RegWeightedL1Loss,
     centernet_focal_loss,
     centernet_loss,
-    centernet_targets,
     clamped_sigmoid,
     reg_l1_loss,
     reg_weighted_l1_loss,
     transpose_and_gather_feat,
 )
-from .cosine import MaskedCosineLoss, masked_cosine_loss
-from .focal import MaskedFocalLoss, masked_focal_loss
-from .gap_detection import GapDetectionLoss, gap_detection_loss
-from .hard_negative import HardNegativeMarginLoss, hard_negative_margin_loss
+from .centernet_labels import centernet_targets
+from .cosine import CosineOptions, MaskedCosineLoss, masked_cosine_loss
+from .focal import FocalOptions, MaskedFocalLoss, masked_focal_loss
+from .gap_detection import GapDetectionLoss, GapLossOptions, gap_detection_loss
+from .hard_negative import HardNegativeMarginLoss, HardNegativeOptions, hard_negative_margin_loss
 from .labels import gaussian_heatmap, padding_weight
-from .smooth_l1 import MaskedSmoothL1Loss, masked_smooth_l1_loss
+from .options import LossModule, LossOptions
+from .smooth_l1 import MaskedSmoothL1Loss, SmoothL1Options, masked_smooth_l1_loss
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CenterNetFocalLoss",
     "CenterNetLoss",
+    "CenterNetOptions",
+    "CosineOptions",
+    "FocalOptions",
     "GapDetectionLoss",
+    "GapLossOptions",
     "HardNegativeMarginLoss",
+    "HardNegativeOptions",
+    "LossModule",
+    "LossOptions",
     "MaskedCosineLoss",
     "MaskedFocalLoss",
     "MaskedSmoothL1Loss",
     "RegL1Loss",
     "RegWeightedL1Loss",
+    "SmoothL1Options",
     "centernet_focal_loss",
     "centernet_loss",
     "centernet_targets",

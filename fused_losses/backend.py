@@ -34,10 +34,16 @@ def interpreter_on() -> bool:
     return interpreting()
 
 
-def resolve_backend(backend: str, device: torch.device) -> str:
-    """The concrete backend ("torch" or "triton") for tensors on ``device``."""
+def check_backend(backend: object) -> str:
+    """``backend`` if it names a backend (a ValueError listing them otherwise)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {list(BACKENDS)}, got {backend!r}")
+    return backend  # type: ignore[return-value]
+
+
+def resolve_backend(backend: str, device: torch.device) -> str:
+    """The concrete backend ("torch" or "triton") for tensors on ``device``."""
+    check_backend(backend)
     if backend == "auto":
         backend = os.environ.get("FUSED_LOSSES_BACKEND", "auto") or "auto"
         if backend not in BACKENDS:

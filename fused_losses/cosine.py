@@ -8,17 +8,19 @@ dc/da = (e - c a / n) / n with e = (sin t, cos t)   (= e / 1e-12 where ||a|| < 1
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
 from .backend import (
-    BACKENDS,
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
     resolve_backend,
 )
+from .options import LossModule, LossOptions
 from .validation import (
-    check_choice,
     check_floating,
     check_number,
     check_real,
@@ -46,10 +48,14 @@ def cosine_terms(
     return 1 - c, -torch.cat([g0, g1], dim=1)
 
 
-def check_cosine_options(*, eps: float, backend: str) -> tuple[float, str]:
-    """Validate the options of :func:`masked_cosine_loss`: (eps, backend)."""
-    check_choice("backend", backend, BACKENDS)
-    return check_number("eps", eps, nonneg=True), backend
+@dataclasses.dataclass(frozen=True)
+class CosineOptions(LossOptions):
+    """Options of :func:`masked_cosine_loss`: ``eps`` of the denominator and the ``backend``."""
+
+    eps: float = 1e-7
+
+    def validate(self) -> None:
+        self._set("eps", check_number("eps", self.eps, nonneg=True))
 
 
 def masked_cosine_loss(
@@ -57,10 +63,12 @@ def masked_cosine_loss(
     target_angle: torch.Tensor,
     mask: torch.Tensor,
     *,
-    eps: float = 1e-7,
-    backend: str = "auto",
+    options: CosineOptions | None = None,
+    **overrides: Any,
 ) -> torch.Tensor:
     """sum((1 - cos(angle(pred) - t)) m) / (sum(m) + eps).
+
+    Options (:class:`CosineOptions`, as keywords or ``options=``): ``eps=1e-7, backend="auto"``.
 
     pred [B,2,H,W] holds (sin, cos) at any non-zero scale (normalised inside); target_angle [B]
     radians; mask [B,1,H,W]. Gradient flows into ``pred``. Returns a 0-dim float32 tensor (float64
@@ -77,11 +85,12 @@ def masked_cosine_loss(
     check_real("mask", mask)
     check_shape("mask", mask, [b, 1, h, w], f"[{b}, 1, {h}, {w}]")
     check_same_device({"pred": pred, "target_angle": target_angle, "mask": mask})
-    eps, backend = check_cosine_options(eps=eps, backend=backend)
-    if resolve_backend(backend, pred.device) == "triton":
-        from .triton_ops import masked_cosine_loss_triton
+    opts = CosineOptions.build(options, overrides)
+    if resolve_backend(opts.backend, pred.device) == "triton":
+        from .triton_gap import masked_cosine_loss_triton
 
-        return masked_cosine_loss_triton(pred, target_angle, mask, eps=eps)
+        return masked_cosine_loss_triton(pred, target_angle, mask, opts)
+    eps = opts.eps
     (need,) = needs_grad(pred)
 
     def value_and_grad(a: torch.Tensor, t: torch.Tensor, m: torch.Tensor):
@@ -99,14 +108,13 @@ def masked_cosine_loss(
     return loss
 
 
-class MaskedCosineLoss(torch.nn.Module):
-    """Module form of :func:`masked_cosine_loss`; ``forward(pred, target_angle, mask)``."""
+class MaskedCosineLoss(LossModule):
+    """Module form of :func:`masked_cosine_loss`: ``MaskedCosineLoss(**options)`` (the fields of
+    :class:`CosineOptions`), ``forward(pred, target_angle, mask)``."""
 
-    def __init__(self, eps: float = 1e-7, backend: str = "auto") -> None:
-        super().__init__()
-        self.eps, self.backend = check_cosine_options(eps=eps, backend=backend)
+    Options = CosineOptions
 
     def forward(
         self, pred: torch.Tensor, target_angle: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        return masked_cosine_loss(pred, target_angle, mask, eps=self.eps, backend=self.backend)
+        return masked_cosine_loss(pred, target_angle, mask, options=self.options)

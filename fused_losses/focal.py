@@ -19,18 +19,22 @@ and for logits (exact logs: log P = logsigmoid(x), log(1 - P) = logsigmoid(-x))
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from .backend import (
-    BACKENDS,
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
     resolve_backend,
 )
+from .options import LossModule, LossOptions
 from .validation import (
     check_bool,
+    check_broadcastable,
     check_choice,
     check_floating,
     check_number,
@@ -131,28 +135,25 @@ def focal_normalizer(
     return 1.0
 
 
-def check_focal_options(
-    *,
-    alpha: float,
-    beta: float,
-    pos_threshold: float,
-    normalize: str,
-    from_logits: bool,
-    eps: float,
-    backend: str,
-) -> dict:
-    """Validate the options of :func:`masked_focal_loss`; returns them with numbers as floats."""
-    check_choice("normalize", normalize, NORMALIZE)
-    check_choice("backend", backend, BACKENDS)
-    return dict(
-        alpha=check_number("alpha", alpha, nonneg=True),
-        beta=check_number("beta", beta, nonneg=True),
-        pos_threshold=check_number("pos_threshold", pos_threshold),
-        normalize=normalize,
-        from_logits=check_bool("from_logits", from_logits),
-        eps=check_number("eps", eps, nonneg=True),
-        backend=backend,
-    )
+@dataclasses.dataclass(frozen=True)
+class FocalOptions(LossOptions):
+    """Options of :func:`masked_focal_loss`: the focusing exponents ``alpha`` and ``beta``, the
+    positive threshold on the target, the ``normalize`` mode, ``from_logits``, ``eps`` inside the
+    logs and the ``backend``."""
+
+    alpha: float = 1.5
+    beta: float = 4.0
+    pos_threshold: float = 0.9
+    normalize: str = "weight"
+    from_logits: bool = False
+    eps: float = 1e-7
+
+    def validate(self) -> None:
+        check_choice("normalize", self.normalize, NORMALIZE)
+        check_bool("from_logits", self.from_logits)
+        for name in ("alpha", "beta", "eps"):
+            self._set(name, check_number(name, getattr(self, name), nonneg=True))
+        self._set("pos_threshold", check_number("pos_threshold", self.pos_threshold))
 
 
 def masked_focal_loss(
@@ -160,15 +161,13 @@ def masked_focal_loss(
     target: torch.Tensor,
     weight: torch.Tensor | None = None,
     *,
-    alpha: float = 1.5,
-    beta: float = 4.0,
-    pos_threshold: float = 0.9,
-    normalize: str = "weight",
-    from_logits: bool = False,
-    eps: float = 1e-7,
-    backend: str = "auto",
+    options: FocalOptions | None = None,
+    **overrides: Any,
 ) -> torch.Tensor:
     """sum(f * W) / D with f the focal term above; pred and target [B,1,H,W] (any equal shapes).
+
+    Options (:class:`FocalOptions`, as keywords or ``options=``): ``alpha=1.5, beta=4.0,
+    pos_threshold=0.9, normalize="weight", from_logits=False, eps=1e-7, backend="auto"``.
 
     weight broadcasts to pred (default 1). D by ``normalize``: "weight" sum(W) + eps; "num_pos"
     sum(pos * W) (the number of positives without W), or 1 when that is 0 (CenterNet); "sum" 1;
@@ -186,30 +185,16 @@ def masked_focal_loss(
     if weight is not None:
         check_tensor("weight", weight)
         check_real("weight", weight)
-        try:
-            ok = torch.broadcast_shapes(weight.shape, pred.shape) == pred.shape
-        except RuntimeError:
-            ok = False
-        if not ok:
-            raise ValueError(
-                f"weight: expected a shape broadcastable to {shape_str(pred)}, got {shape_str(weight)}"
-            )
+        check_broadcastable("weight", weight, pred)
     check_same_device({"pred": pred, "target": target, "weight": weight})
-    opts = check_focal_options(
-        alpha=alpha,
-        beta=beta,
-        pos_threshold=pos_threshold,
-        normalize=normalize,
-        from_logits=from_logits,
-        eps=eps,
-        backend=backend,
-    )
-    normalize = opts.pop("normalize")
-    backend = opts.pop("backend")
-    if resolve_backend(backend, pred.device) == "triton":
-        from .triton_ops import masked_focal_loss_triton
+    opts = FocalOptions.build(options, overrides)
+    if resolve_backend(opts.backend, pred.device) == "triton":
+        from .triton_gap import masked_focal_loss_triton
 
-        return masked_focal_loss_triton(pred, target, weight, normalize=normalize, **opts)
+        return masked_focal_loss_triton(pred, target, weight, opts)
+    normalize = opts.normalize
+    terms = dict(alpha=opts.alpha, beta=opts.beta, pos_threshold=opts.pos_threshold)
+    terms.update(from_logits=opts.from_logits, eps=opts.eps)
 
     (need,) = needs_grad(pred)
 
@@ -217,10 +202,10 @@ def masked_focal_loss(
         cdt = compute_dtype(x.dtype)
         xc, yc = x.to(cdt), y.to(cdt)
         wc = None if w is None else w.to(cdt).expand_as(xc)
-        f, df, pos = focal_terms(xc, yc, **opts, need_grad=need)
+        f, df, pos = focal_terms(xc, yc, **terms, need_grad=need)
         if wc is not None:
             f = f * wc
-        denom = focal_normalizer(normalize, pos, wc, f.numel(), opts["eps"])
+        denom = focal_normalizer(normalize, pos, wc, f.numel(), opts.eps)
         loss = f.sum() / denom
         grad = None
         if df is not None:
@@ -231,31 +216,13 @@ def masked_focal_loss(
     return loss
 
 
-class MaskedFocalLoss(torch.nn.Module):
-    """Module form of :func:`masked_focal_loss`; ``forward(pred, target, weight=None)``."""
+class MaskedFocalLoss(LossModule):
+    """Module form of :func:`masked_focal_loss`: ``MaskedFocalLoss(**options)`` (the fields of
+    :class:`FocalOptions`), ``forward(pred, target, weight=None)``."""
 
-    def __init__(
-        self,
-        alpha: float = 1.5,
-        beta: float = 4.0,
-        pos_threshold: float = 0.9,
-        normalize: str = "weight",
-        from_logits: bool = False,
-        eps: float = 1e-7,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        self.opts = check_focal_options(
-            alpha=alpha,
-            beta=beta,
-            pos_threshold=pos_threshold,
-            normalize=normalize,
-            from_logits=from_logits,
-            eps=eps,
-            backend=backend,
-        )
+    Options = FocalOptions
 
     def forward(
         self, pred: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None
     ) -> torch.Tensor:
-        return masked_focal_loss(pred, target, weight, **self.opts)
+        return masked_focal_loss(pred, target, weight, options=self.options)

@@ -22,6 +22,9 @@ backend runs the same math as Triton kernels.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any, NamedTuple
+
 import torch
 
 from .backend import (
@@ -41,6 +44,7 @@ from .labels import (
     weight_from_padding,
     window_radius,
 )
+from .options import LossModule, LossOptions
 from .smooth_l1 import smooth_l1_terms
 from .validation import (
     check_bool,
@@ -60,64 +64,62 @@ from .validation import (
 COMPONENTS = ("heatmap_gap", "heatmap_piece", "offset", "angle", "hard_negative")
 
 
-def check_options(
-    *,
-    stride: int,
-    sigma: float,
-    center: str,
-    alpha: float,
-    beta: float,
-    pos_threshold: float,
-    reg_threshold: float,
-    margin: float,
-    w_heatmap: float,
-    w_offset: float,
-    w_angle: float,
-    w_hard_negative: float,
-    from_logits: bool,
-    eps: float,
-    backend: str,
-) -> dict:
-    """Validate the loss options; returns them with numbers as floats."""
-    from .backend import BACKENDS
+@dataclasses.dataclass(frozen=True)
+class GapLossOptions(LossOptions):
+    """Options of the gap-detection loss (docs/spec.md 3.1): label generation (``stride``,
+    ``sigma`` in grid units, ``center`` "cell" or "exact"), the focal term (``alpha``, ``beta``,
+    ``pos_threshold``, ``from_logits``, ``eps``), the regression mask (``reg_threshold``), the
+    hard-negative ``margin``, the term weights ``w_*`` and the ``backend``."""
 
-    check_choice("center", center, CENTERS)
-    check_choice("backend", backend, BACKENDS)
-    check_bool("from_logits", from_logits)
-    return dict(
-        stride=check_positive_int("stride", stride),
-        sigma=check_sigma("sigma", sigma),
-        center=center,
-        alpha=check_number("alpha", alpha, nonneg=True),
-        beta=check_number("beta", beta, nonneg=True),
-        pos_threshold=check_number("pos_threshold", pos_threshold),
-        reg_threshold=check_number("reg_threshold", reg_threshold),
-        margin=check_number("margin", margin),
-        w_heatmap=check_number("w_heatmap", w_heatmap),
-        w_offset=check_number("w_offset", w_offset),
-        w_angle=check_number("w_angle", w_angle),
-        w_hard_negative=check_number("w_hard_negative", w_hard_negative),
-        from_logits=from_logits,
-        eps=check_number("eps", eps, nonneg=True),
-        backend=backend,
-    )
+    stride: int = 4
+    sigma: float = 1.5
+    center: str = "cell"
+    alpha: float = 1.5
+    beta: float = 4.0
+    pos_threshold: float = 0.9
+    reg_threshold: float = 0.7
+    margin: float = 0.25
+    w_heatmap: float = 1.0
+    w_offset: float = 1.0
+    w_angle: float = 0.2
+    w_hard_negative: float = 1.0
+    from_logits: bool = False
+    eps: float = 1e-7
+
+    def validate(self) -> None:
+        check_choice("center", self.center, CENTERS)
+        check_bool("from_logits", self.from_logits)
+        self._set("stride", check_positive_int("stride", self.stride))
+        self._set("sigma", check_sigma("sigma", self.sigma))
+        for name in ("alpha", "beta", "eps"):
+            self._set(name, check_number(name, getattr(self, name), nonneg=True))
+        for name in ("pos_threshold", "reg_threshold", "margin", *WEIGHTS):
+            self._set(name, check_number(name, getattr(self, name)))
 
 
-def check_inputs(
-    heatmap_gap: torch.Tensor,
-    heatmap_piece: torch.Tensor,
-    offset: torch.Tensor,
-    angle: torch.Tensor,
-    gap_center: torch.Tensor,
-    piece_center: torch.Tensor,
-    gap_angle: torch.Tensor,
-    confusers: torch.Tensor | None,
-    confuser_mask: torch.Tensor | None,
-    padding_mask: torch.Tensor | None,
-    valid_box: torch.Tensor | None,
-    stride: int,
-) -> None:
-    """SPEC 3.5: shapes, dtypes and devices, from metadata only (no device sync)."""
+WEIGHTS = ("w_heatmap", "w_offset", "w_angle", "w_hard_negative")
+
+
+class GapInputs(NamedTuple):
+    """The tensors of one call (shapes in the module docstring)."""
+
+    heatmap_gap: torch.Tensor
+    heatmap_piece: torch.Tensor
+    offset: torch.Tensor
+    angle: torch.Tensor
+    gap_center: torch.Tensor
+    piece_center: torch.Tensor
+    gap_angle: torch.Tensor
+    confusers: torch.Tensor | None = None
+    confuser_mask: torch.Tensor | None = None
+    padding_mask: torch.Tensor | None = None
+    valid_box: torch.Tensor | None = None
+
+
+def check_inputs(inputs: GapInputs, stride: int) -> None:
+    """Spec 3.5: shapes, dtypes and devices, from metadata only (no device sync)."""
+    heatmap_gap, heatmap_piece, offset, angle, gap_center, piece_center, gap_angle = inputs[:7]
+    confusers, confuser_mask, padding_mask, valid_box = inputs[7:]
     for name, x in (
         ("heatmap_gap", heatmap_gap),
         ("heatmap_piece", heatmap_piece),
@@ -153,24 +155,10 @@ def check_inputs(
         k = confusers.shape[1]
         check_shape("confuser_mask", confuser_mask, [b, k], f"[{b}, {k}]")
     check_padding(padding_mask, valid_box, b, (hf, wf), stride)
-    check_same_device(
-        {
-            "heatmap_gap": heatmap_gap,
-            "heatmap_piece": heatmap_piece,
-            "offset": offset,
-            "angle": angle,
-            "gap_center": gap_center,
-            "piece_center": piece_center,
-            "gap_angle": gap_angle,
-            "confusers": confusers,
-            "confuser_mask": confuser_mask,
-            "padding_mask": padding_mask,
-            "valid_box": valid_box,
-        }
-    )
+    check_same_device(inputs._asdict())
 
 
-def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
+def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...]):
     """The torch backend's fused forward: (total, components [5], (grads of the 11 inputs)).
 
     Dense work is limited to what every cell needs: the labels, W and the negative focal branch.
@@ -184,12 +172,12 @@ def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
         cdt = compute_dtype(torch.promote_types(cdt, ang.dtype))
         b, _, hf, wf = hg.shape
         n = hf * wf
-        stride, eps, alpha = opts["stride"], opts["eps"], opts["alpha"]
-        from_logits = opts["from_logits"]
+        stride, eps, alpha = opts.stride, opts.eps, opts.alpha
+        from_logits = opts.from_logits
         # Coordinates keep float64 (labels.grid_coords): their cells and offsets are exact.
         ldt = torch.float64 if torch.float64 in (gc.dtype, pc.dtype) else cdt
         centers = torch.stack([gc.to(ldt), pc.to(ldt)], dim=1)  # [B, 2 (gap, piece), 2]
-        gy, gx = gaussian_factors(centers, (hf, wf), opts["sigma"], stride, opts["center"], cdt)
+        gy, gx = gaussian_factors(centers, (hf, wf), opts.sigma, stride, opts.center, cdt)
         w = weight_from_padding(pmask, vbox, (hf, wf), stride, cdt)  # [B,1,Hf,Wf] or None
         sum_w = w.sum() if w is not None else float(b * n)
 
@@ -198,18 +186,16 @@ def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
         need_heat = need[0] or need[1]
         y = gy[..., :, None] * gx[..., None, :]  # [B, 2, Hf, Wf]
         common = dict(alpha=alpha, from_logits=from_logits, eps=eps, need_grad=need_heat)
-        f, df = focal_neg_terms(x, y, beta=opts["beta"], **common)
+        f, df = focal_neg_terms(x, y, beta=opts.beta, **common)
         f, df = f.view(b, 2, n), None if df is None else df.view(b, 2, n)
 
         # Windows: a few cells around each centre, the same label values as the dense y.
-        radius = window_radius(
-            opts["sigma"], min(opts["pos_threshold"], opts["reg_threshold"]), (hf, wf)
-        )
+        radius = window_radius(opts.sigma, min(opts.pos_threshold, opts.reg_threshold), (hf, wf))
         idx = object_windows(centers, (hf, wf), radius, stride, cdt)  # [B, 2, k]
         k = idx.shape[-1]
         yw = torch.gather(y.view(b, 2, n), 2, idx)
         ww = torch.gather(w.view(b, 1, n).expand(b, 2, n), 2, idx) if w is not None else None
-        pos = yw >= opts["pos_threshold"]
+        pos = yw >= opts.pos_threshold
         xw = torch.gather(x.view(b, 2, n), 2, idx)
         f_pos, d_pos = focal_pos_terms(xw, **common)
         f.scatter_(2, idx, torch.where(pos, f_pos, torch.gather(f, 2, idx)))
@@ -220,7 +206,7 @@ def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
         l_heat = fw.sum(dim=(0, 2)) * heat_scale  # [2]
 
         # Offsets and angle where Y > reg_threshold, weighted by W: window cells only.
-        m = (yw > opts["reg_threshold"]).to(cdt)
+        m = (yw > opts.reg_threshold).to(cdt)
         if ww is not None:
             m = m * ww
         reg_scale = 1 / (m.sum(dim=(0, 2)) + eps)  # [2]
@@ -241,11 +227,9 @@ def torch_value_and_grad(opts: dict, need: tuple[bool, ...]):
         if conf is None:
             conf = gc.new_zeros(b, 0, 2)
         valid = negative_validity(conf, cmask, w, (hf, wf), stride, cdt)
-        l_hard, g_hard = hard_negative_terms(
-            probs, gc, conf, valid, opts["margin"], stride, need[0]
-        )
+        l_hard, g_hard = hard_negative_terms(probs, gc, conf, valid, opts.margin, stride, need[0])
 
-        wh, wo, wa, wn = (opts[k] for k in ("w_heatmap", "w_offset", "w_angle", "w_hard_negative"))
+        wh, wo, wa, wn = (getattr(opts, k) for k in WEIGHTS)
         total = wh * l_heat.sum() + wo * l_off + wa * l_ang + wn * l_hard
         comps = torch.stack([l_heat[0], l_heat[1], l_off, l_ang, l_hard]).detach()
 
@@ -290,63 +274,31 @@ def gap_detection_loss(
     valid_box: torch.Tensor | None = None,
     return_components: bool = False,
     *,
-    stride: int = 4,
-    sigma: float = 1.5,
-    center: str = "cell",
-    alpha: float = 1.5,
-    beta: float = 4.0,
-    pos_threshold: float = 0.9,
-    reg_threshold: float = 0.7,
-    margin: float = 0.25,
-    w_heatmap: float = 1.0,
-    w_offset: float = 1.0,
-    w_angle: float = 0.2,
-    w_hard_negative: float = 1.0,
-    from_logits: bool = False,
-    eps: float = 1e-7,
-    backend: str = "auto",
+    options: GapLossOptions | None = None,
+    **overrides: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Functional form of :class:`GapDetectionLoss` (same arguments; see the module docstring)."""
-    opts = check_options(
-        stride=stride,
-        sigma=sigma,
-        center=center,
-        alpha=alpha,
-        beta=beta,
-        pos_threshold=pos_threshold,
-        reg_threshold=reg_threshold,
-        margin=margin,
-        w_heatmap=w_heatmap,
-        w_offset=w_offset,
-        w_angle=w_angle,
-        w_hard_negative=w_hard_negative,
-        from_logits=from_logits,
-        eps=eps,
-        backend=backend,
+    """Functional form of :class:`GapDetectionLoss`: the same inputs; the options as keywords
+    (the fields of :class:`GapLossOptions`: ``stride=4, sigma=1.5, center="cell", alpha=1.5,
+    beta=4.0, pos_threshold=0.9, reg_threshold=0.7, margin=0.25, w_heatmap=1.0, w_offset=1.0,
+    w_angle=0.2, w_hard_negative=1.0, from_logits=False, eps=1e-7, backend="auto"``) or as a
+    built ``options`` object."""
+    opts = GapLossOptions.build(options, overrides)
+    inputs = GapInputs(
+        heatmap_gap,
+        heatmap_piece,
+        offset,
+        angle,
+        gap_center,
+        piece_center,
+        gap_angle,
+        confusers,
+        confuser_mask,
+        padding_mask,
+        valid_box,
     )
-    return _gap_detection_loss(
-        opts,
-        (
-            heatmap_gap,
-            heatmap_piece,
-            offset,
-            angle,
-            gap_center,
-            piece_center,
-            gap_angle,
-            confusers,
-            confuser_mask,
-            padding_mask,
-            valid_box,
-        ),
-        return_components,
-    )
-
-
-def _gap_detection_loss(opts: dict, inputs: tuple, return_components: bool):
-    check_inputs(*inputs, stride=opts["stride"])
-    if resolve_backend(opts["backend"], inputs[0].device) == "triton":
-        from .triton_ops import gap_detection_loss_triton
+    check_inputs(inputs, stride=opts.stride)
+    if resolve_backend(opts.backend, heatmap_gap.device) == "triton":
+        from .triton_gap import gap_detection_loss_triton
 
         total, comps = gap_detection_loss_triton(opts, inputs)
     else:
@@ -357,58 +309,21 @@ def _gap_detection_loss(opts: dict, inputs: tuple, return_components: bool):
     return total, dict(zip(COMPONENTS, comps.unbind(0)))
 
 
-class GapDetectionLoss(torch.nn.Module):
+class GapDetectionLoss(LossModule):
     """Drop-in criterion for a slider-captcha gap detector (docs/spec.md 3).
 
-    ``GapDetectionLoss(stride=4, sigma=1.5, center="cell", alpha=1.5, beta=4.0, pos_threshold=0.9,
-    reg_threshold=0.7, margin=0.25, w_heatmap=1.0, w_offset=1.0, w_angle=0.2, w_hard_negative=1.0,
-    from_logits=False, eps=1e-7, backend="auto")``, called as
-    ``criterion(heatmap_gap, heatmap_piece, offset, angle, gap_center, piece_center, gap_angle,
-    confusers=None, confuser_mask=None, padding_mask=None, valid_box=None,
-    return_components=False)``. Returns the 0-dim total (float32; float64 for float64 inputs), or
-    ``(total, components)`` with detached 0-dim terms ``heatmap_gap``, ``heatmap_piece``,
-    ``offset``, ``angle``, ``hard_negative``. Gradients flow into the four predictions.
+    ``GapDetectionLoss(**options)`` with the fields of :class:`GapLossOptions` (``stride=4,
+    sigma=1.5, center="cell", alpha=1.5, beta=4.0, pos_threshold=0.9, reg_threshold=0.7,
+    margin=0.25, w_heatmap=1.0, w_offset=1.0, w_angle=0.2, w_hard_negative=1.0, from_logits=False,
+    eps=1e-7, backend="auto"``), called as ``criterion(heatmap_gap, heatmap_piece, offset, angle,
+    gap_center, piece_center, gap_angle, confusers=None, confuser_mask=None, padding_mask=None,
+    valid_box=None, return_components=False)``. Returns the 0-dim total (float32; float64 for
+    float64 inputs), or ``(total, components)`` with detached 0-dim terms ``heatmap_gap``,
+    ``heatmap_piece``, ``offset``, ``angle``, ``hard_negative``. Gradients flow into the four
+    predictions.
     """
 
-    def __init__(
-        self,
-        stride: int = 4,
-        sigma: float = 1.5,
-        center: str = "cell",
-        alpha: float = 1.5,
-        beta: float = 4.0,
-        pos_threshold: float = 0.9,
-        reg_threshold: float = 0.7,
-        margin: float = 0.25,
-        w_heatmap: float = 1.0,
-        w_offset: float = 1.0,
-        w_angle: float = 0.2,
-        w_hard_negative: float = 1.0,
-        from_logits: bool = False,
-        eps: float = 1e-7,
-        backend: str = "auto",
-    ) -> None:
-        super().__init__()
-        self.opts = check_options(
-            stride=stride,
-            sigma=sigma,
-            center=center,
-            alpha=alpha,
-            beta=beta,
-            pos_threshold=pos_threshold,
-            reg_threshold=reg_threshold,
-            margin=margin,
-            w_heatmap=w_heatmap,
-            w_offset=w_offset,
-            w_angle=w_angle,
-            w_hard_negative=w_hard_negative,
-            from_logits=from_logits,
-            eps=eps,
-            backend=backend,
-        )
-
-    def extra_repr(self) -> str:
-        return ", ".join(f"{k}={v!r}" for k, v in self.opts.items())
+    Options = GapLossOptions
 
     def forward(
         self,
@@ -425,20 +340,18 @@ class GapDetectionLoss(torch.nn.Module):
         valid_box: torch.Tensor | None = None,
         return_components: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        return _gap_detection_loss(
-            self.opts,
-            (
-                heatmap_gap,
-                heatmap_piece,
-                offset,
-                angle,
-                gap_center,
-                piece_center,
-                gap_angle,
-                confusers,
-                confuser_mask,
-                padding_mask,
-                valid_box,
-            ),
+        return gap_detection_loss(
+            heatmap_gap,
+            heatmap_piece,
+            offset,
+            angle,
+            gap_center,
+            piece_center,
+            gap_angle,
+            confusers,
+            confuser_mask,
+            padding_mask,
+            valid_box,
             return_components,
+            options=self.options,
         )

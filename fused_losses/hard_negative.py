@@ -9,18 +9,20 @@ dL/ds_neg = [margin - s_pos + s_neg > 0] / count,   dL/ds_pos = -sum_k dL/ds_neg
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 
 from .backend import (
-    BACKENDS,
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
     resolve_backend,
 )
 from .labels import div_exact, grid_coords
+from .options import LossModule, LossOptions
 from .validation import (
-    check_choice,
     check_floating,
     check_mask_dtype,
     check_number,
@@ -33,7 +35,8 @@ from .validation import (
 
 
 def bilinear_corners(uv: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat indices [..., 4] (clamped onto the grid) and weights [..., 4] (0 off the grid)."""
+    """Flat indices [..., 4] (clamped onto the grid) and weights [..., 4] (0 off the grid; a NaN
+    point is off the grid)."""
     h, w = size
     u, v = uv[..., 0], uv[..., 1]
     x0, y0 = torch.floor(u), torch.floor(v)
@@ -42,7 +45,7 @@ def bilinear_corners(uv: torch.Tensor, size: tuple[int, int]) -> tuple[torch.Ten
     ys = torch.stack([y0, y0, y0 + 1, y0 + 1], dim=-1)
     wts = torch.stack([(1 - fy) * (1 - fx), (1 - fy) * fx, fy * (1 - fx), fy * fx], dim=-1)
     inside = (xs >= 0) & (xs <= w - 1) & (ys >= 0) & (ys <= h - 1)
-    idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).long()
+    idx = (ys.clamp(0, h - 1) * w + xs.clamp(0, w - 1)).nan_to_num(0.0).long()
     return idx, torch.where(inside, wts, torch.zeros_like(wts))
 
 
@@ -54,7 +57,8 @@ def negative_validity(
     stride: int,
     dtype: torch.dtype,
 ) -> torch.Tensor:
-    """[B,K] bool: mask set, cell (floor(v), floor(u)) on the grid, and weight there > 0."""
+    """[B,K] bool: mask set, cell (floor(v), floor(u)) on the grid (so not NaN), and weight there
+    > 0."""
     h, w = size
     cell = torch.floor(grid_coords(negatives, stride, dtype))
     cu, cv = cell[..., 0], cell[..., 1]
@@ -62,7 +66,7 @@ def negative_validity(
     if negative_mask is not None:
         valid = valid & negative_mask.bool()
     if weight is not None:
-        flat = (cv.clamp(0, h - 1) * w + cu.clamp(0, w - 1)).long()
+        flat = (cv.clamp(0, h - 1) * w + cu.clamp(0, w - 1)).nan_to_num(0.0).long()
         wb = weight.reshape(weight.shape[0], h * w)
         valid = valid & (torch.gather(wb.expand(flat.shape[0], -1), 1, flat) > 0)
     return valid
@@ -99,10 +103,17 @@ def hard_negative_terms(
     return loss, grad
 
 
-def check_margin_options(*, margin: float, stride: int, backend: str) -> tuple[float, int, str]:
-    """Validate the options of :func:`hard_negative_margin_loss`: (margin, stride, backend)."""
-    check_choice("backend", backend, BACKENDS)
-    return check_number("margin", margin), check_positive_int("stride", stride), backend
+@dataclasses.dataclass(frozen=True)
+class HardNegativeOptions(LossOptions):
+    """Options of :func:`hard_negative_margin_loss`: the ranking ``margin``, the ``stride`` from
+    input pixels to the heatmap grid and the ``backend``."""
+
+    margin: float = 0.25
+    stride: int = 4
+
+    def validate(self) -> None:
+        self._set("margin", check_number("margin", self.margin))
+        self._set("stride", check_positive_int("stride", self.stride))
 
 
 def hard_negative_margin_loss(
@@ -112,11 +123,13 @@ def hard_negative_margin_loss(
     negative_mask: torch.Tensor | None = None,
     weight: torch.Tensor | None = None,
     *,
-    margin: float = 0.25,
-    stride: int = 4,
-    backend: str = "auto",
+    options: HardNegativeOptions | None = None,
+    **overrides: Any,
 ) -> torch.Tensor:
     """mean over valid (b, k) of relu(margin - s(b, positive) + s(b, negative_k)).
+
+    Options (:class:`HardNegativeOptions`, as keywords or ``options=``): ``margin=0.25, stride=4,
+    backend="auto"``.
 
     heatmap [B,1,H,W] probabilities (H, W >= 2); positive [B,2] and negatives [B,K,2] as (x, y)
     input pixels; negative_mask [B,K] bool (default all); weight [B,1,H,W] (a negative on a cell
@@ -154,13 +167,14 @@ def hard_negative_margin_loss(
             "weight": weight,
         }
     )
-    margin, stride, backend = check_margin_options(margin=margin, stride=stride, backend=backend)
-    if resolve_backend(backend, heatmap.device) == "triton":
-        from .triton_ops import hard_negative_margin_loss_triton
+    opts = HardNegativeOptions.build(options, overrides)
+    if resolve_backend(opts.backend, heatmap.device) == "triton":
+        from .triton_gap import hard_negative_margin_loss_triton
 
         return hard_negative_margin_loss_triton(
-            heatmap, positive, negatives, negative_mask, weight, margin=margin, stride=stride
+            heatmap, positive, negatives, negative_mask, weight, opts
         )
+    margin, stride = opts.margin, opts.stride
     (need,) = needs_grad(heatmap)
 
     def value_and_grad(p: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):
@@ -177,14 +191,12 @@ def hard_negative_margin_loss(
     return loss
 
 
-class HardNegativeMarginLoss(torch.nn.Module):
-    """Module form of :func:`hard_negative_margin_loss`."""
+class HardNegativeMarginLoss(LossModule):
+    """Module form of :func:`hard_negative_margin_loss`: ``HardNegativeMarginLoss(**options)``
+    (the fields of :class:`HardNegativeOptions`), ``forward(heatmap, positive, negatives,
+    negative_mask=None, weight=None)``."""
 
-    def __init__(self, margin: float = 0.25, stride: int = 4, backend: str = "auto") -> None:
-        super().__init__()
-        self.margin, self.stride, self.backend = check_margin_options(
-            margin=margin, stride=stride, backend=backend
-        )
+    Options = HardNegativeOptions
 
     def forward(
         self,
@@ -195,12 +207,5 @@ class HardNegativeMarginLoss(torch.nn.Module):
         weight: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return hard_negative_margin_loss(
-            heatmap,
-            positive,
-            negatives,
-            negative_mask,
-            weight,
-            margin=self.margin,
-            stride=self.stride,
-            backend=self.backend,
+            heatmap, positive, negatives, negative_mask, weight, options=self.options
         )

@@ -106,7 +106,7 @@ def object_windows(
     """
     hf, wf = size
     kh, kw = min(2 * radius + 1, hf), min(2 * radius + 1, wf)
-    cell = torch.floor(grid_coords(centers, stride, dtype))
+    cell = torch.floor(grid_coords(centers, stride, dtype)).nan_to_num(0.0)  # NaN: any window
     top = (cell[..., 1] - radius).clamp(0, hf - kh).long()
     left = (cell[..., 0] - radius).clamp(0, wf - kw).long()
     rows = top[..., None] + torch.arange(kh, device=centers.device)
@@ -168,7 +168,7 @@ def padding_weight(
     if src is None:
         return torch.ones(1, 1, hf, wf, dtype=dtype)
     if resolve_backend(backend, src.device) == "triton":
-        from .triton_ops import padding_weight_triton
+        from .triton_gap import padding_weight_triton
 
         return padding_weight_triton(padding_mask, valid_box, (hf, wf), stride, dtype)
     return weight_from_padding(padding_mask, valid_box, (hf, wf), stride, dtype)
@@ -212,12 +212,13 @@ def gaussian_heatmap(
         sigma = check_sigma("sigma", sigma)
     if mask is not None:
         check_tensor("mask", mask)
+        check_real("mask", mask)
         check_shape("mask", mask, [b, n], f"[{b}, {n}]")
         named["mask"] = mask
     check_same_device(named)
     dtype = label_dtype(centers)
     if resolve_backend(backend, centers.device) == "triton":
-        from .triton_ops import gaussian_heatmap_triton
+        from .triton_gap import gaussian_heatmap_triton
 
         return gaussian_heatmap_triton(centers, (hf, wf), sigma, stride, center, mask, merge, dtype)
     if n == 0:

@@ -8,25 +8,27 @@ dL/dpred = smoothL1'(d) m / (sum(m) + eps), smoothL1'(d) = d / beta if |d| < bet
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 
 from .backend import (
-    BACKENDS,
     PrecomputedGradient,
     compute_dtype,
     needs_grad,
     resolve_backend,
 )
+from .options import LossModule, LossOptions
 from .validation import (
-    check_choice,
+    check_broadcastable,
     check_floating,
     check_number,
     check_real,
     check_same_device,
     check_shape,
     check_tensor,
-    shape_str,
 )
 
 
@@ -43,10 +45,17 @@ def smooth_l1_terms(
     return s, (c / beta if need_grad else None)
 
 
-def check_smooth_l1_options(*, beta: float, eps: float, backend: str) -> tuple[float, float, str]:
-    """Validate the options of :func:`masked_smooth_l1_loss`: (beta, eps, backend)."""
-    check_choice("backend", backend, BACKENDS)
-    return check_number("beta", beta, nonneg=True), check_number("eps", eps, nonneg=True), backend
+@dataclasses.dataclass(frozen=True)
+class SmoothL1Options(LossOptions):
+    """Options of :func:`masked_smooth_l1_loss`: the quadratic zone ``beta`` (0: the L1 loss),
+    ``eps`` of the denominator and the ``backend``."""
+
+    beta: float = 1.0
+    eps: float = 1e-7
+
+    def validate(self) -> None:
+        for name in ("beta", "eps"):
+            self._set(name, check_number(name, getattr(self, name), nonneg=True))
 
 
 def masked_smooth_l1_loss(
@@ -54,11 +63,13 @@ def masked_smooth_l1_loss(
     target: torch.Tensor,
     mask: torch.Tensor,
     *,
-    beta: float = 1.0,
-    eps: float = 1e-7,
-    backend: str = "auto",
+    options: SmoothL1Options | None = None,
+    **overrides: Any,
 ) -> torch.Tensor:
     """sum(m * sum_c smoothL1(pred - target)) / (sum(m) + eps).
+
+    Options (:class:`SmoothL1Options`, as keywords or ``options=``): ``beta=1.0, eps=1e-7,
+    backend="auto"``.
 
     pred [B,C,H,W]; target broadcastable to pred (e.g. [B,C,1,1] for one value per image); mask
     [B,1,H,W] (any real dtype). Gradient flows into ``pred``. Returns a 0-dim float32 tensor
@@ -70,23 +81,17 @@ def masked_smooth_l1_loss(
     b, _, h, w = pred.shape
     check_tensor("target", target)
     check_real("target", target)
-    try:
-        ok = torch.broadcast_shapes(target.shape, pred.shape) == pred.shape
-    except RuntimeError:
-        ok = False
-    if not ok:
-        raise ValueError(
-            f"target: expected a shape broadcastable to {shape_str(pred)}, got {shape_str(target)}"
-        )
+    check_broadcastable("target", target, pred)
     check_tensor("mask", mask)
     check_real("mask", mask)
     check_shape("mask", mask, [b, 1, h, w], f"[{b}, 1, {h}, {w}]")
     check_same_device({"pred": pred, "target": target, "mask": mask})
-    beta, eps, backend = check_smooth_l1_options(beta=beta, eps=eps, backend=backend)
-    if resolve_backend(backend, pred.device) == "triton":
-        from .triton_ops import masked_smooth_l1_loss_triton
+    opts = SmoothL1Options.build(options, overrides)
+    if resolve_backend(opts.backend, pred.device) == "triton":
+        from .triton_gap import masked_smooth_l1_loss_triton
 
-        return masked_smooth_l1_loss_triton(pred, target, mask, beta=beta, eps=eps)
+        return masked_smooth_l1_loss_triton(pred, target, mask, opts)
+    beta, eps = opts.beta, opts.eps
     (need,) = needs_grad(pred)
 
     def value_and_grad(x: torch.Tensor, t: torch.Tensor, m: torch.Tensor):
@@ -111,16 +116,11 @@ def masked_smooth_l1_loss(
     return loss
 
 
-class MaskedSmoothL1Loss(torch.nn.Module):
-    """Module form of :func:`masked_smooth_l1_loss`; ``forward(pred, target, mask)``."""
+class MaskedSmoothL1Loss(LossModule):
+    """Module form of :func:`masked_smooth_l1_loss`: ``MaskedSmoothL1Loss(**options)`` (the fields
+    of :class:`SmoothL1Options`), ``forward(pred, target, mask)``."""
 
-    def __init__(self, beta: float = 1.0, eps: float = 1e-7, backend: str = "auto") -> None:
-        super().__init__()
-        self.beta, self.eps, self.backend = check_smooth_l1_options(
-            beta=beta, eps=eps, backend=backend
-        )
+    Options = SmoothL1Options
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        return masked_smooth_l1_loss(
-            pred, target, mask, beta=self.beta, eps=self.eps, backend=self.backend
-        )
+        return masked_smooth_l1_loss(pred, target, mask, options=self.options)

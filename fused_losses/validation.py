@@ -32,11 +32,28 @@ def check_real(name: str, x: torch.Tensor) -> None:
         raise TypeError(f"{name}: expected a real tensor, got dtype {x.dtype}")
 
 
+def check_integer(name: str, x: torch.Tensor) -> None:
+    if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name}: expected an integer tensor, got dtype {x.dtype}")
+
+
 def check_shape(name: str, x: torch.Tensor, expected: Sequence[int | None], pretty: str) -> None:
     """``expected`` holds one entry per dim, ``None`` for "any size"."""
     ok = x.dim() == len(expected) and all(e is None or e == s for e, s in zip(expected, x.shape))
     if not ok:
         raise ValueError(f"{name}: expected shape {pretty}, got {shape_str(x)}")
+
+
+def check_broadcastable(name: str, x: torch.Tensor, like: torch.Tensor) -> None:
+    """``x`` broadcasts to the shape of ``like`` (without growing it)."""
+    try:
+        ok = torch.broadcast_shapes(x.shape, like.shape) == like.shape
+    except RuntimeError:
+        ok = False
+    if not ok:
+        raise ValueError(
+            f"{name}: expected a shape broadcastable to {shape_str(like)}, got {shape_str(x)}"
+        )
 
 
 def check_same_device(named: dict[str, torch.Tensor | None]) -> torch.device:

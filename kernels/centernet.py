@@ -33,23 +33,22 @@ import triton
 import triton.language as tl
 
 from .launch import f64_bits, interpreting, launch, mask_view, next_pow2
-from .primitives import focal_terms, option
+from .primitives import as_dtype, focal_terms, option
 from .reduce import DEN_EPS, NUM_PARTIALS, ratio_finalize
 
-REG_EPS = 1e-4
-MIN_OVERLAP = 0.7
-_CONSTS: dict[torch.device, torch.Tensor] = {}
+_CONSTS: dict[tuple[torch.device, float], torch.Tensor] = {}
 
 
-def _radius_consts(device: torch.device) -> torch.Tensor:
-    """float64 constants of gaussian_radius, as Python evaluates them (kernel float arguments would
-    be rounded to float32). Built once per device; the copy is stream-ordered (no host sync)."""
-    t = _CONSTS.get(device)
+def _radius_consts(device: torch.device, min_overlap: float) -> torch.Tensor:
+    """float64 constants of gaussian_radius(det_size, min_overlap), as Python evaluates them
+    (kernel float arguments would be rounded to float32). Built once per device and overlap; the
+    copy is stream-ordered (no host sync)."""
+    t = _CONSTS.get((device, min_overlap))
     if t is None:
-        ov = MIN_OVERLAP
+        ov = min_overlap
         vals = [1 - ov, 1 + ov, 4 * (4 * ov), -2 * ov, ov - 1]
         t = torch.tensor(vals, dtype=torch.float64).to(device)
-        _CONSTS[device] = t
+        _CONSTS[(device, min_overlap)] = t
     return t
 
 
@@ -237,8 +236,10 @@ def reg_l1_launch(
     target: torch.Tensor,
     weighted: bool,
     need_grad: bool,
+    eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(loss 0-dim, aux [1] = 1 / (sum m + 1e-4), g [B,M,C] or an empty tensor) in 2 launches."""
+    """(loss 0-dim, aux [1] = 1 / (sum m + eps), g [B,M,C] or an empty tensor) in 2 launches
+    (CenterNet: eps = 1e-4)."""
     b, c, h, w = output.shape
     m = ind.shape[1]
     cdt = torch.float64 if output.dtype == torch.float64 else torch.float32
@@ -274,7 +275,7 @@ def reg_l1_launch(
             BLOCK_M=block_m,
             BLOCK_C=block_c,
         )
-    loss, aux = ratio_finalize(partials, DEN_EPS, REG_EPS, 0)
+    loss, aux = ratio_finalize(partials, DEN_EPS, eps, 0)
     return loss, aux, g
 
 
@@ -324,29 +325,27 @@ def scatter_rows_launch(
 
 
 @triton.jit
-def _as(a, cdt: tl.constexpr):
-    return a + tl.zeros([], cdt)
-
-
-@triton.jit
 def _box_geometry(x1, y1, x2, y2, down_ratio, Hm, Wm, k_ptr, cdt: tl.constexpr):
     """ctdet.py's per-box quantities (boxes already in ``cdt``; scalars or blocks):
-    (keep h > 0 and w > 0, centre (cx, cy), integer centre (cxi, cyi), w, h, radius)."""
-    dr = _as(down_ratio, cdt)
+    (keep h > 0 and w > 0, centre (cx, cy), integer centre (cxi, cyi), w, h, radius). A box with
+    a NaN coordinate is dropped, as by the torch backend (whose clip keeps the NaN: tl.maximum
+    and tl.minimum would drop it instead)."""
+    not_nan = (x1 == x1) & (y1 == y1) & (x2 == x2) & (y2 == y2)
+    dr = as_dtype(down_ratio, cdt)
     if cdt == tl.float32:
         x1, y1 = tl.math.div_rn(x1, dr), tl.math.div_rn(y1, dr)
         x2, y2 = tl.math.div_rn(x2, dr), tl.math.div_rn(y2, dr)
     else:
         x1, y1, x2, y2 = x1 / dr, y1 / dr, x2 / dr, y2 / dr
     zero = tl.zeros([], cdt)
-    wmax, hmax = _as(Wm - 1, cdt), _as(Hm - 1, cdt)
+    wmax, hmax = as_dtype(Wm - 1, cdt), as_dtype(Hm - 1, cdt)
     x1 = tl.minimum(tl.maximum(x1, zero), wmax)  # np.clip(v, 0, W - 1)
     x2 = tl.minimum(tl.maximum(x2, zero), wmax)
     y1 = tl.minimum(tl.maximum(y1, zero), hmax)
     y2 = tl.minimum(tl.maximum(y2, zero), hmax)
     h = y2 - y1
     w = x2 - x1
-    keep = (h > 0) & (w > 0)
+    keep = (h > 0) & (w > 0) & not_nan
     cx = (x1 + x2) * 0.5
     cy = (y1 + y2) * 0.5
     cxi = cx.to(tl.int32)  # ct.astype(np.int32): truncation, ct >= 0
@@ -495,8 +494,10 @@ def centernet_targets_launch(
     num_classes: int,
     size: tuple[int, int],
     down_ratio: int,
+    min_overlap: float,
 ) -> dict[str, torch.Tensor]:
-    """hm [B,K,H,W], wh [B,N,2], reg [B,N,2], ind [B,N] int64, reg_mask [B,N] uint8 (1 launch)."""
+    """hm [B,K,H,W], wh [B,N,2], reg [B,N,2], ind [B,N] int64, reg_mask [B,N] uint8 (1 launch);
+    Gaussian radii as CenterNet's gaussian_radius(det_size, min_overlap)."""
     b, n = boxes.shape[:2]
     h, w = size
     dev = boxes.device
@@ -521,7 +522,7 @@ def centernet_targets_launch(
         *labels.stride(),
         msk,
         *msk.stride(),
-        _radius_consts(dev),
+        _radius_consts(dev, min_overlap),
         hm,
         wh,
         reg,
@@ -656,19 +657,19 @@ def _hm_block(hw: int) -> int:
     return min(next_pow2(hw), 4096 if interpreting() and HM_BLOCK == 512 else HM_BLOCK)
 
 
-def _box_args(boxes, labels, box_mask):
+def _box_args(boxes, labels, box_mask, min_overlap):
     msk = mask_view(box_mask) if box_mask is not None else labels
     return (boxes, *boxes.stride(), labels, *labels.stride(), msk, *msk.stride(),
-            _radius_consts(boxes.device))  # fmt: skip
+            _radius_consts(boxes.device, min_overlap))  # fmt: skip
 
 
-def _hm_launch(hm, boxes, labels, box_mask, down_ratio, aux, go, part, grad, focal):
+def _hm_launch(hm, boxes, labels, box_mask, down_ratio, aux, go, part, grad, focal, min_overlap):
     b, c, h, w = hm.shape
     block = _hm_block(h * w)
     launch(
         _hm_focal_kernel,
         (b * c, triton.cdiv(h * w, block)),
-        *_box_args(boxes, labels, box_mask), hm, *hm.stride(), aux, go,
+        *_box_args(boxes, labels, box_mask, min_overlap), hm, *hm.stride(), aux, go,
         part if part is not None else aux, grad if grad is not None else aux,
         boxes.shape[1], c, h, w, int(down_ratio),
         *(f64_bits(focal[k]) for k in ("alpha", "beta", "pos_threshold", "eps")),
@@ -686,6 +687,8 @@ def centernet_hm_loss_launch(
     down_ratio: int,
     focal: dict,
     grad: torch.Tensor | None = None,
+    *,
+    min_overlap: float,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """CenterNet's focal term of ``hm`` [B,K,H,W] against the ctdet targets of ``boxes``, without
     materialising the target heatmap: (loss 0-dim, aux [3], per-box targets wh, reg, ind,
@@ -705,7 +708,7 @@ def centernet_hm_loss_launch(
     launch(
         _boxes_kernel,
         (b,),
-        *_box_args(boxes, labels, box_mask), small["wh"], small["reg"], small["ind"],
+        *_box_args(boxes, labels, box_mask, min_overlap), small["wh"], small["reg"], small["ind"],
         small["reg_mask"], npos, n, c, h, w, int(down_ratio),
         HAS_MASK=box_mask is not None, BLOCK_N=min(next_pow2(n), BOXES_BLOCK_N), num_warps=4,
         enable_fp_fusion=False,
@@ -713,7 +716,9 @@ def centernet_hm_loss_launch(
     aux = torch.empty(3, dtype=cdt, device=dev)
     launch(_hm_norm_kernel, (1,), npos, b, aux, BLOCK_B=min(next_pow2(b), 1024), num_warps=4)
     part = torch.empty(b * c * triton.cdiv(h * w, _hm_block(h * w)), dtype=cdt, device=dev)
-    _hm_launch(hm, boxes, labels, box_mask, down_ratio, aux, aux[1:], part, grad, focal)
+    _hm_launch(
+        hm, boxes, labels, box_mask, down_ratio, aux, aux[1:], part, grad, focal, min_overlap
+    )
     loss = torch.empty((), dtype=cdt, device=dev)
     launch(_hm_total_kernel, (1,), part, part.numel(), aux, loss, BLOCK_P=1024, num_warps=4)
     return loss, aux, small
@@ -728,9 +733,12 @@ def centernet_hm_grad_launch(
     box_mask: torch.Tensor | None,
     down_ratio: int,
     focal: dict,
+    min_overlap: float,
 ) -> torch.Tensor:
     """The gradient of :func:`centernet_hm_loss_launch`'s loss, recomputed with the upstream
     gradient (1 launch; contiguous, in hm's dtype)."""
     grad = torch.empty(hm.shape, dtype=hm.dtype, device=hm.device)
-    _hm_launch(hm, boxes, labels, box_mask, down_ratio, aux, grad_loss, None, grad, focal)
+    _hm_launch(
+        hm, boxes, labels, box_mask, down_ratio, aux, grad_loss, None, grad, focal, min_overlap
+    )
     return grad

@@ -1,8 +1,9 @@
 """Masked penalty-reduced focal loss (docs/spec.md 3.3.1, 4): forward partials and backward.
 
-``f`` and ``df/dx`` are ``primitives.focal_terms``. Forward (2 launches): partial sums
-(sum f W, sum W, sum pos W) per program, then ``reduce.ratio_finalize`` with the ``normalize``
-mode's denominator D; backward (1 launch): grad = df/dx * W * (1 / D) * upstream.
+``f`` and ``df/dx`` are ``primitives.focal_terms``. One kernel, ``_focal_kernel``, serves both
+passes (``BACKWARD`` constexpr). Forward (2 launches): partial sums (sum f W, sum W, sum pos W)
+per program, then ``reduce.ratio_finalize`` with the ``normalize`` mode's denominator D; backward
+(1 launch): grad = df/dx * W * (1 / D) * upstream.
 
 Tensors of rank <= 4 are addressed through 4-d strides (a broadcast weight has stride 0 where it
 broadcasts: no copy); larger ranks are flattened (copied when needed).
@@ -44,39 +45,20 @@ def _offsets4(idx, d1, d2, d3, s0, s1, s2, s3):
     return i0.to(i64) * s0 + i1.to(i64) * s1 + i2.to(i64) * s2 + i3.to(i64) * s3
 
 
-@triton.jit
-def _focal_block(
-    x_ptr,
-    y_ptr,
-    w_ptr,
-    N,
-    d1,
-    d2,
-    d3,
-    sx0,
-    sx1,
-    sx2,
-    sx3,
-    sy0,
-    sy1,
-    sy2,
-    sy3,
-    sw0,
-    sw1,
-    sw2,
-    sw3,
-    alpha,
-    beta,
-    pos_threshold,
-    eps,
-    FROM_LOGITS: tl.constexpr,
-    HAS_W: tl.constexpr,
-    WIDE: tl.constexpr,
-    BLOCK: tl.constexpr,
-    cdt: tl.constexpr,
-):
-    """This program's BLOCK elements: (idx, on, f, df/dx, pos, W) with W = 1 (0 off the end)
-    when there is no weight. Flat indices are int32 unless N needs more (WIDE)."""
+@triton.jit(do_not_specialize=["alpha", "beta", "pos_threshold", "eps"])
+def _focal_kernel(
+    x_ptr, y_ptr, w_ptr, out_ptr, aux_ptr, go_ptr, N, d1, d2, d3,
+    sx0, sx1, sx2, sx3, sy0, sy1, sy2, sy3, sw0, sw1, sw2, sw3,
+    alpha, beta, pos_threshold, eps,
+    FROM_LOGITS: tl.constexpr, HAS_W: tl.constexpr, WIDE: tl.constexpr,
+    BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
+):  # fmt: skip
+    """BLOCK elements of x, y and W (1 when there is none; 0 off the end), addressed through 4-d
+    sizes (1, d1, d2, d3) and strides. Forward: ``out[pid] = (sum f W, sum W, sum pos W, 0)``.
+    Backward: ``out[idx] = df/dx * W * aux[0] * go[0]`` (contiguous, in the output's dtype).
+    Flat indices are int32 unless N needs more (WIDE). ``aux_ptr`` is in the compute dtype (the
+    forward passes ``out`` for it)."""
+    cdt: tl.constexpr = aux_ptr.dtype.element_ty
     if WIDE:
         idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     else:
@@ -85,160 +67,23 @@ def _focal_block(
     x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
     y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
     f, df, pos, _, _ = focal_terms(
-        x.to(cdt),
-        y.to(cdt),
-        option(alpha, cdt),
-        option(beta, cdt),
-        option(pos_threshold, cdt),
-        option(eps, cdt),
-        FROM_LOGITS,
-    )
+        x.to(cdt), y.to(cdt), option(alpha, cdt), option(beta, cdt), option(pos_threshold, cdt),
+        option(eps, cdt), FROM_LOGITS,
+    )  # fmt: skip
     if HAS_W:
         w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)
         w = w.to(cdt)
     else:
         w = tl.where(on, 1.0, 0.0).to(cdt)
-    return idx, on, f, df, pos, w
-
-
-@triton.jit(do_not_specialize=["alpha", "beta", "pos_threshold", "eps"])
-def _focal_forward_kernel(
-    x_ptr,
-    y_ptr,
-    w_ptr,
-    part_ptr,
-    N,
-    d1,
-    d2,
-    d3,
-    sx0,
-    sx1,
-    sx2,
-    sx3,
-    sy0,
-    sy1,
-    sy2,
-    sy3,
-    sw0,
-    sw1,
-    sw2,
-    sw3,
-    alpha,
-    beta,
-    pos_threshold,
-    eps,
-    FROM_LOGITS: tl.constexpr,
-    HAS_W: tl.constexpr,
-    WIDE: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    """partials[pid] = (sum f W, sum W, sum pos W, 0) over BLOCK elements."""
-    cdt: tl.constexpr = part_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    _, on, f, _, pos, w = _focal_block(
-        x_ptr,
-        y_ptr,
-        w_ptr,
-        N,
-        d1,
-        d2,
-        d3,
-        sx0,
-        sx1,
-        sx2,
-        sx3,
-        sy0,
-        sy1,
-        sy2,
-        sy3,
-        sw0,
-        sw1,
-        sw2,
-        sw3,
-        alpha,
-        beta,
-        pos_threshold,
-        eps,
-        FROM_LOGITS,
-        HAS_W,
-        WIDE,
-        BLOCK,
-        cdt,
-    )
-    out = part_ptr + pid * 4
-    tl.store(out, tl.sum(tl.where(on, f * w, 0.0), axis=0))
-    tl.store(out + 1, tl.sum(w, axis=0))
-    tl.store(out + 2, tl.sum(tl.where(pos, w, 0.0), axis=0))
-    tl.store(out + 3, tl.zeros([], cdt))
-
-
-@triton.jit(do_not_specialize=["alpha", "beta", "pos_threshold", "eps"])
-def _focal_backward_kernel(
-    go_ptr,
-    aux_ptr,
-    x_ptr,
-    y_ptr,
-    w_ptr,
-    g_ptr,
-    N,
-    d1,
-    d2,
-    d3,
-    sx0,
-    sx1,
-    sx2,
-    sx3,
-    sy0,
-    sy1,
-    sy2,
-    sy3,
-    sw0,
-    sw1,
-    sw2,
-    sw3,
-    alpha,
-    beta,
-    pos_threshold,
-    eps,
-    FROM_LOGITS: tl.constexpr,
-    HAS_W: tl.constexpr,
-    WIDE: tl.constexpr,
-    BLOCK: tl.constexpr,
-):
-    """grad[idx] = df/dx * W * aux[0] * upstream (contiguous, in the prediction's dtype)."""
-    cdt: tl.constexpr = aux_ptr.dtype.element_ty
-    idx, on, _, df, _, w = _focal_block(
-        x_ptr,
-        y_ptr,
-        w_ptr,
-        N,
-        d1,
-        d2,
-        d3,
-        sx0,
-        sx1,
-        sx2,
-        sx3,
-        sy0,
-        sy1,
-        sy2,
-        sy3,
-        sw0,
-        sw1,
-        sw2,
-        sw3,
-        alpha,
-        beta,
-        pos_threshold,
-        eps,
-        FROM_LOGITS,
-        HAS_W,
-        WIDE,
-        BLOCK,
-        cdt,
-    )
-    g = df * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt)) * w
-    tl.store(g_ptr + idx, g.to(g_ptr.dtype.element_ty), mask=on)
+    if BACKWARD:
+        g = df * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt)) * w
+        tl.store(out_ptr + idx, g.to(out_ptr.dtype.element_ty), mask=on)
+    else:
+        out = out_ptr + tl.program_id(0) * 4
+        tl.store(out, tl.sum(tl.where(on, f * w, 0.0), axis=0))
+        tl.store(out + 1, tl.sum(w, axis=0))
+        tl.store(out + 2, tl.sum(tl.where(pos, w, 0.0), axis=0))
+        tl.store(out + 3, tl.zeros([], cdt))
 
 
 def as4d(shape: torch.Size, *tensors: torch.Tensor | None):
@@ -265,71 +110,35 @@ def as4d(shape: torch.Size, *tensors: torch.Tensor | None):
     return (1, 1, 1, n), out
 
 
-def _focal_args(pred, target, weight):
+def _focal_launch(pred, target, weight, out, aux, go, opts: dict, backward: bool) -> None:
+    """One ``_focal_kernel`` launch over ``pred`` (options: alpha, beta, pos_threshold, eps,
+    from_logits)."""
+    n = pred.numel()
     size4, ((x, sx), (y, sy), wt) = as4d(pred.shape, pred, target, weight)
     w, sw = wt if wt is not None else (x, (0, 0, 0, 0))
-    return x, y, w, (*size4[1:], *sx, *sy, *sw)
-
-
-def focal_forward(
-    pred, target, weight, *, alpha, beta, pos_threshold, normalize, from_logits, eps
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss, aux) in 2 launches; ``aux`` feeds :func:`focal_backward`."""
-    n = pred.numel()
-    cdt = compute_dtype(pred)
-    x, y, w, shape_args = _focal_args(pred, target, weight)
-    block, warps = elementwise_block(n)
-    nprog = max(triton.cdiv(n, block), 1)
-    partials = torch.empty(nprog, NUM_PARTIALS, dtype=cdt, device=pred.device)
-    launch(
-        _focal_forward_kernel,
-        (nprog,),
-        x,
-        y,
-        w,
-        partials,
-        n,
-        *shape_args,
-        f64_bits(alpha),
-        f64_bits(beta),
-        f64_bits(pos_threshold),
-        f64_bits(eps),
-        FROM_LOGITS=bool(from_logits),
-        HAS_W=weight is not None,
-        WIDE=n >= 2**31,
-        BLOCK=block,
-        num_warps=warps,
-    )
-    return ratio_finalize(partials, NORMALIZE_MODES[normalize], eps, max(n, 1))
-
-
-def focal_backward(
-    grad_loss, aux, pred, target, weight, *, alpha, beta, pos_threshold, from_logits, eps, **_
-) -> torch.Tensor:
-    """d loss / d pred (1 launch), contiguous, in pred's dtype."""
-    n = pred.numel()
-    x, y, w, shape_args = _focal_args(pred, target, weight)
-    grad = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
     block, warps = elementwise_block(n)
     launch(
-        _focal_backward_kernel,
+        _focal_kernel,
         (max(triton.cdiv(n, block), 1),),
-        grad_loss,
-        aux,
-        x,
-        y,
-        w,
-        grad,
-        n,
-        *shape_args,
-        f64_bits(alpha),
-        f64_bits(beta),
-        f64_bits(pos_threshold),
-        f64_bits(eps),
-        FROM_LOGITS=bool(from_logits),
-        HAS_W=weight is not None,
-        WIDE=n >= 2**31,
-        BLOCK=block,
-        num_warps=warps,
-    )
+        x, y, w, out, aux, go, n, *size4[1:], *sx, *sy, *sw,
+        *(f64_bits(opts[k]) for k in ("alpha", "beta", "pos_threshold", "eps")),
+        FROM_LOGITS=bool(opts["from_logits"]), HAS_W=weight is not None, WIDE=n >= 2**31,
+        BACKWARD=backward, BLOCK=block, num_warps=warps,
+    )  # fmt: skip
+
+
+def focal_forward(pred, target, weight, **opts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss, aux) in 2 launches; ``aux`` feeds :func:`focal_backward`. ``opts``: alpha, beta,
+    pos_threshold, normalize, from_logits, eps."""
+    n = pred.numel()
+    nprog = max(triton.cdiv(n, elementwise_block(n)[0]), 1)
+    partials = torch.empty(nprog, NUM_PARTIALS, dtype=compute_dtype(pred), device=pred.device)
+    _focal_launch(pred, target, weight, partials, partials, partials, opts, backward=False)
+    return ratio_finalize(partials, NORMALIZE_MODES[opts["normalize"]], opts["eps"], max(n, 1))
+
+
+def focal_backward(grad_loss, aux, pred, target, weight, **opts) -> torch.Tensor:
+    """d loss / d pred (1 launch), contiguous, in pred's dtype."""
+    grad = torch.empty(pred.shape, dtype=pred.dtype, device=pred.device)
+    _focal_launch(pred, target, weight, grad, aux, grad_loss, opts, backward=True)
     return grad

@@ -67,6 +67,8 @@ Arithmetic runs in float32 (float64 when a prediction is float64); the loss come
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import triton
 import triton.language as tl
@@ -102,6 +104,39 @@ FINALIZE_BLOCK_P = 2048
 WEIGHT_MAP, COUNT_MAP = 3, 4  # the map launch 1 wrote (W itself, or padding pixels per cell)
 
 
+class GapKernelOptions(NamedTuple):
+    """The options the kernels read: ``fused_losses.GapLossOptions`` flattened once, at the kernel
+    boundary (``center`` becomes ``cell``; the backend is not needed here). Each kernel reads the
+    float options it names in its ``*_OPTIONS`` list, in that order."""
+
+    stride: int
+    sigma: float
+    cell: bool
+    alpha: float
+    beta: float
+    pos_threshold: float
+    reg_threshold: float
+    margin: float
+    w_heatmap: float
+    w_offset: float
+    w_angle: float
+    w_hard_negative: float
+    from_logits: bool
+    eps: float
+
+
+# The float options of each kernel, in the order of its parameters (also not specialised on).
+_WEIGHTS_OPTIONS = ["sigma", "reg_threshold"]
+_NORMALIZE_OPTIONS = ["margin", "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "eps"]
+_CELL_OPTIONS = ["sigma", "alpha", "beta", "pos_threshold", "reg_threshold", "eps"]
+_TOTAL_OPTIONS = ["w_heatmap", "w_offset", "w_angle", "w_hard_negative"]
+
+
+def _option_args(opts: GapKernelOptions, names: list[str], cdt: torch.dtype) -> tuple:
+    """The kernel arguments of the options ``names`` (``launch.option_arg``)."""
+    return tuple(option_arg(getattr(opts, n), cdt) for n in names)
+
+
 def main_block(n: int) -> tuple[int, int]:
     """(BLOCK, num_warps) of the passes over the maps: two cells per thread keep the main pass
     (labels, four heads, gradients) within the register budget (``python -m
@@ -134,7 +169,7 @@ def _cell_labels(
     return y_gap, y_piece, ug, vg, up, vp
 
 
-@triton.jit(do_not_specialize=["sigma", "reg_threshold"])
+@triton.jit(do_not_specialize=_WEIGHTS_OPTIONS)
 def _gap_weights_kernel(
     gc_ptr, pc_ptr, pad_ptr, map_ptr, norm_ptr, HW, Wf, s_gc_b, s_gc_c, s_pc_b, s_pc_c,
     s_pad_b, s_pad_h, s_pad_w, sigma, reg_threshold, STRIDE: tl.constexpr, CELL: tl.constexpr,
@@ -189,9 +224,7 @@ def _pick(sums, cols, k):
     return tl.sum(tl.where(cols == k, sums, 0.0), axis=0)
 
 
-@triton.jit(
-    do_not_specialize=["margin", "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "eps"]
-)
+@triton.jit(do_not_specialize=_NORMALIZE_OPTIONS)
 def _gap_normalize_kernel(
     norm_ptr, P, hg_ptr, gc_ptr, pc_ptr, ga_ptr, conf_ptr, cmask_ptr, w_ptr, aux_ptr, B, K, Hf,
     Wf, s_hg_b, s_hg_h, s_hg_w, s_gc_b, s_gc_c, s_pc_b, s_pc_c, s_ga_b, s_cf_b, s_cf_k, s_cf_c,
@@ -284,9 +317,6 @@ def _samples_grad(coef_ptr, uv_ptr, b, ii, jj, K):
         v = tl.load(uv_ptr + 2 * (base + s) + 1)
         g += tent(u - jj) * tent(v - ii) * c
     return g
-
-
-_CELL_OPTIONS = ["sigma", "alpha", "beta", "pos_threshold", "reg_threshold", "eps"]
 
 
 @triton.jit(do_not_specialize=_CELL_OPTIONS)
@@ -402,7 +432,7 @@ def _gap_main_kernel(
         _store_grad(g_ang + HW, dc1 * sa, on)
 
 
-@triton.jit(do_not_specialize=["w_heatmap", "w_offset", "w_angle", "w_hard_negative"])
+@triton.jit(do_not_specialize=_TOTAL_OPTIONS)
 def _gap_total_kernel(
     part_ptr, P, aux_ptr, total_ptr, w_heatmap, w_offset, w_angle, w_hard_negative,
     BLOCK_P: tl.constexpr,
@@ -480,10 +510,7 @@ def split_gradients(buf: torch.Tensor, preds: tuple[torch.Tensor, ...], need: tu
     return tuple(grads)
 
 
-def _main_launch(
-    preds, k, wsrc, aux, go, part, grads, *, stride, sigma, alpha, beta, pos_threshold,
-    reg_threshold, from_logits, eps,
-):  # fmt: skip
+def _main_launch(preds, k, wsrc, aux, go, part, grads, opts: GapKernelOptions):
     """Launch 3 (forward: ``part`` given; backward recompute: ``part`` None)."""
     hg, hp, off, ang = preds
     w_src, s_w_b, s_w_h, s_w_w, w_mode = wsrc
@@ -501,9 +528,8 @@ def _main_launch(
         hw, wf, k,
         hg.stride(0), hg.stride(2), hg.stride(3), hp.stride(0), hp.stride(2), hp.stride(3),
         *off.stride(), *ang.stride(), s_w_b, s_w_h, s_w_w,
-        option_arg(sigma, cdt), option_arg(alpha, cdt), option_arg(beta, cdt), option_arg(pos_threshold, cdt),
-        option_arg(reg_threshold, cdt), option_arg(eps, cdt),
-        STRIDE=stride, FROM_LOGITS=bool(from_logits), W_MODE=w_mode,
+        *_option_args(opts, _CELL_OPTIONS, cdt),
+        STRIDE=opts.stride, FROM_LOGITS=bool(opts.from_logits), W_MODE=w_mode,
         WRITE_LOSS=part is not None, NEED_HG=grads[0] is not None, NEED_HP=grads[1] is not None,
         NEED_OFF=grads[2] is not None, NEED_ANG=grads[3] is not None,
         BLOCK=block, num_warps=warps,
@@ -522,37 +548,16 @@ def _weight_source(weight_map, valid_box, hg):
 
 
 def gap_detection_forward(
-    heatmap_gap: torch.Tensor,
-    heatmap_piece: torch.Tensor,
-    offset: torch.Tensor,
-    angle: torch.Tensor,
-    gap_center: torch.Tensor,
-    piece_center: torch.Tensor,
-    gap_angle: torch.Tensor,
-    confusers: torch.Tensor | None,
-    confuser_mask: torch.Tensor | None,
-    padding_mask: torch.Tensor | None,
-    valid_box: torch.Tensor | None,
-    *,
-    stride: int,
-    sigma: float,
-    cell: bool,
-    alpha: float,
-    beta: float,
-    pos_threshold: float,
-    reg_threshold: float,
-    margin: float,
-    w_heatmap: float,
-    w_offset: float,
-    w_angle: float,
-    w_hard_negative: float,
-    from_logits: bool,
-    eps: float,
+    inputs: tuple[torch.Tensor | None, ...],
+    opts: GapKernelOptions,
     grads: tuple[torch.Tensor | None, ...] = (None, None, None, None),
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Launches 1 to 4. Returns (total 0-dim, aux [``aux_size(B, K)``], weight map [B*Hf*Wf] or
-    None); writes the final gradients (upstream gradient 1) into the given ``grads`` (None: not
-    wanted)."""
+    """Launches 1 to 4 over ``inputs`` (the 11 tensors of ``fused_losses.GapInputs``). Returns
+    (total 0-dim, aux [``aux_size(B, K)``], weight map [B*Hf*Wf] or None); writes the final
+    gradients (upstream gradient 1) into the given ``grads`` (None: not wanted)."""
+    heatmap_gap, heatmap_piece, offset, angle, gap_center, piece_center, gap_angle = inputs[:7]
+    confusers, confuser_mask, padding_mask, valid_box = inputs[7:]
+    stride = opts.stride
     preds = (heatmap_gap, heatmap_piece, offset, angle)
     hg = heatmap_gap
     b, _, hf, wf = hg.shape
@@ -570,9 +575,8 @@ def gap_detection_forward(
         (nblk, b),
         gap_center, piece_center, pad, wmap if wmap is not None else norm, norm, hw, wf,
         gap_center.stride(0), gap_center.stride(1), piece_center.stride(0),
-        piece_center.stride(1), s_pad_b, s_pad_h, s_pad_w, option_arg(sigma, cdt),
-        option_arg(reg_threshold, cdt),
-        STRIDE=stride, CELL=bool(cell), PADDING=mode, COUNT=map_dtype == torch.uint8,
+        piece_center.stride(1), s_pad_b, s_pad_h, s_pad_w, *_option_args(opts, _WEIGHTS_OPTIONS, cdt),
+        STRIDE=stride, CELL=bool(opts.cell), PADDING=mode, COUNT=map_dtype == torch.uint8,
         BLOCK=block, num_warps=warps,
     )  # fmt: skip
 
@@ -590,26 +594,19 @@ def gap_detection_forward(
         hf, wf, hg.stride(0), hg.stride(2), hg.stride(3), gap_center.stride(0),
         gap_center.stride(1), piece_center.stride(0), piece_center.stride(1),
         gap_angle.stride(0), s_cf_b, s_cf_k, s_cf_c, s_cm_b, s_cm_k, *wsrc[1:4],
-        option_arg(margin, cdt), option_arg(w_heatmap, cdt), option_arg(w_offset, cdt), option_arg(w_angle, cdt),
-        option_arg(w_hard_negative, cdt), option_arg(eps, cdt),
-        STRIDE=stride, CELL=bool(cell), FROM_LOGITS=bool(from_logits), W_MODE=wsrc[4],
+        *_option_args(opts, _NORMALIZE_OPTIONS, cdt),
+        STRIDE=stride, CELL=bool(opts.cell), FROM_LOGITS=bool(opts.from_logits), W_MODE=wsrc[4],
         HAS_CMASK=has_cm,
         BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4,
     )  # fmt: skip
 
     part = torch.empty(b * nblk, 8, dtype=cdt, device=dev)
-    _main_launch(
-        preds, k, wsrc, aux, aux[AUX_UNIT:], part, grads, stride=stride, sigma=sigma,
-        alpha=alpha, beta=beta,
-        pos_threshold=pos_threshold, reg_threshold=reg_threshold, from_logits=from_logits,
-        eps=eps,
-    )  # fmt: skip
+    _main_launch(preds, k, wsrc, aux, aux[AUX_UNIT:], part, grads, opts)
     total = torch.empty((), dtype=cdt, device=dev)
     launch(
         _gap_total_kernel,
         (1,),
-        part, part.shape[0], aux, total, option_arg(w_heatmap, cdt), option_arg(w_offset, cdt),
-        option_arg(w_angle, cdt), option_arg(w_hard_negative, cdt),
+        part, part.shape[0], aux, total, *_option_args(opts, _TOTAL_OPTIONS, cdt),
         BLOCK_P=FINALIZE_BLOCK_P, num_warps=4,
     )  # fmt: skip
     return total, aux, wmap
@@ -619,34 +616,18 @@ def gap_detection_backward(
     grad_total: torch.Tensor,
     aux: torch.Tensor,
     weight_map: torch.Tensor | None,
-    heatmap_gap: torch.Tensor,
-    heatmap_piece: torch.Tensor,
-    offset: torch.Tensor,
-    angle: torch.Tensor,
+    preds: tuple[torch.Tensor, ...],
     confusers: torch.Tensor | None,
     valid_box: torch.Tensor | None,
-    need: tuple[bool, bool, bool, bool],
-    *,
-    stride: int,
-    sigma: float,
-    alpha: float,
-    beta: float,
-    pos_threshold: float,
-    reg_threshold: float,
-    from_logits: bool,
-    eps: float,
+    need: tuple[bool, ...],
+    opts: GapKernelOptions,
 ) -> tuple[torch.Tensor | None, ...]:
     """Launch 3 again, gradients only, scaled by ``grad_total`` (0-dim, read in the kernel):
     contiguous, in each prediction's dtype, None where ``need`` is False."""
-    preds = (heatmap_gap, heatmap_piece, offset, angle)
     grads, _ = grad_outputs(preds, need, shared=False)  # op outputs may not alias
     k = confusers.shape[1] if confusers is not None else 0
-    _main_launch(
-        preds, k, _weight_source(weight_map, valid_box, heatmap_gap), aux, grad_total, None,
-        grads, stride=stride, sigma=sigma, alpha=alpha, beta=beta,
-        pos_threshold=pos_threshold, reg_threshold=reg_threshold, from_logits=from_logits,
-        eps=eps,
-    )  # fmt: skip
+    wsrc = _weight_source(weight_map, valid_box, preds[0])
+    _main_launch(preds, k, wsrc, aux, grad_total, None, grads, opts)
     return grads
 
 
@@ -659,6 +640,7 @@ __all__ = [
     "AUX_HEAD",
     "NO_PADDING",
     "VALID_BOX",
+    "GapKernelOptions",
     "gap_detection_backward",
     "gap_detection_forward",
     "grad_outputs",

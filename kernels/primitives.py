@@ -58,11 +58,12 @@ def div_exact(a, b):
 @triton.jit
 def pow_nonneg(x, a):
     """x ** a for x >= 0 with torch's values at 0: 0 ** 0 = 1, 0 ** a = 0 (a > 0), inf (a < 0);
-    NaN for x < 0 (like torch for a fractional a)."""
+    NaN for x < 0 (like torch for a fractional a) and for a NaN x (but NaN ** 0 = 1, as torch)."""
     safe = tl.where(x > 0, x, 1.0)
     r = tl.exp(a * tl.log(safe))
     at_zero = tl.where(a == 0, 1.0, tl.where(a > 0, 0.0, float("inf")))
     r = tl.where(x > 0, r, at_zero)
+    r = tl.where(x != x, tl.where(a == 0, 1.0, float("nan")), r)
     return tl.where(x < 0, float("nan"), r)
 
 

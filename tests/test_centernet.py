@@ -26,6 +26,7 @@ from conftest import (
 from fused_losses.reference import centernet as R
 
 import fused_losses.centernet as fc
+import fused_losses.centernet_labels as ft
 from fused_losses.backend import interpreter_on
 
 F32, F64 = torch.float32, torch.float64
@@ -66,7 +67,7 @@ def make_boxes(
 
 
 def check_targets(got: dict, ref: dict) -> None:
-    assert set(got) == set(fc.TARGET_KEYS)
+    assert set(got) == set(ft.TARGET_KEYS)
     for key in ("ind", "reg_mask"):
         assert got[key].dtype == ref[key].dtype, key
         assert torch.equal(got[key].cpu(), ref[key]), key
@@ -83,7 +84,7 @@ def check_targets(got: dict, ref: dict) -> None:
 def test_gaussian_radius_matches_centernet_exactly():
     sides = torch.arange(1, 160, dtype=F64)
     hh, ww = torch.meshgrid(sides, sides, indexing="ij")
-    got = fc.gaussian_radius_tensor(hh, ww)
+    got = ft.gaussian_radius_tensor(hh, ww)
     ref = torch.tensor(
         [[R.gaussian_radius((int(a), int(b))) for b in sides] for a in sides], dtype=F64
     )
@@ -106,7 +107,7 @@ def test_targets_match_ctdet(backend, case):
     boxes, labels, box_mask = make_boxes(**case)
     kw = dict(num_classes=case["num_classes"], output_size=case["size"], down_ratio=down_ratio)
     ref = R.centernet_targets(boxes, labels, box_mask, **kw)
-    got = fc.centernet_targets(
+    got = ft.centernet_targets(
         boxes.to(DEVICE), labels.to(DEVICE), box_mask.to(DEVICE), **kw, backend=backend
     )
     check_targets(got, ref)
@@ -122,7 +123,7 @@ def test_targets_radius_at_an_integer(backend):
     labels = torch.zeros(1, 2, dtype=torch.long)
     kw = dict(num_classes=1, output_size=(40, 150))
     ref = R.centernet_targets(boxes, labels, None, **kw)
-    got = fc.centernet_targets(boxes.to(DEVICE), labels.to(DEVICE), None, **kw, backend=backend)
+    got = ft.centernet_targets(boxes.to(DEVICE), labels.to(DEVICE), None, **kw, backend=backend)
     check_targets(got, ref)
     assert int(R.gaussian_radius((15, 70))) == 7 and int(R.gaussian_radius((30, 140))) == 14
 
@@ -142,7 +143,7 @@ def test_targets_empty_cases(backend):
         ref = R.centernet_targets(bx, lb, bm, **kw)
         assert not ref["reg_mask"].any(), name
         dev = None if bm is None else bm.to(DEVICE)
-        got = fc.centernet_targets(bx.to(DEVICE), lb.to(DEVICE), dev, **kw, backend=backend)
+        got = ft.centernet_targets(bx.to(DEVICE), lb.to(DEVICE), dev, **kw, backend=backend)
         check_targets(got, ref)
 
 
@@ -156,7 +157,7 @@ def test_targets_one_launch_and_int32_labels():
     kw = dict(num_classes=2, output_size=(8, 8))
     ref = R.centernet_targets(boxes, labels, box_mask, **kw)
     reset_launch_count()
-    got = fc.centernet_targets(
+    got = ft.centernet_targets(
         boxes.to(DEVICE),
         labels.int().to(DEVICE),
         box_mask.to(torch.uint8).to(DEVICE),
@@ -416,24 +417,24 @@ def _bad_calls():
         ("pred", TypeError, lambda: fc.centernet_focal_loss(hm.long(), hm)),
         ("feat", ValueError, lambda: fc.transpose_and_gather_feat(out[0], ind)),
         ("ind", TypeError, lambda: fc.transpose_and_gather_feat(out, ind.bool())),
-        ("boxes", ValueError, lambda: fc.centernet_targets(boxes[..., :3], labels, None, **tk)),
-        ("labels", TypeError, lambda: fc.centernet_targets(boxes, labels.float(), None, **tk)),
-        ("labels", ValueError, lambda: fc.centernet_targets(boxes, labels[:, :2], None, **tk)),
-        ("box_mask", ValueError, lambda: fc.centernet_targets(boxes, labels, mask, **tk)),
+        ("boxes", ValueError, lambda: ft.centernet_targets(boxes[..., :3], labels, None, **tk)),
+        ("labels", TypeError, lambda: ft.centernet_targets(boxes, labels.float(), None, **tk)),
+        ("labels", ValueError, lambda: ft.centernet_targets(boxes, labels[:, :2], None, **tk)),
+        ("box_mask", ValueError, lambda: ft.centernet_targets(boxes, labels, mask, **tk)),
         (
             "num_classes",
             ValueError,
-            lambda: fc.centernet_targets(boxes, labels, None, num_classes=0, output_size=(h, w)),
+            lambda: ft.centernet_targets(boxes, labels, None, num_classes=0, output_size=(h, w)),
         ),
         (
             "output_size",
             ValueError,
-            lambda: fc.centernet_targets(boxes, labels, None, num_classes=3, output_size=(h,)),
+            lambda: ft.centernet_targets(boxes, labels, None, num_classes=3, output_size=(h,)),
         ),
         (
             "down_ratio",
             ValueError,
-            lambda: fc.centernet_targets(boxes, labels, None, **tk, down_ratio=0),
+            lambda: ft.centernet_targets(boxes, labels, None, **tk, down_ratio=0),
         ),
         ("wh", ValueError, lambda: fc.centernet_loss(hm, out[:, :, :-1], out, targets)),
         ("hm", TypeError, lambda: fc.centernet_loss(hm.long(), out, out, targets)),
@@ -558,3 +559,58 @@ def test_hm_from_boxes_launches_and_retained_graph():
         )
         for name, g, gr in zip(("hm", "wh", "reg"), grads, ref_grads):
             assert_grad_close(g, gr, 1e-5, f"grad {name} (upstream {upstream})")
+
+
+def test_nan_box_is_dropped(backend):
+    """docs/spec.md 8: a box with a NaN coordinate is dropped like a masked-out one, on both
+    backends, by the targets and by the loss from raw boxes (the heatmap built in registers)."""
+    _skip_unavailable(backend)
+    size, k = (8, 10), 2
+    kw = dict(num_classes=k, output_size=size)
+    boxes, labels, box_mask = make_boxes(2, 3, size, num_classes=k, seed=6)
+    box_mask = torch.ones_like(box_mask)
+    nan_boxes = boxes.clone()
+    nan_boxes[0, 1, 2] = float("nan")
+    dropped = box_mask.clone()
+    dropped[0, 1] = 0
+    ref = R.centernet_targets(boxes, labels, dropped, **kw)
+    got = ft.centernet_targets(nan_boxes.to(DEVICE), labels.to(DEVICE), None, **kw, backend=backend)
+    check_targets(got, ref)
+    g = torch.Generator().manual_seed(8)
+    hm = torch.rand(2, k, *size, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    wh = torch.randn(2, 2, *size, generator=g, dtype=torch.float64)
+    reg = torch.rand(2, 2, *size, generator=g, dtype=torch.float64)
+    ref_total, _ = R.centernet_loss(hm, wh, reg, ref)
+    total = fc.centernet_loss(
+        *(x.float().to(DEVICE) for x in (hm, wh, reg)),
+        boxes=nan_boxes.to(DEVICE),
+        labels=labels.to(DEVICE),
+        backend=backend,
+    )
+    assert_scalar_close(total, ref_total, 1e-5)
+
+
+def test_empty_object_lists(backend):
+    """docs/spec.md 8: M = 0 gathered indices give a 0 regression loss with a zero gradient, and
+    N = 0 boxes a loss whose regression terms are 0 and whose focal term is the reference's
+    against an all-zero heatmap; both backends."""
+    _skip_unavailable(backend)
+    g = torch.Generator().manual_seed(9)
+    out = torch.rand(2, 2, 4, 5, generator=g, dtype=torch.float64)
+    x = out.float().to(DEVICE).requires_grad_()
+    ind = torch.zeros(2, 0, dtype=torch.long, device=DEVICE)
+    loss = fc.reg_l1_loss(x, torch.zeros(2, 0, device=DEVICE), ind, x.new_zeros(2, 0, 2),
+                          backend=backend)  # fmt: skip
+    loss.backward()
+    assert float(loss.detach()) == 0.0 and float(x.grad.abs().sum()) == 0.0
+    assert fc.transpose_and_gather_feat(x, ind, backend=backend).shape == (2, 0, 2)
+    hm = torch.rand(2, 3, 4, 5, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    boxes, labels = torch.zeros(2, 0, 4), torch.zeros(2, 0, dtype=torch.long)
+    ref_t = R.centernet_targets(boxes, labels, None, num_classes=3, output_size=(4, 5))
+    ref_total, _ = R.centernet_loss(hm, out, out, ref_t)
+    total, comps = fc.centernet_loss(
+        hm.float().to(DEVICE), x.detach(), x.detach(), boxes=boxes.to(DEVICE),
+        labels=labels.to(DEVICE), backend=backend, return_components=True,
+    )  # fmt: skip
+    assert float(comps["wh"]) == 0.0 and float(comps["off"]) == 0.0
+    assert_scalar_close(total, ref_total, 1e-5)

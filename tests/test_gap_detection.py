@@ -795,7 +795,7 @@ def test_unknown_option_value(name, value, exc):
 def test_errors_raised_before_any_computation(monkeypatch):
     """Bad input fails in validation: neither backend's computation is reached."""
     import fused_losses.gap_detection as gd
-    import fused_losses.triton_ops as to
+    import fused_losses.triton_gap as to
 
     def boom(*a, **k):
         raise AssertionError("computation reached")
@@ -835,3 +835,44 @@ def test_empty_batch(backend, padding):
     assert float(loss) == 0.0
     grads = torch.autograd.grad(loss, preds)
     assert [g.shape for g in grads] == [p.shape for p in preds]
+
+
+def _on_device(args: list) -> list:
+    """float32 copies of the floating tensors of ``args``, on DEVICE."""
+    out = []
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            a = a.float() if a.is_floating_point() else a
+            a = a.to(DEVICE)
+        out.append(a)
+    return out
+
+
+@pytest.mark.parametrize("field", ["gap_center", "piece_center", "gap_angle", "confusers"])
+def test_non_finite_coordinates(backend, field):
+    """docs/spec.md 8: a NaN centre or angle makes the total and the terms built on it NaN, the
+    same on both backends, without an index error (an infinite centre makes the total NaN too);
+    a NaN confuser is ignored, exactly as if it were masked out (float64 reference)."""
+    c = gap_case(2, (6, 8), confusers=2, padding="box", seed=43)
+    args = list(c.args())
+    idx = {"gap_center": 4, "piece_center": 5, "gap_angle": 6, "confusers": 7}[field]
+    bad = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    bad[idx].view(-1)[0] = float("nan")
+    total, comps = fl.gap_detection_loss(*_on_device(bad), backend=backend, return_components=True)
+    if field == "confusers":
+        mask = torch.ones(2, 2, dtype=torch.bool)
+        mask[0, 0] = False
+        ref_args = list(args)
+        ref_args[8] = mask
+        assert_scalar_close(total, R.gap_detection_loss(*ref_args), 1e-5)
+        return
+    assert torch.isnan(total)
+    nan_terms = {
+        "gap_center": {"heatmap_gap", "offset"},
+        "piece_center": {"heatmap_piece", "offset"},
+        "gap_angle": {"angle"},
+    }[field]
+    assert {k for k, v in comps.items() if torch.isnan(v)} == nan_terms
+    if field != "gap_angle":
+        bad[idx].view(-1)[0] = float("inf")
+        assert torch.isnan(fl.gap_detection_loss(*_on_device(bad), backend=backend))

@@ -357,3 +357,28 @@ def test_hard_negative_bad_input():
         fl.hard_negative_margin_loss(hm, pos, neg, backend="x")
     with pytest.raises(ValueError, match=r"negatives.*meta"):
         fl.hard_negative_margin_loss(hm, pos, neg.to("meta"))
+
+
+def test_non_finite_points(backend):
+    """docs/spec.md 8: a NaN negative is ignored like a masked-out one; a NaN positive samples as
+    0, like a point off the grid (both against the float64 reference, no index error)."""
+    g = torch.Generator().manual_seed(7)
+    heat = torch.rand(2, 1, 5, 6, generator=g, dtype=torch.float64) * 0.9 + 0.05
+    pos = torch.tensor([[9.0, 7.0], [12.0, 5.0]], dtype=torch.float64)
+    neg = torch.tensor([[[10.0, 8.0], [3.0, 3.0]], [[13.0, 6.0], [5.0, 9.0]]], dtype=torch.float64)
+    nan_neg = neg.clone()
+    nan_neg[0, 0, 1] = float("nan")
+    mask = torch.ones(2, 2, dtype=torch.bool)
+    mask[0, 0] = False
+    got = fl.hard_negative_margin_loss(
+        heat.float().to(DEVICE), pos.to(DEVICE), nan_neg.to(DEVICE), backend=backend
+    )
+    assert_scalar_close(got, R.hard_negative_margin_loss(heat, pos, neg, mask), 1e-5)
+    nan_pos = pos.clone()
+    nan_pos[1, 0] = float("nan")
+    off_grid = pos.clone()
+    off_grid[1, 0] = -1000.0
+    got = fl.hard_negative_margin_loss(
+        heat.float().to(DEVICE), nan_pos.to(DEVICE), neg.to(DEVICE), backend=backend
+    )
+    assert_scalar_close(got, R.hard_negative_margin_loss(heat, off_grid, neg), 1e-5)

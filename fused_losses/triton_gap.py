@@ -20,6 +20,8 @@ Arithmetic runs in float32 inside (float64 when a prediction is float64); gradie
 each input's dtype, the loss as float32 (float64 for float64 inputs).
 """
 
+import inspect
+import typing
 from typing import Optional
 
 import torch
@@ -43,77 +45,52 @@ from .kernels import regression as _regression
 # (gap_detection_scale_, nothing moves when it is 1); otherwise, and for a second backward through
 # a retained graph, gap_detection_bwd recomputes them with the upstream gradient (1 launch).
 
-_GAP_OPTIONS = (
-    "stride", "sigma", "cell", "alpha", "beta", "pos_threshold", "reg_threshold", "margin",
-    "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "from_logits", "eps",
+# The ops' signatures (from which torch.library infers their schemas) are generated from the kernel
+# options (``GapKernelOptions``), so that the options are listed once; the implementations take
+# their arguments positionally and unpack them here.
+_FWD_TENSORS = (
+    "heatmap_gap", "heatmap_piece", "offset", "angle", "gap_center", "piece_center", "gap_angle",
+    "confusers?", "confuser_mask?", "padding_mask?", "valid_box?",
 )  # fmt: skip
-_GAP_BWD_OPTIONS = (
-    "stride", "sigma", "alpha", "beta", "pos_threshold", "reg_threshold", "from_logits", "eps",
+_BWD_TENSORS = (
+    "grad_total", "aux", "weight_map", "heatmap_gap", "heatmap_piece", "offset", "angle",
+    "confusers?", "valid_box?",
 )  # fmt: skip
+_NEED = ("need_heatmap_gap", "need_heatmap_piece", "need_offset", "need_angle")
+_N_INPUTS = 11
+_N_OPTIONS = len(_gap.GapKernelOptions._fields)
+_N_FWD_ARGS = _N_INPUTS + _N_OPTIONS + 5  # tensors, options, need flags, store_grads
 
 
-def _gap_fwd_impl(
-    heatmap_gap: Tensor,
-    heatmap_piece: Tensor,
-    offset: Tensor,
-    angle: Tensor,
-    gap_center: Tensor,
-    piece_center: Tensor,
-    gap_angle: Tensor,
-    confusers: Optional[Tensor],  # noqa: UP045 - torch.library parses these annotations
-    confuser_mask: Optional[Tensor],  # noqa: UP045
-    padding_mask: Optional[Tensor],  # noqa: UP045
-    valid_box: Optional[Tensor],  # noqa: UP045
-    stride: int,
-    sigma: float,
-    cell: bool,
-    alpha: float,
-    beta: float,
-    pos_threshold: float,
-    reg_threshold: float,
-    margin: float,
-    w_heatmap: float,
-    w_offset: float,
-    w_angle: float,
-    w_hard_negative: float,
-    from_logits: bool,
-    eps: float,
-    need_heatmap_gap: bool,
-    need_heatmap_piece: bool,
-    need_offset: bool,
-    need_angle: bool,
-    store_grads: bool,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _op_signature(tensors: tuple[str, ...], flags: tuple[str, ...]) -> inspect.Signature:
+    """``(tensors (name? = optional), <each kernel option>, flags) -> 4 tensors``."""
+    param = inspect.Parameter
+    hints = typing.get_type_hints(_gap.GapKernelOptions)
+    params = [
+        param(t.rstrip("?"), param.POSITIONAL_OR_KEYWORD,
+              annotation=Optional[Tensor] if t.endswith("?") else Tensor)  # noqa: UP045
+        for t in tensors
+    ] + [
+        param(f, param.POSITIONAL_OR_KEYWORD, annotation=hints.get(f, bool))
+        for f in (*_gap.GapKernelOptions._fields, *flags)
+    ]  # fmt: skip
+    return inspect.Signature(params, return_annotation=tuple[Tensor, Tensor, Tensor, Tensor])
+
+
+def _unpack_fwd(args: tuple) -> tuple[tuple, _gap.GapKernelOptions, tuple[bool, ...], bool]:
+    """(the 11 input tensors, options, need flags, store_grads) of the forward op's arguments."""
+    n = _N_INPUTS + _N_OPTIONS
+    opts = _gap.GapKernelOptions(*args[_N_INPUTS:n])
+    return args[:_N_INPUTS], opts, tuple(args[n : n + 4]), args[n + 4]
+
+
+def _gap_fwd_impl(*args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(total 0-dim, aux, gradient buffer or empty, weight map or empty): see
     kernels/gap_detection.py."""
-    preds = (heatmap_gap, heatmap_piece, offset, angle)
-    need = (need_heatmap_gap, need_heatmap_piece, need_offset, need_angle)
+    inputs, opts, need, store_grads = _unpack_fwd(args)
+    preds = inputs[:4]
     grads, buf = _gap.grad_outputs(preds, need) if store_grads else ((None,) * 4, None)
-    total, aux, wmap = _gap.gap_detection_forward(
-        *preds,
-        gap_center,
-        piece_center,
-        gap_angle,
-        confusers,
-        confuser_mask,
-        padding_mask,
-        valid_box,
-        stride=stride,
-        sigma=sigma,
-        cell=cell,
-        alpha=alpha,
-        beta=beta,
-        pos_threshold=pos_threshold,
-        reg_threshold=reg_threshold,
-        margin=margin,
-        w_heatmap=w_heatmap,
-        w_offset=w_offset,
-        w_angle=w_angle,
-        w_hard_negative=w_hard_negative,
-        from_logits=from_logits,
-        eps=eps,
-        grads=grads,
-    )
+    total, aux, wmap = _gap.gap_detection_forward(inputs, opts, grads=grads)
     return (
         total,
         aux,
@@ -122,49 +99,13 @@ def _gap_fwd_impl(
     )
 
 
-def _gap_bwd_impl(
-    grad_total: Tensor,
-    aux: Tensor,
-    weight_map: Tensor,
-    heatmap_gap: Tensor,
-    heatmap_piece: Tensor,
-    offset: Tensor,
-    angle: Tensor,
-    confusers: Optional[Tensor],  # noqa: UP045
-    valid_box: Optional[Tensor],  # noqa: UP045
-    need_heatmap_gap: bool,
-    need_heatmap_piece: bool,
-    need_offset: bool,
-    need_angle: bool,
-    stride: int,
-    sigma: float,
-    alpha: float,
-    beta: float,
-    pos_threshold: float,
-    reg_threshold: float,
-    from_logits: bool,
-    eps: float,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _gap_bwd_impl(*args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Gradients of the 4 predictions, recomputed; an empty tensor for each one not requested."""
+    grad_total, aux, weight_map, hg, hp, off, ang, conf, vbox = args[:9]
+    opts = _gap.GapKernelOptions(*args[9 : 9 + _N_OPTIONS])
+    need = tuple(args[9 + _N_OPTIONS :])
     grads = _gap.gap_detection_backward(
-        grad_total,
-        aux,
-        weight_map,
-        heatmap_gap,
-        heatmap_piece,
-        offset,
-        angle,
-        confusers,
-        valid_box,
-        (need_heatmap_gap, need_heatmap_piece, need_offset, need_angle),
-        stride=stride,
-        sigma=sigma,
-        alpha=alpha,
-        beta=beta,
-        pos_threshold=pos_threshold,
-        reg_threshold=reg_threshold,
-        from_logits=from_logits,
-        eps=eps,
+        grad_total, aux, weight_map, (hg, hp, off, ang), conf, vbox, need, opts
     )
     g0, g1, g2, g3 = (g if g is not None else aux.new_empty(0) for g in grads)
     return g0, g1, g2, g3
@@ -175,12 +116,9 @@ def _gap_scale_impl(grad_total: Tensor, grads: Tensor) -> None:
     _reduce.scale_gradients_(grad_total, grads)
 
 
-_N_FWD_ARGS = 11 + len(_GAP_OPTIONS) + 5  # tensors, options, need flags, store_grads
-
-
 def _setup_context(ctx, inputs, output) -> None:
-    hg, hp, off, ang, _gc, _pc, _ga, conf, _cmask, _pmask, vbox = inputs[:11]
-    opts = dict(zip(_GAP_OPTIONS, inputs[11 : 11 + len(_GAP_OPTIONS)]))
+    tensors, opts, _need, _store = _unpack_fwd(inputs)
+    hg, hp, off, ang, _gc, _pc, _ga, conf, _cmask, _pmask, vbox = tensors
     _, aux, buf, wmap = output
     ctx.mark_non_differentiable(aux, buf, wmap)
     ctx.set_materialize_grads(False)
@@ -188,7 +126,7 @@ def _setup_context(ctx, inputs, output) -> None:
     # The stored gradients are not saved tensors: they are scaled in place by the first backward
     # (a retained graph's later backwards recompute instead).
     ctx.stored = buf if buf.numel() > 0 else None
-    ctx.bwd_opts = tuple(opts[k] for k in _GAP_BWD_OPTIONS)
+    ctx.opts = opts
 
 
 def _backward(ctx, grad_total, *_unused):
@@ -210,7 +148,7 @@ def _gap_backward(ctx, grad_total, scale, recompute):
         buf, ctx.stored = ctx.stored, None
         scale(grad_total, buf)
         return _gap.split_gradients(buf, preds, need) + none[4:]
-    grads = recompute(grad_total, aux, wmap, *preds, conf, vbox, *need, *ctx.bwd_opts)
+    grads = recompute(grad_total, aux, wmap, *preds, conf, vbox, *ctx.opts, *need)
     return tuple(g if n else None for g, n in zip(grads, need)) + none[4:]
 
 
@@ -232,30 +170,17 @@ class _GapLossEager(torch.autograd.Function):
         return _gap_backward(ctx, grad_total, _gap_scale_impl, _gap_bwd_impl)
 
 
-def _gap_fwd_fake(
-    heatmap_gap,
-    heatmap_piece,
-    offset,
-    angle,
-    gap_center,
-    piece_center,
-    gap_angle,
-    confusers,
-    confuser_mask,
-    padding_mask,
-    valid_box,
-    stride,
-    *rest,
-):
+def _gap_fwd_fake(*args):
     """Output metadata of gap_detection_fwd (the interpreter's opaque op needs it for tracing)."""
-    preds = (heatmap_gap, heatmap_piece, offset, angle)
+    inputs, opts, need, store = _unpack_fwd(args)
+    preds = inputs[:4]
+    heatmap_gap, confusers, padding_mask = inputs[0], inputs[7], inputs[9]
     cdt = torch.float64 if any(x.dtype == torch.float64 for x in preds) else torch.float32
     k = confusers.shape[1] if confusers is not None else 0
     b, _, hf, wf = heatmap_gap.shape
-    need, store = rest[-5:-1], rest[-1]
     n_buf = sum(x.numel() for x, n in zip(preds, need) if n) if store else 0
     buf_dtype = next((x.dtype for x, n in zip(preds, need) if n), cdt)
-    map_dtype = _gap.weight_map_spec(padding_mask, stride, cdt)
+    map_dtype = _gap.weight_map_spec(padding_mask, opts.stride, cdt)
     return (
         heatmap_gap.new_empty((), dtype=cdt),
         heatmap_gap.new_empty(_gap.aux_size(b, k), dtype=cdt),
@@ -264,9 +189,8 @@ def _gap_fwd_fake(
     )
 
 
-def _gap_bwd_fake(grad_total, aux, weight_map, heatmap_gap, heatmap_piece, offset, angle, *rest):
-    preds = (heatmap_gap, heatmap_piece, offset, angle)
-    need = rest[2:6]
+def _gap_bwd_fake(*args):
+    aux, preds, need = args[1], args[3:7], args[9 + _N_OPTIONS :]
     g0, g1, g2, g3 = (x.new_empty(x.shape) if n else aux.new_empty(0) for x, n in zip(preds, need))
     return g0, g1, g2, g3
 
@@ -278,19 +202,17 @@ def _register_gap_ops():
     names = ("fused_losses::gap_detection_fwd", "fused_losses::gap_detection_bwd")
     scale_name = "fused_losses::gap_detection_scale_"
     if _launch.interpreting():
-        from torch.library import custom_op
-
-        fwd = custom_op(names[0], mutates_args=())(_gap_fwd_impl)
-        bwd = custom_op(names[1], mutates_args=())(_gap_bwd_impl)
-        scale = custom_op(scale_name, mutates_args=("grads",))(_gap_scale_impl)
+        from torch.library import custom_op as make_op
+    else:
+        from torch.library import triton_op as make_op
+    _gap_fwd_impl.__signature__ = _op_signature(_FWD_TENSORS, (*_NEED, "store_grads"))
+    _gap_bwd_impl.__signature__ = _op_signature(_BWD_TENSORS, _NEED)
+    fwd = make_op(names[0], mutates_args=())(_gap_fwd_impl)
+    bwd = make_op(names[1], mutates_args=())(_gap_bwd_impl)
+    scale = make_op(scale_name, mutates_args=("grads",))(_gap_scale_impl)
+    if _launch.interpreting():
         fwd.register_fake(_gap_fwd_fake)
         bwd.register_fake(_gap_bwd_fake)
-    else:
-        from torch.library import triton_op
-
-        fwd = triton_op(names[0], mutates_args=())(_gap_fwd_impl)
-        bwd = triton_op(names[1], mutates_args=())(_gap_bwd_impl)
-        scale = triton_op(scale_name, mutates_args=("grads",))(_gap_scale_impl)
     fwd.register_autograd(_backward, setup_context=_setup_context)
     return fwd, bwd, scale
 
@@ -298,14 +220,19 @@ def _register_gap_ops():
 _gap_fwd, _gap_bwd, _gap_scale = _register_gap_ops()
 
 
-def gap_detection_loss_triton(opts: dict, inputs: tuple) -> tuple[Tensor, Tensor]:
-    """(total, components [5]) of the fused loss: 4 launches forward, 1 backward."""
+def gap_detection_loss_triton(options, inputs: tuple) -> tuple[Tensor, Tensor]:
+    """(total, components [5]) of the fused loss for a ``GapLossOptions`` and the 11 input
+    tensors: 4 launches forward, 1 backward."""
     preds = inputs[:4]
     need = tuple(torch.is_grad_enabled() and x.requires_grad for x in preds)
-    values = {**opts, "cell": opts["center"] == "cell"}
+    opts = options.as_dict()
+    kernel_opts = _gap.GapKernelOptions(
+        **{f: opts[f] for f in _gap.GapKernelOptions._fields if f != "cell"},
+        cell=options.center == "cell",
+    )
     args = (
         *inputs,
-        *(values[k] for k in _GAP_OPTIONS),
+        *kernel_opts,
         *need,
         _reduce.stores_gradients(*(x for x, n in zip(preds, need) if n)),
     )
@@ -344,37 +271,38 @@ class _KernelLoss(torch.autograd.Function):
         return (None, None, None, grad) + (None,) * (ctx.n - 1)
 
 
-def masked_focal_loss_triton(pred, target, weight, **opts) -> torch.Tensor:
+def _kernel_options(options) -> dict:
+    """A loss's options object flattened for its launchers: every field but the backend."""
+    opts = options.as_dict()
+    del opts["backend"]
+    return opts
+
+
+def masked_focal_loss_triton(pred, target, weight, options) -> Tensor:
     return _KernelLoss.apply(
-        _focal.focal_forward, _focal.focal_backward, opts, pred, target, weight
+        _focal.focal_forward, _focal.focal_backward, _kernel_options(options), pred, target, weight
     )
 
 
-def masked_smooth_l1_loss_triton(pred, target, mask, *, beta, eps) -> torch.Tensor:
+def masked_smooth_l1_loss_triton(pred, target, mask, options) -> Tensor:
     return _KernelLoss.apply(
         _regression.smooth_l1_forward,
         _regression.smooth_l1_backward,
-        {"beta": beta, "eps": eps},
+        _kernel_options(options),
         pred,
         target,
         mask,
     )
 
 
-def masked_cosine_loss_triton(pred, target_angle, mask, *, eps) -> torch.Tensor:
+def masked_cosine_loss_triton(pred, target_angle, mask, options) -> Tensor:
     return _KernelLoss.apply(
         _regression.cosine_forward,
         _regression.cosine_backward,
-        {"eps": eps},
+        _kernel_options(options),
         pred,
         target_angle,
         mask,
-    )
-
-
-def _hn_forward(heatmap, positive, negatives, negative_mask, weight, *, margin, stride):
-    return _hard_negative.hard_negative_forward(
-        heatmap, positive, negatives, negative_mask, weight, margin=margin, stride=stride
     )
 
 
@@ -384,13 +312,11 @@ def _hn_backward(grad_loss, aux, heatmap, positive, negatives, _mask, _weight, *
     )
 
 
-def hard_negative_margin_loss_triton(
-    heatmap, positive, negatives, negative_mask, weight, *, margin, stride
-):
+def hard_negative_margin_loss_triton(heatmap, positive, negatives, negative_mask, weight, options):
     return _KernelLoss.apply(
-        _hn_forward,
+        _hard_negative.hard_negative_forward,
         _hn_backward,
-        {"margin": margin, "stride": stride},
+        _kernel_options(options),
         heatmap,
         positive,
         negatives,
