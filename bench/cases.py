@@ -1,11 +1,14 @@
 """Benchmark cases shared by the pytest benchmarks (``pytest bench/``) and ``python -m bench.report``.
 
-A case is one (op, mode, batch, variant) on one device: ``make_case`` builds the inputs (gap ops:
-from ``fused_losses.reference.cases.gap_case``, the same random problems the tests use; CenterNet
-ops: from ``centernet_boxes``, random valid boxes, some masked) and returns a
-``Case`` whose ``setup()`` clears gradients and whose ``step()`` runs one forward (under
-``torch.no_grad()``) or one forward+backward and synchronises the device, so that wall-clock timing
-of ``step`` is the device time of one iteration.
+A case is one (op, mode, batch, variant) on one device. Each op is one :class:`BenchCase` in the
+registry ``CASES`` (``@register(op, family, ...)`` on the function that builds its inputs): its
+family (``GAP``: problems from ``fused_losses.reference.cases.gap_case``, the same random problems
+the tests use; ``CENTERNET``: random valid boxes from ``centernet_boxes``, some masked), the
+builder of its inputs, how to call the fused op and its eager reference, and whether it is
+forward only. ``make_case`` returns a ``Case`` whose ``setup()`` clears gradients and whose
+``step()`` runs one forward (under ``torch.no_grad()``) or one forward+backward and synchronises
+the device, so that wall-clock timing of ``step`` is the device time of one iteration. Adding an op
+is adding one registered builder (and a ``bench/test_<family>.py`` benchmark).
 
 Variants: ``eager`` (the literal reference, ``fused_losses.reference``, float32), ``compile``
 (``torch.compile`` of that reference function), ``torch`` and ``triton`` (the library with
@@ -24,28 +27,16 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache, cached_property, lru_cache
+from types import ModuleType
+from typing import Any, NamedTuple
 
 import fused_losses.reference as ref
 import torch
-from fused_losses.reference.cases import gap_case
+from fused_losses.reference.cases import GapCase, gap_case
 
 import fused_losses
 
-GAP_OPS = (
-    "gap_detection_loss",
-    "gaussian_heatmap",
-    "padding_weight",
-    "masked_focal_loss",
-    "masked_smooth_l1_loss",
-    "masked_cosine_loss",
-    "hard_negative_margin_loss",
-)
-# CenterNet (ctdet) family; "centernet_loss" is the full total from raw boxes (targets inside).
-CENTERNET_OPS = ("centernet_loss", "centernet_focal_loss", "reg_l1_loss", "centernet_targets")
-OPS = GAP_OPS + CENTERNET_OPS
-# Ops without a gradient (label generation) are benchmarked forward only.
-FORWARD_ONLY = frozenset({"gaussian_heatmap", "padding_weight", "centernet_targets"})
 MODES = ("forward", "forward+backward")
 VARIANTS = ("eager", "compile", "torch", "triton")
 
@@ -91,9 +82,7 @@ def default_batches(device: str, op: str | None = None) -> tuple[int, ...]:
     env = os.environ.get("BENCH_BATCHES", "").strip()
     if env:
         return tuple(int(b) for b in env.split(","))
-    if op in CENTERNET_OPS:
-        return centernet_shape(device).batches
-    return CUDA_BATCHES if torch.device(device).type == "cuda" else CPU_BATCHES
+    return _family(op).batches(device)
 
 
 def default_size(op: str | None = None, device: str | None = None) -> tuple[int, int]:
@@ -101,9 +90,7 @@ def default_size(op: str | None = None, device: str | None = None) -> tuple[int,
     if env:
         h, w = env.split("x")
         return int(h), int(w)
-    if op in CENTERNET_OPS:
-        return centernet_shape(device or default_device()).size
-    return DEFAULT_SIZE
+    return _family(op).size(device or default_device())
 
 
 def modes_for(op: str) -> tuple[str, ...]:
@@ -112,9 +99,9 @@ def modes_for(op: str) -> tuple[str, ...]:
 
 def skip_reason(variant: str, device: str, op: str | None = None) -> str | None:
     """Why ``variant`` of ``op`` is not benchmarked on ``device`` (None when it is)."""
-    if variant == "compile" and op == "centernet_targets":
-        return "the reference centernet_targets is a per-box Python loop: nothing to compile"
-    is_cuda = torch.device(device).type == "cuda"
+    if variant == "compile" and op in CASES and CASES[op].no_compile:
+        return CASES[op].no_compile
+    is_cuda = _is_cuda(device)
     if variant == "triton" and not is_cuda:
         return "triton variant needs a CUDA device"
     if variant == "compile" and not is_cuda and os.environ.get("BENCH_CPU_COMPILE") != "1":
@@ -122,6 +109,10 @@ def skip_reason(variant: str, device: str, op: str | None = None) -> str | None:
             "torch.compile is CUDA-only by default (set BENCH_CPU_COMPILE=1 to include it on CPU)"
         )
     return None
+
+
+def _is_cuda(device: str) -> bool:
+    return torch.device(device).type == "cuda"
 
 
 def nbytes(*tensors: torch.Tensor | None) -> int:
@@ -230,15 +221,29 @@ def _compiled(fn: Callable) -> Callable:
     return torch.compile(fn, dynamic=False)
 
 
-def _impl(op: str, variant: str) -> Callable:
-    """The function to call for ``op`` and the keyword arguments that pick its backend."""
-    if variant in ("eager", "compile"):
-        fn = getattr(ref.centernet if op in CENTERNET_OPS else ref, op)
-        return _compiled(fn) if variant == "compile" else fn
-    if variant in ("torch", "triton"):
-        fn = getattr(fused_losses, op)
-        return lambda *a, **k: fn(*a, **k, backend=variant)
-    raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
+# ----------------------------------------------------------------------------------------------
+# Problems: the data a family's cases share, built on first use (untimed).
+
+
+@dataclass
+class Problem:
+    """One case's problem as its builder sees it: batch, map size, device, seed and whether the
+    inputs that receive gradients require them. Subclasses add their family's data."""
+
+    batch: int
+    size: tuple[int, int]
+    device: str
+    seed: int
+    grad: bool
+
+    def extra(self) -> dict:
+        """Recorded with every case of the family (``Case.extra``)."""
+        return {}
+
+    @property
+    def map_bytes(self) -> int:
+        """Bytes of one float32 [B,H,W] map."""
+        return self.batch * self.size[0] * self.size[1] * DTYPE.itemsize
 
 
 @lru_cache(maxsize=4)
@@ -249,78 +254,35 @@ def _gap_problem(batch: int, size: tuple[int, int], seed: int):
     return gap_case(batch, size, confusers=CONFUSERS, padding="mask", stride=STRIDE, seed=seed)
 
 
-def make_case(
-    op: str,
-    mode: str,
-    batch: int,
-    variant: str,
-    *,
-    device: str | None = None,
-    size: tuple[int, int] | None = None,
-    seed: int = 0,
-) -> Case:
-    """Build the inputs (float32 on ``device``) and the call for one benchmark case."""
-    device = device or default_device()
-    size = size or default_size(op, device)
-    if op not in OPS:
-        raise ValueError(f"op: expected one of {list(OPS)}, got {op!r}")
-    if mode not in modes_for(op):
-        raise ValueError(f"mode: {op} supports {list(modes_for(op))}, got {mode!r}")
-    if op in CENTERNET_OPS:
-        return _centernet_case(op, mode, batch, variant, device, size, seed)
-    grad = mode == "forward+backward"
-    hf, wf = size
-    c = _gap_problem(batch, size, seed).to(DTYPE, device, requires_grad=grad)
-    fn = _impl(op, variant)
-    extra: dict = {}
+class GapLabels(NamedTuple):
+    """Labels and weights of a gap problem for its component ops (the reference's, untimed)."""
 
-    if op == "gap_detection_loss":
-        args = c.args()
-        leaves = c.predictions()
-        inputs = tuple(x for x in args if isinstance(x, torch.Tensor))
-        # extra["args"]: the positional arguments, for callers that call the loss another way
-        # (bench.gpu_probe profiles ``GapDetectionLoss()(*args)``).
-        extra["args"] = args
-        return Case(
-            op, mode, batch, variant, device, size, lambda: fn(*args), leaves, inputs, extra
+    centers: torch.Tensor  # [B, 2, 2]: gap and piece centres
+    weight: torch.Tensor  # padding weight [B, 1, H, W]
+    y_gap: torch.Tensor  # Gaussian heatmap of the gap centre
+    m_gap: torch.Tensor  # regression mask: y_gap > 0.7, weighted
+    offset: torch.Tensor  # offset target [B, 4, 1, 1]
+
+
+class GapProblem(Problem):
+    """A ``gap_case`` problem (``_gap_problem``) in float32 on the device."""
+
+    @cached_property
+    def case(self) -> GapCase:
+        return _gap_problem(self.batch, self.size, self.seed).to(
+            DTYPE, self.device, requires_grad=self.grad
         )
 
-    # Component ops: labels and weights precomputed once with the reference (not timed).
-    with torch.no_grad():
-        centers = torch.stack([c.gap_center, c.piece_center], dim=1)  # [B, 2, 2]
-        w = ref.padding_weight(c.padding_mask, size=size, stride=STRIDE, dtype=DTYPE)
-        y_gap = ref.gaussian_heatmap(c.gap_center[:, None], size, stride=STRIDE, dtype=DTYPE)
-        m_gap = (y_gap > 0.7).to(DTYPE) * w
-        t = ref.offset_target(centers, stride=STRIDE).reshape(batch, 4, 1, 1)
-
-    if op == "gaussian_heatmap":
-        extra["output_bytes"] = batch * hf * wf * DTYPE.itemsize
-        run = lambda: fn(centers, size, stride=STRIDE)
-        leaves, inputs = (), (centers,)
-    elif op == "padding_weight":
-        extra["output_bytes"] = batch * hf * wf * DTYPE.itemsize
-        pm = c.padding_mask
-        run = lambda: fn(pm, size=size, stride=STRIDE)
-        leaves, inputs = (), (pm,)
-    elif op == "masked_focal_loss":
-        pred = c.heatmap_gap
-        run = lambda: fn(pred, y_gap, w)
-        leaves, inputs = (pred,), (pred, y_gap, w)
-    elif op == "masked_smooth_l1_loss":
-        pred = c.offset
-        run = lambda: fn(pred, t, m_gap)
-        leaves, inputs = (pred,), (pred, t, m_gap)
-    elif op == "masked_cosine_loss":
-        pred, target = c.angle, c.gap_angle
-        run = lambda: fn(pred, target, m_gap)
-        leaves, inputs = (pred,), (pred, target, m_gap)
-    else:  # hard_negative_margin_loss
-        pred, pos, neg, nmask = c.heatmap_gap, c.gap_center, c.confusers, c.confuser_mask
-        run = lambda: fn(pred, pos, neg, nmask, w, stride=STRIDE)
-        leaves, inputs = (pred,), (pred, pos, neg, nmask, w)
-    if not grad:
-        leaves = ()
-    return Case(op, mode, batch, variant, device, size, run, leaves, inputs, extra)
+    @cached_property
+    def labels(self) -> GapLabels:
+        c, size = self.case, self.size
+        with torch.no_grad():
+            centers = torch.stack([c.gap_center, c.piece_center], dim=1)
+            w = ref.padding_weight(c.padding_mask, size=size, stride=STRIDE, dtype=DTYPE)
+            y_gap = ref.gaussian_heatmap(c.gap_center[:, None], size, stride=STRIDE, dtype=DTYPE)
+            m_gap = (y_gap > 0.7).to(DTYPE) * w
+            t = ref.offset_target(centers, stride=STRIDE).reshape(self.batch, 4, 1, 1)
+        return GapLabels(centers, w, y_gap, m_gap, t)
 
 
 def centernet_boxes(
@@ -355,62 +317,306 @@ def _centernet_reference_targets(
     return boxes, targets
 
 
-def _centernet_case(
-    op: str, mode: str, batch: int, variant: str, device: str, size: tuple[int, int], seed: int
-) -> Case:
-    """A CenterNet case: heads [B,K,H,W] (clamped-sigmoid probabilities) and [B,2,H,W] (wh, reg),
-    ``centernet_shape(device)`` classes and box slots. The reference builds its targets on the
-    CPU (CenterNet's data loader), so ``eager``/``compile`` read CPU copies of the boxes and the
-    timed call includes moving the targets to the device."""
-    shape = centernet_shape(device)
-    k, n = shape.classes, shape.boxes
-    grad = mode == "forward+backward"
-    extra: dict = {"classes": k, "boxes": n}
-    boxes_cpu, t_cpu = _centernet_reference_targets(batch, n, size, k, seed)
-    boxes, labels, box_mask = (x.to(device) for x in boxes_cpu)
-    targets = {key: v.to(device) for key, v in t_cpu.items()}
-    g = torch.Generator(device=device).manual_seed(seed + 1)
+class CenterNetProblem(Problem):
+    """A CenterNet problem: ``centernet_shape(device)`` classes and box slots, heads [B,K,H,W]
+    (clamped-sigmoid probabilities) and [B,2,H,W] (wh, reg). The reference builds its targets on
+    the CPU (CenterNet's data loader), so ``eager``/``compile`` read CPU copies of the boxes and
+    their timed call includes moving the targets to the device (``ref_targets``)."""
 
-    def head(c: int, fn: Callable) -> torch.Tensor:
-        x = torch.randn(batch, c, *size, generator=g, device=device, dtype=DTYPE)
-        return fn(x).detach().requires_grad_(grad)
+    @cached_property
+    def shape(self) -> CenterNetShape:
+        return centernet_shape(self.device)
 
-    fn = _impl(op, variant)
-    reference = variant in ("eager", "compile")
+    def extra(self) -> dict:
+        return {"classes": self.shape.classes, "boxes": self.shape.boxes}
 
-    def ref_targets() -> dict[str, torch.Tensor]:
+    @cached_property
+    def _cpu(self) -> tuple[tuple[torch.Tensor, ...], dict[str, torch.Tensor]]:
+        k, n = self.shape.classes, self.shape.boxes
+        return _centernet_reference_targets(self.batch, n, self.size, k, self.seed)
+
+    @cached_property
+    def boxes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(boxes, labels, box_mask) on the device."""
+        return tuple(x.to(self.device) for x in self._cpu[0])
+
+    @cached_property
+    def targets(self) -> dict[str, torch.Tensor]:
+        """The reference targets, on the device."""
+        return {key: v.to(self.device) for key, v in self._cpu[1].items()}
+
+    @cached_property
+    def _generator(self) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(self.seed + 1)
+
+    def head(self, channels: int, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """``fn`` of a random head [B,channels,H,W] (heads drawn in call order)."""
+        shape = (self.batch, channels, *self.size)
+        x = torch.randn(shape, generator=self._generator, device=self.device, dtype=DTYPE)
+        return fn(x).detach().requires_grad_(self.grad)
+
+    def heatmap(self) -> torch.Tensor:
+        """Head biased like CenterNet's (-2.19: p about 0.1), then its clamped sigmoid."""
+        return self.head(self.shape.classes, lambda x: ref.centernet.clamped_sigmoid(x - 2.19))
+
+    def ref_targets(self) -> dict[str, torch.Tensor]:
+        """The reference's targets built from the CPU boxes and moved to the device (timed)."""
         t = ref.centernet.centernet_targets(
-            *boxes_cpu, num_classes=k, output_size=size, down_ratio=DOWN_RATIO
+            *self._cpu[0],
+            num_classes=self.shape.classes,
+            output_size=self.size,
+            down_ratio=DOWN_RATIO,
         )
-        return {key: v.to(device) for key, v in t.items()}
+        return {key: v.to(self.device) for key, v in t.items()}
 
-    if op == "centernet_targets":
-        extra["output_bytes"] = nbytes(*targets.values())
-        opts = dict(num_classes=k, output_size=size, down_ratio=DOWN_RATIO)
-        run = ref_targets if reference else (lambda: fn(boxes, labels, box_mask, **opts))
-        leaves, inputs = (), (boxes, labels, box_mask)
-    elif op == "centernet_loss":
-        # Head biased like CenterNet's (-2.19: p about 0.1), then its clamped sigmoid.
-        hm = head(k, lambda x: ref.centernet.clamped_sigmoid(x - 2.19))
-        wh = head(2, lambda x: x.abs() * 8)
-        reg = head(2, torch.sigmoid)
-        if reference:
-            run = lambda: fn(hm, wh, reg, ref_targets())[0]
-        else:
-            run = lambda: fn(hm, wh, reg, boxes=boxes, labels=labels, box_mask=box_mask)
-        leaves, inputs = (hm, wh, reg), (hm, wh, reg, boxes, labels, box_mask)
-    elif op == "centernet_focal_loss":
-        pred, gt = head(k, lambda x: ref.centernet.clamped_sigmoid(x - 2.19)), targets["hm"]
-        run = lambda: fn(pred, gt)
-        leaves, inputs = (pred,), (pred, gt)
-    else:  # reg_l1_loss on the wh head
-        out = head(2, lambda x: x.abs() * 8)
-        mask, ind, target = targets["reg_mask"], targets["ind"], targets["wh"]
-        run = lambda: fn(out, mask, ind, target)
-        leaves, inputs = (out,), (out, mask, ind, target)
-    if not grad:
-        leaves = ()
-    return Case(op, mode, batch, variant, device, size, run, leaves, inputs, extra)
+
+# ----------------------------------------------------------------------------------------------
+# Families and the case registry.
+
+
+@dataclass(frozen=True)
+class Family:
+    """What the ops of one family share: their problem, where their eager references live (a
+    function named as the op) and their default batches and map size per device."""
+
+    name: str
+    problem: type[Problem]
+    reference: ModuleType
+    batches: Callable[[str], tuple[int, ...]]
+    size: Callable[[str], tuple[int, int]]
+
+
+GAP = Family(
+    "gap",
+    GapProblem,
+    ref,
+    batches=lambda device: CUDA_BATCHES if _is_cuda(device) else CPU_BATCHES,
+    size=lambda device: DEFAULT_SIZE,
+)
+# CenterNet (ctdet) family; "centernet_loss" is the full total from raw boxes (targets inside).
+CENTERNET = Family(
+    "centernet",
+    CenterNetProblem,
+    ref.centernet,
+    batches=lambda device: centernet_shape(device).batches,
+    size=lambda device: centernet_shape(device).size,
+)
+
+
+@dataclass
+class Inputs:
+    """What a case's builder returns: the positional and keyword arguments of the op, the
+    arguments that receive gradients (forward+backward), and what ``Case.extra`` records."""
+
+    args: tuple
+    kwargs: dict = field(default_factory=dict)
+    leaves: tuple[torch.Tensor, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def reads(self) -> tuple[torch.Tensor, ...]:
+        """Every tensor the op reads: the tensors among the arguments, positional first."""
+        values = (*self.args, *self.kwargs.values())
+        return tuple(x for x in values if isinstance(x, torch.Tensor))
+
+
+# call(fn, inputs, problem) -> the op's output (0-dim loss or label maps), where fn is the library
+# op with its backend bound, or the reference function (eager or compiled).
+Call = Callable[[Callable, Inputs, Problem], Any]
+
+
+def call_args(fn: Callable, x: Inputs, p: Problem) -> Any:
+    """The default call: ``fn(*args, **kwargs)``."""
+    return fn(*x.args, **x.kwargs)
+
+
+@dataclass(frozen=True)
+class BenchCase:
+    """One benchmarked op: ``build(problem)`` makes its inputs (untimed); ``fused`` calls the
+    library op (``backend="torch"``/``"triton"``), ``reference`` the eager or compiled reference
+    ``family.reference.<op>``. Forward-only ops (label generation, no gradient) have no
+    forward+backward mode; ``no_compile`` says why the ``compile`` variant is not benchmarked."""
+
+    op: str
+    family: Family
+    build: Callable[[Any], Inputs]
+    fused: Call = call_args
+    reference: Call = call_args
+    forward_only: bool = False
+    no_compile: str | None = None
+
+    def function(self, variant: str) -> Callable:
+        """The function ``fused``/``reference`` calls for ``variant``."""
+        if variant in ("eager", "compile"):
+            fn = getattr(self.family.reference, self.op)
+            return _compiled(fn) if variant == "compile" else fn
+        if variant in ("torch", "triton"):
+            fn = getattr(fused_losses, self.op)
+            return lambda *a, **k: fn(*a, **k, backend=variant)
+        raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
+
+    def call(self, variant: str) -> Call:
+        return self.reference if variant in ("eager", "compile") else self.fused
+
+
+CASES: dict[str, BenchCase] = {}
+
+
+def register(
+    op: str,
+    family: Family,
+    *,
+    fused: Call = call_args,
+    reference: Call | None = None,
+    forward_only: bool = False,
+    no_compile: str | None = None,
+) -> Callable[[Callable[[Any], Inputs]], Callable[[Any], Inputs]]:
+    """Decorator: register the decorated builder of ``op``'s inputs as its benchmark case
+    (``reference`` defaults to ``fused``)."""
+
+    def decorate(build: Callable[[Any], Inputs]) -> Callable[[Any], Inputs]:
+        if op in CASES:
+            raise ValueError(f"benchmark case {op!r} registered twice")
+        CASES[op] = BenchCase(
+            op, family, build, fused, reference or fused, forward_only, no_compile
+        )
+        return build
+
+    return decorate
+
+
+def _family(op: str | None) -> Family:
+    """The family of ``op`` (the gap family's defaults for None or an unknown op)."""
+    return CASES[op].family if op in CASES else GAP
+
+
+# ----------------------------------------------------------------------------------------------
+# The cases, one per op. Gap component ops read labels and weights precomputed once with the
+# reference (not timed).
+
+
+@register("gap_detection_loss", GAP)
+def _gap_detection_loss(p: GapProblem) -> Inputs:
+    args = p.case.args()
+    # extra["args"]: the positional arguments, for callers that call the loss another way
+    # (bench.gpu_probe profiles ``GapDetectionLoss()(*args)``).
+    return Inputs(args, leaves=p.case.predictions(), extra={"args": args})
+
+
+@register("gaussian_heatmap", GAP, forward_only=True)
+def _gaussian_heatmap(p: GapProblem) -> Inputs:
+    return Inputs(
+        (p.labels.centers, p.size), {"stride": STRIDE}, extra={"output_bytes": p.map_bytes}
+    )
+
+
+@register("padding_weight", GAP, forward_only=True)
+def _padding_weight(p: GapProblem) -> Inputs:
+    kwargs = {"size": p.size, "stride": STRIDE}
+    return Inputs((p.case.padding_mask,), kwargs, extra={"output_bytes": p.map_bytes})
+
+
+@register("masked_focal_loss", GAP)
+def _masked_focal_loss(p: GapProblem) -> Inputs:
+    pred = p.case.heatmap_gap
+    return Inputs((pred, p.labels.y_gap, p.labels.weight), leaves=(pred,))
+
+
+@register("masked_smooth_l1_loss", GAP)
+def _masked_smooth_l1_loss(p: GapProblem) -> Inputs:
+    pred = p.case.offset
+    return Inputs((pred, p.labels.offset, p.labels.m_gap), leaves=(pred,))
+
+
+@register("masked_cosine_loss", GAP)
+def _masked_cosine_loss(p: GapProblem) -> Inputs:
+    pred = p.case.angle
+    return Inputs((pred, p.case.gap_angle, p.labels.m_gap), leaves=(pred,))
+
+
+@register("hard_negative_margin_loss", GAP)
+def _hard_negative_margin_loss(p: GapProblem) -> Inputs:
+    c = p.case
+    args = (c.heatmap_gap, c.gap_center, c.confusers, c.confuser_mask, p.labels.weight)
+    return Inputs(args, {"stride": STRIDE}, leaves=(c.heatmap_gap,))
+
+
+@register(
+    "centernet_loss",
+    CENTERNET,
+    # The reference takes a target dict: built from the CPU boxes inside the timed call.
+    reference=lambda fn, x, p: fn(*x.args, p.ref_targets())[0],
+)
+def _centernet_loss(p: CenterNetProblem) -> Inputs:
+    hm = p.heatmap()
+    wh = p.head(2, lambda x: x.abs() * 8)
+    reg = p.head(2, torch.sigmoid)
+    boxes, labels, box_mask = p.boxes
+    kwargs = {"boxes": boxes, "labels": labels, "box_mask": box_mask}
+    return Inputs((hm, wh, reg), kwargs, leaves=(hm, wh, reg))
+
+
+@register("centernet_focal_loss", CENTERNET)
+def _centernet_focal_loss(p: CenterNetProblem) -> Inputs:
+    pred = p.heatmap()
+    return Inputs((pred, p.targets["hm"]), leaves=(pred,))
+
+
+@register("reg_l1_loss", CENTERNET)
+def _reg_l1_loss(p: CenterNetProblem) -> Inputs:
+    """On the wh head."""
+    out = p.head(2, lambda x: x.abs() * 8)
+    t = p.targets
+    return Inputs((out, t["reg_mask"], t["ind"], t["wh"]), leaves=(out,))
+
+
+@register(
+    "centernet_targets",
+    CENTERNET,
+    reference=lambda fn, x, p: p.ref_targets(),
+    forward_only=True,
+    no_compile="the reference centernet_targets is a per-box Python loop: nothing to compile",
+)
+def _centernet_targets(p: CenterNetProblem) -> Inputs:
+    kwargs = {"num_classes": p.shape.classes, "output_size": p.size, "down_ratio": DOWN_RATIO}
+    extra = {"output_bytes": nbytes(*p.targets.values())}
+    return Inputs(p.boxes, kwargs, extra=extra)
+
+
+OPS = tuple(CASES)
+GAP_OPS = tuple(op for op, case in CASES.items() if case.family is GAP)
+CENTERNET_OPS = tuple(op for op, case in CASES.items() if case.family is CENTERNET)
+# Ops without a gradient (label generation) are benchmarked forward only.
+FORWARD_ONLY = frozenset(op for op, case in CASES.items() if case.forward_only)
+
+
+def make_case(
+    op: str,
+    mode: str,
+    batch: int,
+    variant: str,
+    *,
+    device: str | None = None,
+    size: tuple[int, int] | None = None,
+    seed: int = 0,
+) -> Case:
+    """Build the inputs (float32 on ``device``) and the call for one benchmark case."""
+    device = device or default_device()
+    size = size or default_size(op, device)
+    if op not in CASES:
+        raise ValueError(f"op: expected one of {list(OPS)}, got {op!r}")
+    if mode not in modes_for(op):
+        raise ValueError(f"mode: {op} supports {list(modes_for(op))}, got {mode!r}")
+    bench = CASES[op]
+    fn = bench.function(variant)
+    call = bench.call(variant)
+    grad = mode == "forward+backward"
+    p = bench.family.problem(batch, size, device, seed, grad)
+    x = bench.build(p)
+    extra = {**p.extra(), **x.extra}
+    leaves = x.leaves if grad else ()
+    run = lambda: call(fn, x, p)
+    return Case(op, mode, batch, variant, device, size, run, leaves, x.reads, extra)
 
 
 def copy_bandwidth(device: str, mib: int | None = None, repeats: int = 10) -> float:

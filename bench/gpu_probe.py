@@ -208,7 +208,9 @@ def _gap_launches(device: str, b: int) -> dict:
 
 def _cn_launches(device: str, b: int) -> dict:
     case = make_case("centernet_loss", "forward+backward", b, _fused_variant(device), device=device)
-    hm, wh, reg, boxes, labels, box_mask = case.inputs  # the order _centernet_case gives
+    hm, wh, reg, boxes, labels, box_mask = (
+        case.inputs
+    )  # the order of bench.cases's centernet_loss case
     crit = fused_losses.CenterNetLoss(down_ratio=DOWN_RATIO)
     problem = (
         f"B={b}, {case.extra['classes']} classes, {case.size[0]}x{case.size[1]}, "

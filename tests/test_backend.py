@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Callable
+from types import ModuleType
+from typing import NamedTuple
 
 import pytest
 import torch
@@ -14,8 +17,10 @@ from fused_losses.kernels.launch import interpreting
 from fused_losses.reference.cases import gap_case
 
 import fused_losses as fl
-import fused_losses.triton_ops as triton_ops
+import fused_losses.triton_centernet as triton_centernet
+import fused_losses.triton_gap as triton_gap
 from fused_losses.backend import resolve_backend
+from fused_losses.options import LossModule, LossOptions
 
 CPU = torch.device("cpu")
 needs_cpu = pytest.mark.skipif(ON_GPU, reason="dispatch of CPU tensors; on a GPU box see CUDA test")
@@ -25,6 +30,8 @@ KERNELS_INTERPRETED = interpreting()
 needs_interpreter = pytest.mark.skipif(
     not KERNELS_INTERPRETED, reason="kernels compiled in this process (no Triton interpreter)"
 )
+# Public callables of fused_losses.__all__ without a backend (so without a dispatch row).
+NO_BACKEND = {"clamped_sigmoid": "CenterNet's clamp(sigmoid(x)): plain torch, no backend option"}
 
 
 @pytest.fixture
@@ -34,45 +41,166 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def small_inputs():
-    """One small problem per public op: (op name, triton entry point, call(backend))."""
+class Dispatch(NamedTuple):
+    """One row of the dispatch table: ``op`` (the test id: a public name of fused_losses, with
+    ``-<variant>`` when one op is called more than one way), the triton ``glue`` module and its
+    ``entry`` point that the triton backend must reach first, and ``call(backend)``."""
+
+    op: str
+    glue: ModuleType
+    entry: str
+    call: Callable[[str], object]
+
+    @property
+    def public_name(self) -> str:
+        return self.op.split("-")[0]
+
+
+def small_inputs() -> list[Dispatch]:
+    """One small problem per public op and per module (its ``backend=`` option)."""
     case = gap_case(1, (4, 5), confusers=2, padding="box", seed=0).to(torch.float32)
-    pred = torch.rand(1, 1, 4, 5)
-    target = torch.rand(1, 1, 4, 5)
+    g = torch.Generator().manual_seed(0)
+    pred = torch.rand(1, 1, 4, 5, generator=g)
+    target = torch.rand(1, 1, 4, 5, generator=g)
     mask = torch.ones(1, 1, 4, 5)
-    off = torch.rand(1, 4, 4, 5) - 0.5
-    ang = torch.randn(1, 2, 4, 5)
+    off = torch.rand(1, 4, 4, 5, generator=g) - 0.5
+    ang = torch.randn(1, 2, 4, 5, generator=g)
+    angle = torch.tensor([0.4])
     centers = torch.tensor([[[6.0, 5.0]]])
     box = torch.tensor([[1.0, 2.0, 15.0, 12.0]])
-    return [
-        ("gap_detection_loss", "gap_detection_loss_triton",
+    gap, cn = triton_gap, triton_centernet
+
+    # CenterNet: 3 classes on a 4x5 map (input image 16x20 pixels, down_ratio 4), two boxes.
+    size, k = (4, 5), 3
+    hm = fl.clamped_sigmoid(torch.randn(1, k, *size, generator=g))
+    wh = torch.rand(1, 2, *size, generator=g) * 4
+    reg = torch.rand(1, 2, *size, generator=g)
+    boxes = torch.tensor([[[1.0, 2.0, 13.0, 10.0], [4.0, 1.0, 18.0, 14.0]]])
+    labels = torch.tensor([[0, 2]])
+    box_mask = torch.tensor([[True, True]])
+    raw = dict(boxes=boxes, labels=labels, box_mask=box_mask)
+    t = fl.centernet_targets(
+        boxes, labels, box_mask, num_classes=k, output_size=size, backend="torch"
+    )
+    ind, reg_mask = t["ind"], t["reg_mask"]
+    wmask = reg_mask[..., None].expand(1, 2, 2).to(torch.float32)
+    rows = [
+        ("gap_detection_loss", gap, "gap_detection_loss_triton",
          lambda be: fl.gap_detection_loss(*case.args(), backend=be)),
-        ("masked_focal_loss", "masked_focal_loss_triton",
+        ("GapDetectionLoss", gap, "gap_detection_loss_triton",
+         lambda be: fl.GapDetectionLoss(backend=be)(*case.args())),
+        ("masked_focal_loss", gap, "masked_focal_loss_triton",
          lambda be: fl.masked_focal_loss(pred, target, mask, backend=be)),
-        ("masked_smooth_l1_loss", "masked_smooth_l1_loss_triton",
+        ("MaskedFocalLoss", gap, "masked_focal_loss_triton",
+         lambda be: fl.MaskedFocalLoss(backend=be)(pred, target, mask)),
+        ("masked_smooth_l1_loss", gap, "masked_smooth_l1_loss_triton",
          lambda be: fl.masked_smooth_l1_loss(off, off.flip(1), mask, backend=be)),
-        ("masked_cosine_loss", "masked_cosine_loss_triton",
-         lambda be: fl.masked_cosine_loss(ang, torch.tensor([0.4]), mask, backend=be)),
-        ("hard_negative_margin_loss", "hard_negative_margin_loss_triton",
+        ("MaskedSmoothL1Loss", gap, "masked_smooth_l1_loss_triton",
+         lambda be: fl.MaskedSmoothL1Loss(backend=be)(off, off.flip(1), mask)),
+        ("masked_cosine_loss", gap, "masked_cosine_loss_triton",
+         lambda be: fl.masked_cosine_loss(ang, angle, mask, backend=be)),
+        ("MaskedCosineLoss", gap, "masked_cosine_loss_triton",
+         lambda be: fl.MaskedCosineLoss(backend=be)(ang, angle, mask)),
+        ("hard_negative_margin_loss", gap, "hard_negative_margin_loss_triton",
          lambda be: fl.hard_negative_margin_loss(
              pred, case.gap_center, case.confusers, backend=be)),
-        ("padding_weight", "padding_weight_triton",
+        ("HardNegativeMarginLoss", gap, "hard_negative_margin_loss_triton",
+         lambda be: fl.HardNegativeMarginLoss(backend=be)(
+             pred, case.gap_center, case.confusers)),
+        ("padding_weight", gap, "padding_weight_triton",
          lambda be: fl.padding_weight(valid_box=box, size=(4, 5), backend=be)),
-        ("gaussian_heatmap", "gaussian_heatmap_triton",
+        ("gaussian_heatmap", gap, "gaussian_heatmap_triton",
          lambda be: fl.gaussian_heatmap(centers, (4, 5), backend=be)),
+        # CenterNet family. The focal term is the masked focal loss (triton_gap's glue).
+        ("centernet_focal_loss", gap, "masked_focal_loss_triton",
+         lambda be: fl.centernet_focal_loss(hm, t["hm"], backend=be)),
+        ("CenterNetFocalLoss", gap, "masked_focal_loss_triton",
+         lambda be: fl.CenterNetFocalLoss(backend=be)(hm, t["hm"])),
+        ("transpose_and_gather_feat", cn, "transpose_and_gather_feat_triton",
+         lambda be: fl.transpose_and_gather_feat(wh, ind, backend=be)),
+        ("reg_l1_loss", cn, "reg_l1_loss_triton",
+         lambda be: fl.reg_l1_loss(wh, reg_mask, ind, t["wh"], backend=be)),
+        ("RegL1Loss", cn, "reg_l1_loss_triton",
+         lambda be: fl.RegL1Loss(backend=be)(wh, reg_mask, ind, t["wh"])),
+        ("reg_weighted_l1_loss", cn, "reg_l1_loss_triton",
+         lambda be: fl.reg_weighted_l1_loss(reg, wmask, ind, t["reg"], backend=be)),
+        ("RegWeightedL1Loss", cn, "reg_l1_loss_triton",
+         lambda be: fl.RegWeightedL1Loss(backend=be)(reg, wmask, ind, t["reg"])),
+        ("centernet_targets", cn, "centernet_targets_triton",
+         lambda be: fl.centernet_targets(
+             boxes, labels, box_mask, num_classes=k, output_size=size, backend=be)),
+        # With a target dict: the focal term (triton_gap, its own row above) runs first, then
+        # the regressions.
+        ("centernet_loss-targets", cn, "reg_l1_loss_triton",
+         lambda be: fl.centernet_loss(hm, wh, reg, t, backend=be)),
+        ("CenterNetLoss-targets", cn, "reg_l1_loss_triton",
+         lambda be: fl.CenterNetLoss(backend=be)(hm, wh, reg, t)),
+        # From raw boxes: one kernel builds the targets and the focal term.
+        ("centernet_loss-boxes", cn, "centernet_hm_loss_triton",
+         lambda be: fl.centernet_loss(hm, wh, reg, **raw, backend=be)),
+        ("CenterNetLoss-boxes", cn, "centernet_hm_loss_triton",
+         lambda be: fl.CenterNetLoss(backend=be)(hm, wh, reg, **raw)),
     ]  # fmt: skip
+    return [Dispatch(*row) for row in rows]
 
 
 OPS = small_inputs()
-OP_IDS = [op[0] for op in OPS]
+OP_IDS = [op.op for op in OPS]
+OP_PARAMS = "op,glue,entry,call"
+
+
+def public_ops() -> set[str]:
+    """The names of fused_losses.__all__ that are ops: every public callable (functions, the
+    LossModule subclasses, anything else callable) but the options classes (LossOptions and its
+    subclasses) and the LossModule base class itself, which are not ops."""
+    out = set()
+    for name in fl.__all__:
+        obj = getattr(fl, name)
+        if obj is LossModule or (isinstance(obj, type) and issubclass(obj, LossOptions)):
+            continue
+        if callable(obj):
+            out.add(name)
+    return out
+
+
+def test_dispatch_table_covers_every_public_op():
+    """A public op without a row here has no dispatch test: add one (docs/adding_a_loss.md 7)."""
+    ops = public_ops()
+    assert set(NO_BACKEND) <= ops, "stale NO_BACKEND entry"
+    covered = {row.public_name for row in OPS}
+    assert covered <= ops, f"rows for names that are not public ops: {sorted(covered - ops)}"
+    missing = ops - covered - set(NO_BACKEND)
+    assert not missing, (
+        f"public ops without a dispatch row in tests/test_backend.py: {sorted(missing)}"
+    )
+    modules = {n for n in ops if isinstance(getattr(fl, n), type)}
+    assert all(issubclass(getattr(fl, n), LossModule) for n in modules), modules
+    assert len(set(OP_IDS)) == len(OP_IDS), "duplicate op ids"
+
+
+@pytest.mark.parametrize(OP_PARAMS, OPS, ids=OP_IDS)
+def test_dispatch_entry_points_exist(op, glue, entry, call):
+    assert glue.__name__ in ("fused_losses.triton_gap", "fused_losses.triton_centernet")
+    assert callable(getattr(glue, entry, None)), f"{glue.__name__}.{entry} is missing"
+
+
+def assert_same(a, b) -> None:
+    """Bitwise equal results: a tensor, or a dict of tensors (centernet_targets)."""
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for key in a:
+            assert torch.equal(a[key], b[key]), key
+    else:
+        assert torch.equal(a, b)
 
 
 class Spy:
-    """Wraps a triton entry point, counting calls (and calling through when asked)."""
+    """Wraps a triton entry point of a glue module, counting calls (and calling through when
+    asked)."""
 
-    def __init__(self, monkeypatch, name: str, call_through: bool):
+    def __init__(self, monkeypatch, glue: ModuleType, name: str, call_through: bool):
         self.calls = 0
-        original = getattr(triton_ops, name)
+        original = getattr(glue, name)
 
         def spy(*args, **kwargs):
             self.calls += 1
@@ -80,7 +208,7 @@ class Spy:
                 return original(*args, **kwargs)
             raise _Dispatched
 
-        monkeypatch.setattr(triton_ops, name, spy)
+        monkeypatch.setattr(glue, name, spy)
 
 
 class _Dispatched(Exception):
@@ -122,24 +250,24 @@ def test_resolve_backend_rules(clean_env):
         resolve_backend("gpu", CPU)
 
 
-@pytest.mark.parametrize("op,entry,call", OPS, ids=OP_IDS)
+@pytest.mark.parametrize(OP_PARAMS, OPS, ids=OP_IDS)
 @needs_cpu
-def test_auto_on_cpu_picks_torch_without_interpreter(clean_env, op, entry, call):
-    spy = Spy(clean_env, entry, call_through=False)
+def test_auto_on_cpu_picks_torch_without_interpreter(clean_env, op, glue, entry, call):
+    spy = Spy(clean_env, glue, entry, call_through=False)
     auto = call("auto")
     assert spy.calls == 0
     explicit = call("torch")
-    assert torch.equal(auto, explicit)
+    assert_same(auto, explicit)
     clean_env.setenv("TRITON_INTERPRET", "0")
     call("auto")
     assert spy.calls == 0
 
 
 @needs_interpreter
-@pytest.mark.parametrize("op,entry,call", OPS, ids=OP_IDS)
-def test_auto_picks_kernels_under_interpreter(clean_env, op, entry, call):
+@pytest.mark.parametrize(OP_PARAMS, OPS, ids=OP_IDS)
+def test_auto_picks_kernels_under_interpreter(clean_env, op, glue, entry, call):
     clean_env.setenv("TRITON_INTERPRET", "1")
-    spy = Spy(clean_env, entry, call_through=False)
+    spy = Spy(clean_env, glue, entry, call_through=False)
     with pytest.raises(_Dispatched):
         call("auto")
     with pytest.raises(_Dispatched):
@@ -150,10 +278,10 @@ def test_auto_picks_kernels_under_interpreter(clean_env, op, entry, call):
 
 
 @needs_interpreter
-@pytest.mark.parametrize("op,entry,call", OPS, ids=OP_IDS)
-def test_env_var_overrides_auto(clean_env, op, entry, call):
+@pytest.mark.parametrize(OP_PARAMS, OPS, ids=OP_IDS)
+def test_env_var_overrides_auto(clean_env, op, glue, entry, call):
     clean_env.setenv("TRITON_INTERPRET", "1")
-    spy = Spy(clean_env, entry, call_through=False)
+    spy = Spy(clean_env, glue, entry, call_through=False)
     clean_env.setenv("FUSED_LOSSES_BACKEND", "torch")
     call("auto")
     assert spy.calls == 0
@@ -167,8 +295,8 @@ def test_env_var_overrides_auto(clean_env, op, entry, call):
     assert spy.calls == 1
 
 
-@pytest.mark.parametrize("op,entry,call", OPS, ids=OP_IDS)
-def test_unknown_backend_values_raise(clean_env, op, entry, call):
+@pytest.mark.parametrize(OP_PARAMS, OPS, ids=OP_IDS)
+def test_unknown_backend_values_raise(clean_env, op, glue, entry, call):
     with pytest.raises(ValueError, match=r"backend.*'tpu'"):
         call("tpu")
     clean_env.setenv("FUSED_LOSSES_BACKEND", "fast")
@@ -178,10 +306,10 @@ def test_unknown_backend_values_raise(clean_env, op, entry, call):
 
 
 @needs_cpu
-@pytest.mark.parametrize("op,entry,call", OPS, ids=OP_IDS)
-def test_explicit_kernels_on_cpu_without_interpreter(clean_env, op, entry, call):
+@pytest.mark.parametrize(OP_PARAMS, OPS, ids=OP_IDS)
+def test_explicit_kernels_on_cpu_without_interpreter(clean_env, op, glue, entry, call):
     clean_env.setenv("TRITON_INTERPRET", "0")
-    spy = Spy(clean_env, entry, call_through=False)
+    spy = Spy(clean_env, glue, entry, call_through=False)
     with pytest.raises(ValueError, match=r"triton.*(CUDA|TRITON_INTERPRET)"):
         call("triton")
     assert spy.calls == 0
@@ -191,7 +319,7 @@ def test_explicit_kernels_on_cpu_without_interpreter(clean_env, op, entry, call)
 def test_auto_under_interpreter_matches_explicit_backends(clean_env):
     """auto (interpreter on) runs the same kernels as backend="triton", close to torch."""
     clean_env.setenv("TRITON_INTERPRET", "1")
-    spy = Spy(clean_env, "gap_detection_loss_triton", call_through=True)
+    spy = Spy(clean_env, triton_gap, "gap_detection_loss_triton", call_through=True)
     case = gap_case(1, (4, 5), confusers=2, padding="mask", seed=1)
     auto = fl.gap_detection_loss(*case.args(), backend="auto")
     explicit = fl.gap_detection_loss(*case.args(), backend="triton")
@@ -205,7 +333,7 @@ def test_module_backend_option(clean_env):
     with pytest.raises(ValueError, match=r"backend.*'numpy'"):
         fl.GapDetectionLoss(backend="numpy")
     clean_env.setenv("TRITON_INTERPRET", "1")
-    spy = Spy(clean_env, "gap_detection_loss_triton", call_through=False)
+    spy = Spy(clean_env, triton_gap, "gap_detection_loss_triton", call_through=False)
     case = gap_case(1, (4, 5), confusers=2, seed=2).to(torch.float32)
     fl.GapDetectionLoss(backend="torch")(*case.args())
     assert spy.calls == 0
