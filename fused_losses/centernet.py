@@ -115,9 +115,7 @@ def centernet_focal_loss(
     check_real("gt", gt)
     if gt.shape != pred.shape:
         raise ValueError(f"gt: expected shape {shape_str(pred)} (as pred), got {shape_str(gt)}")
-    return masked_focal_loss(
-        pred, gt, options=CENTERNET_FOCAL.replace(backend=backend)
-    )
+    return masked_focal_loss(pred, gt, options=CENTERNET_FOCAL.replace(backend=backend))
 
 
 class CenterNetFocalLoss(LossModule):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .backend import check_backend, resolve_backend
+from .backend import check_backend, compute_dtype, resolve_backend
 from .labels import div_exact
 from .validation import (
     check_integer,
@@ -121,7 +121,7 @@ def box_geometry(
 
 
 def _targets_torch(boxes, labels, box_mask, num_classes, size, down_ratio):
-    cdt = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(boxes.dtype)
     dev = boxes.device
     h_map, w_map = size
     bsz, n = boxes.shape[:2]

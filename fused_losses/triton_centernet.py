@@ -2,7 +2,8 @@
 ``kernels/centernet.py``): one entry point per op, inputs already validated.
 
 * ``transpose_and_gather_feat_triton``: a gather kernel forward, a deterministic row scatter
-  backward.
+  backward (like the regression and the targets, a ``kernel_ops.KernelFn``: a plain
+  ``autograd.Function`` eagerly, opaque custom ops under torch.compile).
 * ``reg_l1_loss_triton``: one gather-and-reduce kernel (per-program partials, a fixed-order final
   reduction) that also writes the masked signs; backward scatters them.
 * ``centernet_hm_loss_triton``: CenterNet's focal term against the targets of raw boxes, the
@@ -15,9 +16,10 @@ from __future__ import annotations
 
 import torch
 
-from .backend import refuse_double_backward
+from .backend import compute_dtype, refuse_double_backward
 from .centernet import CENTERNET_FOCAL, REG_EPS
-from .centernet_labels import MIN_OVERLAP
+from .centernet_labels import MIN_OVERLAP, TARGET_KEYS
+from .kernel_ops import KernelFn, kernel_op, register, run, scalar_and_aux
 from .kernels import centernet as _centernet
 from .kernels.reduce import scale_gradients_, stores_gradients
 
@@ -25,42 +27,77 @@ from .kernels.reduce import scale_gradients_, stores_gradients
 _FOCAL = {k: getattr(CENTERNET_FOCAL, k) for k in ("alpha", "beta", "pos_threshold", "eps")}
 
 
-class _GatherTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, feat, ind):  # type: ignore[override]
-        ctx.save_for_backward(ind)
-        ctx.feat_meta = (feat.shape, feat.dtype)
-        return _centernet.gather_feat_launch(feat, ind)
-
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        refuse_double_backward("transpose_and_gather_feat (triton backend)")
-        (ind,) = ctx.saved_tensors
-        shape, dtype = ctx.feat_meta
-        if not ctx.needs_input_grad[0]:
-            return None, None
-        return _centernet.scatter_rows_launch(grad_out, ind, shape, dtype), None
+def _gather_backward(grad, _saved, feat, ind):
+    return _centernet.scatter_rows_launch(grad, ind, feat.shape, feat.dtype)
 
 
-class _RegL1Triton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, output, mask, ind, target, weighted, need):  # type: ignore[override]
-        loss, denom, gm = _centernet.reg_l1_launch(
-            output, mask, ind, target, weighted, need, eps=REG_EPS
-        )
-        ctx.meta = (output.shape, output.dtype)
-        ctx.save_for_backward(gm, ind, denom)
-        return loss
+def _gather_fake(feat, ind):
+    return (feat.new_empty((feat.shape[0], ind.shape[1], feat.shape[1])),)
 
-    @staticmethod
-    def backward(ctx, grad_loss):  # type: ignore[override]
-        refuse_double_backward("reg_l1_loss (triton backend)")
-        gm, ind, denom = ctx.saved_tensors
-        if not ctx.needs_input_grad[0]:
-            return (None,) * 6
-        shape, dtype = ctx.meta
-        grad = _centernet.scatter_rows_launch(gm, ind, shape, dtype, scale=grad_loss, denom=denom)
-        return grad, None, None, None, None, None
+
+def _reg_l1_forward(output, mask, ind, target, *, weighted, need):
+    return _centernet.reg_l1_launch(output, mask, ind, target, weighted, need, eps=REG_EPS)
+
+
+def _reg_l1_backward(grad, saved, output, _mask, ind, _target, **_opts):
+    denom, gm = saved
+    return _centernet.scatter_rows_launch(
+        gm, ind, output.shape, output.dtype, scale=grad, denom=denom
+    )
+
+
+def _reg_l1_fake(output, mask, ind, target, *, weighted, need):
+    loss, denom = scalar_and_aux(output, 1)
+    b, c = output.shape[:2]
+    return loss, denom, output.new_empty((b, ind.shape[1], c) if need else (0,), dtype=loss.dtype)
+
+
+def _hm_forward(hm, boxes, labels, box_mask, *, down_ratio):
+    loss, aux, small = _centernet.centernet_hm_loss_launch(
+        hm, boxes, labels, box_mask, down_ratio, _FOCAL, None, min_overlap=MIN_OVERLAP
+    )
+    return (loss, aux, *(small[k] for k in _SMALL))
+
+
+def _hm_backward(grad, saved, hm, boxes, labels, box_mask, *, down_ratio):
+    return _centernet.centernet_hm_grad_launch(
+        grad, saved[0], hm, boxes, labels, box_mask, down_ratio, _FOCAL, MIN_OVERLAP
+    )
+
+
+def _hm_fake(hm, boxes, labels, box_mask, *, down_ratio):
+    loss, aux = scalar_and_aux(hm, 3)
+    b, n = boxes.shape[:2]
+    tdt = compute_dtype(boxes.dtype)
+    pair = boxes.new_empty((b, n, 2), dtype=tdt)
+    return (loss, aux, pair, pair.clone(), labels.new_empty((b, n), dtype=torch.int64),
+            labels.new_empty((b, n), dtype=torch.uint8))  # fmt: skip
+
+
+def _targets_forward(boxes, labels, box_mask, *, num_classes, size, down_ratio):
+    out = _centernet.centernet_targets_launch(
+        boxes, labels, box_mask, num_classes, tuple(size), down_ratio, min_overlap=MIN_OVERLAP
+    )
+    return tuple(out[k] for k in TARGET_KEYS)
+
+
+def _targets_fake(boxes, labels, box_mask, *, num_classes, size, down_ratio):
+    b, n = boxes.shape[:2]
+    cdt = compute_dtype(boxes.dtype)
+    pair = boxes.new_empty((b, n, 2), dtype=cdt)
+    return (boxes.new_empty((b, num_classes, *size), dtype=cdt), pair, pair.clone(),
+            labels.new_empty((b, n), dtype=torch.int64),
+            labels.new_empty((b, n), dtype=torch.uint8))  # fmt: skip
+
+
+_SMALL = ("wh", "reg", "ind", "reg_mask")
+register("transpose_and_gather_feat", KernelFn(
+    forward=lambda feat, ind: (_centernet.gather_feat_launch(feat, ind),),
+    backward=_gather_backward, fake=_gather_fake,
+))  # fmt: skip
+register("reg_l1_loss", KernelFn(_reg_l1_forward, _reg_l1_fake, _reg_l1_backward))
+register("centernet_hm_loss", KernelFn(_hm_forward, _hm_fake, _hm_backward))
+register("centernet_targets", KernelFn(_targets_forward, _targets_fake))
 
 
 class _HeatmapFromBoxesTriton(torch.autograd.Function):
@@ -103,19 +140,23 @@ class _HeatmapFromBoxesTriton(torch.autograd.Function):
 
 
 def transpose_and_gather_feat_triton(feat: torch.Tensor, ind: torch.Tensor) -> torch.Tensor:
-    return _GatherTriton.apply(feat, ind)
+    return run("transpose_and_gather_feat", (feat, ind), {})[0]
 
 
 def reg_l1_loss_triton(output, mask, ind, target, weighted: bool, need: bool) -> torch.Tensor:
-    return _RegL1Triton.apply(output, mask, ind, target, weighted, need)
+    return run("reg_l1_loss", (output, mask, ind, target), dict(weighted=weighted, need=need))[0]
 
 
 def centernet_hm_loss_triton(hm, boxes, labels, box_mask, down_ratio: int, need: bool):
     """(focal loss, wh, reg, ind, reg_mask) from raw boxes."""
+    if torch.compiler.is_compiling():
+        loss, _aux, *small = kernel_op(
+            "centernet_hm_loss", (hm, boxes, labels, box_mask), dict(down_ratio=down_ratio)
+        )
+        return (loss, *small)
     return _HeatmapFromBoxesTriton.apply(hm, boxes, labels, box_mask, down_ratio, need)
 
 
 def centernet_targets_triton(boxes, labels, box_mask, num_classes, size, down_ratio):
-    return _centernet.centernet_targets_launch(
-        boxes, labels, box_mask, num_classes, size, down_ratio, min_overlap=MIN_OVERLAP
-    )
+    opts = dict(num_classes=num_classes, size=list(size), down_ratio=down_ratio)
+    return dict(zip(TARGET_KEYS, run("centernet_targets", (boxes, labels, box_mask), opts)))

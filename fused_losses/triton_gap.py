@@ -13,8 +13,9 @@ them into differentiable ops.
   ``autograd.Function`` (``_GapLossEager``): the custom-op dispatcher costs about 1 ms of host
   time per step. The same ops run eagerly on CPU tensors under Triton's
   interpreter (``TRITON_INTERPRET=1``).
-* The component ops use plain ``torch.autograd.Function``s over their kernels (forward: partial
-  sums + one finalize program; backward: one elementwise kernel).
+* The component ops and the label ops are ``kernel_ops.KernelFn``s over their launchers
+  (forward: partial sums + one finalize program; backward: one elementwise kernel): a plain
+  ``autograd.Function`` eagerly, opaque custom ops under torch.compile.
 
 Arithmetic runs in float32 inside (float64 when a prediction is float64); gradients come back in
 each input's dtype, the loss as float32 (float64 for float64 inputs).
@@ -28,6 +29,7 @@ import torch
 from torch import Tensor
 
 from .backend import refuse_double_backward
+from .kernel_ops import KernelFn, register, run, scalar_and_aux
 from .kernels import focal as _focal
 from .kernels import gap_detection as _gap
 from .kernels import hard_negative as _hard_negative
@@ -250,27 +252,6 @@ def gap_detection_loss_triton(options, inputs: tuple) -> tuple[Tensor, Tensor]:
 # besides the inputs.
 
 
-class _KernelLoss(torch.autograd.Function):
-    """Loss over ``forward_fn(*tensors, **opts) -> (loss, aux)`` with gradient (for tensors[0])
-    ``backward_fn(grad_loss, aux, *tensors, **opts)``."""
-
-    @staticmethod
-    def forward(ctx, forward_fn, backward_fn, opts, *tensors):  # type: ignore[override]
-        loss, aux = forward_fn(*tensors, **opts)
-        ctx.backward_fn, ctx.opts, ctx.n = backward_fn, opts, len(tensors)
-        ctx.save_for_backward(aux, *tensors)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_loss):  # type: ignore[override]
-        refuse_double_backward("fused_losses (triton backend)")
-        aux, *tensors = ctx.saved_tensors
-        grad = None
-        if ctx.needs_input_grad[3]:
-            grad = ctx.backward_fn(grad_loss, aux, *tensors, **ctx.opts)
-        return (None, None, None, grad) + (None,) * (ctx.n - 1)
-
-
 def _kernel_options(options) -> dict:
     """A loss's options object flattened for its launchers: every field but the backend."""
     opts = options.as_dict()
@@ -278,31 +259,13 @@ def _kernel_options(options) -> dict:
     return opts
 
 
-def masked_focal_loss_triton(pred, target, weight, options) -> Tensor:
-    return _KernelLoss.apply(
-        _focal.focal_forward, _focal.focal_backward, _kernel_options(options), pred, target, weight
-    )
-
-
-def masked_smooth_l1_loss_triton(pred, target, mask, options) -> Tensor:
-    return _KernelLoss.apply(
-        _regression.smooth_l1_forward,
-        _regression.smooth_l1_backward,
-        _kernel_options(options),
-        pred,
-        target,
-        mask,
-    )
-
-
-def masked_cosine_loss_triton(pred, target_angle, mask, options) -> Tensor:
-    return _KernelLoss.apply(
-        _regression.cosine_forward,
-        _regression.cosine_backward,
-        _kernel_options(options),
-        pred,
-        target_angle,
-        mask,
+def _loss_fn(forward, backward, aux_numel=lambda *tensors: 1) -> KernelFn:
+    """A KernelFn over launchers ``forward(*tensors, **opts) -> (loss, aux)`` and
+    ``backward(grad, aux, *tensors, **opts) -> grad of tensors[0]``."""
+    return KernelFn(
+        forward=forward,
+        backward=lambda grad, saved, *tensors, **opts: backward(grad, saved[0], *tensors, **opts),
+        fake=lambda *tensors, **opts: scalar_and_aux(tensors[0], aux_numel(*tensors)),
     )
 
 
@@ -312,24 +275,75 @@ def _hn_backward(grad_loss, aux, heatmap, positive, negatives, _mask, _weight, *
     )
 
 
+def _hn_aux_numel(heatmap, positive, negatives, *_):
+    return 1 + heatmap.shape[0] * (negatives.shape[1] + 1)
+
+
+def _padding_weight(padding_mask, valid_box, *, size, stride, dtype):
+    return (_labels.padding_weight(padding_mask, valid_box, size, stride, getattr(torch, dtype)),)
+
+
+def _gaussian_heatmap(centers, sigma_map, mask, *, size, sigma, stride, center, merge, dtype):
+    sigma = sigma_map if sigma_map is not None else sigma
+    dt = getattr(torch, dtype)
+    return (_labels.gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dt),)
+
+
+def _label_fake(*tensors, size, dtype, **_):
+    x = next(t for t in tensors if t is not None)  # centers, or the padding mask / valid box
+    return (x.new_empty((x.shape[0], 1, *size), dtype=getattr(torch, dtype)),)
+
+
+# Each loss: forward = partial sums + one finalize program (2 launches; the hard negatives, 1),
+# backward = one elementwise launch. ``aux`` (the gradient scale, coefficients) is all that is kept
+# besides the inputs.
+register("masked_focal_loss", _loss_fn(_focal.focal_forward, _focal.focal_backward))
+register(
+    "masked_smooth_l1_loss",
+    _loss_fn(_regression.smooth_l1_forward, _regression.smooth_l1_backward),
+)
+register("masked_cosine_loss", _loss_fn(_regression.cosine_forward, _regression.cosine_backward))
+register(
+    "hard_negative_margin_loss",
+    _loss_fn(_hard_negative.hard_negative_forward, _hn_backward, _hn_aux_numel),
+)
+register("padding_weight", KernelFn(forward=_padding_weight, fake=_label_fake))
+register(
+    "gaussian_heatmap",
+    KernelFn(forward=_gaussian_heatmap, fake=lambda c, _s, _m, **o: _label_fake(c, **o)),
+)
+
+
+def masked_focal_loss_triton(pred, target, weight, options) -> Tensor:
+    return run("masked_focal_loss", (pred, target, weight), _kernel_options(options))[0]
+
+
+def masked_smooth_l1_loss_triton(pred, target, mask, options) -> Tensor:
+    return run("masked_smooth_l1_loss", (pred, target, mask), _kernel_options(options))[0]
+
+
+def masked_cosine_loss_triton(pred, target_angle, mask, options) -> Tensor:
+    return run("masked_cosine_loss", (pred, target_angle, mask), _kernel_options(options))[0]
+
+
 def hard_negative_margin_loss_triton(heatmap, positive, negatives, negative_mask, weight, options):
-    return _KernelLoss.apply(
-        _hard_negative.hard_negative_forward,
-        _hn_backward,
-        _kernel_options(options),
-        heatmap,
-        positive,
-        negatives,
-        negative_mask,
-        weight,
+    tensors = (heatmap, positive, negatives, negative_mask, weight)
+    return run("hard_negative_margin_loss", tensors, _kernel_options(options))[0]
+
+
+def padding_weight_triton(padding_mask, valid_box, size, stride, dtype) -> Tensor:
+    opts = dict(size=list(size), stride=stride, dtype=str(dtype).removeprefix("torch."))
+    return run("padding_weight", (padding_mask, valid_box), opts)[0]
+
+
+def gaussian_heatmap_triton(centers, size, sigma, stride, center, mask, merge, dtype) -> Tensor:
+    sigma_map = sigma if isinstance(sigma, Tensor) else None
+    opts = dict(
+        size=list(size),
+        sigma=None if sigma_map is not None else sigma,
+        stride=stride,
+        center=center,
+        merge=merge,
+        dtype=str(dtype).removeprefix("torch."),
     )
-
-
-def padding_weight_triton(padding_mask, valid_box, size, stride, dtype) -> torch.Tensor:
-    return _labels.padding_weight(padding_mask, valid_box, size, stride, dtype)
-
-
-def gaussian_heatmap_triton(
-    centers, size, sigma, stride, center, mask, merge, dtype
-) -> torch.Tensor:
-    return _labels.gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dtype)
+    return run("gaussian_heatmap", (centers, sigma_map, mask), opts)[0]

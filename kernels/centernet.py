@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import f64_bits, interpreting, launch, mask_view, next_pow2
+from .launch import compute_dtype, f64_bits, interpreting, launch, mask_view, next_pow2
 from .primitives import as_dtype, focal_terms, option
 from .reduce import DEN_EPS, NUM_PARTIALS, ratio_finalize
 
@@ -242,7 +242,7 @@ def reg_l1_launch(
     (CenterNet: eps = 1e-4)."""
     b, c, h, w = output.shape
     m = ind.shape[1]
-    cdt = torch.float64 if output.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(output)
     mask = mask_view(mask)
     s_mb, s_mm = mask.stride()[:2]
     s_mc = mask.stride(2) if weighted else 0  # [B,M] mask: once per channel
@@ -501,7 +501,7 @@ def centernet_targets_launch(
     b, n = boxes.shape[:2]
     h, w = size
     dev = boxes.device
-    cdt = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(boxes)
     hm = torch.empty(b, num_classes, h, w, dtype=cdt, device=dev)
     wh = torch.empty(b, n, 2, dtype=cdt, device=dev)
     reg = torch.empty(b, n, 2, dtype=cdt, device=dev)
@@ -696,8 +696,8 @@ def centernet_hm_loss_launch(
     b, c, h, w = hm.shape
     n = boxes.shape[1]
     dev = hm.device
-    tdt = torch.float64 if boxes.dtype == torch.float64 else torch.float32
-    cdt = torch.float64 if hm.dtype == torch.float64 else torch.float32
+    tdt = compute_dtype(boxes)
+    cdt = compute_dtype(hm)
     small = {
         "wh": torch.empty(b, n, 2, dtype=tdt, device=dev),
         "reg": torch.empty(b, n, 2, dtype=tdt, device=dev),

@@ -1,0 +1,164 @@
+"""Kernel launchers as differentiable ops, eager and under ``torch.compile(fullgraph=True)``.
+
+A :class:`KernelFn` registered under a name is run by :func:`run`: eagerly through a plain
+``autograd.Function`` (``_KernelFunction``: no custom-op dispatcher cost), under torch.compile
+through two opaque ``torch.library`` custom ops that Dynamo records without tracing into the
+launchers (it cannot trace a Triton launch made from Python glue: under the interpreter it would
+trace the interpreter; compiled, the launcher reads raw pointers):
+
+* ``fused_losses::kernel_fwd(name, tensors, opts) -> outputs``: ``KERNELS[name].forward``;
+* ``fused_losses::kernel_bwd(name, grad, saved, tensors, opts) -> grad of tensors[0]``.
+
+Each registered :class:`KernelFn` gives its forward (``forward(*tensors, **opts)`` -> a tuple
+whose first entry is the differentiable output and the rest non-differentiable tensors, which the
+caller gets too and backward receives as ``saved``), its backward and a fake (output metadata for
+tracing). The options travel as a JSON string, built once per trace (a constant to the
+compiler). The gap-detection loss has its own ``triton_op``s instead (``triton_gap.py``), which
+torch.compile traces into, and CenterNet's heatmap loss from boxes its own eager Function (it
+stores its gradient in the forward).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .backend import compute_dtype, refuse_double_backward
+
+
+@dataclass(frozen=True)
+class KernelFn:
+    """forward(*tensors, **opts) -> (output, *extras); backward(grad, extras, *tensors, **opts)
+    -> gradient of tensors[0] (None: not differentiable); fake(*tensors, **opts) -> empty
+    tensors shaped like forward's outputs."""
+
+    forward: Callable[..., tuple[Tensor, ...]]
+    fake: Callable[..., tuple[Tensor, ...]]
+    backward: Callable[..., Tensor] | None = None
+
+
+KERNELS: dict[str, KernelFn] = {}
+
+
+def register(name: str, fn: KernelFn) -> None:
+    """Make ``fn`` callable as ``kernel_op(name, ...)``."""
+    KERNELS[name] = fn
+
+
+@torch._dynamo.assume_constant_result
+def _encode(items: tuple) -> str:
+    return json.dumps(dict(items), sort_keys=True)
+
+
+def run(name: str, tensors: tuple[Tensor | None, ...], opts: dict) -> tuple[Tensor, ...]:
+    """``KERNELS[name].forward(*tensors, **opts)``, differentiable in ``tensors[0]`` when the
+    kernel has a backward."""
+    if torch.compiler.is_compiling():
+        return kernel_op(name, tensors, opts)
+    if KERNELS[name].backward is None:
+        return KERNELS[name].forward(*tensors, **opts)
+    return _KernelFunction.apply(name, opts, *tensors)
+
+
+def kernel_op(name: str, tensors: tuple[Tensor | None, ...], opts: dict) -> tuple[Tensor, ...]:
+    """``KERNELS[name]`` through the custom ops (the path torch.compile records). A None tensor
+    travels as an empty placeholder, its position in the options (autograd does not follow an
+    op whose tensor-list input holds a None)."""
+    like = next(t for t in tensors if t is not None)
+    absent = [i for i, t in enumerate(tensors) if t is None]
+    filled = [t if t is not None else like.new_empty(0) for t in tensors]
+    items = tuple(sorted({**opts, _ABSENT: absent}.items()))
+    return tuple(_kernel_fwd(name, filled, _encode(items)))
+
+
+_ABSENT = "__absent__"  # option key: positions of the tensors that are None
+
+
+def _decode(tensors: list[Tensor], opts: str) -> tuple[list[Tensor | None], dict]:
+    """(the tensors with None restored, the launcher options) of the ops' arguments."""
+    kwargs = json.loads(opts)
+    absent = set(kwargs.pop(_ABSENT, ()))
+    return [None if i in absent else t for i, t in enumerate(tensors)], kwargs
+
+
+class _KernelFunction(torch.autograd.Function):
+    """The eager twin of the custom ops: the same forward and backward, no dispatcher."""
+
+    @staticmethod
+    def forward(ctx, name, opts, *tensors):  # type: ignore[override]
+        ctx.set_materialize_grads(False)
+        out = KERNELS[name].forward(*tensors, **opts)
+        ctx.name, ctx.opts, ctx.n, ctx.n_extras = name, opts, len(tensors), len(out) - 1
+        ctx.mark_non_differentiable(*out[1:])
+        ctx.save_for_backward(*out[1:], *tensors)
+        return tuple(out)
+
+    @staticmethod
+    def backward(ctx, grad, *_unused):  # type: ignore[override]
+        if grad is None or not ctx.needs_input_grad[2]:
+            return (None,) * (2 + ctx.n)
+        refuse_double_backward(f"{ctx.name} (triton backend)")
+        saved = ctx.saved_tensors
+        extras, tensors = saved[: ctx.n_extras], saved[ctx.n_extras :]
+        g = KERNELS[ctx.name].backward(grad, extras, *tensors, **ctx.opts)
+        return (None, None, g) + (None,) * (ctx.n - 1)
+
+
+@torch.library.custom_op("fused_losses::kernel_fwd", mutates_args=())
+def _kernel_fwd(name: str, tensors: list[Tensor], opts: str) -> list[Tensor]:
+    args, kwargs = _decode(tensors, opts)
+    return list(KERNELS[name].forward(*args, **kwargs))
+
+
+@_kernel_fwd.register_fake
+def _(name: str, tensors: list[Tensor], opts: str) -> list[Tensor]:
+    args, kwargs = _decode(tensors, opts)
+    return list(KERNELS[name].fake(*args, **kwargs))
+
+
+@torch.library.custom_op("fused_losses::kernel_bwd", mutates_args=())
+def _kernel_bwd(
+    name: str, grad: Tensor, saved: list[Tensor], tensors: list[Tensor], opts: str
+) -> Tensor:
+    backward = KERNELS[name].backward
+    assert backward is not None
+    args, kwargs = _decode(tensors, opts)
+    return backward(grad, tuple(saved), *args, **kwargs)
+
+
+@_kernel_bwd.register_fake
+def _(name, grad, saved, tensors, opts) -> Tensor:
+    x = tensors[0]
+    return x.new_empty(x.shape)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    name, tensors, opts = inputs
+    ctx.name, ctx.opts, ctx.n = name, opts, len(tensors)
+    ctx.n_extras = len(output) - 1
+    ctx.save_for_backward(*output[1:], *tensors)
+
+
+def _backward(ctx, grads):
+    none = (None, [None] * ctx.n, None)
+    grad = grads[0]
+    if grad is None or KERNELS[ctx.name].backward is None:
+        return none
+    refuse_double_backward(f"{ctx.name} (triton backend)")
+    saved = ctx.saved_tensors
+    extras, tensors = list(saved[: ctx.n_extras]), list(saved[ctx.n_extras :])
+    g = _kernel_bwd(ctx.name, grad, extras, tensors, ctx.opts)
+    return None, [g] + [None] * (ctx.n - 1), None
+
+
+_kernel_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+def scalar_and_aux(x: Tensor, aux_numel: int) -> tuple[Tensor, Tensor]:
+    """Fake (loss 0-dim, aux [aux_numel]) in ``x``'s compute dtype."""
+    cdt = compute_dtype(x.dtype)
+    return x.new_empty((), dtype=cdt), x.new_empty(aux_numel, dtype=cdt)
