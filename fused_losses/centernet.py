@@ -150,7 +150,7 @@ def transpose_and_gather_feat(
 
         return transpose_and_gather_feat_triton(feat, ind)
     c = feat.shape[1]
-    flat = feat.reshape(b, c, -1)
+    flat = feat.reshape(b, c, feat.shape[2] * feat.shape[3])  # (not -1: B may be 0)
     idx = ind.long()[:, None, :].expand(b, c, ind.shape[1])
     return flat.gather(2, idx).transpose(1, 2)
 

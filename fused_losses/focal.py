@@ -87,11 +87,11 @@ def focal_pos_terms(
     x: torch.Tensor, *, alpha: float, from_logits: bool, eps: float, need_grad: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Elementwise (f, df/dx or None) of the positive branch, -log(P) (1 - P)^alpha."""
-    if from_logits:
-        p, log_p = torch.sigmoid(x), F.logsigmoid(x)
+    if from_logits:  # 1 - P as sigmoid(-x): no cancellation for large x
+        p, q, log_p = torch.sigmoid(x), torch.sigmoid(-x), F.logsigmoid(x)
     else:
         p, log_p = x, torch.log(x + eps)
-    q = 1 - p
+        q = 1 - p
     q_a, dq_a = _pow_pair(q, alpha)
     f = -log_p * q_a
     if not need_grad:

@@ -92,7 +92,7 @@ def window_radius(sigma: float, threshold: float, size: tuple[int, int]) -> int:
     centre's cell, for a Gaussian of width ``sigma`` centred anywhere in that cell."""
     if threshold <= 0:
         return max(size)
-    r = sigma * math.sqrt(2 * math.log(1 / threshold)) if threshold < 1 else 0.0
+    r = sigma * math.sqrt(-2 * math.log(threshold)) if threshold < 1 else 0.0  # 1/t overflows
     return math.ceil(r) + 1
 
 

@@ -106,7 +106,7 @@ def masked_smooth_l1_loss(
         grad = None
         if need:  # smoothL1'(d) m / (sum(m) + eps), PyTorch's native derivative in one pass
             scale = (mc / denom).expand_as(xc)
-            if beta > 0:
+            if torch.tensor(beta, dtype=cdt).item() > 0:  # (a Python float: no device sync)
                 grad = torch.ops.aten.smooth_l1_loss_backward(scale, xc, tc.expand_as(xc), 0, beta)
             else:  # the L1 loss
                 grad = (xc - tc).sign_().mul_(scale)
