@@ -201,7 +201,8 @@ def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...]):
         f.scatter_(2, idx, torch.where(pos, f_pos, torch.gather(f, 2, idx)))
         if df is not None:
             df.scatter_(2, idx, torch.where(pos, d_pos, torch.gather(df, 2, idx)))
-        heat_scale = 1 / (sum_w + eps)
+        # B = 0 without padding and eps = 0: an empty sum over 0 (the loss is 0, spec 8)
+        heat_scale = 1 / (sum_w + eps) if isinstance(sum_w, torch.Tensor) or sum_w + eps else 0.0
         fw = f * w.view(b, 1, n) if w is not None else f
         l_heat = fw.sum(dim=(0, 2)) * heat_scale  # [2]
 

@@ -1629,8 +1629,6 @@ def check_gap_detection_loss(case: Case, backend: str) -> None:
         reject()  # test_regression_gap_triton_bfloat16_next_to_float64
     if case.expect != "error" and not f64 and flushed_exponent(opts):
         reject()  # test_regression_focal_exponent_below_float32
-    if case.expect != "error" and known_gap_empty_batch_eps0(case):
-        reject()  # test_regression_gap_torch_empty_batch_eps0
     loss_tol = TOL[F64][0] if f64 else tolerance([a.dtype for a in preds])[0]
     grad_tol = {
         k: TOL[F64 if f64 else a.dtype][1] if a.dtype in TOL else 0.0
@@ -2682,12 +2680,6 @@ def test_regression_focal_exponent_below_float32(backend):
     check_scalar(loss, ref, TOL[F32][0])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroDivisionError,
-    reason="gap loss (torch backend), B = 0, eps = 0, no padding: 1 / (sum_w + eps) with the "
-    "Python float sum_w = 0.0 raises ZeroDivisionError",
-)
 def test_regression_gap_torch_empty_batch_eps0():
     """gap_detection_loss on an empty batch with eps=0 (a valid option) and backend="torch".
     Observed: ZeroDivisionError; expected: a result like the reference's and the triton
