@@ -1573,20 +1573,6 @@ def gap_cases(draw) -> Case:
     return case
 
 
-def known_gap_empty_batch_eps0(case: Case) -> bool:
-    """Known bug (see the regression test below): the torch backend divides a Python 0.0 by
-    sum(W) + eps = 0.0 for B = 0, eps = 0 and no padding: ZeroDivisionError."""
-    hg = case.tensors["heatmap_gap"]
-    no_padding = case.tensors["padding_mask"] is None and case.tensors["valid_box"] is None
-    return isinstance(hg, Arg) and hg.shape[0] == 0 and case.opts["eps"] == 0 and no_padding
-
-
-def known_gap_tiny_threshold(opts: dict) -> bool:
-    """Known bug (see the regression test below): the torch backend sizes its label windows with
-    log(1 / threshold), which overflows for a positive threshold below ~5.6e-309."""
-    return any(0 < opts[k] < 1e-307 for k in ("pos_threshold", "reg_threshold"))
-
-
 def known_gap_bf16_f64(preds) -> bool:
     """Known bug (see the regression test below): under Triton's interpreter, the fused gap loss
     with a bfloat16 prediction next to a float64 one returns garbage bfloat16 gradients."""
