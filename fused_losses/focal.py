@@ -36,6 +36,7 @@ from .validation import (
     check_bool,
     check_broadcastable,
     check_choice,
+    check_exponent,
     check_floating,
     check_number,
     check_real,
@@ -58,6 +59,22 @@ def _pow_pair(base: torch.Tensor, a: float) -> tuple[torch.Tensor, torch.Tensor]
     return base**a, a * base ** (a - 1)
 
 
+def log_prob(p: torch.Tensor, eps: float) -> torch.Tensor:
+    """log(p + eps), accurate near p = 1 too: log1p((p - 1) + eps) for p >= 1/2, where p - 1 is
+    exact (each branch sees a safe input, so that autograd through the other stays finite)."""
+    hi = p >= 0.5
+    near_one = torch.log1p(torch.where(hi, p - 1, 0.0) + eps)
+    return torch.where(hi, near_one, torch.log(torch.where(hi, 0.5, p) + eps))
+
+
+def log_one_minus_prob(p: torch.Tensor, eps: float) -> torch.Tensor:
+    """log(1 - p + eps), accurate near p = 0 too: log1p(eps - p) for p <= 1/2 (a float32
+    1 - p + eps would round p's digits away), log((1 - p) + eps) above, where 1 - p is exact."""
+    hi = p > 0.5
+    near_zero = torch.log1p(eps - torch.where(hi, 0.0, p))
+    return torch.where(hi, torch.log((1 - torch.where(hi, p, 0.0)) + eps), near_zero)
+
+
 def focal_neg_terms(
     x: torch.Tensor,
     y: torch.Tensor,
@@ -72,7 +89,7 @@ def focal_neg_terms(
     if from_logits:
         p, log_q = torch.sigmoid(x), F.logsigmoid(-x)
     else:
-        p, log_q = x, torch.log(1 - x + eps)
+        p, log_q = x, log_one_minus_prob(x, eps)
     neg_w = (1 - y) ** beta
     if not need_grad:
         return -log_q * p**alpha * neg_w, None
@@ -90,7 +107,7 @@ def focal_pos_terms(
     if from_logits:  # 1 - P as sigmoid(-x): no cancellation for large x
         p, q, log_p = torch.sigmoid(x), torch.sigmoid(-x), F.logsigmoid(x)
     else:
-        p, log_p = x, torch.log(x + eps)
+        p, log_p = x, log_prob(x, eps)
         q = 1 - p
     q_a, dq_a = _pow_pair(q, alpha)
     f = -log_p * q_a
@@ -151,8 +168,9 @@ class FocalOptions(LossOptions):
     def validate(self) -> None:
         check_choice("normalize", self.normalize, NORMALIZE)
         check_bool("from_logits", self.from_logits)
-        for name in ("alpha", "beta", "eps"):
-            self._set(name, check_number(name, getattr(self, name), nonneg=True))
+        for name in ("alpha", "beta"):
+            self._set(name, check_exponent(name, getattr(self, name)))
+        self._set("eps", check_number("eps", self.eps, nonneg=True))
         self._set("pos_threshold", check_number("pos_threshold", self.pos_threshold))
 
 

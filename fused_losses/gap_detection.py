@@ -49,6 +49,7 @@ from .smooth_l1 import smooth_l1_terms
 from .validation import (
     check_bool,
     check_choice,
+    check_exponent,
     check_floating,
     check_mask_dtype,
     check_number,
@@ -91,8 +92,9 @@ class GapLossOptions(LossOptions):
         check_bool("from_logits", self.from_logits)
         self._set("stride", check_positive_int("stride", self.stride))
         self._set("sigma", check_sigma("sigma", self.sigma))
-        for name in ("alpha", "beta", "eps"):
-            self._set(name, check_number(name, getattr(self, name), nonneg=True))
+        for name in ("alpha", "beta"):
+            self._set(name, check_exponent(name, getattr(self, name)))
+        self._set("eps", check_number("eps", self.eps, nonneg=True))
         for name in ("pos_threshold", "reg_threshold", "margin", *WEIGHTS):
             self._set(name, check_number(name, getattr(self, name)))
 
@@ -179,7 +181,7 @@ def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...]):
         centers = torch.stack([gc.to(ldt), pc.to(ldt)], dim=1)  # [B, 2 (gap, piece), 2]
         gy, gx = gaussian_factors(centers, (hf, wf), opts.sigma, stride, opts.center, cdt)
         w = weight_from_padding(pmask, vbox, (hf, wf), stride, cdt)  # [B,1,Hf,Wf] or None
-        sum_w = w.sum() if w is not None else float(b * n)
+        sum_w = w.sum() if w is not None else torch.full((), b * n, dtype=cdt, device=hg.device)
 
         # Dense: the negative focal branch on both heatmaps (channel 0 gap, channel 1 piece).
         x = torch.cat([hg, hp], dim=1).to(cdt)
@@ -201,8 +203,7 @@ def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...]):
         f.scatter_(2, idx, torch.where(pos, f_pos, torch.gather(f, 2, idx)))
         if df is not None:
             df.scatter_(2, idx, torch.where(pos, d_pos, torch.gather(df, 2, idx)))
-        # B = 0 without padding and eps = 0: an empty sum over 0 (the loss is 0, spec 8)
-        heat_scale = 1 / (sum_w + eps) if isinstance(sum_w, torch.Tensor) or sum_w + eps else 0.0
+        heat_scale = 1 / (sum_w + eps)  # B = 0 and eps = 0: 0 / 0 = NaN, as the other sums
         fw = f * w.view(b, 1, n) if w is not None else f
         l_heat = fw.sum(dim=(0, 2)) * heat_scale  # [2]
 

@@ -12,6 +12,7 @@ boundary.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import inspect
 from typing import Any, ClassVar, TypeVar
 
@@ -45,6 +46,9 @@ class LossOptions:
     ) -> OptionsT:
         """``options`` (an instance of this class, or None for the defaults) with ``overrides``
         (option keywords) applied; an unknown keyword is a TypeError naming it."""
+        for name in overrides or {}:
+            if name not in cls.__dataclass_fields__:
+                raise TypeError(_unknown_option(cls, name))
         if options is None:
             return cls(**(overrides or {}))
         if not isinstance(options, cls):
@@ -58,6 +62,14 @@ class LossOptions:
     def as_dict(self) -> dict[str, Any]:
         """The options by name, in field order (the backend last)."""
         return {name: getattr(self, name) for name in _names(type(self))}
+
+
+def _unknown_option(cls: type[LossOptions], name: str) -> str:
+    """``name: not an option of <cls>; expected one of ... (did you mean ...?)``."""
+    names = _names(cls)
+    close = difflib.get_close_matches(name, names, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"{name}: not an option of {cls.__name__}; expected one of {', '.join(names)}{hint}"
 
 
 def _names(cls: type[LossOptions]) -> list[str]:

@@ -109,6 +109,17 @@ def check_number(
     return float(value)
 
 
+FLOAT32_TINY = 2.0**-126  # float32's smallest normal number
+
+
+def check_exponent(name: str, value: object) -> float:
+    """A non-negative exponent a of x^a. A positive a below float32's normal range is raised to
+    ``FLOAT32_TINY``: float32 arithmetic would flush it to 0 and turn 0^a = 0 into 0^0 = 1; in
+    float32 and float64 alike x^a is then 1 for x > 0 and 0 at x = 0, as for the exact a."""
+    v = check_number(name, value, nonneg=True)
+    return FLOAT32_TINY if 0 < v < FLOAT32_TINY else v
+
+
 SIGMA_RANGE = (1e-6, 1e6)  # grid units: 2 sigma^2 and d^2 / (2 sigma^2) stay normal float32
 
 

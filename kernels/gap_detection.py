@@ -150,16 +150,16 @@ def main_block(n: int) -> tuple[int, int]:
 
 @triton.jit
 def _cell_labels(
-    gc_ptr, pc_ptr, b, ii, jj, s_gc_b, s_gc_c, s_pc_b, s_pc_c, sigma, STRIDE: tl.constexpr,
-    CELL: tl.constexpr, cdt: tl.constexpr,
+    gc_ptr, pc_ptr, b, ii, jj, sigma, STRIDE: tl.constexpr, CELL: tl.constexpr,
+    cdt: tl.constexpr,
 ):  # fmt: skip
-    """(Y_gap, Y_piece, u_gap, v_gap, u_piece, v_piece) at cells (ii, jj) of image b; the grid
-    coordinates stay in their own precision (float64 coordinates unrounded)."""
+    """(Y_gap, Y_piece, u_gap, v_gap, u_piece, v_piece) at cells (ii, jj) of image b (centres
+    contiguous [B, 2]); the grid coordinates stay in their own precision (float64 unrounded)."""
     b64 = b.to(tl.int64)
-    ug = coord_grid(tl.load(gc_ptr + b64 * s_gc_b), STRIDE, cdt)
-    vg = coord_grid(tl.load(gc_ptr + b64 * s_gc_b + s_gc_c), STRIDE, cdt)
-    up = coord_grid(tl.load(pc_ptr + b64 * s_pc_b), STRIDE, cdt)
-    vp = coord_grid(tl.load(pc_ptr + b64 * s_pc_b + s_pc_c), STRIDE, cdt)
+    ug = coord_grid(tl.load(gc_ptr + 2 * b64), STRIDE, cdt)
+    vg = coord_grid(tl.load(gc_ptr + 2 * b64 + 1), STRIDE, cdt)
+    up = coord_grid(tl.load(pc_ptr + 2 * b64), STRIDE, cdt)
+    vp = coord_grid(tl.load(pc_ptr + 2 * b64 + 1), STRIDE, cdt)
     y_gap = gaussian(
         ii, jj, label_center(ug, CELL).to(cdt), label_center(vg, CELL).to(cdt), sigma, sigma
     )
@@ -171,8 +171,8 @@ def _cell_labels(
 
 @triton.jit(do_not_specialize=_WEIGHTS_OPTIONS)
 def _gap_weights_kernel(
-    gc_ptr, pc_ptr, pad_ptr, map_ptr, norm_ptr, HW, Wf, s_gc_b, s_gc_c, s_pc_b, s_pc_c,
-    s_pad_b, s_pad_h, s_pad_w, sigma, reg_threshold, STRIDE: tl.constexpr, CELL: tl.constexpr,
+    gc_ptr, pc_ptr, pad_ptr, map_ptr, norm_ptr, HW, Wf, s_pad_b, s_pad_h, s_pad_w, sigma,
+    reg_threshold, STRIDE: tl.constexpr, CELL: tl.constexpr,
     PADDING: tl.constexpr, COUNT: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """Launch 1: normaliser partials of one block of cells, and W at grid resolution (mask mode)."""
@@ -184,9 +184,8 @@ def _gap_weights_kernel(
     i = cells // Wf
     j = cells % Wf
     y_gap, y_piece, _, _, _, _ = _cell_labels(
-        gc_ptr, pc_ptr, b, i.to(cdt), j.to(cdt), s_gc_b, s_gc_c, s_pc_b, s_pc_c,
-        option_value(sigma, cdt), STRIDE, CELL, cdt,
-    )  # fmt: skip
+        gc_ptr, pc_ptr, b, i.to(cdt), j.to(cdt), option_value(sigma, cdt), STRIDE, CELL, cdt
+    )
     if PADDING == 1:
         acc = padding_block_sum(pad_ptr, b, i, j, s_pad_b, s_pad_h, s_pad_w, on, STRIDE, cdt)
         w = 1.0 - acc / (STRIDE * STRIDE)
@@ -227,16 +226,16 @@ def _pick(sums, cols, k):
 @triton.jit(do_not_specialize=_NORMALIZE_OPTIONS)
 def _gap_normalize_kernel(
     norm_ptr, P, hg_ptr, gc_ptr, pc_ptr, ga_ptr, conf_ptr, cmask_ptr, w_ptr, aux_ptr, B, K, Hf,
-    Wf, s_hg_b, s_hg_h, s_hg_w, s_gc_b, s_gc_c, s_pc_b, s_pc_c, s_ga_b, s_cf_b, s_cf_k, s_cf_c,
-    s_cm_b, s_cm_k, s_w_b, s_w_h, s_w_w, margin, w_heatmap, w_offset, w_angle, w_hard_negative,
-    eps, STRIDE: tl.constexpr, CELL: tl.constexpr, FROM_LOGITS: tl.constexpr,
+    Wf, s_hg_b, s_hg_h, s_hg_w, s_w_b, s_w_h, s_w_w, margin, w_heatmap, w_offset, w_angle,
+    w_hard_negative, eps, STRIDE: tl.constexpr, CELL: tl.constexpr, FROM_LOGITS: tl.constexpr,
     W_MODE: tl.constexpr, HAS_CMASK: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Launch 2 (one program): denominators, gradient scales, the hard negatives (confuser
     validity reads W from launch 1's map, or analytically) and the per-image table of the main
     pass (label centres, offset targets, sin/cos of the angle, sample coordinates): scalar work
-    whose correctly rounded divisions and sin/cos would otherwise cost the main pass registers."""
+    whose correctly rounded divisions and sin/cos would otherwise cost the main pass registers.
+    The small inputs are contiguous: centres [B, 2], angle [B], confusers [B, K, 2], mask [B, K]."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     sums, cols = _column_sums(norm_ptr, P, NORM_COLS, BLOCK_P)
     e = option_value(eps, cdt)
@@ -245,9 +244,9 @@ def _gap_normalize_kernel(
     piece_den = _pick(sums, cols, 2) + e
     coef_ptr = aux_ptr + AUX_HEAD + IMG_COLS * B
     hinge_sum, count = hard_negative_block(
-        hg_ptr, s_hg_b, s_hg_h, s_hg_w, gc_ptr, s_gc_b, s_gc_c, conf_ptr, s_cf_b, s_cf_k, s_cf_c,
-        cmask_ptr, s_cm_b, s_cm_k, w_ptr, s_w_b, s_w_h, s_w_w, coef_ptr, B, K, Hf, Wf,
-        option_value(margin, cdt), STRIDE, W_MODE, HAS_CMASK, FROM_LOGITS, BLOCK_B, BLOCK_K, cdt,
+        hg_ptr, s_hg_b, s_hg_h, s_hg_w, gc_ptr, conf_ptr, cmask_ptr, w_ptr, s_w_b, s_w_h, s_w_w,
+        coef_ptr, B, K, Hf, Wf, option_value(margin, cdt), STRIDE, W_MODE, HAS_CMASK,
+        FROM_LOGITS, BLOCK_B, BLOCK_K, cdt,
     )  # fmt: skip
     uv_ptr = coef_ptr + B * (K + 1)
     rows = tl.arange(0, BLOCK_B)
@@ -256,11 +255,11 @@ def _gap_normalize_kernel(
         bb = b0 + rows
         on = bb < B
         b64 = bb.to(tl.int64)
-        ug = coord_grid(tl.load(gc_ptr + b64 * s_gc_b, mask=on, other=0), STRIDE, cdt)
-        vg = coord_grid(tl.load(gc_ptr + b64 * s_gc_b + s_gc_c, mask=on, other=0), STRIDE, cdt)
-        up = coord_grid(tl.load(pc_ptr + b64 * s_pc_b, mask=on, other=0), STRIDE, cdt)
-        vp = coord_grid(tl.load(pc_ptr + b64 * s_pc_b + s_pc_c, mask=on, other=0), STRIDE, cdt)
-        theta = keep_float64(tl.load(ga_ptr + b64 * s_ga_b, mask=on, other=0), cdt)
+        ug = coord_grid(tl.load(gc_ptr + 2 * b64, mask=on, other=0), STRIDE, cdt)
+        vg = coord_grid(tl.load(gc_ptr + 2 * b64 + 1, mask=on, other=0), STRIDE, cdt)
+        up = coord_grid(tl.load(pc_ptr + 2 * b64, mask=on, other=0), STRIDE, cdt)
+        vp = coord_grid(tl.load(pc_ptr + 2 * b64 + 1, mask=on, other=0), STRIDE, cdt)
+        theta = keep_float64(tl.load(ga_ptr + b64, mask=on, other=0), cdt)
         row = aux_ptr + AUX_HEAD + IMG_COLS * b64
         tl.store(row + 0, label_center(ug, CELL).to(cdt), mask=on)
         tl.store(row + 1, label_center(vg, CELL).to(cdt), mask=on)
@@ -279,9 +278,9 @@ def _gap_normalize_kernel(
         for k0 in range(0, K, BLOCK_K):
             k = k0 + cols_k
             on2 = on[:, None] & (k < K)[None, :]
-            nb = conf_ptr + b64[:, None] * s_cf_b + k[None, :].to(tl.int64) * s_cf_k
+            nb = conf_ptr + 2 * (b64[:, None] * K + k[None, :].to(tl.int64))
             nu = coord_grid(tl.load(nb, mask=on2, other=0), STRIDE, cdt)
-            nv = coord_grid(tl.load(nb + s_cf_c, mask=on2, other=0), STRIDE, cdt)
+            nv = coord_grid(tl.load(nb + 1, mask=on2, other=0), STRIDE, cdt)
             dst = uv[:, None] + 2 * (1 + k[None, :])
             tl.store(dst, nu.to(cdt), mask=on2)
             tl.store(dst + 1, nv.to(cdt), mask=on2)
@@ -301,7 +300,13 @@ def _gap_normalize_kernel(
 
 @triton.jit
 def _store_grad(ptr, g, mask):
-    tl.store(ptr, g.to(ptr.dtype.element_ty), mask=mask)
+    """Store a gradient in its input's dtype; a float64 value bound for a narrower dtype goes
+    through float32 (one float64 head makes the whole problem float64, and Triton's interpreter
+    converts float64 to bfloat16 wrongly)."""
+    dt = ptr.dtype.element_ty
+    if g.dtype == tl.float64 and dt != tl.float64:
+        g = g.to(tl.float32)
+    tl.store(ptr, g.to(dt), mask=mask)
 
 
 @triton.jit
@@ -474,14 +479,12 @@ def weight_map_spec(padding_mask: torch.Tensor | None, stride: int, cdt: torch.d
 
 
 def _confuser_args(confusers, confuser_mask, dummy):
+    """(confusers, K, mask, has mask), contiguous (a copy of a few numbers, where one is needed)."""
     if confusers is None or confusers.shape[1] == 0:
-        return dummy, 0, 0, 0, 0, dummy, 0, 0, False
-    k = confusers.shape[1]
-    cf = confusers
+        return dummy, 0, dummy, False
     if confuser_mask is None:
-        return cf, cf.stride(0), cf.stride(1), cf.stride(2), k, dummy, 0, 0, False
-    cm = mask_view(confuser_mask)
-    return cf, cf.stride(0), cf.stride(1), cf.stride(2), k, cm, cm.stride(0), cm.stride(1), True
+        return confusers.contiguous(), confusers.shape[1], dummy, False
+    return confusers.contiguous(), confusers.shape[1], mask_view(confuser_mask).contiguous(), True
 
 
 def grad_outputs(preds: tuple[torch.Tensor, ...], need: tuple[bool, ...], shared: bool = True):
@@ -555,7 +558,8 @@ def gap_detection_forward(
     """Launches 1 to 4 over ``inputs`` (the 11 tensors of ``fused_losses.GapInputs``). Returns
     (total 0-dim, aux [``aux_size(B, K)``], weight map [B*Hf*Wf] or None); writes the final
     gradients (upstream gradient 1) into the given ``grads`` (None: not wanted)."""
-    heatmap_gap, heatmap_piece, offset, angle, gap_center, piece_center, gap_angle = inputs[:7]
+    heatmap_gap, heatmap_piece, offset, angle = inputs[:4]
+    gap_center, piece_center, gap_angle = (x.contiguous() for x in inputs[4:7])  # [B,2], [B]
     confusers, confuser_mask, padding_mask, valid_box = inputs[7:]
     stride = opts.stride
     preds = (heatmap_gap, heatmap_piece, offset, angle)
@@ -574,15 +578,12 @@ def gap_detection_forward(
         _gap_weights_kernel,
         (nblk, b),
         gap_center, piece_center, pad, wmap if wmap is not None else norm, norm, hw, wf,
-        gap_center.stride(0), gap_center.stride(1), piece_center.stride(0),
-        piece_center.stride(1), s_pad_b, s_pad_h, s_pad_w, *_option_args(opts, _WEIGHTS_OPTIONS, cdt),
+        s_pad_b, s_pad_h, s_pad_w, *_option_args(opts, _WEIGHTS_OPTIONS, cdt),
         STRIDE=stride, CELL=bool(opts.cell), PADDING=mode, COUNT=map_dtype == torch.uint8,
         BLOCK=block, num_warps=warps,
     )  # fmt: skip
 
-    cf, s_cf_b, s_cf_k, s_cf_c, k, cm, s_cm_b, s_cm_k, has_cm = _confuser_args(
-        confusers, confuser_mask, hg
-    )
+    cf, k, cm, has_cm = _confuser_args(confusers, confuser_mask, hg)
     aux = torch.empty(aux_size(b, k), dtype=cdt, device=dev)
     block_k = min(next_pow2(k), 32)
     block_b = max(1, min(next_pow2(b), 256 // block_k))
@@ -591,9 +592,7 @@ def gap_detection_forward(
         _gap_normalize_kernel,
         (1,),
         norm, norm.shape[0], hg, gap_center, piece_center, gap_angle, cf, cm, wsrc[0], aux, b, k,
-        hf, wf, hg.stride(0), hg.stride(2), hg.stride(3), gap_center.stride(0),
-        gap_center.stride(1), piece_center.stride(0), piece_center.stride(1),
-        gap_angle.stride(0), s_cf_b, s_cf_k, s_cf_c, s_cm_b, s_cm_k, *wsrc[1:4],
+        hf, wf, hg.stride(0), hg.stride(2), hg.stride(3), *wsrc[1:4],
         *_option_args(opts, _NORMALIZE_OPTIONS, cdt),
         STRIDE=stride, CELL=bool(opts.cell), FROM_LOGITS=bool(opts.from_logits), W_MODE=wsrc[4],
         HAS_CMASK=has_cm,

@@ -23,71 +23,17 @@ W_NONE, W_MAP = 0, 3  # cell_weight modes: no weight, a [B,1,H,W] weight map
 
 @triton.jit(do_not_specialize=["margin"])
 def _hard_negative_forward_kernel(
-    hm_ptr,
-    pos_ptr,
-    neg_ptr,
-    nmask_ptr,
-    w_ptr,
-    loss_ptr,
-    aux_ptr,
-    B,
-    K,
-    H,
-    W,
-    s_hm_b,
-    s_hm_h,
-    s_hm_w,
-    s_pos_b,
-    s_pos_c,
-    s_neg_b,
-    s_neg_k,
-    s_neg_c,
-    s_nm_b,
-    s_nm_k,
-    s_w_b,
-    s_w_h,
-    s_w_w,
-    margin,
-    STRIDE: tl.constexpr,
-    W_MODE: tl.constexpr,
-    HAS_NMASK: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-):
+    hm_ptr, pos_ptr, neg_ptr, nmask_ptr, w_ptr, loss_ptr, aux_ptr, B, K, H, W, s_hm_b, s_hm_h,
+    s_hm_w, s_w_b, s_w_h, s_w_w, margin, STRIDE: tl.constexpr, W_MODE: tl.constexpr,
+    HAS_NMASK: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+):  # fmt: skip
+    """The heatmap and the weight map strided; positive, negatives and their mask contiguous."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     hinge_sum, count = hard_negative_block(
-        hm_ptr,
-        s_hm_b,
-        s_hm_h,
-        s_hm_w,
-        pos_ptr,
-        s_pos_b,
-        s_pos_c,
-        neg_ptr,
-        s_neg_b,
-        s_neg_k,
-        s_neg_c,
-        nmask_ptr,
-        s_nm_b,
-        s_nm_k,
-        w_ptr,
-        s_w_b,
-        s_w_h,
-        s_w_w,
-        aux_ptr + 1,
-        B,
-        K,
-        H,
-        W,
-        option(margin, cdt),
-        STRIDE,
-        W_MODE,
-        HAS_NMASK,
-        False,
-        BLOCK_B,
-        BLOCK_K,
-        cdt,
-    )
+        hm_ptr, s_hm_b, s_hm_h, s_hm_w, pos_ptr, neg_ptr, nmask_ptr, w_ptr, s_w_b, s_w_h, s_w_w,
+        aux_ptr + 1, B, K, H, W, option(margin, cdt), STRIDE, W_MODE, HAS_NMASK, False, BLOCK_B,
+        BLOCK_K, cdt,
+    )  # fmt: skip
     den = tl.maximum(count, as_dtype(1.0, cdt))
     tl.store(loss_ptr, hinge_sum / den)
     tl.store(aux_ptr, 1.0 / den)
@@ -95,21 +41,7 @@ def _hard_negative_forward_kernel(
 
 @triton.jit
 def _hard_negative_backward_kernel(
-    go_ptr,
-    aux_ptr,
-    pos_ptr,
-    neg_ptr,
-    g_ptr,
-    HW,
-    W,
-    K,
-    s_pos_b,
-    s_pos_c,
-    s_neg_b,
-    s_neg_k,
-    s_neg_c,
-    STRIDE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    go_ptr, aux_ptr, pos_ptr, neg_ptr, g_ptr, HW, W, K, STRIDE: tl.constexpr, BLOCK: tl.constexpr
 ):
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -118,29 +50,14 @@ def _hard_negative_backward_kernel(
     on = cells < HW
     ii = (cells // W).to(cdt)
     jj = (cells % W).to(cdt)
-    g = hard_negative_grad(
-        pos_ptr,
-        s_pos_b,
-        s_pos_c,
-        neg_ptr,
-        s_neg_b,
-        s_neg_k,
-        s_neg_c,
-        aux_ptr + 1,
-        b,
-        ii,
-        jj,
-        K,
-        STRIDE,
-    )
+    g = hard_negative_grad(pos_ptr, neg_ptr, aux_ptr + 1, b, ii, jj, K, STRIDE)
     g = g * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt))
     tl.store(g_ptr + b.to(tl.int64) * HW + cells, g.to(g_ptr.dtype.element_ty), mask=on)
 
 
-def _neg_args(negatives: torch.Tensor, dummy: torch.Tensor):
-    if negatives.shape[1] == 0:
-        return dummy, 0, 0, 0
-    return negatives, negatives.stride(0), negatives.stride(1), negatives.stride(2)
+def _points(positive: torch.Tensor, negatives: torch.Tensor, dummy: torch.Tensor):
+    """The positive [B, 2] and negatives [B, K, 2] contiguous (a copy of a few numbers at most)."""
+    return positive.contiguous(), negatives.contiguous() if negatives.shape[1] > 0 else dummy
 
 
 def hard_negative_forward(heatmap, positive, negatives, negative_mask, weight, *, margin, stride):
@@ -150,46 +67,21 @@ def hard_negative_forward(heatmap, positive, negatives, negative_mask, weight, *
     cdt = compute_dtype(heatmap)
     loss = torch.empty((), dtype=cdt, device=heatmap.device)
     aux = torch.empty(1 + b * (k + 1), dtype=cdt, device=heatmap.device)
-    neg, s_nb, s_nk, s_nc = _neg_args(negatives, heatmap)
-    nm = mask_view(negative_mask) if negative_mask is not None and k > 0 else None
+    pos, neg = _points(positive, negatives, heatmap)
+    nm = mask_view(negative_mask).contiguous() if negative_mask is not None and k > 0 else None
     wt = mask_view(weight)
+    s_w = (wt.stride(0), wt.stride(2), wt.stride(3)) if wt is not None else (0, 0, 0)
     block_k = min(next_pow2(k), 32)
     block_b = max(1, min(next_pow2(b), 512 // block_k))
     launch(
         _hard_negative_forward_kernel,
         (1,),
-        heatmap,
-        positive,
-        neg,
-        nm if nm is not None else heatmap,
-        wt if wt is not None else heatmap,
-        loss,
-        aux,
-        b,
-        k,
-        h,
-        w,
-        heatmap.stride(0),
-        heatmap.stride(2),
-        heatmap.stride(3),
-        positive.stride(0),
-        positive.stride(1),
-        s_nb,
-        s_nk,
-        s_nc,
-        nm.stride(0) if nm is not None else 0,
-        nm.stride(1) if nm is not None else 0,
-        wt.stride(0) if wt is not None else 0,
-        wt.stride(2) if wt is not None else 0,
-        wt.stride(3) if wt is not None else 0,
+        heatmap, pos, neg, nm if nm is not None else heatmap, wt if wt is not None else heatmap,
+        loss, aux, b, k, h, w, heatmap.stride(0), heatmap.stride(2), heatmap.stride(3), *s_w,
         f64_bits(margin),
-        STRIDE=stride,
-        W_MODE=W_MAP if wt is not None else W_NONE,
-        HAS_NMASK=nm is not None,
-        BLOCK_B=block_b,
-        BLOCK_K=block_k,
-        num_warps=4,
-    )
+        STRIDE=stride, W_MODE=W_MAP if wt is not None else W_NONE, HAS_NMASK=nm is not None,
+        BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4,
+    )  # fmt: skip
     return loss, aux
 
 
@@ -198,27 +90,13 @@ def hard_negative_backward(grad_loss, aux, heatmap, positive, negatives, *, stri
     b, _, h, w = heatmap.shape
     k = negatives.shape[1]
     grad = torch.empty(heatmap.shape, dtype=heatmap.dtype, device=heatmap.device)
-    neg, s_nb, s_nk, s_nc = _neg_args(negatives, heatmap)
+    pos, neg = _points(positive, negatives, heatmap)
     block, warps = elementwise_block(h * w)
     if b > 0:
         launch(
             _hard_negative_backward_kernel,
             (max(triton.cdiv(h * w, block), 1), b),
-            grad_loss,
-            aux,
-            positive,
-            neg,
-            grad,
-            h * w,
-            w,
-            k,
-            positive.stride(0),
-            positive.stride(1),
-            s_nb,
-            s_nk,
-            s_nc,
-            STRIDE=stride,
-            BLOCK=block,
-            num_warps=warps,
-        )
+            grad_loss, aux, pos, neg, grad, h * w, w, k,
+            STRIDE=stride, BLOCK=block, num_warps=warps,
+        )  # fmt: skip
     return grad

@@ -68,11 +68,33 @@ def pow_nonneg(x, a):
 
 
 @triton.jit
-def log1p_nonneg(t):
-    """log(1 + t) for t >= 0, accurate for tiny t (Goldberg: log(u) * t / (u - 1), u = 1 + t)."""
-    u = 1.0 + t
-    d = u - 1.0
-    return tl.where(d == 0, t, tl.log(u) * (t / tl.where(d == 0, 1.0, d)))
+def log1p(t):
+    """log(1 + t) for t >= -1, to the working precision for every t (no cancellation near 0).
+
+    |t| < 1/4: 2 atanh(s) = 2 (s + s^3/3 + s^5/5 + ...), s = t / (2 + t), |s| <= 1/7, summed to
+    below half an ulp (float32: 4 terms, float64: 9); plain arithmetic, so the result does not
+    depend on how ``tl.log`` is lowered (the GPU's float32 log is accurate to ~2^-22 absolute,
+    which is no relative accuracy near log(1) = 0). Elsewhere log(1 + t), |log(1 + t)| > 0.22.
+    """
+    small = tl.abs(t) < 0.25
+    s = t / (2.0 + tl.where(small, t, 0.0))
+    s2 = s * s
+    if t.dtype == tl.float64:
+        poly = 1.0 / 15.0 + s2 * (1.0 / 17.0)
+        poly = 1.0 / 11.0 + s2 * (1.0 / 13.0 + s2 * poly)
+        poly = 1.0 / 7.0 + s2 * (1.0 / 9.0 + s2 * poly)
+        poly = 1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * poly)
+    else:
+        poly = 1.0 / 3.0 + s2 * (1.0 / 5.0 + s2 * (1.0 / 7.0))
+    series = 2.0 * s * (1.0 + s2 * poly)
+    return tl.where(small, series, tl.log(1.0 + t))
+
+
+@triton.jit
+def log_prob(p, eps):
+    """log(p + eps) for a probability p and eps >= 0, accurate near p = 1 as well:
+    log1p((p - 1) + eps) for p >= 1/2 (p - 1 is exact there), else log(p + eps)."""
+    return tl.where(p >= 0.5, log1p((p - 1.0) + eps), tl.log(p + eps))
 
 
 @triton.jit
@@ -85,7 +107,7 @@ def sigmoid(x):
 @triton.jit
 def logsigmoid(x):
     """log(sigmoid(x)) = min(x, 0) - log(1 + exp(-|x|)), exact for large |x| (as F.logsigmoid)."""
-    return tl.minimum(x, 0.0) - log1p_nonneg(tl.exp(-tl.abs(x)))
+    return tl.minimum(x, 0.0) - log1p(tl.exp(-tl.abs(x)))
 
 
 @triton.jit
@@ -111,8 +133,9 @@ def focal_terms(x, y, alpha, beta, pos_threshold, eps, FROM_LOGITS: tl.constexpr
     else:
         p = x
         q = 1.0 - x
-        log_p = tl.log(p + eps)
-        log_q = tl.log(q + eps)
+        log_p = log_prob(p, eps)
+        # log(1 - p + eps): 1 - p is exact for p >= 1/2; below, eps - p keeps p's digits.
+        log_q = tl.where(p > 0.5, tl.log(q + eps), log1p(eps - p))
     q_a = pow_nonneg(q, alpha)
     p_a = pow_nonneg(p, alpha)
     f = tl.where(pos, -log_p * q_a, -log_q * p_a * neg_w)
@@ -306,43 +329,18 @@ def bilinear_sample(
 
 @triton.jit
 def hard_negative_block(
-    hm_ptr,
-    s_hm_b,
-    s_hm_h,
-    s_hm_w,
-    pos_ptr,
-    s_pos_b,
-    s_pos_c,
-    neg_ptr,
-    s_neg_b,
-    s_neg_k,
-    s_neg_c,
-    nmask_ptr,
-    s_nm_b,
-    s_nm_k,
-    w_ptr,
-    s_w_b,
-    s_w_h,
-    s_w_w,
-    coef_ptr,
-    B,
-    K,
-    H,
-    W,
-    margin,
-    STRIDE: tl.constexpr,
-    W_MODE: tl.constexpr,
-    HAS_NMASK: tl.constexpr,
-    SIGMOID: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-    BLOCK_K: tl.constexpr,
-    cdt: tl.constexpr,
-):
+    hm_ptr, s_hm_b, s_hm_h, s_hm_w, pos_ptr, neg_ptr, nmask_ptr, w_ptr, s_w_b, s_w_h, s_w_w,
+    coef_ptr, B, K, H, W, margin, STRIDE: tl.constexpr, W_MODE: tl.constexpr,
+    HAS_NMASK: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_K: tl.constexpr, cdt: tl.constexpr,
+):  # fmt: skip
     """Hard-negative margin ranking over the whole batch, in one program.
 
     s_pos(b), s_k(b) = bilinear samples at the positive and the K negatives (``bilinear_sample``);
     negative k of image b is valid if its mask is set, its cell (floor v, floor u) is on the grid
     and W there (``cell_weight``, mode W_MODE) is > 0; hinge = margin - s_pos + s_k.
+    The heatmap [B,1,H,W] and the weight map are strided; the positive [B, 2], the negatives
+    [B, K, 2] and their mask [B, K] contiguous (a few numbers: the launchers copy them if needed).
     Returns (sum over valid of relu(hinge), number valid), in a fixed order (deterministic), and
     writes coef [B, 1+K] (row-major at coef_ptr): coef[b, 1+k] = [valid and hinge > 0],
     coef[b, 0] = -sum_k coef[b, 1+k]; dL/dmap = scale * sum_s coef[b, s] tent weights of sample s,
@@ -357,8 +355,8 @@ def hard_negative_block(
         b = b0 + rows
         b_on = b < B
         b64 = b.to(tl.int64)
-        px = tl.load(pos_ptr + b64 * s_pos_b, mask=b_on, other=0)
-        py = tl.load(pos_ptr + b64 * s_pos_b + s_pos_c, mask=b_on, other=0)
+        px = tl.load(pos_ptr + 2 * b64, mask=b_on, other=0)
+        py = tl.load(pos_ptr + 2 * b64 + 1, mask=b_on, other=0)
         s_pos = bilinear_sample(
             hm_ptr,
             b64,
@@ -379,10 +377,10 @@ def hard_negative_block(
             on = b_on[:, None] & (k < K)[None, :]
             b2 = b64[:, None]
             k2 = k[None, :].to(tl.int64)
-            nb = neg_ptr + b2 * s_neg_b + k2 * s_neg_k
+            nb = neg_ptr + 2 * (b2 * K + k2)
             # The validity cell from the coordinates' own precision (float64 stays float64).
             u = coord_grid(tl.load(nb, mask=on, other=0), STRIDE, cdt)
-            v = coord_grid(tl.load(nb + s_neg_c, mask=on, other=0), STRIDE, cdt)
+            v = coord_grid(tl.load(nb + 1, mask=on, other=0), STRIDE, cdt)
             s_neg = bilinear_sample(
                 hm_ptr, b2, u.to(cdt), v.to(cdt), s_hm_b, s_hm_h, s_hm_w, H, W, on, SIGMOID, cdt
             )
@@ -390,7 +388,7 @@ def hard_negative_block(
             cv = tl.floor(v).to(cdt)
             valid = on & (cu >= 0) & (cu < W) & (cv >= 0) & (cv < H)
             if HAS_NMASK:
-                nm = tl.load(nmask_ptr + b2 * s_nm_b + k2 * s_nm_k, mask=on, other=0)
+                nm = tl.load(nmask_ptr + b2 * K + k2, mask=on, other=0)
                 valid = valid & (nm != 0)
             if W_MODE != 0:
                 ci = tl.where(valid, cv, 0.0).to(tl.int32)
@@ -409,34 +407,21 @@ def hard_negative_block(
 
 
 @triton.jit
-def hard_negative_grad(
-    pos_ptr,
-    s_pos_b,
-    s_pos_c,
-    neg_ptr,
-    s_neg_b,
-    s_neg_k,
-    s_neg_c,
-    coef_ptr,
-    b,
-    ii,
-    jj,
-    K,
-    STRIDE: tl.constexpr,
-):
+def hard_negative_grad(pos_ptr, neg_ptr, coef_ptr, b, ii, jj, K, STRIDE: tl.constexpr):
     """sum over the 1+K samples s of image b of coef[b, s] * tent(u_s - j) * tent(v_s - i), at the
-    cells (ii, jj) (grid-coordinate tensors): the gradient of the samples, without atomics."""
+    cells (ii, jj) (grid-coordinate tensors): the gradient of the samples, without atomics.
+    Positive [B, 2] and negatives [B, K, 2] contiguous, as in :func:`hard_negative_block`."""
     cdt: tl.constexpr = ii.dtype
     b64 = b.to(tl.int64)
     row = coef_ptr + b64 * (K + 1)
-    px = tl.load(pos_ptr + b64 * s_pos_b).to(cdt)
-    py = tl.load(pos_ptr + b64 * s_pos_b + s_pos_c).to(cdt)
+    px = tl.load(pos_ptr + 2 * b64).to(cdt)
+    py = tl.load(pos_ptr + 2 * b64 + 1).to(cdt)
     c0 = tl.load(row).to(cdt)
     g = tent(grid_coord(px, STRIDE) - jj) * tent(grid_coord(py, STRIDE) - ii) * c0
-    nb = neg_ptr + b64 * s_neg_b
+    nb = neg_ptr + 2 * K * b64
     for k in range(0, K):
-        nx = tl.load(nb + k * s_neg_k).to(cdt)
-        ny = tl.load(nb + k * s_neg_k + s_neg_c).to(cdt)
+        nx = tl.load(nb + 2 * k).to(cdt)
+        ny = tl.load(nb + 2 * k + 1).to(cdt)
         ck = tl.load(row + 1 + k).to(cdt)
         g += tent(grid_coord(nx, STRIDE) - jj) * tent(grid_coord(ny, STRIDE) - ii) * ck
     return g

@@ -462,3 +462,38 @@ def test_empty_batch_is_zero_on_both_backends(backend, normalize):
     assert float(ref) == 0.0 and float(loss) == 0.0
     (g,) = torch.autograd.grad(loss, pred)
     assert g.shape == pred.shape
+
+
+def test_unknown_option_keyword_leads_with_its_name():
+    """A misspelt option, to every loss's functional and module form, is a TypeError that starts
+    with the keyword, lists the options and suggests the closest one (spec 3.5)."""
+    p = torch.rand(1, 1, 3, 4)
+    calls = {
+        "functional": lambda: fl.masked_focal_loss(p, p, alhpa=2.0),
+        "module": lambda: fl.MaskedFocalLoss(alhpa=2.0),
+        "options object": lambda: fl.MaskedFocalLoss(fl.FocalOptions(), alhpa=2.0),
+    }
+    for form, call in calls.items():
+        with pytest.raises(TypeError, match=r"^alhpa: .*alpha, beta.*did you mean 'alpha'") as e:
+            call()
+        assert "FocalOptions" in str(e.value), form
+    modules = [m for m in vars(fl).values() if isinstance(m, type) and issubclass(m, fl.LossModule)]
+    assert len(modules) >= 8
+    for module in modules:
+        with pytest.raises(TypeError, match=r"^not_an_option: not an option of "):
+            module(not_an_option=1)
+
+
+@pytest.mark.parametrize(
+    "alpha,beta,threshold", [(1e-300, 4.0, 0.9), (2.0, 1e-300, 2.0), (1e-300, 1e-300, 2.0)]
+)
+def test_exponents_below_float32_range_act_as_the_exact_exponent(backend, alpha, beta, threshold):
+    """A positive alpha or beta too small for float32 (flushed to 0 it would make 0^a = 1): with
+    probabilities exactly 0 and 1 and targets exactly 1 (positive, or negative with a threshold
+    above 1), float32 matches the float64 reference."""
+    p = torch.tensor([[[[0.0, 1.0, 0.5, 0.25]]]], device=DEVICE)
+    t = torch.tensor([[[[1.0, 1.0, 0.0, 1.0]]]], device=DEVICE)
+    opts = dict(alpha=alpha, beta=beta, eps=1e-3, pos_threshold=threshold)
+    ref = R.masked_focal_loss(p.double().cpu(), t.double().cpu(), **opts)
+    loss = fl.masked_focal_loss(p, t, backend=backend, **opts)
+    assert_scalar_close(loss, ref, 1e-6, f"alpha={alpha}, beta={beta}")

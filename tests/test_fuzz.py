@@ -66,7 +66,6 @@ TOL = {F64: (1e-9, 1e-9), F32: (1e-5, 1e-5), F16: (1e-3, 1e-2), BF16: (1e-3, 1e-
 LABEL_TOL = {F32: 2e-6, F64: 1e-12}
 
 TRITON_OK = ON_GPU or interpreter_on()
-INTERPRETED = not ON_GPU and interpreter_on()  # the triton backend runs Triton's interpreter
 BACKENDS = [
     "torch",
     pytest.param(
@@ -404,18 +403,6 @@ def verify_loss(
         compare(other, (rloss, rcomps, rgrads), case, b, loss_dtype, "torch")
         a, c = float(got.loss.detach()), float(other.loss.detach())
         assert math.isfinite(a) == math.isfinite(c), f"triton {a} vs torch {c}"
-
-
-def flushed_exponent(opts: dict, keys=("alpha", "beta")) -> bool:
-    """Known bug (test_regression_focal_exponent_below_float32): an exponent option that is
-    positive but rounds to 0 in float32 (below ~7e-46) is applied as 0 by float32 arithmetic, so
-    0^alpha becomes 1 instead of 0."""
-    return any(
-        isinstance(opts.get(k), float)
-        and opts[k] != 0
-        and float(torch.tensor(opts[k]).float()) == 0
-        for k in keys
-    )
 
 
 def near(values: torch.Tensor, threshold: float, rel: float = 1e-5) -> bool:
@@ -821,33 +808,6 @@ def weight_arg(draw, g, shape: tuple[int, ...], dtypes=mask_dtypes) -> Arg:
     return Arg(mask_values(g, shape, dtype, mode), layout=draw(layouts(len(shape))))
 
 
-LOG_ULP = 2.0**-23  # two float32 roundings of u = 1 - p + eps (or p + eps) before log(u)
-
-
-def focal_log_error(p, y, w, *, alpha, beta, eps, pos_threshold, denom, upstream=1.0):
-    """Known bug (test_regression_focal_log_of_float32_sum): the probability form of the focal
-    loss takes log(1 - p + eps) and log(p + eps) of a float32 sum, so each log carries an absolute
-    error of about 2^-23 -- relative 2^-23 / p for small p (1.7e-4 at CenterNet's clamp 1e-4), far
-    above the spec's 1e-5 when such terms dominate. Returns that error's size in the loss and in
-    the gradient (float64, from the reference's inputs), to reject the examples it dominates."""
-    p = p.detach().to(F64)
-    y = y.detach().to(F64).expand_as(p)
-    w = torch.ones_like(p) if w is None else w.detach().to(F64).expand_as(p)
-    pos = y >= pos_threshold
-    q = (1 - p).clamp_min(0)
-    neg_w = (1 - y).clamp_min(0) ** beta
-    mult = torch.where(pos, q**alpha, p.clamp_min(0) ** alpha * neg_w)
-    dmult = torch.where(
-        pos, alpha * q ** (alpha - 1), alpha * p.clamp_min(0) ** (alpha - 1) * neg_w
-    )
-    mult, dmult = mult.nan_to_num(0, 0, 0), dmult.nan_to_num(0, 0, 0)
-    if denom == 0:  # 0 / 0: the reference is not finite, nothing is compared
-        return 0.0, 0.0
-    value = (LOG_ULP * mult * w).abs().sum().item() / denom
-    grad = (LOG_ULP * dmult * w * abs(upstream) / denom).norm().item()
-    return value, grad
-
-
 def focal_denominator(p, y, w, normalize: str, pos_threshold: float, eps: float) -> float:
     """The reference's normaliser of the focal loss."""
     w = torch.ones_like(p, dtype=F64) if w is None else w.to(F64).expand(p.shape)
@@ -911,11 +871,12 @@ def label_rounding_error(
     return value, grad
 
 
-def dominated_by_log_error(
+def dominated_by_input_error(
     err: tuple[float, float], rloss, rgrad, b: Bounds, grad_key: str, comp=None, comp_err=0.0
 ):
-    """Whether the known bug's error is a sizeable part of the tolerance of the loss (or of a
-    component ``comp`` with the error ``comp_err``) or of the gradient of ``grad_key``."""
+    """Whether an error outside the library's control (float32-rounded labels, the reference's
+    own rounding) is a sizeable part of the tolerance of the loss (or of a component ``comp``
+    with the error ``comp_err``) or of the gradient of ``grad_key``."""
     value, grad = err
     scale = max(abs(float(rloss.detach())), b.loss_floor)
     if not math.isfinite(scale) or value > 0.25 * b.loss * scale:
@@ -1015,8 +976,6 @@ def check_masked_focal_loss(case: Case, backend: str) -> None:
     if case.expect != "error":
         t = case.tensors["target"].value.to(F64)
         assume(not near(t, opts["pos_threshold"]))
-        if pred.dtype != F64 and flushed_exponent(opts):
-            reject()  # test_regression_focal_exponent_below_float32
     loss_tol, grad_tol = tolerance([pred.dtype])
 
     def bounds(rinputs, rcomps):
@@ -1030,15 +989,14 @@ def check_masked_focal_loss(case: Case, backend: str) -> None:
         if opts["from_logits"]:
             q = dict(alpha=opts["alpha"], pos_threshold=thr, denom=denom, upstream=up)
             errors.append(reference_logit_error(p, y, w, **q))
-        if not opts["from_logits"] and pred.dtype != F64:
-            focal = {k: opts[k] for k in ("alpha", "beta", "eps", "pos_threshold")}
-            errors.append(focal_log_error(p, y, w, **focal, denom=denom, upstream=up))
         if case.tensors["target"].dtype == F64 and pred.dtype != F64:  # cast to float32 inside
             lab = {k: opts[k] for k in ("alpha", "beta", "eps", "pos_threshold", "from_logits")}
             errors.append(
                 label_rounding_error(p, y, w, **lab, denom=denom, delta=2.0**-24, upstream=up)
             )
-        return any(dominated_by_log_error(e, rloss, rgrads.get("pred"), b, "pred") for e in errors)
+        return any(
+            dominated_by_input_error(e, rloss, rgrads.get("pred"), b, "pred") for e in errors
+        )
 
     verify_loss(
         case, backend, focal_call, focal_ref, bounds, loss_dtype_of(pred), FOCAL_NAMES, skip_if
@@ -1573,13 +1531,6 @@ def gap_cases(draw) -> Case:
     return case
 
 
-def known_gap_bf16_f64(preds) -> bool:
-    """Known bug (see the regression test below): under Triton's interpreter, the fused gap loss
-    with a bfloat16 prediction next to a float64 one returns garbage bfloat16 gradients."""
-    dtypes = {a.dtype for a in preds}
-    return INTERPRETED and BF16 in dtypes and F64 in dtypes
-
-
 def gap_call(inputs, opts, backend, form, return_components=False):
     args = tuple(inputs[k] for k in GAP_TENSORS)
     kw = {"backend": backend, **opts}
@@ -1611,10 +1562,6 @@ def check_gap_detection_loss(case: Case, backend: str) -> None:
     opts = case.opts
     preds = [case.tensors[k] for k in GAP_PREDS if isinstance(case.tensors[k], Arg)]
     f64 = any(a.dtype == F64 for a in preds)
-    if backend == "triton" and known_gap_bf16_f64(preds):
-        reject()  # test_regression_gap_triton_bfloat16_next_to_float64
-    if case.expect != "error" and not f64 and flushed_exponent(opts):
-        reject()  # test_regression_focal_exponent_below_float32
     loss_tol = TOL[F64][0] if f64 else tolerance([a.dtype for a in preds])[0]
     grad_tol = {
         k: TOL[F64 if f64 else a.dtype][1] if a.dtype in TOL else 0.0
@@ -1680,8 +1627,8 @@ def check_gap_detection_loss(case: Case, backend: str) -> None:
         return gap_call(inputs, o, bk, form, case.extra["return_components"])
 
     def skip_if(ri, rloss, rcomps, rgrads, b):
-        """The focal terms' known bug and float32 label rounding (see focal_log_error,
-        label_rounding_error)."""
+        """Float32 label rounding and the reference's own 1 - sigmoid(x) (see
+        label_rounding_error, reference_logit_error)."""
         y_gap, y_piece, w = gap_labels(ri, opts)
         denom = w.sum().item() + opts["eps"]
         up = upstream_scalar(case.seed) * opts["w_heatmap"]
@@ -1696,11 +1643,9 @@ def check_gap_detection_loss(case: Case, backend: str) -> None:
             if opts["from_logits"]:
                 q = dict(alpha=opts["alpha"], pos_threshold=opts["pos_threshold"], denom=denom)
                 errors.append(reference_logit_error(x, y, w, **q, upstream=up))
-            elif not f64:
-                errors.append(focal_log_error(x, y, w, **focal, denom=denom, upstream=up))
             for value, grad in errors:
                 err = (abs(opts["w_heatmap"]) * value, grad)
-                if dominated_by_log_error(
+                if dominated_by_input_error(
                     err, rloss, rgrads.get(name), b, name, rcomps[name], value
                 ):
                     return True
@@ -1751,11 +1696,11 @@ CN_FOCAL_NAMES = ("pred", "gt", "backend", "out", "target")
 
 
 def centernet_errors(pred, gt, upstream, weight, rounded_gt: bool):
-    """focal_log_error (and label_rounding_error for a float64 gt cast to float32) for CenterNet's
-    _neg_loss (alpha 2, beta 4, eps 0, num_pos), each (loss error * |weight|, gradient error)."""
+    """label_rounding_error for a float64 gt cast to float32 for CenterNet's _neg_loss (alpha 2,
+    beta 4, eps 0, num_pos), each (loss error * |weight|, gradient error)."""
     denom = focal_denominator(pred, gt, None, "num_pos", 1.0, 0.0)
     opts = dict(alpha=2.0, beta=4.0, eps=0.0, pos_threshold=1.0, denom=denom)
-    errors = [focal_log_error(pred, gt, None, **opts, upstream=upstream * weight)]
+    errors = []
     if rounded_gt:
         errors.append(
             label_rounding_error(pred, gt, None, **opts, from_logits=False, delta=2.0**-24)
@@ -1832,7 +1777,9 @@ def check_centernet_focal_loss(case: Case, backend: str) -> None:
             return False
         rounded = case.tensors["gt"].dtype == F64  # cast to float32 inside
         errors = centernet_errors(ri["pred"], ri["gt"], upstream_scalar(case.seed), 1.0, rounded)
-        return any(dominated_by_log_error(e, rloss, rgrads.get("pred"), b, "pred") for e in errors)
+        return any(
+            dominated_by_input_error(e, rloss, rgrads.get("pred"), b, "pred") for e in errors
+        )
 
     verify_loss(
         case,
@@ -2349,7 +2296,7 @@ def centernet_tolerances(case: Case):
 
 
 def centernet_skip_if(case: Case, targets_of_ri: Callable, rounded_gt: bool):
-    """The hm term's known bug and label rounding (centernet_errors)."""
+    """The hm term's label rounding (centernet_errors)."""
 
     def skip_if(ri, rloss, rcomps, rgrads, b):
         hm = case.tensors["hm"]
@@ -2359,7 +2306,7 @@ def centernet_skip_if(case: Case, targets_of_ri: Callable, rounded_gt: bool):
         for value, grad in centernet_errors(ri["hm"], targets_of_ri(ri)["hm"], up, w, rounded_gt):
             comp_err = value / abs(w) if w else 0.0
             err = (value, grad)
-            if dominated_by_log_error(
+            if dominated_by_input_error(
                 err, rloss, rgrads.get("hm"), b, "hm", rcomps["hm"], comp_err
             ):
                 return True
@@ -2536,14 +2483,6 @@ def test_centernet_loss_from_raw_boxes(backend):
 
 
 @pytest.mark.skipif(not TRITON_OK, reason="the triton backend needs CUDA or TRITON_INTERPRET=1")
-@pytest.mark.xfail(
-    INTERPRETED,
-    strict=True,
-    raises=AssertionError,
-    reason="triton gap loss: a bfloat16 prediction next to a float64 one gets a zero/NaN gradient "
-    "(the recompute kernel stores float64 gradients straight into bfloat16, which Triton's "
-    "interpreter converts wrongly)",
-)
 def test_regression_gap_triton_bfloat16_next_to_float64():
     """gap_detection_loss(backend="triton"): heatmap_gap in bfloat16, angle in float64. Observed
     under the interpreter: heatmap_gap.grad is all zeros (other values give NaN or denormals);
@@ -2599,13 +2538,6 @@ FOCAL_LOG_CASES = {
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("which", sorted(FOCAL_LOG_CASES))
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="focal loss on probabilities: log(1 - p + eps) of a float32 sum has an absolute error "
-    "~2^-24, relative ~2^-24 / p (log1p(eps - p) would be exact); float32 loss and gradient "
-    "errors of 1.7e-4 at p = 1e-4, 7e-3 at p = 1e-6 (spec 6: 1e-5)",
-)
 def test_regression_focal_log_of_float32_sum(which, backend):
     """A float32 prediction map at a small probability p and an all-zero target. Observed (both
     backends): relative loss error 1.66e-4 for centernet_focal_loss at p = 1e-4 (gradient 1.1e-4),
@@ -2648,12 +2580,6 @@ def test_regression_focal_logits_torch_one_minus_sigmoid():
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="focal loss: an exponent below float32's range (alpha = 1e-300) is flushed to 0 by the "
-    "float32 arithmetic, so (1 - p)^alpha at p = 1 is 0^0 = 1 instead of 0",
-)
 def test_regression_focal_exponent_below_float32(backend):
     """masked_focal_loss(p = 0.5 with one p = 1.0, target 1, alpha=1e-300, eps=1e-3), 16 cells,
     float32. Observed (both backends): the p = 1 cell adds -log(1 + eps) (relative error 9.6e-5);
@@ -2666,16 +2592,22 @@ def test_regression_focal_exponent_below_float32(backend):
     check_scalar(loss, ref, TOL[F32][0])
 
 
-def test_regression_gap_torch_empty_batch_eps0():
-    """gap_detection_loss on an empty batch with eps=0 (a valid option) and backend="torch".
-    Observed: ZeroDivisionError; expected: a result like the reference's and the triton
-    backend's (NaN, 0 / 0), or a ValueError naming eps."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_regression_gap_empty_batch_eps0(backend):
+    """gap_detection_loss on an empty batch with eps=0 (a valid option). Observed (torch): first
+    ZeroDivisionError, then heatmap terms of 0 where the reference and the triton backend give
+    0 / 0 = NaN; expected: the reference's components, NaN or finite alike (spec 8)."""
     b, h, w = 0, 3, 4
     preds = [torch.rand(b, c, h, w, device=DEVICE) for c in (1, 1, 4, 2)]
     coords = [torch.zeros(b, 2, device=DEVICE), torch.zeros(b, 2, device=DEVICE)]
-    try:
-        fl.gap_detection_loss(
-            *preds, *coords, torch.zeros(b, device=DEVICE), eps=0.0, backend="torch"
-        )
-    except ValueError as err:
-        assert leading_name(err) == "eps"
+    coords.append(torch.zeros(b, device=DEVICE))
+    _, comps = fl.gap_detection_loss(
+        *preds, *coords, eps=0.0, backend=backend, return_components=True
+    )
+    ref_args = [x.cpu().double() for x in (*preds, *coords)]
+    _, ref = R.gap_detection_loss(*ref_args, eps=0.0, return_components=True)
+    for name, value in ref.items():
+        got = float(comps[name])
+        assert math.isnan(got) == math.isnan(value), f"{name}: {got} vs the reference's {value}"
+        if not math.isnan(got):
+            assert got == float(value), f"{name}: {got} vs the reference's {value}"
