@@ -51,6 +51,7 @@ from .validation import (
     check_choice,
     check_exponent,
     check_floating,
+    check_label_smoothing,
     check_mask_dtype,
     check_number,
     check_padding,
@@ -69,8 +70,10 @@ COMPONENTS = ("heatmap_gap", "heatmap_piece", "offset", "angle", "hard_negative"
 class GapLossOptions(LossOptions):
     """Options of the gap-detection loss (docs/spec.md 3.1): label generation (``stride``,
     ``sigma`` in grid units, ``center`` "cell" or "exact"), the focal term (``alpha``, ``beta``,
-    ``pos_threshold``, ``from_logits``, ``eps``), the regression mask (``reg_threshold``), the
-    hard-negative ``margin``, the term weights ``w_*`` and the ``backend``."""
+    ``pos_threshold``, ``from_logits``, ``eps``, ``label_smoothing``: the focal target is
+    Y (1 - 2 e) + e, positives and the regression masks stay on Y), the regression mask
+    (``reg_threshold``), the hard-negative ``margin``, the term weights ``w_*`` and the
+    ``backend``."""
 
     stride: int = 4
     sigma: float = 1.5
@@ -86,6 +89,7 @@ class GapLossOptions(LossOptions):
     w_hard_negative: float = 1.0
     from_logits: bool = False
     eps: float = 1e-7
+    label_smoothing: float = 0.0
 
     def validate(self) -> None:
         check_choice("center", self.center, CENTERS)
@@ -95,6 +99,7 @@ class GapLossOptions(LossOptions):
         for name in ("alpha", "beta"):
             self._set(name, check_exponent(name, getattr(self, name)))
         self._set("eps", check_number("eps", self.eps, nonneg=True))
+        self._set("label_smoothing", check_label_smoothing("label_smoothing", self.label_smoothing))
         for name in ("pos_threshold", "reg_threshold", "margin", *WEIGHTS):
             self._set(name, check_number(name, getattr(self, name)))
 
@@ -188,7 +193,8 @@ def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...]):
         need_heat = need[0] or need[1]
         y = gy[..., :, None] * gx[..., None, :]  # [B, 2, Hf, Wf]
         common = dict(alpha=alpha, from_logits=from_logits, eps=eps, need_grad=need_heat)
-        f, df = focal_neg_terms(x, y, beta=opts.beta, **common)
+        e = opts.label_smoothing  # the focal target Y (1 - 2e) + e; positives stay on Y
+        f, df = focal_neg_terms(x, y * (1 - 2 * e) + e if e else y, beta=opts.beta, **common)
         f, df = f.view(b, 2, n), None if df is None else df.view(b, 2, n)
 
         # Windows: a few cells around each centre, the same label values as the dense y.
@@ -282,7 +288,8 @@ def gap_detection_loss(
     """Functional form of :class:`GapDetectionLoss`: the same inputs; the options as keywords
     (the fields of :class:`GapLossOptions`: ``stride=4, sigma=1.5, center="cell", alpha=1.5,
     beta=4.0, pos_threshold=0.9, reg_threshold=0.7, margin=0.25, w_heatmap=1.0, w_offset=1.0,
-    w_angle=0.2, w_hard_negative=1.0, from_logits=False, eps=1e-7, backend="auto"``) or as a
+    w_angle=0.2, w_hard_negative=1.0, from_logits=False, eps=1e-7, label_smoothing=0.0,
+    backend="auto"``) or as a
     built ``options`` object."""
     opts = GapLossOptions.build(options, overrides)
     inputs = GapInputs(
@@ -317,7 +324,7 @@ class GapDetectionLoss(LossModule):
     ``GapDetectionLoss(**options)`` with the fields of :class:`GapLossOptions` (``stride=4,
     sigma=1.5, center="cell", alpha=1.5, beta=4.0, pos_threshold=0.9, reg_threshold=0.7,
     margin=0.25, w_heatmap=1.0, w_offset=1.0, w_angle=0.2, w_hard_negative=1.0, from_logits=False,
-    eps=1e-7, backend="auto"``), called as ``criterion(heatmap_gap, heatmap_piece, offset, angle,
+    eps=1e-7, label_smoothing=0.0, backend="auto"``), called as ``criterion(heatmap_gap, heatmap_piece, offset, angle,
     gap_center, piece_center, gap_angle, confusers=None, confuser_mask=None, padding_mask=None,
     valid_box=None, return_components=False)``. Returns the 0-dim total (float32; float64 for
     float64 inputs), or ``(total, components)`` with detached 0-dim terms ``heatmap_gap``,

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from .backend import BACKENDS, resolve_backend
 from .validation import (
     check_choice,
+    check_label_smoothing,
     check_padding,
     check_positive_int,
     check_real,
@@ -183,13 +184,15 @@ def gaussian_heatmap(
     center: str = "cell",
     mask: torch.Tensor | None = None,
     merge: str = "max",
+    label_smoothing: float = 0.0,
     backend: str = "auto",
 ) -> torch.Tensor:
     """Y[b,0,i,j] = merge_n exp(-(i - cv_n)^2 / (2 sy_n^2) - (j - cu_n)^2 / (2 sx_n^2)).
 
     centers [B,N,2] (x, y) input pixels, (u, v) = (x, y) / stride; (cu, cv) = floor(u, v) for
     center="cell" (the centre's cell gets 1), (u, v) for "exact". sigma: float, [B,N] or [B,N,2]
-    (sx, sy) in grid units. mask [B,N] marks existing centres; merge "max" or "sum".
+    (sx, sy) in grid units. mask [B,N] marks existing centres; merge "max" or "sum";
+    ``label_smoothing`` e returns Y (1 - 2 e) + e (e in [0, 0.5]).
     Returns [B,1,Hf,Wf] (float32, float64 for float64 centres).
     """
     check_tensor("centers", centers)
@@ -200,6 +203,7 @@ def gaussian_heatmap(
     stride = check_positive_int("stride", stride)
     check_choice("center", center, CENTERS)
     check_choice("merge", merge, MERGES)
+    e = check_label_smoothing("label_smoothing", label_smoothing)
     named: dict[str, torch.Tensor | None] = {"centers": centers}
     if isinstance(sigma, torch.Tensor):
         check_real("sigma", sigma)
@@ -220,15 +224,16 @@ def gaussian_heatmap(
     if resolve_backend(backend, centers.device) == "triton":
         from .triton_gap import gaussian_heatmap_triton
 
-        return gaussian_heatmap_triton(centers, (hf, wf), sigma, stride, center, mask, merge, dtype)
+        args = (centers, (hf, wf), sigma, stride, center, mask, merge, e, dtype)
+        return gaussian_heatmap_triton(*args)
     if n == 0:
-        return torch.zeros(b, 1, hf, wf, dtype=dtype, device=centers.device)
+        return torch.full((b, 1, hf, wf), e, dtype=dtype, device=centers.device)
     gy, gx = gaussian_factors(centers, (hf, wf), sigma, stride, center, dtype)
     y = gy[..., :, None] * gx[..., None, :]
     if mask is not None:
         y = y * mask.to(dtype)[..., None, None]
     y = y.amax(dim=1, keepdim=True) if merge == "max" else y.sum(dim=1, keepdim=True)
-    return y
+    return y * (1 - 2 * e) + e if e else y
 
 
 def offset_target(centers: torch.Tensor, stride: int, dtype: torch.dtype) -> torch.Tensor:

@@ -283,10 +283,13 @@ def _padding_weight(padding_mask, valid_box, *, size, stride, dtype):
     return (_labels.padding_weight(padding_mask, valid_box, size, stride, getattr(torch, dtype)),)
 
 
-def _gaussian_heatmap(centers, sigma_map, mask, *, size, sigma, stride, center, merge, dtype):
+def _gaussian_heatmap(
+    centers, sigma_map, mask, *, size, sigma, stride, center, merge, label_smoothing, dtype
+):
     sigma = sigma_map if sigma_map is not None else sigma
     dt = getattr(torch, dtype)
-    return (_labels.gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dt),)
+    args = (centers, size, sigma, stride, center, mask, merge, label_smoothing, dt)
+    return (_labels.gaussian_heatmap(*args),)
 
 
 def _label_fake(*tensors, size, dtype, **_):
@@ -336,7 +339,9 @@ def padding_weight_triton(padding_mask, valid_box, size, stride, dtype) -> Tenso
     return run("padding_weight", (padding_mask, valid_box), opts)[0]
 
 
-def gaussian_heatmap_triton(centers, size, sigma, stride, center, mask, merge, dtype) -> Tensor:
+def gaussian_heatmap_triton(
+    centers, size, sigma, stride, center, mask, merge, label_smoothing, dtype
+) -> Tensor:
     sigma_map = sigma if isinstance(sigma, Tensor) else None
     opts = dict(
         size=list(size),
@@ -344,6 +349,7 @@ def gaussian_heatmap_triton(centers, size, sigma, stride, center, mask, merge, d
         stride=stride,
         center=center,
         merge=merge,
+        label_smoothing=label_smoothing,
         dtype=str(dtype).removeprefix("torch."),
     )
     return run("gaussian_heatmap", (centers, sigma_map, mask), opts)[0]

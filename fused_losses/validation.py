@@ -123,6 +123,14 @@ def check_exponent(name: str, value: object) -> float:
 SIGMA_RANGE = (1e-6, 1e6)  # grid units: 2 sigma^2 and d^2 / (2 sigma^2) stay normal float32
 
 
+def check_label_smoothing(name: str, value: object) -> float:
+    """A label smoothing e in [0, 1/2]: Y (1 - 2 e) + e maps [0, 1] onto [e, 1 - e]."""
+    v = check_number(name, value)
+    if not 0 <= v <= 0.5:
+        raise ValueError(f"{name}: expected a number in [0, 0.5], got {value!r}")
+    return v
+
+
 def check_sigma(name: str, value: object) -> float:
     """A Gaussian width in ``SIGMA_RANGE``: narrower is a delta, wider is flat, and beyond it
     2 sigma^2 under- or overflows in float32."""

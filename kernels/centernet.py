@@ -628,7 +628,7 @@ def _hm_focal_kernel(
     x = tl.load(x_ptr + b * s_xb + c * s_xc + row * s_xh + col * s_xw, mask=on, other=0.5)
     f, df, _, _, _ = focal_terms(
         x.to(cdt), y.to(cdt), option(alpha, cdt), option(beta, cdt), option(pos_threshold, cdt),
-        option(eps, cdt), False,
+        option(eps, cdt), 0.0, False,
     )  # fmt: skip
     if WRITE_LOSS:
         part = part_ptr + tl.program_id(0) * tl.num_programs(1) + tile

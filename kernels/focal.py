@@ -68,7 +68,7 @@ def _focal_kernel(
     y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
     f, df, pos, _, _ = focal_terms(
         x.to(cdt), y.to(cdt), option(alpha, cdt), option(beta, cdt), option(pos_threshold, cdt),
-        option(eps, cdt), FROM_LOGITS,
+        option(eps, cdt), 0.0, FROM_LOGITS,
     )  # fmt: skip
     if HAS_W:
         w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)

@@ -123,12 +123,21 @@ class GapKernelOptions(NamedTuple):
     w_hard_negative: float
     from_logits: bool
     eps: float
+    label_smoothing: float
 
 
 # The float options of each kernel, in the order of its parameters (also not specialised on).
 _WEIGHTS_OPTIONS = ["sigma", "reg_threshold"]
 _NORMALIZE_OPTIONS = ["margin", "w_heatmap", "w_offset", "w_angle", "w_hard_negative", "eps"]
-_CELL_OPTIONS = ["sigma", "alpha", "beta", "pos_threshold", "reg_threshold", "eps"]
+_CELL_OPTIONS = [
+    "sigma",
+    "alpha",
+    "beta",
+    "pos_threshold",
+    "reg_threshold",
+    "eps",
+    "label_smoothing",
+]
 _TOTAL_OPTIONS = ["w_heatmap", "w_offset", "w_angle", "w_hard_negative"]
 
 
@@ -330,7 +339,7 @@ def _gap_main_kernel(
     g_hg_ptr, g_hp_ptr, g_off_ptr, g_ang_ptr, HW, Wf, K,
     s_hg_b, s_hg_h, s_hg_w, s_hp_b, s_hp_h, s_hp_w, s_off_b, s_off_c, s_off_h, s_off_w,
     s_ang_b, s_ang_c, s_ang_h, s_ang_w, s_w_b, s_w_h, s_w_w,
-    sigma, alpha, beta, pos_threshold, reg_threshold, eps,
+    sigma, alpha, beta, pos_threshold, reg_threshold, eps, label_smoothing,
     STRIDE: tl.constexpr, FROM_LOGITS: tl.constexpr, W_MODE: tl.constexpr,
     WRITE_LOSS: tl.constexpr, NEED_HG: tl.constexpr, NEED_HP: tl.constexpr,
     NEED_OFF: tl.constexpr, NEED_ANG: tl.constexpr, BLOCK: tl.constexpr,
@@ -360,6 +369,7 @@ def _gap_main_kernel(
     eps = option_value(eps, cdt)
     reg_t = option_value(reg_threshold, cdt)
     sig = option_value(sigma, cdt)
+    smooth = option_value(label_smoothing, cdt)
     row = aux_ptr + AUX_HEAD + IMG_COLS * b64
     y_gap = gaussian(ii, jj, tl.load(row + 0), tl.load(row + 1), sig, sig)
     y_piece = gaussian(ii, jj, tl.load(row + 2), tl.load(row + 3), sig, sig)
@@ -373,7 +383,9 @@ def _gap_main_kernel(
 
     # Heatmap of the gap: focal term, plus the hard-negative bilinear gradient.
     x = tl.load(hg_ptr + b64 * s_hg_b + i64 * s_hg_h + j64 * s_hg_w, mask=on, other=0.5)
-    f, df, _, p, q = focal_terms(x.to(cdt), y_gap, alpha, beta, pos_threshold, eps, FROM_LOGITS)
+    f, df, _, p, q = focal_terms(
+        x.to(cdt), y_gap, alpha, beta, pos_threshold, eps, smooth, FROM_LOGITS
+    )
     if WRITE_LOSS:
         tl.store(out + 0, tl.sum(tl.where(on, f * w, 0.0), axis=0))
     if NEED_HG:
@@ -387,7 +399,9 @@ def _gap_main_kernel(
 
     # Heatmap of the piece.
     x = tl.load(hp_ptr + b64 * s_hp_b + i64 * s_hp_h + j64 * s_hp_w, mask=on, other=0.5)
-    f, df, _, _, _ = focal_terms(x.to(cdt), y_piece, alpha, beta, pos_threshold, eps, FROM_LOGITS)
+    f, df, _, _, _ = focal_terms(
+        x.to(cdt), y_piece, alpha, beta, pos_threshold, eps, smooth, FROM_LOGITS
+    )
     if WRITE_LOSS:
         tl.store(out + 1, tl.sum(tl.where(on, f * w, 0.0), axis=0))
     if NEED_HP:

@@ -21,29 +21,13 @@ from .reduce import elementwise_block
 
 @triton.jit(do_not_specialize=["sigma"])
 def _gaussian_heatmap_kernel(
-    c_ptr,
-    sig_ptr,
-    m_ptr,
-    out_ptr,
-    N,
-    HW,
-    W,
-    s_c_b,
-    s_c_n,
-    s_c_c,
-    s_s_b,
-    s_s_n,
-    s_s_c,
-    s_m_b,
-    s_m_n,
-    sigma,
-    STRIDE: tl.constexpr,
-    CELL: tl.constexpr,
-    SIGMA_TENSOR: tl.constexpr,
-    HAS_MASK: tl.constexpr,
-    MERGE_MAX: tl.constexpr,
+    c_ptr, sig_ptr, m_ptr, out_ptr, N, HW, W, s_c_b, s_c_n, s_c_c, s_s_b, s_s_n, s_s_c, s_m_b,
+    s_m_n, sigma, smoothing, STRIDE: tl.constexpr, CELL: tl.constexpr,
+    SIGMA_TENSOR: tl.constexpr, HAS_MASK: tl.constexpr, MERGE_MAX: tl.constexpr,
     BLOCK: tl.constexpr,
-):
+):  # fmt: skip
+    """Y of ``fused_losses.gaussian_heatmap`` for one block of cells of one image, smoothed to
+    Y (1 - 2 e) + e (e = ``smoothing``; exact Y at e = 0)."""
     cdt: tl.constexpr = out_ptr.dtype.element_ty
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -71,7 +55,8 @@ def _gaussian_heatmap_kernel(
             acc = tl.maximum(acc, y)
         else:
             acc += y
-    tl.store(out_ptr + b * HW + cells, acc, mask=on)
+    e = option(smoothing, cdt)
+    tl.store(out_ptr + b * HW + cells, acc * (1.0 - 2.0 * e) + e, mask=on)
 
 
 @triton.jit
@@ -96,7 +81,9 @@ def _padding_weight_kernel(
     tl.store(out_ptr + b.to(tl.int64) * HW + cells, w, mask=on)
 
 
-def gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dtype) -> torch.Tensor:
+def gaussian_heatmap(
+    centers, size, sigma, stride, center, mask, merge, smoothing, dtype
+) -> torch.Tensor:
     """[B,1,Hf,Wf] in ``dtype`` (1 launch)."""
     b, n = centers.shape[:2]
     hf, wf = size
@@ -127,6 +114,7 @@ def gaussian_heatmap(centers, size, sigma, stride, center, mask, merge, dtype) -
             m.stride(0) if m is not None else 0,
             m.stride(1) if m is not None else 0,
             sig_args[4],
+            f64_bits(smoothing),
             STRIDE=stride,
             CELL=center == "cell",
             SIGMA_TENSOR=isinstance(sigma, torch.Tensor),

@@ -111,10 +111,11 @@ def logsigmoid(x):
 
 
 @triton.jit
-def focal_terms(x, y, alpha, beta, pos_threshold, eps, FROM_LOGITS: tl.constexpr):
+def focal_terms(x, y, alpha, beta, pos_threshold, eps, smoothing, FROM_LOGITS: tl.constexpr):
     """Penalty-reduced focal loss, elementwise: returns (f, df/dx, pos, p, 1 - p).
 
-    pos = Y >= pos_threshold
+    pos = Y >= pos_threshold; with label ``smoothing`` e, the Y of the negative weight
+    (1 - Y)^beta below is Y (1 - 2 e) + e (exactly Y at e = 0), pos stays on Y
     f = -log(P + eps) (1 - P)^alpha on pos, -log(1 - P + eps) P^alpha (1 - Y)^beta elsewhere
     df/dP = -(1-P)^alpha / (P+eps) + alpha (1-P)^(alpha-1) log(P+eps)                 on pos
     df/dP = (1-Y)^beta [P^alpha / (1-P+eps) - alpha P^(alpha-1) log(1-P+eps)]         elsewhere
@@ -124,7 +125,7 @@ def focal_terms(x, y, alpha, beta, pos_threshold, eps, FROM_LOGITS: tl.constexpr
     df/dx = (1-Y)^beta P^alpha [P - alpha (1-P) log(1-P)]  elsewhere
     """
     pos = y >= pos_threshold
-    neg_w = pow_nonneg(1.0 - y, beta)
+    neg_w = pow_nonneg(1.0 - (y * (1.0 - 2.0 * smoothing) + smoothing), beta)
     if FROM_LOGITS:
         p = sigmoid(x)
         q = sigmoid(-x)

@@ -7,7 +7,13 @@ float64 and compare the fused backends against it. The library's runtime never i
 
 from . import centernet
 from .gap_detection import gap_detection_loss
-from .labels import gaussian_heatmap, offset_target, padding_weight, valid_box_padding_mask
+from .labels import (
+    boundary_label,
+    gaussian_heatmap,
+    offset_target,
+    padding_weight,
+    valid_box_padding_mask,
+)
 from .losses import (
     bilinear_sample,
     hard_negative_margin_loss,
@@ -18,6 +24,7 @@ from .losses import (
 
 __all__ = [
     "bilinear_sample",
+    "boundary_label",
     "centernet",
     "gap_detection_loss",
     "gaussian_heatmap",

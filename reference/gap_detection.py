@@ -41,6 +41,7 @@ def gap_detection_loss(
     w_hard_negative: float = 1.0,
     from_logits: bool = False,
     eps: float = 1e-7,
+    label_smoothing: float = 0.0,
 ):
     """Total = w_heatmap (L_heat_gap + L_heat_piece) + w_offset L_offset + w_angle L_angle
     + w_hard_negative L_hard_negative (docs/spec.md section 3.3)."""
@@ -59,8 +60,30 @@ def gap_detection_loss(
     focal = dict(
         alpha=alpha, beta=beta, pos_threshold=pos_threshold, from_logits=from_logits, eps=eps
     )
-    l_heat_gap = masked_focal_loss(heatmap_gap, y_gap, w, **focal)
-    l_heat_piece = masked_focal_loss(heatmap_piece, y_piece, w, **focal)
+    # Label smoothing: the focal target is Y (1 - 2 e) + e; positives stay Y >= pos_threshold.
+    smooth = dict(label_smoothing=label_smoothing)
+    ys_gap = gaussian_heatmap(
+        gap_center[:, None, :],
+        (hf, wf),
+        sigma=sigma,
+        stride=stride,
+        center=center,
+        dtype=dt,
+        **smooth,
+    )
+    ys_piece = gaussian_heatmap(
+        piece_center[:, None, :],
+        (hf, wf),
+        sigma=sigma,
+        stride=stride,
+        center=center,
+        dtype=dt,
+        **smooth,
+    )
+    l_heat_gap = masked_focal_loss(heatmap_gap, ys_gap, w, positive=y_gap >= pos_threshold, **focal)
+    l_heat_piece = masked_focal_loss(
+        heatmap_piece, ys_piece, w, positive=y_piece >= pos_threshold, **focal
+    )
     m_gap = (y_gap > reg_threshold).to(dt) * w
     m_piece = (y_piece > reg_threshold).to(dt) * w
     t_gap = offset_target(gap_center.to(dt), stride=stride).view(b, 2, 1, 1)

@@ -20,11 +20,13 @@ def gaussian_heatmap(
     mask: torch.Tensor | None = None,
     merge: str = "max",
     dtype: torch.dtype | None = None,
+    label_smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Y[b, 0, i, j] = merge_n exp(-(i - cv_n)^2 / (2 sy_n^2) - (j - cu_n)^2 / (2 sx_n^2)).
 
     centers [B, N, 2] as (x, y) input pixels; sigma a float, [B, N] or [B, N, 2] (sx, sy) in grid
-    units; (cu, cv) = floor(u, v) for center="cell", (u, v) for center="exact". Returns [B, 1, Hf, Wf].
+    units; (cu, cv) = floor(u, v) for center="cell", (u, v) for center="exact". Returns [B, 1, Hf, Wf],
+    smoothed to Y (1 - 2 e) + e for label_smoothing e.
     """
     hf, wf = size
     dtype = dtype or (centers.dtype if centers.is_floating_point() else torch.float32)
@@ -51,7 +53,7 @@ def gaussian_heatmap(
         out = y.amax(dim=1, keepdim=True) if n > 0 else y.new_zeros(b, 1, hf, wf)
     else:
         out = y.sum(dim=1, keepdim=True)
-    return out
+    return out * (1 - 2 * label_smoothing) + label_smoothing if label_smoothing else out
 
 
 def offset_target(centers: torch.Tensor, *, stride: int = 4) -> torch.Tensor:
@@ -98,3 +100,21 @@ def padding_weight(
         padding_mask = padding_mask[:, None]
     m = padding_mask.to(dtype)
     return 1 - F.avg_pool2d(m, kernel_size=stride, stride=stride)
+
+
+def boundary_label(
+    mask: torch.Tensor, *, stride: int = 4, kernel_size: int = 3, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The object boundary at 1/stride (the design document's order, which keeps thin edges):
+    M = (AvgPool_{stride, stride}(mask) > 0.5), then the morphological gradient
+    dilate_k(M) - erode_k(M) with a k x k window (k = kernel_size, odd), clipped to the map.
+
+    mask [B,1,H,W] or [B,H,W] of any real dtype -> [B,1,H // stride, W // stride] of 0 and 1.
+    """
+    m = mask if mask.dim() == 4 else mask[:, None]
+    m = F.avg_pool2d(m.to(torch.float64), stride, stride) > 0.5
+    m = m.to(torch.float64)
+    pad = kernel_size // 2
+    dilated = F.max_pool2d(m, kernel_size, 1, pad)  # max_pool2d pads with -inf: outside ignored
+    eroded = -F.max_pool2d(-m, kernel_size, 1, pad)
+    return (dilated - eroded).to(dtype or torch.float32)

@@ -17,10 +17,11 @@ def masked_focal_loss(
     normalize: str = "weight",
     from_logits: bool = False,
     eps: float = 1e-7,
+    positive: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Penalty-reduced focal loss with a per-pixel weight.
 
-    pos = Y >= pos_threshold;
+    pos = Y >= pos_threshold (or the boolean ``positive`` when given: a smoothed target's cells);
     f = -log(P + eps) (1 - P)^alpha on pos, -log(1 - P + eps) P^alpha (1 - Y)^beta elsewhere;
     with from_logits, P = sigmoid(x) and the logs are logsigmoid(x), logsigmoid(-x).
     normalize: "weight" -> sum(f W) / (sum(W) + eps); "num_pos" -> sum(f W) / n with
@@ -35,7 +36,7 @@ def masked_focal_loss(
         p = pred
         log_p = torch.log(p + eps)
         log_1mp = torch.log(1 - p + eps)
-    pos = y >= pos_threshold
+    pos = y >= pos_threshold if positive is None else positive
     pos_term = -log_p * (1 - p) ** alpha
     neg_term = -log_1mp * p**alpha * (1 - y) ** beta
     f = torch.where(pos, pos_term, neg_term)

@@ -259,6 +259,8 @@ NON_DEFAULT = [
     pytest.param(dict(stride=8, from_logits=True), id="stride8-logits"),
     pytest.param(dict(eps=1e-3), id="eps"),
     pytest.param(dict(eps=1e-3, from_logits=True, w_angle=0.0), id="eps-logits-wangle0"),
+    pytest.param(dict(label_smoothing=0.025), id="label-smoothing"),
+    pytest.param(dict(label_smoothing=0.5, from_logits=True), id="label-smoothing-half-logits"),
 ]
 
 
@@ -280,6 +282,27 @@ def test_non_default_options(backend, opts):
             run_gap(case, backend=backend, seed=seed, **opts)
         if backend == "torch" or padding == "box":
             run_gap(case, backend=backend, seed=seed, module=True, **opts)
+
+
+def test_label_smoothing_keeps_positives_and_regression_masks_on_y(backend):
+    """With e = 0.5 every smoothed target is 1/2, so a loss that took its positives or its
+    regression masks from Y_s would have no positive cell and no offset/angle term: the offset and
+    angle components equal those without smoothing, and the heatmap terms change."""
+    case = gap_case(2, (16, 32), confusers=2, seed=5)
+    args = case.to(torch.float32, DEVICE).args()
+    _, plain = fl.gap_detection_loss(*args, backend=backend, return_components=True)
+    _, smooth = fl.gap_detection_loss(
+        *args, label_smoothing=0.5, backend=backend, return_components=True
+    )
+    for name in ("offset", "angle", "hard_negative"):
+        assert smooth[name].item() == pytest.approx(plain[name].item(), rel=1e-6), name
+        assert smooth[name].item() > 0, name
+    assert smooth["heatmap_gap"].item() != pytest.approx(plain["heatmap_gap"].item(), rel=1e-3)
+    _, ref = R.gap_detection_loss(
+        *case.to(torch.float64).args(), label_smoothing=0.5, return_components=True
+    )
+    for name, value in ref.items():
+        assert smooth[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-7), name
 
 
 # --------------------------------------------------------------------------- edge cases (3.4)
@@ -756,6 +779,8 @@ def test_tensor_on_another_device(name):
 
 
 BAD_OPTIONS = [
+    ("label_smoothing", 0.6, ValueError),
+    ("label_smoothing", -0.01, ValueError),
     ("center", "middle", ValueError),
     ("center", None, ValueError),
     ("backend", "cuda", ValueError),

@@ -144,6 +144,31 @@ def test_gaussian_heatmap_no_centres(backend, merge):
     assert torch.count_nonzero(out) == 0
 
 
+@pytest.mark.parametrize("merge", ["max", "sum"])
+@pytest.mark.parametrize("e", [0.025, 0.2, 0.5])
+def test_gaussian_heatmap_label_smoothing(backend, merge, e):
+    """label_smoothing e: Y (1 - 2 e) + e on both backends (the design document's Y * 0.95 +
+    0.025 at e = 0.025), against the unsmoothed float64 reference; no centre gives e everywhere."""
+    g = torch.Generator().manual_seed(3)
+    centers = (torch.rand(2, 3, 2, generator=g) * torch.tensor([40.0, 24.0])).to(DEVICE)
+    mask = torch.tensor([[True, True, False], [True, False, True]], device=DEVICE)
+    kw = dict(merge=merge, mask=mask, sigma=1.5)
+    out = fl.gaussian_heatmap(centers, (6, 10), label_smoothing=e, backend=backend, **kw)
+    y = R.gaussian_heatmap(centers.double().cpu(), (6, 10), **{**kw, "mask": mask.cpu()})
+    assert_map_close(out, y * (1 - 2 * e) + e)
+    assert_map_close(
+        out,
+        R.gaussian_heatmap(
+            centers.double().cpu(), (6, 10), label_smoothing=e, **{**kw, "mask": mask.cpu()}
+        ),
+    )
+    empty = fl.gaussian_heatmap(centers[:, :0], (6, 10), label_smoothing=e, backend=backend)
+    assert torch.equal(empty, torch.full_like(empty, e))
+    for bad in (-0.1, 0.6, float("nan")):
+        with pytest.raises(ValueError, match=r"^label_smoothing"):
+            fl.gaussian_heatmap(centers, (6, 10), label_smoothing=bad, backend=backend)
+
+
 def test_gaussian_heatmap_sum_overlaps_and_max_peak(backend):
     centers = torch.tensor([[[10.0, 10.0], [10.5, 9.0], [36.0, 20.0]]], device=DEVICE)
     y_sum = fl.gaussian_heatmap(centers, (6, 10), merge="sum", backend=backend)
