@@ -516,6 +516,12 @@ def _padding_weight(p: GapProblem) -> Inputs:
     return Inputs((p.case.padding_mask,), kwargs, extra={"output_bytes": p.map_bytes})
 
 
+@register("boundary_label", GAP, forward_only=True)
+def _boundary_label(p: GapProblem) -> Inputs:
+    kwargs = {"stride": STRIDE}
+    return Inputs((p.case.padding_mask,), kwargs, extra={"output_bytes": p.map_bytes})
+
+
 @register("masked_focal_loss", GAP)
 def _masked_focal_loss(p: GapProblem) -> Inputs:
     pred = p.case.heatmap_gap

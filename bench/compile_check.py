@@ -119,20 +119,22 @@ def _gap_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
 
     f64 = dtype == torch.float64
 
-    def gap(padding, from_logits, confusers, center="cell"):
+    def gap(padding, from_logits, confusers, center="cell", per_image=False):
         def run():
             c = gap_case(
                 2, GAP_SIZE, confusers=confusers, padding=padding, from_logits=from_logits
             ).to(dtype, "cpu", requires_grad=True)
             loss = fl.gap_detection_loss(
-                *c.args(), from_logits=from_logits, center=center, backend="triton"
-            )
-            loss.backward()
+                *c.args(), from_logits=from_logits, center=center, backend="triton",
+                return_per_image=per_image,
+            )  # fmt: skip
+            (loss[0] if per_image else loss).backward()
 
         return run
 
     yield "gap_detection_loss[mask]", gap("mask", False, 2)
     yield "gap_detection_loss[box,logits]", gap("box", True, 2, "exact")
+    yield "gap_detection_loss[mask,per_image]", gap("mask", False, 2, per_image=True)
     yield "gap_detection_loss[none,K=0]", gap(None, False, 0)
 
     def components():
@@ -145,6 +147,8 @@ def _gap_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
         )
         y = fl.gaussian_heatmap(centers, size, backend="triton").to(dtype)
         fl.gaussian_heatmap(centers, size, sigma=torch.full((2, 2, 2), 1.5), backend="triton")
+        fl.boundary_label(c.padding_mask, backend="triton")
+        fl.boundary_label(c.padding_mask.double(), stride=2, kernel_size=5, backend="triton")
         wp = w.to(dtype) if not f64 else w.double()
         for normalize in ("weight", "num_pos", "mean"):
             fl.masked_focal_loss(

@@ -1,4 +1,5 @@
-"""Label generation: Gaussian heatmaps and the padding weight (forward only, no gradient)."""
+"""Label generation: Gaussian heatmaps, the padding weight and the boundary label (forward only,
+no gradient)."""
 
 import pytest
 
@@ -13,3 +14,8 @@ def test_gaussian_heatmap(benchmark, mode, batch, variant):
 @pytest.mark.parametrize(("mode", "batch", "variant"), params("padding_weight"))
 def test_padding_weight(benchmark, mode, batch, variant):
     run_benchmark(benchmark, "padding_weight", mode, batch, variant)
+
+
+@pytest.mark.parametrize(("mode", "batch", "variant"), params("boundary_label"))
+def test_boundary_label(benchmark, mode, batch, variant):
+    run_benchmark(benchmark, "boundary_label", mode, batch, variant)

@@ -23,7 +23,7 @@ from .cosine import CosineOptions, MaskedCosineLoss, masked_cosine_loss
 from .focal import FocalOptions, MaskedFocalLoss, masked_focal_loss
 from .gap_detection import GapDetectionLoss, GapLossOptions, gap_detection_loss
 from .hard_negative import HardNegativeMarginLoss, HardNegativeOptions, hard_negative_margin_loss
-from .labels import gaussian_heatmap, padding_weight
+from .labels import boundary_label, gaussian_heatmap, padding_weight
 from .options import LossModule, LossOptions
 from .smooth_l1 import MaskedSmoothL1Loss, SmoothL1Options, masked_smooth_l1_loss
 
@@ -47,6 +47,7 @@ __all__ = [
     "RegL1Loss",
     "RegWeightedL1Loss",
     "SmoothL1Options",
+    "boundary_label",
     "centernet_focal_loss",
     "centernet_loss",
     "centernet_targets",

@@ -165,8 +165,9 @@ def check_inputs(inputs: GapInputs, stride: int) -> None:
     check_same_device(inputs._asdict())
 
 
-def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...]):
-    """The torch backend's fused forward: (total, components [5], (grads of the 11 inputs)).
+def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...], per_image: bool = False):
+    """The torch backend's fused forward: (total, components [5] (followed by the B per-image
+    totals with ``per_image``), (grads of the 11 inputs)).
 
     Dense work is limited to what every cell needs: the labels, W and the negative focal branch.
     Positive focal cells, offsets and the angle only matter where Y >= pos_threshold or
@@ -235,11 +236,21 @@ def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...]):
         if conf is None:
             conf = gc.new_zeros(b, 0, 2)
         valid = negative_validity(conf, cmask, w, (hf, wf), stride, cdt)
-        l_hard, g_hard = hard_negative_terms(probs, gc, conf, valid, opts.margin, stride, need[0])
+        hard = hard_negative_terms(probs, gc, conf, valid, opts.margin, stride, need[0])
+        l_hard, g_hard, hard_per_image = hard
 
         wh, wo, wa, wn = (getattr(opts, k) for k in WEIGHTS)
         total = wh * l_heat.sum() + wo * l_off + wa * l_ang + wn * l_hard
         comps = torch.stack([l_heat[0], l_heat[1], l_off, l_ang, l_hard]).detach()
+        if per_image:
+            # Every term normalised within its image: the loss of each image on its own.
+            sw = w.view(b, n).sum(1) if w is not None else torch.full((b,), n, dtype=cdt)
+            heat_b = fw.sum(2) / (sw.to(fw.device)[:, None] + eps)  # [B, 2]
+            msum = m.sum(2) + eps  # [B, 2]
+            off_b = ((s.sum(2) * m).sum(2) / msum).sum(1)
+            ang_b = (one_minus_c * m_gap).sum(dim=(1, 2)) / msum[:, 0]
+            per = wh * heat_b.sum(1) + wo * off_b + wa * ang_b + wn * hard_per_image
+            comps = torch.cat([comps, per.detach()])
 
         g_hg = g_hp = g_off = g_ang = None
         if df is not None:
@@ -282,15 +293,18 @@ def gap_detection_loss(
     valid_box: torch.Tensor | None = None,
     return_components: bool = False,
     *,
+    return_per_image: bool = False,
     options: GapLossOptions | None = None,
     **overrides: Any,
-) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+) -> torch.Tensor | tuple:
     """Functional form of :class:`GapDetectionLoss`: the same inputs; the options as keywords
     (the fields of :class:`GapLossOptions`: ``stride=4, sigma=1.5, center="cell", alpha=1.5,
     beta=4.0, pos_threshold=0.9, reg_threshold=0.7, margin=0.25, w_heatmap=1.0, w_offset=1.0,
     w_angle=0.2, w_hard_negative=1.0, from_logits=False, eps=1e-7, label_smoothing=0.0,
-    backend="auto"``) or as a
-    built ``options`` object."""
+    backend="auto"``) or as a built ``options`` object. ``return_per_image``: also return each
+    image's loss (see :class:`GapDetectionLoss`)."""
+    check_bool("return_components", return_components)
+    check_bool("return_per_image", return_per_image)
     opts = GapLossOptions.build(options, overrides)
     inputs = GapInputs(
         heatmap_gap,
@@ -309,13 +323,17 @@ def gap_detection_loss(
     if resolve_backend(opts.backend, heatmap_gap.device) == "triton":
         from .triton_gap import gap_detection_loss_triton
 
-        total, comps = gap_detection_loss_triton(opts, inputs)
+        total, comps = gap_detection_loss_triton(opts, inputs, return_per_image)
     else:
         need = needs_grad(*inputs[:4])
-        total, comps = PrecomputedGradient.apply(torch_value_and_grad(opts, need), *inputs)
-    if not return_components:
-        return total
-    return total, dict(zip(COMPONENTS, comps.unbind(0)))
+        fn = torch_value_and_grad(opts, need, return_per_image)
+        total, comps = PrecomputedGradient.apply(fn, *inputs)
+    out: tuple = (total,)
+    if return_components:
+        out += (dict(zip(COMPONENTS, comps[:5].unbind(0))),)
+    if return_per_image:
+        out += (comps[5:],)
+    return out if len(out) > 1 else total
 
 
 class GapDetectionLoss(LossModule):
@@ -326,9 +344,12 @@ class GapDetectionLoss(LossModule):
     margin=0.25, w_heatmap=1.0, w_offset=1.0, w_angle=0.2, w_hard_negative=1.0, from_logits=False,
     eps=1e-7, label_smoothing=0.0, backend="auto"``), called as ``criterion(heatmap_gap, heatmap_piece, offset, angle,
     gap_center, piece_center, gap_angle, confusers=None, confuser_mask=None, padding_mask=None,
-    valid_box=None, return_components=False)``. Returns the 0-dim total (float32; float64 for
-    float64 inputs), or ``(total, components)`` with detached 0-dim terms ``heatmap_gap``,
-    ``heatmap_piece``, ``offset``, ``angle``, ``hard_negative``. Gradients flow into the four
+    valid_box=None, return_components=False, return_per_image=False)``. Returns the 0-dim total
+    (float32; float64 for float64 inputs); with ``return_components``, then a dict of detached
+    0-dim terms ``heatmap_gap``, ``heatmap_piece``, ``offset``, ``angle``, ``hard_negative``; with
+    ``return_per_image``, then a detached [B] tensor: each image's total with every term
+    normalised within that image (its own sum W, regression masks and valid confusers: the loss
+    of that image alone), for ranking images in hard-sample mining. Gradients flow into the four
     predictions.
     """
 
@@ -348,7 +369,8 @@ class GapDetectionLoss(LossModule):
         padding_mask: torch.Tensor | None = None,
         valid_box: torch.Tensor | None = None,
         return_components: bool = False,
-    ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        return_per_image: bool = False,
+    ) -> torch.Tensor | tuple:
         return gap_detection_loss(
             heatmap_gap,
             heatmap_piece,
@@ -362,5 +384,6 @@ class GapDetectionLoss(LossModule):
             padding_mask,
             valid_box,
             return_components,
+            return_per_image=return_per_image,
             options=self.options,
         )

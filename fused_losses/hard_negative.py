@@ -80,8 +80,9 @@ def hard_negative_terms(
     margin: float,
     stride: int,
     need_grad: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(loss, dL/dprobs [B,H*W] or None) for probs [B,H,W] (compute dtype), points in pixels."""
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(loss, dL/dprobs [B,H*W] or None, per-image loss [B]) for probs [B,H,W] (compute dtype),
+    points in pixels; the per-image loss averages over that image's valid negatives."""
     b, h, w = probs.shape
     k = negatives.shape[1]
     pts = div_exact(torch.cat([positive[:, None, :], negatives], dim=1).to(probs.dtype), stride)
@@ -93,14 +94,16 @@ def hard_negative_terms(
     validf = valid.to(probs.dtype)
     count = validf.sum()
     denom = count.clamp_min(1)
-    loss = (torch.relu(hinge) * validf).sum() / denom
+    hinged = torch.relu(hinge) * validf
+    loss = hinged.sum() / denom
+    per_image = hinged.sum(1) / validf.sum(1).clamp_min(1)
     if not need_grad:
-        return loss, None
+        return loss, None, per_image
     coef_neg = (hinge > 0).to(probs.dtype) * validf / denom  # [B,K]
     coef = torch.cat([-coef_neg.sum(1, keepdim=True), coef_neg], dim=1)  # [B,1+K]
     grad = flat.new_zeros(b, h * w)
     grad.scatter_add_(1, idx.reshape(b, cols), (wts * coef[..., None]).reshape(b, cols))
-    return loss, grad
+    return loss, grad, per_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,7 +183,7 @@ def hard_negative_margin_loss(
     def value_and_grad(p: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):
         cdt = compute_dtype(p.dtype)
         valid = negative_validity(neg, negative_mask, weight, (h, w), stride, cdt)
-        loss, grad = hard_negative_terms(p.to(cdt)[:, 0], pos, neg, valid, margin, stride, need)
+        loss, grad, _ = hard_negative_terms(p.to(cdt)[:, 0], pos, neg, valid, margin, stride, need)
         return (
             loss,
             loss.new_zeros(0),

@@ -12,7 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .backend import BACKENDS, resolve_backend
+from .backend import BACKENDS, check_backend, resolve_backend
 from .validation import (
     check_choice,
     check_label_smoothing,
@@ -24,6 +24,7 @@ from .validation import (
     check_sigma,
     check_size,
     check_tensor,
+    shape_str,
 )
 
 CENTERS = ("cell", "exact")
@@ -173,6 +174,51 @@ def padding_weight(
 
         return padding_weight_triton(padding_mask, valid_box, (hf, wf), stride, dtype)
     return weight_from_padding(padding_mask, valid_box, (hf, wf), stride, dtype)
+
+
+def boundary_label(
+    mask: torch.Tensor,
+    *,
+    stride: int = 4,
+    kernel_size: int = 3,
+    dtype: torch.dtype = torch.float32,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The object boundary at 1/stride, in the design document's order (which keeps thin edges):
+    M = (AvgPool(kernel=stride, stride=stride)(mask) > 0.5), then the morphological gradient
+    E = dilate_k(M) - erode_k(M) over a k x k window (k = ``kernel_size``, odd) clipped to the map.
+
+    mask [B,1,H,W] or [B,H,W] (bool, integer or float; 1 = object), H, W >= stride. Returns
+    [B,1,H // stride,W // stride] of 0 and 1 in ``dtype`` (pixels past the last whole block are
+    ignored, as by AvgPool2d). The triton backend is one launch that never writes M.
+    """
+    check_tensor("mask", mask)
+    check_real("mask", mask)
+    if mask.dim() not in (3, 4) or (mask.dim() == 4 and mask.shape[1] != 1):
+        raise ValueError(f"mask: expected [B, 1, H, W] or [B, H, W], got {shape_str(mask)}")
+    stride = check_positive_int("stride", stride)
+    kernel_size = check_positive_int("kernel_size", kernel_size, limit=255)
+    if kernel_size % 2 == 0:
+        raise ValueError(f"kernel_size: expected an odd int, got {kernel_size}")
+    if not isinstance(dtype, torch.dtype) or dtype.is_complex:
+        raise TypeError(f"dtype: expected a real torch.dtype, got {dtype!r}")
+    h, w = mask.shape[-2:]
+    if h < stride or w < stride:
+        raise ValueError(
+            f"mask: expected H and W of at least stride = {stride}, got {shape_str(mask)}"
+        )
+    if resolve_backend(check_backend(backend), mask.device) == "triton":
+        from .triton_gap import boundary_label_triton
+
+        return boundary_label_triton(mask, stride, kernel_size, dtype)
+    b, hf, wf = mask.shape[0], h // stride, w // stride
+    cdt = torch.float64 if mask.dtype == torch.float64 else torch.float32
+    m = mask.reshape(b, h, w)[:, : hf * stride, : wf * stride].to(cdt)
+    fg = (m.reshape(b, 1, hf, stride, wf, stride).sum(dim=(3, 5)) > 0.5 * stride * stride).to(cdt)
+    pad = kernel_size // 2
+    dilated = F.max_pool2d(fg, kernel_size, 1, pad)  # padded with -inf: outside the map ignored
+    eroded = -F.max_pool2d(-fg, kernel_size, 1, pad)
+    return (dilated - eroded).to(dtype)
 
 
 def gaussian_heatmap(

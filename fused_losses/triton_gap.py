@@ -222,15 +222,19 @@ def _register_gap_ops():
 _gap_fwd, _gap_bwd, _gap_scale = _register_gap_ops()
 
 
-def gap_detection_loss_triton(options, inputs: tuple) -> tuple[Tensor, Tensor]:
-    """(total, components [5]) of the fused loss for a ``GapLossOptions`` and the 11 input
-    tensors: 4 launches forward, 1 backward."""
+def gap_detection_loss_triton(
+    options, inputs: tuple, per_image: bool = False
+) -> tuple[Tensor, Tensor]:
+    """(total, components [5] followed by the B per-image totals with ``per_image``) of the
+    fused loss for a ``GapLossOptions`` and the 11 input tensors: 4 launches forward, 1
+    backward."""
     preds = inputs[:4]
     need = tuple(torch.is_grad_enabled() and x.requires_grad for x in preds)
     opts = options.as_dict()
     kernel_opts = _gap.GapKernelOptions(
-        **{f: opts[f] for f in _gap.GapKernelOptions._fields if f != "cell"},
+        **{f: opts[f] for f in _gap.GapKernelOptions._fields if f not in ("cell", "per_image")},
         cell=options.center == "cell",
+        per_image=per_image,
     )
     args = (
         *inputs,
@@ -242,6 +246,8 @@ def gap_detection_loss_triton(options, inputs: tuple) -> tuple[Tensor, Tensor]:
         total, aux, _buf, _wmap = _gap_fwd(*args)
     else:
         total, aux = _GapLossEager.apply(*args)
+    if per_image:
+        return total, torch.cat([aux[:5], _gap.per_image_totals(aux, inputs[0].shape[0])])
     return total, aux[:5]
 
 
@@ -292,6 +298,15 @@ def _gaussian_heatmap(
     return (_labels.gaussian_heatmap(*args),)
 
 
+def _boundary_label(mask, *, stride, kernel_size, dtype):
+    return (_labels.boundary_label(mask, stride, kernel_size, getattr(torch, dtype)),)
+
+
+def _boundary_fake(mask, *, stride, kernel_size, dtype):
+    size = (mask.shape[-2] // stride, mask.shape[-1] // stride)
+    return (mask.new_empty((mask.shape[0], 1, *size), dtype=getattr(torch, dtype)),)
+
+
 def _label_fake(*tensors, size, dtype, **_):
     x = next(t for t in tensors if t is not None)  # centers, or the padding mask / valid box
     return (x.new_empty((x.shape[0], 1, *size), dtype=getattr(torch, dtype)),)
@@ -311,6 +326,7 @@ register(
     _loss_fn(_hard_negative.hard_negative_forward, _hn_backward, _hn_aux_numel),
 )
 register("padding_weight", KernelFn(forward=_padding_weight, fake=_label_fake))
+register("boundary_label", KernelFn(forward=_boundary_label, fake=_boundary_fake))
 register(
     "gaussian_heatmap",
     KernelFn(forward=_gaussian_heatmap, fake=lambda c, _s, _m, **o: _label_fake(c, **o)),
@@ -337,6 +353,11 @@ def hard_negative_margin_loss_triton(heatmap, positive, negatives, negative_mask
 def padding_weight_triton(padding_mask, valid_box, size, stride, dtype) -> Tensor:
     opts = dict(size=list(size), stride=stride, dtype=str(dtype).removeprefix("torch."))
     return run("padding_weight", (padding_mask, valid_box), opts)[0]
+
+
+def boundary_label_triton(mask, stride, kernel_size, dtype) -> Tensor:
+    opts = dict(stride=stride, kernel_size=kernel_size, dtype=str(dtype).removeprefix("torch."))
+    return run("boundary_label", (mask,), opts)[0]
 
 
 def gaussian_heatmap_triton(

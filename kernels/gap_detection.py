@@ -59,8 +59,10 @@ sets the time, so the extra launches cost a few microseconds there and save noth
 hard_negative); [5:10] gradient scales w_heatmap / (sum W + eps), w_offset / (sum m_gap + eps),
 w_offset / (sum m_piece + eps), w_angle / (sum m_gap + eps), w_hard_negative / max(#valid, 1);
 [10] 1.0 (the upstream gradient of the forward's gradients); [11:14] the denominators
-sum W + eps, sum m_gap + eps, sum m_piece + eps; [16:16+2B] (sin, cos) of each image's target
-angle; [16+2B:] coef [B, 1+K] (``hard_negative_block``).
+sum W + eps, sum m_gap + eps, sum m_piece + eps; [16:16+13B] a row per image (label centres,
+offset targets, sin and cos of the target angle; with ``per_image``, the image's hinge sum, valid
+confuser count and total); then coef [B, 1+K] (``hard_negative_block``) and the sample
+coordinates [B, 1+K, 2].
 
 Arithmetic runs in float32 (float64 when a prediction is float64); the loss comes back in that dtype.
 """
@@ -93,7 +95,8 @@ from .primitives import (
 
 # aux layout (module docstring); constexprs, since @triton.jit code reads them.
 AUX_HEAD: tl.constexpr = tl.constexpr(16)
-IMG_COLS: tl.constexpr = tl.constexpr(10)  # per-image table columns
+IMG_COLS: tl.constexpr = tl.constexpr(13)  # per-image table columns
+IMG_HARD: tl.constexpr = tl.constexpr(10)  # its hinge sum, valid count (11) and total (12)
 NORM_COLS: tl.constexpr = tl.constexpr(4)  # columns of launch 1's partials
 LOSS_COLS: tl.constexpr = tl.constexpr(8)  # columns of launch 3's partials
 AUX_UNIT = 10  # aux[AUX_UNIT] = 1.0: the upstream gradient the forward's gradients are scaled by
@@ -124,6 +127,7 @@ class GapKernelOptions(NamedTuple):
     from_logits: bool
     eps: float
     label_smoothing: float
+    per_image: bool  # not a loss option: also each image's total (launches 2 and 4)
 
 
 # The float options of each kernel, in the order of its parameters (also not specialised on).
@@ -138,7 +142,7 @@ _CELL_OPTIONS = [
     "eps",
     "label_smoothing",
 ]
-_TOTAL_OPTIONS = ["w_heatmap", "w_offset", "w_angle", "w_hard_negative"]
+_TOTAL_OPTIONS = ["w_heatmap", "w_offset", "w_angle", "w_hard_negative", "eps"]
 
 
 def _option_args(opts: GapKernelOptions, names: list[str], cdt: torch.dtype) -> tuple:
@@ -237,8 +241,8 @@ def _gap_normalize_kernel(
     norm_ptr, P, hg_ptr, gc_ptr, pc_ptr, ga_ptr, conf_ptr, cmask_ptr, w_ptr, aux_ptr, B, K, Hf,
     Wf, s_hg_b, s_hg_h, s_hg_w, s_w_b, s_w_h, s_w_w, margin, w_heatmap, w_offset, w_angle,
     w_hard_negative, eps, STRIDE: tl.constexpr, CELL: tl.constexpr, FROM_LOGITS: tl.constexpr,
-    W_MODE: tl.constexpr, HAS_CMASK: tl.constexpr, BLOCK_P: tl.constexpr,
-    BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
+    W_MODE: tl.constexpr, HAS_CMASK: tl.constexpr, PER_IMAGE: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Launch 2 (one program): denominators, gradient scales, the hard negatives (confuser
     validity reads W from launch 1's map, or analytically) and the per-image table of the main
@@ -254,8 +258,8 @@ def _gap_normalize_kernel(
     coef_ptr = aux_ptr + AUX_HEAD + IMG_COLS * B
     hinge_sum, count = hard_negative_block(
         hg_ptr, s_hg_b, s_hg_h, s_hg_w, gc_ptr, conf_ptr, cmask_ptr, w_ptr, s_w_b, s_w_h, s_w_w,
-        coef_ptr, B, K, Hf, Wf, option_value(margin, cdt), STRIDE, W_MODE, HAS_CMASK,
-        FROM_LOGITS, BLOCK_B, BLOCK_K, cdt,
+        coef_ptr, aux_ptr + AUX_HEAD + IMG_HARD, B, K, Hf, Wf, option_value(margin, cdt), STRIDE,
+        W_MODE, HAS_CMASK, FROM_LOGITS, IMG_COLS, PER_IMAGE, BLOCK_B, BLOCK_K, cdt,
     )  # fmt: skip
     uv_ptr = coef_ptr + B * (K + 1)
     rows = tl.arange(0, BLOCK_B)
@@ -451,13 +455,71 @@ def _gap_main_kernel(
         _store_grad(g_ang + HW, dc1 * sa, on)
 
 
+@triton.jit
+def _per_image_totals(
+    part_ptr, norm_ptr, aux_ptr, B, NBLK, wh, wo, wa, wn, eps, BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr, cdt: tl.constexpr,
+):  # fmt: skip
+    """Each image's total, every term normalised within that image, into column IMG_HARD + 2 of
+    its table row: the rows b * NBLK ... (b + 1) * NBLK - 1 of launch 1's partials ``norm`` (sum W,
+    sum m_gap, sum m_piece) and of launch 3's ``part`` are that image's, summed in a fixed order;
+    the hard-negative term is its hinge sum / max(valid count, 1) (launch 2)."""
+    rows = tl.arange(0, BLOCK_B)
+    cols = tl.arange(0, BLOCK_N)
+    for b0 in range(0, B, BLOCK_B):
+        b = b0 + rows
+        b_on = b < B
+        b64 = b.to(tl.int64)
+        s_w = tl.zeros([BLOCK_B], cdt)
+        s_mg = tl.zeros([BLOCK_B], cdt)
+        s_mp = tl.zeros([BLOCK_B], cdt)
+        f_g = tl.zeros([BLOCK_B], cdt)
+        f_p = tl.zeros([BLOCK_B], cdt)
+        o_g = tl.zeros([BLOCK_B], cdt)
+        o_p = tl.zeros([BLOCK_B], cdt)
+        a_g = tl.zeros([BLOCK_B], cdt)
+        for n0 in range(0, NBLK, BLOCK_N):
+            n = n0 + cols
+            on = b_on[:, None] & (n < NBLK)[None, :]
+            r = b64[:, None] * NBLK + n[None, :]
+            nrm = norm_ptr + r * NORM_COLS
+            prt = part_ptr + r * LOSS_COLS
+            s_w += tl.sum(tl.load(nrm, mask=on, other=0), axis=1)
+            s_mg += tl.sum(tl.load(nrm + 1, mask=on, other=0), axis=1)
+            s_mp += tl.sum(tl.load(nrm + 2, mask=on, other=0), axis=1)
+            f_g += tl.sum(tl.load(prt, mask=on, other=0), axis=1)
+            f_p += tl.sum(tl.load(prt + 1, mask=on, other=0), axis=1)
+            o_g += tl.sum(tl.load(prt + 2, mask=on, other=0), axis=1)
+            o_p += tl.sum(tl.load(prt + 3, mask=on, other=0), axis=1)
+            a_g += tl.sum(tl.load(prt + 4, mask=on, other=0), axis=1)
+        row = aux_ptr + AUX_HEAD + IMG_COLS * b64 + IMG_HARD
+        hinge = tl.load(row, mask=b_on, other=0)
+        count = tl.load(row + 1, mask=b_on, other=0)
+        gap_den = s_mg + eps
+        total = (
+            wh * ((f_g + f_p) / (s_w + eps))
+            + wo * (o_g / gap_den + o_p / (s_mp + eps))
+            + wa * (a_g / gap_den)
+            + wn * (hinge / tl.maximum(count, 1.0))
+        )
+        tl.store(row + 2, total, mask=b_on)
+
+
 @triton.jit(do_not_specialize=_TOTAL_OPTIONS)
 def _gap_total_kernel(
-    part_ptr, P, aux_ptr, total_ptr, w_heatmap, w_offset, w_angle, w_hard_negative,
-    BLOCK_P: tl.constexpr,
+    part_ptr, P, norm_ptr, aux_ptr, total_ptr, B, NBLK, w_heatmap, w_offset, w_angle,
+    w_hard_negative, eps, PER_IMAGE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_B: tl.constexpr,
+    BLOCK_N: tl.constexpr,
 ):  # fmt: skip
-    """Launch 4 (one program): the components and the total from the main pass's partials."""
+    """Launch 4 (one program): the components and the total from the main pass's partials; with
+    PER_IMAGE, also each image's total (:func:`_per_image_totals`)."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
+    if PER_IMAGE:
+        _per_image_totals(
+            part_ptr, norm_ptr, aux_ptr, B, NBLK, option_value(w_heatmap, cdt),
+            option_value(w_offset, cdt), option_value(w_angle, cdt),
+            option_value(w_hard_negative, cdt), option_value(eps, cdt), BLOCK_B, BLOCK_N, cdt,
+        )  # fmt: skip
     sums, cols = _column_sums(part_ptr, P, LOSS_COLS, BLOCK_P)
     heat_den = tl.load(aux_ptr + 11)
     gap_den = tl.load(aux_ptr + 12)
@@ -609,7 +671,7 @@ def gap_detection_forward(
         hf, wf, hg.stride(0), hg.stride(2), hg.stride(3), *wsrc[1:4],
         *_option_args(opts, _NORMALIZE_OPTIONS, cdt),
         STRIDE=stride, CELL=bool(opts.cell), FROM_LOGITS=bool(opts.from_logits), W_MODE=wsrc[4],
-        HAS_CMASK=has_cm,
+        HAS_CMASK=has_cm, PER_IMAGE=bool(opts.per_image),
         BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4,
     )  # fmt: skip
 
@@ -619,8 +681,9 @@ def gap_detection_forward(
     launch(
         _gap_total_kernel,
         (1,),
-        part, part.shape[0], aux, total, *_option_args(opts, _TOTAL_OPTIONS, cdt),
-        BLOCK_P=FINALIZE_BLOCK_P, num_warps=4,
+        part, part.shape[0], norm, aux, total, b, nblk, *_option_args(opts, _TOTAL_OPTIONS, cdt),
+        PER_IMAGE=bool(opts.per_image), BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=64,
+        BLOCK_N=min(next_pow2(nblk), 32), num_warps=4,
     )  # fmt: skip
     return total, aux, wmap
 
@@ -642,6 +705,12 @@ def gap_detection_backward(
     wsrc = _weight_source(weight_map, valid_box, preds[0])
     _main_launch(preds, k, wsrc, aux, grad_total, None, grads, opts)
     return grads
+
+
+def per_image_totals(aux: torch.Tensor, batch: int) -> torch.Tensor:
+    """The [B] per-image totals the forward wrote into ``aux`` (``per_image`` option), a view."""
+    table = aux[AUX_HEAD.value : AUX_HEAD.value + IMG_COLS.value * batch]
+    return table.view(batch, IMG_COLS.value)[:, IMG_HARD.value + 2]
 
 
 def aux_size(batch: int, confusers: int) -> int:

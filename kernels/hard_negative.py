@@ -31,8 +31,8 @@ def _hard_negative_forward_kernel(
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     hinge_sum, count = hard_negative_block(
         hm_ptr, s_hm_b, s_hm_h, s_hm_w, pos_ptr, neg_ptr, nmask_ptr, w_ptr, s_w_b, s_w_h, s_w_w,
-        aux_ptr + 1, B, K, H, W, option(margin, cdt), STRIDE, W_MODE, HAS_NMASK, False, BLOCK_B,
-        BLOCK_K, cdt,
+        aux_ptr + 1, aux_ptr, B, K, H, W, option(margin, cdt), STRIDE, W_MODE, HAS_NMASK, False, 1,
+        False, BLOCK_B, BLOCK_K, cdt,
     )  # fmt: skip
     den = tl.maximum(count, as_dtype(1.0, cdt))
     tl.store(loss_ptr, hinge_sum / den)

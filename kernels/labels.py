@@ -6,6 +6,8 @@
   strides (no copy). Grid (cdiv(Hf*Wf, BLOCK), B), a loop over the N centres.
 * ``padding_weight``: W = ``primitives.cell_weight`` from a full-resolution padding mask (any dtype)
   or analytically from valid_box.
+* ``boundary_label``: E = dilate_k(M) - erode_k(M), M = (AvgPool_stride(mask) > 0.5), without
+  writing M (``_boundary_kernel``).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import triton
 import triton.language as tl
 
 from .launch import f64_bits, launch, mask_view
-from .primitives import cell_weight, gaussian, grid_coord, label_center, option
+from .primitives import as_dtype, cell_weight, gaussian, grid_coord, label_center, option
 from .reduce import elementwise_block
 
 
@@ -168,4 +170,62 @@ def padding_weight(padding_mask, valid_box, size, stride, dtype) -> torch.Tensor
             BLOCK=block,
             num_warps=warps,
         )
+    return out
+
+
+@triton.jit
+def _boundary_kernel(
+    m_ptr, out_ptr, HW, W, s_b, s_h, s_w, STRIDE: tl.constexpr, KS: tl.constexpr,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    """The boundary label of one block of cells (i, j) of one image, in one pass over the mask:
+
+    M(i, j) = sum of the STRIDE x STRIDE block of mask pixels at (i, j) > STRIDE^2 / 2 (the mean
+    > 0.5), E(i, j) = dilate(M) - erode(M) over the KS x KS window clipped to the map = 1 where
+    the window holds both a 1 and a 0. M is never written: each cell evaluates it for its window
+    (neighbouring cells read the same pixels, from cache). Sums in float32 (float64 masks in
+    float64), exact for 0/1 masks."""
+    cdt: tl.constexpr = tl.float64 if m_ptr.dtype.element_ty == tl.float64 else tl.float32
+    pid = tl.program_id(0)
+    b = tl.program_id(1).to(tl.int64)
+    cells = pid * BLOCK + tl.arange(0, BLOCK)
+    on = cells < HW
+    i = cells // W
+    j = cells % W
+    H = HW // W
+    half = as_dtype(0.5 * STRIDE * STRIDE, cdt)
+    fg_seen = tl.zeros([BLOCK], tl.int32)
+    bg_seen = tl.zeros([BLOCK], tl.int32)
+    base = m_ptr + b * s_b
+    for dy in range(0, KS):
+        ni = i + (dy - KS // 2)
+        for dx in range(0, KS):
+            nj = j + (dx - KS // 2)
+            inside = on & (ni >= 0) & (ni < H) & (nj >= 0) & (nj < W)
+            acc = tl.zeros([BLOCK], cdt)
+            for py in range(0, STRIDE):
+                row = base + (ni * STRIDE + py).to(tl.int64) * s_h
+                for px in range(0, STRIDE):
+                    col = (nj * STRIDE + px).to(tl.int64) * s_w
+                    acc += tl.load(row + col, mask=inside, other=0).to(cdt)
+            fg = acc > half
+            fg_seen = tl.where(inside & fg, 1, fg_seen)
+            bg_seen = tl.where(inside & (acc <= half), 1, bg_seen)
+    edge = fg_seen * bg_seen
+    tl.store(out_ptr + b * HW + cells, edge.to(out_ptr.dtype.element_ty), mask=on)
+
+
+def boundary_label(mask, stride: int, kernel_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """[B,1,H // stride,W // stride] in ``dtype`` from a [B,1,H,W] or [B,H,W] mask (1 launch)."""
+    m = mask_view(mask)
+    b, h, w = m.shape[0], m.shape[-2] // stride, m.shape[-1] // stride
+    out = torch.empty(b, 1, h, w, dtype=dtype, device=mask.device)
+    block, warps = elementwise_block(h * w)
+    if b > 0 and h * w > 0:
+        launch(
+            _boundary_kernel,
+            (triton.cdiv(h * w, block), b),
+            m, out, h * w, w, m.stride(0), m.stride(-2), m.stride(-1),
+            STRIDE=stride, KS=kernel_size, BLOCK=block, num_warps=warps,
+        )  # fmt: skip
     return out

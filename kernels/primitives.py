@@ -331,9 +331,9 @@ def bilinear_sample(
 @triton.jit
 def hard_negative_block(
     hm_ptr, s_hm_b, s_hm_h, s_hm_w, pos_ptr, neg_ptr, nmask_ptr, w_ptr, s_w_b, s_w_h, s_w_w,
-    coef_ptr, B, K, H, W, margin, STRIDE: tl.constexpr, W_MODE: tl.constexpr,
-    HAS_NMASK: tl.constexpr, SIGMOID: tl.constexpr, BLOCK_B: tl.constexpr,
-    BLOCK_K: tl.constexpr, cdt: tl.constexpr,
+    coef_ptr, img_ptr, B, K, H, W, margin, STRIDE: tl.constexpr, W_MODE: tl.constexpr,
+    HAS_NMASK: tl.constexpr, SIGMOID: tl.constexpr, IMG_STRIDE: tl.constexpr,
+    PER_IMAGE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_K: tl.constexpr, cdt: tl.constexpr,
 ):  # fmt: skip
     """Hard-negative margin ranking over the whole batch, in one program.
 
@@ -345,7 +345,8 @@ def hard_negative_block(
     Returns (sum over valid of relu(hinge), number valid), in a fixed order (deterministic), and
     writes coef [B, 1+K] (row-major at coef_ptr): coef[b, 1+k] = [valid and hinge > 0],
     coef[b, 0] = -sum_k coef[b, 1+k]; dL/dmap = scale * sum_s coef[b, s] tent weights of sample s,
-    with scale = 1 / max(count, 1) (applied by the caller).
+    with scale = 1 / max(count, 1) (applied by the caller). With PER_IMAGE, also each image's
+    (sum of relu(hinge), number valid) at img_ptr + b * IMG_STRIDE + (0, 1).
     """
     rows = tl.arange(0, BLOCK_B)
     cols = tl.arange(0, BLOCK_K)
@@ -373,6 +374,8 @@ def hard_negative_block(
             cdt,
         )
         n_act = tl.zeros([BLOCK_B], cdt)
+        img_loss = tl.zeros([BLOCK_B], cdt)
+        img_cnt = tl.zeros([BLOCK_B], cdt)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + cols
             on = b_on[:, None] & (k < K)[None, :]
@@ -402,8 +405,14 @@ def hard_negative_block(
             acc_cnt += valid.to(cdt)
             actf = act.to(cdt)
             n_act += tl.sum(actf, axis=1)
+            if PER_IMAGE:
+                img_loss += tl.sum(tl.where(act, hinge, 0.0), axis=1)
+                img_cnt += tl.sum(valid.to(cdt), axis=1)
             tl.store(coef_ptr + b2 * (K + 1) + 1 + k2, actf, mask=on)
         tl.store(coef_ptr + b64 * (K + 1), 0.0 - n_act, mask=b_on)
+        if PER_IMAGE:
+            tl.store(img_ptr + b64 * IMG_STRIDE, img_loss, mask=b_on)
+            tl.store(img_ptr + b64 * IMG_STRIDE + 1, img_cnt, mask=b_on)
     return tl.sum(tl.sum(acc_loss, axis=1), axis=0), tl.sum(tl.sum(acc_cnt, axis=1), axis=0)
 
 

@@ -47,12 +47,9 @@ def gap_detection_loss(
     + w_hard_negative L_hard_negative (docs/spec.md section 3.3)."""
     dt = heatmap_gap.dtype
     b, _, hf, wf = heatmap_gap.shape
-    y_gap = gaussian_heatmap(
-        gap_center[:, None, :], (hf, wf), sigma=sigma, stride=stride, center=center, dtype=dt
-    )
-    y_piece = gaussian_heatmap(
-        piece_center[:, None, :], (hf, wf), sigma=sigma, stride=stride, center=center, dtype=dt
-    )
+    lab = dict(sigma=sigma, stride=stride, center=center, dtype=dt)
+    y_gap = gaussian_heatmap(gap_center[:, None, :], (hf, wf), **lab)
+    y_piece = gaussian_heatmap(piece_center[:, None, :], (hf, wf), **lab)
     if valid_box is not None:
         valid_box = valid_box.to(dt)
     w = padding_weight(padding_mask, valid_box, size=(hf, wf), stride=stride, dtype=dt)
@@ -61,24 +58,11 @@ def gap_detection_loss(
         alpha=alpha, beta=beta, pos_threshold=pos_threshold, from_logits=from_logits, eps=eps
     )
     # Label smoothing: the focal target is Y (1 - 2 e) + e; positives stay Y >= pos_threshold.
-    smooth = dict(label_smoothing=label_smoothing)
     ys_gap = gaussian_heatmap(
-        gap_center[:, None, :],
-        (hf, wf),
-        sigma=sigma,
-        stride=stride,
-        center=center,
-        dtype=dt,
-        **smooth,
+        gap_center[:, None, :], (hf, wf), label_smoothing=label_smoothing, **lab
     )
     ys_piece = gaussian_heatmap(
-        piece_center[:, None, :],
-        (hf, wf),
-        sigma=sigma,
-        stride=stride,
-        center=center,
-        dtype=dt,
-        **smooth,
+        piece_center[:, None, :], (hf, wf), label_smoothing=label_smoothing, **lab
     )
     l_heat_gap = masked_focal_loss(heatmap_gap, ys_gap, w, positive=y_gap >= pos_threshold, **focal)
     l_heat_piece = masked_focal_loss(

@@ -111,6 +111,8 @@ def small_inputs() -> list[Dispatch]:
          lambda be: fl.padding_weight(valid_box=box, size=(4, 5), backend=be)),
         ("gaussian_heatmap", gap, "gaussian_heatmap_triton",
          lambda be: fl.gaussian_heatmap(centers, (4, 5), backend=be)),
+        ("boundary_label", gap, "boundary_label_triton",
+         lambda be: fl.boundary_label(torch.ones(1, 16, 20).tril(), backend=be)),
         # CenterNet family. The focal term is the masked focal loss (triton_gap's glue).
         ("centernet_focal_loss", gap, "masked_focal_loss_triton",
          lambda be: fl.centernet_focal_loss(hm, t["hm"], backend=be)),

@@ -305,6 +305,62 @@ def test_label_smoothing_keeps_positives_and_regression_masks_on_y(backend):
         assert smooth[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-7), name
 
 
+def per_image_reference(case: GapCase, **opts) -> torch.Tensor:
+    """Each image's loss: the float64 reference on that image alone."""
+    args = case.to(torch.float64).args()
+    return torch.stack(
+        [
+            R.gap_detection_loss(
+                *(x[b : b + 1] if isinstance(x, torch.Tensor) else x for x in args), **opts
+            )
+            for b in range(args[0].shape[0])
+        ]
+    )
+
+
+@pytest.mark.parametrize(
+    "padding,k,opts",
+    [
+        ("mask", 3, {}),
+        ("box", 0, {"from_logits": True}),
+        (None, 2, {"w_heatmap": 0.5, "w_hard_negative": 2.0, "label_smoothing": 0.025}),
+    ],
+)
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_per_image_losses_are_each_images_own_loss(backend, padding, k, opts, dt):
+    """return_per_image: a detached [B] tensor, each image's total with its terms normalised
+    within that image = the reference loss of that image alone; the total and its gradients are
+    those of the call without it; the outputs come as (total, components, per_image)."""
+    from_logits = opts.get("from_logits", False)
+    case = gap_case(4, (12, 20), confusers=k, padding=padding, from_logits=from_logits, seed=7)
+    c = case.to(dt, DEVICE, requires_grad=True)
+    total, comps, per = fl.gap_detection_loss(
+        *c.args(), return_components=True, return_per_image=True, backend=backend, **opts
+    )
+    assert per.shape == (4,) and per.dtype == dt and not per.requires_grad
+    ref = per_image_reference(case.to(dt), **opts)
+    tol = 1e-5 if dt == torch.float32 else 1e-10
+    assert torch.allclose(per.double().cpu(), ref, rtol=tol, atol=tol), (per, ref)
+    assert set(comps) == set(COMPONENTS)
+    plain = fl.gap_detection_loss(*c.args(), backend=backend, **opts)
+    assert total.item() == plain.item()
+    g = torch.autograd.grad(total, c.predictions())
+    g_plain = torch.autograd.grad(plain, c.predictions())
+    assert all(torch.equal(a, b) for a, b in zip(g, g_plain))
+    module = fl.GapDetectionLoss(backend=backend, **opts)
+    total_m, per_m = module(*c.args(), return_per_image=True)
+    assert torch.equal(per_m, per) and total_m.item() == total.item()
+
+
+def test_per_image_losses_empty_batch_and_bad_flag(backend):
+    case = gap_case(2, (8, 12), confusers=2, seed=3).to(torch.float32, DEVICE)
+    empty = [x[:0] if isinstance(x, torch.Tensor) else x for x in case.args()]
+    total, per = fl.gap_detection_loss(*empty, return_per_image=True, backend=backend)
+    assert total.item() == 0 and per.shape == (0,)
+    with pytest.raises(TypeError, match=r"^return_per_image"):
+        fl.gap_detection_loss(*case.args(), return_per_image="yes", backend=backend)
+
+
 # --------------------------------------------------------------------------- edge cases (3.4)
 
 

@@ -492,3 +492,101 @@ def test_sigma_at_the_ends_of_its_range(backend, sigma):
         ref = R.gaussian_heatmap(centers.double(), (8, 16), sigma=sigma, center=center)
         assert torch.isfinite(y).all()
         torch.testing.assert_close(y.double().cpu(), ref, rtol=1e-5, atol=1e-6)
+
+
+# --------------------------------------------------------------------------- boundary label
+
+
+def blob_mask(b: int, h: int, w: int, seed: int) -> torch.Tensor:
+    """A random 0/1 mask with a filled rectangle and a one-block-wide stripe per image."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.rand(b, h, w, generator=g) > 0.7
+    m[:, h // 4 : h // 2, w // 5 : w // 2] = True
+    m[:, :, -5:-1] = True
+    return m
+
+
+@pytest.mark.parametrize("stride,kernel_size", [(4, 3), (1, 3), (2, 5), (3, 1), (4, 7)])
+@pytest.mark.parametrize(
+    "dtype", [torch.bool, torch.uint8, torch.int32, torch.float32, torch.float64]
+)
+@pytest.mark.parametrize("rank", [3, 4])
+def test_boundary_label_matches_reference(backend, stride, kernel_size, dtype, rank):
+    """boundary_label against the float64 reference for 0/1 masks of every dtype, both ranks,
+    sizes that are not multiples of the stride (trailing pixels ignored, as by AvgPool2d)."""
+    m = blob_mask(2, 33, 46, seed=stride * 10 + kernel_size).to(dtype)
+    m = m[:, None] if rank == 4 else m
+    out = fl.boundary_label(m.to(DEVICE), stride=stride, kernel_size=kernel_size, backend=backend)
+    ref = R.boundary_label(m, stride=stride, kernel_size=kernel_size)
+    assert out.shape == (2, 1, 33 // stride, 46 // stride) and out.dtype == torch.float32
+    assert torch.equal(out.cpu(), ref)
+    if kernel_size > 1:  # (k = 1: dilation = erosion, no boundary)
+        assert 0 < out.sum() < out.numel()
+    else:
+        assert out.sum() == 0
+
+
+def test_boundary_label_closed_form(backend):
+    """Independent of the reference: an 8x8-pixel square (2x2 cells at stride 4) gives a 4x4 ring
+    of ones (the dilation minus the erosion, which is empty); a one-cell-wide stripe keeps all
+    three columns around it (the order AvgPool -> gradient keeps thin edges); fractional masks
+    use mean > 0.5 (exactly 0.5 is background)."""
+    m = torch.zeros(1, 1, 32, 32)
+    m[..., 8:16, 8:16] = 1
+    out = fl.boundary_label(m.to(DEVICE), backend=backend).cpu()[0, 0]
+    expected = torch.zeros(8, 8)
+    expected[1:5, 1:5] = 1
+    assert torch.equal(out, expected)
+    stripe = torch.zeros(1, 24, 24, dtype=torch.bool)
+    stripe[:, :, 12:16] = True
+    out = fl.boundary_label(stripe.to(DEVICE), backend=backend).cpu()[0, 0]
+    assert torch.equal(out.sum(0), torch.tensor([0, 0, 6, 6, 6, 0.0]))
+    soft = torch.zeros(1, 8, 8)
+    soft[:, :4, :4] = 0.5  # mean 0.5: background
+    soft[:, 4:, 4:] = 0.75  # mean 0.75: object
+    out = fl.boundary_label(soft.to(DEVICE), backend=backend).cpu()
+    assert torch.equal(out[0, 0], torch.ones(2, 2))  # every window holds both values
+    assert torch.equal(
+        fl.boundary_label(soft.to(DEVICE), kernel_size=1, backend=backend).cpu(),
+        torch.zeros(1, 1, 2, 2),
+    )
+
+
+def test_boundary_label_dtype_layouts_and_empty(backend):
+    m = blob_mask(3, 20, 28, seed=1)
+    ref = R.boundary_label(m, stride=4)
+    views = {
+        "non-contiguous": m.transpose(1, 2).contiguous().transpose(1, 2),
+        "channels_last": m[:, None].float().contiguous(memory_format=torch.channels_last),
+        "expanded": m[:1].expand(3, 20, 28),
+    }
+    for name, v in views.items():
+        want = ref if name != "expanded" else ref[:1].expand(3, 1, 5, 7)
+        out = fl.boundary_label(v.to(DEVICE), backend=backend)
+        assert torch.equal(out.cpu(), want), name
+    out = fl.boundary_label(m.to(DEVICE), dtype=torch.uint8, backend=backend)
+    assert out.dtype == torch.uint8 and torch.equal(out.cpu(), ref.to(torch.uint8))
+    empty = fl.boundary_label(torch.zeros(0, 1, 8, 8, device=DEVICE), backend=backend)
+    assert empty.shape == (0, 1, 2, 2)
+
+
+@pytest.mark.parametrize(
+    "kwargs,exc,name",
+    [
+        (dict(mask=torch.zeros(8, 8)), ValueError, "mask"),
+        (dict(mask=torch.zeros(1, 2, 8, 8)), ValueError, "mask"),
+        (dict(mask=torch.zeros(1, 1, 3, 8)), ValueError, "mask"),
+        (dict(mask=torch.zeros(1, 8, 8, dtype=torch.complex64)), TypeError, "mask"),
+        (dict(mask=[[0, 1]]), TypeError, "mask"),
+        (dict(kernel_size=4), ValueError, "kernel_size"),
+        (dict(kernel_size=0), ValueError, "kernel_size"),
+        (dict(stride=0), ValueError, "stride"),
+        (dict(stride=2.0), ValueError, "stride"),
+        (dict(dtype="float32"), TypeError, "dtype"),
+        (dict(backend="gpu"), ValueError, "backend"),
+    ],
+)
+def test_boundary_label_bad_input(kwargs, exc, name):
+    args = {"mask": torch.zeros(1, 8, 8), **kwargs}
+    with pytest.raises(exc, match=rf"^{name}"):
+        fl.boundary_label(args.pop("mask"), **args)

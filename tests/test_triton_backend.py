@@ -97,11 +97,13 @@ def test_full_loss_is_five_launches_and_no_fill(padding):
     assert fills == 0, fills
 
 
-def test_forward_only_is_four_launches():
-    c = gap_case(1, (8, 12), confusers=2, seed=2).to(torch.float32, DEVICE)
+@pytest.mark.parametrize("per_image", [False, True])
+def test_forward_only_is_four_launches(per_image):
+    """4 launches, the per-image totals included (they come from the same partial sums)."""
+    c = gap_case(3, (8, 12), confusers=2, seed=2).to(torch.float32, DEVICE)
     reset_launch_count()
     with torch.no_grad():
-        fused_losses.gap_detection_loss(*c.args(), backend="triton")
+        fused_losses.gap_detection_loss(*c.args(), return_per_image=per_image, backend="triton")
     assert launch_count() == 4
 
 
@@ -587,10 +589,29 @@ def _compile_cases(device: str) -> dict:
         "gaussian_heatmap": lambda p: (
             fl.gaussian_heatmap(pts[:, None], (4, 5), backend=be) * p
         ).sum(),
+        "gap_detection_loss[per_image]": lambda p: _gap_with_per_image(p, pts, be),
         "padding_weight": lambda p: (
             fl.padding_weight(valid_box=box[:, 0] + 2.0, size=(4, 5), backend=be) * p
         ).sum(),
+        "boundary_label": lambda p: (
+            fl.boundary_label(torch.ones(2, 16, 20, device=device).tril(), backend=be) * p
+        ).sum(),
     }, x
+
+
+def _gap_with_per_image(p, pts, backend):
+    """The total plus the (detached) per-image totals, from predictions built from ``p``."""
+    heads = (p[:1].expand(2, 1, 4, 5), p[1:].expand(2, 1, 4, 5), p.expand(2, 4, 4, 5))
+    total, per = fused_losses.gap_detection_loss(
+        *heads,
+        p.expand(2, 2, 4, 5),
+        pts,
+        pts + 5.0,
+        pts[:, 0],
+        return_per_image=True,
+        backend=backend,
+    )
+    return total + per.sum()
 
 
 def _check_compiled_matches_eager(fn, x, backend: str) -> None:
