@@ -444,14 +444,16 @@ class BenchCase:
     reference: Call = call_args
     forward_only: bool = False
     no_compile: str | None = None
+    function_name: str | None = None  # the library/reference function, when not ``op``
 
     def function(self, variant: str) -> Callable:
         """The function ``fused``/``reference`` calls for ``variant``."""
+        name = self.function_name or self.op
         if variant in ("eager", "compile"):
-            fn = getattr(self.family.reference, self.op)
+            fn = getattr(self.family.reference, name)
             return _compiled(fn) if variant == "compile" else fn
         if variant in ("torch", "triton"):
-            fn = getattr(fused_losses, self.op)
+            fn = getattr(fused_losses, name)
             return lambda *a, **k: fn(*a, **k, backend=variant)
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
 
@@ -470,6 +472,7 @@ def register(
     reference: Call | None = None,
     forward_only: bool = False,
     no_compile: str | None = None,
+    function_name: str | None = None,
 ) -> Callable[[Callable[[Any], Inputs]], Callable[[Any], Inputs]]:
     """Decorator: register the decorated builder of ``op``'s inputs as its benchmark case
     (``reference`` defaults to ``fused``)."""
@@ -478,7 +481,7 @@ def register(
         if op in CASES:
             raise ValueError(f"benchmark case {op!r} registered twice")
         CASES[op] = BenchCase(
-            op, family, build, fused, reference or fused, forward_only, no_compile
+            op, family, build, fused, reference or fused, forward_only, no_compile, function_name
         )
         return build
 
@@ -501,6 +504,20 @@ def _gap_detection_loss(p: GapProblem) -> Inputs:
     # extra["args"]: the positional arguments, for callers that call the loss another way
     # (bench.gpu_probe profiles ``GapDetectionLoss()(*args)``).
     return Inputs(args, leaves=p.case.predictions(), extra={"args": args})
+
+
+@register(
+    "gap_detection_loss_per_image",
+    GAP,
+    fused=lambda fn, x, p: fn(*x.args, return_per_image=True)[0],
+    reference=call_args,
+    no_compile="the reference has no per-image form: its eager variant is gap_detection_loss's",
+    function_name="gap_detection_loss",
+)
+def _gap_detection_loss_per_image(p: GapProblem) -> Inputs:
+    """The full loss with the per-image totals (hard-sample mining): against gap_detection_loss,
+    the cost of the per-image sums in the total kernel."""
+    return _gap_detection_loss(p)
 
 
 @register("gaussian_heatmap", GAP, forward_only=True)
