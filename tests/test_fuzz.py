@@ -844,19 +844,32 @@ def reference_logit_error(x, y, w, *, alpha, pos_threshold, denom, upstream=1.0)
 
 
 def label_rounding_error(
-    p, y, w, *, alpha, beta, eps, pos_threshold, from_logits, denom, delta, upstream=1.0
+    p,
+    y,
+    w,
+    *,
+    alpha,
+    beta,
+    eps,
+    pos_threshold,
+    from_logits,
+    denom,
+    delta,
+    upstream=1.0,
+    smoothing=0.0,
 ):
     """Not a bug: where labels are rounded (the gap loss's float32 labels, a float64 target cast to
     float32) to ``delta``, a negative cell's (1 - Y)^beta is only known to |(r + delta)^beta -
-    r^beta|, r = 1 - Y -- everything where Y rounds to 1 (sigma = 1e6). Returns that uncertainty
-    in the loss and the gradient, to reject the examples it dominates."""
+    r^beta|, r = 1 - Y -- everything where Y rounds to 1 (sigma = 1e6). With label ``smoothing``
+    e, r = 1 - (Y (1 - 2e) + e). Returns that uncertainty in the loss and the gradient, to reject
+    the examples it dominates."""
     if delta == 0 or denom == 0:
         return 0.0, 0.0
     p = p.detach().to(F64)
     y = y.detach().to(F64).expand_as(p)
     w = torch.ones_like(p) if w is None else w.detach().to(F64).expand_as(p)
     neg = (y < pos_threshold).to(F64)
-    r = (1 - y).clamp_min(0)
+    r = (1 - (y * (1 - 2 * smoothing) + smoothing)).clamp_min(0)
     dr = ((r + delta) ** beta - r**beta).abs()
     if from_logits:
         pp, log_q = torch.sigmoid(p), F.logsigmoid(-p).abs()
@@ -1372,6 +1385,7 @@ GAP_OPTIONS = {
     "w_angle": BAD_NUMBER,
     "w_hard_negative": BAD_NUMBER,
     "from_logits": BAD_BOOL,
+    "label_smoothing": [*BAD_NUMBER, -0.01, 0.51],
     "backend": BAD_BACKEND,
 }
 GAP_NAMES = (*GAP_TENSORS, *GAP_OPTIONS, "options", "return_components")
@@ -1401,6 +1415,7 @@ def gap_cases(draw) -> Case:
         "w_hard_negative": draw(term_weights),
         "from_logits": draw(st.booleans()),
         "eps": draw(st.sampled_from([1e-7, 1e-7, 0.0, 1e-3])),
+        "label_smoothing": draw(st.sampled_from([0.0, 0.0, 0.025, 0.5]) | st.floats(0, 0.5)),
     }
     # Predictions: one dtype, or each its own; each needs grad or not (spec 3.4).
     dtype = draw(pred_dtypes)
@@ -1637,6 +1652,7 @@ def check_gap_detection_loss(case: Case, backend: str) -> None:
             x = ri[name]
             # labels: float32, or float64 (exp and the separable product round too)
             lab = dict(from_logits=opts["from_logits"], denom=denom, upstream=up)
+            lab["smoothing"] = opts["label_smoothing"]
             errors = [
                 label_rounding_error(x, y, w, **focal, **lab, delta=2.0 ** (-51 if f64 else -23))
             ]
