@@ -244,8 +244,8 @@ def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...], per_image
         comps = torch.stack([l_heat[0], l_heat[1], l_off, l_ang, l_hard]).detach()
         if per_image:
             # Every term normalised within its image: the loss of each image on its own.
-            sw = w.view(b, n).sum(1) if w is not None else torch.full((b,), n, dtype=cdt)
-            heat_b = fw.sum(2) / (sw.to(fw.device)[:, None] + eps)  # [B, 2]
+            sw = w.view(b, n).sum(1) if w is not None else fw.new_full((b,), n)
+            heat_b = fw.sum(2) / (sw[:, None] + eps)  # [B, 2]
             msum = m.sum(2) + eps  # [B, 2]
             off_b = ((s.sum(2) * m).sum(2) / msum).sum(1)
             ang_b = (one_minus_c * m_gap).sum(dim=(1, 2)) / msum[:, 0]
