@@ -505,7 +505,7 @@ def _per_image_totals(
         tl.store(row + 2, total, mask=b_on)
 
 
-@triton.jit(do_not_specialize=_TOTAL_OPTIONS)
+@triton.jit(do_not_specialize=[*_TOTAL_OPTIONS, "B", "NBLK"])
 def _gap_total_kernel(
     part_ptr, P, norm_ptr, aux_ptr, total_ptr, B, NBLK, w_heatmap, w_offset, w_angle,
     w_hard_negative, eps, PER_IMAGE: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_B: tl.constexpr,
@@ -682,8 +682,8 @@ def gap_detection_forward(
         _gap_total_kernel,
         (1,),
         part, part.shape[0], norm, aux, total, b, nblk, *_option_args(opts, _TOTAL_OPTIONS, cdt),
-        PER_IMAGE=bool(opts.per_image), BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=64,
-        BLOCK_N=min(next_pow2(nblk), 32), num_warps=4,
+        PER_IMAGE=bool(opts.per_image), BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=16,
+        BLOCK_N=min(next_pow2(nblk), 32) if opts.per_image else 1, num_warps=4,
     )  # fmt: skip
     return total, aux, wmap
 

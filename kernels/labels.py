@@ -197,8 +197,9 @@ def _boundary_row(base, row, cols, H, W, s_h, s_w, STRIDE: tl.constexpr, KS: tl.
             for px in range(0, STRIDE):
                 ptr = line + (nj * STRIDE + px).to(tl.int64) * s_w
                 acc += tl.load(ptr, mask=inside, other=0).to(cdt)
-        fg += (inside & (acc > half)).to(tl.int32)
-        bg += (inside & (acc <= half)).to(tl.int32)
+        is_fg = acc > half  # (a NaN block is background, as in the reference)
+        fg += (inside & is_fg).to(tl.int32)
+        bg += (inside & ~is_fg).to(tl.int32)
     return fg, bg
 
 

@@ -552,6 +552,16 @@ def test_boundary_label_closed_form(backend):
     )
 
 
+def test_boundary_label_nan_block_is_background(backend):
+    """A block whose mean is NaN is not > 0.5: background, on both backends as in the
+    reference (mask values are not checked: that would cost a device synchronisation)."""
+    m = torch.ones(1, 1, 4, 12)
+    m[..., 4:8] = float("nan")
+    out = fl.boundary_label(m.to(DEVICE), backend=backend).cpu()
+    assert torch.equal(out, R.boundary_label(m))
+    assert torch.equal(out[0, 0, 0], torch.ones(3))
+
+
 def test_boundary_label_dtype_layouts_and_empty(backend):
     m = blob_mask(3, 20, 28, seed=1)
     ref = R.boundary_label(m, stride=4)
