@@ -35,8 +35,9 @@ from .backend import (
     resolve_backend,
 )
 from .centernet_labels import TARGET_KEYS, build_targets, check_box_inputs
-from .focal import FocalOptions, masked_focal_loss
-from .options import LossModule, LossOptions
+from .distributed import active_group, denominator_sync, finish, global_loss
+from .focal import FocalOptions, focal_share, masked_focal_loss
+from .options import COMMON_OPTIONS, LossModule, LossOptions
 from .validation import (
     check_floating,
     check_integer,
@@ -100,7 +101,12 @@ def clamped_sigmoid(x: torch.Tensor, eps: float = 1e-4) -> torch.Tensor:
 
 
 def centernet_focal_loss(
-    pred: torch.Tensor, gt: torch.Tensor, *, backend: str = "auto"
+    pred: torch.Tensor,
+    gt: torch.Tensor,
+    *,
+    backend: str = "auto",
+    reduce_across_ranks: bool = False,
+    process_group: Any = None,
 ) -> torch.Tensor:
     """CenterNet's ``_neg_loss``: pred (clamped-sigmoid probabilities) and gt [B,K,H,W].
 
@@ -108,6 +114,8 @@ def centernet_focal_loss(
     positives ``gt == 1``, negatives ``gt < 1``; ``-sum_neg ...`` alone when there is no positive.
     No epsilon inside the logs. The masked focal loss with alpha=2, beta=4, pos_threshold=1,
     normalize="num_pos", eps=0 (identical for gt <= 1, the only values CenterNet produces).
+    ``reduce_across_ranks`` / ``process_group``: num_pos over every data-parallel rank
+    (``fused_losses.LossOptions``).
     """
     check_tensor("pred", pred)
     check_floating("pred", pred)
@@ -115,15 +123,18 @@ def centernet_focal_loss(
     check_real("gt", gt)
     if gt.shape != pred.shape:
         raise ValueError(f"gt: expected shape {shape_str(pred)} (as pred), got {shape_str(gt)}")
-    return masked_focal_loss(pred, gt, options=CENTERNET_FOCAL.replace(backend=backend))
+    opts = CENTERNET_FOCAL.replace(
+        backend=backend, reduce_across_ranks=reduce_across_ranks, process_group=process_group
+    )
+    return masked_focal_loss(pred, gt, options=opts)
 
 
 class CenterNetFocalLoss(LossModule):
     """CenterNet's ``FocalLoss`` module: ``forward(out, target)`` = :func:`centernet_focal_loss`;
-    its one option is the ``backend``."""
+    options: ``backend``, ``reduce_across_ranks``, ``process_group`` (docs/spec.md 9)."""
 
     def forward(self, out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return centernet_focal_loss(out, target, backend=self.options.backend)
+        return centernet_focal_loss(out, target, **_common(self.options))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -155,8 +166,14 @@ def transpose_and_gather_feat(
     return flat.gather(2, idx).transpose(1, 2)
 
 
-def _reg_torch(need: bool, weighted: bool):
-    """value_and_grad of a gathered L1 loss for PrecomputedGradient (torch backend)."""
+def _common(options: LossOptions) -> dict[str, Any]:
+    """The options every loss has (backend, data-parallel ones), as keywords."""
+    return {name: getattr(options, name) for name in COMMON_OPTIONS}
+
+
+def _reg_torch(need: bool, weighted: bool, sync=None):
+    """value_and_grad of a gathered L1 loss for PrecomputedGradient (torch backend); ``sync``
+    (data parallel) sums the mask over the ranks."""
 
     def value_and_grad(output, mask, ind, target):
         cdt = compute_dtype(output.dtype)
@@ -172,7 +189,7 @@ def _reg_torch(need: bool, weighted: bool):
             mk = mask.to(cdt)[:, None, :]  # [B, 1, M], broadcast over channels
             msum = mk.sum() * c
         d = pred * mk - t * mk
-        denom = msum + REG_EPS
+        denom = (sync(msum) if sync is not None else msum) + REG_EPS
         loss = d.abs().sum() / denom
         grad = None
         if need:
@@ -184,14 +201,25 @@ def _reg_torch(need: bool, weighted: bool):
     return value_and_grad
 
 
-def _reg_loss(output, mask, ind, target, weighted: bool, backend: str) -> torch.Tensor:
+def _reg_loss(
+    output, mask, ind, target, weighted: bool, backend: str, group: Any = None
+) -> torch.Tensor:
+    """This rank's share of a gathered L1 loss (the whole loss when ``group`` is None)."""
     (need,) = needs_grad(output)
+    sync = denominator_sync(group)
     if resolve_backend(backend, output.device) == "triton":
         from .triton_centernet import reg_l1_loss_triton
 
-        return reg_l1_loss_triton(output, mask, ind, target, weighted, need)
-    loss, _ = PrecomputedGradient.apply(_reg_torch(need, weighted), output, mask, ind, target)
+        return reg_l1_loss_triton(output, mask, ind, target, weighted, need, sync)
+    fn = _reg_torch(need, weighted, sync)
+    loss, _ = PrecomputedGradient.apply(fn, output, mask, ind, target)
     return loss
+
+
+def _reg_public(output, mask, ind, target, weighted: bool, common: dict) -> torch.Tensor:
+    opts = LossOptions(**common)
+    group = active_group(opts)
+    return finish(_reg_loss(output, mask, ind, target, weighted, opts.backend, group), group)
 
 
 def reg_l1_loss(
@@ -201,16 +229,20 @@ def reg_l1_loss(
     target: torch.Tensor,
     *,
     backend: str = "auto",
+    reduce_across_ranks: bool = False,
+    process_group: Any = None,
 ) -> torch.Tensor:
     """CenterNet's ``RegL1Loss``: ``sum |pred*m - target*m| / (sum m + 1e-4)``.
 
     output [B,C,H,W], mask [B,M] (broadcast over the C channels, so the denominator is
     ``C * sum(mask) + 1e-4``), ind [B,M], target [B,M,C], pred = transpose_and_gather_feat(output,
     ind). Gradient flows into ``output`` only (duplicate indices accumulate). 0-dim float32 result
-    (float64 for float64 output).
+    (float64 for float64 output). ``reduce_across_ranks`` / ``process_group``: the mask sum over
+    every data-parallel rank (``fused_losses.LossOptions``).
     """
     check_reg_inputs(output, mask, ind, target, weighted=False)
-    return _reg_loss(output, mask, ind, target, False, check_backend(backend))
+    common = dict(backend=backend, reduce_across_ranks=reduce_across_ranks)
+    return _reg_public(output, mask, ind, target, False, {**common, "process_group": process_group})
 
 
 def reg_weighted_l1_loss(
@@ -220,25 +252,29 @@ def reg_weighted_l1_loss(
     target: torch.Tensor,
     *,
     backend: str = "auto",
+    reduce_across_ranks: bool = False,
+    process_group: Any = None,
 ) -> torch.Tensor:
     """CenterNet's ``RegWeightedL1Loss``: as :func:`reg_l1_loss` with a mask [B,M,C]."""
     check_reg_inputs(output, mask, ind, target, weighted=True)
-    return _reg_loss(output, mask, ind, target, True, check_backend(backend))
+    common = dict(backend=backend, reduce_across_ranks=reduce_across_ranks)
+    return _reg_public(output, mask, ind, target, True, {**common, "process_group": process_group})
 
 
 class RegL1Loss(LossModule):
-    """CenterNet's ``RegL1Loss``: ``forward(output, mask, ind, target)``; option: ``backend``."""
+    """CenterNet's ``RegL1Loss``: ``forward(output, mask, ind, target)``; options:
+    ``backend``, ``reduce_across_ranks``, ``process_group`` (docs/spec.md 9)."""
 
     def forward(self, output, mask, ind, target) -> torch.Tensor:
-        return reg_l1_loss(output, mask, ind, target, backend=self.options.backend)
+        return reg_l1_loss(output, mask, ind, target, **_common(self.options))
 
 
 class RegWeightedL1Loss(LossModule):
     """CenterNet's ``RegWeightedL1Loss``: ``forward(output, mask, ind, target)``, mask [B,M,C];
-    option: ``backend``."""
+    options: ``backend``, ``reduce_across_ranks``, ``process_group`` (docs/spec.md 9)."""
 
     def forward(self, output, mask, ind, target) -> torch.Tensor:
-        return reg_weighted_l1_loss(output, mask, ind, target, backend=self.options.backend)
+        return reg_weighted_l1_loss(output, mask, ind, target, **_common(self.options))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -335,37 +371,44 @@ def centernet_loss(
 ):
     """Functional form of :class:`CenterNetLoss`: the same inputs; the options as keywords (the
     fields of :class:`CenterNetOptions`: ``hm_weight=1.0, wh_weight=0.1, off_weight=1.0,
-    down_ratio=4, backend="auto"``) or as a built ``options`` object."""
+    down_ratio=4, backend="auto", reduce_across_ranks=False, process_group=None``) or as a built
+    ``options`` object."""
     opts = CenterNetOptions.build(options, overrides)
     backend, down_ratio = opts.backend, opts.down_ratio
     targets = check_centernet_inputs(hm, wh, reg, targets, boxes, labels, box_mask, down_ratio)
+    group = active_group(opts)  # data parallel: each term's share, one global sum at the end
     l_hm = None
     if targets is None and hm.numel() > 0 and resolve_backend(backend, hm.device) == "triton":
         from .triton_centernet import centernet_hm_loss_triton
 
         # Bandwidth first: the focal term rebuilds the target heatmap in registers.
         need = needs_grad(hm)[0]
-        l_hm, *small = centernet_hm_loss_triton(hm, boxes, labels, box_mask, down_ratio, need)
+        sync = denominator_sync(group)
+        l_hm, *small = centernet_hm_loss_triton(hm, boxes, labels, box_mask, down_ratio, need, sync)
         targets = dict(zip(("wh", "reg", "ind", "reg_mask"), small))
     elif targets is None:
         size = tuple(hm.shape[-2:])
         targets = build_targets(boxes, labels, box_mask, hm.shape[1], size, down_ratio, backend)
     if l_hm is None:
         focal = CENTERNET_FOCAL.replace(backend=backend)
-        l_hm = masked_focal_loss(hm, targets["hm"], options=focal)
-    l_wh = _reg_loss(wh, targets["reg_mask"], targets["ind"], targets["wh"], False, backend)
-    l_off = _reg_loss(reg, targets["reg_mask"], targets["ind"], targets["reg"], False, backend)
+        l_hm = focal_share(hm, targets["hm"], None, focal, group)
+    ind, reg_mask = targets["ind"], targets["reg_mask"]
+    l_wh = _reg_loss(wh, reg_mask, ind, targets["wh"], False, backend, group)
+    l_off = _reg_loss(reg, reg_mask, ind, targets["reg"], False, backend, group)
     total = opts.hm_weight * l_hm + opts.wh_weight * l_wh + opts.off_weight * l_off
+    comps = torch.stack([l_hm.detach(), l_wh.detach(), l_off.detach()])
+    total, comps = global_loss(total, group, comps)
     if not return_components:
         return total
-    return total, {"hm": l_hm.detach(), "wh": l_wh.detach(), "off": l_off.detach()}
+    return total, dict(zip(("hm", "wh", "off"), comps.unbind(0)))
 
 
 class CenterNetLoss(LossModule):
     """CenterNet's ctdet loss (``CtdetLoss`` with one stack and L1 regressions), fused.
 
     ``CenterNetLoss(**options)`` with the fields of :class:`CenterNetOptions` (``hm_weight=1.0,
-    wh_weight=0.1, off_weight=1.0, down_ratio=4, backend="auto"``), called as ``criterion(hm, wh,
+    wh_weight=0.1, off_weight=1.0, down_ratio=4, backend="auto", reduce_across_ranks=False,
+    process_group=None``), called as ``criterion(hm, wh,
     reg, targets=None, *, boxes=None, labels=None, box_mask=None, return_components=False)``:
     ``hm`` [B,K,H,W] clamped-sigmoid probabilities (:func:`clamped_sigmoid` of the head), ``wh``
     and ``reg`` [B,2,H,W] head outputs; either ``targets``, a dict with ``hm``, ``wh``, ``reg``,

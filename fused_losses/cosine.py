@@ -19,6 +19,7 @@ from .backend import (
     needs_grad,
     resolve_backend,
 )
+from .distributed import active_group, denominator_sync, finish
 from .options import LossModule, LossOptions
 from .validation import (
     check_floating,
@@ -68,7 +69,8 @@ def masked_cosine_loss(
 ) -> torch.Tensor:
     """sum((1 - cos(angle(pred) - t)) m) / (sum(m) + eps).
 
-    Options (:class:`CosineOptions`, as keywords or ``options=``): ``eps=1e-7, backend="auto"``.
+    Options (:class:`CosineOptions`, as keywords or ``options=``): ``eps=1e-7, backend="auto",
+    reduce_across_ranks=False, process_group=None`` (the last two: docs/spec.md 9).
 
     pred [B,2,H,W] holds (sin, cos) at any non-zero scale (normalised inside); target_angle [B]
     radians; mask [B,1,H,W]. Gradient flows into ``pred``. Returns a 0-dim float32 tensor (float64
@@ -86,10 +88,24 @@ def masked_cosine_loss(
     check_shape("mask", mask, [b, 1, h, w], f"[{b}, 1, {h}, {w}]")
     check_same_device({"pred": pred, "target_angle": target_angle, "mask": mask})
     opts = CosineOptions.build(options, overrides)
+    group = active_group(opts)
+    return finish(cosine_share(pred, target_angle, mask, opts, group), group)
+
+
+def cosine_share(
+    pred: torch.Tensor,
+    target_angle: torch.Tensor,
+    mask: torch.Tensor,
+    opts: CosineOptions,
+    group: Any,
+) -> torch.Tensor:
+    """This rank's share of :func:`masked_cosine_loss` (inputs checked): its numerator over the
+    denominator summed over ``group`` (the whole loss when ``group`` is None)."""
+    sync = denominator_sync(group)
     if resolve_backend(opts.backend, pred.device) == "triton":
         from .triton_gap import masked_cosine_loss_triton
 
-        return masked_cosine_loss_triton(pred, target_angle, mask, opts)
+        return masked_cosine_loss_triton(pred, target_angle, mask, opts, sync)
     eps = opts.eps
     (need,) = needs_grad(pred)
 
@@ -98,7 +114,8 @@ def masked_cosine_loss(
         tc = t.to(cdt).view(-1, 1, 1, 1)
         mc = m.to(cdt)
         one_minus_c, grad = cosine_terms(a.to(cdt), torch.sin(tc), torch.cos(tc), need)
-        denom = mc.sum() + eps
+        msum = mc.sum()
+        denom = (sync(msum) if sync is not None else msum) + eps
         loss = (one_minus_c * mc).sum() / denom
         if grad is not None:
             grad = grad * (mc / denom)

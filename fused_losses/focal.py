@@ -20,6 +20,7 @@ and for logits (exact logs: log P = logsigmoid(x), log(1 - P) = logsigmoid(-x))
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -31,6 +32,7 @@ from .backend import (
     needs_grad,
     resolve_backend,
 )
+from .distributed import active_group, denominator_sync, finish
 from .options import LossModule, LossOptions
 from .validation import (
     check_bool,
@@ -139,17 +141,37 @@ def focal_terms(
 
 
 def focal_normalizer(
-    normalize: str, pos: torch.Tensor, weight: torch.Tensor | None, numel: int, eps: float
+    normalize: str,
+    pos: torch.Tensor,
+    weight: torch.Tensor | None,
+    numel: int,
+    eps: float,
+    sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor | float:
-    """The denominator of each ``normalize`` mode (see ``masked_focal_loss``)."""
+    """The denominator of each ``normalize`` mode (see ``masked_focal_loss``); ``sync`` (data
+    parallel, ``fused_losses.distributed``) sums the raw count over the ranks first."""
+    if normalize == "sum":
+        return 1.0
+    if sync is None:
+        if normalize == "weight":
+            return (weight.sum() if weight is not None else float(numel)) + eps
+        if normalize == "num_pos":
+            n = (pos * weight).sum() if weight is not None else pos.sum().to(torch.float32)
+            return torch.where(n > 0, n, torch.ones_like(n))
+        return float(max(numel, 1))  # "mean"; an empty batch: 0, like "sum"
+    cdt = weight.dtype if weight is not None else torch.float64
+    if normalize == "weight" and weight is not None:
+        raw = weight.sum()
+    elif normalize == "num_pos":
+        raw = (pos * weight).sum() if weight is not None else pos.sum().to(cdt)
+    else:  # "weight" without a weight, "mean": the element count
+        raw = pos.new_full((), numel, dtype=cdt)
+    raw = sync(raw)
     if normalize == "weight":
-        return (weight.sum() if weight is not None else float(numel)) + eps
+        return raw + eps
     if normalize == "num_pos":
-        n = (pos * weight).sum() if weight is not None else pos.sum().to(torch.float32)
-        return torch.where(n > 0, n, torch.ones_like(n))
-    if normalize == "mean":
-        return float(max(numel, 1))  # an empty batch: 0, like "sum"
-    return 1.0
+        return torch.where(raw > 0, raw, torch.ones_like(raw))
+    return raw.clamp_min(1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,7 +207,8 @@ def masked_focal_loss(
     """sum(f * W) / D with f the focal term above; pred and target [B,1,H,W] (any equal shapes).
 
     Options (:class:`FocalOptions`, as keywords or ``options=``): ``alpha=1.5, beta=4.0,
-    pos_threshold=0.9, normalize="weight", from_logits=False, eps=1e-7, backend="auto"``.
+    pos_threshold=0.9, normalize="weight", from_logits=False, eps=1e-7, backend="auto",
+    reduce_across_ranks=False, process_group=None`` (the last two: docs/spec.md 9).
 
     weight broadcasts to pred (default 1). D by ``normalize``: "weight" sum(W) + eps; "num_pos"
     sum(pos * W) (the number of positives without W), or 1 when that is 0 (CenterNet); "sum" 1;
@@ -206,10 +229,24 @@ def masked_focal_loss(
         check_broadcastable("weight", weight, pred)
     check_same_device({"pred": pred, "target": target, "weight": weight})
     opts = FocalOptions.build(options, overrides)
+    group = active_group(opts)
+    return finish(focal_share(pred, target, weight, opts, group), group)
+
+
+def focal_share(
+    pred: torch.Tensor,
+    target: torch.Tensor,
+    weight: torch.Tensor | None,
+    opts: FocalOptions,
+    group: Any | None,
+) -> torch.Tensor:
+    """This rank's share of :func:`masked_focal_loss` (inputs checked): its numerator over the
+    denominator summed over ``group`` (the whole loss when ``group`` is None)."""
+    sync = denominator_sync(group)
     if resolve_backend(opts.backend, pred.device) == "triton":
         from .triton_gap import masked_focal_loss_triton
 
-        return masked_focal_loss_triton(pred, target, weight, opts)
+        return masked_focal_loss_triton(pred, target, weight, opts, sync)
     normalize = opts.normalize
     terms = dict(alpha=opts.alpha, beta=opts.beta, pos_threshold=opts.pos_threshold)
     terms.update(from_logits=opts.from_logits, eps=opts.eps)
@@ -223,7 +260,9 @@ def masked_focal_loss(
         f, df, pos = focal_terms(xc, yc, **terms, need_grad=need)
         if wc is not None:
             f = f * wc
-        denom = focal_normalizer(normalize, pos, wc, f.numel(), opts.eps)
+        denom = focal_normalizer(normalize, pos, wc, f.numel(), opts.eps, sync)
+        if isinstance(denom, torch.Tensor):
+            denom = denom.to(cdt)
         loss = f.sum() / denom
         grad = None
         if df is not None:

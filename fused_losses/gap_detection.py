@@ -23,6 +23,7 @@ backend runs the same math as Triton kernels.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -34,6 +35,7 @@ from .backend import (
     resolve_backend,
 )
 from .cosine import cosine_terms
+from .distributed import active_group, denominator_sync, global_loss
 from .focal import focal_neg_terms, focal_pos_terms
 from .hard_negative import hard_negative_terms, negative_validity
 from .labels import (
@@ -165,9 +167,15 @@ def check_inputs(inputs: GapInputs, stride: int) -> None:
     check_same_device(inputs._asdict())
 
 
-def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...], per_image: bool = False):
+def torch_value_and_grad(
+    opts: GapLossOptions,
+    need: tuple[bool, ...],
+    per_image: bool = False,
+    sync: Callable[[torch.Tensor], torch.Tensor] | None = None,
+):
     """The torch backend's fused forward: (total, components [5] (followed by the B per-image
-    totals with ``per_image``), (grads of the 11 inputs)).
+    totals with ``per_image``), (grads of the 11 inputs)). ``sync`` (data parallel) sums the
+    denominators (sum W, sum m_gap, sum m_piece, valid confusers) over the ranks.
 
     Dense work is limited to what every cell needs: the labels, W and the negative focal branch.
     Positive focal cells, offsets and the angle only matter where Y >= pos_threshold or
@@ -210,15 +218,22 @@ def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...], per_image
         f.scatter_(2, idx, torch.where(pos, f_pos, torch.gather(f, 2, idx)))
         if df is not None:
             df.scatter_(2, idx, torch.where(pos, d_pos, torch.gather(df, 2, idx)))
-        heat_scale = 1 / (sum_w + eps)  # B = 0 and eps = 0: 0 / 0 = NaN, as the other sums
-        fw = f * w.view(b, 1, n) if w is not None else f
-        l_heat = fw.sum(dim=(0, 2)) * heat_scale  # [2]
-
         # Offsets and angle where Y > reg_threshold, weighted by W: window cells only.
         m = (yw > opts.reg_threshold).to(cdt)
         if ww is not None:
             m = m * ww
-        reg_scale = 1 / (m.sum(dim=(0, 2)) + eps)  # [2]
+        m_sum = m.sum(dim=(0, 2))  # [2]
+        if conf is None:
+            conf = gc.new_zeros(b, 0, 2)
+        valid = negative_validity(conf, cmask, w, (hf, wf), stride, cdt)
+        count = None
+        if sync is not None:  # data parallel: every rank's denominators, in one all-reduce
+            raw = sync(torch.stack([sum_w, m_sum[0], m_sum[1], valid.to(cdt).sum()]))
+            sum_w, m_sum, count = raw[0], raw[1:3], raw[3]
+        heat_scale = 1 / (sum_w + eps)  # B = 0 and eps = 0: 0 / 0 = NaN, as the other sums
+        fw = f * w.view(b, 1, n) if w is not None else f
+        l_heat = fw.sum(dim=(0, 2)) * heat_scale  # [2]
+        reg_scale = 1 / (m_sum + eps)  # [2]
         t = offset_target(centers, stride, cdt)[..., None]  # [B, 2, 2 (du, dv), 1]
         idx_off = idx[:, :, None, :].expand(b, 2, 2, k)
         offw = torch.gather(off.reshape(b, 2, 2, n).to(cdt), 3, idx_off)
@@ -233,10 +248,7 @@ def torch_value_and_grad(opts: GapLossOptions, need: tuple[bool, ...], per_image
 
         # Hard negatives on bilinear samples of the gap probabilities.
         probs = torch.sigmoid(x[:, 0]) if from_logits else x[:, 0]
-        if conf is None:
-            conf = gc.new_zeros(b, 0, 2)
-        valid = negative_validity(conf, cmask, w, (hf, wf), stride, cdt)
-        hard = hard_negative_terms(probs, gc, conf, valid, opts.margin, stride, need[0])
+        hard = hard_negative_terms(probs, gc, conf, valid, opts.margin, stride, need[0], count)
         l_hard, g_hard, hard_per_image = hard
 
         wh, wo, wa, wn = (getattr(opts, k) for k in WEIGHTS)
@@ -301,8 +313,9 @@ def gap_detection_loss(
     (the fields of :class:`GapLossOptions`: ``stride=4, sigma=1.5, center="cell", alpha=1.5,
     beta=4.0, pos_threshold=0.9, reg_threshold=0.7, margin=0.25, w_heatmap=1.0, w_offset=1.0,
     w_angle=0.2, w_hard_negative=1.0, from_logits=False, eps=1e-7, label_smoothing=0.0,
-    backend="auto"``) or as a built ``options`` object. ``return_per_image``: also return each
-    image's loss (see :class:`GapDetectionLoss`)."""
+    backend="auto", reduce_across_ranks=False, process_group=None``) or as a built ``options``
+    object. ``return_per_image``: also return each image's loss (see :class:`GapDetectionLoss`);
+    per-image losses stay local to the rank under ``reduce_across_ranks``."""
     check_bool("return_components", return_components)
     check_bool("return_per_image", return_per_image)
     opts = GapLossOptions.build(options, overrides)
@@ -320,14 +333,19 @@ def gap_detection_loss(
         valid_box,
     )
     check_inputs(inputs, stride=opts.stride)
+    group = active_group(opts)
+    sync = denominator_sync(group)
     if resolve_backend(opts.backend, heatmap_gap.device) == "triton":
         from .triton_gap import gap_detection_loss_triton
 
-        total, comps = gap_detection_loss_triton(opts, inputs, return_per_image)
+        total, comps = gap_detection_loss_triton(opts, inputs, return_per_image, sync)
     else:
         need = needs_grad(*inputs[:4])
-        fn = torch_value_and_grad(opts, need, return_per_image)
+        fn = torch_value_and_grad(opts, need, return_per_image, sync)
         total, comps = PrecomputedGradient.apply(fn, *inputs)
+    if group is not None:  # the global total and components; each image's own loss stays local
+        total, head = global_loss(total, group, comps[:5])
+        comps = torch.cat([head, comps[5:]])
     out: tuple = (total,)
     if return_components:
         out += (dict(zip(COMPONENTS, comps[:5].unbind(0))),)
@@ -342,7 +360,8 @@ class GapDetectionLoss(LossModule):
     ``GapDetectionLoss(**options)`` with the fields of :class:`GapLossOptions` (``stride=4,
     sigma=1.5, center="cell", alpha=1.5, beta=4.0, pos_threshold=0.9, reg_threshold=0.7,
     margin=0.25, w_heatmap=1.0, w_offset=1.0, w_angle=0.2, w_hard_negative=1.0, from_logits=False,
-    eps=1e-7, label_smoothing=0.0, backend="auto"``), called as ``criterion(heatmap_gap, heatmap_piece, offset, angle,
+    eps=1e-7, label_smoothing=0.0, backend="auto", reduce_across_ranks=False, process_group=None``;
+    the last two: docs/spec.md 9), called as ``criterion(heatmap_gap, heatmap_piece, offset, angle,
     gap_center, piece_center, gap_angle, confusers=None, confuser_mask=None, padding_mask=None,
     valid_box=None, return_components=False, return_per_image=False)``. Returns the 0-dim total
     (float32; float64 for float64 inputs); with ``return_components``, then a dict of detached

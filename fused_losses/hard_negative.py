@@ -20,6 +20,7 @@ from .backend import (
     needs_grad,
     resolve_backend,
 )
+from .distributed import active_group, denominator_sync, finish
 from .labels import div_exact, grid_coords
 from .options import LossModule, LossOptions
 from .validation import (
@@ -80,9 +81,12 @@ def hard_negative_terms(
     margin: float,
     stride: int,
     need_grad: bool,
+    count: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
     """(loss, dL/dprobs [B,H*W] or None, per-image loss [B]) for probs [B,H,W] (compute dtype),
-    points in pixels; the per-image loss averages over that image's valid negatives."""
+    points in pixels; the per-image loss averages over that image's valid negatives. ``count``:
+    the number of valid negatives to average over (default: this batch's; data parallel: every
+    rank's, ``fused_losses.distributed``)."""
     b, h, w = probs.shape
     k = negatives.shape[1]
     pts = div_exact(torch.cat([positive[:, None, :], negatives], dim=1).to(probs.dtype), stride)
@@ -92,7 +96,8 @@ def hard_negative_terms(
     samples = (torch.gather(flat, 1, idx.reshape(b, cols)).view(b, k + 1, 4) * wts).sum(-1)
     hinge = margin - samples[:, :1] + samples[:, 1:]
     validf = valid.to(probs.dtype)
-    count = validf.sum()
+    if count is None:
+        count = validf.sum()
     denom = count.clamp_min(1)
     hinged = torch.relu(hinge) * validf
     loss = hinged.sum() / denom
@@ -132,7 +137,7 @@ def hard_negative_margin_loss(
     """mean over valid (b, k) of relu(margin - s(b, positive) + s(b, negative_k)).
 
     Options (:class:`HardNegativeOptions`, as keywords or ``options=``): ``margin=0.25, stride=4,
-    backend="auto"``.
+    backend="auto", reduce_across_ranks=False, process_group=None`` (the last two: docs/spec.md 9).
 
     heatmap [B,1,H,W] probabilities (H, W >= 2); positive [B,2] and negatives [B,K,2] as (x, y)
     input pixels; negative_mask [B,K] bool (default all); weight [B,1,H,W] (a negative on a cell
@@ -171,19 +176,25 @@ def hard_negative_margin_loss(
         }
     )
     opts = HardNegativeOptions.build(options, overrides)
+    group = active_group(opts)
+    sync = denominator_sync(group)
     if resolve_backend(opts.backend, heatmap.device) == "triton":
         from .triton_gap import hard_negative_margin_loss_triton
 
-        return hard_negative_margin_loss_triton(
-            heatmap, positive, negatives, negative_mask, weight, opts
+        loss = hard_negative_margin_loss_triton(
+            heatmap, positive, negatives, negative_mask, weight, opts, sync
         )
+        return finish(loss, group)
     margin, stride = opts.margin, opts.stride
     (need,) = needs_grad(heatmap)
 
     def value_and_grad(p: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor):
         cdt = compute_dtype(p.dtype)
         valid = negative_validity(neg, negative_mask, weight, (h, w), stride, cdt)
-        loss, grad, _ = hard_negative_terms(p.to(cdt)[:, 0], pos, neg, valid, margin, stride, need)
+        count = sync(valid.to(cdt).sum()) if sync is not None else None
+        loss, grad, _ = hard_negative_terms(
+            p.to(cdt)[:, 0], pos, neg, valid, margin, stride, need, count
+        )
         return (
             loss,
             loss.new_zeros(0),
@@ -191,7 +202,7 @@ def hard_negative_margin_loss(
         )
 
     loss, _ = PrecomputedGradient.apply(value_and_grad, heatmap, positive, negatives)
-    return loss
+    return finish(loss, group)
 
 
 class HardNegativeMarginLoss(LossModule):

@@ -19,6 +19,8 @@ from typing import Any, ClassVar, TypeVar
 import torch
 
 from .backend import check_backend
+from .distributed import check_process_group
+from .validation import check_bool
 
 OptionsT = TypeVar("OptionsT", bound="LossOptions")
 
@@ -26,12 +28,23 @@ OptionsT = TypeVar("OptionsT", bound="LossOptions")
 @dataclasses.dataclass(frozen=True)
 class LossOptions:
     """Base of every loss's options. Subclasses add fields (with defaults) and check them in
-    :meth:`validate`, storing normalised values with :meth:`_set`."""
+    :meth:`validate`, storing normalised values with :meth:`_set`.
 
+    Every loss has ``reduce_across_ranks`` (default False) and ``process_group`` (default None:
+    the default group): with an initialised process group of more than one rank, the loss's
+    data-dependent denominators are all-reduced across the ranks, so that under
+    DistributedDataParallel the averaged gradients equal those of the single-process loss on the
+    concatenated batch and every rank returns that global loss (``fused_losses.distributed``).
+    """
+
+    reduce_across_ranks: bool = False
+    process_group: Any = None
     backend: str = "auto"
 
     def __post_init__(self) -> None:
         check_backend(self.backend)
+        check_bool("reduce_across_ranks", self.reduce_across_ranks)
+        check_process_group("process_group", self.process_group)
         self.validate()
 
     def validate(self) -> None:
@@ -72,10 +85,13 @@ def _unknown_option(cls: type[LossOptions], name: str) -> str:
     return f"{name}: not an option of {cls.__name__}; expected one of {', '.join(names)}{hint}"
 
 
+COMMON_OPTIONS = ("reduce_across_ranks", "process_group", "backend")  # LossOptions' own fields
+
+
 def _names(cls: type[LossOptions]) -> list[str]:
-    """Field names, the loss's own first and the inherited ``backend`` last (read from the class
-    dict, which torch.compile traces, unlike ``dataclasses.fields``)."""
-    return [n for n in cls.__dataclass_fields__ if n != "backend"] + ["backend"]
+    """Field names, the loss's own first and the inherited ones (``COMMON_OPTIONS``) last (read
+    from the class dict, which torch.compile traces, unlike ``dataclasses.fields``)."""
+    return [n for n in cls.__dataclass_fields__ if n not in COMMON_OPTIONS] + list(COMMON_OPTIONS)
 
 
 def options_signature(cls: type[LossOptions]) -> inspect.Signature:

@@ -20,6 +20,7 @@ from .backend import (
     needs_grad,
     resolve_backend,
 )
+from .distributed import active_group, denominator_sync, finish
 from .options import LossModule, LossOptions
 from .validation import (
     check_broadcastable,
@@ -69,7 +70,7 @@ def masked_smooth_l1_loss(
     """sum(m * sum_c smoothL1(pred - target)) / (sum(m) + eps).
 
     Options (:class:`SmoothL1Options`, as keywords or ``options=``): ``beta=1.0, eps=1e-7,
-    backend="auto"``.
+    backend="auto", reduce_across_ranks=False, process_group=None`` (the last two: docs/spec.md 9).
 
     pred [B,C,H,W]; target broadcastable to pred (e.g. [B,C,1,1] for one value per image); mask
     [B,1,H,W] (any real dtype). Gradient flows into ``pred``. Returns a 0-dim float32 tensor
@@ -87,10 +88,20 @@ def masked_smooth_l1_loss(
     check_shape("mask", mask, [b, 1, h, w], f"[{b}, 1, {h}, {w}]")
     check_same_device({"pred": pred, "target": target, "mask": mask})
     opts = SmoothL1Options.build(options, overrides)
+    group = active_group(opts)
+    return finish(smooth_l1_share(pred, target, mask, opts, group), group)
+
+
+def smooth_l1_share(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, opts: SmoothL1Options, group: Any
+) -> torch.Tensor:
+    """This rank's share of :func:`masked_smooth_l1_loss` (inputs checked): its numerator over the
+    denominator summed over ``group`` (the whole loss when ``group`` is None)."""
+    sync = denominator_sync(group)
     if resolve_backend(opts.backend, pred.device) == "triton":
         from .triton_gap import masked_smooth_l1_loss_triton
 
-        return masked_smooth_l1_loss_triton(pred, target, mask, opts)
+        return masked_smooth_l1_loss_triton(pred, target, mask, opts, sync)
     beta, eps = opts.beta, opts.eps
     (need,) = needs_grad(pred)
 
@@ -101,7 +112,8 @@ def masked_smooth_l1_loss(
         # The value through PyTorch's native smooth-L1 (one pass); channels summed before the
         # mask, as the mask is per pixel.
         s = F.smooth_l1_loss(xc, tc.expand_as(xc), reduction="none", beta=beta)
-        denom = mc.sum() + eps
+        msum = mc.sum()
+        denom = (sync(msum) if sync is not None else msum) + eps
         loss = (s.sum(dim=1, keepdim=True) * mc).sum() / denom
         grad = None
         if need:  # smoothL1'(d) m / (sum(m) + eps), PyTorch's native derivative in one pass

@@ -35,8 +35,8 @@ def _gather_fake(feat, ind):
     return (feat.new_empty((feat.shape[0], ind.shape[1], feat.shape[1])),)
 
 
-def _reg_l1_forward(output, mask, ind, target, *, weighted, need):
-    return _centernet.reg_l1_launch(output, mask, ind, target, weighted, need, eps=REG_EPS)
+def _reg_l1_forward(output, mask, ind, target, *, weighted, need, sync=None):
+    return _centernet.reg_l1_launch(output, mask, ind, target, weighted, need, REG_EPS, sync)
 
 
 def _reg_l1_backward(grad, saved, output, _mask, ind, _target, **_opts):
@@ -108,13 +108,14 @@ class _HeatmapFromBoxesTriton(torch.autograd.Function):
     float16/bfloat16 one recompute it. Returns (loss, wh, reg, ind, reg_mask)."""
 
     @staticmethod
-    def forward(ctx, hm, boxes, labels, box_mask, down_ratio, need):  # type: ignore[override]
+    def forward(ctx, hm, boxes, labels, box_mask, down_ratio, need, sync):  # type: ignore[override]
         grad = None
         if need and stores_gradients(hm):
             grad = torch.empty(hm.shape, dtype=hm.dtype, device=hm.device)
         loss, aux, small = _centernet.centernet_hm_loss_launch(
-            hm, boxes, labels, box_mask, down_ratio, _FOCAL, grad, min_overlap=MIN_OVERLAP
-        )
+            hm, boxes, labels, box_mask, down_ratio, _FOCAL, grad, min_overlap=MIN_OVERLAP,
+            sync=sync,
+        )  # fmt: skip
         ctx.save_for_backward(hm, boxes, labels, box_mask, aux)
         ctx.down_ratio = down_ratio
         ctx.grad = grad
@@ -124,7 +125,7 @@ class _HeatmapFromBoxesTriton(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss, *_unused):  # type: ignore[override]
-        none = (None,) * 5
+        none = (None,) * 6
         if grad_loss is None or not ctx.needs_input_grad[0]:
             return (None, *none)
         refuse_double_backward("centernet_loss (triton backend)")
@@ -143,18 +144,25 @@ def transpose_and_gather_feat_triton(feat: torch.Tensor, ind: torch.Tensor) -> t
     return run("transpose_and_gather_feat", (feat, ind), {})[0]
 
 
-def reg_l1_loss_triton(output, mask, ind, target, weighted: bool, need: bool) -> torch.Tensor:
-    return run("reg_l1_loss", (output, mask, ind, target), dict(weighted=weighted, need=need))[0]
+# ``sync``: data parallel, the denominators summed over the ranks (``fused_losses.distributed``;
+# eager only).
+def reg_l1_loss_triton(
+    output, mask, ind, target, weighted: bool, need: bool, sync=None
+) -> torch.Tensor:
+    opts: dict = dict(weighted=weighted, need=need)
+    if sync is not None:
+        opts["sync"] = sync
+    return run("reg_l1_loss", (output, mask, ind, target), opts)[0]
 
 
-def centernet_hm_loss_triton(hm, boxes, labels, box_mask, down_ratio: int, need: bool):
+def centernet_hm_loss_triton(hm, boxes, labels, box_mask, down_ratio: int, need: bool, sync=None):
     """(focal loss, wh, reg, ind, reg_mask) from raw boxes."""
     if torch.compiler.is_compiling():
         loss, _aux, *small = kernel_op(
             "centernet_hm_loss", (hm, boxes, labels, box_mask), dict(down_ratio=down_ratio)
         )
         return (loss, *small)
-    return _HeatmapFromBoxesTriton.apply(hm, boxes, labels, box_mask, down_ratio, need)
+    return _HeatmapFromBoxesTriton.apply(hm, boxes, labels, box_mask, down_ratio, need, sync)
 
 
 def centernet_targets_triton(boxes, labels, box_mask, num_classes, size, down_ratio):

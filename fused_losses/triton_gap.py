@@ -37,6 +37,7 @@ from .kernels import labels as _labels
 from .kernels import launch as _launch
 from .kernels import reduce as _reduce
 from .kernels import regression as _regression
+from .options import COMMON_OPTIONS
 
 # --------------------------------------------------------------------- fused gap-detection loss
 #
@@ -86,13 +87,13 @@ def _unpack_fwd(args: tuple) -> tuple[tuple, _gap.GapKernelOptions, tuple[bool, 
     return args[:_N_INPUTS], opts, tuple(args[n : n + 4]), args[n + 4]
 
 
-def _gap_fwd_impl(*args) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _gap_fwd_impl(*args, sync=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """(total 0-dim, aux, gradient buffer or empty, weight map or empty): see
-    kernels/gap_detection.py."""
+    kernels/gap_detection.py (``sync``: data parallel, eager only)."""
     inputs, opts, need, store_grads = _unpack_fwd(args)
     preds = inputs[:4]
     grads, buf = _gap.grad_outputs(preds, need) if store_grads else ((None,) * 4, None)
-    total, aux, wmap = _gap.gap_detection_forward(inputs, opts, grads=grads)
+    total, aux, wmap = _gap.gap_detection_forward(inputs, opts, grads=grads, sync=sync)
     return (
         total,
         aux,
@@ -129,6 +130,7 @@ def _setup_context(ctx, inputs, output) -> None:
     # (a retained graph's later backwards recompute instead).
     ctx.stored = buf if buf.numel() > 0 else None
     ctx.opts = opts
+    ctx.first = getattr(ctx, "first", 0)  # position of heatmap_gap among the Function's inputs
 
 
 def _backward(ctx, grad_total, *_unused):
@@ -140,7 +142,7 @@ def _gap_backward(ctx, grad_total, scale, recompute):
     scaled in place by ``grad_total``, or recomputed. ``scale``/``recompute``: the custom ops
     (torch.compile's path) or their implementations (eager)."""
     none = (None,) * _N_FWD_ARGS
-    need = tuple(bool(n) for n in ctx.needs_input_grad[:4])
+    need = tuple(bool(n) for n in ctx.needs_input_grad[ctx.first : ctx.first + 4])
     if grad_total is None or not any(need):
         return none
     refuse_double_backward("gap_detection_loss (triton backend)")
@@ -161,15 +163,16 @@ class _GapLossEager(torch.autograd.Function):
     torch.compile traces the op instead (:func:`gap_detection_loss_triton`)."""
 
     @staticmethod
-    def forward(ctx, *inputs):  # type: ignore[override]
+    def forward(ctx, sync, *inputs):  # type: ignore[override]
         ctx.set_materialize_grads(False)
-        output = _gap_fwd_impl(*inputs)
+        output = _gap_fwd_impl(*inputs, sync=sync)
+        ctx.first = 1
         _setup_context(ctx, inputs, output)
         return output[0], output[1]
 
     @staticmethod
     def backward(ctx, grad_total, _grad_aux):  # type: ignore[override]
-        return _gap_backward(ctx, grad_total, _gap_scale_impl, _gap_bwd_impl)
+        return (None, *_gap_backward(ctx, grad_total, _gap_scale_impl, _gap_bwd_impl))
 
 
 def _gap_fwd_fake(*args):
@@ -223,7 +226,7 @@ _gap_fwd, _gap_bwd, _gap_scale = _register_gap_ops()
 
 
 def gap_detection_loss_triton(
-    options, inputs: tuple, per_image: bool = False
+    options, inputs: tuple, per_image: bool = False, sync=None
 ) -> tuple[Tensor, Tensor]:
     """(total, components [5] followed by the B per-image totals with ``per_image``) of the
     fused loss for a ``GapLossOptions`` and the 11 input tensors: 4 launches forward, 1
@@ -245,7 +248,7 @@ def gap_detection_loss_triton(
     if torch.compiler.is_compiling():
         total, aux, _buf, _wmap = _gap_fwd(*args)
     else:
-        total, aux = _GapLossEager.apply(*args)
+        total, aux = _GapLossEager.apply(sync, *args)
     if per_image:
         return total, torch.cat([aux[:5], _gap.per_image_totals(aux, inputs[0].shape[0])])
     return total, aux[:5]
@@ -258,10 +261,15 @@ def gap_detection_loss_triton(
 # besides the inputs.
 
 
-def _kernel_options(options) -> dict:
-    """A loss's options object flattened for its launchers: every field but the backend."""
+def _kernel_options(options, sync=None) -> dict:
+    """A loss's options object flattened for its launchers: every field but the common ones
+    (backend, data-parallel options), and ``sync`` when there is one (eager only: an active
+    process group is refused under torch.compile, ``distributed.active_group``)."""
     opts = options.as_dict()
-    del opts["backend"]
+    for name in COMMON_OPTIONS:
+        del opts[name]
+    if sync is not None:
+        opts["sync"] = sync
     return opts
 
 
@@ -270,7 +278,9 @@ def _loss_fn(forward, backward, aux_numel=lambda *tensors: 1) -> KernelFn:
     ``backward(grad, aux, *tensors, **opts) -> grad of tensors[0]``."""
     return KernelFn(
         forward=forward,
-        backward=lambda grad, saved, *tensors, **opts: backward(grad, saved[0], *tensors, **opts),
+        backward=lambda grad, saved, *tensors, sync=None, **opts: backward(
+            grad, saved[0], *tensors, **opts
+        ),
         fake=lambda *tensors, **opts: scalar_and_aux(tensors[0], aux_numel(*tensors)),
     )
 
@@ -282,7 +292,7 @@ def _hn_backward(grad_loss, aux, heatmap, positive, negatives, _mask, _weight, *
 
 
 def _hn_aux_numel(heatmap, positive, negatives, *_):
-    return 1 + heatmap.shape[0] * (negatives.shape[1] + 1)
+    return _hard_negative.aux_size(heatmap.shape[0], negatives.shape[1])
 
 
 def _padding_weight(padding_mask, valid_box, *, size, stride, dtype):
@@ -333,21 +343,25 @@ register(
 )
 
 
-def masked_focal_loss_triton(pred, target, weight, options) -> Tensor:
-    return run("masked_focal_loss", (pred, target, weight), _kernel_options(options))[0]
+# ``sync``: data parallel, the denominators summed over the ranks (``fused_losses.distributed``).
+def masked_focal_loss_triton(pred, target, weight, options, sync=None) -> Tensor:
+    return run("masked_focal_loss", (pred, target, weight), _kernel_options(options, sync))[0]
 
 
-def masked_smooth_l1_loss_triton(pred, target, mask, options) -> Tensor:
-    return run("masked_smooth_l1_loss", (pred, target, mask), _kernel_options(options))[0]
+def masked_smooth_l1_loss_triton(pred, target, mask, options, sync=None) -> Tensor:
+    return run("masked_smooth_l1_loss", (pred, target, mask), _kernel_options(options, sync))[0]
 
 
-def masked_cosine_loss_triton(pred, target_angle, mask, options) -> Tensor:
-    return run("masked_cosine_loss", (pred, target_angle, mask), _kernel_options(options))[0]
+def masked_cosine_loss_triton(pred, target_angle, mask, options, sync=None) -> Tensor:
+    tensors = (pred, target_angle, mask)
+    return run("masked_cosine_loss", tensors, _kernel_options(options, sync))[0]
 
 
-def hard_negative_margin_loss_triton(heatmap, positive, negatives, negative_mask, weight, options):
+def hard_negative_margin_loss_triton(
+    heatmap, positive, negatives, negative_mask, weight, options, sync=None
+):
     tensors = (heatmap, positive, negatives, negative_mask, weight)
-    return run("hard_negative_margin_loss", tensors, _kernel_options(options))[0]
+    return run("hard_negative_margin_loss", tensors, _kernel_options(options, sync))[0]
 
 
 def padding_weight_triton(padding_mask, valid_box, size, stride, dtype) -> Tensor:

@@ -237,9 +237,10 @@ def reg_l1_launch(
     weighted: bool,
     need_grad: bool,
     eps: float,
+    sync=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss 0-dim, aux [1] = 1 / (sum m + eps), g [B,M,C] or an empty tensor) in 2 launches
-    (CenterNet: eps = 1e-4)."""
+    (CenterNet: eps = 1e-4; ``sync``: see ``reduce.ratio_finalize``)."""
     b, c, h, w = output.shape
     m = ind.shape[1]
     cdt = compute_dtype(output)
@@ -275,7 +276,7 @@ def reg_l1_launch(
             BLOCK_M=block_m,
             BLOCK_C=block_c,
         )
-    loss, aux = ratio_finalize(partials, DEN_EPS, eps, 0)
+    loss, aux = ratio_finalize(partials, DEN_EPS, eps, 0, sync)
     return loss, aux, g
 
 
@@ -689,10 +690,13 @@ def centernet_hm_loss_launch(
     grad: torch.Tensor | None = None,
     *,
     min_overlap: float,
+    sync=None,
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """CenterNet's focal term of ``hm`` [B,K,H,W] against the ctdet targets of ``boxes``, without
     materialising the target heatmap: (loss 0-dim, aux [3], per-box targets wh, reg, ind,
-    reg_mask). Writes the final gradient (upstream 1) into ``grad`` when given. 4 launches."""
+    reg_mask). Writes the final gradient (upstream 1) into ``grad`` when given. 4 launches.
+    ``sync`` (data parallel; ``sums -> the sums over every rank``): the positives are counted over
+    every rank (one all-reduce of one number) before the heatmap pass."""
     b, c, h, w = hm.shape
     n = boxes.shape[1]
     dev = hm.device
@@ -714,7 +718,13 @@ def centernet_hm_loss_launch(
         enable_fp_fusion=False,
     )  # fmt: skip
     aux = torch.empty(3, dtype=cdt, device=dev)
-    launch(_hm_norm_kernel, (1,), npos, b, aux, BLOCK_B=min(next_pow2(b), 1024), num_warps=4)
+    if sync is not None:
+        npos, b_norm = sync(npos.sum(0, keepdim=True).to(torch.int32)), 1
+    else:
+        b_norm = b
+    launch(
+        _hm_norm_kernel, (1,), npos, b_norm, aux, BLOCK_B=min(next_pow2(b_norm), 1024), num_warps=4
+    )
     part = torch.empty(b * c * triton.cdiv(h * w, _hm_block(h * w)), dtype=cdt, device=dev)
     _hm_launch(
         hm, boxes, labels, box_mask, down_ratio, aux, aux[1:], part, grad, focal, min_overlap

@@ -127,14 +127,15 @@ def _focal_launch(pred, target, weight, out, aux, go, opts: dict, backward: bool
     )  # fmt: skip
 
 
-def focal_forward(pred, target, weight, **opts) -> tuple[torch.Tensor, torch.Tensor]:
+def focal_forward(pred, target, weight, sync=None, **opts) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss, aux) in 2 launches; ``aux`` feeds :func:`focal_backward`. ``opts``: alpha, beta,
-    pos_threshold, normalize, from_logits, eps."""
+    pos_threshold, normalize, from_logits, eps; ``sync``: see ``reduce.ratio_finalize``."""
     n = pred.numel()
     nprog = max(triton.cdiv(n, elementwise_block(n)[0]), 1)
     partials = torch.empty(nprog, NUM_PARTIALS, dtype=compute_dtype(pred), device=pred.device)
     _focal_launch(pred, target, weight, partials, partials, partials, opts, backward=False)
-    return ratio_finalize(partials, NORMALIZE_MODES[opts["normalize"]], opts["eps"], max(n, 1))
+    mode = NORMALIZE_MODES[opts["normalize"]]
+    return ratio_finalize(partials, mode, opts["eps"], n if sync is not None else max(n, 1), sync)
 
 
 def focal_backward(grad_loss, aux, pred, target, weight, **opts) -> torch.Tensor:

@@ -59,7 +59,8 @@ sets the time, so the extra launches cost a few microseconds there and save noth
 hard_negative); [5:10] gradient scales w_heatmap / (sum W + eps), w_offset / (sum m_gap + eps),
 w_offset / (sum m_piece + eps), w_angle / (sum m_gap + eps), w_hard_negative / max(#valid, 1);
 [10] 1.0 (the upstream gradient of the forward's gradients); [11:14] the denominators
-sum W + eps, sum m_gap + eps, sum m_piece + eps; [16:16+13B] a row per image (label centres,
+sum W + eps, sum m_gap + eps, sum m_piece + eps; [14:16] the hinge sum and the number of valid
+confusers; [16:16+13B] a row per image (label centres,
 offset targets, sin and cos of the target angle; with ``per_image``, the image's hinge sum, valid
 confuser count and total); then coef [B, 1+K] (``hard_negative_block``) and the sample
 coordinates [B, 1+K, 2].
@@ -309,6 +310,8 @@ def _gap_normalize_kernel(
     tl.store(aux_ptr + 11, heat_den)
     tl.store(aux_ptr + 12, gap_den)
     tl.store(aux_ptr + 13, piece_den)
+    tl.store(aux_ptr + 14, hinge_sum)
+    tl.store(aux_ptr + 15, count)
 
 
 @triton.jit
@@ -630,10 +633,17 @@ def gap_detection_forward(
     inputs: tuple[torch.Tensor | None, ...],
     opts: GapKernelOptions,
     grads: tuple[torch.Tensor | None, ...] = (None, None, None, None),
+    sync=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Launches 1 to 4 over ``inputs`` (the 11 tensors of ``fused_losses.GapInputs``). Returns
     (total 0-dim, aux [``aux_size(B, K)``], weight map [B*Hf*Wf] or None); writes the final
-    gradients (upstream gradient 1) into the given ``grads`` (None: not wanted)."""
+    gradients (upstream gradient 1) into the given ``grads`` (None: not wanted).
+
+    ``sync`` (data parallel; ``sums -> the sums over every rank``): between launches 2 and 3 the
+    denominators (sum W, sum m_gap, sum m_piece, valid confusers: one all-reduce of 4 numbers)
+    are summed over the ranks and the gradient scales of ``aux`` recomputed from them
+    (:func:`_global_denominators`), so the main pass writes this rank's share of the global
+    loss's gradient."""
     heatmap_gap, heatmap_piece, offset, angle = inputs[:4]
     gap_center, piece_center, gap_angle = (x.contiguous() for x in inputs[4:7])  # [B,2], [B]
     confusers, confuser_mask, padding_mask, valid_box = inputs[7:]
@@ -675,6 +685,8 @@ def gap_detection_forward(
         BLOCK_P=FINALIZE_BLOCK_P, BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4,
     )  # fmt: skip
 
+    if sync is not None:
+        _global_denominators(aux, norm, opts, sync)
     part = torch.empty(b * nblk, 8, dtype=cdt, device=dev)
     _main_launch(preds, k, wsrc, aux, aux[AUX_UNIT:], part, grads, opts)
     total = torch.empty((), dtype=cdt, device=dev)
@@ -686,6 +698,22 @@ def gap_detection_forward(
         BLOCK_N=min(next_pow2(nblk), 32) if opts.per_image else 1, num_warps=4,
     )  # fmt: skip
     return total, aux, wmap
+
+
+def _global_denominators(aux: torch.Tensor, norm: torch.Tensor, opts: GapKernelOptions, sync):
+    """aux[4:14] (hard-negative term, gradient scales, denominators) from the denominators summed
+    over every rank: launch 1's column sums and launch 2's valid confuser count; the hinge sum
+    stays this rank's."""
+    local = torch.cat([norm.sum(0)[:3], aux[15:16]])
+    sum_w, m_gap, m_piece, count = sync(local).unbind(0)
+    heat_den, gap_den, piece_den = sum_w + opts.eps, m_gap + opts.eps, m_piece + opts.eps
+    hn_den = count.clamp_min(1)
+    wo = opts.w_offset
+    aux[4:14] = torch.stack([
+        aux[14] / hn_den, opts.w_heatmap / heat_den, wo / gap_den, wo / piece_den,
+        opts.w_angle / gap_den, opts.w_hard_negative / hn_den, aux[10], heat_den, gap_den,
+        piece_den,
+    ])  # fmt: skip
 
 
 def gap_detection_backward(

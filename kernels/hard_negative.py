@@ -37,6 +37,9 @@ def _hard_negative_forward_kernel(
     den = tl.maximum(count, as_dtype(1.0, cdt))
     tl.store(loss_ptr, hinge_sum / den)
     tl.store(aux_ptr, 1.0 / den)
+    tail = aux_ptr + 1 + B * (K + 1)
+    tl.store(tail, hinge_sum)
+    tl.store(tail + 1, count)
 
 
 @triton.jit
@@ -60,13 +63,19 @@ def _points(positive: torch.Tensor, negatives: torch.Tensor, dummy: torch.Tensor
     return positive.contiguous(), negatives.contiguous() if negatives.shape[1] > 0 else dummy
 
 
-def hard_negative_forward(heatmap, positive, negatives, negative_mask, weight, *, margin, stride):
-    """(loss, aux = [1 / max(count, 1), coef [B, 1+K]]) in 1 launch."""
+def hard_negative_forward(
+    heatmap, positive, negatives, negative_mask, weight, sync=None, *, margin, stride
+):
+    """(loss, aux = [1 / max(count, 1), coef [B, 1+K], hinge sum, count]) in 1 launch.
+
+    ``sync`` (data parallel; ``sums -> the sums over every rank``): the loss is this rank's hinge
+    sum over max(valid count of every rank, 1) (one all-reduce of one number, after the launch;
+    the coefficients are unscaled, so only aux[0] changes)."""
     b, _, h, w = heatmap.shape
     k = negatives.shape[1]
     cdt = compute_dtype(heatmap)
     loss = torch.empty((), dtype=cdt, device=heatmap.device)
-    aux = torch.empty(1 + b * (k + 1), dtype=cdt, device=heatmap.device)
+    aux = torch.empty(aux_size(b, k), dtype=cdt, device=heatmap.device)
     pos, neg = _points(positive, negatives, heatmap)
     nm = mask_view(negative_mask).contiguous() if negative_mask is not None and k > 0 else None
     wt = mask_view(weight)
@@ -82,7 +91,16 @@ def hard_negative_forward(heatmap, positive, negatives, negative_mask, weight, *
         STRIDE=stride, W_MODE=W_MAP if wt is not None else W_NONE, HAS_NMASK=nm is not None,
         BLOCK_B=block_b, BLOCK_K=block_k, num_warps=4,
     )  # fmt: skip
+    if sync is not None:
+        den = sync(aux[-1:]).clamp_min(1)
+        loss = aux[-2] / den[0]
+        aux[:1] = 1.0 / den
     return loss, aux
+
+
+def aux_size(batch: int, negatives: int) -> int:
+    """Entries of the forward's ``aux``: 1 / D, coef [B, 1+K], hinge sum, count."""
+    return 3 + batch * (negatives + 1)
 
 
 def hard_negative_backward(grad_loss, aux, heatmap, positive, negatives, *, stride):

@@ -52,9 +52,23 @@ def _ratio_finalize_kernel(
 
 
 def ratio_finalize(
-    partials: torch.Tensor, den_mode: int, eps: float, numel: int
+    partials: torch.Tensor, den_mode: int, eps: float, numel: int, sync=None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss 0-dim, aux [1] = 1 / D) from ``partials [P, 4]`` (one launch)."""
+    """(loss 0-dim, aux [1] = 1 / D) from ``partials [P, 4]`` (one launch).
+
+    ``sync`` (data parallel; ``sums -> the sums over every rank``): the denominators are first
+    summed over the ranks (the partials' column sums, with the element count in column 3, one
+    all-reduce of 4 numbers), the numerator stays this rank's; then the same finalize runs on
+    that one row."""
+    if sync is not None:
+        local = partials.sum(0, keepdim=True)
+        local[:, 3] = numel
+        row = sync(local)
+        row[:, 0] = local[:, 0]
+        if den_mode == DEN_NUMEL:  # max(global count, 1), as a "den + eps" with eps 0
+            row[:, 1] = row[:, 3].clamp_min(1)
+            den_mode, eps = DEN_EPS, 0.0
+        partials = row
     loss = torch.empty((), dtype=partials.dtype, device=partials.device)
     aux = torch.empty(1, dtype=partials.dtype, device=partials.device)
     launch(

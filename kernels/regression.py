@@ -120,11 +120,11 @@ def _smooth_l1_launch(pred, target, mask, out, aux, go, beta, backward: bool) ->
     )
 
 
-def smooth_l1_forward(pred, target, mask, *, beta, eps):
-    """(loss, aux) in 2 launches."""
+def smooth_l1_forward(pred, target, mask, sync=None, *, beta, eps):
+    """(loss, aux) in 2 launches (``sync``: see ``reduce.ratio_finalize``)."""
     partials = _partials(pred)
     _smooth_l1_launch(pred, target, mask, partials, partials, partials, beta, backward=False)
-    return ratio_finalize(partials, DEN_EPS, eps, pred.numel())
+    return ratio_finalize(partials, DEN_EPS, eps, pred.numel(), sync)
 
 
 def smooth_l1_backward(grad_loss, aux, pred, target, mask, *, beta, eps=None):
@@ -140,11 +140,11 @@ def _cosine_launch(pred, target_angle, mask, out, aux, go, backward: bool) -> No
     _launch_per_image(_cosine_kernel, pred, (pred, target_angle, m), out, aux, go, args, backward)
 
 
-def cosine_forward(pred, target_angle, mask, *, eps):
-    """(loss, aux) in 2 launches."""
+def cosine_forward(pred, target_angle, mask, sync=None, *, eps):
+    """(loss, aux) in 2 launches (``sync``: see ``reduce.ratio_finalize``)."""
     partials = _partials(pred)
     _cosine_launch(pred, target_angle, mask, partials, partials, partials, backward=False)
-    return ratio_finalize(partials, DEN_EPS, eps, pred.numel())
+    return ratio_finalize(partials, DEN_EPS, eps, pred.numel(), sync)
 
 
 def cosine_backward(grad_loss, aux, pred, target_angle, mask, *, eps=None):
