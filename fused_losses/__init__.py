@@ -1,10 +1,20 @@
 """fused-losses: fused training losses for detection and keypoint models.
 
-Public API: the gap-detection criterion and its component ops (docs/spec.md), and the CenterNet
-family (docs/centernet.md). CUDA tensors run
+Public API: the gap-detection criterion and its component ops (docs/spec.md), the CenterNet
+family (docs/centernet.md) and the CASS soft-target loss (docs/spec.md 10). CUDA tensors run
 Triton kernels; CPU tensors run a pure-PyTorch fused implementation with analytic gradients.
 """
 
+from .cass import (
+    CASSLoss,
+    CASSOptions,
+    CASSTargetOptions,
+    SoftFocalLoss,
+    SoftFocalOptions,
+    cass_loss,
+    cass_soft_target,
+    soft_focal_loss,
+)
 from .centernet import (
     CenterNetFocalLoss,
     CenterNetLoss,
@@ -30,6 +40,9 @@ from .smooth_l1 import MaskedSmoothL1Loss, SmoothL1Options, masked_smooth_l1_los
 __version__ = "0.1.0"
 
 __all__ = [
+    "CASSLoss",
+    "CASSOptions",
+    "CASSTargetOptions",
     "CenterNetFocalLoss",
     "CenterNetLoss",
     "CenterNetOptions",
@@ -47,7 +60,11 @@ __all__ = [
     "RegL1Loss",
     "RegWeightedL1Loss",
     "SmoothL1Options",
+    "SoftFocalLoss",
+    "SoftFocalOptions",
     "boundary_label",
+    "cass_loss",
+    "cass_soft_target",
     "centernet_focal_loss",
     "centernet_loss",
     "centernet_targets",
@@ -61,5 +78,6 @@ __all__ = [
     "padding_weight",
     "reg_l1_loss",
     "reg_weighted_l1_loss",
+    "soft_focal_loss",
     "transpose_and_gather_feat",
 ]

@@ -1,0 +1,220 @@
+"""Reference CASS soft-target loss (docs/spec.md 10): the soft box mask on the patch grid of a
+detector feature map, and the soft focal (or MSE) loss of a patch-importance head against it.
+
+Literal: one Python loop per image and per box, one evaluation per patch centre, the box
+arithmetic in the boxes' dtype (so that a patch centre lying exactly on a region edge is decided
+as the fused backends decide it), the loss in the scores' dtype, gradients by autograd.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def patch_grid(feat_size: tuple[int, int], patch_size: int) -> tuple[int, int, int, int]:
+    """(Ph, Pw, Hp, Wp): cells per patch (``min(patch_size, h or w)``) and the patch counts."""
+    h, w = feat_size
+    ph, pw = min(patch_size, h), min(patch_size, w)
+    return ph, pw, math.ceil(h / ph), math.ceil(w / pw)
+
+
+def box_patch_mask(
+    box: torch.Tensor,
+    px: torch.Tensor,
+    py: torch.Tensor,
+    feat_size: tuple[int, int],
+    *,
+    stride: float,
+    expansion_ratio: float,
+    min_size: float,
+    decay: str,
+    anisotropic: bool,
+    base_sigma: float,
+    small_target_gain: float,
+    small_target_threshold: float,
+) -> torch.Tensor:
+    """M_n at the patch centres (px, py) (feature cells, the boxes' dtype) of one box
+    (x1, y1, x2, y2) in pixels."""
+    h, w = feat_size
+    x1, y1, x2, y2 = (box[i] / stride for i in range(4))
+    cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+    if x2 - x1 < min_size:
+        x1, x2 = cx - min_size / 2, cx + min_size / 2
+    if y2 - y1 < min_size:
+        y1, y2 = cy - min_size / 2, cy + min_size / 2
+    bw, bh = x2 - x1, y2 - y1
+    ew, eh = expansion_ratio * bw, expansion_ratio * bh
+    zero = torch.zeros((), dtype=box.dtype)
+    core = (
+        (torch.maximum(x1, zero) <= px)
+        & (px <= torch.minimum(x2, zero + w))
+        & (torch.maximum(y1, zero) <= py)
+        & (py <= torch.minimum(y2, zero + h))
+    )
+    dil = (
+        (torch.maximum(x1 - ew, zero) <= px)
+        & (px <= torch.minimum(x2 + ew, zero + w))
+        & (torch.maximum(y1 - eh, zero) <= py)
+        & (py <= torch.minimum(y2 + eh, zero + h))
+    )
+    ctx = dil & ~core
+    dx = torch.clamp((px - cx).abs() - bw / 2, min=0)
+    dy = torch.clamp((py - cy).abs() - bh / 2, min=0)
+    small = torch.sqrt(bw * bh) < small_target_threshold
+    sig = base_sigma * small_target_gain if bool(small) else base_sigma
+    if anisotropic:
+        nx = dx / torch.clamp(ew, min=1)
+        ny = dy / torch.clamp(eh, min=1)
+        rho = torch.maximum(nx, ny)
+        g = torch.exp(-(nx**2) / (2 * sig**2)) * torch.exp(-(ny**2) / (2 * sig**2))
+    else:
+        rho = torch.sqrt(dx**2 + dy**2) / torch.clamp(torch.sqrt(ew**2 + eh**2), min=1)
+        g = torch.exp(-(rho**2) / (2 * sig**2))
+    if decay == "gaussian":
+        d = torch.where(rho < 1, g, zero)
+    elif decay == "linear":
+        d = torch.clamp(1 - rho, min=0)
+    else:
+        raise ValueError(f"decay must be gaussian or linear, got {decay!r}")
+    return torch.where(core, zero + 1, torch.where(ctx, d, zero))
+
+
+def cass_soft_target(
+    boxes: torch.Tensor,
+    feat_size: tuple[int, int],
+    *,
+    box_mask: torch.Tensor | None = None,
+    stride: float = 32,
+    patch_size: int = 4,
+    expansion_ratio: float = 0.3,
+    min_size: float = 1.0,
+    decay: str = "gaussian",
+    anisotropic: bool = True,
+    base_sigma: float = 0.5,
+    small_target_gain: float = 1.5,
+    small_target_threshold: float = 4.0,
+    merge: str = "max",
+) -> torch.Tensor:
+    """Y [B,1,Hp,Wp] in the boxes' dtype: per image, over the boxes with ``box_mask`` set,
+    ``max_n M_n`` (``merge="max"``) or ``min(1, sum_n M_n)`` (``"sum"``); patch (k, l) evaluated
+    at its centre ((l + 1/2) Pw, (k + 1/2) Ph)."""
+    boxes = boxes.detach()
+    b, n = boxes.shape[:2]
+    ph, pw, hp, wp = patch_grid(feat_size, patch_size)
+    mask = torch.ones(b, n, dtype=torch.bool) if box_mask is None else box_mask.bool().cpu()
+    y = torch.zeros(b, 1, hp, wp, dtype=boxes.dtype)
+    opts = dict(
+        stride=stride,
+        expansion_ratio=expansion_ratio,
+        min_size=min_size,
+        decay=decay,
+        anisotropic=anisotropic,
+        base_sigma=base_sigma,
+        small_target_gain=small_target_gain,
+        small_target_threshold=small_target_threshold,
+    )
+    # every patch centre at once (a tensor [Hp, Wp] in the boxes' dtype), one box at a time
+    py = ((torch.arange(hp, dtype=boxes.dtype) + 0.5) * ph)[:, None].expand(hp, wp)
+    px = ((torch.arange(wp, dtype=boxes.dtype) + 0.5) * pw)[None, :].expand(hp, wp)
+    for i in range(b):
+        for j in range(n):
+            if not mask[i, j]:
+                continue
+            m = box_patch_mask(boxes[i, j].cpu(), px, py, feat_size, **opts)
+            if merge == "max":
+                y[i, 0] = torch.maximum(y[i, 0], m)
+            elif merge == "sum":
+                y[i, 0] = y[i, 0] + m
+            else:
+                raise ValueError(f"merge must be max or sum, got {merge!r}")
+    if merge == "sum":
+        y = y.clamp(max=1)
+    elif merge != "max":
+        raise ValueError(f"merge must be max or sum, got {merge!r}")
+    return y.to(boxes.device)
+
+
+def soft_focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    alpha: float = 2.0,
+    beta: float = 4.0,
+    eps: float = 1e-8,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """f = -Y (1-P)^alpha log(P + eps) - (1-Y) P^beta log(1-P + eps), P = sigmoid(s), 1 - P as
+    sigmoid(-s); eps = 0: the exact logs logsigmoid(s), logsigmoid(-s). Mean over every element
+    (an empty input: 0) or sum."""
+    y = target.to(logits.dtype)
+    p, q = torch.sigmoid(logits), torch.sigmoid(-logits)
+    if eps == 0:
+        log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)
+    else:
+        log_p, log_q = torch.log(p + eps), torch.log(q + eps)
+    f = -y * q**alpha * log_p - (1 - y) * p**beta * log_q
+    return _reduce(f, reduction)
+
+
+def soft_mse_loss(logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean"):
+    """f = (sigmoid(s) - Y)^2 (the pre-audit CASS loss)."""
+    f = (torch.sigmoid(logits) - target.to(logits.dtype)) ** 2
+    return _reduce(f, reduction)
+
+
+def _reduce(f: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "sum":
+        return f.sum()
+    if reduction == "mean":
+        return f.sum() / max(f.numel(), 1)
+    raise ValueError(f"reduction must be mean or sum, got {reduction!r}")
+
+
+def cass_loss(
+    scores: torch.Tensor,
+    boxes: torch.Tensor,
+    box_mask: torch.Tensor | None = None,
+    *,
+    feat_size: tuple[int, int],
+    stride: float = 32,
+    patch_size: int = 4,
+    expansion_ratio: float = 0.3,
+    min_size: float = 1.0,
+    decay: str = "gaussian",
+    anisotropic: bool = True,
+    base_sigma: float = 0.5,
+    small_target_gain: float = 1.5,
+    small_target_threshold: float = 4.0,
+    merge: str = "max",
+    loss: str = "focal",
+    alpha: float = 2.0,
+    beta: float = 4.0,
+    eps: float = 1e-8,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """The soft focal (or MSE) loss of the patch scores [B, Hp*Wp] or [B,1,Hp,Wp] against
+    :func:`cass_soft_target` of the boxes; the mean runs over all B Hp Wp patches."""
+    y = cass_soft_target(
+        boxes,
+        feat_size,
+        box_mask=box_mask,
+        stride=stride,
+        patch_size=patch_size,
+        expansion_ratio=expansion_ratio,
+        min_size=min_size,
+        decay=decay,
+        anisotropic=anisotropic,
+        base_sigma=base_sigma,
+        small_target_gain=small_target_gain,
+        small_target_threshold=small_target_threshold,
+        merge=merge,
+    )
+    y = y.to(scores.device).reshape(scores.shape)
+    if loss == "focal":
+        return soft_focal_loss(scores, y, alpha=alpha, beta=beta, eps=eps, reduction=reduction)
+    if loss == "mse":
+        return soft_mse_loss(scores, y, reduction=reduction)
+    raise ValueError(f"loss must be focal or mse, got {loss!r}")
