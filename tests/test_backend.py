@@ -17,6 +17,7 @@ from fused_losses.kernels.launch import interpreting
 from fused_losses.reference.cases import gap_case
 
 import fused_losses as fl
+import fused_losses.triton_cass as triton_cass
 import fused_losses.triton_centernet as triton_centernet
 import fused_losses.triton_gap as triton_gap
 from fused_losses.backend import resolve_backend
@@ -68,7 +69,10 @@ def small_inputs() -> list[Dispatch]:
     angle = torch.tensor([0.4])
     centers = torch.tensor([[[6.0, 5.0]]])
     box = torch.tensor([[1.0, 2.0, 15.0, 12.0]])
-    gap, cn = triton_gap, triton_centernet
+    gap, cn, cass = triton_gap, triton_centernet, triton_cass
+    # CASS: a 3x4 patch grid (feature map 10x14, patch 4, stride 32), two boxes in pixels.
+    cass_boxes = torch.tensor([[[40.0, 30.0, 200.0, 150.0], [300.0, 200.0, 330.0, 260.0]]])
+    scores = torch.randn(1, 12, generator=g)
 
     # CenterNet: 3 classes on a 4x5 map (input image 16x20 pixels, down_ratio 4), two boxes.
     size, k = (4, 5), 3
@@ -142,6 +146,16 @@ def small_inputs() -> list[Dispatch]:
          lambda be: fl.centernet_loss(hm, wh, reg, **raw, backend=be)),
         ("CenterNetLoss-boxes", cn, "centernet_hm_loss_triton",
          lambda be: fl.CenterNetLoss(backend=be)(hm, wh, reg, **raw)),
+        ("cass_loss", cass, "cass_loss_triton",
+         lambda be: fl.cass_loss(scores, cass_boxes, feat_size=(10, 14), backend=be)),
+        ("CASSLoss", cass, "cass_loss_triton",
+         lambda be: fl.CASSLoss(backend=be)(scores, cass_boxes, feat_size=(10, 14))),
+        ("cass_soft_target", cass, "cass_soft_target_triton",
+         lambda be: fl.cass_soft_target(cass_boxes, (10, 14), backend=be)),
+        ("soft_focal_loss", cass, "soft_focal_loss_triton",
+         lambda be: fl.soft_focal_loss(scores, scores.sigmoid(), backend=be)),
+        ("SoftFocalLoss", cass, "soft_focal_loss_triton",
+         lambda be: fl.SoftFocalLoss(backend=be)(scores, scores.sigmoid())),
     ]  # fmt: skip
     return [Dispatch(*row) for row in rows]
 
@@ -182,7 +196,8 @@ def test_dispatch_table_covers_every_public_op():
 
 @pytest.mark.parametrize(OP_PARAMS, OPS, ids=OP_IDS)
 def test_dispatch_entry_points_exist(op, glue, entry, call):
-    assert glue.__name__ in ("fused_losses.triton_gap", "fused_losses.triton_centernet")
+    glues = ("fused_losses.triton_gap", "fused_losses.triton_centernet", "fused_losses.triton_cass")
+    assert glue.__name__ in glues
     assert callable(getattr(glue, entry, None)), f"{glue.__name__}.{entry} is missing"
 
 

@@ -122,6 +122,17 @@ def _centernet_batch(seed: int, unbalanced: bool) -> dict:
     }
 
 
+def _cass_batch(seed: int, unbalanced: bool) -> dict:
+    g = _gen(seed)
+    xy = torch.rand(B, M, 2, generator=g, dtype=torch.float64) * (W * STRIDE - 8)
+    boxes = torch.cat([xy, xy + 1 + torch.rand(B, M, 2, generator=g) * 12], dim=-1)
+    box_mask = torch.rand(B, M, generator=g) > 0.3
+    if unbalanced:
+        box_mask[2:] = False  # rank 1: no boxes
+    soft = torch.rand(B, 1, H, W, generator=g, dtype=torch.float64)
+    return {**_base(seed), "boxes": boxes, "box_mask": box_mask, "soft": soft}
+
+
 def _targets(batch: dict) -> dict:
     return {k[2:]: v for k, v in batch.items() if k.startswith("t_")}
 
@@ -152,6 +163,13 @@ CASES = {
         o, b["t_reg_mask"], b["t_ind"], b["t_wh"], **kw)),
     "reg_weighted_l1": (_centernet_batch, 2, lambda o, b, **kw: fl.reg_weighted_l1_loss(
         o, b["t_reg_mask"][..., None] * b["channel_weight"], b["t_ind"], b["t_wh"], **kw)),
+    "cass_mean": (_cass_batch, 1, lambda o, b, **kw: fl.cass_loss(
+        o[:, :, ::2, ::2], b["boxes"], b["box_mask"], feat_size=(H, W), stride=STRIDE,
+        patch_size=2, **kw)),
+    "cass_sum_mse": (_cass_batch, 1, lambda o, b, **kw: fl.cass_loss(
+        o[:, :, ::2, ::2].flatten(1), b["boxes"], b["box_mask"], feat_size=(H, W), stride=STRIDE,
+        patch_size=2, loss="mse", reduction="sum", **kw)),
+    "soft_focal": (_cass_batch, 1, lambda o, b, **kw: fl.soft_focal_loss(o, b["soft"], **kw)),
     "centernet_targets": (_centernet_batch, 6, lambda o, b, **kw: fl.centernet_loss(
         fl.clamped_sigmoid(o[:, :2]), o[:, 2:4], o[:, 4:6], _targets(b), return_components=True,
         **kw)),

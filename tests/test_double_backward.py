@@ -86,8 +86,23 @@ def _ops():
         loss = fl.centernet_loss(hm, wh, reg, boxes=boxes, labels=labels, backend=backend)
         return loss, hm
 
+    def cass(backend):
+        g = torch.Generator().manual_seed(33)
+        scores = torch.randn(2, 1, 3, 4, generator=g).to(DEVICE).requires_grad_()
+        boxes = torch.tensor([[[40.0, 30.0, 200.0, 150.0]]] * 2, device=DEVICE)
+        return fl.cass_loss(scores, boxes, feat_size=(10, 14), backend=backend), scores
+
+    def soft_focal(backend):
+        g = torch.Generator().manual_seed(34)
+        logits = torch.randn(2, 7, generator=g).to(DEVICE).requires_grad_()
+        return fl.soft_focal_loss(
+            logits, torch.rand(2, 7, generator=g).to(DEVICE), backend=backend
+        ), logits
+
     return [
         ("gap_detection_loss", gap),
+        ("cass_loss", cass),
+        ("soft_focal_loss", soft_focal),
         ("masked_focal_loss", focal),
         ("masked_smooth_l1_loss", smooth_l1),
         ("masked_cosine_loss", cosine),

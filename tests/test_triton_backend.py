@@ -593,6 +593,14 @@ def _compile_cases(device: str) -> dict:
         "padding_weight": lambda p: (
             fl.padding_weight(valid_box=box[:, 0] + 2.0, size=(4, 5), backend=be) * p
         ).sum(),
+        "cass_loss": lambda p: fl.cass_loss(
+            p.reshape(2, 20)[:, :12] * 3.0, box * 20.0, feat_size=(10, 14), backend=be
+        ),
+        "soft_focal_loss": lambda p: fl.soft_focal_loss(p * 4.0 - 2.0, x, backend=be),
+        "cass_soft_target": lambda p: (
+            fl.cass_soft_target(box * 20.0, (10, 14), backend=be).reshape(2, 12)
+            * p.reshape(2, 20)[:, :12]
+        ).sum(),
         "boundary_label": lambda p: (
             fl.boundary_label(torch.ones(2, 16, 20, device=device).tril(), backend=be) * p
         ).sum(),

@@ -1,0 +1,447 @@
+"""The CASS family (docs/spec.md 10): cass_soft_target, soft_focal_loss, cass_loss / CASSLoss
+against the literal float64 reference, on both backends (triton through the interpreter on CPU).
+
+The reference evaluates the soft mask in the boxes' own dtype (10.6: a patch centre exactly on a
+region edge is then decided alike) and the loss in float64.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import (
+    DEVICE,
+    TOLERANCES,
+    assert_grad_close,
+    assert_scalar_close,
+    pairwise,
+    upstream_scalar,
+)
+from fused_losses.kernels.launch import launch_count, reset_launch_count
+from fused_losses.reference import cass as R
+
+import fused_losses as fl
+from fused_losses.cass import patch_grid
+
+STRIDE = 32.0
+
+
+def scene(b: int, n: int, feat: tuple[int, int], kind: str, seed: int) -> dict:
+    """Boxes [b,n,4] in pixels of an image feat * STRIDE, and a box mask, of one ``kind``:
+    "random" boxes inside the image; "edges" boxes on patch borders and centres, off the map,
+    zero-size, inverted and tiny ones; "masked" random boxes half of which are masked out."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = feat
+    size = torch.tensor([w * STRIDE, h * STRIDE], dtype=torch.float64)
+    xy = torch.rand(b, n, 2, generator=g, dtype=torch.float64) * size
+    wh = (0.05 + torch.rand(b, n, 2, generator=g, dtype=torch.float64)) * size * 0.4
+    boxes = torch.cat([xy, xy + wh], dim=-1)
+    mask = None
+    if kind == "edges" and n:
+        cell = STRIDE
+        special = torch.tensor(
+            [
+                [2 * cell, 2 * cell, 6 * cell, 6 * cell],  # edges on patch centres (patch 4)
+                [-8 * cell, -4 * cell, -1 * cell, 3 * cell],  # off the map on the left
+                [5 * cell, 1 * cell, 5 * cell, 1 * cell],  # zero-size
+                [9 * cell, 7 * cell, 3 * cell, 2 * cell],  # inverted
+                [1.3 * cell, 4.1 * cell, 2.0 * cell, 4.9 * cell],  # tiny (below threshold)
+                [(w + 1) * cell, (h + 1) * cell, (w + 9) * cell, (h + 5) * cell],  # off, far
+            ],
+            dtype=torch.float64,
+        )
+        for i in range(b):
+            rows = special[(torch.arange(n) + i) % len(special)]
+            boxes[i, : min(n, len(special))] = rows[: min(n, len(special))]
+    if kind == "masked":
+        mask = torch.rand(b, n, generator=g) > 0.5
+    return dict(boxes=boxes, box_mask=mask)
+
+
+def _target_opts(row: dict) -> dict:
+    return {k: row[k] for k in ("merge", "decay", "anisotropic", "patch_size") if k in row}
+
+
+FACTORS = {
+    "b_n": [(1, 0), (1, 6), (3, 5), (2, 12)],
+    "feat": [(7, 10), (3, 5), (8, 8), (13, 6)],
+    "kind": ["random", "edges", "masked"],
+    "merge": ["max", "sum"],
+    "decay": ["gaussian", "linear"],
+    "anisotropic": [True, False],
+    "loss": ["focal", "mse"],
+    "eps": [1e-8, 0.0],
+    "layout": ["flat", "map"],
+    "patch_size": [4, 3],
+}
+ROWS = pairwise(FACTORS)
+
+
+def _ids(rows):
+    return [
+        f"b{r['b_n'][0]}n{r['b_n'][1]}-{r['feat'][0]}x{r['feat'][1]}-{r['kind']}-{r['merge']}-"
+        f"{r['decay']}-{'aniso' if r['anisotropic'] else 'circ'}-{r['loss']}-eps{r['eps']}-"
+        f"{r['layout']}-p{r['patch_size']}"
+        for r in rows
+    ]
+
+
+def run_parity(row: dict, backend: str, dtype: torch.dtype, box_dtype: torch.dtype, seed: int):
+    """Loss and score gradient of cass_loss against the reference, at spec 6 tolerances."""
+    b, n = row["b_n"]
+    feat = row["feat"]
+    sc = scene(b, n, feat, row["kind"], seed)
+    boxes = sc["boxes"].to(box_dtype)
+    mask = sc["box_mask"]
+    _, _, hp, wp = patch_grid(feat, row["patch_size"])
+    g = torch.Generator().manual_seed(seed + 1)
+    shape = (b, hp * wp) if row["layout"] == "flat" else (b, 1, hp, wp)
+    s64 = 2.5 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    opts = dict(loss=row["loss"], eps=row["eps"], **_target_opts(row))
+    ref_s = s64.to(dtype).to(torch.float64).requires_grad_()
+    ref = R.cass_loss(ref_s, boxes, mask, feat_size=feat, stride=STRIDE, **opts)
+    r = upstream_scalar(seed)
+    (ref * r).backward()
+    x = s64.to(dtype).to(DEVICE).requires_grad_()
+    loss = fl.cass_loss(
+        x,
+        boxes.to(DEVICE),
+        mask.to(DEVICE) if mask is not None else None,
+        feat_size=feat,
+        stride=STRIDE,
+        backend=backend,
+        **opts,
+    )
+    loss_tol, grad_tol = TOLERANCES[dtype]
+    assert loss.dim() == 0
+    assert loss.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert_scalar_close(loss, ref, loss_tol)
+    (loss * r).backward()
+    assert x.grad.dtype == dtype and x.grad.shape == x.shape
+    assert_grad_close(x.grad, ref_s.grad, grad_tol, "grad scores")
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_cass_loss_matches_reference(row, backend):
+    run_parity(row, backend, torch.float32, torch.float32, seed=len(str(row)))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
+def test_cass_loss_dtypes(dtype, backend):
+    row = dict(ROWS[3], kind="edges")
+    box_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    run_parity(row, backend, dtype, box_dtype, seed=5)
+
+
+@pytest.mark.parametrize("row", ROWS[:8], ids=_ids(ROWS[:8]))
+def test_soft_target_matches_reference(row, backend):
+    """Y itself: the same support (every region decision equal) and values to float32 rounding;
+    float64 boxes to 1e-12."""
+    b, n = row["b_n"]
+    for box_dtype, tol in ((torch.float32, 1e-6), (torch.float64, 1e-12)):
+        sc = scene(b, n, row["feat"], row["kind"], seed=7)
+        boxes = sc["boxes"].to(box_dtype)
+        opts = dict(_target_opts(row), stride=STRIDE)
+        ref = R.cass_soft_target(boxes, row["feat"], box_mask=sc["box_mask"], **opts)
+        mask = sc["box_mask"].to(DEVICE) if sc["box_mask"] is not None else None
+        y = fl.cass_soft_target(
+            boxes.to(DEVICE), row["feat"], box_mask=mask, backend=backend, **opts
+        ).cpu()
+        assert y.dtype == box_dtype and y.shape == ref.shape
+        assert torch.equal(y > 0, ref > 0)
+        assert torch.equal(y == 1, ref == 1)
+        assert (y - ref).abs().max().item() <= tol
+
+
+def test_soft_target_region_edges_are_inclusive(backend):
+    """Patch centres exactly on a region edge (feat 8x8, patch 4: centres at 2 and 6 cells).
+    On the core edge D = 1 as on the core; the band edge matters when the expansion is under one
+    cell: X in [2.5, 4.5], ew = 0.25 * 2 = 0.5, so the band reaches px = 2 exactly."""
+    boxes = torch.tensor([[[64.0, 64.0, 192.0, 192.0]], [[80.0, 32.0, 144.0, 224.0]]])
+    ref = R.cass_soft_target(boxes, (8, 8), expansion_ratio=0.25)
+    y = fl.cass_soft_target(boxes.to(DEVICE), (8, 8), expansion_ratio=0.25, backend=backend)
+    assert torch.equal(ref[0], torch.ones(1, 2, 2))
+    assert (ref[1, 0, :, 0] > 0.5).all() and (ref[1, 0, :, 1] == 0).all()
+    assert torch.allclose(y.cpu(), ref, rtol=1e-6, atol=0)
+
+
+def test_no_boxes_is_the_negative_term_over_every_patch(backend):
+    g = torch.Generator().manual_seed(3)
+    scores = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    for boxes, mask in (
+        (torch.zeros(2, 0, 4), None),
+        (torch.rand(2, 3, 4) * 100, torch.zeros(2, 3, dtype=torch.bool)),
+        (torch.tensor([[[1e4, 1e4, 2e4, 2e4]]] * 2), None),  # every band off the map
+    ):
+        loss = fl.cass_loss(
+            scores.to(DEVICE), boxes.to(DEVICE),
+            mask.to(DEVICE) if mask is not None else None, feat_size=(7, 10), backend=backend,
+        )  # fmt: skip
+        expect = R.soft_focal_loss(scores, torch.zeros_like(scores))
+        assert loss.item() > 0
+        assert_scalar_close(loss, expect, 1e-12)
+
+
+def test_empty_batch_is_zero(backend):
+    scores = torch.zeros(0, 6, device=DEVICE, requires_grad=True)
+    loss = fl.cass_loss(scores, torch.zeros(0, 2, 4, device=DEVICE), feat_size=(7, 10),
+                        backend=backend)  # fmt: skip
+    assert loss.item() == 0.0
+    loss.backward()
+    assert scores.grad.shape == (0, 6)
+    assert fl.cass_soft_target(torch.zeros(0, 2, 4), (7, 10), backend=backend).shape == (0, 1, 2, 3)
+
+
+def test_list_of_boxes_equals_padded_tensor_with_mask(backend):
+    g = torch.Generator().manual_seed(4)
+    scores = torch.randn(3, 6, generator=g).to(DEVICE)
+    lists = [torch.rand(k, 4, generator=g) * 200 for k in (2, 0, 3)]
+    for bx in lists:
+        bx[:, 2:] += bx[:, :2]
+    padded = torch.zeros(3, 3, 4)
+    mask = torch.zeros(3, 3, dtype=torch.bool)
+    for i, bx in enumerate(lists):
+        padded[i, : len(bx)] = bx
+        mask[i, : len(bx)] = True
+    a = fl.cass_loss(scores, [bx.to(DEVICE) for bx in lists], feat_size=(7, 10), backend=backend)
+    b = fl.cass_loss(scores, padded.to(DEVICE), mask.to(DEVICE), feat_size=(7, 10),
+                     backend=backend)  # fmt: skip
+    assert torch.equal(a, b)
+
+
+def test_int_box_mask_and_module_form(backend):
+    sc = scene(2, 4, (7, 10), "masked", seed=9)
+    scores = torch.randn(2, 1, 2, 3, generator=torch.Generator().manual_seed(9)).to(DEVICE)
+    boxes, mask = sc["boxes"].float().to(DEVICE), sc["box_mask"].to(DEVICE)
+    a = fl.CASSLoss(backend=backend)(scores, boxes, mask.int(), feat_size=(7, 10))
+    b = fl.cass_loss(scores, boxes, mask, feat_size=(7, 10), backend=backend)
+    assert torch.equal(a, b)
+
+
+def test_non_contiguous_scores_and_boxes_without_grad_flow(backend):
+    sc = scene(2, 5, (13, 6), "random", seed=11)
+    boxes = sc["boxes"].float().to(DEVICE).requires_grad_()
+    g = torch.Generator().manual_seed(11)
+    base = torch.randn(2, 1, 2, 4, generator=g, dtype=torch.float64)
+    x = base.to(DEVICE).transpose(2, 3).requires_grad_()  # [2, 1, 4, 2]: the 4 x 2 patch grid
+    assert not x.is_contiguous()
+    loss = fl.cass_loss(x, boxes, feat_size=(13, 6), stride=STRIDE, backend=backend)
+    ref_x = base.transpose(2, 3).contiguous().requires_grad_()
+    ref = R.cass_loss(ref_x, sc["boxes"].float(), feat_size=(13, 6), stride=STRIDE)
+    ref.backward()
+    loss.backward()
+    assert_scalar_close(loss, ref, 1e-12)
+    assert_grad_close(x.grad, ref_x.grad, 1e-12)
+    assert boxes.grad is None
+
+
+def test_non_contiguous_flat_scores(backend):
+    base = torch.randn(6, 3, generator=torch.Generator().manual_seed(12))
+    x = base.t().to(DEVICE)  # [3, 6], not contiguous
+    assert not x.is_contiguous()
+    boxes = torch.tensor([[[30.0, 20.0, 160.0, 90.0]]] * 3, device=DEVICE)
+    a = fl.cass_loss(x, boxes, feat_size=(7, 10), backend=backend)
+    b = fl.cass_loss(x.contiguous(), boxes, feat_size=(7, 10), backend=backend)
+    assert torch.allclose(a, b, rtol=1e-6, atol=0)
+
+
+def test_scores_without_grad(backend):
+    scores = torch.randn(1, 6, device=DEVICE)
+    boxes = torch.tensor([[[30.0, 20.0, 160.0, 90.0]]], device=DEVICE)
+    loss = fl.cass_loss(scores, boxes, feat_size=(7, 10), backend=backend)
+    assert not loss.requires_grad and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("scale", [30.0, 1e4])
+@pytest.mark.parametrize("eps", [1e-8, 0.0])
+def test_extreme_logits_stay_finite_and_exact(scale, eps, backend):
+    g = torch.Generator().manual_seed(13)
+    s = scale * torch.randn(2, 6, generator=g, dtype=torch.float64)
+    boxes = torch.tensor([[[30.0, 20.0, 200.0, 150.0]]] * 2, dtype=torch.float64)
+    ref_s = s.clone().requires_grad_()
+    ref = R.cass_loss(ref_s, boxes, feat_size=(7, 10), eps=eps)
+    ref.backward()
+    for dtype in (torch.float64, torch.float32):
+        x = s.detach().clone().to(dtype).to(DEVICE).requires_grad_()
+        loss = fl.cass_loss(
+            x, boxes.to(dtype).to(DEVICE), feat_size=(7, 10), eps=eps, backend=backend
+        )
+        loss.backward()
+        assert_scalar_close(loss, ref, 1e-5)
+        assert torch.isfinite(x.grad).all()
+        if dtype == torch.float64:  # float32 flushes the tiny tail gradients to 0
+            assert_grad_close(x.grad, ref_s.grad, 1e-5)
+
+
+@pytest.mark.parametrize(
+    "opts",
+    [
+        dict(alpha=0.0, beta=0.0),
+        dict(alpha=0.5, beta=1e-300),
+        dict(expansion_ratio=0.0),
+        dict(min_size=0.0),
+        dict(small_target_gain=1.0, base_sigma=3.0),
+        dict(small_target_threshold=0.0),
+        dict(reduction="sum"),
+        dict(stride=8.0, patch_size=1),
+        dict(patch_size=64),
+    ],
+    ids=lambda o: ",".join(f"{k}={v}" for k, v in o.items()),
+)
+def test_options_match_reference(opts, backend):
+    sc = scene(2, 6, (9, 11), "edges", seed=21)
+    stride = opts.pop("stride", STRIDE)
+    boxes = sc["boxes"] * (stride / STRIDE)  # float64: Y to float64 rounding on both sides
+    _, _, hp, wp = patch_grid((9, 11), opts.get("patch_size", 4))
+    s = 2 * torch.randn(
+        2, hp * wp, generator=torch.Generator().manual_seed(22), dtype=torch.float64
+    )
+    ref_s = s.clone().requires_grad_()
+    ref = R.cass_loss(ref_s, boxes, feat_size=(9, 11), stride=stride, **opts)
+    ref.backward()
+    x = s.clone().to(DEVICE).requires_grad_()
+    loss = fl.cass_loss(x, boxes.to(DEVICE), feat_size=(9, 11), stride=stride, backend=backend,
+                        **opts)  # fmt: skip
+    loss.backward()
+    assert_scalar_close(loss, ref, 1e-10)
+    assert_grad_close(x.grad, ref_s.grad, 1e-10)
+
+
+# ------------------------------------------------------------------------------ soft focal loss
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 1, 4, 6), (2, 3, 2, 2, 2)])
+@pytest.mark.parametrize("eps", [1e-8, 0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+def test_soft_focal_loss_matches_reference(shape, eps, reduction, backend):
+    g = torch.Generator().manual_seed(len(shape))
+    s = 3 * torch.randn(*shape, generator=g, dtype=torch.float64)
+    y = torch.rand(*shape, generator=g, dtype=torch.float64)
+    y[..., 0] = 1.0
+    for dtype in (torch.float32, torch.float64):
+        loss_tol, grad_tol = TOLERANCES[dtype]
+        ref_s = s.to(dtype).double().requires_grad_()
+        ref = R.soft_focal_loss(ref_s, y.to(dtype).double(), eps=eps, reduction=reduction)
+        ref.backward()
+        x = s.to(dtype).to(DEVICE).requires_grad_()
+        loss = fl.soft_focal_loss(x, y.to(dtype).to(DEVICE), eps=eps, reduction=reduction,
+                                  backend=backend)  # fmt: skip
+        loss.backward()
+        assert loss.dtype == dtype
+        assert_scalar_close(loss, ref, loss_tol)
+        assert_grad_close(x.grad, ref_s.grad, grad_tol)
+
+
+def test_soft_focal_module_and_empty_input(backend):
+    x = torch.randn(4, 3, device=DEVICE)
+    y = torch.rand(4, 3, device=DEVICE)
+    assert torch.equal(
+        fl.SoftFocalLoss(alpha=1.0, backend=backend)(x, y),
+        fl.soft_focal_loss(x, y, alpha=1.0, backend=backend),
+    )
+    empty = torch.zeros(0, 3, device=DEVICE, requires_grad=True)
+    loss = fl.soft_focal_loss(empty, torch.zeros(0, 3, device=DEVICE), backend=backend)
+    assert loss.item() == 0.0
+    loss.backward()
+    assert empty.grad.shape == (0, 3)
+
+
+def test_soft_focal_refuses_a_target_with_grad():
+    x = torch.randn(4)
+    y = torch.rand(4, requires_grad=True)
+    with pytest.raises(ValueError, match="target"):
+        fl.soft_focal_loss(x, y)
+    fl.soft_focal_loss(x, y.detach())
+
+
+# --------------------------------------------------------------------------------- launch count
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not fl.backend.interpreter_on(), reason="needs triton")
+def test_triton_launches_forward_two_backward_one():
+    sc = scene(4, 10, (20, 20), "random", seed=30)
+    x = torch.randn(4, 25, device=DEVICE, requires_grad=True)
+    boxes = sc["boxes"].float().to(DEVICE)
+    reset_launch_count()
+    loss = fl.cass_loss(x, boxes, feat_size=(20, 20), backend="triton")
+    assert launch_count() == 2
+    loss.backward()
+    assert launch_count() == 3
+    reset_launch_count()
+    fl.cass_soft_target(boxes, (20, 20), backend="triton")
+    assert launch_count() == 1
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def _call(**changes):
+    args = dict(
+        scores=torch.zeros(2, 6), boxes=torch.zeros(2, 3, 4), box_mask=None, feat_size=(7, 10)
+    )
+    opts = {k: changes.pop(k) for k in list(changes) if k not in args}
+    args.update(changes)
+    return fl.cass_loss(
+        args["scores"], args["boxes"], args["box_mask"], feat_size=args["feat_size"], **opts
+    )
+
+
+@pytest.mark.parametrize(
+    ("changes", "error", "match"),
+    [
+        (
+            dict(scores=torch.zeros(2, 7)),
+            ValueError,
+            r"scores: expected \[B, 6\] or \[B, 1, 2, 3\]",
+        ),
+        (dict(scores=torch.zeros(2, 1, 3, 2)), ValueError, "patch_size 4"),
+        (dict(scores=torch.zeros(2, 6, dtype=torch.long)), TypeError, "scores"),
+        (dict(boxes=torch.zeros(2, 3, 5)), ValueError, "boxes"),
+        (dict(boxes=torch.zeros(3, 3, 4)), ValueError, "boxes"),
+        (dict(boxes=torch.zeros(2, 3, 4, dtype=torch.cfloat)), TypeError, "boxes"),
+        (dict(box_mask=torch.ones(2, 4, dtype=torch.bool)), ValueError, "box_mask"),
+        (dict(box_mask=torch.ones(2, 3)), TypeError, "box_mask"),
+        (dict(boxes=[torch.zeros(1, 4)]), ValueError, "boxes"),
+        (dict(boxes=[torch.zeros(1, 4), torch.zeros(2, 3)]), ValueError, r"boxes\[1\]"),
+        (dict(boxes=[torch.zeros(1, 4)] * 2, box_mask=torch.ones(2, 1)), ValueError, "box_mask"),
+        (dict(feat_size=(7,)), ValueError, "feat_size"),
+        (dict(feat_size=(0, 10)), ValueError, "feat_size"),
+        (dict(feat_size=7), TypeError, "feat_size"),
+        (dict(patch_size=0), ValueError, "patch_size"),
+        (dict(patch_size=2.0), ValueError, "patch_size"),
+        (dict(stride=0.0), ValueError, "stride"),
+        (dict(stride=float("inf")), ValueError, "stride"),
+        (dict(base_sigma=0.0), ValueError, "base_sigma"),
+        (dict(small_target_gain=0.0), ValueError, "small_target_gain"),
+        (dict(small_target_gain=1e30), ValueError, "small_target_gain"),
+        (dict(expansion_ratio=-0.1), ValueError, "expansion_ratio"),
+        (dict(min_size=float("nan")), ValueError, "min_size"),
+        (dict(small_target_threshold=-1.0), ValueError, "small_target_threshold"),
+        (dict(alpha=-1.0), ValueError, "alpha"),
+        (dict(beta=float("inf")), ValueError, "beta"),
+        (dict(eps=-1e-8), ValueError, "eps"),
+        (dict(decay="cosine"), ValueError, "decay"),
+        (dict(merge="mean"), ValueError, "merge"),
+        (dict(loss="bce"), ValueError, "loss"),
+        (dict(reduction="none"), ValueError, "reduction"),
+        (dict(anisotropic=1), TypeError, "anisotropic"),
+        (dict(sigma=1.0), TypeError, "sigma"),
+    ],
+    ids=lambda v: str(v)[:40] if not isinstance(v, dict) else ",".join(v),
+)
+def test_bad_input_is_named(changes, error, match):
+    with pytest.raises(error, match=match):
+        _call(**changes)
+
+
+def test_bad_input_of_target_and_soft_focal():
+    with pytest.raises(ValueError, match="boxes"):
+        fl.cass_soft_target(torch.zeros(2, 4), (7, 10))
+    with pytest.raises(ValueError, match="feat_size"):
+        fl.cass_soft_target(torch.zeros(1, 2, 4), (7, -1))
+    with pytest.raises(ValueError, match="target"):
+        fl.soft_focal_loss(torch.zeros(2, 3), torch.zeros(3, 2))
+    with pytest.raises(TypeError, match="logits"):
+        fl.soft_focal_loss(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="reduction"):
+        fl.soft_focal_loss(torch.zeros(2, 3), torch.zeros(2, 3), reduction="none")
