@@ -3,7 +3,8 @@
 A case is one (op, mode, batch, variant) on one device. Each op is one :class:`BenchCase` in the
 registry ``CASES`` (``@register(op, family, ...)`` on the function that builds its inputs): its
 family (``GAP``: problems from ``fused_losses.reference.cases.gap_case``, the same random problems
-the tests use; ``CENTERNET``: random valid boxes from ``centernet_boxes``, some masked), the
+the tests use; ``CENTERNET``: random valid boxes from ``centernet_boxes``, some masked; ``CASS``:
+patch logits and random boxes in pixels, ``CassProblem``), the
 builder of its inputs, how to call the fused op and its eager reference, and whether it is
 forward only. ``make_case`` returns a ``Case`` whose ``setup()`` clears gradients and whose
 ``step()`` runs one forward (under ``torch.no_grad()``) or one forward+backward and synchronises
@@ -370,6 +371,38 @@ class CenterNetProblem(Problem):
         return {key: v.to(self.device) for key, v in t.items()}
 
 
+CASS_STRIDE = 32  # pixels per feature cell (RT-DETR S5)
+CASS_SIZE = (20, 20)  # feature map (h, w): 640 px images; BENCH_SIZE=40x40 for 1280 px
+
+
+class CassProblem(Problem):
+    """A CASS problem: patch logits [B, Hp*Wp] (patch 4) of a feature map ``size`` and random
+    boxes in pixels (``boxes(n)``: n slots, some masked; sides log-uniform between 8 px and 60%
+    of the image)."""
+
+    @cached_property
+    def grid(self) -> tuple[int, int]:
+        h, w = self.size
+        return -(-h // min(4, h)), -(-w // min(4, w))
+
+    def scores(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed)
+        hp, wp = self.grid
+        x = torch.randn(self.batch, hp * wp, generator=g) * 2 - 1
+        return x.to(self.device).requires_grad_(self.grad)
+
+    def boxes(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed + 1)
+        img = torch.tensor([self.size[1], self.size[0]], dtype=torch.float64) * CASS_STRIDE
+        lo = torch.log(torch.tensor(8.0, dtype=torch.float64))
+        u = torch.rand(self.batch, n, 2, generator=g, dtype=torch.float64)
+        side = torch.exp(lo + u * (torch.log(0.6 * img) - lo))
+        x1y1 = torch.rand(self.batch, n, 2, generator=g, dtype=torch.float64) * (img - side)
+        boxes = torch.cat([x1y1, x1y1 + side], dim=-1).float()
+        mask = torch.rand(self.batch, n, generator=g) > 0.2
+        return boxes.to(self.device), mask.to(self.device)
+
+
 # ----------------------------------------------------------------------------------------------
 # Families and the case registry.
 
@@ -400,6 +433,16 @@ CENTERNET = Family(
     ref.centernet,
     batches=lambda device: centernet_shape(device).batches,
     size=lambda device: centernet_shape(device).size,
+)
+
+
+# CASS soft-target loss (docs/spec.md 10): patch logits against the soft mask of the boxes.
+CASS = Family(
+    "cass",
+    CassProblem,
+    ref.cass,
+    batches=lambda device: (8, 64) if _is_cuda(device) else (2, 8),
+    size=lambda device: CASS_SIZE,
 )
 
 
@@ -604,6 +647,25 @@ def _centernet_targets(p: CenterNetProblem) -> Inputs:
     kwargs = {"num_classes": p.shape.classes, "output_size": p.size, "down_ratio": DOWN_RATIO}
     extra = {"output_bytes": nbytes(*p.targets.values())}
     return Inputs(p.boxes, kwargs, extra=extra)
+
+
+def _cass(p: CassProblem, n: int) -> Inputs:
+    scores = p.scores()
+    boxes, mask = p.boxes(n)
+    kwargs = {"feat_size": p.size, "stride": CASS_STRIDE}
+    return Inputs((scores, boxes, mask), kwargs, leaves=(scores,), extra={"boxes": n})
+
+
+@register("cass_loss", CASS)
+def _cass_loss(p: CassProblem) -> Inputs:
+    """100 box slots per image (the issue's large case)."""
+    return _cass(p, 100)
+
+
+@register("cass_loss_n10", CASS, function_name="cass_loss")
+def _cass_loss_n10(p: CassProblem) -> Inputs:
+    """10 box slots per image."""
+    return _cass(p, 10)
 
 
 OPS = tuple(CASES)

@@ -201,6 +201,35 @@ def _centernet_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     yield "centernet", run
 
 
+def _cass_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    import torch
+
+    import fused_losses as fl
+
+    def run(anisotropic, decay, merge, loss, eps, box_dtype):
+        def call():
+            g = torch.Generator().manual_seed(0)
+            b, n, feat = 2, 6, (20, 20)
+            xy = torch.rand(b, n, 2, generator=g) * 500
+            boxes = torch.cat([xy, xy + 8 + torch.rand(b, n, 2, generator=g) * 120], dim=-1)
+            boxes = boxes.to(box_dtype)
+            mask = torch.rand(b, n, generator=g) > 0.2
+            scores = torch.randn(b, 25, dtype=dtype, requires_grad=True)
+            opts = dict(anisotropic=anisotropic, decay=decay, merge=merge)
+            fl.cass_loss(
+                scores, boxes, mask, feat_size=feat, backend="triton", loss=loss, eps=eps, **opts
+            ).backward()
+            fl.cass_soft_target(boxes, feat, box_mask=mask, backend="triton", **opts)
+            target = torch.rand(b, 25)
+            fl.soft_focal_loss(scores, target, eps=eps, backend="triton").backward()
+
+        return call
+
+    yield "cass[aniso,gauss,max,focal]", run(True, "gaussian", "max", "focal", 1e-8, torch.float32)
+    yield "cass[circ,linear,sum,mse]", run(False, "linear", "sum", "mse", 1e-8, torch.float32)
+    yield "cass[eps0,f64 boxes]", run(True, "gaussian", "max", "focal", 0.0, torch.float64)
+
+
 @contextlib.contextmanager
 def _recording(sink: list, op: str, dtype: str):
     """Patch the launch path so that launches are recorded, not run, and the triton backend is
@@ -237,7 +266,7 @@ def record_launches(dtypes=DTYPES) -> list[Launch]:
     sink: list[Launch] = []
     for name in dtypes:
         dtype = _torch_dtype(name)
-        for scenarios in (_gap_scenarios, _centernet_scenarios):
+        for scenarios in (_gap_scenarios, _centernet_scenarios, _cass_scenarios):
             for op, thunk in scenarios(dtype):
                 with _recording(sink, op, name), warnings.catch_warnings():
                     warnings.simplefilter("ignore")

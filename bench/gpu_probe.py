@@ -61,11 +61,13 @@ from .cases import (
     CENTERNET_OPS,
     CUDA_BATCHES,
     DOWN_RATIO,
+    GAP_OPS,
     OPS,
     STRIDE,
     VARIANTS,
     centernet_shape,
     copy_bandwidth,
+    default_batches,
     make_case,
     modes_for,
     skip_reason,
@@ -365,7 +367,11 @@ def report_plan(args) -> list[tuple[str, int]]:
 
 
 def batches_for(args, op: str) -> tuple[int, ...]:
-    return args.centernet_batches if op in CENTERNET_OPS else args.batches
+    """--batches for the gap ops, --centernet-batches for CenterNet's, the family's own default
+    batches for the others (CASS: 8, 64)."""
+    if op in CENTERNET_OPS:
+        return args.centernet_batches
+    return args.batches if op in GAP_OPS else default_batches(args.device, op)
 
 
 def n_cases(args, op: str) -> int:

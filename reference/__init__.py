@@ -5,7 +5,7 @@ math, autograd for the gradients, no fusion and no speed tricks. Tests and bench
 float64 and compare the fused backends against it. The library's runtime never imports this package.
 """
 
-from . import centernet
+from . import cass, centernet
 from .gap_detection import gap_detection_loss
 from .labels import (
     boundary_label,
@@ -25,6 +25,7 @@ from .losses import (
 __all__ = [
     "bilinear_sample",
     "boundary_label",
+    "cass",
     "centernet",
     "gap_detection_loss",
     "gaussian_heatmap",

@@ -1,8 +1,8 @@
 """Reference CASS soft-target loss (docs/spec.md 10): the soft box mask on the patch grid of a
 detector feature map, and the soft focal (or MSE) loss of a patch-importance head against it.
 
-Literal: one Python loop per image and per box, one evaluation per patch centre, the box
-arithmetic in the boxes' dtype (so that a patch centre lying exactly on a region edge is decided
+Literal: each box at each patch centre (broadcast over [B, N, Hp, Wp], the per-box stack that
+DSET builds), the box arithmetic in the boxes' dtype (so that a patch centre lying exactly on a region edge is decided
 as the fused backends decide it), the loss in the scores' dtype, gradients by autograd.
 """
 
@@ -36,15 +36,16 @@ def box_patch_mask(
     small_target_gain: float,
     small_target_threshold: float,
 ) -> torch.Tensor:
-    """M_n at the patch centres (px, py) (feature cells, the boxes' dtype) of one box
-    (x1, y1, x2, y2) in pixels."""
+    """M_n at the patch centres (px, py) (feature cells, the boxes' dtype) of the boxes
+    ``box[..., 4]`` (x1, y1, x2, y2) in pixels; the box and the centres broadcast (boxes
+    [B,N,1,1,4] against centres [Hp,Wp] give M [B,N,Hp,Wp])."""
     h, w = feat_size
-    x1, y1, x2, y2 = (box[i] / stride for i in range(4))
+    x1, y1, x2, y2 = (box[..., i] / stride for i in range(4))
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
-    if x2 - x1 < min_size:
-        x1, x2 = cx - min_size / 2, cx + min_size / 2
-    if y2 - y1 < min_size:
-        y1, y2 = cy - min_size / 2, cy + min_size / 2
+    thin_x = x2 - x1 < min_size  # enlarged to min_size about the centre
+    x1, x2 = torch.where(thin_x, cx - min_size / 2, x1), torch.where(thin_x, cx + min_size / 2, x2)
+    thin_y = y2 - y1 < min_size
+    y1, y2 = torch.where(thin_y, cy - min_size / 2, y1), torch.where(thin_y, cy + min_size / 2, y2)
     bw, bh = x2 - x1, y2 - y1
     ew, eh = expansion_ratio * bw, expansion_ratio * bh
     zero = torch.zeros((), dtype=box.dtype)
@@ -64,15 +65,20 @@ def box_patch_mask(
     dx = torch.clamp((px - cx).abs() - bw / 2, min=0)
     dy = torch.clamp((py - cy).abs() - bh / 2, min=0)
     small = torch.sqrt(bw * bh) < small_target_threshold
-    sig = base_sigma * small_target_gain if bool(small) else base_sigma
+    sig_small, sig = base_sigma * small_target_gain, base_sigma
+    two_sig2 = torch.where(  # 2 sig^2, the adaptive sigma of small boxes
+        small,
+        torch.tensor(2 * sig_small**2, dtype=box.dtype),
+        torch.tensor(2 * sig**2, dtype=box.dtype),
+    )
     if anisotropic:
         nx = dx / torch.clamp(ew, min=1)
         ny = dy / torch.clamp(eh, min=1)
         rho = torch.maximum(nx, ny)
-        g = torch.exp(-(nx**2) / (2 * sig**2)) * torch.exp(-(ny**2) / (2 * sig**2))
+        g = torch.exp(-(nx**2) / two_sig2) * torch.exp(-(ny**2) / two_sig2)
     else:
         rho = torch.sqrt(dx**2 + dy**2) / torch.clamp(torch.sqrt(ew**2 + eh**2), min=1)
-        g = torch.exp(-(rho**2) / (2 * sig**2))
+        g = torch.exp(-(rho**2) / two_sig2)
     if decay == "gaussian":
         d = torch.where(rho < 1, g, zero)
     elif decay == "linear":
@@ -100,13 +106,20 @@ def cass_soft_target(
 ) -> torch.Tensor:
     """Y [B,1,Hp,Wp] in the boxes' dtype: per image, over the boxes with ``box_mask`` set,
     ``max_n M_n`` (``merge="max"``) or ``min(1, sum_n M_n)`` (``"sum"``); patch (k, l) evaluated
-    at its centre ((l + 1/2) Pw, (k + 1/2) Ph)."""
+    at its centre ((l + 1/2) Pw, (k + 1/2) Ph). Builds the per-box stack M [B,N,Hp,Wp] (as DSET
+    does per image), which the fused backends never hold."""
     boxes = boxes.detach()
     b, n = boxes.shape[:2]
     ph, pw, hp, wp = patch_grid(feat_size, patch_size)
-    mask = torch.ones(b, n, dtype=torch.bool) if box_mask is None else box_mask.bool().cpu()
-    y = torch.zeros(b, 1, hp, wp, dtype=boxes.dtype)
-    opts = dict(
+    dev = boxes.device
+    mask = torch.ones(b, n, dtype=torch.bool, device=dev) if box_mask is None else box_mask.bool()
+    py = ((torch.arange(hp, dtype=boxes.dtype, device=dev) + 0.5) * ph)[:, None].expand(hp, wp)
+    px = ((torch.arange(wp, dtype=boxes.dtype, device=dev) + 0.5) * pw)[None, :].expand(hp, wp)
+    m = box_patch_mask(
+        boxes[:, :, None, None, :],
+        px,
+        py,
+        feat_size,
         stride=stride,
         expansion_ratio=expansion_ratio,
         min_size=min_size,
@@ -115,26 +128,15 @@ def cass_soft_target(
         base_sigma=base_sigma,
         small_target_gain=small_target_gain,
         small_target_threshold=small_target_threshold,
-    )
-    # every patch centre at once (a tensor [Hp, Wp] in the boxes' dtype), one box at a time
-    py = ((torch.arange(hp, dtype=boxes.dtype) + 0.5) * ph)[:, None].expand(hp, wp)
-    px = ((torch.arange(wp, dtype=boxes.dtype) + 0.5) * pw)[None, :].expand(hp, wp)
-    for i in range(b):
-        for j in range(n):
-            if not mask[i, j]:
-                continue
-            m = box_patch_mask(boxes[i, j].cpu(), px, py, feat_size, **opts)
-            if merge == "max":
-                y[i, 0] = torch.maximum(y[i, 0], m)
-            elif merge == "sum":
-                y[i, 0] = y[i, 0] + m
-            else:
-                raise ValueError(f"merge must be max or sum, got {merge!r}")
-    if merge == "sum":
-        y = y.clamp(max=1)
-    elif merge != "max":
+    )  # [B, N, Hp, Wp]
+    m = torch.where(mask[:, :, None, None], m, torch.zeros((), dtype=m.dtype, device=dev))
+    if merge == "max":
+        y = m.amax(dim=1) if n else torch.zeros(b, hp, wp, dtype=boxes.dtype, device=dev)
+    elif merge == "sum":
+        y = m.sum(dim=1).clamp(max=1)
+    else:
         raise ValueError(f"merge must be max or sum, got {merge!r}")
-    return y.to(boxes.device)
+    return y[:, None]
 
 
 def soft_focal_loss(
