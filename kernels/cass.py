@@ -159,7 +159,9 @@ def _cass_kernel(
         bh = y2 - y1
         ew = r * bw
         eh = r * bh
-        # skip a box whose dilated box misses the tile (NaN boxes too: every test fails)
+        # a NaN coordinate puts the box in no region (torch's NaN-propagating max/min; Triton's
+        # return the other operand), and a box whose dilated box misses the tile is skipped
+        keep = keep & (x1 == x1) & (y1 == y1) & (x2 == x2) & (y2 == y2)
         hit_x = (tl.maximum(x1 - ew, 0.0) <= px_hi) & (px_lo <= tl.minimum(x2 + ew, wf))
         hit_y = (tl.maximum(y1 - eh, 0.0) <= py_hi) & (py_lo <= tl.minimum(y2 + eh, hf))
         if keep & hit_x & hit_y:

@@ -182,6 +182,16 @@ def test_no_boxes_is_the_negative_term_over_every_patch(backend):
         assert_scalar_close(loss, expect, 1e-12)
 
 
+def test_nan_box_is_in_no_region(backend):
+    boxes = torch.tensor([[[30.0, 20.0, 200.0, 150.0], [float("nan"), 0.0, 100.0, 100.0]]])
+    scores = torch.randn(1, 6, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    ref = R.cass_loss(scores, boxes[:, :1], feat_size=(7, 10))
+    loss = fl.cass_loss(scores.to(DEVICE), boxes.to(DEVICE), feat_size=(7, 10), backend=backend)
+    assert_scalar_close(loss, ref, 1e-6)
+    y = fl.cass_soft_target(boxes.to(DEVICE), (7, 10), backend=backend).cpu()
+    assert torch.equal(y, fl.cass_soft_target(boxes[:, :1], (7, 10), backend=backend).cpu())
+
+
 def test_empty_batch_is_zero(backend):
     scores = torch.zeros(0, 6, device=DEVICE, requires_grad=True)
     loss = fl.cass_loss(scores, torch.zeros(0, 2, 4, device=DEVICE), feat_size=(7, 10),
