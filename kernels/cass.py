@@ -336,7 +336,8 @@ def cass_forward(
     b = scores.shape[0]
     _, _, hp, wp = patch_grid(feat_size, opts["patch_size"])
     cdt = compute_dtype(scores)
-    part = torch.zeros(n_programs(b, feat_size, opts["patch_size"]), NUM_PARTIALS, dtype=cdt,
+    # every program writes its whole row: no fill launch
+    part = torch.empty(n_programs(b, feat_size, opts["patch_size"]), NUM_PARTIALS, dtype=cdt,
                        device=scores.device)  # fmt: skip
     grad = torch.empty((b, hp, wp) if need_grad else 0, dtype=cdt, device=scores.device)
     _launch(scores, boxes, box_mask, feat_size, opts, part, grad if need_grad else part, None,
@@ -358,7 +359,8 @@ def soft_focal_forward(
     block, warps = elementwise_block(n)
     nprog = max(triton.cdiv(n, block), 1)
     cdt = compute_dtype(logits)
-    part = torch.zeros(nprog, NUM_PARTIALS, dtype=cdt, device=logits.device)
+    alloc = torch.empty if n else torch.zeros  # no launch for an empty input: one zero row
+    part = alloc(nprog, NUM_PARTIALS, dtype=cdt, device=logits.device)
     grad = torch.empty(n if need_grad else 0, dtype=cdt, device=logits.device)
     if n:
         launch(

@@ -181,39 +181,17 @@ def cass_loss(
     box_mask: torch.Tensor | None = None,
     *,
     feat_size: tuple[int, int],
-    stride: float = 32,
-    patch_size: int = 4,
-    expansion_ratio: float = 0.3,
-    min_size: float = 1.0,
-    decay: str = "gaussian",
-    anisotropic: bool = True,
-    base_sigma: float = 0.5,
-    small_target_gain: float = 1.5,
-    small_target_threshold: float = 4.0,
-    merge: str = "max",
     loss: str = "focal",
     alpha: float = 2.0,
     beta: float = 4.0,
     eps: float = 1e-8,
     reduction: str = "mean",
+    **target_options,
 ) -> torch.Tensor:
     """The soft focal (or MSE) loss of the patch scores [B, Hp*Wp] or [B,1,Hp,Wp] against
-    :func:`cass_soft_target` of the boxes; the mean runs over all B Hp Wp patches."""
-    y = cass_soft_target(
-        boxes,
-        feat_size,
-        box_mask=box_mask,
-        stride=stride,
-        patch_size=patch_size,
-        expansion_ratio=expansion_ratio,
-        min_size=min_size,
-        decay=decay,
-        anisotropic=anisotropic,
-        base_sigma=base_sigma,
-        small_target_gain=small_target_gain,
-        small_target_threshold=small_target_threshold,
-        merge=merge,
-    )
+    :func:`cass_soft_target` of the boxes (``target_options``: its keywords, stride to merge);
+    the mean runs over all B Hp Wp patches."""
+    y = cass_soft_target(boxes, feat_size, box_mask=box_mask, **target_options)
     y = y.to(scores.device).reshape(scores.shape)
     if loss == "focal":
         return soft_focal_loss(scores, y, alpha=alpha, beta=beta, eps=eps, reduction=reduction)
