@@ -190,6 +190,7 @@ def _centernet_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
         fl.reg_l1_loss(wh, t["reg_mask"], t["ind"], t["wh"], backend="triton").backward()
         fl.transpose_and_gather_feat(reg, t["ind"], backend="triton").sum().backward()
         fl.centernet_focal_loss(hm, t["hm"].to(dtype), backend="triton").backward()
+        fl.reg_smooth_l1_loss(wh, t["reg_mask"], t["ind"], t["wh"], backend="triton").backward()
         fl.reg_weighted_l1_loss(
             wh,
             t["reg_mask"][..., None].expand(-1, -1, 2).float(),

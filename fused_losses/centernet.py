@@ -38,7 +38,9 @@ from .centernet_labels import TARGET_KEYS, build_targets, check_box_inputs
 from .distributed import active_group, denominator_sync, finish, global_loss
 from .focal import FocalOptions, focal_share, masked_focal_loss
 from .options import COMMON_OPTIONS, LossModule, LossOptions
+from .smooth_l1 import smooth_l1_terms
 from .validation import (
+    check_choice,
     check_floating,
     check_integer,
     check_number,
@@ -171,9 +173,10 @@ def _common(options: LossOptions) -> dict[str, Any]:
     return {name: getattr(options, name) for name in COMMON_OPTIONS}
 
 
-def _reg_torch(need: bool, weighted: bool, sync=None):
+def _reg_torch(need: bool, weighted: bool, sync=None, smooth: bool = False):
     """value_and_grad of a gathered L1 loss for PrecomputedGradient (torch backend); ``sync``
-    (data parallel) sums the mask over the ranks."""
+    (data parallel) sums the mask over the ranks; ``smooth``: RegLoss, smooth-L1 (beta 1) over
+    the number of objects (the [B,M] mask summed before it is broadcast over C)."""
 
     def value_and_grad(output, mask, ind, target):
         cdt = compute_dtype(output.dtype)
@@ -187,13 +190,17 @@ def _reg_torch(need: bool, weighted: bool, sync=None):
             msum = mk.sum()
         else:
             mk = mask.to(cdt)[:, None, :]  # [B, 1, M], broadcast over channels
-            msum = mk.sum() * c
+            msum = mk.sum() * (1 if smooth else c)
         d = pred * mk - t * mk
         denom = (sync(msum) if sync is not None else msum) + REG_EPS
-        loss = d.abs().sum() / denom
+        if smooth:
+            s, ds = smooth_l1_terms(d, 1.0, need)
+        else:
+            s, ds = d.abs(), (torch.sign(d) if need else None)
+        loss = s.sum() / denom
         grad = None
         if need:
-            g = torch.sign(d) * mk / denom
+            g = ds * mk / denom
             grad = torch.zeros(b, c, h * w, dtype=cdt, device=output.device)
             grad = grad.scatter_add_(2, idx, g.expand(b, c, m)).view(b, c, h, w)
         return loss, loss.new_zeros(0), (grad, None, None, None)
@@ -202,24 +209,28 @@ def _reg_torch(need: bool, weighted: bool, sync=None):
 
 
 def _reg_loss(
-    output, mask, ind, target, weighted: bool, backend: str, group: Any = None
+    output, mask, ind, target, weighted: bool, backend: str, group: Any = None, smooth=False
 ) -> torch.Tensor:
-    """This rank's share of a gathered L1 loss (the whole loss when ``group`` is None)."""
+    """This rank's share of a gathered L1 (``smooth``: RegLoss's smooth-L1) loss (the whole loss
+    when ``group`` is None)."""
     (need,) = needs_grad(output)
     sync = denominator_sync(group)
     if resolve_backend(backend, output.device) == "triton":
         from .triton_centernet import reg_l1_loss_triton
 
-        return reg_l1_loss_triton(output, mask, ind, target, weighted, need, sync)
-    fn = _reg_torch(need, weighted, sync)
+        return reg_l1_loss_triton(output, mask, ind, target, weighted, need, sync, smooth)
+    fn = _reg_torch(need, weighted, sync, smooth)
     loss, _ = PrecomputedGradient.apply(fn, output, mask, ind, target)
     return loss
 
 
-def _reg_public(output, mask, ind, target, weighted: bool, common: dict) -> torch.Tensor:
+def _reg_public(
+    output, mask, ind, target, weighted: bool, common: dict, smooth: bool = False
+) -> torch.Tensor:
     opts = LossOptions(**common)
     group = active_group(opts)
-    return finish(_reg_loss(output, mask, ind, target, weighted, opts.backend, group), group)
+    share = _reg_loss(output, mask, ind, target, weighted, opts.backend, group, smooth)
+    return finish(share, group)
 
 
 def reg_l1_loss(
@@ -259,6 +270,35 @@ def reg_weighted_l1_loss(
     check_reg_inputs(output, mask, ind, target, weighted=True)
     common = dict(backend=backend, reduce_across_ranks=reduce_across_ranks)
     return _reg_public(output, mask, ind, target, True, {**common, "process_group": process_group})
+
+
+def reg_smooth_l1_loss(
+    output: torch.Tensor,
+    mask: torch.Tensor,
+    ind: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    backend: str = "auto",
+    reduce_across_ranks: bool = False,
+    process_group: Any = None,
+) -> torch.Tensor:
+    """CenterNet's ``RegLoss`` (``_reg_loss``): ``sum smoothL1(pred*m - target*m) / (sum m +
+    1e-4)``, smooth-L1 with beta 1, mask [B,M] summed before it is broadcast over the C channels
+    (the denominator counts objects, unlike :func:`reg_l1_loss`). Shapes, gradient, duplicate
+    indices and options as :func:`reg_l1_loss`."""
+    check_reg_inputs(output, mask, ind, target, weighted=False)
+    common = dict(backend=backend, reduce_across_ranks=reduce_across_ranks)
+    common["process_group"] = process_group
+    return _reg_public(output, mask, ind, target, False, common, smooth=True)
+
+
+class RegLoss(LossModule):
+    """CenterNet's ``RegLoss``: ``forward(output, mask, ind, target)`` =
+    :func:`reg_smooth_l1_loss`; options: ``backend``, ``reduce_across_ranks``,
+    ``process_group`` (docs/spec.md 9)."""
+
+    def forward(self, output, mask, ind, target) -> torch.Tensor:
+        return reg_smooth_l1_loss(output, mask, ind, target, **_common(self.options))
 
 
 class RegL1Loss(LossModule):
@@ -342,24 +382,36 @@ def check_centernet_inputs(hm, wh, reg, targets, boxes, labels, box_mask, down_r
 @dataclasses.dataclass(frozen=True)
 class CenterNetOptions(LossOptions):
     """Options of :class:`CenterNetLoss`: the term weights (CenterNet's ``hm_weight``,
-    ``wh_weight``, ``off_weight``), the ``down_ratio`` from input pixels to the output map (for
+    ``wh_weight``, ``off_weight``), the regression loss (``reg_loss``: ``"l1"`` RegL1Loss, or
+    ``"sl1"`` RegLoss's smooth-L1), the ``down_ratio`` from input pixels to the output map (for
     raw boxes) and the ``backend``."""
 
     hm_weight: float = 1.0
     wh_weight: float = 0.1
     off_weight: float = 1.0
+    reg_loss: str = "l1"
     down_ratio: int = 4
 
     def validate(self) -> None:
         for name in ("hm_weight", "wh_weight", "off_weight"):
             self._set(name, check_number(name, getattr(self, name)))
+        check_choice("reg_loss", self.reg_loss, ("l1", "sl1"))
         self._set("down_ratio", check_positive_int("down_ratio", self.down_ratio))
 
 
+def stacks(name: str, x: Any) -> list:
+    """A head given per stack (a list or tuple of S >= 1 tensors) or once (one tensor)."""
+    if isinstance(x, (list, tuple)):
+        if not x:
+            raise ValueError(f"{name}: expected a tensor or a non-empty list of tensors (stacks)")
+        return list(x)
+    return [x]
+
+
 def centernet_loss(
-    hm: torch.Tensor,
-    wh: torch.Tensor,
-    reg: torch.Tensor,
+    hm: torch.Tensor | list[torch.Tensor],
+    wh: torch.Tensor | list[torch.Tensor],
+    reg: torch.Tensor | list[torch.Tensor],
     targets: dict[str, torch.Tensor] | None = None,
     *,
     boxes: torch.Tensor | None = None,
@@ -371,30 +423,54 @@ def centernet_loss(
 ):
     """Functional form of :class:`CenterNetLoss`: the same inputs; the options as keywords (the
     fields of :class:`CenterNetOptions`: ``hm_weight=1.0, wh_weight=0.1, off_weight=1.0,
-    down_ratio=4, backend="auto", reduce_across_ranks=False, process_group=None``) or as a built
-    ``options`` object."""
+    reg_loss="l1", down_ratio=4, backend="auto", reduce_across_ranks=False,
+    process_group=None``) or as a built ``options`` object."""
     opts = CenterNetOptions.build(options, overrides)
     backend, down_ratio = opts.backend, opts.down_ratio
-    targets = check_centernet_inputs(hm, wh, reg, targets, boxes, labels, box_mask, down_ratio)
+    hms, whs, regs = stacks("hm", hm), stacks("wh", wh), stacks("reg", reg)
+    if not len(hms) == len(whs) == len(regs):
+        raise ValueError(
+            f"hm, wh, reg: expected the same number of stacks, got {len(hms)}, {len(whs)}, "
+            f"{len(regs)}"
+        )
+    for s, (h_s, w_s, r_s) in enumerate(zip(hms, whs, regs)):
+        t_s = check_centernet_inputs(h_s, w_s, r_s, targets, boxes, labels, box_mask, down_ratio)
+        if s > 0 and h_s.shape != hms[0].shape:
+            raise ValueError(
+                f"hm[{s}]: expected shape {shape_str(hms[0])} (as hm[0]), got {shape_str(h_s)}"
+            )
+    targets = t_s
     group = active_group(opts)  # data parallel: each term's share, one global sum at the end
+    smooth = opts.reg_loss == "sl1"
+    hm0 = hms[0]
     l_hm = None
-    if targets is None and hm.numel() > 0 and resolve_backend(backend, hm.device) == "triton":
+    from_boxes = targets is None and hm0.numel() > 0 and len(hms) == 1
+    if from_boxes and resolve_backend(backend, hm0.device) == "triton":
         from .triton_centernet import centernet_hm_loss_triton
 
         # Bandwidth first: the focal term rebuilds the target heatmap in registers.
-        need = needs_grad(hm)[0]
+        need = needs_grad(hm0)[0]
         sync = denominator_sync(group)
-        l_hm, *small = centernet_hm_loss_triton(hm, boxes, labels, box_mask, down_ratio, need, sync)
+        l_hm, *small = centernet_hm_loss_triton(
+            hm0, boxes, labels, box_mask, down_ratio, need, sync
+        )
         targets = dict(zip(("wh", "reg", "ind", "reg_mask"), small))
     elif targets is None:
-        size = tuple(hm.shape[-2:])
-        targets = build_targets(boxes, labels, box_mask, hm.shape[1], size, down_ratio, backend)
-    if l_hm is None:
-        focal = CENTERNET_FOCAL.replace(backend=backend)
-        l_hm = focal_share(hm, targets["hm"], None, focal, group)
+        size = tuple(hm0.shape[-2:])
+        targets = build_targets(boxes, labels, box_mask, hm0.shape[1], size, down_ratio, backend)
+    focal = CENTERNET_FOCAL.replace(backend=backend)
     ind, reg_mask = targets["ind"], targets["reg_mask"]
-    l_wh = _reg_loss(wh, reg_mask, ind, targets["wh"], False, backend, group)
-    l_off = _reg_loss(reg, reg_mask, ind, targets["reg"], False, backend, group)
+    terms = []
+    for h_s, w_s, r_s in zip(hms, whs, regs):
+        if l_hm is None:
+            l_hm_s = focal_share(h_s, targets["hm"], None, focal, group)
+        else:
+            l_hm_s = l_hm
+        l_wh = _reg_loss(w_s, reg_mask, ind, targets["wh"], False, backend, group, smooth)
+        l_off = _reg_loss(r_s, reg_mask, ind, targets["reg"], False, backend, group, smooth)
+        terms.append((l_hm_s, l_wh, l_off))
+    n = len(terms)
+    l_hm, l_wh, l_off = (sum(t[i] for t in terms) / n if n > 1 else terms[0][i] for i in range(3))
     total = opts.hm_weight * l_hm + opts.wh_weight * l_wh + opts.off_weight * l_off
     comps = torch.stack([l_hm.detach(), l_wh.detach(), l_off.detach()])
     total, comps = global_loss(total, group, comps)
@@ -407,11 +483,12 @@ class CenterNetLoss(LossModule):
     """CenterNet's ctdet loss (``CtdetLoss`` with one stack and L1 regressions), fused.
 
     ``CenterNetLoss(**options)`` with the fields of :class:`CenterNetOptions` (``hm_weight=1.0,
-    wh_weight=0.1, off_weight=1.0, down_ratio=4, backend="auto", reduce_across_ranks=False,
-    process_group=None``), called as ``criterion(hm, wh,
+    wh_weight=0.1, off_weight=1.0, reg_loss="l1", down_ratio=4, backend="auto",
+    reduce_across_ranks=False, process_group=None``), called as ``criterion(hm, wh,
     reg, targets=None, *, boxes=None, labels=None, box_mask=None, return_components=False)``:
     ``hm`` [B,K,H,W] clamped-sigmoid probabilities (:func:`clamped_sigmoid` of the head), ``wh``
-    and ``reg`` [B,2,H,W] head outputs; either ``targets``, a dict with ``hm``, ``wh``, ``reg``,
+    and ``reg`` [B,2,H,W] head outputs, or each a list of S such tensors, one per stack of an
+    hourglass network (every term is then averaged over the stacks, as CtdetLoss does); either ``targets``, a dict with ``hm``, ``wh``, ``reg``,
     ``ind``, ``reg_mask`` (CenterNet's batch, or :func:`centernet_targets`; extra keys are
     ignored), or raw ``boxes`` [B,N,4], ``labels`` [B,N] and ``box_mask`` [B,N], from which the
     targets are generated on the device without a host sync. Returns ``hm_weight * focal +
@@ -423,9 +500,9 @@ class CenterNetLoss(LossModule):
 
     def forward(
         self,
-        hm: torch.Tensor,
-        wh: torch.Tensor,
-        reg: torch.Tensor,
+        hm: torch.Tensor | list[torch.Tensor],
+        wh: torch.Tensor | list[torch.Tensor],
+        reg: torch.Tensor | list[torch.Tensor],
         targets: dict[str, torch.Tensor] | None = None,
         *,
         boxes: torch.Tensor | None = None,

@@ -35,8 +35,10 @@ def _gather_fake(feat, ind):
     return (feat.new_empty((feat.shape[0], ind.shape[1], feat.shape[1])),)
 
 
-def _reg_l1_forward(output, mask, ind, target, *, weighted, need, sync=None):
-    return _centernet.reg_l1_launch(output, mask, ind, target, weighted, need, REG_EPS, sync)
+def _reg_l1_forward(output, mask, ind, target, *, weighted, need, smooth=False, sync=None):
+    return _centernet.reg_l1_launch(
+        output, mask, ind, target, weighted, need, REG_EPS, sync, smooth=smooth
+    )
 
 
 def _reg_l1_backward(grad, saved, output, _mask, ind, _target, **_opts):
@@ -46,7 +48,7 @@ def _reg_l1_backward(grad, saved, output, _mask, ind, _target, **_opts):
     )
 
 
-def _reg_l1_fake(output, mask, ind, target, *, weighted, need):
+def _reg_l1_fake(output, mask, ind, target, *, weighted, need, smooth=False):
     loss, denom = scalar_and_aux(output, 1)
     b, c = output.shape[:2]
     return loss, denom, output.new_empty((b, ind.shape[1], c) if need else (0,), dtype=loss.dtype)
@@ -147,9 +149,11 @@ def transpose_and_gather_feat_triton(feat: torch.Tensor, ind: torch.Tensor) -> t
 # ``sync``: data parallel, the denominators summed over the ranks (``fused_losses.distributed``;
 # eager only).
 def reg_l1_loss_triton(
-    output, mask, ind, target, weighted: bool, need: bool, sync=None
+    output, mask, ind, target, weighted: bool, need: bool, sync=None, smooth: bool = False
 ) -> torch.Tensor:
     opts: dict = dict(weighted=weighted, need=need)
+    if smooth:  # RegLoss (smooth-L1 over the object count)
+        opts["smooth"] = True
     if sync is not None:
         opts["sync"] = sync
     return run("reg_l1_loss", (output, mask, ind, target), opts)[0]

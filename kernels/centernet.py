@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 from .launch import compute_dtype, f64_bits, interpreting, launch, mask_view, next_pow2
-from .primitives import as_dtype, focal_terms, option
+from .primitives import as_dtype, focal_terms, option, smooth_l1_terms
 from .reduce import DEN_EPS, NUM_PARTIALS, ratio_finalize
 
 _CONSTS: dict[tuple[torch.device, float], torch.Tensor] = {}
@@ -114,11 +114,14 @@ def _reg_l1_forward_kernel(
     W,
     HW,
     NEED_GRAD: tl.constexpr,
+    SMOOTH: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """partials[pid] = (sum |p m - t m|, sum m, 0, 0) over the program's [BLOCK_M, C] slice;
-    g[b, m, c] = sign((p - t) m) m (the derivative before the 1 / D scale)."""
+    g[b, m, c] = sign((p - t) m) m (the derivative before the 1 / D scale). SMOOTH (CenterNet's
+    RegLoss): smoothL1 with beta 1 instead of |.|, its derivative clamp(d, -1, 1) m instead of
+    the sign, and the mask [B,M] counted once per object (channel 0 only), not per channel."""
     cdt: tl.constexpr = part_ptr.dtype.element_ty
     b = tl.program_id(0).to(tl.int64)
     pm = tl.program_id(1)
@@ -143,10 +146,18 @@ def _reg_l1_forward_kernel(
         # (p - t) m, not p m - t m: the compiler may contract the latter into an fma, whose
         # sign at p == t is the rounding error of t m (the subgradient there must be 0).
         d = (p.to(cdt) - t.to(cdt)) * mk
-        acc_l += tl.abs(d)
-        acc_m += mk
+        if SMOOTH:
+            sl1, dsl1 = smooth_l1_terms(d, 1.0)
+            acc_l += sl1
+            acc_m += tl.where((cs == 0)[None, :], mk, 0.0)
+        else:
+            acc_l += tl.abs(d)
+            acc_m += mk
         if NEED_GRAD:
-            g = tl.where(d > 0, mk, tl.where(d < 0, -mk, 0.0))
+            if SMOOTH:
+                g = dsl1 * mk
+            else:
+                g = tl.where(d > 0, mk, tl.where(d < 0, -mk, 0.0))
             tl.store(g_ptr + (b * M + ms)[:, None] * C + cs[None, :], g, mask=on)
     out = part_ptr + pid * 4
     tl.store(out, tl.sum(tl.sum(acc_l, axis=1), axis=0))
@@ -238,9 +249,11 @@ def reg_l1_launch(
     need_grad: bool,
     eps: float,
     sync=None,
+    smooth: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss 0-dim, aux [1] = 1 / (sum m + eps), g [B,M,C] or an empty tensor) in 2 launches
-    (CenterNet: eps = 1e-4; ``sync``: see ``reduce.ratio_finalize``)."""
+    (CenterNet: eps = 1e-4; ``sync``: see ``reduce.ratio_finalize``; ``smooth``: RegLoss, the
+    smooth-L1 loss over the number of objects)."""
     b, c, h, w = output.shape
     m = ind.shape[1]
     cdt = compute_dtype(output)
@@ -273,6 +286,7 @@ def reg_l1_launch(
             w,
             h * w,
             NEED_GRAD=bool(need_grad),
+            SMOOTH=bool(smooth),
             BLOCK_M=block_m,
             BLOCK_C=block_c,
         )

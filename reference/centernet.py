@@ -84,6 +84,19 @@ def reg_weighted_l1_loss(
     return loss
 
 
+def reg_smooth_l1_loss(
+    output: torch.Tensor, mask: torch.Tensor, ind: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
+    """CenterNet's ``RegLoss`` (``_reg_loss``): smooth-L1 (beta 1) of the masked gathered
+    predictions, summed, over ``mask.sum() + 1e-4`` taken before the [B,M] mask is expanded over
+    the channels (the number of objects)."""
+    pred = transpose_and_gather_feat(output, ind)
+    num = mask.to(pred.dtype).sum()
+    m = mask.unsqueeze(2).expand_as(target).to(pred.dtype)
+    loss = F.smooth_l1_loss(pred * m, target.to(pred.dtype) * m, reduction="sum")
+    return loss / (num + 1e-4)
+
+
 def gaussian_radius(det_size: tuple[int, int], min_overlap: float = 0.7) -> float:
     """CenterNet's ``gaussian_radius``, as published (the three roots r1, r2, r3 and their min)."""
     height, width = det_size
@@ -194,21 +207,31 @@ def centernet_targets(
 
 
 def centernet_loss(
-    hm: torch.Tensor,
-    wh: torch.Tensor,
-    reg: torch.Tensor,
+    hm: torch.Tensor | list[torch.Tensor],
+    wh: torch.Tensor | list[torch.Tensor],
+    reg: torch.Tensor | list[torch.Tensor],
     targets: dict[str, torch.Tensor],
     *,
     hm_weight: float = 1.0,
     wh_weight: float = 0.1,
     off_weight: float = 1.0,
+    reg_loss: str = "l1",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """CenterNet's ``CtdetLoss`` (one stack, L1 regression): total and its three terms.
+    """CenterNet's ``CtdetLoss`` (L1 or smooth-L1 ``reg_loss``): total and its three terms.
 
-    ``hm`` is the clamped-sigmoid heatmap [B, K, H, W]; ``wh``, ``reg`` the head outputs [B, 2, H, W].
+    ``hm`` is the clamped-sigmoid heatmap [B, K, H, W]; ``wh``, ``reg`` the head outputs [B, 2, H, W];
+    or each a list with one per stack, every term then averaged over the stacks.
     """
-    hm_loss = centernet_focal_loss(hm, targets["hm"])
-    wh_loss = reg_l1_loss(wh, targets["reg_mask"], targets["ind"], targets["wh"])
-    off_loss = reg_l1_loss(reg, targets["reg_mask"], targets["ind"], targets["reg"])
+    hms, whs, regs = ([x] if torch.is_tensor(x) else list(x) for x in (hm, wh, reg))
+    crit_reg = reg_l1_loss if reg_loss == "l1" else reg_smooth_l1_loss
+    hm_loss = wh_loss = off_loss = 0
+    for h_s, w_s, r_s in zip(hms, whs, regs):
+        hm_loss = hm_loss + centernet_focal_loss(h_s, targets["hm"]) / len(hms)
+        wh_loss = wh_loss + crit_reg(w_s, targets["reg_mask"], targets["ind"], targets["wh"]) / len(
+            hms
+        )
+        off_loss = off_loss + crit_reg(
+            r_s, targets["reg_mask"], targets["ind"], targets["reg"]
+        ) / len(hms)
     loss = hm_weight * hm_loss + wh_weight * wh_loss + off_weight * off_loss
     return loss, {"hm": hm_loss, "wh": wh_loss, "off": off_loss}

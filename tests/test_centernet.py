@@ -263,6 +263,31 @@ def test_reg_l1_matches_centernet(backend, weighted, variant):
         assert float(loss.detach()) == 0.0 and not grad.any()
 
 
+@pytest.mark.parametrize("variant", ["f32", "f64", "bool-mask", "float-mask", "empty-mask", "M=0"])
+def test_reg_smooth_l1_matches_regloss(backend, variant):
+    """CenterNet's RegLoss: smooth-L1 over the number of objects (not object-channels)."""
+    _skip_unavailable(backend)
+    dtype = F64 if variant == "f64" else F32
+    mask_dtype = {"bool-mask": torch.bool, "float-mask": F32}.get(variant, torch.uint8)
+    output, mask, ind, target = _reg_inputs(
+        8, weighted=False, mask_dtype=mask_dtype, m=0 if variant == "M=0" else 7
+    )
+    target = target * 3  # both branches of the smooth-L1
+    if variant == "float-mask":
+        mask = mask * torch.rand(mask.shape, generator=torch.Generator().manual_seed(2))
+    if variant == "empty-mask":
+        mask = torch.zeros_like(mask)
+    loss, grad = _run_reg(
+        fc.reg_smooth_l1_loss, R.reg_smooth_l1_loss, backend, output, mask, ind, target, dtype, 12
+    )
+    if variant in ("empty-mask", "M=0"):
+        assert float(loss.detach()) == 0.0 and not grad.any()
+    args = (output.to(dtype).to(DEVICE), mask.to(DEVICE), ind.to(DEVICE), target.to(DEVICE))
+    assert torch.equal(
+        fc.RegLoss(backend=backend)(*args), fc.reg_smooth_l1_loss(*args, backend=backend)
+    )
+
+
 def test_reg_modules_and_no_grad(backend):
     _skip_unavailable(backend)
     output, mask, ind, target = _reg_inputs(2, weighted=False)
@@ -374,6 +399,53 @@ def test_centernet_loss_matches_ctdet(backend, mode):
         assert_grad_close(leaf.grad, ref_leaf.grad, grad_tol, f"grad {name}")
     if mode == "all-masked":
         assert float(comps["wh"]) == 0.0 and float(comps["off"]) == 0.0
+
+
+@pytest.mark.parametrize("reg_loss", ["l1", "sl1"])
+@pytest.mark.parametrize("mode", ["targets", "boxes"])
+def test_centernet_loss_stacks_and_reg_loss(backend, reg_loss, mode):
+    """A list of S stacks per head: every term averaged over the stacks (CtdetLoss with
+    num_stacks = S), the regressions L1 or RegLoss's smooth-L1."""
+    _skip_unavailable(backend)
+    stacks = [_ctdet_problem(s)[0] for s in (6, 7)]
+    _, (boxes, labels, box_mask) = _ctdet_problem(6)
+    h, w = stacks[0][0].shape[-2:]
+    targets = R.centernet_targets(
+        boxes, labels, box_mask, num_classes=stacks[0][0].shape[1], output_size=(h, w)
+    )
+    leaves = [[t.float().to(DEVICE).requires_grad_() for t in st] for st in stacks]
+    heads = [[st[i] for st in leaves] for i in range(3)]  # hm, wh, reg: one tensor per stack
+    if mode == "targets":
+        kw = dict(targets={k: v.to(DEVICE) for k, v in targets.items()})
+    else:
+        kw = dict(boxes=boxes.to(DEVICE), labels=labels.to(DEVICE), box_mask=box_mask.to(DEVICE))
+    total, comps = fc.centernet_loss(
+        *heads, **kw, reg_loss=reg_loss, return_components=True, backend=backend
+    )
+    total.backward()
+    ref_leaves = [[t.detach().double().cpu().requires_grad_() for t in st] for st in leaves]
+    ref_heads = [[st[i] for st in ref_leaves] for i in range(3)]
+    ref_total, ref_comps = R.centernet_loss(*ref_heads, targets, reg_loss=reg_loss)
+    ref_total.backward()
+    assert_scalar_close(total, ref_total, 1e-5, "total")
+    for name in ("hm", "wh", "off"):
+        assert_scalar_close(comps[name], ref_comps[name], 1e-5, name)
+    for st, ref_st in zip(leaves, ref_leaves):
+        for leaf, ref_leaf in zip(st, ref_st):
+            assert_grad_close(leaf.grad, ref_leaf.grad, 1e-5)
+    single = fc.centernet_loss(*[x[0] for x in heads], **kw, reg_loss=reg_loss, backend=backend)
+    assert not torch.equal(total, single)
+
+
+def test_centernet_loss_stack_errors():
+    (hm, wh, reg), _ = _ctdet_problem(6)
+    t = R.centernet_targets(*_ctdet_problem(6)[1], num_classes=3, output_size=(10, 12))
+    with pytest.raises(ValueError, match="stacks"):
+        fc.centernet_loss([hm, hm], [wh], [reg, reg], t)
+    with pytest.raises(ValueError, match="hm"):
+        fc.centernet_loss([], [], [], t)
+    with pytest.raises(ValueError, match="reg_loss"):
+        fc.CenterNetLoss(reg_loss="l2")
 
 
 def test_clamped_sigmoid():

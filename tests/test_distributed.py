@@ -161,6 +161,8 @@ CASES = {
         fl.clamped_sigmoid(o), b["t_hm"], **kw)),
     "reg_l1": (_centernet_batch, 2, lambda o, b, **kw: fl.reg_l1_loss(
         o, b["t_reg_mask"], b["t_ind"], b["t_wh"], **kw)),
+    "reg_smooth_l1": (_centernet_batch, 2, lambda o, b, **kw: fl.reg_smooth_l1_loss(
+        o, b["t_reg_mask"], b["t_ind"], b["t_wh"], **kw)),
     "reg_weighted_l1": (_centernet_batch, 2, lambda o, b, **kw: fl.reg_weighted_l1_loss(
         o, b["t_reg_mask"][..., None] * b["channel_weight"], b["t_ind"], b["t_wh"], **kw)),
     "cass_mean": (_cass_batch, 1, lambda o, b, **kw: fl.cass_loss(

@@ -79,6 +79,12 @@ def _ops():
         t = fl.centernet_targets(boxes, labels, num_classes=3, output_size=(8, 8), backend="torch")
         return fl.reg_l1_loss(wh, t["reg_mask"], t["ind"], t["wh"], backend=backend), wh
 
+    def reg_smooth_l1(backend):
+        _, wh, boxes, labels = _centernet_inputs()
+        wh.requires_grad_()
+        t = fl.centernet_targets(boxes, labels, num_classes=3, output_size=(8, 8), backend="torch")
+        return fl.reg_smooth_l1_loss(wh, t["reg_mask"], t["ind"], t["wh"], backend=backend), wh
+
     def centernet_total(backend):
         hm, wh, boxes, labels = _centernet_inputs()
         hm.requires_grad_()
@@ -109,6 +115,7 @@ def _ops():
         ("hard_negative_margin_loss", hard_negative),
         ("centernet_focal_loss", centernet_focal),
         ("reg_l1_loss", reg_l1),
+        ("reg_smooth_l1_loss", reg_smooth_l1),
         ("centernet_loss", centernet_total),
     ]
 

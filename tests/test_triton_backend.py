@@ -583,6 +583,9 @@ def _compile_cases(device: str) -> dict:
         "reg_l1_loss": lambda p: fl.reg_l1_loss(
             p, torch.ones_like(target[..., 0]), ind, target, backend=be
         ),
+        "reg_smooth_l1_loss": lambda p: fl.reg_smooth_l1_loss(
+            p * 5.0, torch.ones_like(target[..., 0]), ind, target, backend=be
+        ),
         "centernet_loss": lambda p: fl.centernet_loss(
             p, p.expand(2, 2, 4, 5), p.expand(2, 2, 4, 5), boxes=box, labels=lab, backend=be
         ),
