@@ -31,6 +31,7 @@ from .centernet import (
     transpose_and_gather_feat,
 )
 from .centernet_labels import centernet_targets
+from .centernet_pose import CenterNetPoseLoss, CenterNetPoseOptions, centernet_pose_loss
 from .cosine import CosineOptions, MaskedCosineLoss, masked_cosine_loss
 from .focal import FocalOptions, MaskedFocalLoss, masked_focal_loss
 from .gap_detection import GapDetectionLoss, GapLossOptions, gap_detection_loss
@@ -48,6 +49,8 @@ __all__ = [
     "CenterNetFocalLoss",
     "CenterNetLoss",
     "CenterNetOptions",
+    "CenterNetPoseLoss",
+    "CenterNetPoseOptions",
     "CosineOptions",
     "FocalOptions",
     "GapDetectionLoss",
@@ -70,6 +73,7 @@ __all__ = [
     "cass_soft_target",
     "centernet_focal_loss",
     "centernet_loss",
+    "centernet_pose_loss",
     "centernet_targets",
     "clamped_sigmoid",
     "gap_detection_loss",

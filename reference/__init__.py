@@ -5,7 +5,7 @@ math, autograd for the gradients, no fusion and no speed tricks. Tests and bench
 float64 and compare the fused backends against it. The library's runtime never imports this package.
 """
 
-from . import cass, centernet
+from . import cass, centernet, centernet_pose
 from .gap_detection import gap_detection_loss
 from .labels import (
     boundary_label,
@@ -27,6 +27,7 @@ __all__ = [
     "boundary_label",
     "cass",
     "centernet",
+    "centernet_pose",
     "gap_detection_loss",
     "gaussian_heatmap",
     "hard_negative_margin_loss",

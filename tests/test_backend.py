@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import ON_GPU, assert_scalar_close
 from fused_losses.kernels.launch import interpreting
+from fused_losses.reference import centernet_pose as RP
 from fused_losses.reference.cases import gap_case
 
 import fused_losses as fl
@@ -88,6 +89,13 @@ def small_inputs() -> list[Dispatch]:
     )
     ind, reg_mask = t["ind"], t["reg_mask"]
     wmask = reg_mask[..., None].expand(1, 2, 2).to(torch.float32)
+    # Multi-pose: one person with 2 joints on the 4x5 map (targets of the reference).
+    pose_t = RP.centernet_pose_targets(
+        torch.tensor([[[1.0, 2.0, 13.0, 10.0]]]), torch.tensor([[[[4.0, 5.0, 2.0], [9.0, 7.0, 1.0]]]]),
+        num_joints=2, output_size=size,
+    )  # fmt: skip
+    pose_heads = {"hm": hm[:, :1], "wh": wh, "reg": reg, "hps": torch.cat([wh, reg], 1),
+                  "hm_hp": hm[:, :2], "hp_offset": reg}  # fmt: skip
     rows = [
         ("gap_detection_loss", gap, "gap_detection_loss_triton",
          lambda be: fl.gap_detection_loss(*case.args(), backend=be)),
@@ -150,6 +158,11 @@ def small_inputs() -> list[Dispatch]:
          lambda be: fl.centernet_loss(hm, wh, reg, **raw, backend=be)),
         ("CenterNetLoss-boxes", cn, "centernet_hm_loss_triton",
          lambda be: fl.CenterNetLoss(backend=be)(hm, wh, reg, **raw)),
+        # Multi-pose: the focal term (triton_gap's glue) runs first.
+        ("centernet_pose_loss", gap, "masked_focal_loss_triton",
+         lambda be: fl.centernet_pose_loss(pose_heads, pose_t, backend=be)),
+        ("CenterNetPoseLoss", gap, "masked_focal_loss_triton",
+         lambda be: fl.CenterNetPoseLoss(backend=be)(pose_heads, pose_t)),
         ("cass_loss", cass, "cass_loss_triton",
          lambda be: fl.cass_loss(scores, cass_boxes, feat_size=(10, 14), backend=be)),
         ("CASSLoss", cass, "cass_loss_triton",

@@ -18,6 +18,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from fused_losses.reference import centernet_pose as RP
 
 import fused_losses as fl
 
@@ -133,6 +134,27 @@ def _cass_batch(seed: int, unbalanced: bool) -> dict:
     return {**_base(seed), "boxes": boxes, "box_mask": box_mask, "soft": soft}
 
 
+def _pose_batch(seed: int, unbalanced: bool) -> dict:
+    g = _gen(seed)
+    base = _centernet_batch(seed, unbalanced)
+    boxes = base["boxes"]
+    kp = boxes[..., None, :2] + torch.rand(B, M, 3, 2, generator=g, dtype=torch.float64) * (
+        boxes[..., None, 2:] - boxes[..., None, :2]
+    )
+    kp = torch.cat([kp, torch.ones(B, M, 3, 1, dtype=torch.float64)], -1)
+    t = RP.centernet_pose_targets(
+        boxes, kp, base["labels"], base["box_mask"], num_classes=2, num_joints=3,
+        output_size=(H, W), down_ratio=STRIDE,
+    )  # fmt: skip
+    return {**base, **{f"p_{k}": v for k, v in t.items()}}
+
+
+def _pose_heads(o: torch.Tensor) -> dict:
+    """Multi-pose heads from a 14-channel output (K=2, J=3)."""
+    return {"hm": fl.clamped_sigmoid(o[:, :2]), "wh": o[:, 2:4], "reg": o[:, 4:6],
+            "hps": o[:, 6:12], "hm_hp": fl.clamped_sigmoid(o[:, 11:14]), "hp_offset": o[:, 4:6]}  # fmt: skip
+
+
 def _targets(batch: dict) -> dict:
     return {k[2:]: v for k, v in batch.items() if k.startswith("t_")}
 
@@ -172,6 +194,9 @@ CASES = {
         o[:, :, ::2, ::2].flatten(1), b["boxes"], b["box_mask"], feat_size=(H, W), stride=STRIDE,
         patch_size=2, loss="mse", reduction="sum", **kw)),
     "soft_focal": (_cass_batch, 1, lambda o, b, **kw: fl.soft_focal_loss(o, b["soft"], **kw)),
+    "centernet_pose": (_pose_batch, 14, lambda o, b, **kw: fl.centernet_pose_loss(
+        _pose_heads(o), {k[2:]: v for k, v in b.items() if k.startswith("p_")},
+        return_components=True, **kw)),
     "centernet_targets": (_centernet_batch, 6, lambda o, b, **kw: fl.centernet_loss(
         fl.clamped_sigmoid(o[:, :2]), o[:, 2:4], o[:, 4:6], _targets(b), return_components=True,
         **kw)),

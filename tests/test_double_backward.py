@@ -12,6 +12,7 @@ import pytest
 import torch
 from conftest import BACKENDS, DEVICE
 from fused_losses.reference import centernet as RC
+from fused_losses.reference import centernet_pose as RP
 from fused_losses.reference.cases import gap_case
 
 import fused_losses as fl
@@ -85,6 +86,15 @@ def _ops():
         t = fl.centernet_targets(boxes, labels, num_classes=3, output_size=(8, 8), backend="torch")
         return fl.reg_smooth_l1_loss(wh, t["reg_mask"], t["ind"], t["wh"], backend=backend), wh
 
+    def pose_total(backend):
+        hm, wh, boxes, _ = _centernet_inputs()
+        kp = torch.tensor([[[[8.0, 9.0, 2.0]]], [[[9.0, 20.0, 2.0]]]], device=DEVICE)
+        t = RP.centernet_pose_targets(boxes.cpu(), kp.cpu(), num_joints=1, output_size=(8, 8))
+        t = {k: v.to(DEVICE) for k, v in t.items()}
+        hm1 = hm[:, :1].clone().requires_grad_()
+        heads = {"hm": hm1, "wh": wh, "reg": wh, "hps": wh, "hm_hp": hm[:, 1:2], "hp_offset": wh}
+        return fl.centernet_pose_loss(heads, t, backend=backend), hm1
+
     def centernet_total(backend):
         hm, wh, boxes, labels = _centernet_inputs()
         hm.requires_grad_()
@@ -117,6 +127,7 @@ def _ops():
         ("reg_l1_loss", reg_l1),
         ("reg_smooth_l1_loss", reg_smooth_l1),
         ("centernet_loss", centernet_total),
+        ("centernet_pose_loss", pose_total),
     ]
 
 

@@ -565,6 +565,7 @@ def _compile_cases(device: str) -> dict:
     lab = torch.zeros(2, 1, dtype=torch.long, device=device)
     pts = torch.full((2, 2), 6.0, device=device)
     fl, be = fused_losses, "triton"
+    pose_t = _pose_targets(device)  # the reference's loop: outside the compiled function
     return {
         "masked_focal_loss": lambda p: fl.masked_focal_loss(p, x, torch.ones_like(x), backend=be),
         "masked_smooth_l1_loss": lambda p: fl.masked_smooth_l1_loss(
@@ -596,6 +597,7 @@ def _compile_cases(device: str) -> dict:
         "padding_weight": lambda p: (
             fl.padding_weight(valid_box=box[:, 0] + 2.0, size=(4, 5), backend=be) * p
         ).sum(),
+        "centernet_pose_loss": lambda p: fl.centernet_pose_loss(_pose_heads(p), pose_t, backend=be),
         "cass_loss": lambda p: fl.cass_loss(
             p.reshape(2, 20)[:, :12] * 3.0, box * 20.0, feat_size=(10, 14), backend=be
         ),
@@ -608,6 +610,21 @@ def _compile_cases(device: str) -> dict:
             fl.boundary_label(torch.ones(2, 16, 20, device=device).tril(), backend=be) * p
         ).sum(),
     }, x
+
+
+def _pose_heads(p: torch.Tensor) -> dict:
+    pair = p.expand(2, 2, 4, 5)
+    return {"hm": p, "wh": pair, "reg": pair, "hps": pair, "hm_hp": p, "hp_offset": pair}
+
+
+def _pose_targets(device: str) -> dict:
+    """Multi-pose targets of the reference: one joint per image on the 4x5 map."""
+    from fused_losses.reference.centernet_pose import centernet_pose_targets
+
+    boxes = torch.tensor([[[1.0, 1.0, 9.0, 9.0]]] * 2)
+    kp = torch.tensor([[[[5.0, 6.0, 2.0]]], [[[11.0, 3.0, 1.0]]]])
+    t = centernet_pose_targets(boxes, kp, num_joints=1, output_size=(4, 5))
+    return {k: v.to(device) for k, v in t.items()}
 
 
 def _gap_with_per_image(p, pts, backend):

@@ -1,0 +1,282 @@
+"""CenterNet's multi-pose loss (``MultiPoseLoss``, docs/centernet.md "Multi-pose"): six terms over
+CenterNet's batch dict, averaged over the stacks of the network.
+
+Per stack s, with the shared targets t:
+
+    hm        = centernet_focal_loss(hm_s, t.hm)
+    wh        = crit_reg(wh_s, t.reg_mask, t.ind, t.wh)                  if wh_weight > 0
+    off       = crit_reg(reg_s, t.reg_mask, t.ind, t.reg)                if reg_offset, off_weight > 0
+    hp        = reg_weighted_l1_loss(hps_s, t.hps_mask, t.ind, t.hps), or with dense_hp
+                sum |hps_s M - t.dense_hps M| / (sum M + 1e-4), M = t.dense_hps_mask
+    hm_hp     = centernet_focal_loss(hm_hp_s, t.hm_hp), or with mse_loss mean((hm_hp_s - t.hm_hp)^2)
+                                                                         if hm_hp, hm_hp_weight > 0
+    hp_offset = crit_reg(hp_offset_s, t.hp_mask, t.hp_ind, t.hp_offset)  if reg_hp_offset (forced
+                off without hm_hp), off_weight > 0
+    crit_reg  = reg_l1_loss ("l1") or reg_smooth_l1_loss ("sl1")
+    total = hm_weight hm + wh_weight wh + off_weight off + hp_weight hp + hm_hp_weight hm_hp
+            + off_weight hp_offset            (each term averaged over the S stacks)
+
+The focal and gathered-regression terms are the fused ops of ``centernet.py`` (both backends); the
+dense L1 and the MSE are single-pass PyTorch reductions with autograd. A term that does not run
+is 0 and its head may be absent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .centernet import CENTERNET_FOCAL, REG_EPS, _reg_loss, check_reg_inputs
+from .distributed import active_group, denominator_sync, global_loss
+from .focal import focal_share
+from .options import LossModule, LossOptions
+from .validation import (
+    check_bool,
+    check_choice,
+    check_floating,
+    check_number,
+    check_real,
+    check_same_device,
+    check_shape,
+    check_tensor,
+    shape_str,
+)
+
+POSE_COMPONENTS = ("hm", "wh", "off", "hp", "hm_hp", "hp_offset")
+
+
+@dataclasses.dataclass(frozen=True)
+class CenterNetPoseOptions(LossOptions):
+    """Options of :class:`CenterNetPoseLoss`, named and defaulted as CenterNet's ``opts.py``: the
+    term weights, the switches ``hm_hp``, ``reg_offset``, ``reg_hp_offset``, ``dense_hp``,
+    ``mse_loss``, the regression loss ``reg_loss`` (``"l1"`` or ``"sl1"``)."""
+
+    hm_weight: float = 1.0
+    wh_weight: float = 0.1
+    off_weight: float = 1.0
+    hp_weight: float = 1.0
+    hm_hp_weight: float = 1.0
+    hm_hp: bool = True
+    reg_offset: bool = True
+    reg_hp_offset: bool = True
+    dense_hp: bool = False
+    mse_loss: bool = False
+    reg_loss: str = "l1"
+
+    def validate(self) -> None:
+        for name in ("hm_weight", "wh_weight", "off_weight", "hp_weight", "hm_hp_weight"):
+            self._set(name, check_number(name, getattr(self, name)))
+        for name in ("hm_hp", "reg_offset", "reg_hp_offset", "dense_hp", "mse_loss"):
+            check_bool(name, getattr(self, name))
+        check_choice("reg_loss", self.reg_loss, ("l1", "sl1"))
+
+    def runs(self) -> dict[str, bool]:
+        """Which terms run (CenterNet's gates; ``reg_hp_offset`` is off without ``hm_hp``)."""
+        return {
+            "hm": True,
+            "wh": self.wh_weight > 0,
+            "off": self.reg_offset and self.off_weight > 0,
+            "hp": True,
+            "hm_hp": self.hm_hp and self.hm_hp_weight > 0,
+            "hp_offset": self.reg_hp_offset and self.hm_hp and self.off_weight > 0,
+        }
+
+
+# The heads each term reads, and the target keys.
+_HEADS = {
+    "hm": "hm",
+    "wh": "wh",
+    "off": "reg",
+    "hp": "hps",
+    "hm_hp": "hm_hp",
+    "hp_offset": "hp_offset",
+}
+
+
+def _target_keys(opts: CenterNetPoseOptions) -> list[str]:
+    runs = opts.runs()
+    keys = ["hm", "ind"]
+    if runs["wh"] or runs["off"]:
+        keys += ["reg_mask"] + (["wh"] if runs["wh"] else []) + (["reg"] if runs["off"] else [])
+    keys += ["dense_hps", "dense_hps_mask"] if opts.dense_hp else ["hps", "hps_mask"]
+    if runs["hm_hp"]:
+        keys.append("hm_hp")
+    if runs["hp_offset"]:
+        keys += ["hp_offset", "hp_ind", "hp_mask"]
+    return keys
+
+
+def check_pose_inputs(
+    outputs: Any, targets: Any, opts: CenterNetPoseOptions
+) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """(the stacks, the targets used), every tensor checked before any kernel runs."""
+    if isinstance(outputs, dict):
+        outputs = [outputs]
+    if not isinstance(outputs, (list, tuple)) or not outputs:
+        raise TypeError("outputs: expected a dict of heads or a non-empty list of them (stacks)")
+    if not isinstance(targets, dict):
+        raise TypeError(f"targets: expected a dict, got {type(targets).__name__}")
+    runs = opts.runs()
+    missing = [k for k in _target_keys(opts) if k not in targets]
+    if missing:
+        raise ValueError(f"targets: missing keys {missing} (for the options given)")
+    t = {k: targets[k] for k in _target_keys(opts)}
+    for s, out in enumerate(outputs):
+        if not isinstance(out, dict):
+            raise TypeError(f"outputs[{s}]: expected a dict of heads, got {type(out).__name__}")
+        need = [_HEADS[name] for name, on in runs.items() if on]
+        absent = [h for h in need if h not in out]
+        if absent:
+            raise ValueError(f"outputs[{s}]: missing heads {absent}")
+        hm = out["hm"]
+        check_tensor(f"outputs[{s}]['hm']", hm)
+        check_floating(f"outputs[{s}]['hm']", hm)
+        check_shape(f"outputs[{s}]['hm']", hm, [None, None, None, None], "[B, K, H, W]")
+        _check_same_shape("targets['hm']", t["hm"], hm)
+        b, _, h, w = hm.shape
+        regs = [("wh", "wh", "reg_mask", "ind"), ("off", "reg", "reg_mask", "ind")]
+        regs.append(("hp_offset", "hp_offset", "hp_mask", "hp_ind"))
+        for term, key, mask_key, ind_key in regs:
+            if runs[term]:
+                head = _HEADS[term]
+                check_reg_inputs(
+                    out[head], t[mask_key], t[ind_key], t[key], weighted=False,
+                    names=(f"outputs[{s}]['{head}']", f"targets['{mask_key}']",
+                           f"targets['{ind_key}']", f"targets['{key}']"),
+                )  # fmt: skip
+        hps = out["hps"]
+        if opts.dense_hp:
+            check_tensor(f"outputs[{s}]['hps']", hps)
+            check_floating(f"outputs[{s}]['hps']", hps)
+            check_shape(f"outputs[{s}]['hps']", hps, [b, None, h, w], f"[{b}, 2J, {h}, {w}]")
+            _check_same_shape("targets['dense_hps']", t["dense_hps"], hps)
+            _check_same_shape("targets['dense_hps_mask']", t["dense_hps_mask"], hps)
+        else:
+            check_reg_inputs(
+                hps, t["hps_mask"], t["ind"], t["hps"], weighted=True,
+                names=(f"outputs[{s}]['hps']", "targets['hps_mask']", "targets['ind']",
+                       "targets['hps']"),
+            )  # fmt: skip
+        if runs["hm_hp"]:
+            check_tensor(f"outputs[{s}]['hm_hp']", out["hm_hp"])
+            check_floating(f"outputs[{s}]['hm_hp']", out["hm_hp"])
+            _check_same_shape("targets['hm_hp']", t["hm_hp"], out["hm_hp"])
+        named = {f"outputs[{s}]['{k}']": v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        check_same_device({**named, **{f"targets['{k}']": v for k, v in t.items()}})
+    return list(outputs), t
+
+
+def _check_same_shape(name: str, x: Any, like: torch.Tensor) -> None:
+    check_tensor(name, x)
+    check_real(name, x)
+    if x.shape != like.shape:
+        raise ValueError(f"{name}: expected shape {shape_str(like)}, got {shape_str(x)}")
+
+
+def _dense_l1_share(hps: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, group: Any):
+    """sum |hps M - target M| / (sum M + 1e-4) (``sync``: sum M over the ranks)."""
+    sync = denominator_sync(group)
+    cdt = torch.float64 if hps.dtype == torch.float64 else torch.float32
+    m = mask.to(cdt)
+    msum = m.sum()
+    denom = (sync(msum) if sync is not None else msum) + REG_EPS
+    return ((hps.to(cdt) - target.to(cdt)) * m).abs().sum() / denom
+
+
+def _mse_share(pred: torch.Tensor, target: torch.Tensor, group: Any):
+    """mean((pred - target)^2) over every element (the count over the ranks)."""
+    sync = denominator_sync(group)
+    cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+    total = (pred.to(cdt) - target.to(cdt)).square().sum()
+    n = torch.tensor(float(pred.numel()), dtype=cdt, device=pred.device)
+    return total / (sync(n) if sync is not None else n).clamp_min(1)
+
+
+def centernet_pose_loss(
+    outputs: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
+    targets: dict[str, torch.Tensor],
+    *,
+    return_components: bool = False,
+    options: CenterNetPoseOptions | None = None,
+    **overrides: Any,
+):
+    """Functional form of :class:`CenterNetPoseLoss`: the same inputs; the options as keywords
+    (the fields of :class:`CenterNetPoseOptions`) or as a built ``options`` object."""
+    opts = CenterNetPoseOptions.build(options, overrides)
+    check_bool("return_components", return_components)
+    stacks, t = check_pose_inputs(outputs, targets, opts)
+    group = active_group(opts)
+    runs = opts.runs()
+    backend, smooth = opts.backend, opts.reg_loss == "sl1"
+    focal = CENTERNET_FOCAL.replace(backend=backend)
+    terms: dict[str, torch.Tensor] = {}
+    for out in stacks:
+        parts = {"hm": focal_share(out["hm"], t["hm"], None, focal, group)}
+        if runs["wh"]:
+            parts["wh"] = _reg_loss(out["wh"], t["reg_mask"], t["ind"], t["wh"], False, backend,
+                                    group, smooth)  # fmt: skip
+        if runs["off"]:
+            parts["off"] = _reg_loss(out["reg"], t["reg_mask"], t["ind"], t["reg"], False,
+                                     backend, group, smooth)  # fmt: skip
+        if opts.dense_hp:
+            parts["hp"] = _dense_l1_share(out["hps"], t["dense_hps"], t["dense_hps_mask"], group)
+        else:
+            parts["hp"] = _reg_loss(out["hps"], t["hps_mask"], t["ind"], t["hps"], True, backend,
+                                    group)  # fmt: skip
+        if runs["hm_hp"]:
+            if opts.mse_loss:
+                parts["hm_hp"] = _mse_share(out["hm_hp"], t["hm_hp"], group)
+            else:
+                parts["hm_hp"] = focal_share(out["hm_hp"], t["hm_hp"], None, focal, group)
+        if runs["hp_offset"]:
+            parts["hp_offset"] = _reg_loss(out["hp_offset"], t["hp_mask"], t["hp_ind"],
+                                           t["hp_offset"], False, backend, group, smooth)  # fmt: skip
+        for name, value in parts.items():
+            value = value / len(stacks) if len(stacks) > 1 else value
+            terms[name] = terms[name] + value if name in terms else value
+    like = terms["hm"]
+    zero = torch.zeros((), dtype=like.dtype, device=like.device)
+    weights = {
+        "hm": opts.hm_weight, "wh": opts.wh_weight, "off": opts.off_weight,
+        "hp": opts.hp_weight, "hm_hp": opts.hm_hp_weight, "hp_offset": opts.off_weight,
+    }  # fmt: skip
+    total = sum(weights[name] * value for name, value in terms.items())
+    comps = torch.stack([terms[n].detach() if n in terms else zero for n in POSE_COMPONENTS])
+    total, comps = global_loss(total, group, comps)
+    if not return_components:
+        return total
+    return total, dict(zip(POSE_COMPONENTS, comps.unbind(0)))
+
+
+class CenterNetPoseLoss(LossModule):
+    """CenterNet's multi-pose loss (``MultiPoseLoss``), fused term by term.
+
+    ``CenterNetPoseLoss(**options)`` with the fields of :class:`CenterNetPoseOptions`
+    (``hm_weight=1.0, wh_weight=0.1, off_weight=1.0, hp_weight=1.0, hm_hp_weight=1.0, hm_hp=True,
+    reg_offset=True, reg_hp_offset=True, dense_hp=False, mse_loss=False, reg_loss="l1",
+    backend="auto", reduce_across_ranks=False, process_group=None``), called as
+    ``criterion(outputs, targets, return_components=False)``: ``outputs`` a dict of heads or a
+    list of them, one per stack: ``hm`` [B,K,H,W] and (focal mode) ``hm_hp`` [B,J,H,W] as
+    clamped-sigmoid probabilities (:func:`clamped_sigmoid`), ``hm_hp`` raw with ``mse_loss``;
+    ``wh``, ``reg``, ``hp_offset`` [B,2,H,W]; ``hps`` [B,2J,H,W]. ``targets``: CenterNet's batch
+    dict (``hm wh reg ind reg_mask hps hps_mask hm_hp hp_offset hp_ind hp_mask``, with
+    ``dense_hp`` ``dense_hps dense_hps_mask`` instead of ``hps hps_mask``; extra keys ignored).
+    Returns the total, and with ``return_components=True`` ``(total, {"hm", "wh", "off", "hp",
+    "hm_hp", "hp_offset"})`` with detached 0-dim terms (0 for a term that does not run).
+    """
+
+    Options = CenterNetPoseOptions
+
+    def forward(
+        self,
+        outputs: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
+        targets: dict[str, torch.Tensor],
+        *,
+        return_components: bool = False,
+    ):
+        return centernet_pose_loss(
+            outputs, targets, return_components=return_components, options=self.options
+        )

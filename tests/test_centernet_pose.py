@@ -1,0 +1,163 @@
+"""CenterNet multi-pose loss (docs/centernet.md "Multi-pose"): centernet_pose_loss /
+CenterNetPoseLoss over CenterNet's batch dict against the literal MultiPoseLoss of
+``reference/centernet_pose.py``, in float64, on both backends (triton through the interpreter on
+CPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import DEVICE, assert_grad_close, assert_scalar_close, pairwise, upstream_scalar
+from fused_losses.reference import centernet_pose as RP
+from fused_losses.reference.centernet import clamped_sigmoid
+
+import fused_losses as fl
+
+F64 = torch.float64
+J = 5  # joints (17 for COCO; fewer keeps the float64 reference fast)
+
+
+def pose_scene(seed: int, *, b=2, n=4, size=(16, 20), k=1, dense_hp=False, mse_loss=False):
+    """Random people (boxes in input pixels, down_ratio 4), some joints unlabelled or outside the
+    map, one person without a labelled joint; CenterNet's targets from the reference."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    img = torch.tensor([w * 4.0, h * 4.0], dtype=F64)
+    xy = torch.rand(b, n, 2, generator=g, dtype=F64) * img * 0.6
+    boxes = torch.cat([xy, xy + 12 + torch.rand(b, n, 2, generator=g, dtype=F64) * img * 0.4], -1)
+    boxes = boxes.float()
+    kp_xy = boxes[..., None, :2] + torch.rand(b, n, J, 2, generator=g) * (
+        boxes[..., None, 2:] - boxes[..., None, :2]
+    )
+    kp_xy[:, :, 0] = -3.0  # joint 0 left of the map
+    vis = torch.randint(0, 3, (b, n, J), generator=g).float()
+    vis[0, 1] = 0  # a person without a labelled joint
+    keypoints = torch.cat([kp_xy, vis[..., None]], -1)
+    labels = torch.randint(0, k, (b, n), generator=g)
+    box_mask = torch.rand(b, n, generator=g) > 0.2
+    targets = RP.centernet_pose_targets(
+        boxes, keypoints, labels, box_mask, num_classes=k, num_joints=J, output_size=size,
+        dense_hp=dense_hp, mse_loss=mse_loss, hm_gauss=2.0 if mse_loss else None,
+    )  # fmt: skip
+    return targets
+
+
+def pose_heads(seed: int, targets: dict, stacks: int, mse_loss: bool) -> list[dict]:
+    g = torch.Generator().manual_seed(1000 + seed)
+    b, k, h, w = targets["hm"].shape
+    out = []
+    for _ in range(stacks):
+        heads = {
+            "hm": clamped_sigmoid(torch.randn(b, k, h, w, generator=g, dtype=F64) - 1),
+            "wh": torch.randn(b, 2, h, w, generator=g, dtype=F64) * 4 + 6,
+            "reg": torch.rand(b, 2, h, w, generator=g, dtype=F64),
+            "hps": torch.randn(b, 2 * J, h, w, generator=g, dtype=F64) * 3,
+            "hp_offset": torch.rand(b, 2, h, w, generator=g, dtype=F64),
+        }
+        hm_hp = torch.randn(b, J, h, w, generator=g, dtype=F64)
+        heads["hm_hp"] = hm_hp.sigmoid() if mse_loss else clamped_sigmoid(hm_hp - 1)
+        out.append(heads)
+    return out
+
+
+FACTORS = {
+    "stacks": [1, 2],
+    "dense_hp": [False, True],
+    "mse_loss": [False, True],
+    "reg_loss": ["l1", "sl1"],
+    "hm_hp": [True, False],
+    "reg_offset": [True, False],
+    "reg_hp_offset": [True, False],
+    "weights": ["default", "zeros", "custom"],
+}
+ROWS = pairwise(FACTORS)
+WEIGHTS = {
+    "default": {},
+    "zeros": dict(wh_weight=0.0, off_weight=0.0, hm_hp_weight=0.0),
+    "custom": dict(hm_weight=1.3, wh_weight=0.2, off_weight=0.7, hp_weight=0.9, hm_hp_weight=1.1),
+}
+
+
+def _ids(rows):
+    return ["-".join(f"{k}={v}" for k, v in r.items()) for r in rows]
+
+
+@pytest.mark.parametrize("row", ROWS, ids=_ids(ROWS))
+def test_pose_loss_matches_multi_pose_loss(row, backend):
+    opts = dict(
+        dense_hp=row["dense_hp"], mse_loss=row["mse_loss"], reg_loss=row["reg_loss"],
+        hm_hp=row["hm_hp"], reg_offset=row["reg_offset"], reg_hp_offset=row["reg_hp_offset"],
+        **WEIGHTS[row["weights"]],
+    )  # fmt: skip
+    seed = len(_ids([row])[0])
+    targets = pose_scene(seed, dense_hp=row["dense_hp"], mse_loss=row["mse_loss"])
+    heads = pose_heads(seed, targets, row["stacks"], row["mse_loss"])
+    ref_leaves = [{k: v.clone().requires_grad_() for k, v in st.items()} for st in heads]
+    ref_total, ref_parts = RP.multi_pose_loss(ref_leaves, targets, **opts)
+    r = upstream_scalar(seed)
+    (ref_total * r).backward()
+
+    leaves = [{k: v.float().to(DEVICE).requires_grad_() for k, v in st.items()} for st in heads]
+    t = {k: v.to(DEVICE) for k, v in targets.items()}
+    t["meta"] = "ignored"
+    outputs = leaves if row["stacks"] > 1 else leaves[0]
+    total, parts = fl.centernet_pose_loss(
+        outputs, t, return_components=True, backend=backend, **opts
+    )
+    (total * r).backward()
+    assert total.dim() == 0 and total.dtype == torch.float32
+    assert_scalar_close(total, ref_total, 1e-5, "total")
+    assert set(parts) == set(ref_parts)
+    for name, value in parts.items():
+        assert not value.requires_grad
+        assert_scalar_close(value, ref_parts[name], 1e-5, name)
+    for st, ref_st in zip(leaves, ref_leaves):
+        for key, leaf in st.items():
+            if ref_st[key].grad is None:
+                assert leaf.grad is None or not leaf.grad.any(), key
+            else:
+                assert_grad_close(leaf.grad, ref_st[key].grad, 1e-5, f"grad {key}")
+
+
+def test_module_form_and_absent_heads(backend):
+    targets = pose_scene(3)
+    heads = pose_heads(3, targets, 1, False)[0]
+    t = {k: v.to(DEVICE) for k, v in targets.items()}
+    x = {k: v.float().to(DEVICE) for k, v in heads.items()}
+    crit = fl.CenterNetPoseLoss(hm_hp=False, backend=backend)
+    a = crit(x, t)
+    del x["hm_hp"], x["hp_offset"]  # not read without hm_hp
+    assert torch.equal(crit(x, t), a)
+    ref, _ = RP.multi_pose_loss(heads, targets, hm_hp=False)
+    assert_scalar_close(a, ref, 1e-5)
+
+
+def test_float64_heads():
+    targets = pose_scene(4)
+    heads = pose_heads(4, targets, 1, False)[0]
+    loss = fl.centernet_pose_loss(heads, targets, backend="torch")
+    ref, _ = RP.multi_pose_loss(heads, targets)
+    assert loss.dtype == F64
+    assert_scalar_close(loss, ref, 1e-12)
+
+
+def test_bad_input_names_the_argument():
+    targets = pose_scene(5)
+    heads = pose_heads(5, targets, 1, False)[0]
+    with pytest.raises(ValueError, match="hm_hp"):
+        fl.centernet_pose_loss({k: v for k, v in heads.items() if k != "hm_hp"}, targets)
+    with pytest.raises(ValueError, match="dense_hps"):
+        fl.centernet_pose_loss(heads, targets, dense_hp=True)
+    bad = dict(heads, hps=heads["hps"][:, :4])
+    with pytest.raises(ValueError, match="hps"):
+        fl.centernet_pose_loss(bad, targets)
+    with pytest.raises(ValueError, match="reg_loss"):
+        fl.CenterNetPoseLoss(reg_loss="l2")
+    with pytest.raises(TypeError, match="dense_hp"):
+        fl.CenterNetPoseLoss(dense_hp=1)
+    with pytest.raises(TypeError, match="outputs"):
+        fl.centernet_pose_loss([], targets)
+    with pytest.raises(TypeError, match="targets"):
+        fl.centernet_pose_loss(heads, [targets])
+    with pytest.raises(ValueError, match=r"targets\['hm'\]"):
+        fl.centernet_pose_loss(heads, dict(targets, hm=targets["hm"][:1]))
