@@ -4,7 +4,8 @@ A case is one (op, mode, batch, variant) on one device. Each op is one :class:`B
 registry ``CASES`` (``@register(op, family, ...)`` on the function that builds its inputs): its
 family (``GAP``: problems from ``fused_losses.reference.cases.gap_case``, the same random problems
 the tests use; ``CENTERNET``: random valid boxes from ``centernet_boxes``, some masked; ``CASS``:
-patch logits and random boxes in pixels, ``CassProblem``), the
+patch logits and random boxes in pixels, ``CassProblem``; ``POSE``: CenterNet multi-pose heads,
+boxes and keypoints, ``PoseProblem``), the
 builder of its inputs, how to call the fused op and its eager reference, and whether it is
 forward only. ``make_case`` returns a ``Case`` whose ``setup()`` clears gradients and whose
 ``step()`` runs one forward (under ``torch.no_grad()``) or one forward+backward and synchronises
@@ -403,6 +404,60 @@ class CassProblem(Problem):
         return boxes.to(self.device), mask.to(self.device)
 
 
+POSE_SHAPES = {  # (people slots, joints, map size, batches) per device type
+    "cuda": (32, 17, (128, 128), (32,)),
+    # Small: the reference builds its targets with a per-person, per-joint Python loop.
+    "cpu": (8, 17, (64, 64), (2,)),
+}
+
+
+class PoseProblem(Problem):
+    """A CenterNet multi-pose problem: up to ``POSE_SHAPES`` people (boxes and 17 keypoints in
+    input pixels, some masked, some joints unlabelled), the six heads, one class. The reference
+    builds the targets from CPU copies inside its timed call (CenterNet's loader loop)."""
+
+    @cached_property
+    def shape(self) -> tuple:
+        return POSE_SHAPES["cuda" if _is_cuda(self.device) else "cpu"]
+
+    @cached_property
+    def _cpu(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        n, j = self.shape[:2]
+        boxes, _, box_mask = centernet_boxes(self.batch, n, self.size, num_classes=1,
+                                             seed=self.seed)  # fmt: skip
+        g = torch.Generator().manual_seed(self.seed + 2)
+        span = boxes[..., None, 2:] - boxes[..., None, :2]
+        xy = boxes[..., None, :2] + torch.rand(self.batch, n, j, 2, generator=g) * span
+        v = torch.randint(0, 3, (self.batch, n, j, 1), generator=g).float()
+        return boxes, torch.cat([xy, v], -1), box_mask
+
+    @cached_property
+    def raw(self) -> dict[str, torch.Tensor]:
+        boxes, kp, box_mask = (x.to(self.device) for x in self._cpu)
+        return {"boxes": boxes, "keypoints": kp, "box_mask": box_mask}
+
+    def heads(self) -> dict[str, torch.Tensor]:
+        g = torch.Generator(device=self.device).manual_seed(self.seed + 3)
+        j = self.shape[1]
+        b, (h, w) = self.batch, self.size
+
+        def head(c, fn):
+            x = torch.randn(b, c, h, w, generator=g, device=self.device, dtype=DTYPE)
+            return fn(x).detach().requires_grad_(self.grad)
+
+        sig = lambda x: ref.centernet.clamped_sigmoid(x - 2.19)
+        return {"hm": head(1, sig), "wh": head(2, lambda x: x.abs() * 8),
+                "reg": head(2, torch.sigmoid), "hps": head(2 * j, lambda x: x * 4),
+                "hm_hp": head(j, sig), "hp_offset": head(2, torch.sigmoid)}  # fmt: skip
+
+    def ref_targets(self) -> dict[str, torch.Tensor]:
+        boxes, kp, box_mask = self._cpu
+        t = ref.centernet_pose.centernet_pose_targets(
+            boxes, kp, None, box_mask, num_joints=self.shape[1], output_size=self.size
+        )
+        return {k: v.to(self.device) for k, v in t.items()}
+
+
 # ----------------------------------------------------------------------------------------------
 # Families and the case registry.
 
@@ -443,6 +498,16 @@ CASS = Family(
     ref.cass,
     batches=lambda device: (8, 64) if _is_cuda(device) else (2, 8),
     size=lambda device: CASS_SIZE,
+)
+
+
+# CenterNet multi-pose: the full loss from raw boxes and keypoints.
+POSE = Family(
+    "centernet_pose",
+    PoseProblem,
+    ref.centernet_pose,
+    batches=lambda device: POSE_SHAPES["cuda" if _is_cuda(device) else "cpu"][3],
+    size=lambda device: POSE_SHAPES["cuda" if _is_cuda(device) else "cpu"][2],
 )
 
 
@@ -647,6 +712,19 @@ def _centernet_targets(p: CenterNetProblem) -> Inputs:
     kwargs = {"num_classes": p.shape.classes, "output_size": p.size, "down_ratio": DOWN_RATIO}
     extra = {"output_bytes": nbytes(*p.targets.values())}
     return Inputs(p.boxes, kwargs, extra=extra)
+
+
+@register(
+    "centernet_pose_loss",
+    POSE,
+    # The reference takes CenterNet's batch dict: built from the CPU boxes and keypoints by the
+    # literal per-person loop inside the timed call (``compile`` compiles the loss part only).
+    reference=lambda fn, x, p: fn(x.args[0], p.ref_targets()),
+)
+def _centernet_pose_loss(p: PoseProblem) -> Inputs:
+    heads = p.heads()
+    extra = {"people": p.shape[0], "joints": p.shape[1]}
+    return Inputs((heads,), dict(p.raw), leaves=tuple(heads.values()), extra=extra)
 
 
 def _cass(p: CassProblem, n: int) -> Inputs:

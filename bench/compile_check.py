@@ -201,6 +201,27 @@ def _centernet_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
 
     yield "centernet", run
 
+    def pose(dense_hp, mse_loss, dtype_boxes):
+        def call():
+            g = torch.Generator().manual_seed(1)
+            b, n, j = 2, 4, 17
+            xy = torch.rand(b, n, 2, generator=g) * 60
+            boxes = torch.cat([xy, xy + 8 + torch.rand(b, n, 2, generator=g) * 40], dim=-1)
+            kp = torch.cat([boxes[..., None, :2] + torch.rand(b, n, j, 2, generator=g) * 8,
+                            torch.ones(b, n, j, 1)], dim=-1)  # fmt: skip
+            fl.centernet_pose_targets(
+                boxes.to(dtype_boxes), kp, output_size=CENTERNET_SIZE, num_joints=j,
+                dense_hp=dense_hp, mse_loss=mse_loss, hm_gauss=2.5 if mse_loss else None,
+                backend="triton",
+            )  # fmt: skip
+
+        return call
+
+    yield "pose[umich]", pose(False, False, torch.float32)
+    yield "pose[dense,umich]", pose(True, False, torch.float32)
+    yield "pose[dense,msra]", pose(True, True, torch.float32)
+    yield "pose[dense,f64]", pose(True, False, torch.float64)
+
 
 def _cass_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     import torch

@@ -32,6 +32,7 @@ from .centernet import (
 )
 from .centernet_labels import centernet_targets
 from .centernet_pose import CenterNetPoseLoss, CenterNetPoseOptions, centernet_pose_loss
+from .centernet_pose_labels import centernet_pose_targets
 from .cosine import CosineOptions, MaskedCosineLoss, masked_cosine_loss
 from .focal import FocalOptions, MaskedFocalLoss, masked_focal_loss
 from .gap_detection import GapDetectionLoss, GapLossOptions, gap_detection_loss
@@ -74,6 +75,7 @@ __all__ = [
     "centernet_focal_loss",
     "centernet_loss",
     "centernet_pose_loss",
+    "centernet_pose_targets",
     "centernet_targets",
     "clamped_sigmoid",
     "gap_detection_loss",

@@ -30,6 +30,7 @@ from typing import Any
 import torch
 
 from .centernet import CENTERNET_FOCAL, REG_EPS, _reg_loss, check_reg_inputs
+from .centernet_pose_labels import centernet_pose_targets
 from .distributed import active_group, denominator_sync, global_loss
 from .focal import focal_share
 from .options import LossModule, LossOptions
@@ -38,6 +39,7 @@ from .validation import (
     check_choice,
     check_floating,
     check_number,
+    check_positive_int,
     check_real,
     check_same_device,
     check_shape,
@@ -65,6 +67,8 @@ class CenterNetPoseOptions(LossOptions):
     dense_hp: bool = False
     mse_loss: bool = False
     reg_loss: str = "l1"
+    down_ratio: int = 4
+    hm_gauss: float | None = None
 
     def validate(self) -> None:
         for name in ("hm_weight", "wh_weight", "off_weight", "hp_weight", "hm_hp_weight"):
@@ -72,6 +76,9 @@ class CenterNetPoseOptions(LossOptions):
         for name in ("hm_hp", "reg_offset", "reg_hp_offset", "dense_hp", "mse_loss"):
             check_bool(name, getattr(self, name))
         check_choice("reg_loss", self.reg_loss, ("l1", "sl1"))
+        self._set("down_ratio", check_positive_int("down_ratio", self.down_ratio))
+        if self.hm_gauss is not None:
+            self._set("hm_gauss", check_number("hm_gauss", self.hm_gauss, positive=True))
 
     def runs(self) -> dict[str, bool]:
         """Which terms run (CenterNet's gates; ``reg_hp_offset`` is off without ``hm_hp``)."""
@@ -197,8 +204,12 @@ def _mse_share(pred: torch.Tensor, target: torch.Tensor, group: Any):
 
 def centernet_pose_loss(
     outputs: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
-    targets: dict[str, torch.Tensor],
+    targets: dict[str, torch.Tensor] | None = None,
     *,
+    boxes: torch.Tensor | None = None,
+    keypoints: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+    box_mask: torch.Tensor | None = None,
     return_components: bool = False,
     options: CenterNetPoseOptions | None = None,
     **overrides: Any,
@@ -207,6 +218,26 @@ def centernet_pose_loss(
     (the fields of :class:`CenterNetPoseOptions`) or as a built ``options`` object."""
     opts = CenterNetPoseOptions.build(options, overrides)
     check_bool("return_components", return_components)
+    if (targets is None) == (boxes is None):
+        raise ValueError("targets, boxes: give exactly one of them (a target dict or raw boxes)")
+    if targets is None:
+        if keypoints is None:
+            raise ValueError("keypoints: required with boxes")
+        first = outputs if isinstance(outputs, dict) else (outputs[0] if outputs else None)
+        if not isinstance(first, dict) or "hm" not in first:
+            raise ValueError("outputs: expected heads with 'hm' (the map size and classes)")
+        check_tensor("outputs[0]['hm']", first["hm"])
+        check_shape("outputs[0]['hm']", first["hm"], [None, None, None, None], "[B, K, H, W]")
+        check_tensor("keypoints", keypoints)
+        check_shape("keypoints", keypoints, [None, None, None, 3], "[B, N, J, 3]")
+        k, h, w = first["hm"].shape[1:]
+        targets = centernet_pose_targets(
+            boxes, keypoints, labels, box_mask, num_classes=k, num_joints=keypoints.shape[2],
+            output_size=(h, w), down_ratio=opts.down_ratio, dense_hp=opts.dense_hp,
+            mse_loss=opts.mse_loss, hm_gauss=opts.hm_gauss, backend=opts.backend,
+        )  # fmt: skip
+    elif labels is not None or box_mask is not None or keypoints is not None:
+        raise ValueError("keypoints, labels, box_mask: only with boxes, not with targets")
     stacks, t = check_pose_inputs(outputs, targets, opts)
     group = active_group(opts)
     runs = opts.runs()
@@ -258,12 +289,15 @@ class CenterNetPoseLoss(LossModule):
     (``hm_weight=1.0, wh_weight=0.1, off_weight=1.0, hp_weight=1.0, hm_hp_weight=1.0, hm_hp=True,
     reg_offset=True, reg_hp_offset=True, dense_hp=False, mse_loss=False, reg_loss="l1",
     backend="auto", reduce_across_ranks=False, process_group=None``), called as
-    ``criterion(outputs, targets, return_components=False)``: ``outputs`` a dict of heads or a
+    ``criterion(outputs, targets=None, *, boxes=None, keypoints=None, labels=None,
+    box_mask=None, return_components=False)``: ``outputs`` a dict of heads or a
     list of them, one per stack: ``hm`` [B,K,H,W] and (focal mode) ``hm_hp`` [B,J,H,W] as
     clamped-sigmoid probabilities (:func:`clamped_sigmoid`), ``hm_hp`` raw with ``mse_loss``;
     ``wh``, ``reg``, ``hp_offset`` [B,2,H,W]; ``hps`` [B,2J,H,W]. ``targets``: CenterNet's batch
     dict (``hm wh reg ind reg_mask hps hps_mask hm_hp hp_offset hp_ind hp_mask``, with
-    ``dense_hp`` ``dense_hps dense_hps_mask`` instead of ``hps hps_mask``; extra keys ignored).
+    ``dense_hp`` ``dense_hps dense_hps_mask`` instead of ``hps hps_mask``; extra keys ignored),
+    or raw ``boxes`` [B,N,4], ``keypoints`` [B,N,J,3] (x, y, v) input pixels, ``labels`` and
+    ``box_mask`` [B,N], from which :func:`centernet_pose_targets` builds them on the device.
     Returns the total, and with ``return_components=True`` ``(total, {"hm", "wh", "off", "hp",
     "hm_hp", "hp_offset"})`` with detached 0-dim terms (0 for a term that does not run).
     """
@@ -273,10 +307,15 @@ class CenterNetPoseLoss(LossModule):
     def forward(
         self,
         outputs: dict[str, torch.Tensor] | Sequence[dict[str, torch.Tensor]],
-        targets: dict[str, torch.Tensor],
+        targets: dict[str, torch.Tensor] | None = None,
         *,
+        boxes: torch.Tensor | None = None,
+        keypoints: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
         return_components: bool = False,
     ):
         return centernet_pose_loss(
-            outputs, targets, return_components=return_components, options=self.options
-        )
+            outputs, targets, boxes=boxes, keypoints=keypoints, labels=labels,
+            box_mask=box_mask, return_components=return_components, options=self.options,
+        )  # fmt: skip

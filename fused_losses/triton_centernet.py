@@ -19,8 +19,10 @@ import torch
 from .backend import compute_dtype, refuse_double_backward
 from .centernet import CENTERNET_FOCAL, REG_EPS
 from .centernet_labels import MIN_OVERLAP, TARGET_KEYS
+from .centernet_pose_labels import DENSE_KEYS, POSE_TARGET_KEYS
 from .kernel_ops import KernelFn, kernel_op, register, run, scalar_and_aux
 from .kernels import centernet as _centernet
+from .kernels import centernet_pose as _pose
 from .kernels.reduce import scale_gradients_, stores_gradients
 
 # The focal options the heatmap kernel reads (CenterNet's _neg_loss).
@@ -92,6 +94,31 @@ def _targets_fake(boxes, labels, box_mask, *, num_classes, size, down_ratio):
             labels.new_empty((b, n), dtype=torch.uint8))  # fmt: skip
 
 
+def _pose_forward(boxes, keypoints, labels, box_mask, **o):
+    out = _pose.pose_targets_launch(
+        boxes, keypoints, labels, box_mask, o["num_classes"], tuple(o["size"]), o["down_ratio"],
+        o["dense_hp"], o["mse_loss"], o["hm_gauss"], MIN_OVERLAP,
+    )  # fmt: skip
+    return tuple(out[k] for k in _pose_keys(o["dense_hp"]))
+
+
+def _pose_keys(dense_hp: bool) -> tuple[str, ...]:
+    return POSE_TARGET_KEYS + (DENSE_KEYS if dense_hp else ())
+
+
+def _pose_fake(boxes, keypoints, labels, box_mask, **o):
+    b, n = boxes.shape[:2]
+    nj, k, (h, w) = keypoints.shape[2], o["num_classes"], o["size"]
+    f = dict(dtype=compute_dtype(boxes.dtype))
+    i64, u8 = dict(dtype=torch.int64), dict(dtype=torch.uint8)
+    shapes = [((b, k, h, w), f), ((b, n, 2), f), ((b, n, 2), f), ((b, n), i64), ((b, n), u8),
+              ((b, n, 2 * nj), f), ((b, n, 2 * nj), u8), ((b, nj, h, w), f),
+              ((b, n * nj, 2), f), ((b, n * nj), i64), ((b, n * nj), i64)]  # fmt: skip
+    if o["dense_hp"]:
+        shapes += [((b, 2 * nj, h, w), f)] * 2
+    return tuple(boxes.new_empty(s, **d) for s, d in shapes)
+
+
 _SMALL = ("wh", "reg", "ind", "reg_mask")
 register("transpose_and_gather_feat", KernelFn(
     forward=lambda feat, ind: (_centernet.gather_feat_launch(feat, ind),),
@@ -100,6 +127,7 @@ register("transpose_and_gather_feat", KernelFn(
 register("reg_l1_loss", KernelFn(_reg_l1_forward, _reg_l1_fake, _reg_l1_backward))
 register("centernet_hm_loss", KernelFn(_hm_forward, _hm_fake, _hm_backward))
 register("centernet_targets", KernelFn(_targets_forward, _targets_fake))
+register("centernet_pose_targets", KernelFn(_pose_forward, _pose_fake))
 
 
 class _HeatmapFromBoxesTriton(torch.autograd.Function):
@@ -172,3 +200,14 @@ def centernet_hm_loss_triton(hm, boxes, labels, box_mask, down_ratio: int, need:
 def centernet_targets_triton(boxes, labels, box_mask, num_classes, size, down_ratio):
     opts = dict(num_classes=num_classes, size=list(size), down_ratio=down_ratio)
     return dict(zip(TARGET_KEYS, run("centernet_targets", (boxes, labels, box_mask), opts)))
+
+
+def centernet_pose_targets_triton(
+    boxes, keypoints, labels, box_mask, num_classes, size, down_ratio, dense_hp, mse_loss,
+    hm_gauss,
+) -> dict[str, torch.Tensor]:  # fmt: skip
+    """The multi-pose targets in one launch (a dict of CenterNet's keys)."""
+    opts = dict(num_classes=num_classes, size=list(size), down_ratio=int(down_ratio),
+                dense_hp=bool(dense_hp), mse_loss=bool(mse_loss), hm_gauss=hm_gauss)  # fmt: skip
+    out = run("centernet_pose_targets", (boxes, keypoints, labels, box_mask), opts)
+    return dict(zip(_pose_keys(dense_hp), out))

@@ -30,6 +30,7 @@ from .centernet import (
 )
 
 __all__ = [
+    "centernet_pose_loss",
     "centernet_pose_targets",
     "draw_dense_reg",
     "draw_msra_gaussian",
@@ -369,3 +370,8 @@ def multi_pose_loss(
         "hp_offset": hp_offset_loss,
     }
     return loss, parts
+
+
+def centernet_pose_loss(outputs, targets: dict[str, torch.Tensor], **options) -> torch.Tensor:
+    """The total of :func:`multi_pose_loss` alone (the library function's name and return)."""
+    return multi_pose_loss(outputs, targets, **options)[0]

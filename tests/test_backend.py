@@ -161,6 +161,11 @@ def small_inputs() -> list[Dispatch]:
         # Multi-pose: the focal term (triton_gap's glue) runs first.
         ("centernet_pose_loss", gap, "masked_focal_loss_triton",
          lambda be: fl.centernet_pose_loss(pose_heads, pose_t, backend=be)),
+        ("centernet_pose_targets", cn, "centernet_pose_targets_triton",
+         lambda be: fl.centernet_pose_targets(
+             torch.tensor([[[1.0, 2.0, 13.0, 10.0]]]),
+             torch.tensor([[[[4.0, 5.0, 2.0], [9.0, 7.0, 1.0]]]]), num_joints=2,
+             output_size=size, dense_hp=True, backend=be)),
         ("CenterNetPoseLoss", gap, "masked_focal_loss_triton",
          lambda be: fl.CenterNetPoseLoss(backend=be)(pose_heads, pose_t)),
         ("cass_loss", cass, "cass_loss_triton",

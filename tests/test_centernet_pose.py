@@ -161,3 +161,126 @@ def test_bad_input_names_the_argument():
         fl.centernet_pose_loss(heads, [targets])
     with pytest.raises(ValueError, match=r"targets\['hm'\]"):
         fl.centernet_pose_loss(heads, dict(targets, hm=targets["hm"][:1]))
+
+
+# --------------------------------------------------------------------------------------- targets
+
+
+def raw_scene(seed: int, *, b=2, n=5, size=(16, 20), k=2, joints=J):
+    """Boxes, keypoints, labels and mask: some boxes partly off the map, joints outside it and
+    unlabelled, a box without a labelled joint, two people with the same box (overlap)."""
+    g = torch.Generator().manual_seed(seed)
+    h, w = size
+    img = torch.tensor([w * 4.0, h * 4.0])
+    xy = torch.rand(b, n, 2, generator=g) * img * 0.7 - 6
+    boxes = torch.cat([xy, xy + 2 + torch.rand(b, n, 2, generator=g) * img * 0.5], -1)
+    span = boxes[..., None, 2:] - boxes[..., None, :2]
+    kp = boxes[..., None, :2] + torch.rand(b, n, joints, 2, generator=g) * span * 1.2 - 3
+    vis = torch.randint(0, 3, (b, n, joints), generator=g).float()
+    vis[0, 1] = 0  # a person without a labelled joint
+    if n > 3:
+        boxes[1, 3] = boxes[1, 2]  # overlapping people: the same box, other joints
+        kp[1, 3] = kp[1, 2] + 1
+    keypoints = torch.cat([kp, vis[..., None]], -1)
+    labels = torch.randint(0, k, (b, n), generator=g)
+    box_mask = torch.rand(b, n, generator=g) > 0.15
+    return boxes, keypoints, labels, box_mask
+
+
+TARGET_ROWS = [
+    dict(dense_hp=d, mse_loss=m, hm_gauss=g, size=s)
+    for d in (False, True)
+    for m, g in ((False, None), (True, 2.0), (True, 2.5))
+    for s in ((16, 20), (20, 9))
+]
+
+
+@pytest.mark.parametrize("row", TARGET_ROWS, ids=_ids(TARGET_ROWS))
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_pose_targets_equal_the_reference(row, seed, backend):
+    """Bit-identical to the literal CenterNet loop for float32 inputs (the msra Gaussians too:
+    the reference's arithmetic order), in every order-dependent case of dense_hp."""
+    boxes, kp, labels, mask = raw_scene(seed, size=row["size"])
+    kw = dict(num_classes=2, num_joints=J, output_size=row["size"], dense_hp=row["dense_hp"],
+              mse_loss=row["mse_loss"], hm_gauss=row["hm_gauss"])  # fmt: skip
+    ref = RP.centernet_pose_targets(boxes, kp, labels, mask, **kw)
+    got = fl.centernet_pose_targets(
+        boxes.to(DEVICE), kp.to(DEVICE), labels.to(DEVICE), mask.to(DEVICE), backend=backend,
+        **kw,
+    )  # fmt: skip
+    assert set(got) == set(ref)
+    for key, value in ref.items():
+        assert got[key].dtype == value.dtype, key
+        assert torch.equal(got[key].cpu(), value), key
+
+
+def test_pose_targets_float64_and_defaults(backend):
+    boxes, kp, _, _ = raw_scene(4, k=1)
+    ref = RP.centernet_pose_targets(boxes.double(), kp.double(), num_joints=J, output_size=(16, 20))
+    got = fl.centernet_pose_targets(boxes.double().to(DEVICE), kp.double().to(DEVICE),
+                                    num_joints=J, output_size=(16, 20), backend=backend)  # fmt: skip
+    for key, value in ref.items():
+        assert got[key].dtype == value.dtype and torch.equal(got[key].cpu(), value), key
+
+
+def test_pose_targets_empty_cases(backend):
+    kw = dict(num_joints=J, output_size=(8, 8), backend=backend, dense_hp=True)
+    for b, n in ((0, 3), (2, 0)):
+        t = fl.centernet_pose_targets(torch.zeros(b, n, 4, device=DEVICE),
+                                      torch.zeros(b, n, J, 3, device=DEVICE), **kw)  # fmt: skip
+        assert t["hm"].shape == (b, 1, 8, 8) and t["hp_ind"].shape == (b, n * J)
+        assert not t["hm"].any() and not t["dense_hps"].any()
+    boxes, kp, _labels, _ = raw_scene(5, k=1)
+    t = fl.centernet_pose_targets(
+        boxes.to(DEVICE), kp.to(DEVICE), box_mask=torch.zeros(2, 5, dtype=torch.bool,
+        device=DEVICE), output_size=(16, 20), num_joints=J, backend=backend,
+    )  # fmt: skip
+    assert not t["hm"].any() and not t["hps_mask"].any() and not t["reg_mask"].any()
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not fl.backend.interpreter_on(), reason="needs triton")
+def test_pose_targets_one_launch():
+    from fused_losses.kernels.launch import launch_count, reset_launch_count
+
+    boxes, kp, labels, mask = raw_scene(6)
+    reset_launch_count()
+    fl.centernet_pose_targets(boxes.to(DEVICE), kp.to(DEVICE), labels.to(DEVICE),
+                              mask.to(DEVICE), num_classes=2, num_joints=J, output_size=(16, 20),
+                              dense_hp=True, backend="triton")  # fmt: skip
+    assert launch_count() == 1
+
+
+def test_pose_loss_from_raw_boxes_equals_target_dict(backend):
+    boxes, kp, _labels, mask = raw_scene(7, k=1)
+    targets = RP.centernet_pose_targets(boxes, kp, None, mask, num_joints=J, output_size=(16, 20))
+    heads = pose_heads(7, targets, 1, False)[0]
+    x = {k: v.float().to(DEVICE) for k, v in heads.items()}
+    crit = fl.CenterNetPoseLoss(backend=backend)
+    a = crit(x, boxes=boxes.to(DEVICE), keypoints=kp.to(DEVICE), box_mask=mask.to(DEVICE))
+    b = crit(x, {k: v.to(DEVICE) for k, v in targets.items()})
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="exactly one"):
+        crit(x, targets, boxes=boxes)
+    with pytest.raises(ValueError, match="keypoints"):
+        crit(x, boxes=boxes)
+
+
+def test_pose_targets_bad_input():
+    boxes, kp, labels, _ = raw_scene(8)
+    kw = dict(num_classes=2, num_joints=J, output_size=(16, 20))
+    with pytest.raises(ValueError, match="keypoints"):
+        fl.centernet_pose_targets(boxes, kp[..., :2], labels, **kw)
+    with pytest.raises(ValueError, match="keypoints"):
+        fl.centernet_pose_targets(boxes, kp, labels, **{**kw, "num_joints": J + 1})
+    with pytest.raises(ValueError, match="hm_gauss"):
+        fl.centernet_pose_targets(boxes, kp, labels, mse_loss=True, **kw)
+    with pytest.raises(ValueError, match="hm_gauss"):
+        fl.centernet_pose_targets(boxes, kp, labels, hm_gauss=-1.0, **kw)
+    with pytest.raises(TypeError, match="dense_hp"):
+        fl.centernet_pose_targets(boxes, kp, labels, dense_hp=1, **kw)
+    with pytest.raises(ValueError, match="boxes"):
+        fl.centernet_pose_targets(boxes[..., :3], kp, labels, **kw)
+    with pytest.raises(ValueError, match="labels"):
+        fl.centernet_pose_targets(boxes, kp, labels[:, :2], **kw)
+    with pytest.raises(TypeError, match="keypoints"):
+        fl.centernet_pose_targets(boxes, kp.to(torch.complex64), labels, **kw)

@@ -566,6 +566,7 @@ def _compile_cases(device: str) -> dict:
     pts = torch.full((2, 2), 6.0, device=device)
     fl, be = fused_losses, "triton"
     pose_t = _pose_targets(device)  # the reference's loop: outside the compiled function
+    pose_kp = torch.tensor([[[[5.0, 6.0, 2.0]]], [[[11.0, 3.0, 1.0]]]], device=device)
     return {
         "masked_focal_loss": lambda p: fl.masked_focal_loss(p, x, torch.ones_like(x), backend=be),
         "masked_smooth_l1_loss": lambda p: fl.masked_smooth_l1_loss(
@@ -598,6 +599,12 @@ def _compile_cases(device: str) -> dict:
             fl.padding_weight(valid_box=box[:, 0] + 2.0, size=(4, 5), backend=be) * p
         ).sum(),
         "centernet_pose_loss": lambda p: fl.centernet_pose_loss(_pose_heads(p), pose_t, backend=be),
+        "centernet_pose_targets": lambda p: (
+            fl.centernet_pose_targets(
+                box, pose_kp, num_joints=1, output_size=(4, 5), dense_hp=True, backend=be
+            )["hm_hp"]
+            * p
+        ).sum(),
         "cass_loss": lambda p: fl.cass_loss(
             p.reshape(2, 20)[:, :12] * 3.0, box * 20.0, feat_size=(10, 14), backend=be
         ),
