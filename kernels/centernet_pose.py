@@ -105,6 +105,25 @@ def _joint(kp_ptr, s_kb, s_kn, s_kj, b, k, j, ctx, cty, Hm, Wm, down_ratio, cdt:
 
 
 @triton.jit
+def _pose_box(
+    bp, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, k, C, Hm, Wm,
+    down_ratio, HAS_MASK: tl.constexpr, cdt: tl.constexpr,
+):  # fmt: skip
+    """Box k of image b: (kept: ctdet's geometry, a label in [0, C) and box_mask; its label;
+    ``_box_geometry``'s centre, integer centre, size and radius)."""
+    lab = tl.load(lab_ptr + b * s_lb + k * s_ln)
+    live = (lab >= 0) & (lab < C)
+    if HAS_MASK:
+        live = live & (tl.load(msk_ptr + b * s_mb + k * s_mn) != 0)
+    keep, cx, cy, cxi, cyi, w, h, r = _box_geometry(
+        tl.load(bp + k * s_bn).to(cdt), tl.load(bp + k * s_bn + s_bk).to(cdt),
+        tl.load(bp + k * s_bn + 2 * s_bk).to(cdt), tl.load(bp + k * s_bn + 3 * s_bk).to(cdt),
+        down_ratio, Hm, Wm, k_ptr, cdt,
+    )  # fmt: skip
+    return keep & live, lab, cx, cy, cxi, cyi, w, h, r
+
+
+@triton.jit
 def _merge_mask(dmask_ptr, b, j, J, HW, ps, on, gm):
     """dense_hps_mask[2j] and [2j + 1] max-merge the Gaussian gm (owner of the tile)."""
     for a in range(2):
@@ -145,16 +164,11 @@ def _pose_targets_kernel(
     reach_msra = (3.0 * sigma).to(tl.int32) + 1  # rows a msra window can reach from its centre
     bp = box_ptr + b * s_bb
     for k in range(N):
-        lab = tl.load(lab_ptr + b * s_lb + k * s_ln)
-        live = (lab >= 0) & (lab < C)
-        if HAS_MASK:
-            live = live & (tl.load(msk_ptr + b * s_mb + k * s_mn) != 0)
-        keep, _cx, _cy, cxi, cyi, _w, _h, r = _box_geometry(
-            tl.load(bp + k * s_bn).to(cdt), tl.load(bp + k * s_bn + s_bk).to(cdt),
-            tl.load(bp + k * s_bn + 2 * s_bk).to(cdt), tl.load(bp + k * s_bn + 3 * s_bk).to(cdt),
-            down_ratio, Hm, Wm, k_ptr, cdt,
+        keep, lab, _cx, _cy, cxi, cyi, _w, _h, r = _pose_box(
+            bp, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, k, C, Hm, Wm,
+            down_ratio, HAS_MASK, cdt,
         )  # fmt: skip
-        if keep & live:
+        if keep:
             if MSE:
                 r = sigma.to(tl.int32)  # draw_dense_reg's radius: floor(hm_gauss)
                 reach = reach_msra
@@ -226,16 +240,10 @@ def _pose_box_outputs(
     on_j = js < J
     dr = down_ratio + tl.zeros([BLOCK_J], cdt)
     for k in range(N):
-        lab = tl.load(lab_ptr + b * s_lb + k * s_ln)
-        live = (lab >= 0) & (lab < C)
-        if HAS_MASK:
-            live = live & (tl.load(msk_ptr + b * s_mb + k * s_mn) != 0)
-        keep, cx, cy, cxi, cyi, w, h, _r = _box_geometry(
-            tl.load(bp + k * s_bn).to(cdt), tl.load(bp + k * s_bn + s_bk).to(cdt),
-            tl.load(bp + k * s_bn + 2 * s_bk).to(cdt), tl.load(bp + k * s_bn + 3 * s_bk).to(cdt),
-            down_ratio, Hm, Wm, k_ptr, cdt,
+        keep, _lab, cx, cy, cxi, cyi, w, h, _r = _pose_box(
+            bp, s_bn, s_bk, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn, k_ptr, b, k, C, Hm, Wm,
+            down_ratio, HAS_MASK, cdt,
         )  # fmt: skip
-        keep = keep & live
         kp = kp_ptr + b * s_kb + k * s_kn + js * s_kj
         x = tl.load(kp, mask=on_j, other=0).to(cdt)
         y = tl.load(kp + 1, mask=on_j, other=0).to(cdt)
