@@ -185,7 +185,6 @@ def _pose_targets_kernel(
                 if _hits(cyi, r, row_lo, row_hi):
                     g64, win = _umich(col, row, cxi, cyi, r)
                     cond = win & (g64 >= tl.load(plane, mask=on, other=0).to(tl.float64)) & on
-                    gm = _stamp(col, row, cxi, cyi, r, sigma, Hm, Wm, MSE, cdt)
                     for j in range(J):
                         ok, x, y, _xi, _yi = _joint(
                             kp_ptr, s_kb, s_kn, s_kj, b, k, j, cxi, cyi, Hm, Wm, down_ratio, cdt
@@ -198,6 +197,13 @@ def _pose_targets_kernel(
                             tl.store(
                                 px + HW, tl.where(cond, vy, tl.load(px + HW, mask=on)), mask=on
                             )
+                    # (a second pass over the joints for the mask: fewer values live at once)
+                    gm = _stamp(col, row, cxi, cyi, r, sigma, Hm, Wm, MSE, cdt)
+                    for j in range(J):
+                        ok, _x, _y, _xi, _yi = _joint(
+                            kp_ptr, s_kb, s_kn, s_kj, b, k, j, cxi, cyi, Hm, Wm, down_ratio, cdt
+                        )
+                        if ok:
                             _merge_mask(dmask_ptr, b, j, J, HW, ps, on, gm)
                 elif MSE:  # the msra mask window reaches further than the umich one
                     if _hits(cyi, reach, row_lo, row_hi):
