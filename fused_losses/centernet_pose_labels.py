@@ -143,9 +143,9 @@ def pose_targets_torch(
             g64, win = _umich(cx, cy, r, rows, cols)  # draw_dense_reg's Gaussian, radius r
             cond = win & (g64 >= hm[bidx, cls].double())  # [B, H, W]
             write = cond[:, None] & jv_k[..., None, None]  # [B, J, H, W]
-            for axis, offs in ((0, cols[None, :] - cx[:, None, None]), (1, None)):
-                if axis == 1:
-                    offs = rows[:, None] - cy[:, None, None]
+            # (pt - ct_int) - (cell - ct_int), per axis: x against the columns, y the rows
+            cell_offsets = (cols[None, :] - cx[:, None, None], rows[:, None] - cy[:, None, None])
+            for axis, offs in enumerate(cell_offsets):
                 value = rel[:, k, :, axis, None, None] - offs[:, None].to(cdt)  # [B, J, H, W]
                 dense[:, :, axis] = torch.where(write, value, dense[:, :, axis])
             gm, wm = stamp(cx, cy, r)
