@@ -284,3 +284,23 @@ def test_pose_targets_bad_input():
         fl.centernet_pose_targets(boxes, kp, labels[:, :2], **kw)
     with pytest.raises(TypeError, match="keypoints"):
         fl.centernet_pose_targets(boxes, kp.to(torch.complex64), labels, **kw)
+
+
+@pytest.mark.parametrize("dense_hp", [False, True])
+def test_pose_loss_without_people(dense_hp, backend):
+    """Every person masked: the regression terms are 0, the heatmaps' negative terms remain."""
+    boxes, kp, _, _ = raw_scene(9, k=1)
+    none = torch.zeros(2, 5, dtype=torch.bool)
+    targets = RP.centernet_pose_targets(boxes, kp, None, none, num_joints=J, output_size=(16, 20),
+                                        dense_hp=dense_hp)  # fmt: skip
+    heads = pose_heads(9, targets, 1, False)[0]
+    ref, ref_parts = RP.multi_pose_loss(heads, targets, dense_hp=dense_hp)
+    x = {k: v.to(DEVICE) for k, v in heads.items()}
+    loss, parts = fl.centernet_pose_loss(
+        x, boxes=boxes.to(DEVICE), keypoints=kp.to(DEVICE), box_mask=none.to(DEVICE),
+        dense_hp=dense_hp, return_components=True, backend=backend,
+    )  # fmt: skip
+    assert_scalar_close(loss, ref, 1e-10)
+    for name in ("wh", "off", "hp", "hp_offset"):
+        assert float(parts[name]) == 0.0 == float(ref_parts[name])
+    assert float(parts["hm"]) > 0 and float(parts["hm_hp"]) > 0
