@@ -323,7 +323,7 @@ def _reduced(total: torch.Tensor, count: int, reduction: str, sync) -> tuple[tor
     """(loss, 1 / D) of the summed f: D = max(count over the ranks, 1) for "mean", 1 for "sum"."""
     if reduction == "sum":
         return total, 1.0
-    n = torch.tensor(float(count), dtype=total.dtype, device=total.device)
+    n = torch.full((), float(count), dtype=total.dtype, device=total.device)  # (no H2D copy)
     d = (sync(n) if sync is not None else n).clamp_min(1)
     return total / d, 1 / d
 

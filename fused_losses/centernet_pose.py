@@ -198,7 +198,7 @@ def _mse_share(pred: torch.Tensor, target: torch.Tensor, group: Any):
     sync = denominator_sync(group)
     cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
     total = (pred.to(cdt) - target.to(cdt)).square().sum()
-    n = torch.tensor(float(pred.numel()), dtype=cdt, device=pred.device)
+    n = torch.full((), float(pred.numel()), dtype=cdt, device=pred.device)  # (no H2D copy)
     return total / (sync(n) if sync is not None else n).clamp_min(1)
 
 

@@ -63,7 +63,7 @@ def _msra(cx, cy, sigma: float, rows, cols, h: int, w: int, cdt: torch.dtype):
     in_y = (r_ >= ul_y[..., None].clamp_min(0)) & (r_ < br_y[..., None].clamp(max=h))
     gx = ((c - ul_x[..., None]).to(cdt) - half) ** 2  # (x - x0)^2 at the window index x
     gy = ((r_ - ul_y[..., None]).to(cdt) - half) ** 2
-    two_sigma2 = torch.tensor(2 * sigma**2, dtype=cdt, device=cols.device)
+    two_sigma2 = torch.full((), 2 * sigma**2, dtype=cdt, device=cols.device)  # (no H2D copy)
     exponent = -(gx[..., None, :] + gy[..., :, None]) / two_sigma2
     win = in_x[..., None, :] & in_y[..., :, None] & drawn[..., None, None]
     return torch.exp(exponent.double()), win
