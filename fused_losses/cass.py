@@ -42,6 +42,8 @@ from .validation import (
 )
 
 TARGET_CHUNK = 2**22  # torch backend: patches x boxes evaluated at once (memory bound)
+STRIDE_RANGE = (1e-6, 1e6)  # pixels per cell: box / stride stays a finite float32
+EPS_MAX = 1e30  # inside the logs: finite in float32
 
 
 def patch_grid(feat_size: tuple[int, int], patch_size: int) -> tuple[int, int, int, int]:
@@ -77,7 +79,11 @@ class CASSTargetOptions(LossOptions):
     merge: str = "max"
 
     def validate(self) -> None:
-        self._set("stride", check_number("stride", self.stride, positive=True))
+        stride = check_number("stride", self.stride, positive=True)
+        if not STRIDE_RANGE[0] <= stride <= STRIDE_RANGE[1]:  # box / stride finite in float32
+            lo, hi = STRIDE_RANGE
+            raise ValueError(f"stride: expected a number in [{lo:g}, {hi:g}], got {self.stride!r}")
+        self._set("stride", stride)
         check_positive_int("patch_size", self.patch_size)
         for name in ("expansion_ratio", "min_size", "small_target_threshold"):
             self._set(name, check_number(name, getattr(self, name), nonneg=True))
@@ -112,7 +118,10 @@ class SoftFocalOptions(LossOptions):
 def _validate_loss_fields(opts: Any) -> None:
     opts._set("alpha", check_exponent("alpha", opts.alpha))
     opts._set("beta", check_exponent("beta", opts.beta))
-    opts._set("eps", check_number("eps", opts.eps, nonneg=True))
+    eps = check_number("eps", opts.eps, nonneg=True)
+    if eps > EPS_MAX:  # log(P + eps) finite in float32
+        raise ValueError(f"eps: expected a number in [0, {EPS_MAX:g}], got {opts.eps!r}")
+    opts._set("eps", eps)
     check_choice("reduction", opts.reduction, ("mean", "sum"))
 
 
@@ -161,7 +170,8 @@ def check_boxes(
             check_real(f"boxes[{i}]", bx)
             check_shape(f"boxes[{i}]", bx, [None, 4], "[N_b, 4]")
         dev = boxes[0].device if boxes else (device or torch.device("cpu"))
-        check_same_device({f"boxes[{i}]": bx for i, bx in enumerate(boxes)} or {"boxes": None})
+        if boxes:
+            check_same_device({f"boxes[{i}]": bx for i, bx in enumerate(boxes)})
         f64 = any(bx.dtype == torch.float64 for bx in boxes)
         dtype = torch.float64 if f64 else torch.float32
         n = max((bx.shape[0] for bx in boxes), default=0)

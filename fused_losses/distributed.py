@@ -13,10 +13,12 @@ rank computes its share ``N_r / D`` with the global D = sum_r D_r, and returns
 
 The factor R (the world size) is there because DDP divides the summed gradients by R: the
 averaged gradient is then sum_r dN_r / D, exactly the gradient of the single-process loss on the
-concatenated batch. Without an initialised process group, or in a group of one rank, the option
-is a no-op. Each loss call costs two all-reduces of a few scalars (the denominators, then the
-values); inside ``torch.compile`` an active group is refused with a clear error (call the loss
-outside the compiled region).
+concatenated batch, provided ``process_group`` is the group DDP averages over (its default, the
+whole world; R is that group's size). Without an initialised process group, or in a group of one
+rank, the option is a no-op. A single-term loss costs two all-reduces of a few scalars (the
+denominators, then the values); a composite one (CenterNet's totals) one per term's denominators
+and one for the values. Inside ``torch.compile`` an active group is refused with a clear error
+(call the loss outside the compiled region).
 """
 
 from __future__ import annotations

@@ -310,6 +310,7 @@ def _launch(scores, boxes, box_mask, feat_size, opts, part, grad, y, store_grad)
         **consts, MSE=opts.get("loss") == "mse", EXACT_LOG=opts.get("eps", 1.0) == 0,
         TARGET_ONLY=y is not None, STORE_GRAD=store_grad, BLOCK_H=block_h, BLOCK_W=block_w,
         num_warps=4,
+        enable_fp_fusion=False,  # no FMA: region edges (x2 + r bw) must round like PyTorch
     )  # fmt: skip
 
 

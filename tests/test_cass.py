@@ -153,6 +153,16 @@ def test_soft_target_matches_reference(row, backend):
         assert (y - ref).abs().max().item() <= tol
 
 
+def test_band_edge_rounds_like_pytorch(backend):
+    """x2 + r bw is exactly 6.0 in float32 with separate roundings (5.9999995 with an FMA): the
+    patch centred at 6 is in the band on both backends (the kernel compiles without FMA)."""
+    boxes = torch.tensor([[[62.00002670288086, 40.0, 162.0, 140.0]]])
+    ref = R.cass_soft_target(boxes, (8, 8))
+    y = fl.cass_soft_target(boxes.to(DEVICE), (8, 8), backend=backend).cpu()
+    assert ref[0, 0, 0, 1] > 0.4
+    assert torch.allclose(y, ref, rtol=1e-6, atol=0)
+
+
 def test_soft_target_region_edges_are_inclusive(backend):
     """Patch centres exactly on a region edge (feat 8x8, patch 4: centres at 2 and 6 cells).
     On the core edge D = 1 as on the core; the band edge matters when the expansion is under one
@@ -193,6 +203,9 @@ def test_nan_box_is_in_no_region(backend):
 
 
 def test_empty_batch_is_zero(backend):
+    assert fl.cass_loss(torch.zeros(0, 6, device=DEVICE), [], feat_size=(7, 10),
+                        backend=backend).item() == 0.0  # fmt: skip
+    assert fl.cass_soft_target([], (7, 10), backend=backend).shape == (0, 1, 2, 3)
     scores = torch.zeros(0, 6, device=DEVICE, requires_grad=True)
     loss = fl.cass_loss(scores, torch.zeros(0, 2, 4, device=DEVICE), feat_size=(7, 10),
                         backend=backend)  # fmt: skip
@@ -421,6 +434,8 @@ def _call(**changes):
         (dict(patch_size=2.0), ValueError, "patch_size"),
         (dict(stride=0.0), ValueError, "stride"),
         (dict(stride=float("inf")), ValueError, "stride"),
+        (dict(stride=1e-50), ValueError, "stride"),
+        (dict(eps=1e300), ValueError, "eps"),
         (dict(base_sigma=0.0), ValueError, "base_sigma"),
         (dict(small_target_gain=0.0), ValueError, "small_target_gain"),
         (dict(small_target_gain=1e30), ValueError, "small_target_gain"),
