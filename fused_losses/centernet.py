@@ -225,8 +225,11 @@ def _reg_loss(
 
 
 def _reg_public(
-    output, mask, ind, target, weighted: bool, common: dict, smooth: bool = False
+    output, mask, ind, target, weighted: bool, smooth: bool, common: dict[str, Any]
 ) -> torch.Tensor:
+    """A public gathered-regression loss: its checks, its options (``common``: backend and the
+    data-parallel ones), this rank's share and the global value."""
+    check_reg_inputs(output, mask, ind, target, weighted=weighted)
     opts = LossOptions(**common)
     group = active_group(opts)
     share = _reg_loss(output, mask, ind, target, weighted, opts.backend, group, smooth)
@@ -251,9 +254,10 @@ def reg_l1_loss(
     (float64 for float64 output). ``reduce_across_ranks`` / ``process_group``: the mask sum over
     every data-parallel rank (``fused_losses.LossOptions``).
     """
-    check_reg_inputs(output, mask, ind, target, weighted=False)
-    common = dict(backend=backend, reduce_across_ranks=reduce_across_ranks)
-    return _reg_public(output, mask, ind, target, False, {**common, "process_group": process_group})
+    common = dict(
+        backend=backend, reduce_across_ranks=reduce_across_ranks, process_group=process_group
+    )
+    return _reg_public(output, mask, ind, target, False, False, common)
 
 
 def reg_weighted_l1_loss(
@@ -267,9 +271,10 @@ def reg_weighted_l1_loss(
     process_group: Any = None,
 ) -> torch.Tensor:
     """CenterNet's ``RegWeightedL1Loss``: as :func:`reg_l1_loss` with a mask [B,M,C]."""
-    check_reg_inputs(output, mask, ind, target, weighted=True)
-    common = dict(backend=backend, reduce_across_ranks=reduce_across_ranks)
-    return _reg_public(output, mask, ind, target, True, {**common, "process_group": process_group})
+    common = dict(
+        backend=backend, reduce_across_ranks=reduce_across_ranks, process_group=process_group
+    )
+    return _reg_public(output, mask, ind, target, True, False, common)
 
 
 def reg_smooth_l1_loss(
@@ -286,10 +291,10 @@ def reg_smooth_l1_loss(
     1e-4)``, smooth-L1 with beta 1, mask [B,M] summed before it is broadcast over the C channels
     (the denominator counts objects, unlike :func:`reg_l1_loss`). Shapes, gradient, duplicate
     indices and options as :func:`reg_l1_loss`."""
-    check_reg_inputs(output, mask, ind, target, weighted=False)
-    common = dict(backend=backend, reduce_across_ranks=reduce_across_ranks)
-    common["process_group"] = process_group
-    return _reg_public(output, mask, ind, target, False, common, smooth=True)
+    common = dict(
+        backend=backend, reduce_across_ranks=reduce_across_ranks, process_group=process_group
+    )
+    return _reg_public(output, mask, ind, target, False, True, common)
 
 
 class RegLoss(LossModule):
