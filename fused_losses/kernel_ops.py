@@ -34,11 +34,16 @@ from .backend import compute_dtype, refuse_double_backward
 class KernelFn:
     """forward(*tensors, **opts) -> (output, *extras); backward(grad, extras, *tensors, **opts)
     -> gradient of tensors[0] (None: not differentiable); fake(*tensors, **opts) -> empty
-    tensors shaped like forward's outputs."""
+    tensors shaped like forward's outputs.
+
+    With ``differentiable = n > 1`` the first n tensors are differentiable: backward returns a
+    tuple of n gradients, None for a tensor that needs none, and the options must hold
+    ``need_grad``, a list of n bools (the custom ops' fakes read it to shape the gradients)."""
 
     forward: Callable[..., tuple[Tensor, ...]]
     fake: Callable[..., tuple[Tensor, ...]]
-    backward: Callable[..., Tensor] | None = None
+    backward: Callable[..., Tensor | tuple[Tensor | None, ...]] | None = None
+    differentiable: int = 1
 
 
 KERNELS: dict[str, KernelFn] = {}
@@ -99,13 +104,15 @@ class _KernelFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad, *_unused):  # type: ignore[override]
-        if grad is None or not ctx.needs_input_grad[2]:
+        k = KERNELS[ctx.name].differentiable
+        if grad is None or not any(ctx.needs_input_grad[2 : 2 + k]):
             return (None,) * (2 + ctx.n)
         refuse_double_backward(f"{ctx.name} (triton backend)")
         saved = ctx.saved_tensors
         extras, tensors = saved[: ctx.n_extras], saved[ctx.n_extras :]
         g = KERNELS[ctx.name].backward(grad, extras, *tensors, **ctx.opts)
-        return (None, None, g) + (None,) * (ctx.n - 1)
+        grads = tuple(g) if k > 1 else (g,)
+        return (None, None, *grads) + (None,) * (ctx.n - k)
 
 
 @torch.library.custom_op("fused_losses::kernel_fwd", mutates_args=())
@@ -123,17 +130,22 @@ def _(name: str, tensors: list[Tensor], opts: str) -> list[Tensor]:
 @torch.library.custom_op("fused_losses::kernel_bwd", mutates_args=())
 def _kernel_bwd(
     name: str, grad: Tensor, saved: list[Tensor], tensors: list[Tensor], opts: str
-) -> Tensor:
-    backward = KERNELS[name].backward
-    assert backward is not None
+) -> list[Tensor]:
+    fn = KERNELS[name]
+    assert fn.backward is not None
     args, kwargs = _decode(tensors, opts)
-    return backward(grad, tuple(saved), *args, **kwargs)
+    g = fn.backward(grad, tuple(saved), *args, **kwargs)
+    if fn.differentiable == 1:
+        return [g]
+    # a gradient that is not needed travels as an empty placeholder (the fake's shape)
+    return [x if x is not None else t.new_empty(0) for x, t in zip(g, tensors)]
 
 
 @_kernel_bwd.register_fake
-def _(name, grad, saved, tensors, opts) -> Tensor:
-    x = tensors[0]
-    return x.new_empty(x.shape)
+def _(name, grad, saved, tensors, opts) -> list[Tensor]:
+    k = KERNELS[name].differentiable
+    need = json.loads(opts).get("need_grad", [True]) if k > 1 else [True]
+    return [t.new_empty(t.shape if n else (0,)) for t, n in zip(tensors[:k], need)]
 
 
 def _setup_context(ctx, inputs, output) -> None:
@@ -151,8 +163,12 @@ def _backward(ctx, grads):
     refuse_double_backward(f"{ctx.name} (triton backend)")
     saved = ctx.saved_tensors
     extras, tensors = list(saved[: ctx.n_extras]), list(saved[ctx.n_extras :])
-    g = _kernel_bwd(ctx.name, grad, extras, tensors, ctx.opts)
-    return None, [g] + [None] * (ctx.n - 1), None
+    grads = _kernel_bwd(ctx.name, grad, extras, tensors, ctx.opts)
+    k = len(grads)
+    if k > 1:  # placeholders of the gradients that were not needed
+        need = json.loads(ctx.opts).get("need_grad")
+        grads = [g if n else None for g, n in zip(grads, need)]
+    return None, list(grads) + [None] * (ctx.n - k), None
 
 
 _kernel_fwd.register_autograd(_backward, setup_context=_setup_context)
