@@ -252,6 +252,32 @@ def _cass_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     yield "cass[eps0,f64 boxes]", run(True, "gaussian", "max", "focal", 0.0, torch.float64)
 
 
+def _rord_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    import math
+
+    import torch
+
+    import fused_losses as fl
+
+    def run(**opts):
+        def call():
+            g = torch.Generator().manual_seed(0)
+            b, c, hf, wf = 2, 16, 12, 12
+            det = [torch.rand(b, 1, hf, wf, generator=g).to(dtype).requires_grad_() for _ in "or"]
+            desc = [torch.randn(b, c, hf, wf, generator=g).to(dtype).requires_grad_() for _ in "or"]
+            t = 0.3
+            h = torch.tensor([[math.cos(t), -math.sin(t), 9.0], [math.sin(t), math.cos(t), 2.0]])
+            fl.rord_loss(*det, *desc, h, backend="triton", num_candidates=50, **opts).backward()
+
+        return call
+
+    yield "rord[zeros,l2]", run()
+    yield "rord[ignore,logits,squared,neg grad,radius]", run(
+        outside="ignore", from_logits=True, distance="squared_l2", detach_negative=False,
+        safe_radius=16.0,
+    )  # fmt: skip
+
+
 @contextlib.contextmanager
 def _recording(sink: list, op: str, dtype: str):
     """Patch the launch path so that launches are recorded, not run, and the triton backend is
@@ -288,7 +314,7 @@ def record_launches(dtypes=DTYPES) -> list[Launch]:
     sink: list[Launch] = []
     for name in dtypes:
         dtype = _torch_dtype(name)
-        for scenarios in (_gap_scenarios, _centernet_scenarios, _cass_scenarios):
+        for scenarios in (_gap_scenarios, _centernet_scenarios, _cass_scenarios, _rord_scenarios):
             for op, thunk in scenarios(dtype):
                 with _recording(sink, op, name), warnings.catch_warnings():
                     warnings.simplefilter("ignore")

@@ -39,6 +39,18 @@ from .gap_detection import GapDetectionLoss, GapLossOptions, gap_detection_loss
 from .hard_negative import HardNegativeMarginLoss, HardNegativeOptions, hard_negative_margin_loss
 from .labels import boundary_label, gaussian_heatmap, padding_weight
 from .options import LossModule, LossOptions
+from .rord import (
+    RoRDDescriptorLoss,
+    RoRDDescriptorOptions,
+    RoRDDetectionLoss,
+    RoRDDetectionOptions,
+    RoRDLoss,
+    RoRDOptions,
+    homography_warp,
+    rord_descriptor_loss,
+    rord_detection_loss,
+    rord_loss,
+)
 from .smooth_l1 import MaskedSmoothL1Loss, SmoothL1Options, masked_smooth_l1_loss
 
 __version__ = "0.1.0"
@@ -66,6 +78,12 @@ __all__ = [
     "RegL1Loss",
     "RegLoss",
     "RegWeightedL1Loss",
+    "RoRDDescriptorLoss",
+    "RoRDDescriptorOptions",
+    "RoRDDetectionLoss",
+    "RoRDDetectionOptions",
+    "RoRDLoss",
+    "RoRDOptions",
     "SmoothL1Options",
     "SoftFocalLoss",
     "SoftFocalOptions",
@@ -81,6 +99,7 @@ __all__ = [
     "gap_detection_loss",
     "gaussian_heatmap",
     "hard_negative_margin_loss",
+    "homography_warp",
     "masked_cosine_loss",
     "masked_focal_loss",
     "masked_smooth_l1_loss",
@@ -88,6 +107,9 @@ __all__ = [
     "reg_l1_loss",
     "reg_smooth_l1_loss",
     "reg_weighted_l1_loss",
+    "rord_descriptor_loss",
+    "rord_detection_loss",
+    "rord_loss",
     "soft_focal_loss",
     "transpose_and_gather_feat",
 ]

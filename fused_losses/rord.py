@@ -632,7 +632,7 @@ def rord_descriptor_loss(
             "H": H,
             "anchors": anchors,
             "negatives": negatives,
-        }  # fmt: skip
+        }
     )
     opts = RoRDDescriptorOptions.build(options, overrides)
     group = active_group(opts)

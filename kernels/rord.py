@@ -84,7 +84,7 @@ def det_terms(
     clamp(P_o - T, -1, 1), P_o)."""
     u = cj.to(cdt)
     v = ci.to(cdt)
-    uq, vq, ok, reach, ins = warp_point(g_ptr, b, u, v, Hf, Wf)
+    uq, vq, _ok, reach, ins = warp_point(g_ptr, b, u, v, Hf, Wf)
     t = bilinear_sample(pr_ptr, b, uq, vq, r_b, r_h, r_w, Hf, Wf, on & reach, FROM_LOGITS, cdt)
     off = b.to(tl.int64) * o_b + ci.to(tl.int64) * o_h + cj.to(tl.int64) * o_w
     x = tl.load(po_ptr + off, mask=on, other=0.5).to(cdt)
@@ -189,7 +189,7 @@ def _det_kernel(
             act = t < count
             oi = i0 + t // nx
             oj = j0 + t % nx
-            uq, vq, ok, reach, ins = warp_point(g_ptr, b, oj.to(cdt), oi.to(cdt), Hf, Wf)
+            uq, vq, _ok, reach, ins = warp_point(g_ptr, b, oj.to(cdt), oi.to(cdt), Hf, Wf)
             wgt = tent(uq - cj.to(cdt)) * tent(vq - ci.to(cdt))
             hit = act & reach & (wgt > 0)
             if IGNORE:
@@ -583,7 +583,7 @@ def descriptor_forward(desc_o, desc_r, G, anchors, cands, sync=None, *, outside,
                        distance, safe_radius, stride, **_unused):  # fmt: skip
     """(loss, aux [1] = 1 / max(valid, 1), samples a, pos, cand, records, j*, coefficients):
     5 launches (3 samplings, the mining, the fixed-order finalize)."""
-    b, c, hf, wf = desc_o.shape
+    b, c = desc_o.shape[:2]
     cdt = compute_dtype(desc_o)
     a, arec = _sample(desc_o, anchors, G, False)
     anchors_b = anchors.to(cdt).expand(b, -1, -1)

@@ -5,7 +5,7 @@ math, autograd for the gradients, no fusion and no speed tricks. Tests and bench
 float64 and compare the fused backends against it. The library's runtime never imports this package.
 """
 
-from . import cass, centernet, centernet_pose
+from . import cass, centernet, centernet_pose, rord
 from .gap_detection import gap_detection_loss
 from .labels import (
     boundary_label,
@@ -36,5 +36,6 @@ __all__ = [
     "masked_smooth_l1_loss",
     "offset_target",
     "padding_weight",
+    "rord",
     "valid_box_padding_mask",
 ]

@@ -21,6 +21,7 @@ import fused_losses as fl
 import fused_losses.triton_cass as triton_cass
 import fused_losses.triton_centernet as triton_centernet
 import fused_losses.triton_gap as triton_gap
+import fused_losses.triton_rord as triton_rord
 from fused_losses.backend import resolve_backend
 from fused_losses.options import LossModule, LossOptions
 
@@ -33,7 +34,10 @@ needs_interpreter = pytest.mark.skipif(
     not KERNELS_INTERPRETED, reason="kernels compiled in this process (no Triton interpreter)"
 )
 # Public callables of fused_losses.__all__ without a backend (so without a dispatch row).
-NO_BACKEND = {"clamped_sigmoid": "CenterNet's clamp(sigmoid(x)): plain torch, no backend option"}
+NO_BACKEND = {
+    "clamped_sigmoid": "CenterNet's clamp(sigmoid(x)): plain torch, no backend option",
+    "homography_warp": "RoRD's explicit warp (the losses never build it): plain torch",
+}
 
 
 @pytest.fixture
@@ -74,6 +78,11 @@ def small_inputs() -> list[Dispatch]:
     # CASS: a 3x4 patch grid (feature map 10x14, patch 4, stride 32), two boxes in pixels.
     cass_boxes = torch.tensor([[[40.0, 30.0, 200.0, 150.0], [300.0, 200.0, 330.0, 260.0]]])
     scores = torch.randn(1, 12, generator=g)
+    # RoRD: 4x5 maps (stride 8), C = 3, a small rotation with a shift.
+    rd = triton_rord
+    det_o, det_r = torch.rand(2, 1, 1, 4, 5, generator=g).unbind(0)
+    desc_o, desc_r = torch.randn(2, 1, 3, 4, 5, generator=g).unbind(0)
+    hom = torch.tensor([[0.96, -0.28, 9.0], [0.28, 0.96, -3.0]])
 
     # CenterNet: 3 classes on a 4x5 map (input image 16x20 pixels, down_ratio 4), two boxes.
     size, k = (4, 5), 3
@@ -178,6 +187,18 @@ def small_inputs() -> list[Dispatch]:
          lambda be: fl.soft_focal_loss(scores, scores.sigmoid(), backend=be)),
         ("SoftFocalLoss", cass, "soft_focal_loss_triton",
          lambda be: fl.SoftFocalLoss(backend=be)(scores, scores.sigmoid())),
+        ("rord_detection_loss", rd, "detection_loss_triton",
+         lambda be: fl.rord_detection_loss(det_o, det_r, hom, backend=be)),
+        ("RoRDDetectionLoss", rd, "detection_loss_triton",
+         lambda be: fl.RoRDDetectionLoss(backend=be)(det_o, det_r, hom)),
+        ("rord_descriptor_loss", rd, "descriptor_loss_triton",
+         lambda be: fl.rord_descriptor_loss(desc_o, desc_r, hom, num_candidates=20, backend=be)),
+        ("RoRDDescriptorLoss", rd, "descriptor_loss_triton",
+         lambda be: fl.RoRDDescriptorLoss(num_candidates=20, backend=be)(desc_o, desc_r, hom)),
+        ("rord_loss", rd, "detection_loss_triton",
+         lambda be: fl.rord_loss(det_o, det_r, desc_o, desc_r, hom, backend=be)),
+        ("RoRDLoss", rd, "descriptor_loss_triton",
+         lambda be: fl.RoRDLoss(backend=be)(det_o, det_r, desc_o, desc_r, hom)),
     ]  # fmt: skip
     return [Dispatch(*row) for row in rows]
 
@@ -218,7 +239,10 @@ def test_dispatch_table_covers_every_public_op():
 
 @pytest.mark.parametrize(OP_PARAMS, OPS, ids=OP_IDS)
 def test_dispatch_entry_points_exist(op, glue, entry, call):
-    glues = ("fused_losses.triton_gap", "fused_losses.triton_centernet", "fused_losses.triton_cass")
+    glues = (
+        "fused_losses.triton_gap", "fused_losses.triton_centernet", "fused_losses.triton_cass",
+        "fused_losses.triton_rord",
+    )  # fmt: skip
     assert glue.__name__ in glues
     assert callable(getattr(glue, entry, None)), f"{glue.__name__}.{entry} is missing"
 

@@ -115,8 +115,23 @@ def _ops():
             logits, torch.rand(2, 7, generator=g).to(DEVICE), backend=backend
         ), logits
 
+    def rord(backend):
+        g = torch.Generator().manual_seed(35)
+        det = torch.rand(2, 1, 4, 5, generator=g).to(DEVICE).requires_grad_()
+        desc = torch.randn(2, 3, 4, 5, generator=g).to(DEVICE)
+        hom = torch.tensor([[0.96, -0.28, 9.0], [0.28, 0.96, -3.0]], device=DEVICE)
+        return fl.rord_loss(det, det.flip(-1), desc, desc.flip(-1), hom, backend=backend), det
+
+    def rord_desc(backend):
+        g = torch.Generator().manual_seed(36)
+        desc = torch.randn(2, 3, 4, 5, generator=g).to(DEVICE).requires_grad_()
+        hom = torch.tensor([[0.96, -0.28, 9.0], [0.28, 0.96, -3.0]], device=DEVICE)
+        return fl.rord_descriptor_loss(desc, desc.flip(-1), hom, backend=backend), desc
+
     return [
         ("gap_detection_loss", gap),
+        ("rord_loss", rord),
+        ("rord_descriptor_loss", rord_desc),
         ("cass_loss", cass),
         ("soft_focal_loss", soft_focal),
         ("masked_focal_loss", focal),

@@ -567,6 +567,7 @@ def _compile_cases(device: str) -> dict:
     fl, be = fused_losses, "triton"
     pose_t = _pose_targets(device)  # the reference's loop: outside the compiled function
     pose_kp = torch.tensor([[[[5.0, 6.0, 2.0]]], [[[11.0, 3.0, 1.0]]]], device=device)
+    hom = torch.tensor([[0.96, -0.28, 9.0], [0.28, 0.96, -3.0]], device=device)
     return {
         "masked_focal_loss": lambda p: fl.masked_focal_loss(p, x, torch.ones_like(x), backend=be),
         "masked_smooth_l1_loss": lambda p: fl.masked_smooth_l1_loss(
@@ -616,6 +617,13 @@ def _compile_cases(device: str) -> dict:
         "boundary_label": lambda p: (
             fl.boundary_label(torch.ones(2, 16, 20, device=device).tril(), backend=be) * p
         ).sum(),
+        "rord_loss": lambda p: fl.rord_loss(
+            p, p.flip(-1), p.expand(2, 3, 4, 5) * 2.0, p.expand(2, 3, 4, 5).flip(-2), hom,
+            num_candidates=12, detach_negative=False, backend=be,
+        ),  # fmt: skip
+        "rord_detection_loss[logits,ignore]": lambda p: fl.rord_detection_loss(
+            p, p.flip(-2), hom, from_logits=True, outside="ignore", backend=be
+        ),
     }, x
 
 
