@@ -503,54 +503,59 @@ def _keys_kernel(arec_ptr, prec_ptr, crec_ptr, jstar_ptr, coef_ptr, key_ptr, E, 
 def _scatter_kernel(
     key_ptr, perm_ptr, a_ptr, pos_ptr, cand_ptr, arec_ptr, prec_ptr, crec_ptr, jstar_ptr,
     coef_ptr, scale_ptr, go_ptr, gr_ptr, E, B, N, K, C, Hf, Wf,
-    NEED_O: tl.constexpr, NEED_R: tl.constexpr, NEG: tl.constexpr, BLOCK_C: tl.constexpr,
+    NEED_O: tl.constexpr, NEED_R: tl.constexpr, NEG: tl.constexpr,
+    BLOCK_E: tl.constexpr, BLOCK_C: tl.constexpr,
 ):  # fmt: skip
-    """Sorted position e that starts a run of equal keys: the run's contributions summed in
-    order into the key's cell (all C channels); other positions do nothing. Contributions
-    (times scale = upstream / valid count, t = 1e-6):
-    anchor cp (a - pos + t) - cn (a - neg + t); positive -cp (a - pos + t); negative
-    cn (a - neg + t); each times its corner's bilinear weight."""
+    """A block of sorted positions; each one that starts a run of equal keys sums the run's
+    contributions in order into the key's cell (all C channels). Contributions (times scale =
+    upstream / valid count, t = 1e-6, each times its corner's bilinear weight): anchor
+    cp (a - pos + t) - cn (a - neg + t); positive -cp (a - pos + t); negative cn (a - neg + t)."""
     cdt: tl.constexpr = a_ptr.dtype.element_ty
-    e = tl.program_id(0).to(tl.int64)
-    key = tl.load(key_ptr + e)
-    prev = tl.load(key_ptr + e - 1, mask=e > 0, other=-1)
+    e = tl.program_id(0).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
+    on = e < E
+    key = tl.load(key_ptr + e, mask=on, other=-1)
+    prev = tl.load(key_ptr + e - 1, mask=on & (e > 0), other=-1)
     hw = Hf * Wf
-    if (key != prev) & (key < 2 * B * hw):
-        scale = tl.load(scale_ptr).to(cdt)
-        eps = tl.full([], 1e-6, cdt)
-        cc = tl.arange(0, BLOCK_C)
-        for c0 in range(0, C, BLOCK_C):
-            c = c0 + cc
-            con = c < C
-            acc = tl.zeros([BLOCK_C], cdt)
-            e2 = e
-            k2 = key
-            while k2 == key:
-                ent = tl.load(perm_ptr + e2)
-                _key, wgt, role, bl, k, jj, cp, cn = entry_point(
-                    ent, arec_ptr, prec_ptr, crec_ptr, jstar_ptr, coef_ptr, ent >= 0, B, N, K,
-                    Hf, Wf, NEED_O, NEED_R, NEG,
-                )  # fmt: skip
-                av = tl.load(a_ptr + (bl * C + c) * N + k, mask=con, other=0)
-                pv = tl.load(pos_ptr + (bl * C + c) * N + k, mask=con, other=0)
-                has_neg = (cn + tl.zeros([BLOCK_C], cdt)) != 0  # (a scalar & a block: interpreter)
-                nv = tl.load(cand_ptr + (bl * C + c) * K + jj, mask=con & has_neg, other=0)
-                dpos = av - pv + eps
-                dneg = av - nv + eps
-                coef_p = tl.where(role == 0, cp, tl.where(role == 1, -cp, 0.0))
-                coef_n = tl.where(role == 0, -cn, tl.where(role == 2, cn, 0.0))
-                acc += wgt * (coef_p * dpos + coef_n * dneg)
-                e2 += 1
-                k2 = tl.load(key_ptr + e2, mask=e2 < E, other=-1)
-            g = acc * scale
-            bb = key // hw
-            cell = key % hw
-            if bb < B:
-                dst = go_ptr + (bb * C + c) * hw + cell
-                tl.store(dst, g.to(go_ptr.dtype.element_ty), mask=con)
-            else:
-                dst = gr_ptr + ((bb - B) * C + c) * hw + cell
-                tl.store(dst, g.to(gr_ptr.dtype.element_ty), mask=con)
+    head = on & (key != prev) & (key >= 0) & (key < 2 * B * hw)
+    scale = tl.load(scale_ptr).to(cdt)
+    eps = tl.full([], 1e-6, cdt)
+    cc = tl.arange(0, BLOCK_C)
+    bb = tl.where(head, key // hw, 0)
+    cell = tl.where(head, key % hw, 0)
+    to_o = head & (bb < B)
+    to_r = head & (bb >= B)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + cc
+        con = c < C
+        acc = tl.zeros([BLOCK_E, BLOCK_C], cdt)
+        run = head
+        t = 0
+        while tl.max(run.to(tl.int32), axis=0) > 0:
+            at = e + t
+            k2 = tl.load(key_ptr + at, mask=run & (at < E), other=-1)
+            run = run & (k2 == key)
+            ent = tl.load(perm_ptr + at, mask=run, other=0)
+            _key, wgt, role, bl, k, jj, cp, cn = entry_point(
+                ent, arec_ptr, prec_ptr, crec_ptr, jstar_ptr, coef_ptr, run, B, N, K, Hf, Wf,
+                NEED_O, NEED_R, NEG,
+            )  # fmt: skip
+            m2 = run[:, None] & con[None, :]
+            col = c[None, :].to(tl.int64)
+            av = tl.load(a_ptr + (bl[:, None] * C + col) * N + k[:, None], mask=m2, other=0)
+            pv = tl.load(pos_ptr + (bl[:, None] * C + col) * N + k[:, None], mask=m2, other=0)
+            nm = m2 & (cn != 0)[:, None]
+            nv = tl.load(cand_ptr + (bl[:, None] * C + col) * K + jj[:, None], mask=nm, other=0)
+            coef_p = tl.where(role == 0, cp, tl.where(role == 1, -cp, 0.0))
+            coef_n = tl.where(role == 0, -cn, tl.where(role == 2, cn, 0.0))
+            term = coef_p[:, None] * (av - pv + eps) + coef_n[:, None] * (av - nv + eps)
+            acc += tl.where(m2, wgt[:, None] * term, 0.0)
+            t += 1
+        g = acc * scale
+        col = c[None, :].to(tl.int64)
+        dst_o = go_ptr + (bb[:, None] * C + col) * hw + cell[:, None]
+        tl.store(dst_o, g.to(go_ptr.dtype.element_ty), mask=to_o[:, None] & con[None, :])
+        dst_r = gr_ptr + ((bb[:, None] - B) * C + col) * hw + cell[:, None]
+        tl.store(dst_r, g.to(gr_ptr.dtype.element_ty), mask=to_r[:, None] & con[None, :])
 
 
 def _points(pts: torch.Tensor, b: int) -> tuple[torch.Tensor, int]:
@@ -608,6 +613,7 @@ def descriptor_forward(desc_o, desc_r, G, anchors, cands, sync=None, *, outside,
 
 
 SORT_BLOCK = 256
+SCATTER_BLOCK_E = 32  # sorted positions per program
 
 
 def descriptor_backward(grad, extras, desc_o, desc_r, *, need_grad, detach_negative, **_unused):
@@ -633,9 +639,10 @@ def descriptor_backward(grad, extras, desc_o, desc_r, *, need_grad, detach_negat
     keys, perm = torch.sort(keys, stable=True)
     dummy = go if go is not None else gr
     launch(
-        _scatter_kernel, (e_total,),
+        _scatter_kernel, (triton.cdiv(e_total, SCATTER_BLOCK_E),),
         keys, perm, a, pos, cand, arec, prec, crec, jstar, coef, scale,
         go if go is not None else dummy, gr if gr is not None else dummy,
-        e_total, b, n, k, c, hf, wf, **flags, BLOCK_C=min(next_pow2(c), 128), num_warps=4,
+        e_total, b, n, k, c, hf, wf, **flags,
+        BLOCK_E=SCATTER_BLOCK_E, BLOCK_C=min(next_pow2(c), 64), num_warps=4,
     )  # fmt: skip
     return go, gr

@@ -192,13 +192,13 @@ def small_inputs() -> list[Dispatch]:
         ("RoRDDetectionLoss", rd, "detection_loss_triton",
          lambda be: fl.RoRDDetectionLoss(backend=be)(det_o, det_r, hom)),
         ("rord_descriptor_loss", rd, "descriptor_loss_triton",
-         lambda be: fl.rord_descriptor_loss(desc_o, desc_r, hom, num_candidates=20, backend=be)),
+         lambda be: fl.rord_descriptor_loss(desc_o, desc_r, hom, num_samples=9, backend=be)),
         ("RoRDDescriptorLoss", rd, "descriptor_loss_triton",
-         lambda be: fl.RoRDDescriptorLoss(num_candidates=20, backend=be)(desc_o, desc_r, hom)),
+         lambda be: fl.RoRDDescriptorLoss(num_samples=9, backend=be)(desc_o, desc_r, hom)),
         ("rord_loss", rd, "detection_loss_triton",
-         lambda be: fl.rord_loss(det_o, det_r, desc_o, desc_r, hom, backend=be)),
+         lambda be: fl.rord_loss(det_o, det_r, desc_o, desc_r, hom, num_samples=9, backend=be)),
         ("RoRDLoss", rd, "descriptor_loss_triton",
-         lambda be: fl.RoRDLoss(backend=be)(det_o, det_r, desc_o, desc_r, hom)),
+         lambda be: fl.RoRDLoss(num_samples=9, backend=be)(det_o, det_r, desc_o, desc_r, hom)),
     ]  # fmt: skip
     return [Dispatch(*row) for row in rows]
 

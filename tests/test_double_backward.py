@@ -120,13 +120,17 @@ def _ops():
         det = torch.rand(2, 1, 4, 5, generator=g).to(DEVICE).requires_grad_()
         desc = torch.randn(2, 3, 4, 5, generator=g).to(DEVICE)
         hom = torch.tensor([[0.96, -0.28, 9.0], [0.28, 0.96, -3.0]], device=DEVICE)
-        return fl.rord_loss(det, det.flip(-1), desc, desc.flip(-1), hom, backend=backend), det
+        return fl.rord_loss(
+            det, det.flip(-1), desc, desc.flip(-1), hom, num_samples=9, backend=backend
+        ), det
 
     def rord_desc(backend):
         g = torch.Generator().manual_seed(36)
         desc = torch.randn(2, 3, 4, 5, generator=g).to(DEVICE).requires_grad_()
         hom = torch.tensor([[0.96, -0.28, 9.0], [0.28, 0.96, -3.0]], device=DEVICE)
-        return fl.rord_descriptor_loss(desc, desc.flip(-1), hom, backend=backend), desc
+        return fl.rord_descriptor_loss(
+            desc, desc.flip(-1), hom, num_samples=9, num_candidates=12, backend=backend
+        ), desc
 
     return [
         ("gap_detection_loss", gap),

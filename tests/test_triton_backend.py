@@ -618,8 +618,15 @@ def _compile_cases(device: str) -> dict:
             fl.boundary_label(torch.ones(2, 16, 20, device=device).tril(), backend=be) * p
         ).sum(),
         "rord_loss": lambda p: fl.rord_loss(
-            p, p.flip(-1), p.expand(2, 3, 4, 5) * 2.0, p.expand(2, 3, 4, 5).flip(-2), hom,
-            num_candidates=12, detach_negative=False, backend=be,
+            p,
+            p.flip(-1),
+            p.expand(2, 3, 4, 5) * 2.0,
+            p.expand(2, 3, 4, 5).flip(-2),
+            hom,
+            num_samples=9,
+            num_candidates=12,
+            detach_negative=False,
+            backend=be,
         ),  # fmt: skip
         "rord_detection_loss[logits,ignore]": lambda p: fl.rord_detection_loss(
             p, p.flip(-2), hom, from_logits=True, outside="ignore", backend=be
