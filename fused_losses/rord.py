@@ -1,6 +1,6 @@
-"""RoRD losses (docs/spec.md 12): detection and descriptor maps of an image and its rotated copy.
+"""RoRD losses (docs/spec.md 11): detection and descriptor maps of an image and its rotated copy.
 
-Geometry (12.2): cell (i, j) is grid point (u, v) = (j, i), pixel (x, y) is (x/s - 1/2, y/s - 1/2);
+Geometry (11.2): cell (i, j) is grid point (u, v) = (j, i), pixel (x, y) is (x/s - 1/2, y/s - 1/2);
 H maps original points to rotated points (pixels, or ``F.affine_grid``'s normalised coordinates).
 Both conventions are one homography G [B,3,3] from original grid points to rotated grid points
 (:func:`grid_homography`, built in float64 on the device), and S(F, q) is the bilinear sample of
@@ -79,7 +79,7 @@ def _validate_descriptor(opts: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RoRDDetectionOptions(LossOptions):
-    """Options of :func:`rord_detection_loss` (docs/spec.md 12.1): the geometry (``stride``
+    """Options of :func:`rord_detection_loss` (docs/spec.md 11.1): the geometry (``stride``
     pixels per cell, ``h_coords`` "pixel" or "normalized", ``outside`` "zeros" or "ignore"),
     ``from_logits``, the weights ``w_bce`` and ``w_smooth_l1``, ``detach_target``."""
 
@@ -98,7 +98,7 @@ class RoRDDetectionOptions(LossOptions):
 
 @dataclasses.dataclass(frozen=True)
 class RoRDDescriptorOptions(LossOptions):
-    """Options of :func:`rord_descriptor_loss` (docs/spec.md 12.1): the geometry, the triplet
+    """Options of :func:`rord_descriptor_loss` (docs/spec.md 11.1): the geometry, the triplet
     ``margin`` and ``distance`` ("l2" or "squared_l2"), ``num_samples`` (default anchors:
     floor(sqrt)^2), ``num_candidates`` (drawn when no negatives are given), ``safe_radius``
     (pixels, Chebyshev), ``detach_negative``."""
@@ -303,7 +303,7 @@ def candidate_points(
     device,
     dtype,
 ) -> torch.Tensor:
-    """[1 or B, K, 2] candidate grid points (docs/spec.md 12.2)."""
+    """[1 or B, K, 2] candidate grid points (docs/spec.md 11.2)."""
     hf, wf = size
     if negatives is not None:
         return pixel_points(negatives, opts.stride, dtype)
@@ -393,7 +393,7 @@ def cell_points(size: tuple[int, int], device, dtype) -> torch.Tensor:
 
 
 def _bce_terms(p_o, x_o, t, from_logits: bool):
-    """(bce, d bce / d P_o or d bce / d x_o, d bce / d T) elementwise (docs/spec.md 12.3)."""
+    """(bce, d bce / d P_o or d bce / d x_o, d bce / d T) elementwise (docs/spec.md 11.3)."""
     if from_logits:
         ls_pos, ls_neg = torch.nn.functional.logsigmoid(x_o), torch.nn.functional.logsigmoid(-x_o)
         return -(t * ls_pos + (1 - t) * ls_neg), p_o - t, -x_o
@@ -588,7 +588,7 @@ def rord_detection_loss(
     options: RoRDDetectionOptions | None = None,
     **overrides: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """RoRD detection loss (docs/spec.md 12.3.1): det maps [B,1,Hf,Wf] (probabilities; logits with
+    """RoRD detection loss (docs/spec.md 11.3.1): det maps [B,1,Hf,Wf] (probabilities; logits with
     ``from_logits``), H [B,2,3] / [B,3,3] (or unbatched) original -> rotated points.
 
     L_det = (w_bce sum bce(P_o, T) + w_smooth_l1 sum smoothL1(P_o - T)) / n, T_c = S(P_r, H(c)).
@@ -617,7 +617,7 @@ def rord_descriptor_loss(
     options: RoRDDescriptorOptions | None = None,
     **overrides: Any,
 ) -> torch.Tensor:
-    """RoRD descriptor loss (docs/spec.md 12.3.2): desc maps [B,C,Hf,Wf], H as
+    """RoRD descriptor loss (docs/spec.md 11.3.2): desc maps [B,C,Hf,Wf], H as
     :func:`rord_detection_loss`, anchors [N,2] / [B,N,2] (x, y) original pixels (default: a
     grid), negatives [K,2] / [B,K,2] rotated pixels (default: ``num_candidates`` points of the R2
     sequence, or uniform draws of ``generator``).
@@ -657,7 +657,7 @@ def rord_loss(
     options: RoRDOptions | None = None,
     **overrides: Any,
 ) -> torch.Tensor | tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Functional form of :class:`RoRDLoss`: w_det L_det + w_desc L_desc (docs/spec.md 12.3)."""
+    """Functional form of :class:`RoRDLoss`: w_det L_det + w_desc L_desc (docs/spec.md 11.3)."""
     check_det_maps(det_original, det_rotated)
     _check_desc_inputs(
         desc_original, desc_rotated, H, anchors, negatives, generator, det=det_original
@@ -711,7 +711,7 @@ class RoRDDescriptorLoss(LossModule):
 
 
 class RoRDLoss(LossModule):
-    """RoRD training loss (docs/spec.md 12): detection (BCE + smooth-L1 of the original map
+    """RoRD training loss (docs/spec.md 11): detection (BCE + smooth-L1 of the original map
     against the rotated map warped back) plus descriptor (triplet with grid anchors and
     nearest-candidate hard negatives), fused: neither the warped map nor the distance matrix is
     built.
@@ -752,7 +752,7 @@ def homography_warp(
     x: torch.Tensor, H: torch.Tensor, *, stride: float = 8.0, h_coords: str = "pixel"
 ) -> torch.Tensor:
     """x [B,C,Hf,Wf] sampled at every original cell's image under H: out[b, :, i, j] =
-    S(x[b], H(cell (i, j))) (docs/spec.md 12.2), the target T of the detection loss, made
+    S(x[b], H(cell (i, j))) (docs/spec.md 11.2), the target T of the detection loss, made
     explicit (the losses never build it). Differentiable in x (autograd); no gradient into H."""
     _check_map("x", x)
     check_homography(H, x.shape[0])

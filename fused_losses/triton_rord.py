@@ -1,4 +1,4 @@
-"""The triton backend of the RoRD losses (docs/spec.md 12): autograd glue over ``kernels/rord.py``.
+"""The triton backend of the RoRD losses (docs/spec.md 11): autograd glue over ``kernels/rord.py``.
 
 Each part is a ``kernel_ops.KernelFn`` with two differentiable maps (a plain ``autograd.Function``
 eagerly, opaque custom ops under ``torch.compile``): the detection loss recomputes its gradients

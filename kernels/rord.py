@@ -1,4 +1,4 @@
-"""RoRD losses (docs/spec.md 12): the warped detection target and the descriptor triplets, fused.
+"""RoRD losses (docs/spec.md 11): the warped detection target and the descriptor triplets, fused.
 
 Geometry. G [B,3,3] maps an original grid point (u, v) to a rotated one: (X, Y, W) = G (u, v, 1),
 q = (X / W, Y / W), defined where W > 0. S(F, q) is the bilinear sample with corners at integer

@@ -1,4 +1,4 @@
-"""Reference RoRD losses (docs/spec.md 8): the detection loss of an image's detection map against
+"""Reference RoRD losses (docs/spec.md 11): the detection loss of an image's detection map against
 its rotated copy's map warped back through H, and the descriptor triplet loss with the nearest
 candidate of the rotated map as the negative.
 

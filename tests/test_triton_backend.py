@@ -627,7 +627,7 @@ def _compile_cases(device: str) -> dict:
             num_candidates=12,
             detach_negative=False,
             backend=be,
-        ),  # fmt: skip
+        ),
         "rord_detection_loss[logits,ignore]": lambda p: fl.rord_detection_loss(
             p, p.flip(-2), hom, from_logits=True, outside="ignore", backend=be
         ),

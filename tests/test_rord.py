@@ -1,0 +1,477 @@
+"""The RoRD losses (docs/spec.md 11): rord_detection_loss, rord_descriptor_loss, rord_loss /
+RoRDLoss and homography_warp against the literal float64 reference (``F.grid_sample`` and an
+explicit [B,N,K] distance matrix), on both backends (triton through the interpreter on CPU).
+
+Descriptors are Gaussian and few (C = 4, K <= 40): the nearest candidate is then separated from
+the second nearest by far more than float32 rounding (checked by ``assert_clear_argmin``), so j*
+is the reference's on every backend and dtype.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from conftest import DEVICE, ON_GPU, TOLERANCES, assert_grad_close, assert_scalar_close
+from fused_losses.kernels.launch import launch_count, reset_launch_count
+from fused_losses.reference import rord as R
+
+import fused_losses as fl
+
+S = 8.0  # stride
+SIZE = (6, 7)  # Hf, Wf
+NAMES = ("det_original", "det_rotated", "desc_original", "desc_rotated")
+SMALL = dict(num_samples=16, num_candidates=40)  # 16 anchors, 40 candidates
+
+
+def maps(b=2, c=4, size=SIZE, seed=0, logits=False, dtype=torch.float32) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    hf, wf = size
+    det = torch.rand(2, b, 1, hf, wf, generator=g, dtype=torch.float64) * 0.96 + 0.02
+    if logits:
+        det = torch.logit(det)
+    desc = torch.randn(2, b, c, hf, wf, generator=g, dtype=torch.float64)
+    return [x.to(dtype) for x in (*det.unbind(0), *desc.unbind(0))]
+
+
+def rotation(k: int, size=SIZE, mirror: bool = False) -> torch.Tensor:
+    """[2,3] pixel H: rotation by k * 90 degrees about the image centre (exact integers), then
+    an optional horizontal mirror; only square maps keep the image for odd k (else a shift)."""
+    hf, wf = size
+    w, h = wf * S, hf * S
+    c, s = [(1, 0), (0, 1), (-1, 0), (0, -1)][k % 4]
+    rot = torch.tensor([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]], dtype=torch.float64)
+    to_c = torch.tensor([[1, 0, -w / 2], [0, 1, -h / 2], [0, 0, 1]], dtype=torch.float64)
+    back = torch.tensor([[1, 0, w / 2], [0, 1, h / 2], [0, 0, 1]], dtype=torch.float64)
+    m = back @ rot @ to_c
+    if mirror:
+        m = torch.tensor([[-1, 0, w], [0, 1, 0], [0, 0, 1]], dtype=torch.float64) @ m
+    return m[:2]
+
+
+def small_rotation(angle=0.2, shift=(5.0, -3.0), size=SIZE) -> torch.Tensor:
+    hf, wf = size
+    cx, cy = wf * S / 2, hf * S / 2
+    c, s = math.cos(angle), math.sin(angle)
+    return torch.tensor(
+        [[c, -s, cx - c * cx + s * cy + shift[0]], [s, c, cy - s * cx - c * cy + shift[1]]],
+        dtype=torch.float64,
+    )
+
+
+def perspective(size=SIZE) -> torch.Tensor:
+    m = torch.eye(3, dtype=torch.float64)
+    m[:2] = small_rotation(0.15, (2.0, 1.0), size)
+    m[2, :2] = torch.tensor([4e-4, -6e-4])
+    return m
+
+
+def run_fused(backend, inputs, H, extra=None, **opts):
+    xs = [x.detach().clone().to(DEVICE).requires_grad_() for x in inputs]
+    extra = {
+        k: (v.to(DEVICE) if isinstance(v, torch.Tensor) else v) for k, v in (extra or {}).items()
+    }
+    total, comps = fl.rord_loss(
+        *xs, H.to(DEVICE), **extra, return_components=True, backend=backend, **opts
+    )
+    total.backward()
+    return total, comps, [x.grad for x in xs]
+
+
+def run_reference(inputs, H, extra=None, **opts):
+    xs = [x.detach().to(torch.float64).requires_grad_() for x in inputs]
+    total, comps = R.rord_loss(*xs, H.to(torch.float64), **(extra or {}), **opts)
+    grads = torch.autograd.grad(total, xs, allow_unused=True)
+    grads = [g if g is not None else torch.zeros_like(x) for g, x in zip(grads, xs)]
+    return total, {k: v.detach() for k, v in comps.items()}, grads
+
+
+def assert_clear_argmin(inputs, H, extra=None, **opts) -> None:
+    """The nearest eligible candidate is unambiguous: its distance is below the second one's by
+    more than 1e-4 relative (float64 reference geometry; float32 moves it by ~1e-6)."""
+    d_o, d_r = (x.detach().to(torch.float64) for x in inputs[2:])
+    b, _, hf, wf = d_o.shape
+    extra = extra or {}
+    anchors = extra.get("anchors")
+    pa = (
+        R.grid_points(anchors.to(torch.float64), S)
+        if anchors is not None
+        else R.default_anchors(opts.get("num_samples", 200), hf, wf, torch.float64)
+    )
+    pa = pa.expand(b, -1, -1) if pa.dim() == 3 else pa[None].expand(b, -1, -1)
+    neg = extra.get("negatives")
+    if neg is not None:
+        pc = R.grid_points(neg.to(torch.float64), S)
+    else:
+        pc = R.r2_candidates(opts.get("num_candidates", 400), hf, wf, torch.float64)
+    pc = pc.expand(b, -1, -1) if pc.dim() == 3 else pc[None].expand(b, -1, -1)
+    if pc.shape[1] < 2:
+        return
+    a = R.sample(d_o, pa)
+    n = R.sample(d_r, pc)
+    dist = torch.cdist(a, n)
+    two = dist.topk(2, dim=-1, largest=False).values
+    gap = (two[..., 1] - two[..., 0]) / two[..., 1]
+    assert gap.min() > 1e-4, f"near-tie in the test data: relative gap {gap.min():.2e}"
+
+
+def check(backend, inputs, H, extra=None, dtype=torch.float32, **opts) -> None:
+    assert_clear_argmin(inputs, H, extra, **opts)
+    tol_loss, tol_grad = TOLERANCES[dtype]
+    inputs = [x.to(dtype) for x in inputs]
+    total, comps, grads = run_fused(backend, inputs, H, extra, **opts)
+    ref_total, ref_comps, ref_grads = run_reference(inputs, H, extra, **opts)
+    assert_scalar_close(total, ref_total, tol_loss)
+    assert total.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    for k in ("det_bce", "det_smooth_l1", "det", "desc"):
+        assert_scalar_close(comps[k], ref_comps[k], tol_loss, k)
+    for name, g, ref, x in zip(NAMES, grads, ref_grads, inputs):
+        assert g is None or g.dtype == x.dtype, name
+        assert_grad_close(g, ref, tol_grad, name)
+
+
+# ------------------------------------------------------------------------------------ parity
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("mirror", [False, True])
+def test_multiples_of_90_degrees(backend, k, mirror):
+    """Square maps: H permutes the cells exactly (every sample sits on a cell centre)."""
+    size = (6, 6)
+    H = rotation(k, size, mirror)
+    check(backend, maps(size=size, seed=k), H, **SMALL)
+    if mirror and k == 1:
+        check(backend, maps(size=size, seed=9), torch.cat([H, H.new_tensor([[0, 0, 1]])]), **SMALL)
+
+
+def test_exact_rotation_is_a_cell_permutation():
+    """homography_warp of a 90-degree H is torch.rot90 (exactly, in float32) on both the
+    literal reference and the library's warp."""
+    x = torch.randn(2, 3, 6, 6)
+    for k in range(4):
+        out = fl.homography_warp(x, rotation(k, (6, 6)), stride=S)
+        assert torch.equal(out, torch.rot90(x, k, dims=(-2, -1)))
+    mirrored = fl.homography_warp(x, rotation(0, (6, 6), mirror=True), stride=S)
+    assert torch.equal(mirrored, torch.flip(x, dims=(-1,)))
+    ref = R.homography_warp(x.double(), rotation(1, (6, 6)).double(), stride=S)
+    assert torch.allclose(ref, torch.rot90(x.double(), 1, dims=(-2, -1)), atol=1e-14)
+
+
+CONFIGS = {
+    "default": {},
+    "ignore": dict(outside="ignore"),
+    "logits": dict(from_logits=True),
+    "normalized": dict(h_coords="normalized"),
+    "squared": dict(distance="squared_l2", margin=30.0),
+    "detach_target": dict(detach_target=True),
+    "negative_grad": dict(detach_negative=False),
+    "safe_radius": dict(safe_radius=12.0),
+    "weights": dict(w_det=0.7, w_desc=1.9, w_bce=0.4, w_smooth_l1=2.5, margin=2.5),
+    "ignore_logits_radius": dict(outside="ignore", from_logits=True, safe_radius=20.0),
+}
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_options(backend, name):
+    opts = {**SMALL, **CONFIGS[name]}
+    H = small_rotation()
+    if name == "normalized":  # H in F.affine_grid's units
+        H = torch.tensor([[0.9, -0.2, 0.1], [0.25, 0.95, -0.05]], dtype=torch.float64)
+    check(backend, maps(logits=opts.get("from_logits", False), seed=1), H, **opts)
+
+
+@pytest.mark.parametrize("h_kind", ["perspective", "batched", "unbatched_3x3"])
+def test_homographies(backend, h_kind):
+    if h_kind == "perspective":
+        H = perspective()[None].expand(2, 3, 3)
+    elif h_kind == "batched":
+        H = torch.stack([small_rotation(0.3), rotation(2)])
+    else:
+        H = perspective()
+    check(backend, maps(seed=2), H, **SMALL)
+
+
+@pytest.mark.parametrize("points", ["anchors", "anchors_batched", "negatives", "negatives_batched",
+                                    "generator"])  # fmt: skip
+def test_given_points(backend, points):
+    g = torch.Generator().manual_seed(5)
+    hf, wf = SIZE
+    size = torch.tensor([wf * S, hf * S], dtype=torch.float64)
+    extra: dict = {}
+    if points.startswith("anchors"):
+        shape = (2, 9, 2) if points.endswith("batched") else (9, 2)
+        extra["anchors"] = torch.rand(*shape, generator=g, dtype=torch.float64) * size
+    elif points.startswith("negatives"):
+        shape = (2, 30, 2) if points.endswith("batched") else (30, 2)
+        extra["negatives"] = torch.rand(*shape, generator=g, dtype=torch.float64) * size
+    opts = dict(SMALL)
+    if points == "generator":
+        inputs = maps(seed=3)
+        got = fl.rord_loss(
+            *[x.to(DEVICE) for x in inputs], small_rotation().to(DEVICE),
+            generator=torch.Generator(DEVICE).manual_seed(7), backend=backend, **opts,
+        )  # fmt: skip
+        ref, _ = R.rord_loss(
+            *[x.double() for x in inputs], small_rotation(),
+            generator=torch.Generator().manual_seed(7), **opts,
+        )  # fmt: skip
+        assert_scalar_close(got, ref, 1e-5)
+        return
+    check(backend, maps(seed=3), small_rotation(), extra, **opts)
+
+
+def test_default_candidates_are_the_r2_sequence(backend):
+    """No negatives and no generator: the R2 points, the same as passing them in pixels."""
+    hf, wf = SIZE
+    j = torch.arange(1, 41, dtype=torch.float64)
+    u = torch.frac(0.5 + j * 0.7548776662466927) * (wf - 1)
+    v = torch.frac(0.5 + j * 0.5698402909980532) * (hf - 1)
+    pixels = (torch.stack([u, v], -1) + 0.5) * S
+    inputs = [x.to(DEVICE) for x in maps(seed=4)]
+    H = small_rotation().to(DEVICE)
+    default = fl.rord_descriptor_loss(inputs[2], inputs[3], H, backend=backend, **SMALL)
+    given = fl.rord_descriptor_loss(
+        inputs[2], inputs[3], H, negatives=pixels.to(DEVICE), backend=backend, **SMALL
+    )
+    assert_scalar_close(default, given, 1e-6)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float64])
+def test_dtypes(backend, dtype):
+    check(backend, maps(seed=6), small_rotation(), dtype=dtype, **SMALL)
+
+
+def test_parts_match_the_total(backend):
+    inputs = [x.to(DEVICE) for x in maps(seed=7)]
+    H = small_rotation().to(DEVICE)
+    total, comps = fl.RoRDLoss(w_det=0.5, backend=backend, **SMALL)(
+        *inputs, H, return_components=True
+    )
+    det, det_comps = fl.RoRDDetectionLoss(backend=backend)(inputs[0], inputs[1], H, True)
+    desc = fl.RoRDDescriptorLoss(backend=backend, **SMALL)(inputs[2], inputs[3], H)
+    assert_scalar_close(total, 0.5 * det + desc, 1e-6)
+    assert_scalar_close(comps["desc"], desc, 1e-6)
+    for k, v in det_comps.items():
+        assert_scalar_close(comps[k], v, 1e-6, k)
+    assert not any(v.requires_grad for v in comps.values())
+
+
+# -------------------------------------------------------------------------------- edge cases
+
+
+EDGES = {
+    "all_outside": dict(H=lambda: small_rotation(0.0, (10000.0, 0.0))),
+    "singular": dict(H=lambda: torch.zeros(3, 3, dtype=torch.float64)),
+    "w_negative": dict(H=lambda: torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))),
+    "no_candidates": dict(extra=lambda: {"negatives": torch.zeros(0, 2)}),
+    "no_anchors": dict(extra=lambda: {"anchors": torch.zeros(0, 2)}),
+    "one_cell": dict(size=(1, 1)),
+    "one_row": dict(size=(1, 5)),
+    "one_channel_one_image": dict(b=1, c=1),
+}
+
+
+@pytest.mark.parametrize("outside", ["zeros", "ignore"])
+@pytest.mark.parametrize("name", list(EDGES))
+def test_edge_cases(backend, name, outside):
+    case = EDGES[name]
+    size = case.get("size", SIZE)
+    H = case.get("H", small_rotation)()
+    extra = case.get("extra", dict)()
+    inputs = maps(b=case.get("b", 2), c=case.get("c", 4), size=size, seed=8)
+    opts = dict(SMALL, outside=outside)
+    total, comps, grads = run_fused(backend, inputs, H, extra, **opts)
+    ref_total, ref_comps, ref_grads = run_reference(inputs, H, extra, **opts)
+    assert_scalar_close(total, ref_total, 1e-5)
+    assert_scalar_close(comps["desc"], ref_comps["desc"], 1e-5, "desc")
+    for name_, g, ref in zip(NAMES, grads, ref_grads):
+        assert_grad_close(g, ref, 1e-5, name_)
+    if name in ("all_outside", "singular", "w_negative") and outside == "ignore":
+        assert float(total) == 0.0
+    if name in ("no_candidates", "no_anchors"):
+        assert float(comps["desc"]) == 0.0
+
+
+@pytest.mark.parametrize("value", [0.0, 1.0])
+def test_probabilities_at_zero_and_one(backend, value):
+    """P_o of exactly 0 or 1: the logs clamp at -100 and the gradients stay finite."""
+    inputs = maps(seed=10)
+    inputs[0] = inputs[0].clone()
+    inputs[0][:, :, :2] = value
+    check(backend, inputs, small_rotation(), **SMALL)
+
+
+def test_non_contiguous_maps(backend):
+    inputs = [
+        x.transpose(-1, -2).contiguous().transpose(-1, -2) for x in maps(size=(7, 6), seed=11)
+    ]
+    inputs = [x[..., ::1, :] for x in inputs]
+    wide = [torch.cat([x, x], dim=1)[:, ::2] for x in inputs]  # channel stride 2
+    assert not wide[2].is_contiguous()
+    check(backend, wide, small_rotation(size=(7, 6)), **SMALL)
+
+
+def test_no_grad(backend):
+    inputs = [x.to(DEVICE) for x in maps(seed=12)]
+    with torch.no_grad():
+        loss = fl.rord_loss(*inputs, small_rotation().to(DEVICE), backend=backend, **SMALL)
+    ref, _ = R.rord_loss(*[x.double().cpu() for x in inputs], small_rotation(), **SMALL)
+    assert_scalar_close(loss, ref, 1e-5)
+
+
+def test_only_some_maps_need_grad(backend):
+    inputs = [x.to(DEVICE) for x in maps(seed=13)]
+    inputs[1].requires_grad_()
+    inputs[2].requires_grad_()
+    loss = fl.rord_loss(*inputs, small_rotation().to(DEVICE), backend=backend, **SMALL)
+    loss.backward()
+    assert inputs[1].grad is not None and inputs[2].grad is not None
+    assert inputs[0].grad is None and inputs[3].grad is None
+
+
+def test_deterministic(backend):
+    inputs = maps(seed=14)
+    opts = dict(SMALL, detach_negative=False)
+    first = run_fused(backend, inputs, small_rotation(), **opts)
+    second = run_fused(backend, inputs, small_rotation(), **opts)
+    assert torch.equal(first[0], second[0])
+    for a, b in zip(first[2], second[2]):
+        assert torch.equal(a, b)
+
+
+# ---------------------------------------------------------------------------------- bad input
+
+
+def _bad_calls():
+    det = torch.rand(2, 1, 6, 7)
+    desc = torch.randn(2, 4, 6, 7)
+    H = small_rotation().float()
+    ok = (det, det, desc, desc, H)
+
+    def call(*args, **kw):
+        return lambda: fl.rord_loss(*args, **kw)
+
+    return [
+        ("det_original", call(torch.rand(2, 2, 6, 7), det, desc, desc, H)),
+        ("det_rotated", call(det, torch.rand(2, 1, 6, 6), desc, desc, H)),
+        ("det_original", call(torch.ones(2, 1, 6, 7, dtype=torch.long), det, desc, desc, H)),
+        ("desc_original", call(det, det, torch.randn(2, 4, 6, 6), desc, H)),
+        ("desc_original", call(det, det, torch.randn(3, 4, 6, 7), desc, H)),
+        ("desc_rotated", call(det, det, desc, torch.randn(2, 5, 6, 7), H)),
+        ("desc_original", call(det, det, torch.randn(2, 6, 7), desc, H)),
+        ("H", call(det, det, desc, desc, torch.eye(3)[None].expand(3, 3, 3))),
+        ("H", call(det, det, desc, desc, torch.eye(4))),
+        ("anchors", call(*ok, anchors=torch.zeros(3, 5, 2))),
+        ("anchors", call(*ok, anchors=torch.zeros(5, 3))),
+        ("negatives", call(*ok, negatives=torch.zeros(2, 5))),
+        ("negatives", call(*ok, negatives=torch.zeros(2, 5, 2, 1))),
+        ("generator", call(*ok, negatives=torch.zeros(5, 2), generator=torch.Generator())),
+        ("generator", call(*ok, generator=object())),
+        ("stride", call(*ok, stride=0)),
+        ("stride", call(*ok, stride=float("inf"))),
+        ("margin", call(*ok, margin=float("nan"))),
+        ("w_det", call(*ok, w_det=float("inf"))),
+        ("w_bce", call(*ok, w_bce="1")),
+        ("num_samples", call(*ok, num_samples=0)),
+        ("num_candidates", call(*ok, num_candidates=-1)),
+        ("safe_radius", call(*ok, safe_radius=-1.0)),
+        ("h_coords", call(*ok, h_coords="pixels")),
+        ("outside", call(*ok, outside="clamp")),
+        ("distance", call(*ok, distance="l1")),
+        ("from_logits", call(*ok, from_logits=1)),
+        ("H", call(det, det, desc, desc, torch.zeros(2, 3, dtype=torch.complex64))),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arg", "fn"), _bad_calls(), ids=[f"{i}-{a}" for i, (a, _) in enumerate(_bad_calls())]
+)
+def test_bad_input_is_named(arg, fn):
+    with pytest.raises((ValueError, TypeError), match=arg):
+        fn()
+
+
+def test_generator_on_another_device():
+    """A CPU generator for maps on another device (meta here: the check reads metadata only)."""
+    desc = torch.randn(1, 2, 4, 4, device="meta")
+    with pytest.raises(ValueError, match="generator: expected a generator on meta"):
+        fl.rord_descriptor_loss(
+            desc, desc, torch.eye(3, device="meta"), generator=torch.Generator()
+        )
+
+
+# --------------------------------------------------------------------------- launches, memory
+
+
+def test_launch_count():
+    """Triton backend: detection 2 launches forward (pass, finalize) and 1 per map backward;
+    descriptor 5 forward (3 samplings, mining, finalize) and 2 backward (keys, scatter)."""
+    if not fl.backend.interpreter_on() and not ON_GPU:
+        pytest.skip("needs the triton backend (TRITON_INTERPRET=1 or a GPU)")
+    xs = [x.to(DEVICE).requires_grad_() for x in maps(seed=15)]
+    H = small_rotation().to(DEVICE)
+    reset_launch_count()
+    det = fl.rord_detection_loss(xs[0], xs[1], H, backend="triton")
+    assert launch_count() == 2
+    reset_launch_count()
+    det.backward()
+    assert launch_count() == 2
+    reset_launch_count()
+    desc = fl.rord_descriptor_loss(xs[2], xs[3], H, backend="triton", **SMALL)
+    assert launch_count() == 5
+    reset_launch_count()
+    desc.backward()
+    assert launch_count() == 2
+
+
+def test_nothing_of_size_n_times_k_is_built():
+    """Triton backend: no tensor created during forward and backward has B N K elements or
+    more (the distance matrix), whatever K is; the candidate samples grow as B C K."""
+    if not fl.backend.interpreter_on() and not ON_GPU:
+        pytest.skip("needs the triton backend (TRITON_INTERPRET=1 or a GPU)")
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Largest(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.numel = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if func in (torch.ops.aten.set_.source_Storage, torch.ops.aten.copy_.default):
+                return out  # the interpreter's byte views of the kernels' arguments
+            for t in out if isinstance(out, (tuple, list)) else (out,):
+                if isinstance(t, torch.Tensor):
+                    self.numel = max(self.numel, t.numel())
+            return out
+
+    b, c, n = 2, 4, 64
+    for k in (64, 512):
+        xs = [x.to(DEVICE).requires_grad_() for x in maps(b=b, c=c, size=(8, 8), seed=16)]
+        mode = Largest()
+        with mode:
+            loss = fl.rord_descriptor_loss(
+                xs[2], xs[3], small_rotation(size=(8, 8)).to(DEVICE), num_samples=n,
+                num_candidates=k, detach_negative=False, backend="triton",
+            )  # fmt: skip
+            loss.backward()
+        assert mode.numel <= max(b * c * k, b * c * 64, 3 * b * n * 4), (k, mode.numel)
+        assert mode.numel < b * n * k
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU, reason="peak CUDA memory needs a GPU")
+def test_peak_memory_does_not_grow_with_n_times_k():
+    b, c, hf, wf = 2, 128, 32, 32
+    peaks = []
+    for k in (400, 4000):
+        xs = [x.cuda().requires_grad_() for x in maps(b=b, c=c, size=(hf, wf), seed=17)]
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fl.rord_loss(*xs, small_rotation(size=(hf, wf)).cuda(), num_candidates=k).backward()
+        torch.cuda.synchronize()
+        peaks.append(torch.cuda.max_memory_allocated() - base)
+    # 3600 more candidates: their samples (B C K floats) and records, not B N K distances
+    assert peaks[1] - peaks[0] < 2 * b * (c + 8) * 3600 * 4 + (1 << 20), peaks
