@@ -2,7 +2,7 @@
 its rotated copy's map warped back through H, and the descriptor triplet loss with the nearest
 candidate of the rotated map as the negative.
 
-Literal: every point goes through the grid-point convention of 8.2 ((u, v) = (x/s - 1/2, y/s - 1/2),
+Literal: every point goes through the grid-point convention of 11.2 ((u, v) = (x/s - 1/2, y/s - 1/2),
 ``align_corners=False``), H is applied as written (never inverted), the samples are
 ``F.grid_sample``, the warped target T is built explicitly, the [B,N,K] distance matrix of the
 negative mining is built explicitly, gradients by autograd. Geometry runs in the maps' dtype (the

@@ -123,6 +123,17 @@ def _centernet_batch(seed: int, unbalanced: bool) -> dict:
     }
 
 
+def _rord_batch(seed: int, unbalanced: bool) -> dict:
+    g = _gen(seed)
+    t = torch.rand(B, generator=g, dtype=torch.float64) * 0.4
+    shift = torch.full((B,), 3.0, dtype=torch.float64)
+    if unbalanced:
+        shift[2:] = 1e4  # rank 1: everything warped outside (no counted cell, no valid anchor)
+    rows = [torch.cos(t), -torch.sin(t), shift, torch.sin(t), torch.cos(t), -shift / 3]
+    hom = torch.stack(rows, -1).view(B, 2, 3)
+    return {**_base(seed), "H": hom, "anchors": _pixels(g, B, 5), "negatives": _pixels(g, B, 6)}
+
+
 def _cass_batch(seed: int, unbalanced: bool) -> dict:
     g = _gen(seed)
     xy = torch.rand(B, M, 2, generator=g, dtype=torch.float64) * (W * STRIDE - 8)
@@ -194,6 +205,10 @@ CASES = {
         o[:, :, ::2, ::2].flatten(1), b["boxes"], b["box_mask"], feat_size=(H, W), stride=STRIDE,
         patch_size=2, loss="mse", reduction="sum", **kw)),
     "soft_focal": (_cass_batch, 1, lambda o, b, **kw: fl.soft_focal_loss(o, b["soft"], **kw)),
+    "rord": (_rord_batch, 10, lambda o, b, **kw: fl.rord_loss(
+        torch.sigmoid(o[:, 0:1]), torch.sigmoid(o[:, 1:2]), o[:, 2:6], o[:, 6:10], b["H"],
+        b["anchors"], b["negatives"], stride=STRIDE, outside="ignore", detach_negative=False,
+        return_components=True, **kw)),
     "centernet_pose": (_pose_batch, 14, lambda o, b, **kw: fl.centernet_pose_loss(
         _pose_heads(o), {k[2:]: v for k, v in b.items() if k.startswith("p_")},
         return_components=True, **kw)),
