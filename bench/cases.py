@@ -458,6 +458,39 @@ class PoseProblem(Problem):
         return {k: v.to(self.device) for k, v in t.items()}
 
 
+RORD_STRIDE = 8  # pixels per cell (VGG16 features[:23])
+RORD_CHANNELS = 128
+
+
+class RordProblem(Problem):
+    """A RoRD problem: detection maps (sigmoid probabilities) and descriptor maps (C = 128,
+    per-channel normalised like the head's InstanceNorm) of an image and its rotated copy, and
+    per image a dataset H (a multiple of 90 degrees about the centre, maybe mirrored, plus a small
+    jitter); 196 grid anchors, 400 R2 candidates (the defaults)."""
+
+    def maps(self) -> tuple[torch.Tensor, ...]:
+        g = torch.Generator().manual_seed(self.seed)
+        b, (h, w) = self.batch, self.size
+        det = torch.sigmoid(torch.randn(2, b, 1, h, w, generator=g) * 2)
+        desc = torch.randn(2, b, RORD_CHANNELS, h, w, generator=g)
+        desc = (desc - desc.mean((-2, -1), keepdim=True)) / desc.std((-2, -1), keepdim=True)
+        return tuple(
+            x.to(self.device).requires_grad_(self.grad) for x in (*det.unbind(0), *desc.unbind(0))
+        )
+
+    def homographies(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + 1)
+        h, w = (n * RORD_STRIDE for n in self.size)
+        k = torch.randint(0, 4, (self.batch,), generator=g)
+        t = k * (torch.pi / 2) + (torch.rand(self.batch, generator=g) - 0.5) * 0.2
+        c, s = torch.cos(t), torch.sin(t)
+        mirror = torch.where(torch.rand(self.batch, generator=g) < 0.5, -1.0, 1.0)
+        cx, cy = w / 2, h / 2
+        rows = [c * mirror, -s, cx - c * mirror * cx + s * cy,
+                s * mirror, c, cy - s * mirror * cx - c * cy]  # fmt: skip
+        return torch.stack(rows, -1).view(self.batch, 2, 3).to(self.device)
+
+
 # ----------------------------------------------------------------------------------------------
 # Families and the case registry.
 
@@ -508,6 +541,16 @@ POSE = Family(
     ref.centernet_pose,
     batches=lambda device: POSE_SHAPES["cuda" if _is_cuda(device) else "cpu"][3],
     size=lambda device: POSE_SHAPES["cuda" if _is_cuda(device) else "cpu"][2],
+)
+
+
+# RoRD (docs/spec.md 11): the total of both parts, maps at 1/8 of the image.
+RORD = Family(
+    "rord",
+    RordProblem,
+    ref.rord,
+    batches=lambda device: (2, 8) if _is_cuda(device) else (2,),
+    size=lambda device: (64, 64) if _is_cuda(device) else (32, 32),
 )
 
 
@@ -744,6 +787,14 @@ def _cass_loss(p: CassProblem) -> Inputs:
 def _cass_loss_n10(p: CassProblem) -> Inputs:
     """10 box slots per image."""
     return _cass(p, 10)
+
+
+@register("rord_loss", RORD, reference=lambda fn, x, p: fn(*x.args, **x.kwargs)[0])
+def _rord_loss(p: RordProblem) -> Inputs:
+    """64x64 maps on CUDA (``BENCH_SIZE=128x128`` for the larger), C = 128, N = 196, K = 400."""
+    maps = p.maps()
+    extra = {"channels": RORD_CHANNELS, "anchors": 196, "candidates": 400}
+    return Inputs((*maps, p.homographies()), leaves=maps, extra=extra)
 
 
 OPS = tuple(CASES)
