@@ -259,9 +259,13 @@ def grid_homography(
     else:
         sx, sy = 2 / wf, 2 / hf
         tx, ty = 1 / wf - 1, 1 / hf - 1
-    to_h = h.new_tensor([[sx, 0, tx], [0, sy, ty], [0, 0, 1]])
-    from_h = h.new_tensor([[1 / sx, 0, -tx / sx], [0, 1 / sy, -ty / sy], [0, 0, 1]])
-    return from_h @ h @ to_h
+    # M = H A with A = [[sx, 0, tx], [0, sy, ty], [0, 0, 1]], then G = A'^-1 M with A' the same
+    # affine map: arithmetic on the device tensor (no host-to-device copy of A)
+    m = torch.stack(
+        [h[..., 0] * sx, h[..., 1] * sy, h[..., 0] * tx + h[..., 1] * ty + h[..., 2]], -1
+    )
+    return torch.stack([(m[..., 0, :] - tx * m[..., 2, :]) / sx,
+                        (m[..., 1, :] - ty * m[..., 2, :]) / sy, m[..., 2, :]], -2)  # fmt: skip
 
 
 def default_anchors(num_samples: int, size: tuple[int, int], device, dtype) -> torch.Tensor:
@@ -311,8 +315,7 @@ def candidate_points(
         r = torch.rand(
             (batch, opts.num_candidates, 2), generator=generator, device=device, dtype=torch.float32
         )
-        scale = torch.tensor([wf - 1, hf - 1], dtype=torch.float64).to(device)
-        return (r.to(torch.float64) * scale).to(dtype)
+        return torch.stack([r[..., 0] * (wf - 1), r[..., 1] * (hf - 1)], -1).to(dtype)
     return r2_candidates(opts.num_candidates, size, device, dtype)
 
 

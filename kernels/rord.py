@@ -274,12 +274,23 @@ def detection_forward(det_o, det_r, G, sync=None, **opts):
 
 
 def signed_adjugate(G: torch.Tensor) -> torch.Tensor:
-    """[B,9] in G's dtype: adj(G) sign(det G), computed in float64 (maps rotated grid points to
-    original ones with a positive third coordinate where G's W > 0); 0 for a G whose
-    determinant is below 1e-10 of its scale (the kernel then scans the whole map)."""
-    g = G.view(-1, 3, 3).to(torch.float64)
-    det = torch.linalg.det(g)
-    adj = torch.linalg.inv_ex(g)[0] * det[:, None, None]  # no sync (inv_ex); det 0: garbage
+    """[B,9] in G's dtype: adj(G) sign(det G), from the cofactors in float64 (elementwise: no
+    solver, no sync). It maps rotated grid points to original ones with a positive third
+    coordinate where G's W > 0; 0 for a G whose determinant is below 1e-10 of its scale (the
+    kernel then scans the whole map)."""
+    g = G.reshape(-1, 3, 3).to(torch.float64)
+
+    def e(i, j):
+        return g[:, i, j]
+
+    def cof(i, j):  # cofactor C_ij
+        r = [k for k in range(3) if k != i]
+        c = [k for k in range(3) if k != j]
+        minor = e(r[0], c[0]) * e(r[1], c[1]) - e(r[0], c[1]) * e(r[1], c[0])
+        return minor if (i + j) % 2 == 0 else -minor
+
+    adj = torch.stack([torch.stack([cof(j, i) for j in range(3)], -1) for i in range(3)], -2)
+    det = e(0, 0) * adj[:, 0, 0] + e(0, 1) * adj[:, 1, 0] + e(0, 2) * adj[:, 2, 0]
     scale = g.abs().amax(dim=(1, 2)) ** 3
     good = (det.abs() > 1e-10 * scale) & torch.isfinite(adj).all(dim=(1, 2))
     out = torch.where(good[:, None, None], adj * torch.sign(det)[:, None, None], 0)

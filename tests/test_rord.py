@@ -264,6 +264,13 @@ EDGES = {
     "all_outside": dict(H=lambda: small_rotation(0.0, (10000.0, 0.0))),
     "singular": dict(H=lambda: torch.zeros(3, 3, dtype=torch.float64)),
     "w_negative": dict(H=lambda: torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))),
+    # W = 1 - x / 28 px: the right half of the map is behind the camera (W <= 0), and preimages
+    # near the horizon are unbounded (the gather scans the whole map there)
+    "horizon": dict(
+        H=lambda: torch.tensor(
+            [[1.0, 0.1, 2.0], [0.05, 1.0, 1.0], [-1 / 28, 0, 1]], dtype=torch.float64
+        )
+    ),  # fmt: skip
     "no_candidates": dict(extra=lambda: {"negatives": torch.zeros(0, 2)}),
     "no_anchors": dict(extra=lambda: {"anchors": torch.zeros(0, 2)}),
     "one_cell": dict(size=(1, 1)),
