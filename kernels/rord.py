@@ -51,9 +51,9 @@ from .primitives import bilinear_sample, div_exact, log1p, logsigmoid, option, s
 from .reduce import DEN_POS, NUM_PARTIALS, ratio_finalize
 
 DET_BLOCK = 128  # cells per program (detection)
-POINT_BLOCK = 32  # points per program (sampling)
-MINE_BLOCK_N = 32  # anchors per program (mining)
-MINE_BLOCK_K = 64  # candidates per step (mining)
+POINT_BLOCK = 16  # points per program (sampling)
+MINE_BLOCK_N = 16  # anchors per program (mining)
+MINE_BLOCK_K = 32  # candidates per step (mining; 64 needs > 128 registers on triton 3.6)
 ROLE_ANCHOR, ROLE_POS, ROLE_NEG = 0, 1, 2
 
 
@@ -318,12 +318,15 @@ def detection_backward(grad, aux, det_o, det_r, G, *, need_grad, **opts):
 
 @triton.jit
 def point_corner(u, v, reach, K: tl.constexpr, Hf, Wf):
-    """(flat cell, weight, on) of corner K (dy = K // 2, dx = K % 2) of grid points (u, v)."""
+    """(flat cell, weight) of corner K (dy = K // 2, dx = K % 2) of grid points (u, v); the
+    weight is 0 for a corner off the map (its cell clamped onto the map). No select on a mask:
+    triton 3.6 mis-lays-out one whose mask is also broadcast to 2-D."""
     xc = tl.floor(u) + (K % 2)
     yc = tl.floor(v) + (K // 2)
     on = reach & (xc >= 0.0) & (xc <= Wf - 1) & (yc >= 0.0) & (yc <= Hf - 1)
-    cell = tl.where(on, yc * Wf + xc, 0.0).to(tl.int64)
-    return cell, tl.where(on, tent(u - xc) * tent(v - yc), 0.0), on
+    xi = tl.minimum(tl.maximum(xc, 0.0), Wf - 1.0).to(tl.int64)
+    yi = tl.minimum(tl.maximum(yc, 0.0), Hf - 1.0).to(tl.int64)
+    return yi * Wf + xi, tent(u - xc) * tent(v - yc) * on.to(u.dtype)
 
 
 @triton.jit
@@ -356,16 +359,32 @@ def _sample_kernel(
     tl.store(rec + 3, far.to(cdt), mask=on)
     c = tl.arange(0, BLOCK_C)
     fb = f_ptr + b.to(tl.int64) * s_b
+    # the 4 corners once, outside the channel loop (triton 3.6 mis-lays-out a 1-D select
+    # computed inside it)
+    cell0, w0 = point_corner(u, v, reach, 0, Hf, Wf)
+    cell1, w1 = point_corner(u, v, reach, 1, Hf, Wf)
+    cell2, w2 = point_corner(u, v, reach, 2, Hf, Wf)
+    cell3, w3 = point_corner(u, v, reach, 3, Hf, Wf)
+    on0 = w0 != 0
+    on1 = w1 != 0
+    on2 = w2 != 0
+    on3 = w3 != 0
+    off0 = (cell0 // Wf) * s_h + (cell0 % Wf) * s_w
+    off1 = (cell1 // Wf) * s_h + (cell1 % Wf) * s_w
+    off2 = (cell2 // Wf) * s_h + (cell2 % Wf) * s_w
+    off3 = (cell3 // Wf) * s_h + (cell3 % Wf) * s_w
     for c0 in range(0, C, BLOCK_C):
         cc = c0 + c
-        con = cc < C
-        acc = tl.zeros([BLOCK_M, BLOCK_C], cdt)
-        for k in tl.static_range(4):
-            cell, wgt, won = point_corner(u, v, reach, k, Hf, Wf)
-            off = (cell // Wf) * s_h + (cell % Wf) * s_w
-            val = tl.load(fb + off[:, None] + cc[None, :].to(tl.int64) * s_c,
-                          mask=won[:, None] & con[None, :], other=0).to(cdt)  # fmt: skip
-            acc += wgt[:, None] * val
+        con = c < C - c0
+        coff = cc[None, :].to(tl.int64) * s_c
+        acc = w0[:, None] * tl.load(fb + off0[:, None] + coff, mask=on0[:, None] & con[None, :],
+                                    other=0).to(cdt)  # fmt: skip
+        acc += w1[:, None] * tl.load(fb + off1[:, None] + coff, mask=on1[:, None] & con[None, :],
+                                     other=0).to(cdt)  # fmt: skip
+        acc += w2[:, None] * tl.load(fb + off2[:, None] + coff, mask=on2[:, None] & con[None, :],
+                                     other=0).to(cdt)  # fmt: skip
+        acc += w3[:, None] * tl.load(fb + off3[:, None] + coff, mask=on3[:, None] & con[None, :],
+                                     other=0).to(cdt)  # fmt: skip
         dst = out_ptr + (b.to(tl.int64) * C + cc[None, :]) * M + m[:, None]
         tl.store(dst, acc, mask=on[:, None] & con[None, :])
 
@@ -584,12 +603,12 @@ def _sample(f, pts, G, warp: bool):
     out = torch.empty(b, c, m, dtype=cdt, device=f.device)
     rec = torch.empty(b, m, 4, dtype=cdt, device=f.device)
     if b * m:
-        block_c = min(next_pow2(c), 64)
+        block_c = min(next_pow2(c), 32)
         launch(
             _sample_kernel, (triton.cdiv(m, POINT_BLOCK), b),
             f, f.stride(0), f.stride(1), f.stride(2), f.stride(3),
             pts, pts_b, m, G, out, rec, c, hf, wf,
-            WARP=warp, BLOCK_M=POINT_BLOCK, BLOCK_C=block_c, num_warps=4,
+            WARP=warp, BLOCK_M=POINT_BLOCK, BLOCK_C=block_c, num_warps=4, num_stages=1,
             enable_fp_fusion=False,
         )  # fmt: skip
     return out, rec
@@ -617,7 +636,7 @@ def descriptor_forward(desc_o, desc_r, G, anchors, cands, sync=None, *, outside,
             f64_bits(margin), f64_bits(safe_radius), f64_bits(stride),
             IGNORE=outside == "ignore", SQUARED=distance == "squared_l2",
             USE_RADIUS=safe_radius > 0, BLOCK_N=MINE_BLOCK_N, BLOCK_K=MINE_BLOCK_K, num_warps=4,
-            enable_fp_fusion=False,
+            num_stages=1, enable_fp_fusion=False,
         )  # fmt: skip
     loss, aux = ratio_finalize(partials, DEN_POS, 0.0, b * n, sync)
     return loss, aux, a, pos, cand, arec, prec, crec, jstar, coef
