@@ -270,7 +270,7 @@ EDGES = {
         H=lambda: torch.tensor(
             [[1.0, 0.1, 2.0], [0.05, 1.0, 1.0], [-1 / 28, 0, 1]], dtype=torch.float64
         )
-    ),  # fmt: skip
+    ),
     "no_candidates": dict(extra=lambda: {"negatives": torch.zeros(0, 2)}),
     "no_anchors": dict(extra=lambda: {"anchors": torch.zeros(0, 2)}),
     "one_cell": dict(size=(1, 1)),
