@@ -45,21 +45,24 @@ R2_STEPS = (0.7548776662466927, 0.5698402909980532)  # 1/phi, 1/phi^2 (phi: the 
 # ------------------------------------------------------------------------------------ options
 
 
-def _validate_geometry(opts: Any) -> None:
-    stride = check_number("stride", opts.stride, positive=True)
-    lo, hi = STRIDE_RANGE
-    if not lo <= stride <= hi:
-        raise ValueError(f"stride: expected a number in [{lo:g}, {hi:g}], got {opts.stride!r}")
-    opts._set("stride", stride)
-    check_choice("h_coords", opts.h_coords, ("pixel", "normalized"))
-    check_choice("outside", opts.outside, ("zeros", "ignore"))
+@dataclasses.dataclass(frozen=True)
+class RoRDGeometryOptions(LossOptions):
+    """The geometry shared by the RoRD losses (docs/spec.md 11.2): ``stride`` pixels per cell,
+    ``h_coords`` ("pixel" or "normalized": the units H acts on), ``outside`` ("zeros" or
+    "ignore": what a point off the map counts)."""
 
+    stride: float = 8.0
+    h_coords: str = "pixel"
+    outside: str = "zeros"
 
-def _validate_detection(opts: Any) -> None:
-    check_bool("from_logits", opts.from_logits)
-    opts._set("w_bce", check_number("w_bce", opts.w_bce))
-    opts._set("w_smooth_l1", check_number("w_smooth_l1", opts.w_smooth_l1))
-    check_bool("detach_target", opts.detach_target)
+    def validate(self) -> None:
+        stride = check_number("stride", self.stride, positive=True)
+        lo, hi = STRIDE_RANGE
+        if not lo <= stride <= hi:
+            raise ValueError(f"stride: expected a number in [{lo:g}, {hi:g}], got {self.stride!r}")
+        self._set("stride", stride)
+        check_choice("h_coords", self.h_coords, ("pixel", "normalized"))
+        check_choice("outside", self.outside, ("zeros", "ignore"))
 
 
 def _count(name: str, value: object, low: int) -> int:
@@ -68,44 +71,31 @@ def _count(name: str, value: object, low: int) -> int:
     return value
 
 
-def _validate_descriptor(opts: Any) -> None:
-    opts._set("margin", check_number("margin", opts.margin))
-    check_choice("distance", opts.distance, ("l2", "squared_l2"))
-    _count("num_samples", opts.num_samples, 1)
-    _count("num_candidates", opts.num_candidates, 0)
-    opts._set("safe_radius", check_number("safe_radius", opts.safe_radius, nonneg=True))
-    check_bool("detach_negative", opts.detach_negative)
-
-
 @dataclasses.dataclass(frozen=True)
-class RoRDDetectionOptions(LossOptions):
-    """Options of :func:`rord_detection_loss` (docs/spec.md 11.1): the geometry (``stride``
-    pixels per cell, ``h_coords`` "pixel" or "normalized", ``outside`` "zeros" or "ignore"),
+class RoRDDetectionOptions(RoRDGeometryOptions):
+    """Options of :func:`rord_detection_loss` (docs/spec.md 11.1): the geometry,
     ``from_logits``, the weights ``w_bce`` and ``w_smooth_l1``, ``detach_target``."""
 
-    stride: float = 8.0
-    h_coords: str = "pixel"
-    outside: str = "zeros"
     from_logits: bool = False
     w_bce: float = 1.0
     w_smooth_l1: float = 0.1
     detach_target: bool = False
 
     def validate(self) -> None:
-        _validate_geometry(self)
-        _validate_detection(self)
+        super().validate()
+        check_bool("from_logits", self.from_logits)
+        self._set("w_bce", check_number("w_bce", self.w_bce))
+        self._set("w_smooth_l1", check_number("w_smooth_l1", self.w_smooth_l1))
+        check_bool("detach_target", self.detach_target)
 
 
 @dataclasses.dataclass(frozen=True)
-class RoRDDescriptorOptions(LossOptions):
+class RoRDDescriptorOptions(RoRDGeometryOptions):
     """Options of :func:`rord_descriptor_loss` (docs/spec.md 11.1): the geometry, the triplet
     ``margin`` and ``distance`` ("l2" or "squared_l2"), ``num_samples`` (default anchors:
     floor(sqrt)^2), ``num_candidates`` (drawn when no negatives are given), ``safe_radius``
     (pixels, Chebyshev), ``detach_negative``."""
 
-    stride: float = 8.0
-    h_coords: str = "pixel"
-    outside: str = "zeros"
     margin: float = 1.0
     distance: str = "l2"
     num_samples: int = 200
@@ -114,38 +104,28 @@ class RoRDDescriptorOptions(LossOptions):
     detach_negative: bool = True
 
     def validate(self) -> None:
-        _validate_geometry(self)
-        _validate_descriptor(self)
+        super().validate()
+        self._set("margin", check_number("margin", self.margin))
+        check_choice("distance", self.distance, ("l2", "squared_l2"))
+        _count("num_samples", self.num_samples, 1)
+        _count("num_candidates", self.num_candidates, 0)
+        self._set("safe_radius", check_number("safe_radius", self.safe_radius, nonneg=True))
+        check_bool("detach_negative", self.detach_negative)
 
 
 @dataclasses.dataclass(frozen=True)
-class RoRDOptions(LossOptions):
-    """Options of :func:`rord_loss` / :class:`RoRDLoss`: the geometry, the total's weights
-    ``w_det`` and ``w_desc``, and those of :class:`RoRDDetectionOptions` and
-    :class:`RoRDDescriptorOptions`."""
+class RoRDOptions(RoRDDetectionOptions, RoRDDescriptorOptions):
+    """Options of :func:`rord_loss` / :class:`RoRDLoss`: those of :class:`RoRDDetectionOptions`
+    and :class:`RoRDDescriptorOptions` (each validated once) and the total's weights ``w_det``
+    and ``w_desc``."""
 
-    stride: float = 8.0
-    h_coords: str = "pixel"
-    outside: str = "zeros"
     w_det: float = 1.0
     w_desc: float = 1.0
-    from_logits: bool = False
-    w_bce: float = 1.0
-    w_smooth_l1: float = 0.1
-    detach_target: bool = False
-    margin: float = 1.0
-    distance: str = "l2"
-    num_samples: int = 200
-    num_candidates: int = 400
-    safe_radius: float = 0.0
-    detach_negative: bool = True
 
     def validate(self) -> None:
-        _validate_geometry(self)
+        super().validate()  # detection, descriptor, geometry (the MRO)
         self._set("w_det", check_number("w_det", self.w_det))
         self._set("w_desc", check_number("w_desc", self.w_desc))
-        _validate_detection(self)
-        _validate_descriptor(self)
 
     def part(self, cls: type[LossOptions]) -> Any:
         """The options of one part (its fields of these options)."""

@@ -24,10 +24,9 @@ NUM_PARTIALS = 4
 FINALIZE_BLOCK_P = 128  # partial rows per pass of the finalize kernel (tests lower it)
 
 
-@triton.jit(do_not_specialize=["eps"])
-def _ratio_finalize_kernel(
-    part_ptr, P, loss_ptr, aux_ptr, eps, numel, DEN_MODE: tl.constexpr, BLOCK_P: tl.constexpr
-):
+@triton.jit
+def partial_sums(part_ptr, P, BLOCK_P: tl.constexpr):
+    """(the column sums [4] of partials [P, 4], the column indices [4]), in a fixed order."""
     cdt: tl.constexpr = part_ptr.dtype.element_ty
     rows = tl.arange(0, BLOCK_P)
     cols = tl.arange(0, 4)
@@ -35,7 +34,15 @@ def _ratio_finalize_kernel(
     for r0 in range(0, P, BLOCK_P):
         r = (r0 + rows).to(tl.int64)
         acc += tl.load(part_ptr + r[:, None] * 4 + cols[None, :], mask=(r < P)[:, None], other=0)
-    sums = tl.sum(acc, axis=0)
+    return tl.sum(acc, axis=0), cols
+
+
+@triton.jit(do_not_specialize=["eps"])
+def _ratio_finalize_kernel(
+    part_ptr, P, loss_ptr, aux_ptr, eps, numel, DEN_MODE: tl.constexpr, BLOCK_P: tl.constexpr
+):
+    cdt: tl.constexpr = part_ptr.dtype.element_ty
+    sums, cols = partial_sums(part_ptr, P, BLOCK_P)
     num = tl.sum(tl.where(cols == 0, sums, 0.0), axis=0)
     den = tl.sum(tl.where(cols == 1, sums, 0.0), axis=0)
     pos = tl.sum(tl.where(cols == 2, sums, 0.0), axis=0)

@@ -48,7 +48,7 @@ import triton.language as tl
 
 from .launch import compute_dtype, f64_bits, launch, next_pow2
 from .primitives import bilinear_sample, div_exact, log1p, logsigmoid, option, sigmoid, tent
-from .reduce import DEN_POS, NUM_PARTIALS, ratio_finalize
+from .reduce import DEN_POS, NUM_PARTIALS, partial_sums, ratio_finalize
 
 DET_BLOCK = 128  # cells per program (detection)
 POINT_BLOCK = 16  # points per program (sampling)
@@ -213,13 +213,7 @@ def _det_finalize_kernel(part_ptr, P, den_ptr, loss_ptr, aux_ptr, w_bce, w_sl1,
     """loss = (w_bce sum bce + w_sl1 sum sl1) / max(n, 1); aux = (det_bce, det_sl1, loss, 1/n)
     with the partials reduced in a fixed order (n: ``den`` when given, the ranks' sum)."""
     cdt: tl.constexpr = part_ptr.dtype.element_ty
-    rows = tl.arange(0, BLOCK_P)
-    cols = tl.arange(0, 4)
-    acc = tl.zeros([BLOCK_P, 4], cdt)
-    for r0 in range(0, P, BLOCK_P):
-        r = (r0 + rows).to(tl.int64)
-        acc += tl.load(part_ptr + r[:, None] * 4 + cols[None, :], mask=(r < P)[:, None], other=0)
-    sums = tl.sum(acc, axis=0)
+    sums, cols = partial_sums(part_ptr, P, BLOCK_P)
     s_bce = tl.sum(tl.where(cols == 0, sums, 0.0), axis=0)
     s_sl1 = tl.sum(tl.where(cols == 1, sums, 0.0), axis=0)
     if HAS_DEN:
