@@ -300,6 +300,35 @@ def test_edge_cases(backend, name, outside):
         assert float(comps["desc"]) == 0.0
 
 
+NAN, INF = float("nan"), float("inf")
+NON_FINITE = {
+    "H_nan": (torch.tensor([[1.0, 0, NAN], [0, 1, 0]], dtype=torch.float64), {}),
+    "H_inf": (torch.tensor([[1.0, 0, INF], [0, 1, 0]], dtype=torch.float64), {}),
+    "anchors": (None, {"anchors": torch.tensor([[10.0, 12.0], [NAN, 3.0], [20.0, INF]])}),
+    "negatives": (
+        None,
+        {"negatives": torch.tensor([[10.0, 12.0], [NAN, 3.0], [20.0, INF], [30.0, 30.0]])},
+    ),
+}
+
+
+@pytest.mark.parametrize("extra_opts", [{}, {"safe_radius": 4.0}, {"outside": "ignore"}],
+                         ids=["zeros", "radius", "ignore"])  # fmt: skip
+@pytest.mark.parametrize("name", list(NON_FINITE))
+def test_non_finite_coordinates(backend, name, extra_opts):
+    """A point that is not finite (H, anchors, negatives) samples 0 and is outside (docs/spec.md
+    11.2): as the reference, and every value and gradient finite."""
+    H, extra = NON_FINITE[name]
+    H = small_rotation() if H is None else H
+    inputs = maps(seed=20)
+    opts = {**SMALL, **extra_opts}
+    total, _comps, grads = run_fused(backend, inputs, H, extra, **opts)
+    ref_total, _, ref_grads = run_reference(inputs, H, extra, **opts)
+    assert_scalar_close(total, ref_total, 1e-5)
+    for name_, g, ref in zip(NAMES, grads, ref_grads):
+        assert_grad_close(g, ref, 1e-5, name_)
+
+
 @pytest.mark.parametrize("value", [0.0, 1.0])
 def test_probabilities_at_zero_and_one(backend, value):
     """P_o of exactly 0 or 1: the logs clamp at -100 and the gradients stay finite."""
