@@ -39,6 +39,7 @@ from .gap_detection import GapDetectionLoss, GapLossOptions, gap_detection_loss
 from .hard_negative import HardNegativeMarginLoss, HardNegativeOptions, hard_negative_margin_loss
 from .labels import boundary_label, gaussian_heatmap, padding_weight
 from .options import LossModule, LossOptions
+from .registry import LOSSES, BaseLoss, build_loss, build_multi_loss
 from .rord import (
     RoRDDescriptorLoss,
     RoRDDescriptorOptions,
@@ -56,6 +57,8 @@ from .smooth_l1 import MaskedSmoothL1Loss, SmoothL1Options, masked_smooth_l1_los
 __version__ = "0.1.0"
 
 __all__ = [
+    "LOSSES",
+    "BaseLoss",
     "CASSLoss",
     "CASSOptions",
     "CASSTargetOptions",
@@ -88,6 +91,8 @@ __all__ = [
     "SoftFocalLoss",
     "SoftFocalOptions",
     "boundary_label",
+    "build_loss",
+    "build_multi_loss",
     "cass_loss",
     "cass_soft_target",
     "centernet_focal_loss",

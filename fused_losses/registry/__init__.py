@@ -1,0 +1,21 @@
+"""The config-driven loss registry (docs/spec.md 12): ``build_loss``, ``build_multi_loss``,
+``LOSSES``, ``BaseLoss`` and the loss families (OpenMMLab conventions: mmdet 3.x, mmseg 1.x).
+
+Families so far: detection (``registry.detection``). Classification, segmentation and
+distillation are being added (see the README's roadmap).
+"""
+
+from . import detection, utils
+from .base_loss import BaseLoss
+from .builder import LOSSES, MultiLoss, Registry, build_loss, build_multi_loss
+
+__all__ = [
+    "LOSSES",
+    "BaseLoss",
+    "MultiLoss",
+    "Registry",
+    "build_loss",
+    "build_multi_loss",
+    "detection",
+    "utils",
+]

@@ -1,0 +1,132 @@
+"""``BaseLoss``: the weighting, reduction and naming every registry loss shares (docs/spec.md 12.2).
+
+A subclass declares its options (``OPTIONS``: name -> default; ``ALIASES``: alias -> option) and
+implements ``_forward(pred, target, **options) -> (l, v)``: the elementwise loss and, for index
+targets, the validity mask (None otherwise). ``forward`` applies the weights, the reduction
+(``utils.apply_weight_and_reduce``) and ``loss_weight``.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor
+
+from ..backend import check_backend
+from .utils import REDUCTIONS, apply_weight_and_reduce
+
+COMMON = ("loss_weight", "reduction", "avg_factor", "loss_name", "backend")
+
+
+def default_loss_name(name: str) -> str:
+    """``"loss_"`` + the registered name lower-cased without its trailing ``Loss``."""
+    return "loss_" + re.sub(r"Loss$", "", name).lower()
+
+
+class BaseLoss(torch.nn.Module):
+    """Base of the registry losses: ``Loss(*, loss_weight=1.0, reduction="mean",
+    avg_factor=None, loss_name=None, backend="auto", **options)``, called as
+    ``loss(pred, target, weight=None, avg_factor=None, reduction_override=None,
+    **call_options)``."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {}
+    ALIASES: ClassVar[dict[str, str]] = {}
+    CALL_OPTIONS: ClassVar[tuple[str, ...]] = ()  # options a call may override (ignore_index)
+    DEFAULT_REDUCTION: ClassVar[str] = "mean"
+    registry_name: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        *,
+        loss_weight: float = 1.0,
+        reduction: str | None = None,
+        avg_factor: float | None = None,
+        loss_name: str | None = None,
+        backend: str = "auto",
+        **options: Any,
+    ) -> None:
+        super().__init__()
+        if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)):
+            raise TypeError(f"loss_weight: expected a number, got {type(loss_weight).__name__}")
+        if not math.isfinite(loss_weight):
+            raise ValueError(f"loss_weight: expected a finite number, got {loss_weight!r}")
+        reduction = self.DEFAULT_REDUCTION if reduction is None else reduction
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+        if reduction == "sum" and avg_factor is not None:
+            raise ValueError('avg_factor: can not be used with reduction="sum"')
+        check_backend(backend)
+        self.loss_weight = float(loss_weight)
+        self.reduction = reduction
+        self.avg_factor = avg_factor
+        self.backend = backend
+        name = self.registry_name or type(self).__name__
+        self.loss_name = loss_name if loss_name is not None else default_loss_name(name)
+        self.options = self._resolve_options(options)
+
+    @classmethod
+    def _resolve_options(cls, given: dict[str, Any]) -> dict[str, Any]:
+        out = dict(cls.OPTIONS)
+        seen: dict[str, str] = {}
+        for key, value in given.items():
+            name = cls.ALIASES.get(key, key)
+            if name not in cls.OPTIONS:
+                known = sorted([*cls.OPTIONS, *cls.ALIASES, *COMMON])
+                raise ValueError(
+                    f"{key}: not an option of {cls.registry_name or cls.__name__}; expected one "
+                    f"of {', '.join(known)}"
+                )
+            if name in seen:
+                raise ValueError(f"{key}: given together with {seen[name]!r}, which it aliases")
+            seen[name] = key
+            out[name] = value
+        cls.check_options(out)
+        return out
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Raise a ValueError/TypeError naming a bad option (subclasses)."""
+
+    def extra_repr(self) -> str:
+        opts = ", ".join(f"{k}={v!r}" for k, v in self.options.items())
+        head = f"loss_weight={self.loss_weight}, reduction={self.reduction!r}"
+        return head + (f", {opts}" if opts else "")
+
+    def _forward(self, pred: Tensor, target: Any, **options: Any) -> tuple[Tensor, Tensor | None]:
+        raise NotImplementedError
+
+    def _weight(self, weight: Tensor, loss: Tensor) -> Tensor:
+        """The sample weight as the rules take it (the box losses average a [...,4] weight)."""
+        return weight
+
+    def forward(
+        self,
+        pred: Tensor,
+        target: Any,
+        weight: Tensor | None = None,
+        avg_factor: float | Tensor | None = None,
+        reduction_override: str | None = None,
+        **call_options: Any,
+    ) -> Tensor:
+        reduction = reduction_override if reduction_override is not None else self.reduction
+        options = dict(self.options)
+        for key, value in call_options.items():
+            name = self.ALIASES.get(key, key)
+            if name not in self.CALL_OPTIONS:
+                raise ValueError(
+                    f"{key}: not an option of a {self.registry_name or type(self).__name__} call; "
+                    f"expected one of {', '.join(self.CALL_OPTIONS) or 'none'}"
+                )
+            options[name] = value
+        loss, valid = self._forward(pred, target, **options)
+        if weight is not None:
+            weight = self._weight(weight, loss)
+        avg = avg_factor if avg_factor is not None else self.avg_factor
+        out = apply_weight_and_reduce(
+            loss, weight, valid, reduction, avg, options.get("avg_non_ignore", True),
+            batch=pred.shape[0] if pred.dim() else 1,
+        )  # fmt: skip
+        return out * self.loss_weight if self.loss_weight != 1.0 else out

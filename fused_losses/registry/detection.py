@@ -1,0 +1,271 @@
+"""Detection losses of the registry (docs/spec.md 12.5): the IoU family, SmoothL1/L1/BalancedL1
+and the distribution focal loss, in plain PyTorch (they trace under
+``torch.compile(fullgraph=True)`` with no graph break and no host sync).
+
+Boxes ``pred``, ``target`` [...,4] are matched pairs, "xyxy" (x1, y1, x2, y2) or "xywh" (cx, cy,
+w, h); ``weight`` [...] or [...,4] (averaged over the last axis). With I the intersection,
+U = A_p + A_g - I, IoU = I / (U + eps), the enclosing box (cw, ch), A_c = cw ch,
+c2 = cw^2 + ch^2 + eps and rho2 the squared distance of the centres:
+
+    IoU   i = max(IoU, eps): "linear" 1 - i, "square" 1 - i^2, "log" -log i
+    GIoU  1 - IoU + (A_c - U) / (A_c + eps)
+    DIoU  1 - IoU + rho2 / c2
+    CIoU  1 - IoU + rho2 / c2 + a v, v = 4/pi^2 (atan(w_g/(h_g+eps)) - atan(w_p/(h_p+eps)))^2,
+          a = v / (1 - IoU + v + eps) (no gradient)
+    EIoU  1 - IoU + rho2 / c2 + (w_p - w_g)^2 / (cw^2 + eps) + (h_p - h_g)^2 / (ch^2 + eps)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar, NamedTuple
+
+import torch
+from torch import Tensor
+
+from ..validation import check_choice, check_floating, check_number, check_tensor, shape_str
+from .base_loss import BaseLoss
+from .builder import LOSSES
+
+BOX_FORMATS = ("xyxy", "xywh")
+
+
+class BoxTerms(NamedTuple):
+    """The quantities of a pair of boxes that the IoU-family losses combine."""
+
+    iou: Tensor
+    union: Tensor
+    enclose_w: Tensor
+    enclose_h: Tensor
+    rho2: Tensor
+    size_p: tuple[Tensor, Tensor]
+    size_g: tuple[Tensor, Tensor]
+
+
+def to_xyxy(boxes: Tensor, bbox_format: str) -> Tensor:
+    if bbox_format == "xyxy":
+        return boxes
+    c, wh = boxes[..., :2], boxes[..., 2:]
+    return torch.cat([c - wh / 2, c + wh / 2], dim=-1)
+
+
+def box_terms(pred: Tensor, target: Tensor, bbox_format: str, eps: float) -> BoxTerms:
+    """:class:`BoxTerms` of matched boxes [...,4] (broadcast)."""
+    p, g = to_xyxy(pred, bbox_format), to_xyxy(target, bbox_format)
+    wp, hp = p[..., 2] - p[..., 0], p[..., 3] - p[..., 1]
+    wg, hg = g[..., 2] - g[..., 0], g[..., 3] - g[..., 1]
+    iw = (torch.minimum(p[..., 2], g[..., 2]) - torch.maximum(p[..., 0], g[..., 0])).clamp(min=0)
+    ih = (torch.minimum(p[..., 3], g[..., 3]) - torch.maximum(p[..., 1], g[..., 1])).clamp(min=0)
+    inter = iw * ih
+    union = wp * hp + wg * hg - inter
+    cw = torch.maximum(p[..., 2], g[..., 2]) - torch.minimum(p[..., 0], g[..., 0])
+    ch = torch.maximum(p[..., 3], g[..., 3]) - torch.minimum(p[..., 1], g[..., 1])
+    dx = (p[..., 0] + p[..., 2] - g[..., 0] - g[..., 2]) / 2
+    dy = (p[..., 1] + p[..., 3] - g[..., 1] - g[..., 3]) / 2
+    return BoxTerms(inter / (union + eps), union, cw, ch, dx * dx + dy * dy, (wp, hp), (wg, hg))
+
+
+def compute_iou(
+    box1: Tensor, box2: Tensor, *, aligned: bool = True, bbox_format: str = "xyxy",
+    eps: float = 1e-6,
+) -> Tensor:  # fmt: skip
+    """IoU of matched boxes [...,4] (``aligned``) or [N,M] for [N,4] x [M,4]."""
+    if not aligned:
+        box1, box2 = box1[:, None], box2[None]
+    return box_terms(box1, box2, bbox_format, eps).iou
+
+
+def compute_giou(
+    box1: Tensor, box2: Tensor, *, aligned: bool = True, bbox_format: str = "xyxy",
+    eps: float = 1e-6,
+) -> Tensor:  # fmt: skip
+    """GIoU = IoU - (A_c - U) / (A_c + eps) of matched boxes or all pairs."""
+    if not aligned:
+        box1, box2 = box1[:, None], box2[None]
+    t = box_terms(box1, box2, bbox_format, eps)
+    area_c = t.enclose_w * t.enclose_h
+    return t.iou - (area_c - t.union) / (area_c + eps)
+
+
+def _check_pair(pred: Any, target: Any, last: int | None = None) -> None:
+    check_tensor("pred", pred)
+    check_floating("pred", pred)
+    check_tensor("target", target)
+    if last is not None and (pred.dim() == 0 or pred.shape[-1] != last):
+        raise ValueError(f"pred: expected shape [..., {last}], got {shape_str(pred)}")
+    if target.shape != pred.shape:
+        raise ValueError(f"target: expected the shape of pred {shape_str(pred)}, got "
+                         f"{shape_str(target)}")  # fmt: skip
+
+
+class _BoxLoss(BaseLoss):
+    """A loss of matched boxes [...,4] -> [...]; weight [...] or [...,4] (averaged)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"eps": 1e-6, "bbox_format": "xyxy"}
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        options["eps"] = check_number("eps", options["eps"], nonneg=True)
+        check_choice("bbox_format", options["bbox_format"], BOX_FORMATS)
+
+    def _weight(self, weight: Tensor, loss: Tensor) -> Tensor:
+        if weight.dim() == loss.dim() + 1 and weight.shape[-1] == 4:
+            return weight.mean(-1)
+        return weight
+
+    def _forward(self, pred, target, **options):
+        _check_pair(pred, target, 4)
+        cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+        t = box_terms(pred.to(cdt), target.detach().to(cdt), options["bbox_format"],
+                      options["eps"])  # fmt: skip
+        return self._box_loss(t, **options), None
+
+    def _box_loss(self, t: BoxTerms, **options) -> Tensor:
+        raise NotImplementedError
+
+
+@LOSSES.register_module()
+class IoULoss(_BoxLoss):
+    """i = max(IoU, eps): "linear" 1 - i, "square" 1 - i^2, "log" -log i."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {**_BoxLoss.OPTIONS, "mode": "log"}
+
+    @classmethod
+    def check_options(cls, options):
+        super().check_options(options)
+        check_choice("mode", options["mode"], ("linear", "square", "log"))
+
+    def _box_loss(self, t, *, eps, mode, **_):
+        i = t.iou.clamp(min=eps)
+        if mode == "linear":
+            return 1 - i
+        return 1 - i * i if mode == "square" else -torch.log(i)
+
+
+@LOSSES.register_module()
+class GIoULoss(_BoxLoss):
+    """1 - IoU + (A_c - U) / (A_c + eps)."""
+
+    def _box_loss(self, t, *, eps, **_):
+        area_c = t.enclose_w * t.enclose_h
+        return 1 - t.iou + (area_c - t.union) / (area_c + eps)
+
+
+def _distance_penalty(t: BoxTerms, eps: float) -> Tensor:
+    return t.rho2 / (t.enclose_w**2 + t.enclose_h**2 + eps)
+
+
+@LOSSES.register_module()
+class DIoULoss(_BoxLoss):
+    """1 - IoU + rho2 / c2."""
+
+    def _box_loss(self, t, *, eps, **_):
+        return 1 - t.iou + _distance_penalty(t, eps)
+
+
+@LOSSES.register_module()
+class CIoULoss(_BoxLoss):
+    """1 - IoU + rho2 / c2 + a v (a without gradient)."""
+
+    def _box_loss(self, t, *, eps, **_):
+        (wp, hp), (wg, hg) = t.size_p, t.size_g
+        v = (4 / math.pi**2) * (torch.atan(wg / (hg + eps)) - torch.atan(wp / (hp + eps))) ** 2
+        with torch.no_grad():
+            a = v / (1 - t.iou + v + eps)
+        return 1 - t.iou + _distance_penalty(t, eps) + a * v
+
+
+@LOSSES.register_module()
+class EIoULoss(_BoxLoss):
+    """1 - IoU + rho2 / c2 + (w_p - w_g)^2 / (cw^2 + eps) + (h_p - h_g)^2 / (ch^2 + eps)."""
+
+    def _box_loss(self, t, *, eps, **_):
+        (wp, hp), (wg, hg) = t.size_p, t.size_g
+        return (1 - t.iou + _distance_penalty(t, eps) + (wp - wg) ** 2 / (t.enclose_w**2 + eps)
+                + (hp - hg) ** 2 / (t.enclose_h**2 + eps))  # fmt: skip
+
+
+class _ElementwiseLoss(BaseLoss):
+    """pred, target of one shape -> that shape."""
+
+    def _forward(self, pred, target, **options):
+        _check_pair(pred, target)
+        cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+        d = (pred.to(cdt) - target.detach().to(cdt)).abs()
+        return self._of_distance(d, **options), None
+
+
+@LOSSES.register_module()
+class SmoothL1Loss(_ElementwiseLoss):
+    """d = |pred - target|: 0.5 d^2 / beta if d < beta, else d - 0.5 beta (beta 0: L1)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"beta": 1.0}
+
+    @classmethod
+    def check_options(cls, options):
+        options["beta"] = check_number("beta", options["beta"], nonneg=True)
+
+    def _of_distance(self, d, *, beta):
+        if beta == 0:
+            return d
+        return torch.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
+
+
+@LOSSES.register_module()
+class L1Loss(_ElementwiseLoss):
+    """|pred - target|."""
+
+    def _of_distance(self, d):
+        return d
+
+
+@LOSSES.register_module()
+class BalancedL1Loss(_ElementwiseLoss):
+    """Libra R-CNN: d < beta: (alpha/b)(b d + 1) ln(b d / beta + 1) - alpha d, else gamma d +
+    gamma / b - alpha beta, b = e^(gamma/alpha) - 1."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"alpha": 0.5, "gamma": 1.5, "beta": 1.0}
+
+    @classmethod
+    def check_options(cls, options):
+        options["alpha"] = check_number("alpha", options["alpha"], positive=True)
+        options["gamma"] = check_number("gamma", options["gamma"], positive=True)
+        options["beta"] = check_number("beta", options["beta"], positive=True)
+
+    def _of_distance(self, d, *, alpha, gamma, beta):
+        b = math.exp(gamma / alpha) - 1
+        small = alpha / b * (b * d + 1) * torch.log(b * d / beta + 1) - alpha * d
+        return torch.where(d < beta, small, gamma * d + gamma / b - alpha * beta)
+
+
+@LOSSES.register_module()
+class DistributionFocalLoss(BaseLoss):
+    """GFL's DFL: lo = clamp(floor(y), 0, R-1), hi = lo + 1: (hi - y) CE(x, lo) + (y - lo)
+    CE(x, hi), softmax over the last axis; x [...,R+1], y [...] in [0, R] -> [...]."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"reg_max": 16}
+
+    @classmethod
+    def check_options(cls, options):
+        r = options["reg_max"]
+        if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            raise ValueError(f"reg_max: expected an int >= 1, got {r!r}")
+
+    def _forward(self, pred, target, *, reg_max):
+        check_tensor("pred", pred)
+        check_floating("pred", pred)
+        check_tensor("target", target)
+        if pred.dim() == 0 or pred.shape[-1] != reg_max + 1:
+            raise ValueError(f"pred: expected shape [..., {reg_max + 1}] (reg_max + 1 bins), got "
+                             f"{shape_str(pred)}")  # fmt: skip
+        if tuple(target.shape) != tuple(pred.shape[:-1]):
+            raise ValueError(f"target: expected shape {list(pred.shape[:-1])}, got "
+                             f"{shape_str(target)}")  # fmt: skip
+        cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+        y = target.detach().to(cdt)
+        logp = torch.log_softmax(pred.to(cdt), dim=-1)
+        lo = torch.floor(y).clamp(0, reg_max - 1)
+        hi = lo + 1
+        ce_lo = -logp.gather(-1, lo.long()[..., None])[..., 0]
+        ce_hi = -logp.gather(-1, hi.long()[..., None])[..., 0]
+        return (hi - y) * ce_lo + (y - lo) * ce_hi, None

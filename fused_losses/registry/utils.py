@@ -1,0 +1,189 @@
+"""Reduction and weighting rules of the loss registry (docs/spec.md 12.2-12.3, mmdet 3.x / mmseg 1.x
+conventions) and the small utilities of its losses.
+
+``apply_weight_and_reduce`` is the one implementation of the rules every ``BaseLoss`` follows:
+
+    weights:   w of l's shape, of l's shape without the class axis (dim 1 inserted), or broadcast
+    masking:   an element with w = 0 or an invalid label contributes exactly 0 (even a NaN l)
+    reduction: "none" l w v;  "sum" s = sum(l w v);  "mean" s / (avg_factor + eps), or
+               s / (sum v + eps) with a validity mask (avg_non_ignore), or s / numel(l);
+               "batchmean" s / batch;  eps = float32's machine epsilon, in the loss's dtype
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from ..validation import shape_str
+
+REDUCTIONS = ("none", "mean", "sum", "batchmean")
+EPS = float(torch.finfo(torch.float32).eps)  # added to every "mean" denominator
+
+
+def expand_weight(weight: Tensor, loss: Tensor) -> Tensor:
+    """``weight`` as l's shape: the same shape, l's shape without dim 1 (inserted), or
+    broadcastable (a ValueError naming ``weight`` otherwise)."""
+    if weight.shape == loss.shape:
+        return weight
+    if weight.dim() == loss.dim() - 1 and loss.dim() >= 2:
+        if tuple(weight.shape) == (loss.shape[0], *loss.shape[2:]):
+            return weight.unsqueeze(1).expand(loss.shape)
+    try:
+        return weight.expand(loss.shape)
+    except RuntimeError:
+        raise ValueError(
+            f"weight: expected the loss's shape {shape_str(loss)}, that shape without dim 1, or "
+            f"a shape broadcastable to it, got {shape_str(weight)}"
+        ) from None
+
+
+def _denominator(avg_factor, like: Tensor) -> Tensor:
+    a = avg_factor if isinstance(avg_factor, Tensor) else torch.full((), float(avg_factor))
+    return a.to(device=like.device, dtype=like.dtype) + EPS
+
+
+def apply_weight_and_reduce(
+    loss: Tensor,
+    weight: Tensor | None = None,
+    valid: Tensor | None = None,
+    reduction: str = "mean",
+    avg_factor: float | Tensor | None = None,
+    avg_non_ignore: bool = True,
+    batch: int | None = None,
+) -> Tensor:
+    """The weighting and reduction rules (module docstring) of an elementwise loss."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+    keep = None
+    if weight is not None:
+        weight = expand_weight(weight.to(loss.dtype), loss)
+        keep = weight != 0
+        loss = loss * weight
+    if valid is not None:
+        valid = expand_weight(valid, loss).bool()
+        keep = valid if keep is None else keep & valid
+    if keep is not None:
+        loss = torch.where(keep, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        if avg_factor is not None:
+            raise ValueError('avg_factor: can not be used with reduction="sum"')
+        return loss.sum()
+    total = loss.sum()
+    if reduction == "batchmean":
+        return total / max(batch if batch is not None else loss.shape[0], 1)
+    if avg_factor is not None:
+        return total / _denominator(avg_factor, total)
+    if valid is not None and avg_non_ignore:
+        return total / (valid.sum().to(total.dtype) + EPS)
+    return total / max(loss.numel(), 1)
+
+
+def reduce_loss(loss: Tensor, reduction: str) -> Tensor:
+    """ "none" (as is), "mean" or "sum" of an elementwise loss."""
+    if reduction not in ("none", "mean", "sum"):
+        raise ValueError(f"reduction: expected one of ['none', 'mean', 'sum'], got {reduction!r}")
+    if reduction == "none":
+        return loss
+    return loss.mean() if reduction == "mean" else loss.sum()
+
+
+def weight_reduce_loss(
+    loss: Tensor,
+    weight: Tensor | None = None,
+    reduction: str = "mean",
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """mmseg 1.x's ``weight_reduce_loss``: the rules without a validity mask (eps included)."""
+    return apply_weight_and_reduce(loss, weight, None, reduction, avg_factor)
+
+
+def weighted_loss(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    """Decorator: an elementwise ``fn(pred, target, **kw)`` gains ``weight=None,
+    reduction="mean", avg_factor=None`` (mmdet's ``weighted_loss``)."""
+
+    @functools.wraps(fn)
+    def wrapper(pred, target, weight=None, reduction="mean", avg_factor=None, **kwargs):
+        return weight_reduce_loss(fn(pred, target, **kwargs), weight, reduction, avg_factor)
+
+    return wrapper
+
+
+def convert_to_one_hot(
+    labels: Tensor, num_classes: int, ignore_index: int | None = None, dtype=torch.float32
+) -> Tensor:
+    """[N,C,*] one-hot of labels [N,*] (class axis at dim 1); ignored and out-of-range labels
+    (``num_classes`` included) give all zeros."""
+    ok = (labels >= 0) & (labels < num_classes)
+    if ignore_index is not None:
+        ok = ok & (labels != ignore_index)
+    safe = torch.where(ok, labels, 0).long()
+    one = torch.nn.functional.one_hot(safe, num_classes).movedim(-1, 1).to(dtype)
+    return one * ok.unsqueeze(1).to(dtype)
+
+
+def get_class_weight(
+    labels: Tensor,
+    method: str,
+    num_classes: int,
+    ignore_index: int | None = None,
+    beta: float = 0.9999,
+) -> Tensor:
+    """[C] float32 class weights from the counts n_c of the non-ignored labels: "inverse" 1/n_c,
+    "sqrt_inverse" 1/sqrt(n_c), "effective_num" (1-beta)/(1-beta^n_c), each scaled to mean 1 over
+    the present classes; "median_freq" median(f)/f_c (f_c = n_c/sum n, median over the present
+    classes), unscaled. Absent classes get 0."""
+    methods = ("inverse", "sqrt_inverse", "effective_num", "median_freq")
+    if method not in methods:
+        raise ValueError(f"method: expected one of {list(methods)}, got {method!r}")
+    flat = labels.reshape(-1).long()
+    ok = (flat >= 0) & (flat < num_classes)
+    if ignore_index is not None:
+        ok = ok & (flat != ignore_index)
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=labels.device)
+    counts.index_add_(0, torch.where(ok, flat, 0), ok.to(torch.float64))
+    present = counts > 0
+    safe = torch.where(present, counts, 1)
+    if method == "median_freq":
+        f = safe / counts.sum().clamp_min(1)
+        med = torch.where(present, f, torch.nan).nanmedian()
+        w = med / f
+    else:
+        if method == "inverse":
+            w = 1 / safe
+        elif method == "sqrt_inverse":
+            w = 1 / torch.sqrt(safe)
+        else:
+            w = (1 - beta) / (1 - beta**safe)
+        w = w / (torch.where(present, w, 0).sum() / present.sum().clamp_min(1))
+    return torch.where(present, w, 0).float()
+
+
+def focal_weight(p: Tensor, gamma: float) -> Tensor:
+    """(1 - p)^gamma, p the probability of the true class."""
+    return (1 - p) ** gamma
+
+
+def sigmoid_focal_loss(
+    pred: Tensor,
+    target: Tensor,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+    reduction: str = "none",
+    weight: Tensor | None = None,
+    avg_factor: float | Tensor | None = None,
+) -> Tensor:
+    """``torchvision.ops.sigmoid_focal_loss`` (alpha < 0 disables alpha) with mmdet's ``weight``
+    and ``avg_factor``: BCE(x, t) (1 - p_t)^gamma a_t."""
+    p = torch.sigmoid(pred)
+    ce = torch.nn.functional.binary_cross_entropy_with_logits(pred, target, reduction="none")
+    p_t = p * target + (1 - p) * (1 - target)
+    loss = ce * (1 - p_t) ** gamma
+    if alpha >= 0:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return weight_reduce_loss(loss, weight, reduction, avg_factor)
