@@ -98,6 +98,11 @@ class BaseLoss(torch.nn.Module):
     def _forward(self, pred: Tensor, target: Any, **options: Any) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
+    def _mask_inputs(self, pred: Tensor, target: Any, weight: Tensor | None) -> tuple[Tensor, Any]:
+        """(pred, target) with the elements of zero weight replaced by harmless values (their
+        loss and gradients are then finite before the rules zero them); as is by default."""
+        return pred, target
+
     def _weight(self, weight: Tensor, loss: Tensor) -> Tensor:
         """The sample weight as the rules take it (the box losses average a [...,4] weight)."""
         return weight
@@ -121,6 +126,8 @@ class BaseLoss(torch.nn.Module):
                     f"expected one of {', '.join(self.CALL_OPTIONS) or 'none'}"
                 )
             options[name] = value
+        if weight is not None:
+            pred, target = self._mask_inputs(pred, target, weight)
         loss, valid = self._forward(pred, target, **options)
         if weight is not None:
             weight = self._weight(weight, loss)

@@ -113,6 +113,18 @@ class _BoxLoss(BaseLoss):
             return weight.mean(-1)
         return weight
 
+    def _mask_inputs(self, pred, target, weight):
+        if not (isinstance(pred, Tensor) and isinstance(target, Tensor)) or pred.dim() == 0:
+            return pred, target
+        w = self._weight(weight, pred[..., 0])
+        try:
+            keep = (w != 0).expand(pred.shape[:-1])[..., None]
+        except RuntimeError:
+            return pred, target  # a bad weight: the rules name it
+        # the box (0, 0, 1, 1) (a unit box in either format), built on the device
+        unit = (torch.arange(4, device=pred.device) >= 2).to(pred.dtype)
+        return torch.where(keep, pred, unit), torch.where(keep, target, unit.to(target.dtype))
+
     def _forward(self, pred, target, **options):
         _check_pair(pred, target, 4)
         cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
@@ -188,6 +200,18 @@ class EIoULoss(_BoxLoss):
 class _ElementwiseLoss(BaseLoss):
     """pred, target of one shape -> that shape."""
 
+    def _mask_inputs(self, pred, target, weight):
+        if not (isinstance(pred, Tensor) and isinstance(target, Tensor)):
+            return pred, target
+        try:
+            keep = weight != 0
+            keep = keep.unsqueeze(1) if keep.dim() == pred.dim() - 1 else keep
+            keep = keep.expand(pred.shape)
+        except RuntimeError:
+            return pred, target  # a bad weight: the rules name it
+        zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
+        return torch.where(keep, pred, zero), torch.where(keep, target, zero.to(target.dtype))
+
     def _forward(self, pred, target, **options):
         _check_pair(pred, target)
         cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
@@ -208,7 +232,8 @@ class SmoothL1Loss(_ElementwiseLoss):
     def _of_distance(self, d, *, beta):
         if beta == 0:
             return d
-        return torch.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta)
+        small = torch.where(d < beta, d, 0)  # (each branch finite where it is not taken)
+        return torch.where(d < beta, 0.5 * small * small / beta, d - 0.5 * beta)
 
 
 @LOSSES.register_module()
@@ -234,7 +259,8 @@ class BalancedL1Loss(_ElementwiseLoss):
 
     def _of_distance(self, d, *, alpha, gamma, beta):
         b = math.exp(gamma / alpha) - 1
-        small = alpha / b * (b * d + 1) * torch.log(b * d / beta + 1) - alpha * d
+        ds = torch.where(d < beta, d, 0)  # (each branch finite where it is not taken)
+        small = alpha / b * (b * ds + 1) * torch.log(b * ds / beta + 1) - alpha * ds
         return torch.where(d < beta, small, gamma * d + gamma / b - alpha * beta)
 
 

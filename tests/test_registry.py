@@ -1,0 +1,220 @@
+"""The loss registry (docs/spec.md 12): building from configs, BaseLoss's weighting and
+reduction rules, and the detection family against the literal float64 reference."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from conftest import assert_scalar_close
+
+import fused_losses as fl
+from fused_losses.registry import LOSSES, BaseLoss, MultiLoss, build_loss, build_multi_loss
+from fused_losses.registry import utils as U
+
+EPS32 = float(torch.finfo(torch.float32).eps)
+
+
+def boxes(n: int, seed: int = 0, dtype=torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
+    """Matched xyxy boxes [n,4]: random overlapping pairs."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g, dtype=torch.float64) * 50
+    wh = 5 + torch.rand(n, 2, generator=g, dtype=torch.float64) * 30
+    shift = torch.randn(n, 4, generator=g, dtype=torch.float64) * 4
+    target = torch.cat([xy, xy + wh], -1)
+    return (target + shift).to(dtype), target.to(dtype)
+
+
+# ------------------------------------------------------------------------------------ building
+
+
+def test_single_list_and_named_configs():
+    one = build_loss({"type": "SmoothL1Loss", "beta": 0.5, "loss_weight": 2.0})
+    assert isinstance(one, BaseLoss) and one.options["beta"] == 0.5 and one.loss_weight == 2.0
+    multi = build_loss(
+        [{"type": "L1Loss"}, {"type": "L1Loss", "weight": 0.5}, {"type": "GIoULoss"}]
+    )
+    assert isinstance(multi, MultiLoss)
+    assert list(multi.keys()) == ["loss_l1", "loss_l1_1", "loss_giou"]
+    named = build_loss({"cls": {"type": "L1Loss"}, "bbox": {"type": "CIoULoss", "loss_weight": 2}})
+    assert list(named.keys()) == ["cls", "bbox"] and named["bbox"].loss_name == "bbox"
+    p, t = boxes(6)
+    total, parts = multi(p, t, return_components=True)
+    expect = (p - t).abs().mean() * 1.5 + build_loss({"type": "GIoULoss"})(p, t)
+    assert_scalar_close(total, expect, 1e-12)
+    assert set(parts) == {"loss_l1", "loss_l1_1", "loss_giou"}
+    assert all(not v.requires_grad for v in parts.values())
+    assert isinstance(build_multi_loss([{"type": "L1Loss"}]), MultiLoss)
+
+
+def test_config_is_not_modified_and_type_may_be_a_class():
+    cfg = {"type": "IoULoss", "mode": "linear", "weight": 3.0}
+    before = copy.deepcopy(cfg)
+    build_loss(cfg)
+    assert cfg == before
+    assert isinstance(build_loss({"type": fl.registry.detection.L1Loss}), BaseLoss)
+
+
+def test_every_registered_name_builds():
+    names = list(LOSSES)
+    assert {"IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SmoothL1Loss", "L1Loss",
+            "BalancedL1Loss", "DistributionFocalLoss"} <= set(names)  # fmt: skip
+    for name in names:
+        loss = build_loss({"type": name})
+        assert loss.loss_name.startswith("loss_") and name in LOSSES
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"type": "NoSuchLoss"}, "NoSuchLoss.*registered: .*GIoULoss"),
+        ({"type": "L1Loss", "beta": 1.0}, "beta: not an option of L1Loss"),
+        ({"type": "L1Loss", "weight": 1.0, "loss_weight": 2.0}, "weight"),
+        ({"type": "L1Loss", "weight": [1.0]}, "weight"),
+        ({"type": "IoULoss", "mode": "cube"}, "mode"),
+        ({"type": "GIoULoss", "bbox_format": "xywhr"}, "bbox_format"),
+        ({"type": "L1Loss", "reduction": "avg"}, "reduction"),
+        ({"type": "L1Loss", "reduction": "sum", "avg_factor": 3}, "avg_factor"),
+        ({"type": "L1Loss", "loss_weight": float("nan")}, "loss_weight"),
+        ({"type": "SmoothL1Loss", "beta": -1.0}, "beta"),
+        ({"type": "DistributionFocalLoss", "reg_max": 0}, "reg_max"),
+        ({"loss_type": "L1Loss"}, "type"),
+    ],
+)
+def test_bad_configs_are_named(cfg, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        build_loss(cfg)
+
+
+def test_register_module():
+    from fused_losses.registry import Registry
+
+    reg = Registry("test")
+
+    @reg.register_module()
+    class MyLoss(BaseLoss):
+        def _forward(self, pred, target):
+            return (pred - target) ** 2, None
+
+    assert "MyLoss" in reg and list(reg) == ["MyLoss"]
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register_module(module=MyLoss)
+    reg.register_module(name="Other", force=True, module=MyLoss)
+    loss = reg.build({"type": "MyLoss"})
+    assert loss.loss_name == "loss_my"
+    assert_scalar_close(loss(torch.ones(3), torch.zeros(3)), 1.0, 0)
+    with pytest.raises(TypeError, match="module"):
+        reg.register_module(module=int)
+
+
+# ----------------------------------------------------------------------------- reduction rules
+
+
+def test_reductions_and_avg_factor():
+    p, t = boxes(5)
+    d = (p - t).abs()
+    loss = build_loss({"type": "L1Loss"})
+    assert_scalar_close(loss(p, t), d.mean(), 1e-12)
+    assert_scalar_close(loss(p, t, reduction_override="sum"), d.sum(), 1e-12)
+    assert torch.equal(loss(p, t, reduction_override="none"), d)
+    assert_scalar_close(loss(p, t, avg_factor=7), d.sum() / (7 + EPS32), 1e-12)
+    assert_scalar_close(loss(p, t, avg_factor=torch.tensor(7.0)), d.sum() / (7 + EPS32), 1e-12)
+    assert_scalar_close(loss(p, t, reduction_override="batchmean"), d.sum() / 5, 1e-12)
+    with pytest.raises(ValueError, match="avg_factor"):
+        loss(p, t, avg_factor=2, reduction_override="sum")
+    configured = build_loss({"type": "L1Loss", "avg_factor": 4.0, "loss_weight": 0.5})
+    assert_scalar_close(configured(p, t), 0.5 * d.sum() / (4 + EPS32), 1e-12)
+
+
+def test_weights_of_each_accepted_shape():
+    p, t = boxes(5)
+    d = (p - t).abs()
+    w = torch.rand(5, 4, dtype=torch.float64)
+    l1 = build_loss({"type": "L1Loss"})
+    assert_scalar_close(l1(p, t, weight=w), (d * w).mean(), 1e-12)
+    assert_scalar_close(l1(p, t, weight=w[:, :1]), (d * w[:, :1]).mean(), 1e-12)  # broadcast
+    assert_scalar_close(l1(p, t, weight=w[:, 0]), (d * w[:, :1]).mean(), 1e-12)  # no class axis
+    giou = build_loss({"type": "GIoULoss"})
+    per_box = giou(p, t, reduction_override="none")
+    assert_scalar_close(giou(p, t, weight=w), (per_box * w.mean(-1)).mean(), 1e-12)  # [N,4]
+    assert_scalar_close(giou(p, t, weight=w[:, 0]), (per_box * w[:, 0]).mean(), 1e-12)
+    with pytest.raises(ValueError, match="weight"):
+        l1(p, t, weight=torch.ones(3))
+
+
+def test_zero_weight_hides_a_non_finite_element():
+    p, t = boxes(4)
+    p = p.clone()
+    p[1] = float("inf")  # a padded box
+    p.requires_grad_()
+    w = torch.tensor([1.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    for name in ("L1Loss", "SmoothL1Loss", "BalancedL1Loss", *BOX_LOSSES):
+        loss = build_loss({"type": name})(p, t, weight=w)
+        (g,) = torch.autograd.grad(loss, p)
+        assert torch.isfinite(loss) and torch.isfinite(g).all(), name
+        assert (g[1] == 0).all(), name
+
+
+def test_call_options_are_checked():
+    p, t = boxes(3)
+    with pytest.raises(ValueError, match="beta: not an option of a SmoothL1Loss call"):
+        build_loss({"type": "SmoothL1Loss"})(p, t, beta=2.0)
+
+
+def test_utils():
+    labels = torch.tensor([[0, 2, 255], [3, 1, 1]])
+    one = U.convert_to_one_hot(labels, 3, ignore_index=255)
+    assert one.shape == (2, 3, 3)
+    assert one[0, :, 2].sum() == 0 and one[1, :, 0].sum() == 0  # ignored, out of range
+    assert one[1, 1, 1] == 1
+    w = U.get_class_weight(labels, "inverse", 4, ignore_index=255)
+    counts = torch.tensor([1.0, 2.0, 1.0, 1.0])
+    inv = 1 / counts
+    assert torch.allclose(w, inv / inv.mean())
+    med = U.get_class_weight(labels, "median_freq", 5, ignore_index=255)
+    f = counts / counts.sum()
+    assert med[4] == 0 and torch.allclose(med[:4], f.median() / f)
+    x = torch.randn(6, 3, dtype=torch.float64)
+    y = (torch.rand(6, 3) > 0.5).double()
+    p = torch.sigmoid(x)
+    ce = -(y * torch.log(p) + (1 - y) * torch.log(1 - p))
+    pt = p * y + (1 - p) * (1 - y)
+    expect = (0.25 * y + 0.75 * (1 - y)) * ce * (1 - pt) ** 2
+    assert torch.allclose(U.sigmoid_focal_loss(x, y), expect)
+    assert_scalar_close(U.weight_reduce_loss(expect, avg_factor=3.0), expect.sum() / (3 + EPS32),
+                        1e-12)  # fmt: skip
+
+
+# ------------------------------------------------------------------------------- degenerate boxes
+
+
+DEGENERATE = {
+    "zero_area": ([[5.0, 5.0, 5.0, 5.0]], [[5.0, 5.0, 5.0, 5.0]]),
+    "identical": ([[1.0, 2.0, 8.0, 9.0]], [[1.0, 2.0, 8.0, 9.0]]),
+    "coincident_centres": ([[0.0, 0.0, 10.0, 4.0]], [[3.0, -3.0, 7.0, 7.0]]),
+    "disjoint": ([[0.0, 0.0, 1.0, 1.0]], [[50.0, 50.0, 60.0, 70.0]]),
+    "line": ([[0.0, 0.0, 10.0, 0.0]], [[0.0, 0.0, 10.0, 3.0]]),
+}
+BOX_LOSSES = ["IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss"]
+
+
+@pytest.mark.parametrize("name", BOX_LOSSES)
+@pytest.mark.parametrize("case", list(DEGENERATE))
+def test_degenerate_boxes_are_finite(name, case):
+    p, t = (torch.tensor(x, dtype=torch.float32) for x in DEGENERATE[case])
+    p.requires_grad_()
+    loss = build_loss({"type": name})(p, t)
+    (g,) = torch.autograd.grad(loss, p)
+    assert torch.isfinite(loss) and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize("name", [*BOX_LOSSES, "SmoothL1Loss", "BalancedL1Loss"])
+def test_traces_fullgraph(name):
+    loss = build_loss({"type": name})
+    p, t = boxes(8, dtype=torch.float32)
+    w = torch.rand(8)
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda a, b, c: loss(a, b, weight=c, avg_factor=3.0),
+                             fullgraph=True, backend="eager")  # fmt: skip
+    assert torch.allclose(compiled(p, t, w), loss(p, t, weight=w, avg_factor=3.0))
