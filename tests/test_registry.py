@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_scalar_close
+from conftest import assert_grad_close, assert_scalar_close
 
 import fused_losses as fl
 from fused_losses.registry import LOSSES, BaseLoss, MultiLoss, build_loss, build_multi_loss
@@ -218,3 +218,105 @@ def test_traces_fullgraph(name):
     compiled = torch.compile(lambda a, b, c: loss(a, b, weight=c, avg_factor=3.0),
                              fullgraph=True, backend="eager")  # fmt: skip
     assert torch.allclose(compiled(p, t, w), loss(p, t, weight=w, avg_factor=3.0))
+
+
+# ------------------------------------------------------------------- parity with the reference
+
+
+from fused_losses.reference.registry import detection as RD  # noqa: E402
+from fused_losses.reference.registry import utils as RU  # noqa: E402
+
+DETECTION_CASES = {
+    "IoULoss": (RD.iou_loss, {}),
+    "IoULoss[linear]": (RD.iou_loss, {"mode": "linear"}),
+    "IoULoss[square,xywh]": (RD.iou_loss, {"mode": "square", "bbox_format": "xywh"}),
+    "GIoULoss": (RD.giou_loss, {}),
+    "DIoULoss": (RD.diou_loss, {}),
+    "CIoULoss": (RD.ciou_loss, {}),
+    "CIoULoss[xywh]": (RD.ciou_loss, {"bbox_format": "xywh"}),
+    "EIoULoss": (RD.eiou_loss, {}),
+    "SmoothL1Loss": (RD.smooth_l1_loss, {"beta": 0.7}),
+    "SmoothL1Loss[beta0]": (RD.smooth_l1_loss, {"beta": 0.0}),
+    "L1Loss": (RD.l1_loss, {}),
+    "BalancedL1Loss": (RD.balanced_l1_loss, {"alpha": 0.4, "gamma": 1.2, "beta": 2.0}),
+}
+REDUCTION_CASES = [
+    dict(),
+    dict(reduction_override="sum"),
+    dict(reduction_override="none"),
+    dict(avg_factor=5.0),
+    dict(weight="per_box"),
+    dict(weight="per_coord", avg_factor=torch.tensor(3.0, dtype=torch.float64)),
+]
+
+
+@pytest.mark.parametrize("call", REDUCTION_CASES, ids=lambda c: ",".join(c) or "mean")
+@pytest.mark.parametrize("case", list(DETECTION_CASES))
+def test_detection_matches_the_reference(case, call):
+    fn, opts = DETECTION_CASES[case]
+    name = case.split("[")[0]
+    p, t = boxes(9, seed=3)
+    if "xywh" in case:  # (cx, cy, w, h)
+        p = torch.cat([(p[:, :2] + p[:, 2:]) / 2, (p[:, 2:] - p[:, :2]).abs()], -1)
+        t = torch.cat([(t[:, :2] + t[:, 2:]) / 2, (t[:, 2:] - t[:, :2]).abs()], -1)
+    g = torch.Generator().manual_seed(4)
+    call = dict(call)
+    if call.get("weight") == "per_box":
+        call["weight"] = torch.rand(9, generator=g, dtype=torch.float64) * (torch.arange(9) % 3 > 0)
+    elif call.get("weight") == "per_coord":
+        call["weight"] = torch.rand(9, 4, generator=g, dtype=torch.float64)
+    box = name not in ("SmoothL1Loss", "L1Loss", "BalancedL1Loss")
+    loss = build_loss({"type": name, **opts, "loss_weight": 1.5})
+    x = p.clone().requires_grad_()
+    got = loss(x, t, **call)
+    (g_got,) = torch.autograd.grad(got.sum(), x)
+    xr = p.clone().requires_grad_()
+    elem = fn(xr, t, **opts)
+    w = call.get("weight")
+    if w is not None and box:
+        w = RD.box_weight(w, elem)
+    ref = 1.5 * RU.reduce_with_validity(
+        elem, w, None, call.get("reduction_override", "mean"), call.get("avg_factor")
+    )
+    (g_ref,) = torch.autograd.grad(ref.sum(), xr)
+    assert got.shape == ref.shape
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
+    assert_grad_close(g_got, g_ref, 1e-10)
+
+
+def test_distribution_focal_loss_matches_the_reference():
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(6, 4, 17, generator=g, dtype=torch.float64, requires_grad=True)
+    y = torch.rand(6, 4, generator=g, dtype=torch.float64) * 16
+    y[0, 0], y[0, 1], y[0, 2] = 0.0, 16.0, 3.0  # the ends and an integer
+    got = build_loss({"type": "DistributionFocalLoss"})(x, y, avg_factor=4.0)
+    ref = RU.reduce_with_validity(RD.distribution_focal_loss(x, y, reg_max=16), avg_factor=4.0)
+    assert_scalar_close(got, ref, 1e-12)
+    (g1,) = torch.autograd.grad(got, x)
+    (g2,) = torch.autograd.grad(ref, x)
+    assert_grad_close(g1, g2, 1e-10)
+
+
+def test_utils_match_the_reference():
+    g = torch.Generator().manual_seed(6)
+    labels = torch.randint(0, 6, (4, 50), generator=g)
+    labels[0, :5] = 255
+    labels[labels == 4] = 3  # class 4 absent
+    for method in ("inverse", "sqrt_inverse", "effective_num", "median_freq"):
+        got = U.get_class_weight(labels, method, 6, ignore_index=255)
+        ref = RU.get_class_weight(labels, method, 6, ignore_index=255)
+        assert torch.allclose(got, ref, rtol=1e-6), method
+    assert torch.equal(U.convert_to_one_hot(labels, 6, 255), RU.convert_to_one_hot(labels, 6, 255))
+    a, b = boxes(5, seed=7)
+    for aligned in (True, False):
+        for fn in ("compute_iou", "compute_giou"):
+            got = getattr(U, fn)(a, b, aligned=aligned)
+            ref = getattr(RU, fn)(a, b, aligned=aligned)
+            assert torch.allclose(got, ref, rtol=1e-12), (fn, aligned)
+    x = torch.randn(5, 3, generator=g, dtype=torch.float64)
+    y = torch.rand(5, 3, generator=g, dtype=torch.float64)
+    for alpha in (0.25, -1.0):
+        got = U.sigmoid_focal_loss(x, y, alpha=alpha, reduction="mean", avg_factor=2.0)
+        ref = RU.sigmoid_focal_loss(x, y, alpha=alpha, reduction="mean", avg_factor=2.0)
+        assert_scalar_close(got, ref, 1e-12)
+    assert float(U.reduce_loss(torch.zeros(0), "mean")) == 0.0

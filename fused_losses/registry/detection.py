@@ -18,7 +18,7 @@ c2 = cw^2 + ch^2 + eps and rho2 the squared distance of the centres:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
@@ -26,65 +26,7 @@ from torch import Tensor
 from ..validation import check_choice, check_floating, check_number, check_tensor, shape_str
 from .base_loss import BaseLoss
 from .builder import LOSSES
-
-BOX_FORMATS = ("xyxy", "xywh")
-
-
-class BoxTerms(NamedTuple):
-    """The quantities of a pair of boxes that the IoU-family losses combine."""
-
-    iou: Tensor
-    union: Tensor
-    enclose_w: Tensor
-    enclose_h: Tensor
-    rho2: Tensor
-    size_p: tuple[Tensor, Tensor]
-    size_g: tuple[Tensor, Tensor]
-
-
-def to_xyxy(boxes: Tensor, bbox_format: str) -> Tensor:
-    if bbox_format == "xyxy":
-        return boxes
-    c, wh = boxes[..., :2], boxes[..., 2:]
-    return torch.cat([c - wh / 2, c + wh / 2], dim=-1)
-
-
-def box_terms(pred: Tensor, target: Tensor, bbox_format: str, eps: float) -> BoxTerms:
-    """:class:`BoxTerms` of matched boxes [...,4] (broadcast)."""
-    p, g = to_xyxy(pred, bbox_format), to_xyxy(target, bbox_format)
-    wp, hp = p[..., 2] - p[..., 0], p[..., 3] - p[..., 1]
-    wg, hg = g[..., 2] - g[..., 0], g[..., 3] - g[..., 1]
-    iw = (torch.minimum(p[..., 2], g[..., 2]) - torch.maximum(p[..., 0], g[..., 0])).clamp(min=0)
-    ih = (torch.minimum(p[..., 3], g[..., 3]) - torch.maximum(p[..., 1], g[..., 1])).clamp(min=0)
-    inter = iw * ih
-    union = wp * hp + wg * hg - inter
-    cw = torch.maximum(p[..., 2], g[..., 2]) - torch.minimum(p[..., 0], g[..., 0])
-    ch = torch.maximum(p[..., 3], g[..., 3]) - torch.minimum(p[..., 1], g[..., 1])
-    dx = (p[..., 0] + p[..., 2] - g[..., 0] - g[..., 2]) / 2
-    dy = (p[..., 1] + p[..., 3] - g[..., 1] - g[..., 3]) / 2
-    return BoxTerms(inter / (union + eps), union, cw, ch, dx * dx + dy * dy, (wp, hp), (wg, hg))
-
-
-def compute_iou(
-    box1: Tensor, box2: Tensor, *, aligned: bool = True, bbox_format: str = "xyxy",
-    eps: float = 1e-6,
-) -> Tensor:  # fmt: skip
-    """IoU of matched boxes [...,4] (``aligned``) or [N,M] for [N,4] x [M,4]."""
-    if not aligned:
-        box1, box2 = box1[:, None], box2[None]
-    return box_terms(box1, box2, bbox_format, eps).iou
-
-
-def compute_giou(
-    box1: Tensor, box2: Tensor, *, aligned: bool = True, bbox_format: str = "xyxy",
-    eps: float = 1e-6,
-) -> Tensor:  # fmt: skip
-    """GIoU = IoU - (A_c - U) / (A_c + eps) of matched boxes or all pairs."""
-    if not aligned:
-        box1, box2 = box1[:, None], box2[None]
-    t = box_terms(box1, box2, bbox_format, eps)
-    area_c = t.enclose_w * t.enclose_h
-    return t.iou - (area_c - t.union) / (area_c + eps)
+from .utils import BOX_FORMATS, BoxTerms, box_terms
 
 
 def _check_pair(pred: Any, target: Any, last: int | None = None) -> None:
