@@ -259,10 +259,10 @@ def _rord_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
 
     import fused_losses as fl
 
-    def run(**opts):
+    def run(c=16, **opts):
         def call():
             g = torch.Generator().manual_seed(0)
-            b, c, hf, wf = 2, 16, 12, 12
+            b, hf, wf = 2, 12, 12
             det = [torch.rand(b, 1, hf, wf, generator=g).to(dtype).requires_grad_() for _ in "or"]
             desc = [torch.randn(b, c, hf, wf, generator=g).to(dtype).requires_grad_() for _ in "or"]
             t = 0.3
@@ -272,6 +272,7 @@ def _rord_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
         return call
 
     yield "rord[zeros,l2]", run()
+    yield "rord[C=128]", run(c=128)
     yield "rord[ignore,logits,squared,neg grad,radius]", run(
         outside="ignore", from_logits=True, distance="squared_l2", detach_negative=False,
         safe_radius=16.0,

@@ -338,7 +338,7 @@ def corners(
             xc, yc = x0 + dx, y0 + dy
             w = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
             on = reach & (xc >= 0) & (xc <= wf - 1) & (yc >= 0) & (yc <= hf - 1)
-            idx.append(torch.where(on, yc * wf + xc, 0).long())
+            idx.append(torch.where(on, yc, 0).long() * wf + torch.where(on, xc, 0).long())
             wt.append(torch.where(on, w, 0))
     return torch.stack(idx, -1), torch.stack(wt, -1)
 
@@ -395,7 +395,7 @@ def detection_torch(det_o, det_r, G, opts: Any, sync) -> tuple[torch.Tensor, tor
     size = (hf, wf)
 
     def value_and_grad(xo: torch.Tensor, xr: torch.Tensor):
-        cdt = compute_dtype(xo.dtype)
+        cdt = torch.promote_types(compute_dtype(xo.dtype), compute_dtype(xr.dtype))
         xo = xo.detach().to(cdt).reshape(b, hf * wf)
         xr = xr.detach().to(cdt).reshape(b, 1, hf * wf)
         p_o = torch.sigmoid(xo) if opts.from_logits else xo
@@ -416,14 +416,14 @@ def detection_torch(det_o, det_r, G, opts: Any, sync) -> tuple[torch.Tensor, tor
         g_o = g_r = None
         d_sl1 = torch.clamp(d, -1, 1)
         if need_o:
-            sl1_o = d_sl1 * p_o * (1 - p_o) if opts.from_logits else d_sl1
+            sl1_o = d_sl1 * p_o * torch.sigmoid(-xo) if opts.from_logits else d_sl1
             g_o = torch.where(counted, opts.w_bce * d_bce + opts.w_smooth_l1 * sl1_o, 0) / n
             g_o = g_o.view(b, 1, hf, wf)
         if need_r:
             g_t = torch.where(counted, opts.w_bce * d_bce_t - opts.w_smooth_l1 * d_sl1, 0) / n
             g_r = scatter_sample_grad(g_t[..., None], idx, wt, hf * wf)
             if opts.from_logits:
-                g_r = g_r * p_r * (1 - p_r)
+                g_r = g_r * p_r * torch.sigmoid(-xr)
             g_r = g_r.view(b, 1, hf, wf)
         return loss, comps, (g_o, g_r)
 
@@ -468,7 +468,7 @@ def descriptor_torch(desc_o, desc_r, G, anchors, cands, opts: Any, sync) -> torc
     squared = opts.distance == "squared_l2"
 
     def value_and_grad(do: torch.Tensor, dr: torch.Tensor):
-        cdt = compute_dtype(do.dtype)
+        cdt = torch.promote_types(compute_dtype(do.dtype), compute_dtype(dr.dtype))
         fo = do.detach().to(cdt).reshape(b, c, hf * wf)
         fr = dr.detach().to(cdt).reshape(b, c, hf * wf)
         pa = anchors.to(cdt).expand(b, -1, -1)
@@ -485,6 +485,7 @@ def descriptor_torch(desc_o, desc_r, G, anchors, cands, opts: Any, sync) -> torc
         if opts.outside == "ignore":
             counts = inside(pa, one, size) & inside(q, q_ok, size)
             cand_ok = inside(pc, cand_ok, size)
+        cand_ok = cand_ok & ~torch.isnan(pc).any(-1)  # NaN >= safe_radius is false
         eligible = cand_ok[:, None, :].expand(b, pa.shape[1], pc.shape[1])
         if opts.safe_radius > 0:
             far = q_ok & torch.isfinite(q).all(-1)
@@ -547,7 +548,7 @@ def _desc_share(desc_o, desc_r, H, anchors, negatives, generator, opts, sync) ->
     b, _, hf, wf = desc_o.shape
     size = (hf, wf)
     dev = desc_o.device
-    cdt = compute_dtype(desc_o.dtype)
+    cdt = torch.promote_types(compute_dtype(desc_o.dtype), compute_dtype(desc_r.dtype))
     G = grid_homography(H, b, size, opts.stride, opts.h_coords).to(dev)
     pa = (
         pixel_points(anchors, opts.stride, cdt)

@@ -21,7 +21,7 @@ def _need(*tensors: Tensor) -> list[bool]:
 
 
 def _det_fake(det_o, det_r, G, **_opts):
-    cdt = _rord.compute_dtype(det_o)
+    cdt = _rord.compute_dtype(det_o, det_r)
     return det_o.new_empty((), dtype=cdt), det_o.new_empty(4, dtype=cdt)
 
 
@@ -34,7 +34,7 @@ def _det_bwd(grad, extras, det_o, det_r, G, **opts):
 
 
 def _desc_fake(desc_o, desc_r, G, anchors, cands, **_opts):
-    cdt = _rord.compute_dtype(desc_o)
+    cdt = _rord.compute_dtype(desc_o, desc_r)
     b, c = desc_o.shape[:2]
     n, k = anchors.shape[1], cands.shape[1]
 
@@ -59,9 +59,9 @@ register("rord_detection", KernelFn(_det_fwd, _det_fake, _det_bwd, differentiabl
 register("rord_descriptor", KernelFn(_desc_fwd, _desc_fake, _desc_bwd, differentiable=2))
 
 
-def _g(G: Tensor, x: Tensor) -> Tensor:
-    """G [B,3,3] float64 as the kernels read it: [B,9] in the compute dtype."""
-    return G.to(_rord.compute_dtype(x)).reshape(-1, 9).contiguous()
+def _g(G: Tensor, *maps: Tensor) -> Tensor:
+    """G [B,3,3] float64 as the kernels read it: [B,9] in the maps' compute dtype."""
+    return G.to(_rord.compute_dtype(*maps)).reshape(-1, 9).contiguous()
 
 
 def detection_loss_triton(det_o, det_r, G, options, sync=None) -> tuple[Tensor, Tensor]:
@@ -76,7 +76,7 @@ def detection_loss_triton(det_o, det_r, G, options, sync=None) -> tuple[Tensor, 
         opts["sync"] = sync
     if options.detach_target:
         det_r = det_r.detach()
-    loss, aux = run("rord_detection", (det_o, det_r, _g(G, det_o)), opts)
+    loss, aux = run("rord_detection", (det_o, det_r, _g(G, det_o, det_r)), opts)
     return loss, aux[:3]
 
 
@@ -89,10 +89,10 @@ def descriptor_loss_triton(desc_o, desc_r, G, anchors, cands, options, sync=None
     }  # fmt: skip
     if sync is not None:
         opts["sync"] = sync
-    cdt = _rord.compute_dtype(desc_o)
+    cdt = _rord.compute_dtype(desc_o, desc_r)
     b = desc_o.shape[0]
     tensors = (
-        desc_o, desc_r, _g(G, desc_o), anchors.to(cdt).expand(b, -1, -1).contiguous(),
+        desc_o, desc_r, _g(G, desc_o, desc_r), anchors.to(cdt).expand(b, -1, -1).contiguous(),
         cands.to(cdt).expand(b, -1, -1).contiguous(),
     )  # fmt: skip
     return run("rord_descriptor", tensors, opts)[0]

@@ -81,7 +81,7 @@ def det_terms(
     FROM_LOGITS: tl.constexpr, IGNORE: tl.constexpr, cdt: tl.constexpr,
 ):  # fmt: skip
     """Per original cell (ci, cj): (m, bce, sl1, dbce/dP_o (dx_o from logits), dbce/dT,
-    clamp(P_o - T, -1, 1), P_o)."""
+    clamp(P_o - T, -1, 1), dP_o/dx_o (from logits; 1 otherwise))."""
     u = cj.to(cdt)
     v = ci.to(cdt)
     uq, vq, _ok, reach, ins = warp_point(g_ptr, b, u, v, Hf, Wf)
@@ -109,7 +109,11 @@ def det_terms(
         m = on & ins
     else:
         m = on
-    return m, bce, sl1, d_bce, d_bce_t, tl.minimum(tl.maximum(d, -1.0), 1.0), p
+    if FROM_LOGITS:
+        dp = p * sigmoid(-x)  # dP/dx without the cancellation of p (1 - p)
+    else:
+        dp = tl.full(p.shape, 1.0, cdt)
+    return m, bce, sl1, d_bce, d_bce_t, tl.minimum(tl.maximum(d, -1.0), 1.0), dp
 
 
 @triton.jit(do_not_specialize=["w_bce", "w_sl1"])
@@ -143,12 +147,12 @@ def _det_kernel(
         tl.store(out_ptr + row + 3, tl.zeros([], cdt))
     elif PASS == 1:
         scale = tl.load(scale_ptr).to(cdt)
-        m, _b, _s, d_bce, _dt, dcl, p = det_terms(
+        m, _b, _s, d_bce, _dt, dcl, dp = det_terms(
             po_ptr, pr_ptr, g_ptr, b, ci, cj, on, Hf, Wf, o_b, o_h, o_w, r_b, r_h, r_w,
             FROM_LOGITS, IGNORE, cdt,
         )  # fmt: skip
         if FROM_LOGITS:
-            dcl = dcl * p * (1.0 - p)
+            dcl = dcl * dp
         g = tl.where(m, wb * d_bce + ws * dcl, 0.0) * scale
         tl.store(out_ptr + b.to(tl.int64) * hw + offs, g.to(out_ptr.dtype.element_ty), mask=on)
     else:
@@ -202,8 +206,8 @@ def _det_kernel(
         g = acc * scale
         if FROM_LOGITS:
             xr_off = b.to(tl.int64) * r_b + ci.to(tl.int64) * r_h + cj.to(tl.int64) * r_w
-            pr = sigmoid(tl.load(pr_ptr + xr_off, mask=on, other=0).to(cdt))
-            g = g * pr * (1.0 - pr)
+            xr = tl.load(pr_ptr + xr_off, mask=on, other=0).to(cdt)
+            g = g * sigmoid(xr) * sigmoid(-xr)
         tl.store(out_ptr + b.to(tl.int64) * hw + offs, g.to(out_ptr.dtype.element_ty), mask=on)
 
 
@@ -248,7 +252,7 @@ def _det_launch(PASS, out, det_o, det_r, G, ginv, scale, *, w_bce, w_smooth_l1, 
 def detection_forward(det_o, det_r, G, sync=None, **opts):
     """(loss, aux [4] = (det_bce, det_smooth_l1, det, 1/n)) in 2 launches (G [B,9], compute
     dtype)."""
-    cdt = compute_dtype(det_o)
+    cdt = compute_dtype(det_o, det_r)
     b, _, hf, wf = det_o.shape
     partials = torch.zeros(max(triton.cdiv(hf * wf, DET_BLOCK) * b, 1), 4, dtype=cdt,
                            device=det_o.device)  # fmt: skip
@@ -419,9 +423,12 @@ def _mine_kernel(
         elig = on[:, None] & kon[None, :]
         if IGNORE:
             elig = elig & (tl.load(crec + 2, mask=kon, other=0) != 0)[None, :]
+        cu = tl.load(crec, mask=kon, other=0)
+        cv = tl.load(crec + 1, mask=kon, other=0)
+        # a candidate with a NaN coordinate is at no distance (NaN >= r is false); tl.maximum
+        # below would drop the NaN
+        elig = elig & ((cu == cu) & (cv == cv))[None, :]
         if USE_RADIUS:
-            cu = tl.load(crec, mask=kon, other=0)
-            cv = tl.load(crec + 1, mask=kon, other=0)
             cheb = tl.maximum(tl.abs(cu[None, :] - qu[:, None]), tl.abs(cv[None, :] - qv[:, None]))
             elig = elig & ((cheb * s >= rad) | ~q_far[:, None])
         d2 = tl.zeros([BLOCK_N, BLOCK_K], cdt)
@@ -504,7 +511,9 @@ def entry_point(e, arec_ptr, prec_ptr, crec_ptr, jstar_ptr, coef_ptr, live, B, N
     wgt = tl.where(on, tent(u - xc) * tent(v - yc), 0.0)
     on = on & (wgt != 0)
     hw = Hf * Wf
-    cell = tl.where(on, yc * Wf + xc, 0.0).to(tl.int64)
+    xi = tl.where(on, xc, 0.0).to(tl.int64)
+    yi = tl.where(on, yc, 0.0).to(tl.int64)
+    cell = yi * Wf + xi  # int64: exact beyond 2^24 cells
     key = tl.where(on, bl * hw + cell + tl.where(role == 0, 0, B * hw), 2 * B * hw)
     return key, wgt, role, bl, k, jj, cp, cn
 
@@ -588,16 +597,15 @@ def _points(pts: torch.Tensor, b: int) -> tuple[torch.Tensor, int]:
     return pts, (pts.stride(0) if pts.shape[0] == b and b > 1 else 0)
 
 
-def _sample(f, pts, G, warp: bool):
+def _sample(f, pts, G, warp: bool, cdt):
     """(samples [B,C,M], records [B,M,4]) of map f at the points (1 launch)."""
     b, c, hf, wf = f.shape
-    cdt = compute_dtype(f)
     pts, pts_b = _points(pts.to(cdt), b)
     m = pts.shape[1]
     out = torch.empty(b, c, m, dtype=cdt, device=f.device)
     rec = torch.empty(b, m, 4, dtype=cdt, device=f.device)
     if b * m:
-        block_c = min(next_pow2(c), 32)
+        block_c = min(next_pow2(c), 16)  # 128 registers at C = 128
         launch(
             _sample_kernel, (triton.cdiv(m, POINT_BLOCK), b),
             f, f.stride(0), f.stride(1), f.stride(2), f.stride(3),
@@ -613,11 +621,11 @@ def descriptor_forward(desc_o, desc_r, G, anchors, cands, sync=None, *, outside,
     """(loss, aux [1] = 1 / max(valid, 1), samples a, pos, cand, records, j*, coefficients):
     5 launches (3 samplings, the mining, the fixed-order finalize)."""
     b, c = desc_o.shape[:2]
-    cdt = compute_dtype(desc_o)
-    a, arec = _sample(desc_o, anchors, G, False)
+    cdt = compute_dtype(desc_o, desc_r)
+    a, arec = _sample(desc_o, anchors, G, False, cdt)
     anchors_b = anchors.to(cdt).expand(b, -1, -1)
-    pos, prec = _sample(desc_r, anchors_b, G, True)
-    cand, crec = _sample(desc_r, cands.to(cdt).expand(b, -1, -1), G, False)
+    pos, prec = _sample(desc_r, anchors_b, G, True, cdt)
+    cand, crec = _sample(desc_r, cands.to(cdt).expand(b, -1, -1), G, False, cdt)
     n, k = a.shape[2], cand.shape[2]
     jstar = torch.empty(b, n, dtype=torch.int32, device=desc_o.device)
     coef = torch.empty(b, n, 2, dtype=cdt, device=desc_o.device)
@@ -667,6 +675,6 @@ def descriptor_backward(grad, extras, desc_o, desc_r, *, need_grad, detach_negat
         keys, perm, a, pos, cand, arec, prec, crec, jstar, coef, scale,
         go if go is not None else dummy, gr if gr is not None else dummy,
         e_total, b, n, k, c, hf, wf, **flags,
-        BLOCK_E=SCATTER_BLOCK_E, BLOCK_C=min(next_pow2(c), 64), num_warps=4,
+        BLOCK_E=SCATTER_BLOCK_E, BLOCK_C=min(next_pow2(c), 16), num_warps=4,
     )  # fmt: skip
     return go, gr

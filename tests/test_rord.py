@@ -242,6 +242,26 @@ def test_dtypes(backend, dtype):
     check(backend, maps(seed=6), small_rotation(), dtype=dtype, **SMALL)
 
 
+def test_mixed_float32_float64_maps_compute_in_float64(backend):
+    inputs = maps(seed=21)
+    inputs = [inputs[0], inputs[1].double(), inputs[2], inputs[3].double()]
+    total, _, grads = run_fused(backend, inputs, small_rotation(), **SMALL)
+    ref_total, _, ref_grads = run_reference(inputs, small_rotation(), **SMALL)
+    assert total.dtype == torch.float64
+    assert_scalar_close(total, ref_total, 1e-5)
+    for name, g, ref, x in zip(NAMES, grads, ref_grads, inputs):
+        assert g.dtype == x.dtype, name
+        assert_grad_close(g, ref, 1e-5, name)
+
+
+def test_saturated_logits_keep_their_gradient(backend):
+    """from_logits with logits of 18 to 30: sigmoid'(x) = sigmoid(x) sigmoid(-x), not p (1 - p)
+    (which is 0 in float32)."""
+    inputs = maps(seed=22, logits=True)
+    inputs[1] = 18 + 12 * torch.rand(inputs[1].shape, generator=torch.Generator().manual_seed(1))
+    check(backend, inputs, small_rotation(), from_logits=True, **SMALL)
+
+
 def test_parts_match_the_total(backend):
     inputs = [x.to(DEVICE) for x in maps(seed=7)]
     H = small_rotation().to(DEVICE)
@@ -305,6 +325,10 @@ NON_FINITE = {
     "H_nan": (torch.tensor([[1.0, 0, NAN], [0, 1, 0]], dtype=torch.float64), {}),
     "H_inf": (torch.tensor([[1.0, 0, INF], [0, 1, 0]], dtype=torch.float64), {}),
     "anchors": (None, {"anchors": torch.tensor([[10.0, 12.0], [NAN, 3.0], [20.0, INF]])}),
+    "negative_nan_only": (
+        None,
+        {"negatives": torch.tensor([[10.0, 12.0], [NAN, 30.0], [30.0, 9.0]])},
+    ),
     "negatives": (
         None,
         {"negatives": torch.tensor([[10.0, 12.0], [NAN, 3.0], [20.0, INF], [30.0, 30.0]])},
