@@ -54,7 +54,6 @@ DET_BLOCK = 128  # cells per program (detection)
 POINT_BLOCK = 16  # points per program (sampling)
 MINE_BLOCK_N = 16  # anchors per program (mining)
 MINE_BLOCK_K = 32  # candidates per step (mining; 64 needs > 128 registers on triton 3.6)
-ROLE_ANCHOR, ROLE_POS, ROLE_NEG = 0, 1, 2
 
 
 @triton.jit
