@@ -1,11 +1,12 @@
 """The config-driven loss registry (docs/spec.md 12): ``build_loss``, ``build_multi_loss``,
 ``LOSSES``, ``BaseLoss`` and the loss families (OpenMMLab conventions: mmdet 3.x, mmseg 1.x).
 
-Families so far: detection (``registry.detection``). Classification, segmentation and
-distillation are being added (see the README's roadmap).
+Families so far: classification (``registry.classification``, fused) and detection
+(``registry.detection``). Segmentation and distillation are being added (see the README's
+roadmap).
 """
 
-from . import detection, utils
+from . import classification, detection, utils
 from .base_loss import BaseLoss
 from .builder import LOSSES, MultiLoss, Registry, build_loss, build_multi_loss
 
@@ -16,6 +17,7 @@ __all__ = [
     "Registry",
     "build_loss",
     "build_multi_loss",
+    "classification",
     "detection",
     "utils",
 ]

@@ -95,6 +95,19 @@ class BaseLoss(torch.nn.Module):
         head = f"loss_weight={self.loss_weight}, reduction={self.reduction!r}"
         return head + (f", {opts}" if opts else "")
 
+    def _call_options(self, call_options: dict[str, Any]) -> dict[str, Any]:
+        """The configured options with a call's overrides (``CALL_OPTIONS`` only)."""
+        options = dict(self.options)
+        for key, value in call_options.items():
+            name = self.ALIASES.get(key, key)
+            if name not in self.CALL_OPTIONS:
+                raise ValueError(
+                    f"{key}: not an option of a {self.registry_name or type(self).__name__} call; "
+                    f"expected one of {', '.join(self.CALL_OPTIONS) or 'none'}"
+                )
+            options[name] = value
+        return options
+
     def _forward(self, pred: Tensor, target: Any, **options: Any) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
@@ -117,15 +130,7 @@ class BaseLoss(torch.nn.Module):
         **call_options: Any,
     ) -> Tensor:
         reduction = reduction_override if reduction_override is not None else self.reduction
-        options = dict(self.options)
-        for key, value in call_options.items():
-            name = self.ALIASES.get(key, key)
-            if name not in self.CALL_OPTIONS:
-                raise ValueError(
-                    f"{key}: not an option of a {self.registry_name or type(self).__name__} call; "
-                    f"expected one of {', '.join(self.CALL_OPTIONS) or 'none'}"
-                )
-            options[name] = value
+        options = self._call_options(call_options)
         if weight is not None:
             pred, target = self._mask_inputs(pred, target, weight)
         loss, valid = self._forward(pred, target, **options)

@@ -25,20 +25,21 @@ REDUCTIONS = ("none", "mean", "sum", "batchmean")
 EPS = float(torch.finfo(torch.float32).eps)  # added to every "mean" denominator
 
 
-def expand_weight(weight: Tensor, loss: Tensor) -> Tensor:
-    """``weight`` as l's shape: the same shape, l's shape without dim 1 (inserted), or
-    broadcastable (a ValueError naming ``weight`` otherwise)."""
-    if weight.shape == loss.shape:
+def expand_weight(weight: Tensor, loss: Tensor | torch.Size | tuple[int, ...]) -> Tensor:
+    """``weight`` as l's shape (``loss`` or its shape): the same shape, l's shape without dim 1
+    (inserted), or broadcastable (a ValueError naming ``weight`` otherwise)."""
+    shape = torch.Size(loss.shape if isinstance(loss, Tensor) else loss)
+    if weight.shape == shape:
         return weight
-    if weight.dim() == loss.dim() - 1 and loss.dim() >= 2:
-        if tuple(weight.shape) == (loss.shape[0], *loss.shape[2:]):
-            return weight.unsqueeze(1).expand(loss.shape)
+    if weight.dim() == len(shape) - 1 and len(shape) >= 2:
+        if tuple(weight.shape) == (shape[0], *shape[2:]):
+            return weight.unsqueeze(1).expand(shape)
     try:
-        return weight.expand(loss.shape)
+        return weight.expand(shape)
     except RuntimeError:
         raise ValueError(
-            f"weight: expected the loss's shape {shape_str(loss)}, that shape without dim 1, or "
-            f"a shape broadcastable to it, got {shape_str(weight)}"
+            f"weight: expected the loss's shape [{', '.join(map(str, shape))}], that shape "
+            f"without dim 1, or a shape broadcastable to it, got {shape_str(weight)}"
         ) from None
 
 

@@ -1,0 +1,499 @@
+"""Dense classification losses of the registry (docs/spec.md 12.4): one row kernel for the softmax
+family and one for the sigmoid family, each a single pass over the logits.
+
+The logits are viewed as ``x [N, C, S]`` (S = the product of the spatial sizes, 1 for [N, C]
+logits) with their own strides; a "row" is one position r = (n, s), R = N S rows. A program owns
+``BLOCK_R`` rows and walks the classes in chunks of ``BLOCK_C``. Targets are index labels
+``y [R]`` (contiguous), index labels with scores ``(y, q) [R]`` (QFL) or a dense tensor of x's
+shape (own strides; a class stride 0 broadcasts an [N, S] target over C = 1).
+
+Every kernel runs in one of three ``MODE`` s:
+
+* ``M_SUMS``  per-program partials ``[P, 2]`` = (sum of l w v, sum of v), summed in a fixed order
+  by the launcher (deterministic, no atomics); nothing of x's size is written;
+* ``M_NONE``  the elementwise ``l w v`` (l's shape, contiguous, in the compute dtype);
+* ``M_GRAD``  dL/dx = dl/dx w v g, g the upstream gradient: one scalar (``GO_SCALAR``, the
+  gradient of the sum) or l's shape. The gradient pass recomputes the softmax/sigmoid terms
+  from x (3 passes of x's size in all, forward + backward, against eager's 6 or more).
+
+w is the sample weight (``HAS_SW``, broadcast by strides), v the validity (labels equal to
+``ignore_index`` or outside their range; dense targets equal to ``ignore_index``). An element
+with w = 0 or v = 0 contributes exactly 0, even where l is not finite (``tl.where``).
+
+Softmax family (l per row), p = softmax(x), lse = log sum_c exp(x_c), one online pass for lse:
+
+* ``SM_CE``    l = (1-e) w_y (lse - x_y) + (e/C)(W lse - sum_c w_c x_c),  W = sum_c w_c;
+               dl/dx_j = (1-e) w_y (p_j - t_j) + (e/C)(W p_j - w_j)
+* ``SM_SOFT``  a_c = w_c t_c:  l = A lse - sum_c a_c x_c,  dl/dx_j = A p_j - a_j,  A = sum_c a_c
+* ``SM_FOCAL`` (index) P = p_y, o = 1 - P = -expm1(log P):  l = -alpha_y w_y o^g log P;
+               dl/dx_j = K (p_j - t_j),  K = alpha_y w_y (o^g - g P log P o^(g-1))
+* ``SM_FOCAL_DENSE`` b_c = t_c w_c alpha_c:  l = -sum_c b_c o_c^g log p_c;
+               dl/dx_j = h_j - p_j H,  h_c = b_c (g o_c^(g-1) p_c log p_c - o_c^g),  H = sum_c h_c
+
+Sigmoid family (l per element; QFL sums it over the classes of a row), s = sig(x), s' = sig(-x)
+= 1 - s, B(x, t) = -t log s - (1 - t) log s' (``logsigmoid``), w_c the class weight:
+
+* ``SG_BCE``   l = -pw t log s - (1-t) log s',  dl/dx = -pw t s' + (1-t) s
+* ``SG_BCE_PROB`` x a probability: l = -pw t max(log x, -100) - (1-t) max(log(1-x), -100)
+* ``SG_FOCAL`` u = 1 - p_t = s (1-t) + s' t,  a = alpha t + (1-alpha)(1-t):  l = a B u^g;
+               dl/dx = a ((s - t) u^g + B g u^(g-1) s s' (1 - 2t))
+* ``SG_ASL``   q_m = max(s - clip, 0), base = -(t log max(s, eps) + (1-t) log max(1-q_m, eps)),
+               1 - pt = t s' + (1-t) q_m, F = (1-pt)^(g+ t + g- (1-t)):  l = base F
+               (F detached when ``FLAG``; clamps pass the gradient where torch.clamp does)
+* ``SG_VFL``   F = (q if FLAG else 1) for q > 0, alpha s^g else:  l = B(x, q) F,
+               dl/dx = (s - q) F + B [q <= 0] alpha g s^g s'
+* ``SG_QFL``   d = s - q:  l = B(x, q) |d|^beta,  dl/dx = d |d|^beta + B beta |d|^(beta-1) sign(d) s s'
+
+Powers of a base that may be 0 go through ``pow_nonneg``, and the u^(g-1)-type factors are taken
+as 0 where their base is 0 (their product with the vanishing factor beside them).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from .launch import interpreting, launch, option_arg
+from .primitives import log1p, logsigmoid, option_value, pow_nonneg, sigmoid
+
+SM_CE, SM_SOFT, SM_FOCAL, SM_FOCAL_DENSE = 0, 1, 2, 3
+SG_BCE, SG_BCE_PROB, SG_FOCAL, SG_ASL, SG_VFL, SG_QFL = 0, 1, 2, 3, 4, 5
+T_INDEX, T_DENSE, T_SCORE = 0, 1, 2
+M_SUMS, M_NONE, M_GRAD = 0, 1, 2
+FLOAT_OPTIONS = ("a0", "a1", "a2", "a3")
+
+
+@triton.jit
+def expm1(z):
+    """exp(z) - 1 to the working precision near 0 (Kahan: (u - 1) z / log(u), u = exp(z), with
+    u - 1 exact and log(u) = log1p(u - 1))."""
+    u = tl.exp(z)
+    um1 = u - 1.0
+    safe = tl.where(um1 == 0.0, 1.0, um1)
+    r = tl.where(tl.abs(z) < 0.5, safe * z / log1p(safe), um1)
+    return tl.where(um1 == 0.0, z, r)
+
+
+@triton.jit
+def clamp_min(a, lo):
+    """max(a, lo) that keeps a NaN (``tl.maximum`` drops it)."""
+    return tl.where(a < lo, lo, a)
+
+
+@triton.jit
+def _row_index(pid, R, S, BLOCK_R: tl.constexpr):
+    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
+    rmask = rows < R
+    r = rows.to(tl.int64)
+    n = r // S
+    return r, n, r - n * S, rmask
+
+
+@triton.jit
+def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr):
+    """(l, dl/dx) of one sigmoid-family element (module docstring); cp is pos_weight (BCE),
+    alpha (focal, VFL), gamma_neg (ASL) or beta (QFL)."""
+    s = sigmoid(x)
+    sn = sigmoid(-x)
+    bce = -(t * logsigmoid(x) + (1.0 - t) * logsigmoid(-x))
+    if LOSS == 0:  # SG_BCE
+        l = -(cp * t * logsigmoid(x) + (1.0 - t) * logsigmoid(-x))
+        d = -cp * t * sn + (1.0 - t) * s
+    elif LOSS == 1:  # SG_BCE_PROB
+        lq = clamp_min(tl.log(x), -100.0)
+        l1q = clamp_min(tl.log(1.0 - x), -100.0)
+        l = -(cp * t * lq + (1.0 - t) * l1q)
+        iq = tl.where(lq > -100.0, 1.0 / tl.where(x == 0.0, 1.0, x), 0.0)
+        i1q = tl.where(l1q > -100.0, 1.0 / tl.where(x == 1.0, 1.0, 1.0 - x), 0.0)
+        d = -cp * t * iq + (1.0 - t) * i1q
+    elif LOSS == 2:  # SG_FOCAL, cp = alpha, a1 = gamma
+        u = s * (1.0 - t) + sn * t
+        a = cp * t + (1.0 - cp) * (1.0 - t)
+        m = pow_nonneg(u, a1)
+        m1 = tl.where(u > 0.0, pow_nonneg(u, a1 - 1.0), 0.0)
+        l = a * bce * m
+        d = a * ((s - t) * m + bce * a1 * m1 * s * sn * (1.0 - 2.0 * t))
+    elif LOSS == 3:  # SG_ASL, cp = gamma_neg, a1 = gamma_pos, a2 = clip, a3 = eps
+        qm = clamp_min(s - a2, 0.0)
+        one_qm = tl.where(s - a2 >= 0.0, sn + a2, 1.0)
+        lp = tl.log(clamp_min(s, a3))
+        ln = tl.log(clamp_min(one_qm, a3))
+        base = -(t * lp + (1.0 - t) * ln)
+        dqm = tl.where(s - a2 >= 0.0, s * sn, 0.0)  # d q_m / dx
+        dneg = tl.where(one_qm >= a3, dqm / one_qm, 0.0)
+        dbase = -(t * tl.where(s >= a3, sn, 0.0) - (1.0 - t) * dneg)
+        g = a1 * t + cp * (1.0 - t)
+        b = t * sn + (1.0 - t) * qm  # 1 - pt
+        zero = tl.zeros_like(x)
+        focus = ((cp + zero) > 0.0) | ((a1 + zero) > 0.0)
+        f = tl.where(focus, pow_nonneg(b, g), 1.0)
+        l = base * f
+        d = dbase * f
+        if not FLAG:
+            db = -t * s * sn + (1.0 - t) * dqm
+            f1 = tl.where(focus & (b > 0.0), g * pow_nonneg(b, g - 1.0), 0.0)
+            d += base * f1 * db
+    elif LOSS == 4:  # SG_VFL, t = q, cp = alpha, a1 = gamma
+        sg = pow_nonneg(s, a1)
+        pos = t > 0.0
+        if FLAG:
+            f = tl.where(pos, t, cp * sg)
+        else:
+            f = tl.where(pos, 1.0, cp * sg)
+        l = bce * f
+        d = (s - t) * f + bce * tl.where(pos, 0.0, cp * a1 * sg * sn)
+    else:  # SG_QFL, t = q, cp = beta
+        dd = s - t
+        ad = tl.abs(dd)
+        m = pow_nonneg(ad, cp)
+        m1 = tl.where(ad > 0.0, pow_nonneg(ad, cp - 1.0), 0.0)
+        sign = tl.where(dd > 0.0, 1.0, -1.0)
+        l = bce * m
+        d = dd * m + bce * cp * m1 * sign * s * sn
+    return l, d
+
+
+@triton.jit(do_not_specialize=["a0", "a1", "a2", "a3", "ignore_index"])
+def _sigmoid_kernel(
+    x_ptr, t_ptr, q_ptr, sw_ptr, cw_ptr, cp_ptr, out_ptr, go_ptr, gx_ptr,
+    R, S, C,
+    sxn, sxc, sxs, stn, stc, sts, swn, swc, sws, sgn, sgc, sgs,
+    a0, a1, a2, a3, ignore_index,
+    LOSS: tl.constexpr, TARGET: tl.constexpr, FLAG: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    HAS_SW: tl.constexpr, HAS_CW: tl.constexpr, HAS_CP: tl.constexpr, PER_ROW: tl.constexpr,
+    MODE: tl.constexpr, GO_SCALAR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Sigmoid-family losses over BLOCK_R rows x all classes (module docstring)."""
+    cdt: tl.constexpr = out_ptr.dtype.element_ty if MODE != 2 else go_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    r, n, s, rmask = _row_index(pid, R, S, BLOCK_R)
+    cols = tl.arange(0, BLOCK_C)
+    p0 = option_value(a0, cdt)
+    p1 = option_value(a1, cdt)
+    p2 = option_value(a2, cdt)
+    p3 = option_value(a3, cdt)
+    if TARGET != 1:
+        y = tl.load(t_ptr + r, mask=rmask, other=0).to(tl.int64)
+        rvalid = rmask & (y >= 0) & (y <= C)  # label C: the background (a zero row)
+        if HAS_IGNORE:
+            rvalid = rvalid & (y != ignore_index)
+        if TARGET == 2:
+            score = tl.load(q_ptr + r, mask=rmask, other=0).to(cdt)
+    if MODE == 2:
+        if GO_SCALAR:
+            g_row = tl.load(go_ptr + tl.zeros([BLOCK_R], tl.int64)).to(cdt)
+        elif PER_ROW:
+            g_row = tl.load(go_ptr + r, mask=rmask, other=0).to(cdt)
+    acc = tl.zeros([BLOCK_R], cdt)
+    cnt = tl.zeros([BLOCK_R], cdt)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + cols
+        cmask = c < C
+        m2 = rmask[:, None] & cmask[None, :]
+        x = tl.load(
+            x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2, other=0
+        )
+        x = x.to(cdt)
+        if TARGET == 1:
+            traw = tl.load(
+                t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
+            )
+            v = m2
+            if HAS_IGNORE:
+                v = v & (traw != ignore_index)
+            t = tl.where(v, traw.to(cdt), 0.0)
+        else:
+            v = rvalid[:, None] & cmask[None, :]
+            hit = y[:, None] == c[None, :]
+            if TARGET == 2:
+                t = tl.where(hit, score[:, None] + tl.zeros([BLOCK_R, BLOCK_C], cdt), 0.0)
+            else:
+                t = tl.where(hit, 1.0, 0.0).to(cdt)
+        if HAS_CP:
+            cp = tl.load(cp_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
+        else:
+            cp = p0
+        l, d = _sigmoid_terms(x, t, cp, p1, p2, p3, LOSS, FLAG)
+        if HAS_CW:
+            wc = tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
+            l = l * wc
+            d = d * wc
+        keep = v
+        if HAS_SW:
+            w = tl.load(
+                sw_ptr + n[:, None] * swn + c[None, :] * swc + s[:, None] * sws, mask=m2, other=0
+            )
+            w = w.to(cdt)
+            keep = keep & (w != 0.0)
+            l = l * w
+            d = d * w
+        lk = tl.where(keep, l, 0.0)
+        if MODE == 0:
+            acc += tl.sum(lk, axis=1)
+            cnt += tl.sum(v.to(cdt), axis=1)
+        elif MODE == 1:
+            if PER_ROW:
+                acc += tl.sum(lk, axis=1)
+            else:
+                tl.store(out_ptr + (n * C * S + s)[:, None] + c[None, :] * S, lk, mask=m2)
+        else:
+            if GO_SCALAR or PER_ROW:
+                g = g_row[:, None]
+            else:
+                g = tl.load(go_ptr + (n * C * S + s)[:, None] + c[None, :] * S, mask=m2, other=0)
+                g = g.to(cdt)
+            gx = tl.where(keep, d * g, 0.0)
+            gx_offs = n[:, None] * sgn + c[None, :] * sgc + s[:, None] * sgs
+            tl.store(gx_ptr + gx_offs, gx.to(gx_ptr.dtype.element_ty), mask=m2)
+    if MODE == 0:
+        tl.store(out_ptr + pid * 2, tl.sum(acc, axis=0))
+        tl.store(out_ptr + pid * 2 + 1, tl.sum(cnt, axis=0))
+    elif MODE == 1:
+        if PER_ROW:
+            tl.store(out_ptr + r, acc, mask=rmask)
+
+
+@triton.jit(do_not_specialize=["a0", "a1", "a2", "a3", "ignore_index"])
+def _softmax_kernel(
+    x_ptr, t_ptr, q_ptr, sw_ptr, cw_ptr, cp_ptr, out_ptr, go_ptr, gx_ptr,
+    R, S, C,
+    sxn, sxc, sxs, stn, stc, sts, swn, swc, sws, sgn, sgc, sgs,
+    a0, a1, a2, a3, ignore_index,
+    LOSS: tl.constexpr, TARGET: tl.constexpr, FLAG: tl.constexpr, HAS_IGNORE: tl.constexpr,
+    HAS_SW: tl.constexpr, HAS_CW: tl.constexpr, HAS_CP: tl.constexpr, PER_ROW: tl.constexpr,
+    MODE: tl.constexpr, GO_SCALAR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+):  # fmt: skip
+    """Softmax-family losses, one row per position (module docstring): pass 1 computes lse
+    online with the row sums it needs; a second walk of the classes computes the gradient (and
+    the dense focal sums)."""
+    cdt: tl.constexpr = out_ptr.dtype.element_ty if MODE != 2 else go_ptr.dtype.element_ty
+    pid = tl.program_id(0)
+    r, n, s, rmask = _row_index(pid, R, S, BLOCK_R)
+    cols = tl.arange(0, BLOCK_C)
+    e = option_value(a0, cdt)  # label smoothing (CE); alpha (focal) when not per class
+    gam = option_value(a1, cdt)
+    rvalid = rmask
+    if TARGET == 0:
+        y = tl.load(t_ptr + r, mask=rmask, other=0).to(tl.int64)
+        rvalid = rvalid & (y >= 0) & (y < C)
+        if HAS_IGNORE:
+            rvalid = rvalid & (y != ignore_index)
+    m = tl.full([BLOCK_R], float("-inf"), cdt)
+    se = tl.zeros([BLOCK_R], cdt)
+    xy = tl.zeros([BLOCK_R], cdt)  # x_y (index)
+    wy = tl.zeros([BLOCK_R], cdt)  # w_y (index)
+    ay = tl.zeros([BLOCK_R], cdt)  # alpha_y (index focal)
+    big_a = tl.zeros([BLOCK_R], cdt)  # W (CE) or A (soft)
+    ax = tl.zeros([BLOCK_R], cdt)  # sum_c w_c x_c (CE) or sum_c a_c x_c (soft)
+    for c0 in range(0, C, BLOCK_C):
+        c = c0 + cols
+        cmask = c < C
+        m2 = rmask[:, None] & cmask[None, :]
+        x = tl.load(
+            x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2, other=0
+        )
+        x = x.to(cdt)
+        xm = tl.where(cmask[None, :], x, float("-inf"))
+        m_new = tl.maximum(m, tl.max(xm, axis=1))
+        se = se * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[:, None]), axis=1)
+        m = m_new
+        if HAS_CW:
+            wc = tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
+        else:
+            wc = tl.where(cmask, 1.0, 0.0).to(cdt)[None, :]
+        if TARGET == 0:
+            hit = (y[:, None] == c[None, :]) & cmask[None, :]
+            xy += tl.sum(tl.where(hit, x, 0.0), axis=1)
+            wy += tl.sum(tl.where(hit, wc, 0.0), axis=1)
+            if LOSS == 0:
+                big_a += tl.sum(wc + tl.zeros([BLOCK_R, BLOCK_C], cdt), axis=1)
+                ax += tl.sum(tl.where(m2, wc * x, 0.0), axis=1)
+            if LOSS == 2:
+                if HAS_CP:
+                    al = tl.load(cp_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
+                    ay += tl.sum(tl.where(hit, al, 0.0), axis=1)
+        elif LOSS == 1:
+            t = tl.load(
+                t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
+            )
+            a = tl.where(m2, wc * t.to(cdt), 0.0)
+            big_a += tl.sum(a, axis=1)
+            ax += tl.sum(a * x, axis=1)
+    lse = m + tl.log(se)
+    if LOSS == 2:
+        if not HAS_CP:
+            ay = e + tl.zeros([BLOCK_R], cdt)
+        logp_y = xy - lse
+        p_y = tl.exp(logp_y)
+        o_y = -expm1(logp_y)
+        o_g1 = tl.where(o_y > 0.0, pow_nonneg(o_y, gam - 1.0), 0.0)
+        focal_k = ay * wy * (pow_nonneg(o_y, gam) - gam * p_y * logp_y * o_g1)
+    if LOSS == 0:
+        l = (1.0 - e) * wy * (lse - xy) + e / C * (big_a * lse - ax)
+    elif LOSS == 1:
+        l = big_a * lse - ax
+    elif LOSS == 2:
+        l = -ay * wy * pow_nonneg(o_y, gam) * logp_y
+    else:
+        # dense-target focal: the per-class sums need lse; H for the gradient
+        l = tl.zeros([BLOCK_R], cdt)
+        big_h = tl.zeros([BLOCK_R], cdt)
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + cols
+            cmask = c < C
+            m2 = rmask[:, None] & cmask[None, :]
+            x = tl.load(
+                x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2, other=0
+            )
+            logp = x.to(cdt) - lse[:, None]
+            p = tl.exp(logp)
+            o = -expm1(logp)
+            t = tl.load(
+                t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
+            )
+            b = t.to(cdt)
+            if HAS_CW:
+                b = b * tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
+            if HAS_CP:
+                b = b * tl.load(cp_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
+            else:
+                b = b * e
+            b = tl.where(m2, b, 0.0)
+            og = pow_nonneg(o, gam)
+            l += tl.sum(tl.where(b != 0.0, -b * og * logp, 0.0), axis=1)
+            o_g1 = tl.where(o > 0.0, pow_nonneg(o, gam - 1.0), 0.0)
+            big_h += tl.sum(tl.where(b != 0.0, b * (gam * o_g1 * p * logp - og), 0.0), axis=1)
+    keep = rvalid
+    if HAS_SW:
+        w = tl.load(sw_ptr + n * swn + s * sws, mask=rmask, other=0).to(cdt)
+        keep = keep & (w != 0.0)
+        l = l * w
+    if MODE == 0:
+        tl.store(out_ptr + pid * 2, tl.sum(tl.where(keep, l, 0.0), axis=0))
+        tl.store(out_ptr + pid * 2 + 1, tl.sum(rvalid.to(cdt), axis=0))
+    elif MODE == 1:
+        tl.store(out_ptr + r, tl.where(keep, l, 0.0), mask=rmask)
+    else:
+        if GO_SCALAR:
+            g = tl.load(go_ptr + tl.zeros([BLOCK_R], tl.int64)).to(cdt)
+        else:
+            g = tl.load(go_ptr + r, mask=rmask, other=0).to(cdt)
+        if HAS_SW:
+            g = g * w
+        for c0 in range(0, C, BLOCK_C):
+            c = c0 + cols
+            cmask = c < C
+            m2 = rmask[:, None] & cmask[None, :]
+            x = tl.load(
+                x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2, other=0
+            )
+            p = tl.exp(x.to(cdt) - lse[:, None])
+            if HAS_CW:
+                wc = tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
+            else:
+                wc = tl.where(cmask, 1.0, 0.0).to(cdt)[None, :]
+            if LOSS == 0:
+                hit = tl.where(y[:, None] == c[None, :], 1.0, 0.0).to(cdt)
+                d = (1.0 - e) * wy[:, None] * (p - hit) + e / C * (big_a[:, None] * p - wc)
+            elif LOSS == 1:
+                t = tl.load(
+                    t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
+                )
+                d = big_a[:, None] * p - wc * t.to(cdt)
+            elif LOSS == 2:
+                hit = tl.where(y[:, None] == c[None, :], 1.0, 0.0).to(cdt)
+                d = focal_k[:, None] * (p - hit)
+            else:
+                logp = x.to(cdt) - lse[:, None]
+                o = -expm1(logp)
+                t = tl.load(
+                    t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
+                )
+                b = t.to(cdt) * wc
+                if HAS_CP:
+                    b = b * tl.load(cp_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
+                else:
+                    b = b * e
+                o_g1 = tl.where(o > 0.0, pow_nonneg(o, gam - 1.0), 0.0)
+                h = tl.where(b != 0.0, b * (gam * o_g1 * p * logp - pow_nonneg(o, gam)), 0.0)
+                d = h - p * big_h[:, None]
+            gx = tl.where(keep[:, None], d * g[:, None], 0.0)
+            gx_offs = n[:, None] * sgn + c[None, :] * sgc + s[:, None] * sgs
+            tl.store(gx_ptr + gx_offs, gx.to(gx_ptr.dtype.element_ty), mask=m2)
+
+
+# -------------------------------------------------------------------------------- launchers
+
+
+def blocks(c: int, s: int, sxc: int) -> tuple[int, int]:
+    """(BLOCK_R, BLOCK_C): classes in chunks of at most 64 (dense maps, whose rows are
+    contiguous) or 1024 ([N, C] logits, contiguous along C), about 2048 elements a tile (8192
+    under the interpreter, which pays per program)."""
+    tile = 8192 if interpreting() else 2048
+    cap = 64 if (s > 1 and sxc != 1) else 1024
+    block_c = min(triton.next_power_of_2(max(c, 1)), cap)
+    return max(tile // block_c, 1), block_c
+
+
+def _strides(a: torch.Tensor) -> tuple[int, int, int]:
+    """[N, C, S] strides with a size-1 class axis broadcast (stride 0)."""
+    return a.stride(0), a.stride(1) if a.shape[1] > 1 else 0, a.stride(2)
+
+
+def _launch(kernel, mode, x3, t, q, sw, cw, cp, out, go, gx, opts: dict) -> None:
+    n, c, s = x3.shape
+    r = n * s
+    block_r, block_c = blocks(c, s, x3.stride(1))
+    cdt = out.dtype if out is not None else go.dtype
+    dummy = x3
+    ts = _strides(t) if (t is not None and opts["target"] == T_DENSE) else (0, 0, 0)
+    ws = _strides(sw) if sw is not None else (0, 0, 0)
+    gs = gx.stride() if gx is not None else (0, 0, 0)
+    floats = [option_arg(float(opts.get(k, 0.0)), cdt) for k in FLOAT_OPTIONS]
+    grid = (triton.cdiv(max(r, 1), block_r),)
+    launch(
+        kernel, grid,
+        x3, t if t is not None else dummy, q if q is not None else dummy,
+        sw if sw is not None else dummy, cw if cw is not None else dummy,
+        cp if cp is not None else dummy, out if out is not None else go,
+        go if go is not None else out, gx if gx is not None else dummy,
+        r, s, c, *x3.stride(), *ts, *ws, *gs, *floats, int(opts.get("ignore_index", 0)),
+        LOSS=opts["loss"], TARGET=opts["target"], FLAG=bool(opts.get("flag", False)),
+        HAS_IGNORE=bool(opts.get("has_ignore", False)), HAS_SW=sw is not None,
+        HAS_CW=cw is not None, HAS_CP=cp is not None, PER_ROW=bool(opts["per_row"]),
+        MODE=mode, GO_SCALAR=go is not None and go.dim() == 0, BLOCK_R=block_r, BLOCK_C=block_c,
+        num_warps=4,
+    )  # fmt: skip
+
+
+def _kernel(opts: dict):
+    return _softmax_kernel if opts["family"] == "softmax" else _sigmoid_kernel
+
+
+def dense_sums(x3, t, q, sw, cw, cp, cdt: torch.dtype, **opts) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of l w v, sum of v) as two 0-dim tensors in ``cdt``; x3 [N, C, S]."""
+    n, c, s = x3.shape
+    block_r, _ = blocks(c, s, x3.stride(1))
+    p = triton.cdiv(max(n * s, 1), block_r)
+    part = torch.empty(p, 2, dtype=cdt, device=x3.device)
+    _launch(_kernel(opts), M_SUMS, x3, t, q, sw, cw, cp, part, None, None, opts)
+    sums = part.sum(0)  # fixed-order device reduction of the partials
+    return sums[0], sums[1]
+
+
+def dense_none(x3, t, q, sw, cw, cp, cdt: torch.dtype, **opts) -> torch.Tensor:
+    """The elementwise l w v: [N, S] (per-row losses) or [N, C, S], contiguous, in ``cdt``."""
+    n, c, s = x3.shape
+    shape = (n, s) if opts["per_row"] else (n, c, s)
+    out = torch.empty(shape, dtype=cdt, device=x3.device)
+    _launch(_kernel(opts), M_NONE, x3, t, q, sw, cw, cp, out, None, None, opts)
+    return out
+
+
+def dense_grad(go, x3, t, q, sw, cw, cp, **opts) -> torch.Tensor:
+    """dL/dx3 for the upstream gradient ``go``: 0-dim (of the sum) or l's shape (of "none")."""
+    gx = torch.empty_like(x3)
+    go = go if go.dim() == 0 else go.contiguous()
+    _launch(_kernel(opts), M_GRAD, x3, t, q, sw, cw, cp, None, go, gx, opts)
+    return gx
