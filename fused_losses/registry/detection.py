@@ -13,6 +13,9 @@ c2 = cw^2 + ch^2 + eps and rho2 the squared distance of the centres:
     CIoU  1 - IoU + rho2 / c2 + a v, v = 4/pi^2 (atan(w_g/(h_g+eps)) - atan(w_p/(h_p+eps)))^2,
           a = v / (1 - IoU + v + eps) (no gradient)
     EIoU  1 - IoU + rho2 / c2 + (w_p - w_g)^2 / (cw^2 + eps) + (h_p - h_g)^2 / (ch^2 + eps)
+    SIoU  1 - IoU + (D + O) / 2 (mmyolo; see ``SIoULoss``)
+
+QualityFocalLoss and VariFocalLoss are fused dense losses (``registry.dense``, the sigmoid kernel).
 """
 
 from __future__ import annotations
@@ -23,9 +26,30 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..validation import check_choice, check_floating, check_number, check_tensor, shape_str
+from ..validation import (
+    check_bool,
+    check_choice,
+    check_exponent,
+    check_floating,
+    check_number,
+    check_tensor,
+    shape_str,
+)
 from .base_loss import BaseLoss
 from .builder import LOSSES
+from .dense import (
+    SG_QFL,
+    SG_VFL,
+    T_DENSE,
+    T_SCORE,
+    DenseSpec,
+    FusedLoss,
+    as_rows,
+    check_dense_target,
+    check_index_target,
+    check_logits,
+    dense_as_rows,
+)
 from .utils import BOX_FORMATS, BoxTerms, box_terms
 
 
@@ -139,6 +163,46 @@ class EIoULoss(_BoxLoss):
                 + (hp - hg) ** 2 / (t.enclose_h**2 + eps))  # fmt: skip
 
 
+def _safe_ratio(a: Tensor, b: Tensor) -> Tensor:
+    """a / b where b > 0, else 0 (finite value and gradient at b = 0)."""
+    pos = b > 0
+    return torch.where(pos, a / torch.where(pos, b, torch.ones_like(b)), torch.zeros_like(a))
+
+
+@LOSSES.register_module()
+class SIoULoss(_BoxLoss):
+    """1 - IoU + (D + O) / 2 (Gevorgyan), mmyolo's ``bbox_overlaps(iou_mode="siou")``:
+    (sx, sy) = centre_g - centre_p + eps, s = |(sx, sy)|, A = sin(2 asin(min(|sx|, |sy|) / s)),
+    D = sum_{x,y} 1 - exp(-(2 - A)(s_t / c_t)^2), O = sum_{w,h} (1 - exp(-|t_p - t_g| /
+    max(t_p, t_g)))^theta (heights + eps). Where mmyolo divides 0 by 0 (zero-size enclosing box,
+    two boxes of zero width or height) the ratio is taken as 0, its limit: finite values and
+    gradients for degenerate pairs, mmyolo's value everywhere else."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {**_BoxLoss.OPTIONS, "theta": 4.0}
+
+    @classmethod
+    def check_options(cls, options):
+        super().check_options(options)
+        options["theta"] = check_number("theta", options["theta"], positive=True)
+
+    def _box_loss(self, t, *, eps, theta, **_):
+        sx, sy = t.centre_offset[0] + eps, t.centre_offset[1] + eps
+        s2 = sx * sx + sy * sy
+        s = torch.sqrt(torch.where(s2 > 0, s2, torch.ones_like(s2)))
+        sin_a = torch.clamp(_safe_ratio(torch.minimum(sx.abs(), sy.abs()), s), max=1.0)
+        angle = torch.sin(2 * torch.asin(sin_a))
+        gamma = 2 - angle
+        dist = (1 - torch.exp(-gamma * _safe_ratio(sx, t.enclose_w) ** 2)) + (
+            1 - torch.exp(-gamma * _safe_ratio(sy, t.enclose_h) ** 2)
+        )
+        (wp, hp), (wg, hg) = t.size_p, t.size_g
+        hp, hg = hp + eps, hg + eps
+        om_w = _safe_ratio((wp - wg).abs(), torch.maximum(wp, wg))
+        om_h = _safe_ratio((hp - hg).abs(), torch.maximum(hp, hg))
+        shape = (1 - torch.exp(-om_w)) ** theta + (1 - torch.exp(-om_h)) ** theta
+        return 1 - t.iou + (dist + shape) / 2
+
+
 class _ElementwiseLoss(BaseLoss):
     """pred, target of one shape -> that shape."""
 
@@ -237,3 +301,66 @@ class DistributionFocalLoss(BaseLoss):
         ce_lo = -logp.gather(-1, lo.long()[..., None])[..., 0]
         ce_hi = -logp.gather(-1, hi.long()[..., None])[..., 0]
         return (hi - y) * ce_lo + (y - lo) * ce_hi, None
+
+
+def _check_use_sigmoid(options: dict[str, Any]) -> None:
+    if not check_bool("use_sigmoid", options["use_sigmoid"]):
+        raise ValueError("use_sigmoid: only the sigmoid form is offered; got False")
+
+
+@LOSSES.register_module()
+class QualityFocalLoss(FusedLoss):
+    """GFL's QFL, fused: sum_c BCE(x_c, q_c) |q_c - sig(x_c)|^beta, x [N,C,*] -> [N,*]; target
+    (labels [N,*] in [0, C] (C = background), scores [N,*]) -> q = the score at the label's
+    class, 0 elsewhere; or q [N,C,*]."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"beta": 2.0, "use_sigmoid": True}
+
+    @classmethod
+    def check_options(cls, options):
+        options["beta"] = check_exponent("beta", options["beta"])
+        _check_use_sigmoid(options)
+
+    def _plan(self, pred, target, options):
+        x = check_logits(pred)
+        n, rest = x.shape[0], tuple(x.shape[2:])
+        if isinstance(target, (tuple, list)):
+            if len(target) != 2:
+                raise ValueError(f"target: expected (labels, scores), got {len(target)} tensors")
+            labels = check_index_target(target[0], x, "target[0] (labels)")
+            scores = check_tensor("target[1] (scores)", target[1])
+            check_floating("target[1] (scores)", scores)
+            if scores.shape != labels.shape:
+                raise ValueError(f"target[1] (scores): expected the labels' shape "
+                                 f"{shape_str(labels)}, got {shape_str(scores)}")  # fmt: skip
+            spec = DenseSpec("sigmoid", SG_QFL, T_SCORE, True, a0=options["beta"])
+            y = labels.reshape(n, -1).contiguous()
+            q = scores.detach().reshape(n, -1).contiguous()
+            return as_rows(x), y, q, None, None, spec, (n, *rest), False
+        q = check_dense_target(target, x)
+        spec = DenseSpec("sigmoid", SG_QFL, T_DENSE, True, a0=options["beta"])
+        return as_rows(x), dense_as_rows(q, x), None, None, None, spec, (n, *rest), False
+
+
+@LOSSES.register_module(name=["VariFocalLoss", "VarifocalLoss"])
+class VariFocalLoss(FusedLoss):
+    """VFL (mmdet), fused: BCE(x, q) (q if q > 0 else alpha sig(x)^gamma) (``iou_weighted``
+    False: 1 instead of q); x, q [N,C,*] (q: the IoU at the gt class, 0 elsewhere) -> [N,C,*]."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "alpha": 0.75, "gamma": 2.0, "iou_weighted": True, "use_sigmoid": True,
+    }  # fmt: skip
+
+    @classmethod
+    def check_options(cls, options):
+        options["alpha"] = check_number("alpha", options["alpha"])
+        options["gamma"] = check_exponent("gamma", options["gamma"])
+        check_bool("iou_weighted", options["iou_weighted"])
+        _check_use_sigmoid(options)
+
+    def _plan(self, pred, target, options):
+        x = check_logits(pred)
+        q = check_dense_target(target, x)
+        spec = DenseSpec("sigmoid", SG_VFL, T_DENSE, False, a0=options["alpha"],
+                         a1=options["gamma"], flag=options["iou_weighted"])  # fmt: skip
+        return as_rows(x), dense_as_rows(q, x), None, None, None, spec, tuple(x.shape), False

@@ -206,6 +206,7 @@ class BoxTerms(NamedTuple):
     rho2: Tensor
     size_p: tuple[Tensor, Tensor]
     size_g: tuple[Tensor, Tensor]
+    centre_offset: tuple[Tensor, Tensor]  # centre_g - centre_p (x, y)
 
 
 def to_xyxy(boxes: Tensor, bbox_format: str) -> Tensor:
@@ -228,7 +229,9 @@ def box_terms(pred: Tensor, target: Tensor, bbox_format: str, eps: float) -> Box
     ch = torch.maximum(p[..., 3], g[..., 3]) - torch.minimum(p[..., 1], g[..., 1])
     dx = (p[..., 0] + p[..., 2] - g[..., 0] - g[..., 2]) / 2
     dy = (p[..., 1] + p[..., 3] - g[..., 1] - g[..., 3]) / 2
-    return BoxTerms(inter / (union + eps), union, cw, ch, dx * dx + dy * dy, (wp, hp), (wg, hg))
+    return BoxTerms(
+        inter / (union + eps), union, cw, ch, dx * dx + dy * dy, (wp, hp), (wg, hg), (-dx, -dy)
+    )
 
 
 def compute_iou(
