@@ -196,7 +196,7 @@ DEGENERATE = {
     "disjoint": ([[0.0, 0.0, 1.0, 1.0]], [[50.0, 50.0, 60.0, 70.0]]),
     "line": ([[0.0, 0.0, 10.0, 0.0]], [[0.0, 0.0, 10.0, 3.0]]),
 }
-BOX_LOSSES = ["IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss"]
+BOX_LOSSES = ["IoULoss", "GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss"]
 
 
 @pytest.mark.parametrize("name", BOX_LOSSES)
@@ -235,6 +235,8 @@ DETECTION_CASES = {
     "CIoULoss": (RD.ciou_loss, {}),
     "CIoULoss[xywh]": (RD.ciou_loss, {"bbox_format": "xywh"}),
     "EIoULoss": (RD.eiou_loss, {}),
+    "SIoULoss": (RD.siou_loss, {}),
+    "SIoULoss[theta2,xywh]": (RD.siou_loss, {"theta": 2.0, "bbox_format": "xywh"}),
     "SmoothL1Loss": (RD.smooth_l1_loss, {"beta": 0.7}),
     "SmoothL1Loss[beta0]": (RD.smooth_l1_loss, {"beta": 0.0}),
     "L1Loss": (RD.l1_loss, {}),

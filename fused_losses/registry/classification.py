@@ -19,6 +19,7 @@ outside their range, on the triton backend) contribute 0 and are not counted.
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -44,6 +45,7 @@ from .dense import (
     check_index_target,
     check_logits,
     dense_as_rows,
+    index_rows,
 )
 
 
@@ -95,7 +97,7 @@ class _SoftmaxIndexLoss(FusedLoss):
                          ig if ig is not None else 0, a0=smoothing)  # fmt: skip
         cw = self._vector("class_weight", options["class_weight"], c, x)
         l_shape = (x.shape[0], *x.shape[2:])
-        y2 = y.reshape(x.shape[0], -1).contiguous()
+        y2 = index_rows(y)
         return as_rows(x), y2, None, cw, None, spec, l_shape, ig is not None
 
 
@@ -135,7 +137,7 @@ class BinaryCrossEntropyLoss(FusedLoss):
         if index and c > 1:
             spec = DenseSpec("sigmoid", kind, T_INDEX, False, ig is not None,
                              ig if ig is not None else 0, a0=pw)  # fmt: skip
-            t = y.reshape(x.shape[0], -1).contiguous()
+            t = index_rows(y)
         else:  # dense targets; C = 1 index labels are the binary target itself
             spec = DenseSpec("sigmoid", kind, T_DENSE, False, ig is not None,
                              ig if ig is not None else 0, a0=pw)  # fmt: skip
@@ -271,11 +273,11 @@ class FocalLoss(FusedLoss):
         if options["use_sigmoid"]:
             spec = DenseSpec("sigmoid", SG_FOCAL, T_INDEX if index else T_DENSE, False, has_ig,
                              igv, a0=a0, a1=gamma)  # fmt: skip
-            t = y.reshape(n, -1).contiguous() if index else dense_as_rows(y, x)
+            t = index_rows(y) if index else dense_as_rows(y, x)
             return as_rows(x), t, None, cw, cp, spec, tuple(x.shape), has_ig
         if index:
             spec = DenseSpec("softmax", SM_FOCAL, T_INDEX, True, has_ig, igv, a0=a0, a1=gamma)
-            return (as_rows(x), y.reshape(n, -1).contiguous(), None, cw, cp, spec, (n, *rest),
+            return (as_rows(x), index_rows(y), None, cw, cp, spec, (n, *rest),
                     has_ig)  # fmt: skip
         spec = DenseSpec("softmax", SM_FOCAL_DENSE, T_DENSE, True, a0=a0, a1=gamma)
         return as_rows(x), dense_as_rows(y, x), None, cw, cp, spec, (n, *rest), False
@@ -309,9 +311,9 @@ class BinaryFocalLoss(FusedLoss):
             raise ValueError(f"target: expected a tensor on {x.device}, got one on {target.device}")
         ig = check_ignore_index(options["ignore_index"])
         n = x.shape[0]
-        x3 = x.reshape(n, 1, -1)
+        x3 = x.reshape(n, 1, math.prod(x.shape[1:]))
         t = target.detach()
-        t3 = (t.to(x.dtype) if t.dtype == torch.bool else t).reshape(n, 1, -1)
+        t3 = (t.to(x.dtype) if t.dtype == torch.bool else t).reshape(n, 1, math.prod(x.shape[1:]))
         spec = DenseSpec("sigmoid", SG_FOCAL, T_DENSE, False, ig is not None,
                          ig if ig is not None else 0, a0=options["alpha"],
                          a1=options["gamma"])  # fmt: skip

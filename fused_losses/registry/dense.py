@@ -418,11 +418,16 @@ def check_dense_target(target: Any, pred: Tensor, name: str = "target") -> Tenso
 
 def as_rows(pred: Tensor) -> Tensor:
     """pred [N, C, *] as x3 [N, C, S] (a view where the strides allow)."""
-    return pred.reshape(pred.shape[0], pred.shape[1], -1)
+    return pred.reshape(pred.shape[0], pred.shape[1], math.prod(pred.shape[2:]))
 
 
 def dense_as_rows(target: Tensor, pred: Tensor) -> Tensor:
     t = target.detach()
     if t.dtype == torch.bool:
         t = t.to(pred.dtype)
-    return t.reshape(pred.shape[0], pred.shape[1], -1)
+    return t.reshape(pred.shape[0], pred.shape[1], math.prod(pred.shape[2:]))
+
+
+def index_rows(labels: Tensor) -> Tensor:
+    """Index labels (or scores) [N, *] as contiguous [N, S]."""
+    return labels.reshape(labels.shape[0], math.prod(labels.shape[1:])).contiguous()

@@ -49,6 +49,7 @@ from .dense import (
     check_index_target,
     check_logits,
     dense_as_rows,
+    index_rows,
 )
 from .utils import BOX_FORMATS, BoxTerms, box_terms
 
@@ -334,8 +335,8 @@ class QualityFocalLoss(FusedLoss):
                 raise ValueError(f"target[1] (scores): expected the labels' shape "
                                  f"{shape_str(labels)}, got {shape_str(scores)}")  # fmt: skip
             spec = DenseSpec("sigmoid", SG_QFL, T_SCORE, True, a0=options["beta"])
-            y = labels.reshape(n, -1).contiguous()
-            q = scores.detach().reshape(n, -1).contiguous()
+            y = index_rows(labels)
+            q = index_rows(scores.detach())
             return as_rows(x), y, q, None, None, spec, (n, *rest), False
         q = check_dense_target(target, x)
         spec = DenseSpec("sigmoid", SG_QFL, T_DENSE, True, a0=options["beta"])
