@@ -279,6 +279,57 @@ def _rord_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     )  # fmt: skip
 
 
+def _registry_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    """The fused dense losses of the registry: every loss kind of both kernels in float32 (each
+    mode: sums, none, both gradients), on a map and on [N, C] logits; a few in the other dtypes
+    (they share the code paths; the check's time stays in budget)."""
+    import torch
+
+    from fused_losses.registry import build_loss
+
+    def run(cfg, target, shape, reductions=("mean", "none")):
+        def call():
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(shape, generator=g).to(dtype).requires_grad_()
+            c = shape[1]
+            rest = (shape[0], *shape[2:])
+            if target == "index":
+                t = torch.randint(0, c, rest, generator=g)
+            elif target == "scores":
+                t = (torch.randint(0, c + 1, rest, generator=g), torch.rand(rest, generator=g))
+            else:
+                t = torch.rand(shape, generator=g).to(dtype)
+            loss = build_loss({**cfg, "backend": "triton"})
+            w = torch.rand(rest, generator=g)
+            for red in reductions:
+                loss(x, t, weight=w, reduction_override=red).sum().backward()
+
+        return call
+
+    cw = {"class_weight": [1.0 + i / 10 for i in range(19)]}
+    ce = {"type": "CrossEntropyLoss", "label_smoothing": 0.1, **cw}
+    focal = {"type": "FocalLoss", "alpha": cw["class_weight"]}
+    if dtype != torch.float32:
+        if dtype != torch.float16:
+            yield "CE[map]", run(ce, "index", (4, 19, 8, 8), ("mean",))
+            yield "focal[map]", run(focal, "index", (4, 19, 8, 8), ("mean",))
+        return
+    for shape in ((4, 19, 8, 8), (64, 19)):
+        tag = "map" if len(shape) > 2 else "NC"
+        yield f"CE[{tag}]", run(ce, "index", shape)
+        yield f"focal[{tag}]", run(focal, "index", shape)
+    m = (4, 19, 8, 8)
+    yield "CE[C=2000]", run({"type": "CrossEntropyLoss"}, "index", (8, 2000), ("mean",))
+    yield "BCE", run({"type": "BinaryCrossEntropyLoss", **cw}, "dense", m)
+    yield "BCE probs", run({"type": "BinaryCrossEntropyLoss", "with_logits": False}, "dense", m)
+    yield "ASL", run({"type": "AsymmetricLoss", "disable_torch_grad_focal": False}, "dense", m)
+    yield "QFL", run({"type": "QualityFocalLoss"}, "scores", m)
+    yield "VFL", run({"type": "VariFocalLoss"}, "dense", m)
+    yield "softCE", run({"type": "SoftCrossEntropyLoss"}, "dense", m)
+    yield "softmax focal", run({"type": "FocalLoss", "use_sigmoid": False}, "index", m)
+    yield "softmax focal dense", run({"type": "FocalLoss", "use_sigmoid": False}, "dense", m)
+
+
 @contextlib.contextmanager
 def _recording(sink: list, op: str, dtype: str):
     """Patch the launch path so that launches are recorded, not run, and the triton backend is
@@ -315,7 +366,10 @@ def record_launches(dtypes=DTYPES) -> list[Launch]:
     sink: list[Launch] = []
     for name in dtypes:
         dtype = _torch_dtype(name)
-        for scenarios in (_gap_scenarios, _centernet_scenarios, _cass_scenarios, _rord_scenarios):
+        for scenarios in (
+            _gap_scenarios, _centernet_scenarios, _cass_scenarios, _rord_scenarios,
+            _registry_scenarios,
+        ):  # fmt: skip
             for op, thunk in scenarios(dtype):
                 with _recording(sink, op, name), warnings.catch_warnings():
                     warnings.simplefilter("ignore")

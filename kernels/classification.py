@@ -426,12 +426,14 @@ def _softmax_kernel(
 # -------------------------------------------------------------------------------- launchers
 
 
-def blocks(c: int, s: int, sxc: int) -> tuple[int, int]:
+def blocks(c: int, s: int, sxc: int, family: str = "softmax") -> tuple[int, int]:
     """(BLOCK_R, BLOCK_C): classes in chunks of at most 64 (dense maps, whose rows are
-    contiguous) or 1024 ([N, C] logits, contiguous along C), about 2048 elements a tile (8192
-    under the interpreter, which pays per program)."""
-    tile = 8192 if interpreting() else 2048
-    cap = 64 if (s > 1 and sxc != 1) else 1024
+    contiguous) or 1024 ([N, C] logits, contiguous along C), about 1024 elements a tile (8 per
+    thread of 4 warps: within 128 registers; 512 for the sigmoid family on [N, C] logits; 8192 under the interpreter, which pays per
+    program)."""
+    rows_contiguous = s > 1 and sxc != 1
+    tile = 8192 if interpreting() else 1024 if (rows_contiguous or family == "softmax") else 512
+    cap = 64 if rows_contiguous else 1024
     block_c = min(triton.next_power_of_2(max(c, 1)), cap)
     return max(tile // block_c, 1), block_c
 
@@ -444,7 +446,7 @@ def _strides(a: torch.Tensor) -> tuple[int, int, int]:
 def _launch(kernel, mode, x3, t, q, sw, cw, cp, out, go, gx, opts: dict) -> None:
     n, c, s = x3.shape
     r = n * s
-    block_r, block_c = blocks(c, s, x3.stride(1))
+    block_r, block_c = blocks(c, s, x3.stride(1), opts["family"])
     cdt = out.dtype if out is not None else go.dtype
     dummy = x3
     ts = _strides(t) if (t is not None and opts["target"] == T_DENSE) else (0, 0, 0)
@@ -474,7 +476,7 @@ def _kernel(opts: dict):
 def dense_sums(x3, t, q, sw, cw, cp, cdt: torch.dtype, **opts) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of l w v, sum of v) as two 0-dim tensors in ``cdt``; x3 [N, C, S]."""
     n, c, s = x3.shape
-    block_r, _ = blocks(c, s, x3.stride(1))
+    block_r, _ = blocks(c, s, x3.stride(1), opts["family"])
     p = triton.cdiv(max(n * s, 1), block_r)
     part = torch.empty(p, 2, dtype=cdt, device=x3.device)
     _launch(_kernel(opts), M_SUMS, x3, t, q, sw, cw, cp, part, None, None, opts)
