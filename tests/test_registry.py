@@ -322,3 +322,26 @@ def test_utils_match_the_reference():
         ref = RU.sigmoid_focal_loss(x, y, alpha=alpha, reduction="mean", avg_factor=2.0)
         assert_scalar_close(got, ref, 1e-12)
     assert float(U.reduce_loss(torch.zeros(0), "mean")) == 0.0
+
+
+# ------------------------------------------------------------------ the project's own losses
+
+
+def test_project_losses_are_registered():
+    from fused_losses.registry.project import MODULES
+
+    for module in MODULES:
+        assert module.__name__ in LOSSES
+    for name in ("GapDetectionLoss", "CenterNetLoss", "CASSLoss", "RoRDLoss"):
+        loss = build_loss({"type": name, "loss_weight": 2.0})
+        assert isinstance(loss.loss, getattr(fl, name))
+    loss = build_loss({"type": "MaskedSmoothL1Loss", "beta": 0.5, "weight": 3.0})
+    g = torch.Generator().manual_seed(0)
+    p, t = torch.randn(2, 2, 4, 4, generator=g), torch.randn(2, 2, 4, 4, generator=g)
+    m = (torch.rand(2, 1, 4, 4, generator=g) > 0.5).float()
+    expect = 3.0 * fl.masked_smooth_l1_loss(p, t, m, beta=0.5)
+    assert_scalar_close(loss(p, t, m), expect, 1e-6)
+    with pytest.raises(ValueError, match="reduction"):
+        build_loss({"type": "GapDetectionLoss", "reduction": "sum"})
+    with pytest.raises(ValueError, match="sigma_x"):
+        build_loss({"type": "GapDetectionLoss", "sigma_x": 2.0})

@@ -2,11 +2,12 @@
 ``LOSSES``, ``BaseLoss`` and the loss families (OpenMMLab conventions: mmdet 3.x, mmseg 1.x).
 
 Families so far: classification (``registry.classification``, fused) and detection
-(``registry.detection``). Segmentation and distillation are being added (see the README's
+(``registry.detection``); the project's own losses (gap detection, CenterNet, CASS, RoRD) are
+registered under their class names (``registry.project``). Segmentation and distillation are being added (see the README's
 roadmap).
 """
 
-from . import classification, detection, utils
+from . import classification, detection, project, utils
 from .base_loss import BaseLoss
 from .builder import LOSSES, MultiLoss, Registry, build_loss, build_multi_loss
 
@@ -19,5 +20,6 @@ __all__ = [
     "build_multi_loss",
     "classification",
     "detection",
+    "project",
     "utils",
 ]
