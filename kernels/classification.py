@@ -429,10 +429,10 @@ def _softmax_kernel(
 def blocks(c: int, s: int, sxc: int, family: str = "softmax") -> tuple[int, int]:
     """(BLOCK_R, BLOCK_C): classes in chunks of at most 64 (dense maps, whose rows are
     contiguous) or 1024 ([N, C] logits, contiguous along C), about 1024 elements a tile (8 per
-    thread of 4 warps: within 128 registers; 512 for the sigmoid family on [N, C] logits; 8192 under the interpreter, which pays per
+    thread of 4 warps: within 128 registers; 512 for the sigmoid family; 8192 under the interpreter, which pays per
     program)."""
     rows_contiguous = s > 1 and sxc != 1
-    tile = 8192 if interpreting() else 1024 if (rows_contiguous or family == "softmax") else 512
+    tile = 8192 if interpreting() else 1024 if family == "softmax" else 512
     cap = 64 if rows_contiguous else 1024
     block_c = min(triton.next_power_of_2(max(c, 1)), cap)
     return max(tile // block_c, 1), block_c
