@@ -502,9 +502,10 @@ class Family:
 
     name: str
     problem: type[Problem]
-    reference: ModuleType
+    reference: ModuleType | Any
     batches: Callable[[str], tuple[int, ...]]
     size: Callable[[str], tuple[int, int]]
+    library: Any = None  # where the fused ops live (fused_losses when None)
 
 
 GAP = Family(
@@ -542,6 +543,55 @@ POSE = Family(
     batches=lambda device: POSE_SHAPES["cuda" if _is_cuda(device) else "cpu"][3],
     size=lambda device: POSE_SHAPES["cuda" if _is_cuda(device) else "cpu"][2],
 )
+
+
+class RegistryProblem(Problem):
+    """Dense classification problems of the registry: logits [N, C, *] in float32 (bf16 where the
+    op says) with index labels (10% ignored, 255) or dense targets. ``batch`` is N of the maps;
+    the [N, C] ops take 8192 rows per unit of batch on CUDA (65536 at the default 8)."""
+
+    def logits(self, shape, dtype=DTYPE) -> torch.Tensor:
+        g = torch.Generator(device=self.device).manual_seed(self.seed)
+        x = torch.randn(shape, generator=g, device=self.device, dtype=DTYPE) * 2
+        return x.to(dtype).requires_grad_(self.grad)
+
+    def labels(self, shape, classes: int) -> torch.Tensor:
+        g = torch.Generator(device=self.device).manual_seed(self.seed + 1)
+        y = torch.randint(0, classes, shape, generator=g, device=self.device)
+        ignore = torch.rand(shape, generator=g, device=self.device) < 0.1
+        return torch.where(ignore, 255, y)
+
+    def sparse_targets(self, shape) -> torch.Tensor:
+        """A soft target with about one positive class per row (IoU-like scores), else 0."""
+        g = torch.Generator(device=self.device).manual_seed(self.seed + 2)
+        n, c = shape
+        cls = torch.randint(0, c, (n,), generator=g, device=self.device)
+        score = torch.rand(n, generator=g, device=self.device)
+        keep = torch.rand(n, generator=g, device=self.device) < 0.3
+        t = torch.zeros(shape, device=self.device)
+        t[torch.arange(n, device=self.device), cls] = torch.where(keep, score, 0.0)
+        return t
+
+    @property
+    def rows(self) -> int:
+        return self.batch * (8192 if _is_cuda(self.device) else 128)
+
+
+# The registry's fused dense losses (docs/spec.md 12.4): segmentation maps and [N, C] logits.
+def _registry_family():
+    from . import registry_ops
+
+    return Family(
+        "registry",
+        RegistryProblem,
+        registry_ops.EAGER,
+        batches=lambda device: (8,) if _is_cuda(device) else (2,),
+        size=lambda device: (512, 1024) if _is_cuda(device) else (64, 128),
+        library=registry_ops.LIBRARY,
+    )
+
+
+REGISTRY = _registry_family()
 
 
 # RoRD (docs/spec.md 11): the total of both parts, maps at 1/8 of the image.
@@ -604,7 +654,7 @@ class BenchCase:
             fn = getattr(self.family.reference, name)
             return _compiled(fn) if variant == "compile" else fn
         if variant in ("torch", "triton"):
-            fn = getattr(fused_losses, name)
+            fn = getattr(self.family.library or fused_losses, name)
             return lambda *a, **k: fn(*a, **k, backend=variant)
         raise ValueError(f"variant: expected one of {list(VARIANTS)}, got {variant!r}")
 
@@ -795,6 +845,48 @@ def _rord_loss(p: RordProblem) -> Inputs:
     maps = p.maps()
     extra = {"channels": RORD_CHANNELS, "anchors": 196, "candidates": 400}
     return Inputs((*maps, p.homographies()), leaves=maps, extra=extra)
+
+
+@register("registry_ce_seg", REGISTRY)
+def _registry_ce_seg(p: RegistryProblem) -> Inputs:
+    """CrossEntropyLoss (ignore 255, label smoothing 0.1) on [B, 19, H, W] (8x19x512x1024)."""
+    x = p.logits((p.batch, 19, *p.size))
+    return Inputs((x, p.labels((p.batch, *p.size), 19)), leaves=(x,))
+
+
+@register("registry_ce_seg_bf16", REGISTRY)
+def _registry_ce_seg_bf16(p: RegistryProblem) -> Inputs:
+    """The same in bfloat16."""
+    x = p.logits((p.batch, 19, *p.size), torch.bfloat16)
+    return Inputs((x, p.labels((p.batch, *p.size), 19)), leaves=(x,))
+
+
+@register("registry_ce_logits", REGISTRY)
+def _registry_ce_logits(p: RegistryProblem) -> Inputs:
+    """CrossEntropyLoss on [N, 1000] logits (N = 8192 B on CUDA)."""
+    x = p.logits((p.rows, 1000))
+    return Inputs((x, p.labels((p.rows,), 1000)), leaves=(x,))
+
+
+@register("registry_sigmoid_focal", REGISTRY)
+def _registry_sigmoid_focal(p: RegistryProblem) -> Inputs:
+    """Sigmoid focal loss (MultiLabelFocalLoss, alpha 0.25, gamma 2) on [N, 80] (N = 65536)."""
+    x = p.logits((p.rows, 80))
+    return Inputs((x, p.sparse_targets((p.rows, 80))), leaves=(x,))
+
+
+@register("registry_qfl", REGISTRY)
+def _registry_qfl(p: RegistryProblem) -> Inputs:
+    """QualityFocalLoss on [N, 80] with a dense quality target."""
+    x = p.logits((p.rows, 80))
+    return Inputs((x, p.sparse_targets((p.rows, 80))), leaves=(x,))
+
+
+@register("registry_vfl", REGISTRY)
+def _registry_vfl(p: RegistryProblem) -> Inputs:
+    """VariFocalLoss on [N, 80] with IoU targets."""
+    x = p.logits((p.rows, 80))
+    return Inputs((x, p.sparse_targets((p.rows, 80))), leaves=(x,))
 
 
 OPS = tuple(CASES)

@@ -1,0 +1,78 @@
+"""The registry's fused dense losses as benchmark ops (docs/spec.md 12.4, issue "A config-driven
+loss registry", item 6): ``LIBRARY`` calls the registry loss on a backend, ``EAGER`` is what a
+PyTorch user writes today (``F.cross_entropy``, the torchvision-style sigmoid focal loss, the
+literal GFL/VFL formulas), which ``bench.cases`` also compiles for the ``compile`` variant.
+
+Each op takes ``(logits, target)`` and returns the 0-dim "mean" loss (QFL: mean over positions).
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+import torch.nn.functional as F
+from fused_losses.reference.registry import detection as _ref_det
+
+from fused_losses.registry import build_loss
+
+CE_SMOOTHING = 0.1
+IGNORE = 255
+_LOSSES: dict[tuple, torch.nn.Module] = {}
+
+
+def _loss(cfg: dict, backend: str) -> torch.nn.Module:
+    key = (tuple(sorted(cfg.items())), backend)
+    if key not in _LOSSES:
+        _LOSSES[key] = build_loss({**cfg, "backend": backend})
+    return _LOSSES[key]
+
+
+def _ce(x, y, backend):
+    cfg = {"type": "CrossEntropyLoss", "ignore_index": IGNORE, "label_smoothing": CE_SMOOTHING}
+    return _loss(cfg, backend)(x, y)
+
+
+def _focal(x, t, backend):
+    return _loss({"type": "MultiLabelFocalLoss"}, backend)(x, t)
+
+
+def _qfl(x, target, backend):
+    return _loss({"type": "QualityFocalLoss"}, backend)(x, target)
+
+
+def _vfl(x, q, backend):
+    return _loss({"type": "VariFocalLoss"}, backend)(x, q)
+
+
+LIBRARY = SimpleNamespace(
+    registry_ce_seg=_ce, registry_ce_seg_bf16=_ce, registry_ce_logits=_ce,
+    registry_sigmoid_focal=_focal, registry_qfl=_qfl, registry_vfl=_vfl,
+)  # fmt: skip
+
+
+def eager_ce(x, y):
+    return F.cross_entropy(x, y, ignore_index=IGNORE, label_smoothing=CE_SMOOTHING)
+
+
+def eager_sigmoid_focal(x, t, alpha: float = 0.25, gamma: float = 2.0):
+    """``torchvision.ops.sigmoid_focal_loss(..., reduction="mean")``, restated."""
+    p = torch.sigmoid(x)
+    ce = F.binary_cross_entropy_with_logits(x, t, reduction="none")
+    p_t = p * t + (1 - p) * (1 - t)
+    loss = ce * (1 - p_t) ** gamma
+    return ((alpha * t + (1 - alpha) * (1 - t)) * loss).mean()
+
+
+def eager_qfl(x, target):
+    return _ref_det.quality_focal_loss(x, target).mean()
+
+
+def eager_vfl(x, q):
+    return _ref_det.varifocal_loss(x, q).mean()
+
+
+EAGER = SimpleNamespace(
+    registry_ce_seg=eager_ce, registry_ce_seg_bf16=eager_ce, registry_ce_logits=eager_ce,
+    registry_sigmoid_focal=eager_sigmoid_focal, registry_qfl=eager_qfl, registry_vfl=eager_vfl,
+)  # fmt: skip
