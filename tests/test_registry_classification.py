@@ -344,3 +344,26 @@ def test_bad_input_is_named(cfg, args, match):
 def test_bad_options_are_named(cfg, match):
     with pytest.raises((ValueError, TypeError), match=match):
         build_loss(cfg)
+
+
+@pytest.mark.parametrize("shape_kind", ["full", "no_class_axis", "broadcast_class", "scalar"])
+def test_weight_shapes(shape_kind, backend):
+    """A weight of l's shape, of that shape without the class axis, or broadcastable."""
+    xs = (3, C, 4)
+    x0 = logits(xs)
+    y = multi_hot(xs)
+    w = {
+        "full": torch.rand(xs, generator=_gen(1), dtype=torch.float64),
+        "no_class_axis": torch.rand(3, 4, generator=_gen(2), dtype=torch.float64),
+        "broadcast_class": torch.rand(1, C, 1, generator=_gen(3), dtype=torch.float64),
+        "scalar": torch.tensor(0.7, dtype=torch.float64),
+    }[shape_kind]
+    x = x0.clone().requires_grad_()
+    got = build_loss({"type": "BinaryCrossEntropyLoss", "backend": backend})(x, y, weight=w)
+    xr = x0.clone().requires_grad_()
+    elem, v = RC.binary_cross_entropy(xr, y)
+    ref = RU.reduce_with_validity(elem, w, v)
+    assert_scalar_close(got, ref, 1e-12)
+    assert_grad_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(ref, xr)[0], 1e-10)
+    with pytest.raises(ValueError, match="weight"):
+        build_loss({"type": "BinaryCrossEntropyLoss"})(x0, y, weight=torch.ones(2, 3))
