@@ -3,7 +3,8 @@ family and one for the sigmoid family, each a single pass over the logits.
 
 The logits are viewed as ``x [N, C, S]`` (S = the product of the spatial sizes, 1 for [N, C]
 logits) with their own strides; a "row" is one position r = (n, s), R = N S rows. A program owns
-``BLOCK_R`` rows and walks the classes in chunks of ``BLOCK_C``. Targets are index labels
+``BLOCK_R`` rows (on maps: contiguous positions of one image, a 2-D grid) and walks the classes in
+chunks of ``BLOCK_C``. Targets are index labels
 ``y [R]`` (contiguous), index labels with scores ``(y, q) [R]`` (QFL) or a dense tensor of x's
 shape (own strides; a class stride 0 broadcasts an [N, S] target over C = 1).
 
@@ -82,12 +83,23 @@ def clamp_min(a, lo):
 
 
 @triton.jit
-def _row_index(pid, R, S, BLOCK_R: tl.constexpr):
-    rows = pid * BLOCK_R + tl.arange(0, BLOCK_R)
-    rmask = rows < R
-    r = rows.to(tl.int64)
-    n = r // S
-    return r, n, r - n * S, rmask
+def _row_index(R, S, BLOCK_R: tl.constexpr, SPATIAL: tl.constexpr):
+    """(r, n, s, row mask, linear program id) of this program's rows. ``SPATIAL`` (maps): a 2-D
+    grid (position blocks, images), so that s is a provably contiguous block (coalesced loads
+    along the map); else rows are the flattened positions (S = 1: r = n)."""
+    if SPATIAL:
+        pos = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = pos < S
+        s = pos.to(tl.int64)
+        n = tl.zeros([BLOCK_R], tl.int64) + tl.program_id(1)
+        pid = tl.program_id(1) * tl.num_programs(0) + tl.program_id(0)
+        return n * S + s, n, s, rmask, pid
+    else:
+        rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        rmask = rows < R
+        r = rows.to(tl.int64)
+        n = r // S
+        return r, n, r - n * S, rmask, tl.program_id(0)
 
 
 @triton.jit
@@ -163,11 +175,11 @@ def _sigmoid_kernel(
     LOSS: tl.constexpr, TARGET: tl.constexpr, FLAG: tl.constexpr, HAS_IGNORE: tl.constexpr,
     HAS_SW: tl.constexpr, HAS_CW: tl.constexpr, HAS_CP: tl.constexpr, PER_ROW: tl.constexpr,
     MODE: tl.constexpr, GO_SCALAR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    SPATIAL: tl.constexpr,
 ):  # fmt: skip
     """Sigmoid-family losses over BLOCK_R rows x all classes (module docstring)."""
     cdt: tl.constexpr = out_ptr.dtype.element_ty if MODE != 2 else go_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    r, n, s, rmask = _row_index(pid, R, S, BLOCK_R)
+    r, n, s, rmask, pid = _row_index(R, S, BLOCK_R, SPATIAL)
     cols = tl.arange(0, BLOCK_C)
     p0 = option_value(a0, cdt)
     p1 = option_value(a1, cdt)
@@ -263,13 +275,13 @@ def _softmax_kernel(
     LOSS: tl.constexpr, TARGET: tl.constexpr, FLAG: tl.constexpr, HAS_IGNORE: tl.constexpr,
     HAS_SW: tl.constexpr, HAS_CW: tl.constexpr, HAS_CP: tl.constexpr, PER_ROW: tl.constexpr,
     MODE: tl.constexpr, GO_SCALAR: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr,
+    SPATIAL: tl.constexpr,
 ):  # fmt: skip
     """Softmax-family losses, one row per position (module docstring): pass 1 computes lse
     online with the row sums it needs; a second walk of the classes computes the gradient (and
     the dense focal sums)."""
     cdt: tl.constexpr = out_ptr.dtype.element_ty if MODE != 2 else go_ptr.dtype.element_ty
-    pid = tl.program_id(0)
-    r, n, s, rmask = _row_index(pid, R, S, BLOCK_R)
+    r, n, s, rmask, pid = _row_index(R, S, BLOCK_R, SPATIAL)
     cols = tl.arange(0, BLOCK_C)
     e = option_value(a0, cdt)  # label smoothing (CE); alpha (focal) when not per class
     gam = option_value(a1, cdt)
@@ -427,15 +439,25 @@ def _softmax_kernel(
 
 
 def blocks(c: int, s: int, sxc: int, family: str = "softmax") -> tuple[int, int]:
-    """(BLOCK_R, BLOCK_C): classes in chunks of at most 64 (dense maps, whose rows are
-    contiguous) or 1024 ([N, C] logits, contiguous along C), about 1024 elements a tile (8 per
-    thread of 4 warps: within 128 registers; 512 for the sigmoid family; 8192 under the interpreter, which pays per
-    program)."""
+    """(BLOCK_R, BLOCK_C). Maps (rows contiguous): classes in chunks of 8 and 128 positions
+    (64 for the sigmoid family) a program, 512 contiguous bytes per class; [N, C] logits
+    (contiguous along C): chunks of up to 1024 classes, 1024-element tiles (512 sigmoid). About 8
+    elements per thread of 4 warps: within 128 registers. Under the interpreter, which pays per
+    program, tiles of 8192."""
     rows_contiguous = s > 1 and sxc != 1
     tile = 8192 if interpreting() else 1024 if family == "softmax" else 512
-    cap = 64 if rows_contiguous else 1024
+    cap = 8 if rows_contiguous else 1024
     block_c = min(triton.next_power_of_2(max(c, 1)), cap)
     return max(tile // block_c, 1), block_c
+
+
+def _grid(x3: torch.Tensor, family: str) -> tuple[tuple[int, ...], int, int, bool]:
+    """(grid, BLOCK_R, BLOCK_C, SPATIAL): a 2-D grid (position blocks, images) on maps."""
+    n, c, s = x3.shape
+    block_r, block_c = blocks(c, s, x3.stride(1), family)
+    if s > 1 and n <= 65535:
+        return (triton.cdiv(s, block_r), max(n, 1)), block_r, block_c, True
+    return (triton.cdiv(max(n * s, 1), block_r),), block_r, block_c, False
 
 
 def _strides(a: torch.Tensor) -> tuple[int, int, int]:
@@ -446,14 +468,13 @@ def _strides(a: torch.Tensor) -> tuple[int, int, int]:
 def _launch(kernel, mode, x3, t, q, sw, cw, cp, out, go, gx, opts: dict) -> None:
     n, c, s = x3.shape
     r = n * s
-    block_r, block_c = blocks(c, s, x3.stride(1), opts["family"])
+    grid, block_r, block_c, spatial = _grid(x3, opts["family"])
     cdt = out.dtype if out is not None else go.dtype
     dummy = x3
     ts = _strides(t) if (t is not None and opts["target"] == T_DENSE) else (0, 0, 0)
     ws = _strides(sw) if sw is not None else (0, 0, 0)
     gs = gx.stride() if gx is not None else (0, 0, 0)
     floats = [option_arg(float(opts.get(k, 0.0)), cdt) for k in FLOAT_OPTIONS]
-    grid = (triton.cdiv(max(r, 1), block_r),)
     launch(
         kernel, grid,
         x3, t if t is not None else dummy, q if q is not None else dummy,
@@ -465,7 +486,7 @@ def _launch(kernel, mode, x3, t, q, sw, cw, cp, out, go, gx, opts: dict) -> None
         HAS_IGNORE=bool(opts.get("has_ignore", False)), HAS_SW=sw is not None,
         HAS_CW=cw is not None, HAS_CP=cp is not None, PER_ROW=bool(opts["per_row"]),
         MODE=mode, GO_SCALAR=go is not None and go.dim() == 0, BLOCK_R=block_r, BLOCK_C=block_c,
-        num_warps=4,
+        SPATIAL=spatial, num_warps=4,
     )  # fmt: skip
 
 
@@ -475,9 +496,8 @@ def _kernel(opts: dict):
 
 def dense_sums(x3, t, q, sw, cw, cp, cdt: torch.dtype, **opts) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of l w v, sum of v) as two 0-dim tensors in ``cdt``; x3 [N, C, S]."""
-    n, c, s = x3.shape
-    block_r, _ = blocks(c, s, x3.stride(1), opts["family"])
-    p = triton.cdiv(max(n * s, 1), block_r)
+    grid = _grid(x3, opts["family"])[0]
+    p = grid[0] * (grid[1] if len(grid) > 1 else 1)
     part = torch.empty(p, 2, dtype=cdt, device=x3.device)
     _launch(_kernel(opts), M_SUMS, x3, t, q, sw, cw, cp, part, None, None, opts)
     # fixed-order device reductions of the partials (two outputs that alias nothing)
