@@ -45,8 +45,11 @@ Sigmoid family (l per element; QFL sums it over the classes of a row), s = sig(x
                dl/dx = (s - q) F + B [q <= 0] alpha g s^g s'
 * ``SG_QFL``   d = s - q:  l = B(x, q) |d|^beta,  dl/dx = d |d|^beta + B beta |d|^(beta-1) sign(d) s s'
 
-Powers of a base that may be 0 go through ``pow_nonneg``, and the u^(g-1)-type factors are taken
-as 0 where their base is 0 (their product with the vanishing factor beside them).
+Powers of a base that may be 0 go through ``pow_nonneg``. No negative power of a vanishing base is
+formed: B g u^(g-1) is computed as g (B/u) u^g (B/u -> 1 as u -> 0; 0 at u = 0), likewise ASL's
+base/(1-pt) and the softmax focal log(p)/o (-> -1), so saturated logits (u subnormal) give finite
+gradients for every g >= 0. The log-sum-exp keeps a safe maximum while a row's classes so far are
+all -inf, and the label-smoothing term exists only for e != 0 (a -inf logit is a masked class).
 """
 
 from __future__ import annotations
@@ -123,9 +126,9 @@ def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr)
         u = s * (1.0 - t) + sn * t
         a = cp * t + (1.0 - cp) * (1.0 - t)
         m = pow_nonneg(u, a1)
-        m1 = tl.where(u > 0.0, pow_nonneg(u, a1 - 1.0), 0.0)
+        ratio = tl.where(u > 0.0, bce / tl.where(u > 0.0, u, 1.0), 0.0)  # B / u -> 1 as u -> 0
         l = a * bce * m
-        d = a * ((s - t) * m + bce * a1 * m1 * s * sn * (1.0 - 2.0 * t))
+        d = a * ((s - t) * m + a1 * ratio * m * s * sn * (1.0 - 2.0 * t))
     elif LOSS == 3:  # SG_ASL, cp = gamma_neg, a1 = gamma_pos, a2 = clip, a3 = eps
         qm = clamp_min(s - a2, 0.0)
         one_qm = tl.where(s - a2 >= 0.0, sn + a2, 1.0)
@@ -144,8 +147,8 @@ def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr)
         d = dbase * f
         if not FLAG:
             db = -t * s * sn + (1.0 - t) * dqm
-            f1 = tl.where(focus & (b > 0.0), g * pow_nonneg(b, g - 1.0), 0.0)
-            d += base * f1 * db
+            ratio = tl.where(focus & (b > 0.0), base / tl.where(b > 0.0, b, 1.0), 0.0)
+            d += g * ratio * f * db  # base g b^(g-1) db, as g (base / b) b^g db
     elif LOSS == 4:  # SG_VFL, t = q, cp = alpha, a1 = gamma
         sg = pow_nonneg(s, a1)
         pos = t > 0.0
@@ -159,7 +162,7 @@ def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr)
         dd = s - t
         ad = tl.abs(dd)
         m = pow_nonneg(ad, cp)
-        m1 = tl.where(ad > 0.0, pow_nonneg(ad, cp - 1.0), 0.0)
+        m1 = tl.where((ad > 0.0) & (cp + tl.zeros_like(ad) > 0.0), pow_nonneg(ad, cp - 1.0), 0.0)
         sign = tl.where(dd > 0.0, 1.0, -1.0)
         l = bce * m
         d = dd * m + bce * cp * m1 * sign * s * sn
@@ -200,7 +203,7 @@ def _sigmoid_kernel(
     acc = tl.zeros([BLOCK_R], cdt)
     cnt = tl.zeros([BLOCK_R], cdt)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + cols
+        c = (c0 + cols).to(tl.int64)
         cmask = c < C
         m2 = rmask[:, None] & cmask[None, :]
         x = tl.load(
@@ -299,7 +302,7 @@ def _softmax_kernel(
     big_a = tl.zeros([BLOCK_R], cdt)  # W (CE) or A (soft)
     ax = tl.zeros([BLOCK_R], cdt)  # sum_c w_c x_c (CE) or sum_c a_c x_c (soft)
     for c0 in range(0, C, BLOCK_C):
-        c = c0 + cols
+        c = (c0 + cols).to(tl.int64)
         cmask = c < C
         m2 = rmask[:, None] & cmask[None, :]
         x = tl.load(
@@ -308,7 +311,8 @@ def _softmax_kernel(
         x = x.to(cdt)
         xm = tl.where(cmask[None, :], x, float("-inf"))
         m_new = tl.maximum(m, tl.max(xm, axis=1))
-        se = se * tl.exp(m - m_new) + tl.sum(tl.exp(xm - m_new[:, None]), axis=1)
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - (-inf) while all -inf
+        se = se * tl.exp(m - m_safe) + tl.sum(tl.exp(xm - m_safe[:, None]), axis=1)
         m = m_new
         if HAS_CW:
             wc = tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
@@ -339,10 +343,11 @@ def _softmax_kernel(
         logp_y = xy - lse
         p_y = tl.exp(logp_y)
         o_y = -expm1(logp_y)
-        o_g1 = tl.where(o_y > 0.0, pow_nonneg(o_y, gam - 1.0), 0.0)
-        focal_k = ay * wy * (pow_nonneg(o_y, gam) - gam * p_y * logp_y * o_g1)
+        r_y = tl.where(o_y > 0.0, logp_y / tl.where(o_y > 0.0, o_y, 1.0), -1.0)  # -> -1
+        focal_k = ay * wy * pow_nonneg(o_y, gam) * (1.0 - gam * p_y * r_y)
     if LOSS == 0:
-        l = (1.0 - e) * wy * (lse - xy) + e / C * (big_a * lse - ax)
+        smooth = tl.where(e != 0.0, e / C * (big_a * lse - ax), 0.0)  # (-inf logits: no 0 * inf)
+        l = (1.0 - e) * wy * (lse - xy) + smooth
     elif LOSS == 1:
         l = big_a * lse - ax
     elif LOSS == 2:
@@ -352,7 +357,7 @@ def _softmax_kernel(
         l = tl.zeros([BLOCK_R], cdt)
         big_h = tl.zeros([BLOCK_R], cdt)
         for c0 in range(0, C, BLOCK_C):
-            c = c0 + cols
+            c = (c0 + cols).to(tl.int64)
             cmask = c < C
             m2 = rmask[:, None] & cmask[None, :]
             x = tl.load(
@@ -374,8 +379,8 @@ def _softmax_kernel(
             b = tl.where(m2, b, 0.0)
             og = pow_nonneg(o, gam)
             l += tl.sum(tl.where(b != 0.0, -b * og * logp, 0.0), axis=1)
-            o_g1 = tl.where(o > 0.0, pow_nonneg(o, gam - 1.0), 0.0)
-            big_h += tl.sum(tl.where(b != 0.0, b * (gam * o_g1 * p * logp - og), 0.0), axis=1)
+            lr = tl.where(o > 0.0, logp / tl.where(o > 0.0, o, 1.0), -1.0)
+            big_h += tl.sum(tl.where(b != 0.0, b * og * (gam * p * lr - 1.0), 0.0), axis=1)
     keep = rvalid
     if HAS_SW:
         w = tl.load(sw_ptr + n * swn + s * sws, mask=rmask, other=0).to(cdt)
@@ -394,7 +399,7 @@ def _softmax_kernel(
         if HAS_SW:
             g = g * w
         for c0 in range(0, C, BLOCK_C):
-            c = c0 + cols
+            c = (c0 + cols).to(tl.int64)
             cmask = c < C
             m2 = rmask[:, None] & cmask[None, :]
             x = tl.load(
@@ -427,8 +432,8 @@ def _softmax_kernel(
                     b = b * tl.load(cp_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
                 else:
                     b = b * e
-                o_g1 = tl.where(o > 0.0, pow_nonneg(o, gam - 1.0), 0.0)
-                h = tl.where(b != 0.0, b * (gam * o_g1 * p * logp - pow_nonneg(o, gam)), 0.0)
+                lr = tl.where(o > 0.0, logp / tl.where(o > 0.0, o, 1.0), -1.0)
+                h = tl.where(b != 0.0, b * pow_nonneg(o, gam) * (gam * p * lr - 1.0), 0.0)
                 d = h - p * big_h[:, None]
             gx = tl.where(keep[:, None], d * g[:, None], 0.0)
             gx_offs = n[:, None] * sgn + c[None, :] * sgc + s[:, None] * sgs
@@ -496,6 +501,9 @@ def _kernel(opts: dict):
 
 def dense_sums(x3, t, q, sw, cw, cp, cdt: torch.dtype, **opts) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of l w v, sum of v) as two 0-dim tensors in ``cdt``; x3 [N, C, S]."""
+    if x3.numel() == 0:
+        zero = torch.zeros((), dtype=cdt, device=x3.device)
+        return zero, zero.clone()
     grid = _grid(x3, opts["family"])[0]
     p = grid[0] * (grid[1] if len(grid) > 1 else 1)
     part = torch.empty(p, 2, dtype=cdt, device=x3.device)
@@ -509,6 +517,8 @@ def dense_none(x3, t, q, sw, cw, cp, cdt: torch.dtype, **opts) -> torch.Tensor:
     n, c, s = x3.shape
     shape = (n, s) if opts["per_row"] else (n, c, s)
     out = torch.empty(shape, dtype=cdt, device=x3.device)
+    if x3.numel() == 0:
+        return out
     _launch(_kernel(opts), M_NONE, x3, t, q, sw, cw, cp, out, None, None, opts)
     return out
 
@@ -516,6 +526,8 @@ def dense_none(x3, t, q, sw, cw, cp, cdt: torch.dtype, **opts) -> torch.Tensor:
 def dense_grad(go, x3, t, q, sw, cw, cp, **opts) -> torch.Tensor:
     """dL/dx3 for the upstream gradient ``go``: 0-dim (of the sum) or l's shape (of "none")."""
     gx = torch.empty_like(x3)
+    if x3.numel() == 0:
+        return gx
     go = go if go.dim() == 0 else go.contiguous()
     _launch(_kernel(opts), M_GRAD, x3, t, q, sw, cw, cp, None, go, gx, opts)
     return gx

@@ -14,6 +14,7 @@ from fused_losses.reference.registry import utils as RU
 from fused_losses.registry import build_loss
 
 CW = [1.0, 2.0, 0.5, 3.0, 1.5]
+EPS32 = float(torch.finfo(torch.float32).eps)  # added to every "mean" denominator
 C = len(CW)
 
 
@@ -367,3 +368,58 @@ def test_weight_shapes(shape_kind, backend):
     assert_grad_close(torch.autograd.grad(got, x)[0], torch.autograd.grad(ref, xr)[0], 1e-10)
     with pytest.raises(ValueError, match="weight"):
         build_loss({"type": "BinaryCrossEntropyLoss"})(x0, y, weight=torch.ones(2, 3))
+
+
+def test_masked_classes_minus_inf(backend):
+    """-inf logits (masked classes), also filling a whole first class chunk (8 on maps): finite,
+    as F.cross_entropy."""
+    x0 = logits((2, 12, 3, 4))
+    x0[:, :8] = float("-inf")
+    y = 8 + torch.randint(0, 4, (2, 3, 4), generator=_gen(1))
+    x = x0.clone().requires_grad_()
+    got = build_loss({"type": "CrossEntropyLoss", "backend": backend})(x, y)
+    xr = x0.clone().requires_grad_()
+    ref = torch.nn.functional.cross_entropy(xr, y, reduction="sum") / (y.numel() + EPS32)
+    assert_scalar_close(got, ref, 1e-12)
+    (g,) = torch.autograd.grad(got, x)
+    assert_grad_close(g, torch.autograd.grad(ref, xr)[0], 1e-10)
+    focal = build_loss({"type": "FocalLoss", "use_sigmoid": False, "backend": backend})
+    elem, v = RC.focal_loss(x0, y, use_sigmoid=False)
+    # (the reference's 1 - p_y cancels where ours takes -expm1(log p_y))
+    assert_scalar_close(focal(x0, y), RU.reduce_with_validity(elem, None, v), 1e-7)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"type": "MultiLabelFocalLoss", "gamma": 0.0},
+        {"type": "MultiLabelFocalLoss", "gamma": 0.3},
+        {"type": "AsymmetricLoss", "gamma_pos": 0.0, "gamma_neg": 0.5,
+         "disable_torch_grad_focal": False},
+        {"type": "QualityFocalLoss", "beta": 0.0},
+        {"type": "FocalLoss", "use_sigmoid": False, "gamma": 0.2},
+    ],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_saturated_logits_have_finite_gradients(cfg, dtype, backend):
+    """Logits of +-100 (float32) and +-740 (float64: sig(-x) subnormal): no 0 * inf."""
+    big = 740.0 if dtype == torch.float64 else 100.0
+    x = torch.tensor([[big, -big, 3.0], [-big, big, -2.0]], dtype=dtype)
+    if cfg["type"] == "FocalLoss":
+        y = torch.tensor([0, 1])
+    else:
+        y = torch.tensor([[1.0, 0.0, 0.5], [0.0, 1.0, 0.0]], dtype=dtype)
+    x.requires_grad_()
+    out = build_loss({**cfg, "backend": backend})(x, y)
+    (g,) = torch.autograd.grad(out, x)
+    assert torch.isfinite(out) and torch.isfinite(g).all(), (out, g)
+
+
+@pytest.mark.parametrize("name", ["CrossEntropyLoss", "FocalLoss"])
+def test_empty_maps(name, backend):
+    x = logits((0, 3, 4, 4)).requires_grad_()
+    loss = build_loss({"type": name, "backend": backend})
+    out = loss(x, torch.zeros(0, 4, 4, dtype=torch.long))
+    out.backward()
+    assert out.item() == 0.0 and x.grad.shape == x.shape
+    assert loss(x, torch.zeros(0, 4, 4, dtype=torch.long), reduction_override="none").numel() == 0

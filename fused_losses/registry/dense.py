@@ -65,10 +65,10 @@ def _pow(x: Tensor, a: float) -> Tensor:
     return torch.pow(x, a)
 
 
-def _pow_m1(base: Tensor, a: float) -> Tensor:
-    """base^(a - 1), taken as 0 where base is 0 (module docstring of the kernels)."""
-    safe = torch.where(base > 0, base, torch.ones_like(base))
-    return torch.where(base > 0, safe ** (a - 1.0), torch.zeros_like(base))
+def _ratio(num: Tensor, den: Tensor, at_zero: float) -> Tensor:
+    """num / den where den > 0, else ``at_zero`` (the kernels' B/u-type ratios)."""
+    pos = den > 0
+    return torch.where(pos, num / torch.where(pos, den, torch.ones_like(den)), at_zero)
 
 
 def _expm1_neg(logp: Tensor) -> Tensor:
@@ -85,8 +85,10 @@ def _softmax_torch(x: Tensor, t, cw, cp, spec: DenseSpec) -> tuple[Tensor, Tenso
     lse = torch.logsumexp(x, dim=1)
     logp = x - lse[:, None]
     p = torch.exp(logp)
-    wc = cw.to(x.dtype).view(1, -1, 1) if cw is not None else torch.ones(1, c, 1, dtype=x.dtype)
-    wc = wc.to(x.device)
+    if cw is not None:
+        wc = cw.to(x.dtype).view(1, -1, 1)
+    else:
+        wc = torch.ones(1, c, 1, dtype=x.dtype, device=x.device)
     e = spec.a0
     gam = spec.a1
     if spec.target == T_INDEX:
@@ -96,19 +98,21 @@ def _softmax_torch(x: Tensor, t, cw, cp, spec: DenseSpec) -> tuple[Tensor, Tenso
             v = v & (y != spec.ignore_index)
         ys = torch.where(v, y, 0)
         hit = torch.zeros_like(x).scatter_(1, ys[:, None], 1.0)
-        wy = (wc.expand(n, c, s) * hit).sum(1)
-        logp_y = (logp * hit).sum(1)
+        wy = wc.expand(n, c, s).gather(1, ys[:, None])[:, 0]
+        logp_y = logp.gather(1, ys[:, None])[:, 0]
         if spec.loss == SM_CE:
-            big_w = wc.sum()
-            lv = (1 - e) * wy * -logp_y + e / c * (wc * -logp).sum(1)
-            d = (1 - e) * wy[:, None] * (p - hit) + e / c * (big_w * p - wc)
+            lv = (1 - e) * wy * -logp_y
+            d = (1 - e) * wy[:, None] * (p - hit)
+            if e != 0:  # (a -inf logit, a masked class, would give 0 * inf)
+                lv = lv + e / c * (wc * -logp).sum(1)
+                d = d + e / c * (wc.sum() * p - wc)
         else:  # SM_FOCAL
             al = _per_class(cp, spec.a0, x)
-            ay = (al * hit).sum(1) if isinstance(al, Tensor) else al
+            ay = al.expand(n, c, s).gather(1, ys[:, None])[:, 0] if isinstance(al, Tensor) else al
             o = _expm1_neg(logp_y)
             p_y = torch.exp(logp_y)
             lv = -ay * wy * _pow(o, gam) * logp_y
-            k = ay * wy * (_pow(o, gam) - gam * p_y * logp_y * _pow_m1(o, gam))
+            k = ay * wy * _pow(o, gam) * (1 - gam * p_y * _ratio(logp_y, o, -1.0))
             d = k[:, None] * (p - hit)
         return lv, d, v
     t = t.to(x.dtype)
@@ -124,7 +128,7 @@ def _softmax_torch(x: Tensor, t, cw, cp, spec: DenseSpec) -> tuple[Tensor, Tenso
     nz = b != 0
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     lv = torch.where(nz, -b * og * logp, zero).sum(1)
-    h = torch.where(nz, b * (gam * _pow_m1(o, gam) * p * logp - og), zero)
+    h = torch.where(nz, b * og * (gam * p * _ratio(logp, o, -1.0) - 1), zero)
     return lv, h - p * h.sum(1, keepdim=True), v
 
 
@@ -149,7 +153,7 @@ def _sigmoid_terms_torch(x: Tensor, t: Tensor, cp, spec: DenseSpec) -> tuple[Ten
         a = cp * t + (1 - cp) * (1 - t)
         m = _pow(u, a1)
         lv = a * bce * m
-        return lv, a * ((s - t) * m + bce * a1 * _pow_m1(u, a1) * s * sn * (1 - 2 * t))
+        return lv, a * ((s - t) * m + a1 * _ratio(bce, u, 0.0) * m * s * sn * (1 - 2 * t))
     if spec.loss == SG_ASL:
         gn = cp
         above = s - a2 >= 0
@@ -169,8 +173,7 @@ def _sigmoid_terms_torch(x: Tensor, t: Tensor, cp, spec: DenseSpec) -> tuple[Ten
         d = dbase * f
         if not spec.flag:
             db = -t * s * sn + (1 - t) * dqm
-            safe = torch.where(b > 0, b, 1.0)
-            d = d + base * torch.where(b > 0, g * safe ** (g - 1), 0.0) * db
+            d = d + g * _ratio(base, b, 0.0) * f * db  # base g b^(g-1) db
         return base * f, d
     if spec.loss == SG_VFL:
         sg = _pow(s, a1)
@@ -181,7 +184,8 @@ def _sigmoid_terms_torch(x: Tensor, t: Tensor, cp, spec: DenseSpec) -> tuple[Ten
     ad = dd.abs()
     m = _pow(ad, cp)
     sign = torch.where(dd > 0, 1.0, -1.0)
-    return bce * m, dd * m + bce * cp * _pow_m1(ad, cp) * sign * s * sn
+    m1 = _ratio(m, ad, 0.0) if cp > 0 else torch.zeros_like(ad)  # |d|^(beta-1)
+    return bce * m, dd * m + bce * cp * m1 * sign * s * sn
 
 
 def _sigmoid_torch(x: Tensor, t, q, cw, cp, spec: DenseSpec) -> tuple[Tensor, Tensor, Tensor]:
@@ -291,8 +295,11 @@ def reduce_sums(
     if reduction == "batchmean":
         return s / max(batch, 1)
     if avg_factor is not None:
-        a = avg_factor if isinstance(avg_factor, Tensor) else torch.full((), float(avg_factor))
-        return s / (a.to(device=s.device, dtype=s.dtype) + EPS)
+        if isinstance(avg_factor, Tensor):
+            a = avg_factor.to(device=s.device, dtype=s.dtype)
+        else:  # built on the device: no blocking host-to-device copy
+            a = torch.full((), float(avg_factor), dtype=s.dtype, device=s.device)
+        return s / (a + EPS)
     if count is not None:
         return s / (count + EPS)
     return s / max(numel, 1)

@@ -44,8 +44,9 @@ def expand_weight(weight: Tensor, loss: Tensor | torch.Size | tuple[int, ...]) -
 
 
 def _denominator(avg_factor, like: Tensor) -> Tensor:
-    a = avg_factor if isinstance(avg_factor, Tensor) else torch.full((), float(avg_factor))
-    return a.to(device=like.device, dtype=like.dtype) + EPS
+    if isinstance(avg_factor, Tensor):
+        return avg_factor.to(device=like.device, dtype=like.dtype) + EPS
+    return torch.full((), float(avg_factor), dtype=like.dtype, device=like.device) + EPS
 
 
 def apply_weight_and_reduce(

@@ -88,8 +88,10 @@ def cross_entropy(
     w = _class_weight(class_weight, x).expand_as(x)  # [N,C,*]
     w_y = _gather_dim1(w, y_safe)  # [N,*]
     nll_y = -_gather_dim1(log_p, y_safe)  # -log p_y
-    smooth = (w * -log_p).sum(dim=1)  # sum_c w_c (-log p_c)
-    loss = (1 - e) * w_y * nll_y + (e / num_classes) * smooth
+    loss = (1 - e) * w_y * nll_y
+    if e != 0:  # as torch: no smoothing term without smoothing (a -inf logit stays finite)
+        smooth = (w * -log_p).sum(dim=1)  # sum_c w_c (-log p_c)
+        loss = loss + (e / num_classes) * smooth
     if v is not None:
         loss = torch.where(v, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
     return loss, v
