@@ -456,6 +456,13 @@ def blocks(c: int, s: int, sxc: int, family: str = "softmax") -> tuple[int, int]
     return max(tile // block_c, 1), block_c
 
 
+def _tile_kind(opts: dict) -> str:
+    """ "softmax" (1024-element tiles) or "sigmoid" (512): the sigmoid family and the dense-target
+    softmax focal loss (three class walks) keep more values live."""
+    heavy = opts["family"] == "sigmoid" or opts["loss"] == SM_FOCAL_DENSE
+    return "sigmoid" if heavy else "softmax"
+
+
 def _grid(x3: torch.Tensor, family: str) -> tuple[tuple[int, ...], int, int, bool]:
     """(grid, BLOCK_R, BLOCK_C, SPATIAL): a 2-D grid (position blocks, images) on maps."""
     n, c, s = x3.shape
@@ -473,7 +480,7 @@ def _strides(a: torch.Tensor) -> tuple[int, int, int]:
 def _launch(kernel, mode, x3, t, q, sw, cw, cp, out, go, gx, opts: dict) -> None:
     n, c, s = x3.shape
     r = n * s
-    grid, block_r, block_c, spatial = _grid(x3, opts["family"])
+    grid, block_r, block_c, spatial = _grid(x3, _tile_kind(opts))
     cdt = out.dtype if out is not None else go.dtype
     dummy = x3
     ts = _strides(t) if (t is not None and opts["target"] == T_DENSE) else (0, 0, 0)
@@ -504,7 +511,7 @@ def dense_sums(x3, t, q, sw, cw, cp, cdt: torch.dtype, **opts) -> tuple[torch.Te
     if x3.numel() == 0:
         zero = torch.zeros((), dtype=cdt, device=x3.device)
         return zero, zero.clone()
-    grid = _grid(x3, opts["family"])[0]
+    grid = _grid(x3, _tile_kind(opts))[0]
     p = grid[0] * (grid[1] if len(grid) > 1 else 1)
     part = torch.empty(p, 2, dtype=cdt, device=x3.device)
     _launch(_kernel(opts), M_SUMS, x3, t, q, sw, cw, cp, part, None, None, opts)
