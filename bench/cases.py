@@ -889,6 +889,15 @@ def _registry_vfl(p: RegistryProblem) -> Inputs:
     return Inputs((x, p.sparse_targets((p.rows, 80))), leaves=(x,))
 
 
+@register("registry_kd", REGISTRY)
+def _registry_kd(p: RegistryProblem) -> Inputs:
+    """Dense (pixel-wise) KD of segmentation logits, T = 4: student and teacher [B, 19, H/4, W/4]
+    (8x19x128x256 on CUDA)."""
+    shape = (p.batch, 19, p.size[0] // 4, p.size[1] // 4)
+    s = p.logits(shape)
+    return Inputs((s, (p.logits(shape) * 1.5).detach()), leaves=(s,))
+
+
 OPS = tuple(CASES)
 GAP_OPS = tuple(op for op, case in CASES.items() if case.family is GAP)
 CENTERNET_OPS = tuple(op for op, case in CASES.items() if case.family is CENTERNET)

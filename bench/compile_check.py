@@ -313,6 +313,7 @@ def _registry_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
         if dtype != torch.float16:
             yield "CE[map]", run(ce, "index", (4, 19, 8, 8), ("mean",))
             yield "focal[map]", run(focal, "index", (4, 19, 8, 8), ("mean",))
+            yield "KD[map]", run({"type": "KDLoss"}, "dense", (4, 19, 8, 8), ("mean",))
         return
     for shape in ((4, 19, 8, 8), (64, 19)):
         tag = "map" if len(shape) > 2 else "NC"
@@ -328,6 +329,8 @@ def _registry_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     yield "softCE", run({"type": "SoftCrossEntropyLoss"}, "dense", m)
     yield "softmax focal", run({"type": "FocalLoss", "use_sigmoid": False}, "index", m)
     yield "softmax focal dense", run({"type": "FocalLoss", "use_sigmoid": False}, "dense", m)
+    yield "KD[map]", run({"type": "KnowledgeDistillationLoss"}, "dense", m)
+    yield "KD[NC]", run({"type": "KnowledgeDistillationLoss"}, "dense", (64, 19))
 
 
 @contextlib.contextmanager

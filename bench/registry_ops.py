@@ -17,6 +17,7 @@ from fused_losses.reference.registry import detection as _ref_det
 from fused_losses.registry import build_loss
 
 CE_SMOOTHING = 0.1
+KD_T = 4.0
 IGNORE = 255
 _LOSSES: dict[tuple, torch.nn.Module] = {}
 
@@ -45,9 +46,13 @@ def _vfl(x, q, backend):
     return _loss({"type": "VariFocalLoss"}, backend)(x, q)
 
 
+def _kd(s, t, backend):
+    return _loss({"type": "KnowledgeDistillationLoss", "temperature": KD_T}, backend)(s, t)
+
+
 LIBRARY = SimpleNamespace(
     registry_ce_seg=_ce, registry_ce_seg_bf16=_ce, registry_ce_logits=_ce,
-    registry_sigmoid_focal=_focal, registry_qfl=_qfl, registry_vfl=_vfl,
+    registry_sigmoid_focal=_focal, registry_qfl=_qfl, registry_vfl=_vfl, registry_kd=_kd,
 )  # fmt: skip
 
 
@@ -72,7 +77,15 @@ def eager_vfl(x, q):
     return _ref_det.varifocal_loss(x, q).mean()
 
 
+def eager_kd(s, t):
+    """mmrazor's ``KLDivergence``: T^2 kl_div(log_softmax(s/T), softmax(t/T)), "batchmean"."""
+    log_p = F.log_softmax(s / KD_T, dim=1)
+    q = F.softmax(t.detach() / KD_T, dim=1)
+    return KD_T**2 * F.kl_div(log_p, q, reduction="sum") / s.shape[0]
+
+
 EAGER = SimpleNamespace(
     registry_ce_seg=eager_ce, registry_ce_seg_bf16=eager_ce, registry_ce_logits=eager_ce,
     registry_sigmoid_focal=eager_sigmoid_focal, registry_qfl=eager_qfl, registry_vfl=eager_vfl,
+    registry_kd=eager_kd,
 )  # fmt: skip

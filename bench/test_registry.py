@@ -1,14 +1,15 @@
 """The registry's fused dense losses (docs/spec.md 12.4), forward and forward+backward:
 CrossEntropyLoss (ignore 255, label smoothing 0.1) on 8x19x512x1024 maps (float32 and bf16) and on
-[65536, 1000] logits, the sigmoid focal loss, QFL and VFL on [65536, 80] (CUDA sizes; small on CPU),
-against ``F.cross_entropy`` / torchvision-style eager and ``torch.compile`` of it."""
+[65536, 1000] logits, the sigmoid focal loss, QFL and VFL on [65536, 80], dense KD on 8x19x128x256
+(CUDA sizes; small on CPU), against ``F.cross_entropy`` / torchvision-style / mmrazor-style eager
+and ``torch.compile`` of it."""
 
 import pytest
 
 from .harness import params, run_benchmark
 
 OPS = ("registry_ce_seg", "registry_ce_seg_bf16", "registry_ce_logits", "registry_sigmoid_focal",
-       "registry_qfl", "registry_vfl")  # fmt: skip
+       "registry_qfl", "registry_vfl", "registry_kd")  # fmt: skip
 
 
 @pytest.mark.parametrize("op", OPS)

@@ -30,6 +30,10 @@ Softmax family (l per row), p = softmax(x), lse = log sum_c exp(x_c), one online
                dl/dx_j = K (p_j - t_j),  K = alpha_y w_y (o^g - g P log P o^(g-1))
 * ``SM_FOCAL_DENSE`` b_c = t_c w_c alpha_c:  l = -sum_c b_c o_c^g log p_c;
                dl/dx_j = h_j - p_j H,  h_c = b_c (g o_c^(g-1) p_c log p_c - o_c^g),  H = sum_c h_c
+* ``SM_KD``    temperature T (a0), z = x/T, u = t/T (teacher logits), P = softmax(z),
+               Q = softmax(u), both log-sum-exps online in one pass:
+               l = T^2 KL(Q||P) = T^2 (sum_c Q_c (u_c - z_c) - lse(u) + lse(z)) (Q_c = 0 terms 0);
+               dl/dx_j = T (P_j - Q_j)
 
 Sigmoid family (l per element; QFL sums it over the classes of a row), s = sig(x), s' = sig(-x)
 = 1 - s, B(x, t) = -t log s - (1 - t) log s' (``logsigmoid``), w_c the class weight:
@@ -61,7 +65,7 @@ import triton.language as tl
 from .launch import interpreting, launch, option_arg
 from .primitives import log1p, logsigmoid, option_value, pow_nonneg, sigmoid
 
-SM_CE, SM_SOFT, SM_FOCAL, SM_FOCAL_DENSE = 0, 1, 2, 3
+SM_CE, SM_SOFT, SM_FOCAL, SM_FOCAL_DENSE, SM_KD = 0, 1, 2, 3, 4
 SG_BCE, SG_BCE_PROB, SG_FOCAL, SG_ASL, SG_VFL, SG_QFL = 0, 1, 2, 3, 4, 5
 T_INDEX, T_DENSE, T_SCORE = 0, 1, 2
 M_SUMS, M_NONE, M_GRAD = 0, 1, 2
@@ -301,6 +305,10 @@ def _softmax_kernel(
     ay = tl.zeros([BLOCK_R], cdt)  # alpha_y (index focal)
     big_a = tl.zeros([BLOCK_R], cdt)  # W (CE) or A (soft)
     ax = tl.zeros([BLOCK_R], cdt)  # sum_c w_c x_c (CE) or sum_c a_c x_c (soft)
+    inv_t = 1.0 / e  # KD: a0 = T
+    m_u = tl.full([BLOCK_R], float("-inf"), cdt)  # KD: the teacher's running max, sum, and
+    se_u = tl.zeros([BLOCK_R], cdt)  # sum_c exp(u_c - m_u) (u_c - z_c)
+    kd = tl.zeros([BLOCK_R], cdt)
     for c0 in range(0, C, BLOCK_C):
         c = (c0 + cols).to(tl.int64)
         cmask = c < C
@@ -309,6 +317,8 @@ def _softmax_kernel(
             x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2, other=0
         )
         x = x.to(cdt)
+        if LOSS == 4:
+            x = x * inv_t
         xm = tl.where(cmask[None, :], x, float("-inf"))
         m_new = tl.maximum(m, tl.max(xm, axis=1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - (-inf) while all -inf
@@ -336,7 +346,20 @@ def _softmax_kernel(
             a = tl.where(m2, wc * t.to(cdt), 0.0)
             big_a += tl.sum(a, axis=1)
             ax += tl.sum(a * x, axis=1)
+        elif LOSS == 4:
+            t = tl.load(
+                t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
+            )
+            um = tl.where(cmask[None, :], t.to(cdt) * inv_t, float("-inf"))
+            mu_new = tl.maximum(m_u, tl.max(um, axis=1))
+            mu_safe = tl.where(mu_new == float("-inf"), 0.0, mu_new)
+            eu = tl.exp(um - mu_safe[:, None])
+            scale = tl.exp(m_u - mu_safe)
+            se_u = se_u * scale + tl.sum(eu, axis=1)
+            kd = kd * scale + tl.sum(tl.where(eu > 0.0, eu * (um - x), 0.0), axis=1)
+            m_u = mu_new
     lse = m + tl.log(se)
+    lse_u = m_u + tl.log(se_u)
     if LOSS == 2:
         if not HAS_CP:
             ay = e + tl.zeros([BLOCK_R], cdt)
@@ -352,6 +375,8 @@ def _softmax_kernel(
         l = big_a * lse - ax
     elif LOSS == 2:
         l = -ay * wy * pow_nonneg(o_y, gam) * logp_y
+    elif LOSS == 4:  # T^2 (sum_c Q_c (u_c - z_c) - lse_u + lse_z)
+        l = e * e * (kd / se_u - lse_u + lse)
     else:
         # dense-target focal: the per-class sums need lse; H for the gradient
         l = tl.zeros([BLOCK_R], cdt)
@@ -405,6 +430,8 @@ def _softmax_kernel(
             x = tl.load(
                 x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2, other=0
             )
+            if LOSS == 4:
+                x = x.to(cdt) * inv_t
             p = tl.exp(x.to(cdt) - lse[:, None])
             if HAS_CW:
                 wc = tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
@@ -421,6 +448,11 @@ def _softmax_kernel(
             elif LOSS == 2:
                 hit = tl.where(y[:, None] == c[None, :], 1.0, 0.0).to(cdt)
                 d = focal_k[:, None] * (p - hit)
+            elif LOSS == 4:  # T (P - Q)
+                t = tl.load(
+                    t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
+                )
+                d = e * (p - tl.exp(t.to(cdt) * inv_t - lse_u[:, None]))
             else:
                 logp = x.to(cdt) - lse[:, None]
                 o = -expm1(logp)
@@ -458,8 +490,8 @@ def blocks(c: int, s: int, sxc: int, family: str = "softmax") -> tuple[int, int]
 
 def _tile_kind(opts: dict) -> str:
     """ "softmax" (1024-element tiles) or "sigmoid" (512): the sigmoid family and the dense-target
-    softmax focal loss (three class walks) keep more values live."""
-    heavy = opts["family"] == "sigmoid" or opts["loss"] == SM_FOCAL_DENSE
+    softmax focal loss (three class walks) and KD (two softmaxes) keep more values live."""
+    heavy = opts["family"] == "sigmoid" or opts["loss"] in (SM_FOCAL_DENSE, SM_KD)
     return "sigmoid" if heavy else "softmax"
 
 

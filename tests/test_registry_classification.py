@@ -423,3 +423,39 @@ def test_empty_maps(name, backend):
     out.backward()
     assert out.item() == 0.0 and x.grad.shape == x.shape
     assert loss(x, torch.zeros(0, 4, 4, dtype=torch.long), reduction_override="none").numel() == 0
+
+
+# ------------------------------------------------------------------------- knowledge distillation
+
+from fused_losses.reference.registry import distillation as RK  # noqa: E402
+
+
+@pytest.mark.parametrize("call", ["batchmean", "mean", "none", "sum", "weight"])
+@pytest.mark.parametrize("shape", [(6, C), (2, C, 3, 4), (2, 20, 3, 4)])
+def test_knowledge_distillation_matches_the_reference(shape, call, backend):
+    s0, t = logits(shape, seed=21), logits(shape, seed=22)
+    t[0, 0] = float("-inf")  # a class the teacher rules out (Q = 0: a 0 term)
+    kw = {"weight": _weight(shape[:1] + shape[2:], shape)} if call == "weight" else {}
+    if call not in ("batchmean", "weight"):
+        kw["reduction_override"] = call
+    loss = build_loss({"type": "KDLoss", "tau": 2.0, "backend": backend})
+    s = s0.clone().requires_grad_()
+    got = loss(s, t, **kw)
+    sr = s0.clone().requires_grad_()
+    elem = RK.knowledge_distillation_loss(sr, t, temperature=2.0)
+    ref = RU.reduce_with_validity(elem, kw.get("weight"), None,
+                                  kw.get("reduction_override", "batchmean"))  # fmt: skip
+    g = torch.randn(ref.shape, generator=_gen(5), dtype=torch.float64)
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12), (got, ref)
+    assert_grad_close(torch.autograd.grad(got, s, g)[0], torch.autograd.grad(ref, sr, g)[0], 1e-9)
+
+
+def test_knowledge_distillation_options():
+    loss = build_loss({"type": "KnowledgeDistillationLoss"})
+    assert loss.reduction == "batchmean" and loss.options["temperature"] == 4.0
+    with pytest.raises(ValueError, match="tau"):
+        build_loss({"type": "KDLoss", "tau": 2.0, "temperature": 3.0})
+    with pytest.raises(ValueError, match="temperature"):
+        build_loss({"type": "KDLoss", "temperature": 0.0})
+    with pytest.raises(ValueError, match="target"):
+        loss(logits((2, C)), logits((2, C + 1)))

@@ -31,7 +31,7 @@ from .base_loss import BaseLoss
 from .utils import EPS, REDUCTIONS, expand_weight
 
 # kinds (the kernels' constants, repeated here so that the torch backend imports no Triton)
-SM_CE, SM_SOFT, SM_FOCAL, SM_FOCAL_DENSE = 0, 1, 2, 3
+SM_CE, SM_SOFT, SM_FOCAL, SM_FOCAL_DENSE, SM_KD = 0, 1, 2, 3, 4
 SG_BCE, SG_BCE_PROB, SG_FOCAL, SG_ASL, SG_VFL, SG_QFL = 0, 1, 2, 3, 4, 5
 T_INDEX, T_DENSE, T_SCORE = 0, 1, 2
 
@@ -82,6 +82,14 @@ def _per_class(v: Tensor | None, scalar: float, x: Tensor) -> Tensor | float:
 def _softmax_torch(x: Tensor, t, cw, cp, spec: DenseSpec) -> tuple[Tensor, Tensor, Tensor]:
     """(l [N,S], dl/dx [N,C,S], v [N,S]) of the softmax family."""
     n, c, s = x.shape
+    if spec.loss == SM_KD:  # T^2 KL(Q||P), P = softmax(x/T), Q = softmax(t/T); T (P - Q)
+        temp = spec.a0
+        log_p = torch.log_softmax(x / temp, dim=1)
+        log_q = torch.log_softmax(t.to(x.dtype) / temp, dim=1)
+        q = torch.exp(log_q)
+        kl = torch.where(q > 0, q * (log_q - log_p), 0.0).sum(1)
+        v = torch.ones(n, s, dtype=torch.bool, device=x.device)
+        return temp * temp * kl, temp * (torch.exp(log_p) - q), v
     lse = torch.logsumexp(x, dim=1)
     logp = x - lse[:, None]
     p = torch.exp(logp)
