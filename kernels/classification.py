@@ -14,8 +14,11 @@ Every kernel runs in one of three ``MODE`` s:
   by the launcher (deterministic, no atomics); nothing of x's size is written;
 * ``M_NONE``  the elementwise ``l w v`` (l's shape, contiguous, in the compute dtype);
 * ``M_GRAD``  dL/dx = dl/dx w v g, g the upstream gradient: one scalar (``GO_SCALAR``, the
-  gradient of the sum) or l's shape. The gradient pass recomputes the softmax/sigmoid terms
-  from x (3 passes of x's size in all, forward + backward, against eager's 6 or more).
+  gradient of the sum) or l's shape. The gradient launch recomputes the softmax/sigmoid terms
+  from x; the softmax family walks a row's classes twice there (log-sum-exp, then gradient),
+  the second walk re-reading the tile the first has just read (from cache when it stays there).
+  Forward + backward: x read 2 to 3 times and the gradient written once, against about 6
+  tensors of x's size read or written by eager PyTorch.
 
 w is the sample weight (``HAS_SW``, broadcast by strides), v the validity (labels equal to
 ``ignore_index`` or outside their range; dense targets equal to ``ignore_index``). An element
