@@ -333,6 +333,42 @@ def _registry_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     yield "KD[NC]", run({"type": "KnowledgeDistillationLoss"}, "dense", (64, 19))
 
 
+def _segmentation_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    """The Dice kernels (every activation and target kind in float32, softmax in the other
+    dtypes) and the distance transform (HDLoss)."""
+    import torch
+
+    from fused_losses.registry import build_loss
+
+    def run(cfg, shape, target="index"):
+        def call():
+            g = torch.Generator().manual_seed(0)
+            x = torch.randn(shape, generator=g).to(dtype).requires_grad_()
+            rest = (shape[0], *shape[2:])
+            if target == "index":
+                t = torch.randint(0, shape[1], rest, generator=g)
+            elif target == "binary":
+                t = torch.randint(0, 2, shape, generator=g)
+            else:
+                t = torch.randn(shape, generator=g).to(dtype)
+            build_loss({**cfg, "backend": "triton"})(x, t).backward()
+
+        return call
+
+    m = (4, 19, 8, 8)
+    yield "Dice", run({"type": "DiceLoss"}, m)
+    if dtype != torch.float32:
+        return
+    yield "Dice sigmoid", run({"type": "DiceLoss", "use_sigmoid": True}, m)
+    yield "Dice dense", run({"type": "DiceLoss", "activate": False}, m, "dense")
+    yield "Dice C=150", run({"type": "DiceLoss"}, (2, 150, 8, 8))
+    yield "BinaryDice", run({"type": "BinaryDiceLoss"}, (4, 1, 8, 8), "binary")
+    yield "GDL", run({"type": "GeneralizedDiceLoss"}, m)
+    yield "Surface", run({"type": "SurfaceLoss"}, m, "dense")
+    yield "OHEM CE", run({"type": "OHEMCrossEntropyLoss"}, m)
+    yield "HD", run({"type": "HDLoss"}, (2, 3, 16, 16))
+
+
 @contextlib.contextmanager
 def _recording(sink: list, op: str, dtype: str):
     """Patch the launch path so that launches are recorded, not run, and the triton backend is
@@ -371,7 +407,7 @@ def record_launches(dtypes=DTYPES) -> list[Launch]:
         dtype = _torch_dtype(name)
         for scenarios in (
             _gap_scenarios, _centernet_scenarios, _cass_scenarios, _rord_scenarios,
-            _registry_scenarios,
+            _registry_scenarios, _segmentation_scenarios,
         ):  # fmt: skip
             for op, thunk in scenarios(dtype):
                 with _recording(sink, op, name), warnings.catch_warnings():

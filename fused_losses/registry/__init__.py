@@ -8,7 +8,7 @@ names (``registry.project``). The segmentation family and the rest of the distil
 being added (see the README's roadmap).
 """
 
-from . import classification, detection, distillation, project, utils
+from . import classification, detection, distillation, project, segmentation, utils
 from .base_loss import BaseLoss
 from .builder import LOSSES, MultiLoss, Registry, build_loss, build_multi_loss
 
@@ -23,5 +23,6 @@ __all__ = [
     "detection",
     "distillation",
     "project",
+    "segmentation",
     "utils",
 ]

@@ -255,3 +255,68 @@ def compute_giou(
     t = box_terms(box1, box2, bbox_format, eps)
     area_c = t.enclose_w * t.enclose_h
     return t.iou - (area_c - t.union) / (area_c + eps)
+
+
+# ------------------------------------------------------------------------- distance transform
+
+_DT_INF = 2**31 - 1  # kernels/distance_transform.INF
+
+
+def _squared_distance_torch(mask: Tensor) -> Tensor:
+    """The two min-plus passes of kernels/distance_transform.py with tensor ops: along columns
+    by nearest-outside index scans (exact), along rows exhaustively in chunks of rows. int64."""
+    n, h, w = mask.shape
+    big = 1 << 40
+    idx = torch.arange(h, device=mask.device).view(1, h, 1)
+    outside = ~mask
+    above = torch.cummax(torch.where(outside, idx, -big), dim=1).values
+    below = torch.flip(
+        torch.cummin(torch.flip(torch.where(outside, idx, big), (1,)), dim=1).values, (1,)
+    )
+    d = torch.minimum(idx - above, below - idx)
+    g = torch.where(d < h, d * d, big).reshape(n * h, w)
+    j = torch.arange(w, device=mask.device)
+    d2 = (j.view(-1, 1) - j.view(1, -1)) ** 2  # [i, j]
+    out = torch.empty_like(g)
+    step = max(1, (1 << 22) // max(w * w, 1))
+    for r0 in range(0, n * h, step):
+        out[r0 : r0 + step] = (g[r0 : r0 + step, None, :] + d2[None]).amin(2)
+    return torch.where(out >= big, _DT_INF, out).reshape(n, h, w)
+
+
+def squared_distance_transform(mask: Tensor, backend: str = "auto") -> Tensor:
+    """The squared Euclidean distance transform of ``mask`` [N, H, W] (bool), exact integers
+    (int32 on the triton backend, int64 on the torch backend); 0 outside the mask and 0
+    everywhere for an image with no pixel outside it. See ``distance_transform``."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"mask: expected a torch.Tensor, got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(f"mask: expected a bool tensor, got dtype {mask.dtype}")
+    if mask.dim() != 3:
+        raise ValueError(f"mask: expected shape [N, H, W], got {shape_str(mask)}")
+    h, w = mask.shape[1:]
+    if h * h + w * w >= _DT_INF:
+        raise ValueError(f"mask: H^2 + W^2 must stay below 2^31 (int32 squared distances), got "
+                         f"{shape_str(mask)}")  # fmt: skip
+    from ..backend import resolve_backend
+
+    if resolve_backend(backend, mask.device) == "triton":
+        from ..kernel_ops import run
+        from ..triton_dice import DISTANCE_OP
+
+        d2 = run(DISTANCE_OP, (mask.contiguous(),), {})[0]
+    else:
+        d2 = _squared_distance_torch(mask)
+    return torch.where(d2 == _DT_INF, 0, d2)
+
+
+def distance_transform(mask: Tensor, backend: str = "auto") -> Tensor:
+    """The exact Euclidean distance transform of ``mask`` [N, H, W] (bool) -> [N, H, W] float32:
+    each pixel inside the mask gets the distance to the nearest pixel outside it, 0 outside,
+    ``scipy.ndimage.distance_transform_edt`` per image; 0 everywhere for an empty or a full mask.
+    On the device, no host sync: two separable min-plus passes (Felzenszwalb & Huttenlocher) on
+    integer squared distances (kernels/distance_transform.py; the torch backend: the same passes
+    with tensor ops), then a square root in float64 rounded to float32 (SciPy's values). Not
+    differentiable (a function of a mask)."""
+    d2 = squared_distance_transform(mask, backend)
+    return torch.sqrt(d2.to(torch.float64)).to(torch.float32)

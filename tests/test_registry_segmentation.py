@@ -1,0 +1,393 @@
+"""The registry's segmentation family (docs/spec.md 12.7; SPEC 10.3): the fused Dice losses, OHEM,
+SurfaceLoss, HDLoss and the exact distance transform, on both backends (the triton one through
+the interpreter on CPU), against the literal float64 reference (and SciPy for the transform)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import TOLERANCES, assert_grad_close, assert_scalar_close
+from fused_losses.reference.registry import segmentation as R
+
+from fused_losses.registry import build_loss
+from fused_losses.registry.utils import distance_transform, squared_distance_transform
+
+CW = [1.0, 2.0, 0.5, 3.0, 1.5]
+C = len(CW)
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def logits(shape, seed=0, dtype=torch.float64):
+    return (torch.randn(shape, generator=_gen(seed), dtype=torch.float64) * 2).to(dtype)
+
+
+def labels(shape, high=C, seed=1, ignore=255):
+    y = torch.randint(0, high, shape, generator=_gen(seed))
+    if ignore is not None:
+        y.view(-1)[:: max(y.numel() // 5, 1)] = ignore
+    return y
+
+
+def _upstream(shape, seed=5):
+    return torch.rand(shape, generator=_gen(seed), dtype=torch.float64) + 0.5
+
+
+def check_parity(loss, ref_fn, x, target, tol=1e-10):
+    """l ("none") and the gradient of a random weighting of it equal the reference's."""
+    xa = x.clone().requires_grad_()
+    xb = x.clone().requires_grad_()
+    a = loss(xa, target, reduction_override="none")
+    b = ref_fn(xb, target)
+    assert a.shape == b.shape
+    assert torch.allclose(a, b, rtol=tol, atol=tol), (a, b)
+    g = _upstream(a.shape)
+    (ga,) = torch.autograd.grad((a * g).sum(), xa)
+    (gb,) = torch.autograd.grad((b * g).sum(), xb)
+    assert_grad_close(ga, gb, tol)
+
+
+# --------------------------------------------------------------------------------------- Dice
+
+DICE = {
+    "default": ({}, {}),
+    "naive": ({"naive_dice": True}, {"naive_dice": True}),
+    "sigmoid": ({"use_sigmoid": True}, {"use_sigmoid": True}),
+    "exponent,eps": ({"exponent": 1.5, "eps": 0.3}, {"exponent": 1.5, "smooth": 0.3}),
+    "ignore class 2": ({"ignore_index": 2}, {"ignore_index": 2}),
+    "class_weight": ({"class_weight": CW}, {"class_weight": CW}),
+}
+
+
+@pytest.mark.parametrize("case", list(DICE))
+@pytest.mark.parametrize("shape", [(3, C, 6, 7), (7, C), (2, C, 3, 4, 5)])
+def test_dice_matches_reference(backend, case, shape):
+    opts, ref_opts = DICE[case]
+    loss = build_loss({"type": "DiceLoss", "backend": backend, **opts})
+    ig = opts.get("ignore_index", 255)
+    y = labels((shape[0], *shape[2:]), ignore=ig if ig == 255 else None)
+    check_parity(loss, lambda x, t: R.dice_loss(x, t, **ref_opts), logits(shape), y)
+
+
+def test_dice_dense_target_and_probabilities(backend):
+    x = logits((2, C, 5, 6))
+    one_hot = torch.nn.functional.one_hot(labels((2, 5, 6), ignore=None), C).permute(0, 3, 1, 2)
+    loss = build_loss({"type": "DiceLoss", "backend": backend})
+    check_parity(loss, R.dice_loss, x, one_hot.double())
+    check_parity(loss, R.dice_loss, x, one_hot.bool())
+    # activate=False: the probabilities are given
+    probs = build_loss({"type": "DiceLoss", "activate": False, "backend": backend})
+    p = torch.softmax(x, 1)
+    check_parity(probs, lambda q, t: R.dice_loss(q, t, activate=False), p, labels((2, 5, 6)))
+
+
+def test_dice_reductions_and_weights(backend):
+    x, y = logits((4, C, 3, 5)), labels((4, 3, 5))
+    ref = R.dice_loss(x, y)
+    loss = build_loss({"type": "DiceLoss", "backend": backend, "loss_weight": 0.5})
+    assert_scalar_close(loss(x, y), 0.5 * ref.mean(), 1e-12)
+    assert_scalar_close(loss(x, y, reduction_override="sum"), 0.5 * ref.sum(), 1e-12)
+    w = torch.tensor([1.0, 0.0, 2.0, 0.5], dtype=torch.float64)
+    assert_scalar_close(loss(x, y, weight=w), 0.5 * (ref * w).mean(), 1e-12)
+    eps = float(torch.finfo(torch.float32).eps)
+    assert_scalar_close(loss(x, y, avg_factor=3.0), 0.5 * ref.sum() / (3 + eps), 1e-12)
+
+
+def test_dice_all_ignored_absent_classes_and_one_pixel(backend):
+    loss = build_loss({"type": "DiceLoss", "backend": backend, "reduction": "none"})
+    x = logits((3, C, 4, 4)).requires_grad_()
+    y = torch.full((3, 4, 4), 255)
+    y[1] = 0  # one class present, the others absent
+    y[2, 0, 0] = 3  # one valid pixel
+    out = loss(x, y)
+    ref = R.dice_loss(x.detach(), y)
+    assert torch.isfinite(out).all() and torch.allclose(out, ref, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(out[0], torch.tensor(0.0, dtype=torch.float64))  # smooth / smooth
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all() and x.grad[0].abs().max() == 0
+
+
+def test_binary_dice(backend):
+    loss = build_loss({"type": "BinaryDiceLoss", "backend": backend})
+    y = torch.randint(0, 2, (3, 5, 6), generator=_gen(3))
+    y[1, :2] = 255
+    check_parity(loss, R.binary_dice_loss, logits((3, 1, 5, 6)), y)  # [N,1,*] with [N,*]
+    check_parity(loss, R.binary_dice_loss, logits((3, 5, 6)), y.double())  # same shape
+    check_parity(loss, R.binary_dice_loss, logits((3, 1, 5, 6)), y[:, None])
+    expo = build_loss({"type": "BinaryDiceLoss", "exponent": 1, "smooth": 0.1, "backend": backend})
+    check_parity(expo, lambda x, t: R.binary_dice_loss(x, t, exponent=1, smooth=0.1),
+                 logits((3, 5, 6)), y)  # fmt: skip
+
+
+def test_generalized_dice(backend):
+    loss = build_loss({"type": "GeneralizedDiceLoss", "backend": backend})
+    y = labels((3, 6, 7))
+    y[1] = torch.where(y[1] == 3, 0, y[1])  # an absent class: w = the largest finite w
+    y[2] = 255  # no valid pixel: w = 0, l = 1 - s/s = 0
+    check_parity(loss, R.generalized_dice_loss, logits((3, C, 6, 7)), y)
+    out = loss(logits((3, C, 6, 7)), y, reduction_override="none")
+    assert out[2] == 0
+    sig = build_loss({"type": "GeneralizedDiceLoss", "use_sigmoid": True, "backend": backend})
+    check_parity(sig, lambda x, t: R.generalized_dice_loss(x, t, use_sigmoid=True),
+                 logits((3, C, 6, 7)), labels((3, 6, 7)))  # fmt: skip
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_dice_low_precision(backend, dtype):
+    x = logits((2, C, 8, 9), dtype=dtype)
+    y = labels((2, 8, 9))
+    xa = x.clone().requires_grad_()
+    out = build_loss({"type": "DiceLoss", "backend": backend})(xa, y)
+    out.backward()
+    xr = x.double().requires_grad_()
+    ref = R.dice_loss(xr, y).mean()
+    ref.backward()
+    assert out.dtype == torch.float32 and xa.grad.dtype == dtype  # the loss in float32
+    tol_l, tol_g = TOLERANCES[dtype]
+    assert_scalar_close(out, ref, tol_l)
+    assert_grad_close(xa.grad, xr.grad, tol_g)
+
+
+def test_dice_many_classes(backend):
+    loss = build_loss({"type": "DiceLoss", "backend": backend})
+    y = labels((2, 3, 4), high=150)
+    check_parity(loss, R.dice_loss, logits((2, 150, 3, 4)), y)
+
+
+def test_dice_empty_batch(backend):
+    x = logits((0, C, 4, 4)).requires_grad_()
+    out = build_loss({"type": "DiceLoss", "backend": backend})(x, labels((0, 4, 4)))
+    assert out == 0
+    out.backward()
+    assert x.grad.shape == x.shape
+
+
+def test_dice_double_backward(backend):
+    x = logits((2, C, 3, 3)).requires_grad_()
+    loss = build_loss({"type": "DiceLoss", "backend": backend})
+    if backend == "triton":
+        with pytest.raises(RuntimeError, match="double backward"):
+            torch.autograd.grad(loss(x, labels((2, 3, 3))), x, create_graph=True)
+        return
+    (g,) = torch.autograd.grad(loss(x, labels((2, 3, 3))), x, create_graph=True)
+    g.pow(2).sum().backward()  # the torch backend is plain autograd: exact
+    xr = x.detach().clone().requires_grad_()
+    (gr,) = torch.autograd.grad(R.dice_loss(xr, labels((2, 3, 3))).mean(), xr, create_graph=True)
+    gr.pow(2).sum().backward()
+    assert_grad_close(x.grad, xr.grad, 1e-10)
+
+
+# --------------------------------------------------------------------------------------- OHEM
+
+
+@pytest.mark.parametrize("min_kept", [0, 1, 7, 100000])
+@pytest.mark.parametrize("thresh", [0.7, 0.05])
+def test_ohem_cross_entropy(backend, min_kept, thresh):
+    x, y = logits((2, C, 6, 7)), labels((2, 6, 7))
+    loss = build_loss({"type": "OHEMCrossEntropyLoss", "thres": thresh, "min_kept": min_kept,
+                       "class_weight": CW, "backend": backend})  # fmt: skip
+
+    def ref(red):
+        return lambda a, t: R.ohem_cross_entropy_loss(
+            a, t, thresh=thresh, min_kept=min_kept, class_weight=CW, reduction=red
+        )
+
+    check_parity(loss, ref("none"), x, y)
+    for red in ("mean", "sum"):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        a, b = loss(xa, y, reduction_override=red), ref(red)(xb, y)
+        assert_scalar_close(a, b, 1e-10)
+        a.backward()
+        b.backward()
+        assert_grad_close(xa.grad, xb.grad, 1e-10)
+
+
+def test_ohem_all_ignored_and_aliases(backend):
+    x = logits((2, C, 3, 3)).requires_grad_()
+    y = torch.full((2, 3, 3), 7)
+    loss = build_loss({"type": "OHEMCrossEntropyLoss", "ignore_label": 7, "backend": backend})
+    out = loss(x, y)
+    out.backward()
+    assert out == 0 and x.grad.abs().max() == 0
+    with pytest.raises(ValueError, match="thres"):
+        build_loss({"type": "OHEMCrossEntropyLoss", "thres": 0.5, "thresh": 0.5})
+    with pytest.raises(ValueError, match="min_kept"):
+        build_loss({"type": "OHEMCrossEntropyLoss", "min_kept": -1})
+
+
+def test_ohem_binary(backend):
+    x = logits((3, 5, 6))
+    y = torch.randint(0, 2, (3, 5, 6), generator=_gen(4))
+    y[0, 0] = 255
+    for mk in (0, 10, 100000):
+        loss = build_loss({"type": "OHEMBinaryLoss", "min_kept": mk, "backend": backend})
+        check_parity(loss, lambda a, t, k=mk: R.ohem_binary_loss(a, t, min_kept=k,
+                     reduction="none"), x, y)  # fmt: skip
+        assert_scalar_close(loss(x, y), R.ohem_binary_loss(x, y, min_kept=mk), 1e-10)
+    one = build_loss({"type": "OHEMBinaryLoss", "min_kept": 10, "backend": backend})
+    out = one(x[:, None], y, reduction_override="none")
+    assert out.shape == (3, 1, 5, 6)
+
+
+def test_ohem_weight(backend):
+    x, y = logits((2, C, 4, 4)), labels((2, 4, 4))
+    w = torch.rand(2, 4, 4, generator=_gen(8), dtype=torch.float64)
+    loss = build_loss({"type": "OHEMCrossEntropyLoss", "min_kept": 5, "backend": backend})
+    none = R.ohem_cross_entropy_loss(x, y, min_kept=5, reduction="none")
+    kept = (none != 0).sum()
+    assert_scalar_close(loss(x, y, weight=w), (none * w).sum() / kept, 1e-10)
+
+
+# ------------------------------------------------------------------------------ surface, HD
+
+
+def test_surface_loss(backend):
+    x = logits((2, C, 4, 5))
+    phi = torch.randn(2, C, 4, 5, generator=_gen(6), dtype=torch.float64) * 3
+    loss = build_loss({"type": "SurfaceLoss", "backend": backend})
+    check_parity(loss, R.surface_loss, x, phi)
+    for red, fn in (("mean", torch.mean), ("sum", torch.sum)):
+        xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+        a = loss(xa, phi, reduction_override=red)
+        b = fn(R.surface_loss(xb, phi))
+        assert_scalar_close(a, b, 1e-12)
+        a.backward()
+        b.backward()
+        assert_grad_close(xa.grad, xb.grad, 1e-10)
+    # a zero weight hides a NaN distance
+    w = torch.ones(2, 4, 5, dtype=torch.float64)
+    w[0, 0, 0] = 0
+    bad = phi.clone()
+    bad[0, :, 0, 0] = float("nan")
+    out = loss(x, bad, weight=w)
+    ref = (R.surface_loss(x, torch.nan_to_num(bad)) * w[:, None]).mean()
+    assert_scalar_close(out, ref, 1e-12)
+
+
+@pytest.mark.parametrize("alpha", [2.0, 1.0])
+def test_hd_loss(backend, alpha):
+    x = logits((2, 3, 8, 9))
+    y = labels((2, 8, 9), high=3)
+    loss = build_loss({"type": "HDLoss", "alpha": alpha, "backend": backend})
+    check_parity(loss, lambda a, t: R.hd_loss(a, t, alpha=alpha), x, y)
+    valid = (y != 255).sum() * 2
+    assert_scalar_close(loss(x, y), R.hd_loss(x, y, alpha=alpha).sum() / valid, 1e-6)
+
+
+# ------------------------------------------------------------------------- distance transform
+
+
+@pytest.mark.parametrize("shape", [(3, 9, 11), (2, 1, 7), (1, 13, 1), (2, 16, 5)])
+def test_distance_transform_equals_scipy(backend, shape):
+    ndimage = pytest.importorskip("scipy.ndimage")
+    m = torch.rand(shape, generator=_gen(11)) > 0.35
+    m[0] = True  # a full mask: 0 everywhere (spec; SciPy has no pixel to measure to)
+    out = distance_transform(m, backend=backend)
+    assert out.dtype == torch.float32 and out.shape == m.shape
+    for i in range(1, shape[0]):
+        ref = torch.from_numpy(ndimage.distance_transform_edt(m[i].numpy())).float()
+        assert torch.equal(out[i], ref)
+    assert torch.equal(out[0], torch.zeros(shape[1:]))
+    assert torch.equal(out, R.distance_transform(m).float())
+    d2 = squared_distance_transform(m, backend=backend)
+    assert torch.equal(d2.double().sqrt().float(), out)
+
+
+def test_distance_transform_empty_and_bad_input(backend):
+    assert torch.equal(distance_transform(torch.zeros(2, 4, 5, dtype=torch.bool), backend),
+                       torch.zeros(2, 4, 5))  # fmt: skip
+    assert distance_transform(torch.zeros(0, 4, 5, dtype=torch.bool), backend).shape == (0, 4, 5)
+    with pytest.raises(TypeError, match="mask"):
+        distance_transform(torch.zeros(2, 4, 5), backend)
+    with pytest.raises(ValueError, match="mask"):
+        distance_transform(torch.zeros(4, 5, dtype=torch.bool), backend)
+
+
+# ------------------------------------------------------------------------------- bad inputs
+
+
+@pytest.mark.parametrize(
+    ("cfg", "error", "name"),
+    [
+        ({"type": "DiceLoss", "exponent": 0.5}, ValueError, "exponent"),
+        ({"type": "DiceLoss", "smooth": -1.0}, ValueError, "smooth"),
+        ({"type": "DiceLoss", "eps": 1.0, "smooth": 1.0}, ValueError, "eps"),
+        ({"type": "DiceLoss", "naive_dice": 1}, TypeError, "naive_dice"),
+        ({"type": "GeneralizedDiceLoss", "ignore_index": 2.5}, TypeError, "ignore_index"),
+        ({"type": "HDLoss", "alpha": 0}, ValueError, "alpha"),
+        ({"type": "OHEMBinaryLoss", "thresh": float("nan")}, ValueError, "thresh"),
+    ],
+)
+def test_bad_options_are_named(cfg, error, name):
+    with pytest.raises(error, match=name):
+        build_loss(cfg)
+
+
+def test_bad_inputs_are_named(backend):
+    dice = build_loss({"type": "DiceLoss", "backend": backend})
+    x = logits((2, C, 4, 4))
+    with pytest.raises(ValueError, match=r"target: expected shape \[2, 4, 4\]"):
+        dice(x, labels((2, 4, 5)))
+    with pytest.raises(TypeError, match="pred"):
+        dice(x.long(), labels((2, 4, 4)))
+    with pytest.raises(ValueError, match="class_weight"):
+        build_loss({"type": "DiceLoss", "class_weight": [1.0, 2.0], "backend": backend})(
+            x, labels((2, 4, 4))
+        )
+    with pytest.raises(ValueError, match="target"):
+        build_loss({"type": "BinaryDiceLoss", "backend": backend})(x[:, :1], labels((2, 4, 5)))
+    with pytest.raises(ValueError, match="pred"):
+        build_loss({"type": "HDLoss", "backend": backend})(x[..., 0], labels((2, 4)))
+    with pytest.raises(ValueError, match="target"):
+        build_loss({"type": "SurfaceLoss", "backend": backend})(x, x[:, :2])
+
+
+# -------------------------------------------------------------------------- configs, compile
+
+SEG_YAML = """
+loss:
+  - type: CrossEntropyLoss
+    loss_weight: 1.0
+    ignore_index: 255
+  - type: DiceLoss
+    loss_weight: 1.0
+    ignore_index: 255
+"""
+OHEM_YAML = """
+loss:
+  type: OHEMCrossEntropyLoss
+  thresh: 0.7
+  min_kept: 100000
+  ignore_index: 255
+  loss_weight: 1.0
+"""
+
+
+def test_seed_segmentation_and_ohem_configs(backend):
+    yaml = pytest.importorskip("yaml")
+    x, y = logits((2, C, 5, 6)), labels((2, 5, 6))
+    seg = build_loss([{**c, "backend": backend} for c in yaml.safe_load(SEG_YAML)["loss"]])
+    ce = torch.nn.functional.cross_entropy(x, y, ignore_index=255)
+    assert_scalar_close(seg(x, y), ce + R.dice_loss(x, y).mean(), 1e-7)
+    ohem = build_loss({**yaml.safe_load(OHEM_YAML)["loss"], "backend": backend})
+    assert_scalar_close(ohem(x, y), R.ohem_cross_entropy_loss(x, y), 1e-10)
+
+
+def test_compile_fullgraph(backend):
+    x, y = logits((2, C, 4, 5), dtype=torch.float32), labels((2, 4, 5))
+    dice = build_loss({"type": "DiceLoss", "backend": backend})
+    ohem = build_loss({"type": "OHEMCrossEntropyLoss", "min_kept": 6, "backend": backend})
+
+    def step(a):
+        return dice(a, y) + ohem(a, y)
+
+    xa, xb = x.clone().requires_grad_(), x.clone().requires_grad_()
+    eager = step(xa)
+    eager.backward()
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")(xb)
+    compiled.backward()
+    assert torch.allclose(compiled, eager, rtol=1e-6)
+    assert torch.allclose(xb.grad, xa.grad, rtol=1e-5, atol=1e-7)
