@@ -898,6 +898,35 @@ def _registry_kd(p: RegistryProblem) -> Inputs:
     return Inputs((s, (p.logits(shape) * 1.5).detach()), leaves=(s,))
 
 
+@register("registry_dice", REGISTRY)
+def _registry_dice(p: RegistryProblem) -> Inputs:
+    """DiceLoss (ignore 255, smooth 1, exponent 2) on [B, 19, H, W] (8x19x512x1024)."""
+    x = p.logits((p.batch, 19, *p.size))
+    return Inputs((x, p.labels((p.batch, *p.size), 19)), leaves=(x,))
+
+
+@register("registry_ohem_ce", REGISTRY)
+def _registry_ohem_ce(p: RegistryProblem) -> Inputs:
+    """OHEMCrossEntropyLoss (thresh 0.7, min_kept 100000, ignore 255) on [B, 19, H, W]."""
+    x = p.logits((p.batch, 19, *p.size))
+    return Inputs((x, p.labels((p.batch, *p.size), 19)), leaves=(x,))
+
+
+@register(
+    "registry_distance_transform",
+    REGISTRY,
+    forward_only=True,
+    no_compile="the baseline is SciPy's distance_transform_edt on the CPU: nothing to compile",
+)
+def _registry_distance_transform(p: RegistryProblem) -> Inputs:
+    """The exact distance transform of [B, H, W] masks (8x512x1024): blobs of 32x32 cells."""
+    g = torch.Generator(device=p.device).manual_seed(p.seed + 3)
+    h, w = p.size
+    cells = torch.rand((p.batch, -(-h // 32), -(-w // 32)), generator=g, device=p.device) < 0.5
+    mask = cells.repeat_interleave(32, 1).repeat_interleave(32, 2)[:, :h, :w].contiguous()
+    return Inputs((mask,), extra={"output_bytes": mask.numel() * 4})
+
+
 OPS = tuple(CASES)
 GAP_OPS = tuple(op for op, case in CASES.items() if case.family is GAP)
 CENTERNET_OPS = tuple(op for op, case in CASES.items() if case.family is CENTERNET)

@@ -3,7 +3,8 @@ loss registry", item 6): ``LIBRARY`` calls the registry loss on a backend, ``EAG
 PyTorch user writes today (``F.cross_entropy``, the torchvision-style sigmoid focal loss, the
 literal GFL/VFL formulas), which ``bench.cases`` also compiles for the ``compile`` variant.
 
-Each op takes ``(logits, target)`` and returns the 0-dim "mean" loss (QFL: mean over positions).
+Each op takes ``(logits, target)`` and returns the 0-dim "mean" loss (QFL: mean over positions);
+the distance transform takes a mask [N, H, W] and its baseline is SciPy on the CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 from fused_losses.reference.registry import detection as _ref_det
 
 from fused_losses.registry import build_loss
+from fused_losses.registry.utils import distance_transform
 
 CE_SMOOTHING = 0.1
 KD_T = 4.0
@@ -50,9 +52,22 @@ def _kd(s, t, backend):
     return _loss({"type": "KnowledgeDistillationLoss", "temperature": KD_T}, backend)(s, t)
 
 
+def _dice(x, y, backend):
+    return _loss({"type": "DiceLoss", "ignore_index": IGNORE}, backend)(x, y)
+
+
+def _ohem(x, y, backend):
+    return _loss({"type": "OHEMCrossEntropyLoss", "ignore_index": IGNORE}, backend)(x, y)
+
+
+def _distance_transform(mask, backend):
+    return distance_transform(mask, backend)
+
+
 LIBRARY = SimpleNamespace(
     registry_ce_seg=_ce, registry_ce_seg_bf16=_ce, registry_ce_logits=_ce,
     registry_sigmoid_focal=_focal, registry_qfl=_qfl, registry_vfl=_vfl, registry_kd=_kd,
+    registry_dice=_dice, registry_ohem_ce=_ohem, registry_distance_transform=_distance_transform,
 )  # fmt: skip
 
 
@@ -84,8 +99,41 @@ def eager_kd(s, t):
     return KD_T**2 * F.kl_div(log_p, q, reduction="sum") / s.shape[0]
 
 
+def eager_dice(x, y, smooth: float = 1.0):
+    """mmseg 0.x's Dice as users write it: softmax, a one-hot of the labels, per-image and
+    per-class sums of p t and p^2 + t^2 over the valid pixels."""
+    c = x.shape[1]
+    p = F.softmax(x, dim=1)
+    v = (y != IGNORE).unsqueeze(1).to(p.dtype)
+    t = F.one_hot(torch.where(y == IGNORE, 0, y), c).permute(0, 3, 1, 2).to(p.dtype)
+    num = 2 * (p * t * v).flatten(2).sum(2) + smooth
+    den = ((p * p + t * t) * v).flatten(2).sum(2) + smooth
+    return (1 - num / den).mean()
+
+
+def eager_ohem(x, y, thresh: float = 0.7, min_kept: int = 100000):
+    """PIDNet's / mmseg's OHEM cross-entropy as published: per-pixel CE, the probabilities of
+    the true class of the valid pixels sorted (boolean indexing), the threshold on the host."""
+    losses = F.cross_entropy(x, y, ignore_index=IGNORE, reduction="none").reshape(-1)
+    valid = y.reshape(-1) != IGNORE
+    p = F.softmax(x, dim=1).gather(1, torch.where(y == IGNORE, 0, y).unsqueeze(1)).reshape(-1)
+    q, order = p[valid].sort()
+    threshold = max(float(q[min(min_kept, q.numel() - 1)]), thresh)
+    return losses[valid][order][q < threshold].mean()
+
+
+def eager_distance_transform(mask):
+    """``scipy.ndimage.distance_transform_edt`` per image, on the CPU (SciPy's own code)."""
+    from scipy import ndimage
+
+    cpu = mask.cpu().numpy()
+    out = [torch.from_numpy(ndimage.distance_transform_edt(m)).float() for m in cpu]
+    return torch.stack(out).to(mask.device)
+
+
 EAGER = SimpleNamespace(
     registry_ce_seg=eager_ce, registry_ce_seg_bf16=eager_ce, registry_ce_logits=eager_ce,
     registry_sigmoid_focal=eager_sigmoid_focal, registry_qfl=eager_qfl, registry_vfl=eager_vfl,
-    registry_kd=eager_kd,
+    registry_kd=eager_kd, registry_dice=eager_dice, registry_ohem_ce=eager_ohem,
+    registry_distance_transform=eager_distance_transform,
 )  # fmt: skip
