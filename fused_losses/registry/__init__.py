@@ -1,14 +1,22 @@
 """The config-driven loss registry (docs/spec.md 12): ``build_loss``, ``build_multi_loss``,
 ``LOSSES``, ``BaseLoss`` and the loss families (OpenMMLab conventions: mmdet 3.x, mmseg 1.x).
 
-Families so far: classification (``registry.classification``, fused), detection
-(``registry.detection``) and the knowledge distillation loss (``registry.distillation``, fused);
-the project's own losses (gap detection, CenterNet, CASS, RoRD) are registered under their class
-names (``registry.project``). The segmentation family and the rest of the distillation family are
-being added (see the README's roadmap).
+Families: classification (``registry.classification``, fused), detection (``registry.detection``),
+segmentation (``registry.segmentation``: Dice, OHEM, surface, HD, fused; ``registry.lovasz``,
+``registry.boundary``) and distillation (``registry.distillation``); the project's own losses (gap
+detection, CenterNet, CASS, RoRD) are registered under their class names (``registry.project``).
 """
 
-from . import classification, detection, distillation, project, segmentation, utils
+from . import (
+    boundary,
+    classification,
+    detection,
+    distillation,
+    lovasz,
+    project,
+    segmentation,
+    utils,
+)
 from .base_loss import BaseLoss
 from .builder import LOSSES, MultiLoss, Registry, build_loss, build_multi_loss
 
@@ -17,11 +25,13 @@ __all__ = [
     "BaseLoss",
     "MultiLoss",
     "Registry",
+    "boundary",
     "build_loss",
     "build_multi_loss",
     "classification",
     "detection",
     "distillation",
+    "lovasz",
     "project",
     "segmentation",
     "utils",

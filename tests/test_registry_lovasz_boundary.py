@@ -1,0 +1,444 @@
+"""The registry's sort- and pooling-based segmentation losses (SPEC 10.3, S2-S3): LovaszLoss,
+LovaszHingeLoss and BoundaryLoss against the literal float64 reference
+(``fused_losses.reference.registry.segmentation_sort_pool``: Berman's per-class loop with boolean
+removal of the ignored pixels; yiskw713's boundary F1 with the spec's ignore rule), their options,
+reductions, bad input, float32, and ``torch.compile(fullgraph=True)``."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from conftest import assert_grad_close, assert_scalar_close
+from fused_losses.reference.registry import segmentation_sort_pool as RS
+
+import fused_losses.registry.boundary
+import fused_losses.registry.lovasz  # noqa: F401  (registers the Lovasz losses)
+from fused_losses.registry import LOSSES, build_loss
+from fused_losses.registry.lovasz import lovasz_grad
+
+EPS32 = float(torch.finfo(torch.float32).eps)  # added to every "mean" denominator
+C = 4
+CW = [1.0, 2.5, 0.5, 3.0]
+TOL = 1e-10  # float64 vs the float64 reference
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def logits(shape, seed=0, dtype=torch.float64):
+    """Continuous random logits (no ties in the sorted errors)."""
+    return (torch.randn(shape, generator=_gen(seed), dtype=torch.float64) * 2).to(dtype)
+
+
+def labels(shape, high=C, seed=1, ignore=0.2):
+    """Random labels in [0, high) with a fraction ``ignore`` set to 255."""
+    y = torch.randint(0, high, shape, generator=_gen(seed))
+    drop = torch.rand(shape, generator=_gen(seed + 100)) < ignore
+    return torch.where(drop, 255, y)
+
+
+def compare(loss, ref_fn, x, y, tol=TOL, **call):
+    """Value ("none") and gradient under random upstream weights against ``ref_fn``; returns the
+    value."""
+    xa = x.detach().clone().requires_grad_()
+    xb = x.detach().clone().requires_grad_()
+    got = loss(xa, y, reduction_override="none", **call)
+    ref = ref_fn(xb)
+    assert got.shape == ref.shape and got.dtype == ref.dtype
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, rtol=tol, atol=1e-14)
+    up = torch.rand(ref.shape, generator=_gen(7), dtype=ref.dtype) + 0.5
+    (got * up).sum().backward()
+    (ref * up).sum().backward()
+    assert_grad_close(xa.grad, xb.grad, tol, "grad x")
+    return got
+
+
+# ------------------------------------------------------------------------------- Lovasz-Softmax
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("classes", ["present", "all", [0, 2], [3, 1, 1]])
+@pytest.mark.parametrize("cw", [None, CW, "tensor"])
+def test_lovasz_softmax_matches_reference(per_image, classes, cw):
+    x = logits((3, C, 5, 7), seed=3)
+    y = labels((3, 5, 7), C - 1, seed=4)  # class 3 absent
+    y[1] = torch.where(y[1] == 0, 255, y[1])  # class 0 absent from image 1
+    y[2] = 255  # image 2: nothing valid
+    class_weight = torch.tensor(CW, dtype=torch.float64) if cw == "tensor" else cw
+    cfg = {"type": "LovaszLoss", "per_image": per_image, "classes": classes,
+           "class_weight": class_weight}  # fmt: skip
+    loss = build_loss(cfg)
+    ref_fn = lambda a: RS.lovasz_softmax_loss(
+        a, y, classes=classes, per_image=per_image, class_weight=class_weight
+    )
+    got = compare(loss, ref_fn, x, y)
+    assert got.shape == ((3,) if per_image else ())
+    assert got.abs().sum() > 1e-2
+    if per_image:
+        assert got[2] == 0  # no valid pixel
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("classes", ["present", "all", [1]])
+def test_lovasz_softmax_all_ignored_is_zero_with_zero_gradient(per_image, classes):
+    x = logits((2, C, 3, 3)).requires_grad_()
+    y = torch.full((2, 3, 3), 255)
+    out = build_loss({"type": "LovaszLoss", "per_image": per_image, "classes": classes})(x, y)
+    assert out.dim() == 0 and out.item() == 0.0
+    (g,) = torch.autograd.grad(out, x)
+    assert torch.isfinite(g).all() and g.abs().max() == 0
+
+
+def test_lovasz_softmax_shapes_one_pixel_and_vectors():
+    for shape in [(5, C), (1, C, 1, 1), (2, C, 6), (2, C, 2, 3, 2)]:  # [N,C,*]
+        x = logits(shape, seed=len(shape))
+        y = labels((shape[0], *shape[2:]), seed=len(shape), ignore=0.1 if shape[0] > 1 else 0)
+        for per_image in (False, True):
+            loss = build_loss({"type": "LovaszLoss", "per_image": per_image})
+            fn = lambda a, pi=per_image, y=y: RS.lovasz_softmax_loss(a, y, per_image=pi)
+            got = compare(loss, fn, x, y)
+            assert got.shape == ((shape[0],) if per_image else ())
+    # one valid pixel of class c: the only present class, l = 1 - p_c
+    x = logits((1, C, 1, 1))
+    p = torch.softmax(x, 1)[0, :, 0, 0]
+    assert_scalar_close(
+        build_loss({"type": "LovaszLoss"})(x, torch.tensor([[[2]]])), 1 - p[2], 1e-12
+    )
+
+
+def test_lovasz_softmax_perfect_prediction_is_near_zero():
+    y = labels((2, 6, 6), ignore=0.1)
+    x = 40.0 * torch.nn.functional.one_hot(y.clamp(max=C - 1), C).movedim(-1, 1).double()
+    out = build_loss({"type": "LovaszLoss", "classes": "all"})(x, y)
+    assert 0 <= out.item() < 1e-12
+    out_bad = build_loss({"type": "LovaszLoss"})(-x, y)
+    assert out_bad.item() > 0.9
+
+
+def test_lovasz_grad_closed_form():
+    """Berman's differences of Jaccard losses, in closed form (no cancellation in float32)."""
+    g = _gen(5)
+    for m, frac in [(1, 0.5), (7, 0.0), (7, 1.0), (50, 0.3), (200_000, 0.02)]:
+        fg = torch.rand(3, m, generator=g) < frac
+        ref = torch.stack([RS.lovasz_grad(r.double()) for r in fg])
+        got64 = lovasz_grad(fg, torch.float64)
+        # (Berman's float64 differences themselves lose ~1e-6 relative at m = 2e5)
+        torch.testing.assert_close(got64, ref, rtol=1e-5 if m > 1000 else 1e-12, atol=1e-15)
+        got32 = lovasz_grad(fg, torch.float32).double()
+        nz = got64 != 0
+        assert torch.equal(got32 != 0, nz)
+        rel32 = ((got32 - got64).abs()[nz] / got64[nz]).max().item()
+        assert rel32 < 1e-6, (m, rel32)  # elementwise, even at large m
+        if m > 1000:  # Berman's differences in float32: off by orders of magnitude
+            berman32 = torch.stack([RS.lovasz_grad(r.float()) for r in fg]).double()
+            assert ((berman32 - got64).abs()[nz] / got64[nz]).max().item() > 1.0
+
+
+def test_lovasz_ignore_index_option_and_call_override():
+    x = logits((2, C, 4, 4))
+    y = labels((2, 4, 4), ignore=0.3)
+    base = build_loss({"type": "LovaszLoss", "per_image": True})
+    expect = RS.lovasz_softmax_loss(x, y, per_image=True)
+    y2 = torch.where(y == 255, -1, y)
+    torch.testing.assert_close(base(x, y2, ignore_index=-1, reduction_override="none"), expect)
+    other = build_loss({"type": "LovaszLoss", "per_image": True, "ignore_index": -1})
+    torch.testing.assert_close(other(x, y2, reduction_override="none"), expect)
+    # ignore_index None: every label counts (255 is then a valid pixel of no class)
+    none = build_loss({"type": "LovaszLoss", "ignore_index": None})
+    assert_scalar_close(none(x, y), RS.lovasz_softmax_loss(x, y, ignore_index=None), 1e-12)
+    assert abs(none(x, y).item() - base(x, y).item()) > 1e-3
+    with pytest.raises(ValueError, match="per_image: not an option of a LovaszLoss call"):
+        base(x, y, per_image=False)
+
+
+def test_lovasz_reductions_and_sample_weights():
+    x = logits((4, C, 3, 5))
+    y = labels((4, 3, 5))
+    y[3] = 255
+    ref = RS.lovasz_softmax_loss(x, y, per_image=True)
+    loss = build_loss({"type": "LovaszLoss", "per_image": True, "loss_weight": 2.0})
+    assert_scalar_close(loss(x, y), 2 * ref.mean(), 1e-12)  # mean over N, image 3 included as 0
+    assert_scalar_close(loss(x, y, reduction_override="sum"), 2 * ref.sum(), 1e-12)
+    w = torch.tensor([0.5, 2.0, 0.0, 1.0], dtype=torch.float64)
+    assert_scalar_close(loss(x, y, weight=w), 2 * (w * ref).sum() / 4, 1e-12)
+    assert_scalar_close(loss(x, y, avg_factor=3.0), 2 * ref.sum() / (3 + EPS32), 1e-12)
+    batch = build_loss({"type": "LovaszLoss"})
+    assert_scalar_close(batch(x, y), RS.lovasz_softmax_loss(x, y), 1e-12)
+    with pytest.raises(ValueError, match="weight"):
+        batch(x, y, weight=w)  # a 0-dim loss takes no per-image weight
+
+
+# ---------------------------------------------------------------------------------- Lovasz hinge
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+@pytest.mark.parametrize("shape", [(3, 6, 5), (3, 1, 6, 5), (4, 9), (6,)])
+def test_lovasz_hinge_matches_reference(per_image, shape):
+    x = logits(shape, seed=11)
+    yshape = (shape[0], *shape[2:]) if len(shape) == 4 else shape
+    y = labels(yshape, 2, seed=12, ignore=0.25)
+    if len(shape) > 1:
+        y[1] = 255  # one image with nothing valid
+    loss = build_loss({"type": "LovaszHingeLoss", "per_image": per_image})
+    got = compare(loss, lambda a: RS.lovasz_hinge_loss(a, y, per_image=per_image), x, y)
+    assert got.shape == ((shape[0],) if per_image else ())
+    assert got.abs().sum() > 1e-2
+
+
+def test_lovasz_hinge_all_ignored_bool_target_and_margin():
+    x = logits((2, 1, 3, 3)).requires_grad_()
+    loss = build_loss({"type": "LovaszHingeLoss"})
+    out = loss(x, torch.full((2, 3, 3), 255))
+    assert out.item() == 0.0
+    (g,) = torch.autograd.grad(out, x)
+    assert torch.isfinite(g).all() and g.abs().max() == 0
+    # bool targets are the same as 0/1; margins >= 1 on every pixel give exactly 0
+    yb = torch.rand(2, 3, 3, generator=_gen(2)) < 0.5
+    assert_scalar_close(loss(x, yb), loss(x, yb.long()), 0)
+    assert loss(torch.where(yb, 2.0, -2.0).double(), yb).item() == 0.0
+    assert loss(torch.where(yb, -2.0, 2.0).double(), yb).item() > 1.0
+
+
+# -------------------------------------------------------------------------------- BoundaryLoss
+
+
+@pytest.mark.parametrize(("theta0", "theta"), [(3, 5), (1, 3), (5, 1), (3, 3), (7, 9)])
+def test_boundary_matches_reference(theta0, theta):
+    x = logits((3, C, 11, 9), seed=21)
+    y = labels((3, 11, 9), C - 1, seed=22, ignore=0.0)  # class 3 absent
+    y[0, 2:6, 3:7] = 255  # an ignored block
+    y[1, :, :2] = 255
+    y[2] = torch.where(labels((11, 9), seed=23, ignore=0.3) == 255, 255, y[2])  # scattered
+    loss = build_loss({"type": "BoundaryLoss", "theta0": theta0, "theta": theta})
+    fn = lambda a: RS.boundary_loss(a, y, theta0=theta0, theta=theta)
+    got = compare(loss, fn, x, y)
+    assert got.shape == (3,) and ((got > 0) & (got <= 1)).all()
+
+
+def test_boundary_edge_cases_match_reference():
+    loss = build_loss({"type": "BoundaryLoss"})
+    cases = [
+        (logits((2, 3, 1, 1)), torch.tensor([[[1]], [[255]]])),  # one pixel
+        (logits((2, 3, 4, 3)), torch.full((2, 4, 3), 255)),  # nothing valid: 1, zero gradient
+        (logits((1, 2, 6, 6)), labels((1, 6, 6), 2, ignore=0.0)),
+        (logits((2, 3, 5, 5)), torch.where(labels((2, 5, 5), 4) == 3, 7, labels((2, 5, 5), 4))),
+    ]
+    for x, y in cases:
+        compare(loss, lambda a, y=y: RS.boundary_loss(a, y), x, y)
+    x = logits((2, 3, 4, 3)).requires_grad_()
+    out = loss(x, torch.full((2, 4, 3), 255), reduction_override="none")
+    assert torch.equal(out, torch.ones(2, dtype=torch.float64))
+    assert torch.autograd.grad(out.sum(), x)[0].abs().max() == 0
+
+
+def _scene():
+    """Labels [1,12,12]: class 0 left, class 1 right, a class-2 blob; a near-perfect prediction."""
+    y = torch.zeros(1, 12, 12, dtype=torch.long)
+    y[:, :, 6:] = 1
+    y[:, 8:11, 8:11] = 2
+    x = 30.0 * torch.nn.functional.one_hot(y, 3).movedim(-1, 1).double()
+    return x + 0.1 * logits(x.shape, seed=31), y
+
+
+def test_boundary_ignored_region_makes_no_fake_boundary():
+    x, y = _scene()
+    loss = build_loss({"type": "BoundaryLoss", "reduction": "none"})
+    full = loss(x, y)
+    hole = y.clone()
+    hole[:, 2:5, 1:4] = 255  # a void square inside class 0, predicted as class 0
+    # the void square is not a boundary of class 0 (or of any class): as if it were labelled 0
+    torch.testing.assert_close(loss(x, hole), full, rtol=1e-9, atol=1e-12)
+    # a real object there (class 2, predicted as class 0) does change the loss
+    obj = y.clone()
+    obj[:, 2:5, 1:4] = 2
+    assert (loss(x, obj) - full).abs().item() > 0.05
+    # which label marks the void does not matter
+    relabelled = torch.where(hole == 255, 9, hole)
+    assert torch.equal(loss(x, relabelled, ignore_index=9), loss(x, hole))
+    # a void square on the class boundary removes that stretch of boundary from both sides only
+    edge = y.clone()
+    edge[:, 0:4, 4:8] = 255
+    compare(loss, lambda a: RS.boundary_loss(a, edge), x, edge)
+
+
+def test_boundary_reductions_and_sample_weights():
+    x = logits((4, 3, 6, 6), seed=41)
+    y = labels((4, 6, 6), 3, seed=42)
+    ref = RS.boundary_loss(x, y)
+    loss = build_loss({"type": "BoundaryLoss", "loss_weight": 0.5})
+    assert_scalar_close(loss(x, y), 0.5 * ref.mean(), 1e-12)  # yiskw713: mean over N and C
+    assert_scalar_close(loss(x, y, reduction_override="sum"), 0.5 * ref.sum(), 1e-12)
+    w = torch.tensor([1.0, 0.0, 2.0, 0.5], dtype=torch.float64)
+    assert_scalar_close(loss(x, y, weight=w), 0.5 * (w * ref).sum() / 4, 1e-12)
+    assert_scalar_close(loss(x, y, weight=w, avg_factor=2.0), 0.5 * (w * ref).sum() / (2 + EPS32),
+                        1e-12)  # fmt: skip
+    with pytest.raises(ValueError, match="weight"):
+        loss(x, y, weight=torch.ones(3, dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------------- float32
+
+
+@pytest.mark.parametrize(
+    ("cfg", "make"),
+    [
+        ({"type": "LovaszLoss", "per_image": True, "class_weight": CW},
+         lambda: (logits((2, C, 48, 40), 51), labels((2, 48, 40), seed=52))),
+        ({"type": "LovaszLoss", "classes": "all"},
+         lambda: (logits((2, C, 48, 40), 53), labels((2, 48, 40), seed=54))),
+        ({"type": "LovaszHingeLoss"},
+         lambda: (logits((2, 1, 48, 40), 55), labels((2, 48, 40), 2, seed=56))),
+        ({"type": "BoundaryLoss"},
+         lambda: (logits((2, C, 24, 20), 57), labels((2, 24, 20), seed=58))),
+    ],
+)  # fmt: skip
+def test_float32_and_half_close_to_float64(cfg, make):
+    x, y = make()
+    loss = build_loss(cfg)
+    x64 = x.clone().requires_grad_()
+    ref = loss(x64, y)
+    (g64,) = torch.autograd.grad(ref, x64)
+    for dtype, tol in [(torch.float32, 1e-5), (torch.float16, 2e-2)]:
+        xl = x.to(dtype).requires_grad_()
+        out = loss(xl, y)
+        assert out.dtype == torch.float32 and torch.isfinite(out)
+        (g,) = torch.autograd.grad(out, xl)
+        assert g.dtype == dtype and torch.isfinite(g).all()
+        # the value is continuous; the subgradient moves with near-ties that rounding reorders
+        assert_scalar_close(out, ref, tol)
+        if dtype == torch.float32:
+            assert_grad_close(g, g64, 1e-3)
+
+
+# ------------------------------------------------------------------------------------- compile
+
+
+def _compiled_matches_eager(loss, x, y, backend):
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, b: loss(a, b), fullgraph=True, backend=backend)
+    xa = x.detach().clone().requires_grad_()
+    xb = x.detach().clone().requires_grad_()
+    got = fn(xa, y)
+    ref = loss(xb, y)
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-7)
+    got.sum().backward()
+    ref.sum().backward()
+    assert_grad_close(xa.grad, xb.grad, 1e-5)
+
+
+def test_compile_fullgraph_inductor():
+    """LovaszLoss and LovaszHingeLoss forward + backward through inductor (CPU): no boolean
+    indexing, no data-dependent shape, no host sync (a graph break would fail fullgraph)."""
+    start = time.perf_counter()
+    cfg = {"type": "LovaszLoss", "per_image": True, "classes": [0, 2], "class_weight": CW[:3]}
+    y = labels((2, 4, 5), 3, seed=61)
+    _compiled_matches_eager(build_loss(cfg), logits((2, 3, 4, 5), 62, torch.float32), y, "inductor")
+    yb = labels((2, 4, 5), 2, seed=63)
+    x = logits((2, 1, 4, 5), 64, torch.float32)
+    _compiled_matches_eager(build_loss({"type": "LovaszHingeLoss"}), x, yb, "inductor")
+    assert time.perf_counter() - start < 120  # ~20 s on 2 CPU cores
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        {"type": "LovaszLoss"},
+        {"type": "LovaszLoss", "classes": "all", "per_image": True},
+        {"type": "LovaszHingeLoss", "per_image": True},
+        {"type": "BoundaryLoss"},
+    ],
+)
+def test_compile_fullgraph_traces(cfg):
+    """The other configurations through dynamo + AOT autograd (fast; no codegen)."""
+    hinge = cfg["type"] == "LovaszHingeLoss"
+    x = logits((2, 1 if hinge else 3, 5, 4), 65, torch.float32)
+    y = labels((2, 5, 4), 2 if hinge else 3, seed=66)
+    _compiled_matches_eager(build_loss(cfg), x, y, "aot_eager")
+
+
+# ------------------------------------------------------------------------------ configs, errors
+
+
+def test_registered_with_defaults():
+    for name in ("LovaszLoss", "LovaszHingeLoss", "BoundaryLoss"):
+        assert name in LOSSES
+    lov = build_loss({"type": "LovaszLoss"})
+    assert lov.options == {"per_image": False, "classes": "present", "ignore_index": 255,
+                           "class_weight": None}  # fmt: skip
+    assert lov.reduction == "mean" and lov.loss_name == "loss_lovasz"
+    assert build_loss({"type": "LovaszHingeLoss"}).options == {"per_image": False,
+                                                               "ignore_index": 255}  # fmt: skip
+    bnd = build_loss({"type": "BoundaryLoss"})
+    assert bnd.options == {"theta0": 3, "theta": 5, "ignore_index": 255}
+    assert bnd.loss_name == "loss_boundary"
+    assert build_loss({"type": "LovaszLoss", "classes": (2, 0)}).options["classes"] == (2, 0)
+    assert build_loss({"type": "LovaszLoss", "classes": torch.tensor([1])}).options["classes"] == (
+        1,
+    )
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"type": "LovaszLoss", "classes": "some"}, "classes"),
+        ({"type": "LovaszLoss", "classes": []}, "classes"),
+        ({"type": "LovaszLoss", "classes": [0, 1.5]}, r"classes\[1\]"),
+        ({"type": "LovaszLoss", "classes": [-1]}, r"classes\[0\]"),
+        ({"type": "LovaszLoss", "classes": [True]}, r"classes\[0\]"),
+        ({"type": "LovaszLoss", "classes": 3}, "classes"),
+        ({"type": "LovaszLoss", "classes": torch.tensor([0.5])}, "classes"),
+        ({"type": "LovaszLoss", "per_image": "yes"}, "per_image"),
+        ({"type": "LovaszLoss", "class_weight": 2.0}, "class_weight"),
+        ({"type": "LovaszLoss", "class_weight": [1.0, float("nan")]}, r"class_weight\[1\]"),
+        ({"type": "LovaszLoss", "ignore_index": 2.5}, "ignore_index"),
+        ({"type": "LovaszLoss", "use_sigmoid": True}, "use_sigmoid: not an option of LovaszLoss"),
+        ({"type": "LovaszHingeLoss", "per_image": 1}, "per_image"),
+        ({"type": "LovaszHingeLoss", "classes": "all"}, "classes"),
+        ({"type": "BoundaryLoss", "theta0": 4}, "theta0"),
+        ({"type": "BoundaryLoss", "theta0": 0}, "theta0"),
+        ({"type": "BoundaryLoss", "theta": -3}, "theta"),
+        ({"type": "BoundaryLoss", "theta": 3.0}, "theta"),
+        ({"type": "BoundaryLoss", "theta": True}, "theta"),
+        ({"type": "BoundaryLoss", "ignore_index": "255"}, "ignore_index"),
+    ],
+)  # fmt: skip
+def test_bad_options_are_named(cfg, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        build_loss(cfg)
+
+
+X4 = logits((2, C, 3, 3))
+Y3 = labels((2, 3, 3))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "x", "y", "error", "match"),
+    [
+        ({"type": "LovaszLoss"}, X4, Y3[:, :2], ValueError, r"target: expected shape \[2, 3, 3\]"),
+        ({"type": "LovaszLoss"}, X4, Y3.double(), TypeError, "target.*integer"),
+        ({"type": "LovaszLoss"}, X4.long(), Y3, TypeError, "pred.*floating"),
+        ({"type": "LovaszLoss"}, X4[:, 0, 0, 0], Y3[:, 0, 0], ValueError, r"pred.*\[2\]"),
+        ({"type": "LovaszLoss"}, X4, Y3.tolist(), TypeError, "target"),
+        ({"type": "LovaszLoss", "classes": [1, C]}, X4, Y3, ValueError, f"classes.*0, {C}"),
+        ({"type": "LovaszLoss", "class_weight": [1.0] * (C + 1)}, X4, Y3, ValueError,
+         f"class_weight: expected {C} values.*got {C + 1}"),
+        ({"type": "LovaszHingeLoss"}, X4, Y3, ValueError, r"target: expected shape \[2, 4, 3, 3\]"),
+        ({"type": "LovaszHingeLoss"}, X4[:, :1], Y3[:, :2], ValueError,
+         r"target.*\[2, 3, 3\].*got \[2, 2, 3\]"),
+        ({"type": "LovaszHingeLoss"}, X4[:, 0], Y3.double(), TypeError, "target"),
+        ({"type": "BoundaryLoss"}, X4[..., 0], Y3[..., 0], ValueError, r"pred.*\[N, C, H, W\]"),
+        ({"type": "BoundaryLoss"}, X4, Y3[:1], ValueError, r"target: expected shape \[2, 3, 3\]"),
+        ({"type": "BoundaryLoss"}, X4, Y3.float(), TypeError, "target"),
+    ],
+)  # fmt: skip
+def test_bad_inputs_are_named(cfg, x, y, error, match):
+    with pytest.raises(error, match=match):
+        build_loss(cfg)(x, y)
+    with pytest.raises(TypeError, match="ignore_index"):
+        build_loss({"type": cfg["type"]})(X4[:, :1] if "Hinge" in cfg["type"] else X4, Y3,
+                                          ignore_index="x")  # fmt: skip
