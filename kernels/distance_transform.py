@@ -54,7 +54,7 @@ def _pass(f: torch.Tensor, out: torch.Tensor, axis: int) -> None:
     length, other = (h, w) if axis == 1 else (w, h)
     sl, so = (f.stride(1), f.stride(2)) if axis == 1 else (f.stride(2), f.stride(1))
     tl_, to_ = (out.stride(1), out.stride(2)) if axis == 1 else (out.stride(2), out.stride(1))
-    block_b, block_i = (64, 128) if interpreting() else (32, 64)
+    block_b, block_i = (64, 128) if interpreting() else (32, 32)
     rows = n * other
     grid = (triton.cdiv(rows, block_b), triton.cdiv(length, block_i))
     launch(
