@@ -369,6 +369,34 @@ def _segmentation_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]
     yield "HD", run({"type": "HDLoss"}, (2, 3, 16, 16))
 
 
+def _feature_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    """The feature-imitation kernel: each loss kind, with and without ``normalize``, on maps
+    (float32; MSE in the other dtypes)."""
+    import torch
+
+    from fused_losses.registry import build_loss
+
+    def run(cfg, shape, reductions=("mean", "none")):
+        def call():
+            g = torch.Generator().manual_seed(0)
+            s = torch.randn(shape, generator=g).to(dtype).requires_grad_()
+            t = torch.randn(shape, generator=g).to(dtype)
+            loss = build_loss({**cfg, "backend": "triton"})
+            for red in reductions:
+                loss(s, t, reduction_override=red).sum().backward()
+
+        return call
+
+    m = (2, 64, 8, 8)
+    yield "FeatureMSE", run({"type": "FeatureMSELoss"}, m)
+    if dtype != torch.float32:
+        return
+    for name in ("FeatureMSELoss", "FeatureL1Loss", "FeatureCosineLoss"):
+        yield f"{name} normalize", run({"type": name, "normalize": True}, m)
+    yield "FeatureCosine", run({"type": "FeatureCosineLoss"}, m)
+    yield "Attention", run({"type": "AttentionLoss"}, m, ("mean",))
+
+
 @contextlib.contextmanager
 def _recording(sink: list, op: str, dtype: str):
     """Patch the launch path so that launches are recorded, not run, and the triton backend is
@@ -407,7 +435,7 @@ def record_launches(dtypes=DTYPES) -> list[Launch]:
         dtype = _torch_dtype(name)
         for scenarios in (
             _gap_scenarios, _centernet_scenarios, _cass_scenarios, _rord_scenarios,
-            _registry_scenarios, _segmentation_scenarios,
+            _registry_scenarios, _segmentation_scenarios, _feature_scenarios,
         ):  # fmt: skip
             for op, thunk in scenarios(dtype):
                 with _recording(sink, op, name), warnings.catch_warnings():

@@ -1,19 +1,55 @@
-"""Distillation losses of the registry (docs/spec.md 12.6; SPEC 10.4). So far the knowledge
-distillation loss, fused: ``pred`` = student logits s, ``target`` = teacher logits t (detached),
-both [N, C, *] ([N, C] or dense maps, e.g. channel- or pixel-wise KD of segmentation logits):
+"""Distillation losses of the registry (docs/spec.md 12.6; SPEC 10.4). ``pred`` = the student's
+tensor s, ``target`` = the teacher's t (detached, except CRD's teacher embedding, see ``CRDLoss``);
+P = softmax(s/T), Q = softmax(t/T) over dim 1.
 
-    l = T^2 KL(Q||P) = T^2 sum_c Q_c (log Q_c - log P_c),  P = softmax(s/T), Q = softmax(t/T)
+    KnowledgeDistillationLoss  T^2 KL(Q||P)                                 s, t [N,C,*] -> [N,*]
+    DKDLoss            alpha TCKD + beta NCKD, call option labels [N]        s, t [N,C] -> [N]
+    DISTLoss           T^2 (beta inter + gamma intra), Pearson terms         s, t [N,C] -> 0-dim
+    FeatureMSELoss     (f(s) - t)^2, f a learnable 1x1 align  s [N,Cs,*], t [N,Ct,*] -> [N,Ct,*]
+    FeatureL1Loss      abs(f(s) - t)                                         -> [N,Ct,*]
+    FeatureCosineLoss  1 - cos(f(s), t) over the channels                    -> [N,*]
+    AttentionLoss      (a(s) - a(t))^2, a(F) = mean_c abs(F_c)^p   [N,C,H,W] pairs -> [N,H*W]
+    MGDLoss            alpha sum (G(f(s) M) - t)^2 / N, M a random mask      -> 0-dim
+    RKDDistanceLoss    smoothL1 of the mean-normalised distance matrices     [N,*] -> [N,N]
+    RKDAngleLoss       smoothL1 of the angle tensors                         [N,*] -> [N,N,N]
+    CRDLoss            CRD's NCE, call options bank_t, bank_s                [N,D] -> [N]
+    PKTLoss            K_t log((K_t + eps)/(K_s + eps)), cosine kernels      [N,D] -> [N,N]
 
-over dim 1 -> [N, *], reduction "batchmean" (sum / N, mmrazor) by default. One pass computes both
-log-sum-exps online and the partial sums (no softmax map in memory); backward writes
-dL/ds = T (P - Q) in one pass. The other rows of SPEC 10.4 come with the rest of the family.
+KnowledgeDistillationLoss is fused: one pass computes both log-sum-exps online and the partial
+sums (no softmax map in memory); backward writes dL/ds = T (P - Q) in one pass. Its default
+reduction is "batchmean" (sum / N, mmrazor); "mean" for every other row. A 0-dim l (DIST, MGD)
+is returned as is by "none", "mean" and "sum" ("batchmean" divides it by N, BaseLoss's rule) and
+takes no sample weight.
+
+FeatureMSE/L1/Cosine are fused on the triton backend without a sample weight
+(``kernels/feature.py``: one row kernel over f(s) and t, the normalisation in-kernel; backward
+recomputes), and AttentionLoss's maps mean_c abs(F_c)^p come from the same kernel. The other rows,
+and these with a sample weight or on the torch backend, are plain PyTorch (autograd), traceable
+and free of host syncs (masks, counts and CRD's normaliser stay on the device). float64 inputs are computed in
+float64, every other floating dtype in float32 (the learnable layers of the Feature losses and of
+MGD run in their parameters' dtype, autocast aside).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, ClassVar
 
-from ..validation import check_number
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..backend import resolve_backend
+from ..validation import (
+    check_bool,
+    check_floating,
+    check_integer,
+    check_number,
+    check_real,
+    check_tensor,
+    shape_str,
+)
+from .base_loss import BaseLoss
 from .builder import LOSSES
 from .dense import (
     SM_KD,
@@ -24,7 +60,18 @@ from .dense import (
     check_dense_target,
     check_logits,
     dense_as_rows,
+    reduce_sums,
 )
+from .utils import REDUCTIONS
+
+F_MSE, F_L1, F_COS, F_ATT = 0, 1, 2, 3  # kernels/feature.py
+
+
+def feature_triton(a: Tensor, t: Tensor | None, mode: str, opts: dict) -> Tensor:
+    """The fused feature op (``triton_feature``), imported on first use."""
+    from ..triton_feature import feature_triton as run
+
+    return run(a, t, mode, opts)
 
 
 @LOSSES.register_module(name=["KnowledgeDistillationLoss", "KDLoss"])
@@ -48,3 +95,659 @@ class KnowledgeDistillationLoss(FusedLoss):
         spec = DenseSpec("softmax", SM_KD, T_DENSE, True, a0=options["temperature"])
         l_shape = (s.shape[0], *s.shape[2:])
         return as_rows(s), dense_as_rows(t, s), None, None, None, spec, l_shape, False
+
+
+# ------------------------------------------------------------------------- plain PyTorch rows
+
+
+def _cdt(x: Tensor) -> torch.dtype:
+    """The compute dtype: float64 stays, everything else runs in float32."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _check_float_tensor(name: str, x: Any) -> Tensor:
+    check_tensor(name, x)
+    check_floating(name, x)
+    return x
+
+
+def _check_dims(name: str, x: Tensor, dims: int | tuple[int, ...], pretty: str) -> None:
+    ok = x.dim() == dims if isinstance(dims, int) else x.dim() in dims
+    if not ok:
+        raise ValueError(f"{name}: expected shape {pretty}, got {shape_str(x)}")
+
+
+def _check_device(name: str, x: Tensor, like: Tensor, like_name: str = "pred") -> None:
+    if x.device != like.device:
+        raise ValueError(
+            f"{name}: expected a tensor on {like.device} (like {like_name}), got one on {x.device}"
+        )
+
+
+def _check_teacher(t: Any, s: Tensor, same_shape: bool = True) -> Tensor:
+    """The teacher's tensor: floating, on s's device, of s's shape (``same_shape``) or of its
+    batch size."""
+    _check_float_tensor("target", t)
+    if same_shape and t.shape != s.shape:
+        raise ValueError(f"target: expected pred's shape {shape_str(s)}, got {shape_str(t)}")
+    if not same_shape and (t.dim() == 0 or t.shape[0] != s.shape[0]):
+        raise ValueError(
+            f"target: expected the batch size N = {s.shape[0]} of pred {shape_str(s)} (shape "
+            f"[{s.shape[0]}, ...]), got {shape_str(t)}"
+        )
+    _check_device("target", t, s)
+    return t
+
+
+def _check_channels(name: str, value: Any, allow_none: bool = True) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        expected = "a positive int or None" if allow_none else "a positive int"
+        raise ValueError(f"{name}: expected {expected}, got {value!r}")
+    return value
+
+
+def _check_positive_int_option(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+    return value
+
+
+def _check_module_input(module: torch.nn.Module, x: Tensor, name: str = "pred") -> None:
+    """x on the device of the loss's parameters and of their dtype (autocast aside)."""
+    p = next(module.parameters(), None)
+    if p is None:
+        return
+    if x.device != p.device:
+        raise ValueError(
+            f"{name}: expected a tensor on {p.device}, the device of the loss's learnable layers "
+            f"(move the loss with .to()), got one on {x.device}"
+        )
+    if x.dtype != p.dtype and not torch.is_autocast_enabled(x.device.type):
+        raise TypeError(
+            f"{name}: expected dtype {p.dtype}, the dtype of the loss's learnable layers (convert "
+            f"the loss with .to(dtype)), got {x.dtype}"
+        )
+
+
+def _smooth_l1(a: Tensor, b: Tensor) -> Tensor:
+    """Elementwise smooth L1 with beta = 1: 0.5 d^2 if d < 1 else d - 0.5, d = |a - b|."""
+    return F.smooth_l1_loss(a, b, reduction="none", beta=1.0)
+
+
+class _DistillLoss(BaseLoss):
+    """A plain-PyTorch distillation row: call options that are tensors default to None in
+    ``OPTIONS`` and are refused at construction (they belong to a call)."""
+
+    @classmethod
+    def _refuse_call_tensors(cls, options: dict[str, Any]) -> None:
+        for name in cls.CALL_OPTIONS:
+            if options.get(name) is not None:
+                raise ValueError(
+                    f"{name}: a call option of {cls.registry_name or cls.__name__} (pass it to "
+                    f"the loss's call), not a constructor option"
+                )
+
+
+def _kl_term(q: Tensor, log_q: Tensor, log_p: Tensor) -> Tensor:
+    """q (log q - log p), exactly 0 where q = 0 (torch ``kl_div``)."""
+    return torch.where(q > 0, q * (log_q - log_p), torch.zeros((), dtype=q.dtype, device=q.device))
+
+
+@LOSSES.register_module(name=["DKDLoss", "DecoupledKDLoss"])
+class DKDLoss(_DistillLoss):
+    """Decoupled KD (Zhao et al.; mdistiller ``DKD``): ``l = alpha TCKD + beta NCKD`` with
+    ``TCKD = T^2 KL((Q_y, 1-Q_y) || (P_y, 1-P_y))`` and ``NCKD = T^2 KL(Q' || P')``, P', Q' the
+    softmaxes of s/T, t/T over the classes c != y (exact exclusion, equal to mdistiller's
+    ``-1000 gt_mask``). s, t [N,C] (C >= 2), call option ``labels`` [N] (integer) -> l [N].
+    Options: temperature 4.0 (alias ``tau``), alpha 1.0, beta 8.0. A label outside [0, C) (an
+    ignore value such as -100) makes its sample contribute 0, not counted by "mean". A teacher
+    with no probability off y (logits -inf there) has NCKD = 0 (Q' undefined; its KD weight
+    1 - Q_y is 0)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "labels": None,
+    }  # fmt: skip
+    ALIASES: ClassVar[dict[str, str]] = {"tau": "temperature"}
+    CALL_OPTIONS: ClassVar[tuple[str, ...]] = ("labels",)
+
+    @classmethod
+    def check_options(cls, options):
+        cls._refuse_call_tensors(options)
+        options["temperature"] = check_number("temperature", options["temperature"], positive=True)
+        options["alpha"] = check_number("alpha", options["alpha"])
+        options["beta"] = check_number("beta", options["beta"])
+
+    def _forward(self, pred, target, *, temperature, alpha, beta, labels):
+        s = _check_float_tensor("pred", pred)
+        _check_dims("pred", s, 2, "[N, C] (C >= 2)")
+        if s.shape[1] < 2:
+            raise ValueError(f"pred: expected shape [N, C] with C >= 2 classes, got {shape_str(s)}")
+        t = _check_teacher(target, s)
+        if labels is None:
+            raise ValueError("labels: required, the class index of each sample [N] (a call option)")
+        check_tensor("labels", labels)
+        check_integer("labels", labels)
+        if tuple(labels.shape) != (s.shape[0],):
+            raise ValueError(f"labels: expected shape [{s.shape[0]}], got {shape_str(labels)}")
+        _check_device("labels", labels, s)
+        cdt = _cdt(s)
+        n_cls = s.shape[1]
+        z = s.to(cdt) / temperature
+        u = t.detach().to(cdt) / temperature
+        y = labels.long()
+        valid = (y >= 0) & (y < n_cls)
+        gt = torch.arange(n_cls, device=s.device) == y[:, None]  # [N, C]; all False if invalid
+        zero = torch.zeros((), dtype=cdt, device=s.device)
+        neg_inf = torch.full((), -math.inf, dtype=cdt, device=s.device)
+        lse_s, lse_t = torch.logsumexp(z, 1), torch.logsumexp(u, 1)
+        lse_s_o = torch.logsumexp(torch.where(gt, neg_inf, z), 1)  # over the classes != y
+        lse_t_o = torch.logsumexp(torch.where(gt, neg_inf, u), 1)
+        # TCKD on the binary (P_y, 1 - P_y): log(1 - P_y) = lse_{c != y} - lse_all
+        log_py_s = torch.where(gt, z, zero).sum(1) - lse_s
+        log_pn_s = lse_s_o - lse_s
+        log_py_t = torch.where(gt, u, zero).sum(1) - lse_t
+        log_pn_t = lse_t_o - lse_t
+        tckd = _kl_term(log_py_t.exp(), log_py_t, log_py_s) + _kl_term(
+            log_pn_t.exp(), log_pn_t, log_pn_s
+        )
+        # NCKD on the softmaxes over the classes != y
+        # no teacher mass off y (lse = -inf): Q' is undefined and NCKD is 0 (its KD weight 1 - Q_y
+        # is 0); mdistiller's -1000 trick would put Q' on y there instead
+        log_q = u - torch.where(torch.isfinite(lse_t_o), lse_t_o, zero)[:, None]
+        q = torch.where(gt, zero, log_q.exp())
+        nckd = _kl_term(q, log_q, z - lse_s_o[:, None]).sum(1)
+        return temperature**2 * (alpha * tckd + beta * nckd), valid
+
+
+@LOSSES.register_module(name=["DISTLoss"])
+class DISTLoss(_DistillLoss):
+    """DIST (Huang et al.; mmrazor ``DISTLoss``): with P = softmax(s/T), Q = softmax(t/T) and
+    ``r(a, b) = cosine_similarity(a - mean a, b - mean b, eps=1e-8)`` (Pearson),
+    ``l = T^2 (beta (1 - mean_n r(P_n, Q_n)) + gamma (1 - mean_c r(P_:c, Q_:c)))``: inter-class
+    relation over the rows, intra-class over the columns. s, t [N,C] -> 0-dim. Options:
+    temperature 1.0 (alias ``tau``), beta 1.0 (alias ``inter_loss_weight``, mmrazor), gamma 1.0
+    (alias ``intra_loss_weight``). An empty batch gives 0."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"temperature": 1.0, "beta": 1.0, "gamma": 1.0}
+    ALIASES: ClassVar[dict[str, str]] = {
+        "tau": "temperature", "inter_loss_weight": "beta", "intra_loss_weight": "gamma",
+    }  # fmt: skip
+
+    @classmethod
+    def check_options(cls, options):
+        options["temperature"] = check_number("temperature", options["temperature"], positive=True)
+        options["beta"] = check_number("beta", options["beta"])
+        options["gamma"] = check_number("gamma", options["gamma"])
+
+    def _forward(self, pred, target, *, temperature, beta, gamma):
+        s = _check_float_tensor("pred", pred)
+        _check_dims("pred", s, 2, "[N, C]")
+        t = _check_teacher(target, s)
+        cdt = _cdt(s)
+        if s.shape[0] == 0:
+            return s.to(cdt).sum(), None
+        p = torch.softmax(s.to(cdt) / temperature, 1)
+        q = torch.softmax(t.detach().to(cdt) / temperature, 1)
+
+        def pearson(a: Tensor, b: Tensor, dim: int) -> Tensor:
+            a = a - a.mean(dim, keepdim=True)
+            b = b - b.mean(dim, keepdim=True)
+            return F.cosine_similarity(a, b, dim=dim, eps=1e-8)
+
+        inter = 1 - pearson(p, q, 1).mean()
+        intra = 1 - pearson(p, q, 0).mean()
+        return temperature**2 * (beta * inter + gamma * intra), None
+
+
+class _FeatureLoss(_DistillLoss):
+    """Feature imitation: f(s) against t, f the learnable 1x1 conv ``align`` (Cs -> Ct) when
+    ``student_channels`` and ``teacher_channels`` are both given and differ, else the identity.
+    ``align`` is an ``nn.Conv2d(Cs, Ct, 1)``, applied as a convolution to [N,Cs,H,W] and as the
+    same per-position linear map (its [Ct,Cs] weight and bias, ``nn.Linear``'s computation and
+    initialisation) to [N,Cs] and the other ranks. ``normalize``: f(s) and t are L2-normalised
+    over the channels (``F.normalize``, eps 1e-12) before they are compared."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "normalize": False, "student_channels": None, "teacher_channels": None,
+    }  # fmt: skip
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        cs, ct = self.options["student_channels"], self.options["teacher_channels"]
+        self.align: torch.nn.Conv2d | None = None
+        if cs is not None and ct is not None and cs != ct:
+            self.align = torch.nn.Conv2d(cs, ct, kernel_size=1)
+
+    @classmethod
+    def check_options(cls, options):
+        check_bool("normalize", options["normalize"])
+        _check_channels("student_channels", options["student_channels"])
+        _check_channels("teacher_channels", options["teacher_channels"])
+
+    LOSS_KIND: ClassVar[int] = F_MSE
+
+    def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None,
+                **call_options):  # fmt: skip
+        """The fused path (``kernels/feature.py``) on the triton backend without a sample
+        weight; ``BaseLoss.forward`` (tensor ops) otherwise."""
+        device = pred.device if isinstance(pred, Tensor) else torch.device("cpu")
+        if weight is not None or resolve_backend(self.backend, device) != "triton":
+            return super().forward(pred, target, weight, avg_factor, reduction_override,
+                                   **call_options)  # fmt: skip
+        reduction = reduction_override if reduction_override is not None else self.reduction
+        if reduction not in REDUCTIONS:
+            raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+        self._call_options(call_options)
+        f, t = self._aligned(pred, target, normalize=False)
+        kind = self.LOSS_KIND
+        opts = {"loss": kind, "normalize": self.options["normalize"], "p": 1.0}
+        l_shape = tuple(f.shape) if kind != F_COS else (f.shape[0], *f.shape[2:])
+        if reduction == "none":
+            out = feature_triton(as_rows(f), as_rows(t), "none", opts).reshape(l_shape)
+        else:
+            total = feature_triton(as_rows(f), as_rows(t), "sum", opts)
+            avg = avg_factor if avg_factor is not None else self.avg_factor
+            out = reduce_sums(total, None, math.prod(l_shape), reduction, avg, f.shape[0])
+        return out * self.loss_weight if self.loss_weight != 1.0 else out
+
+    def _aligned(
+        self, pred: Any, target: Any, normalize: bool | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(f(s), t) in the compute dtype, L2-normalised when ``normalize`` (default: the
+        option); t detached."""
+        s = _check_float_tensor("pred", pred)
+        _check_dims("pred", s, tuple(range(2, 64)), "[N, Cs, *]")
+        t = _check_float_tensor("target", target)
+        cs, ct = self.options["student_channels"], self.options["teacher_channels"]
+        if cs is not None and s.shape[1] != cs:
+            raise ValueError(f"pred: expected student_channels = {cs} channels (shape [N, {cs}, "
+                             f"*]), got {shape_str(s)}")  # fmt: skip
+        if ct is not None and (t.dim() < 2 or t.shape[1] != ct):
+            raise ValueError(f"target: expected teacher_channels = {ct} channels (shape [N, {ct}, "
+                             f"*]), got {shape_str(t)}")  # fmt: skip
+        want_c = ct if self.align is not None else s.shape[1]
+        want = (s.shape[0], want_c, *s.shape[2:])
+        if tuple(t.shape) != want:
+            what = "f(pred)'s" if self.align is not None else "pred's"
+            raise ValueError(f"target: expected {what} shape [{', '.join(map(str, want))}], got "
+                             f"{shape_str(t)}")  # fmt: skip
+        _check_device("target", t, s)
+        f = s
+        if self.align is not None:
+            _check_module_input(self, s)
+            w, b = self.align.weight, self.align.bias
+            if s.dim() == 4:
+                f = F.conv2d(s, w, b)
+            else:
+                f = F.linear(s.movedim(1, -1), w[:, :, 0, 0], b).movedim(-1, 1)
+        cdt = _cdt(f)
+        f, t = f.to(cdt), t.detach().to(cdt)
+        if self.options["normalize"] if normalize is None else normalize:
+            f, t = F.normalize(f, dim=1), F.normalize(t, dim=1)
+        return f, t
+
+
+@LOSSES.register_module(name=["FeatureMSELoss"])
+class FeatureMSELoss(_FeatureLoss):
+    """``l = (f(s) - t)^2``; s [N,Cs,*], t [N,Ct,*] -> [N,Ct,*] (``_FeatureLoss``: f, normalize).
+    Options: normalize False, student_channels None, teacher_channels None."""
+
+    def _forward(self, pred, target, **options):
+        f, t = self._aligned(pred, target)
+        return (f - t) ** 2, None
+
+
+@LOSSES.register_module(name=["FeatureL1Loss"])
+class FeatureL1Loss(_FeatureLoss):
+    """``l = abs(f(s) - t)``; s [N,Cs,*], t [N,Ct,*] -> [N,Ct,*]."""
+
+    LOSS_KIND: ClassVar[int] = F_L1
+
+    def _forward(self, pred, target, **options):
+        f, t = self._aligned(pred, target)
+        return (f - t).abs(), None
+
+
+@LOSSES.register_module(name=["FeatureCosineLoss"])
+class FeatureCosineLoss(_FeatureLoss):
+    """``l = 1 - cosine_similarity(f(s), t)`` over the channels (eps 1e-8); s [N,Cs,*],
+    t [N,Ct,*] -> [N,*]."""
+
+    LOSS_KIND: ClassVar[int] = F_COS
+
+    def _forward(self, pred, target, **options):
+        f, t = self._aligned(pred, target)
+        return 1 - F.cosine_similarity(f, t, dim=1, eps=1e-8), None
+
+
+@LOSSES.register_module(name=["AttentionLoss", "ATLoss"])
+class AttentionLoss(_DistillLoss):
+    """Attention transfer (Zagoruyko & Komodakis; mdistiller ``AT``): ``a(F) = mean_c abs(F_c)^p``
+    per sample, flattened to [N,H*W] and L2-normalised over the positions when ``normalize``
+    (``F.normalize``, eps 1e-12); ``l = (a(s) - a(t))^2``. s [N,Cs,H,W], t [N,Ct,H',W'] ->
+    [N,h*w], (h, w) = (min(H, H'), min(W, W')): a map larger along an axis is first adaptive-
+    average-pooled to (h, w) (mdistiller pools the larger map to the smaller). Options: p 2
+    (a number >= 1: below 1, abs(x)^p has an infinite derivative at 0), normalize True."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"p": 2.0, "normalize": True}
+
+    @classmethod
+    def check_options(cls, options):
+        p = check_number("p", options["p"])
+        if p < 1:
+            raise ValueError(f"p: expected a number >= 1, got {options['p']!r}")
+        options["p"] = p
+        check_bool("normalize", options["normalize"])
+
+    def _forward(self, pred, target, *, p, normalize):
+        s = _check_float_tensor("pred", pred)
+        _check_dims("pred", s, 4, "[N, Cs, H, W]")
+        t = _check_float_tensor("target", target)
+        if t.dim() != 4 or t.shape[0] != s.shape[0]:
+            raise ValueError(f"target: expected shape [{s.shape[0]}, Ct, H', W'] (pred's batch "
+                             f"size), got {shape_str(t)}")  # fmt: skip
+        _check_device("target", t, s)
+        cdt = _cdt(s)
+        size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
+        s, t = s.to(cdt), t.detach().to(cdt)
+        if tuple(s.shape[2:]) != size:
+            s = F.adaptive_avg_pool2d(s, size)
+        if tuple(t.shape[2:]) != size:
+            t = F.adaptive_avg_pool2d(t, size)
+
+        fused = resolve_backend(self.backend, s.device) == "triton"
+
+        def attention(x: Tensor) -> Tensor:
+            if fused:  # mean_c abs(x_c)^p in one pass over the channels (kernels/feature.py)
+                opts = {"loss": F_ATT, "normalize": False, "p": p}
+                a = feature_triton(as_rows(x), None, "none", opts).reshape(x.shape[0], -1)
+            else:
+                a = (x * x if p == 2 else x.abs().pow(p)).mean(1).reshape(x.shape[0], -1)
+            return F.normalize(a, dim=1) if normalize else a
+
+        return (attention(s) - attention(t)) ** 2, None
+
+
+@LOSSES.register_module(name=["MGDLoss"])
+class MGDLoss(_DistillLoss):
+    """Masked generative distillation (Yang et al.; mmrazor ``MGDLoss`` + ``MGDConnector``):
+    ``l = alpha_mgd sum (G(f(s) M) - t)^2 / N`` -> 0-dim; s [N,Cs,H,W], t [N,Ct,H,W].
+
+    f = ``align``, a learnable 1x1 conv Cs -> Ct when student_channels != teacher_channels (else
+    the identity); G = ``generation``, conv3x3-ReLU-conv3x3 on Ct channels (padding 1), learnable;
+    M [N,1,H,W] is 0 where ``u < lambda_mgd``, u ~ U(0, 1) drawn on s's device with
+    ``torch.rand`` (no host sync), i.e. each position is masked with probability lambda_mgd.
+    Call options: ``mask`` (a given [N,1,H,W] 0/1 tensor M: deterministic) or ``generator`` (the
+    ``torch.Generator`` of u, on s's device). Options: alpha_mgd 7e-5, lambda_mgd 0.65,
+    teacher_channels (required), student_channels (None: teacher_channels). An empty batch
+    gives 0."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "alpha_mgd": 7e-5, "lambda_mgd": 0.65, "teacher_channels": None,
+        "student_channels": None, "mask": None, "generator": None,
+    }  # fmt: skip
+    CALL_OPTIONS: ClassVar[tuple[str, ...]] = ("mask", "generator")
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        cs, ct = self.options["student_channels"], self.options["teacher_channels"]
+        self.align: torch.nn.Conv2d | None = None
+        if cs != ct:
+            self.align = torch.nn.Conv2d(cs, ct, kernel_size=1)
+        self.generation = torch.nn.Sequential(
+            torch.nn.Conv2d(ct, ct, kernel_size=3, padding=1),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(ct, ct, kernel_size=3, padding=1),
+        )
+
+    @classmethod
+    def check_options(cls, options):
+        cls._refuse_call_tensors(options)
+        options["alpha_mgd"] = check_number("alpha_mgd", options["alpha_mgd"])
+        lam = check_number("lambda_mgd", options["lambda_mgd"])
+        if not 0 <= lam <= 1:
+            raise ValueError(
+                f"lambda_mgd: expected a number in [0, 1], got {options['lambda_mgd']!r}"
+            )
+        options["lambda_mgd"] = lam
+        if options["teacher_channels"] is None:
+            raise ValueError("teacher_channels: required (the teacher's channel count Ct)")
+        ct = _check_channels("teacher_channels", options["teacher_channels"], allow_none=False)
+        cs = _check_channels("student_channels", options["student_channels"])
+        options["student_channels"] = ct if cs is None else cs
+
+    def _forward(self, pred, target, *, alpha_mgd, lambda_mgd, teacher_channels,
+                 student_channels, mask, generator):  # fmt: skip
+        s = _check_float_tensor("pred", pred)
+        cs, ct = student_channels, teacher_channels
+        if s.dim() != 4 or s.shape[1] != cs:
+            raise ValueError(f"pred: expected shape [N, student_channels = {cs}, H, W], got "
+                             f"{shape_str(s)}")  # fmt: skip
+        n, _, h, w = s.shape
+        t = _check_float_tensor("target", target)
+        if tuple(t.shape) != (n, ct, h, w):
+            raise ValueError(f"target: expected shape [{n}, teacher_channels = {ct}, {h}, {w}] "
+                             f"(pred's N, H, W), got {shape_str(t)}")  # fmt: skip
+        _check_device("target", t, s)
+        _check_module_input(self, s)
+        if mask is not None and generator is not None:
+            raise ValueError("mask, generator: give at most one of them (a given mask draws "
+                             "nothing), got both")  # fmt: skip
+        if mask is not None:
+            check_tensor("mask", mask)
+            check_real("mask", mask)
+            if tuple(mask.shape) != (n, 1, h, w):
+                raise ValueError(f"mask: expected shape [{n}, 1, {h}, {w}], got {shape_str(mask)}")
+            _check_device("mask", mask, s)
+        if generator is not None:
+            if not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator: expected a torch.Generator, got "
+                                f"{type(generator).__name__}")  # fmt: skip
+            if torch.device(generator.device).type != s.device.type:
+                raise ValueError(f"generator: expected a generator on {s.device} (like pred), "
+                                 f"got one on {generator.device}")  # fmt: skip
+        f = self.align(s) if self.align is not None else s
+        if mask is None:
+            udt = s.dtype if s.dtype in (torch.float32, torch.float64) else torch.float32
+            u = torch.rand((n, 1, h, w), generator=generator, device=s.device, dtype=udt)
+            m = (u >= lambda_mgd).to(f.dtype)
+        else:
+            m = mask.to(f.dtype)
+        new = self.generation(f * m)
+        cdt = _cdt(new)
+        diff = new.to(cdt) - t.detach().to(cdt)
+        return alpha_mgd * (diff * diff).sum() / max(n, 1), None
+
+
+def _rkd_distances(e: Tensor, eps: float, squared: bool) -> Tensor:
+    """[N,N] d_ij = sqrt(max(norm(e_i - e_j)^2, eps)) (no sqrt if squared), diagonal 0, divided
+    by mu, the mean of the d > 0 (mu = 1 when none is: N = 1)."""
+    d2 = torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    d = d2.clamp(min=eps)
+    if not squared:
+        d = d.sqrt()
+    eye = torch.eye(e.shape[0], dtype=torch.bool, device=e.device)
+    d = torch.where(eye, torch.zeros((), dtype=d.dtype, device=d.device), d)
+    pos = d > 0
+    count = pos.sum().to(d.dtype)
+    mean = torch.where(pos, d, 0).sum() / count.clamp(min=1)
+    mu = torch.where(count > 0, mean, torch.ones((), dtype=d.dtype, device=d.device))
+    return d / mu
+
+
+def _flatten_pair(pred: Any, target: Any) -> tuple[Tensor, Tensor]:
+    s = _check_float_tensor("pred", pred)
+    _check_dims("pred", s, tuple(range(2, 64)), "[N, *] (flattened to [N, D])")
+    t = _check_teacher(target, s, same_shape=False)
+    _check_dims("target", t, tuple(range(2, 64)), f"[{s.shape[0]}, *]")
+    cdt = _cdt(s)
+    return s.reshape(s.shape[0], -1).to(cdt), t.detach().reshape(t.shape[0], -1).to(cdt)
+
+
+@LOSSES.register_module(name=["RKDDistanceLoss", "DistanceWiseRKD"])
+class RKDDistanceLoss(_DistillLoss):
+    """RKD distance term (Park et al.; mmrazor ``DistanceWiseRKD``): ``l = smoothL1(d_s/mu_s,
+    d_t/mu_t)`` over all N^2 pairs (beta 1), ``d_ij = sqrt(max(norm(e_i - e_j)^2, eps))`` (no sqrt
+    if ``squared``), diagonal 0, mu = the mean of the d > 0 (with gradient on the student side).
+    s [N,*], t [N,*] (flattened to [N,D], D may differ) -> [N,N]. eps > 0, so every off-diagonal
+    d is positive; with none (N = 1) mu = 1 and the loss is 0. Options: eps 1e-12 (positive),
+    squared False (the paper weights it 25: ``loss_weight``)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"eps": 1e-12, "squared": False}
+
+    @classmethod
+    def check_options(cls, options):
+        options["eps"] = check_number("eps", options["eps"], positive=True)
+        check_bool("squared", options["squared"])
+
+    def _forward(self, pred, target, *, eps, squared):
+        s, t = _flatten_pair(pred, target)
+        d_s = _rkd_distances(s, eps, squared)
+        d_t = _rkd_distances(t, eps, squared)
+        return _smooth_l1(d_s, d_t), None
+
+
+@LOSSES.register_module(name=["RKDAngleLoss", "AngleWiseRKD"])
+class RKDAngleLoss(_DistillLoss):
+    """RKD angle term (Park et al.; mmrazor ``AngleWiseRKD``): ``l_ijk = smoothL1(A_s, A_t)``
+    over all N^3 triples, ``A_ijk = <n(e_j - e_i), n(e_k - e_i)>``, n = ``F.normalize`` (eps;
+    n(0) = 0, so the triples with j = i or k = i are 0). s, t [N,*] (flattened) -> [N,N,N].
+    Options: eps 1e-12 (the paper weights it 50: ``loss_weight``)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"eps": 1e-12}
+
+    @classmethod
+    def check_options(cls, options):
+        options["eps"] = check_number("eps", options["eps"], positive=True)
+
+    def _forward(self, pred, target, *, eps):
+        s, t = _flatten_pair(pred, target)
+
+        def angles(e: Tensor) -> Tensor:
+            nd = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), dim=2, eps=eps)  # [i, j] = e_j - e_i
+            return torch.bmm(nd, nd.transpose(1, 2))
+
+        return _smooth_l1(angles(s), angles(t)), None
+
+
+@LOSSES.register_module(name=["CRDLoss"])
+class CRDLoss(_DistillLoss):
+    """Contrastive representation distillation's NCE (Tian et al.; mmrazor ``CRDLoss``, from
+    RepDistiller). Per side, with f an embedding [N,D] and its bank [N,K+1,D] (row 0: the other
+    model's memory entry of the same sample, rows 1..K negatives), ``h = exp(<bank,
+    normalize(f)>/T) / Z`` and c = K / n_data:
+    ``side = -(log(h_0 / (h_0 + c + eps)) + sum_k log(c / (h_k + c + eps)))``;
+    ``l = side(s, bank_t) + side(t, bank_s)`` -> [N].
+
+    Z, one per side (buffers ``z_s``, ``z_t``, -1 while unset), is set on the first call with a
+    non-empty batch to ``mean(exp(<bank, normalize(f)>/T)) n_data`` (no gradient) on the inputs'
+    device, without a host sync, then frozen (kept in the state dict). The buffers are float64
+    (float32 on MPS; ``.float()`` etc. convert them like any buffer) and follow the inputs'
+    device (moved, their value kept); Z is used in the inputs' dtype. The banks are memory rows and get no
+    gradient; the teacher embedding ``t`` is NOT detached: it is the output of the caller's
+    trainable teacher head (CRD trains ``embed_t`` through side(t, bank_s)); detach the teacher's
+    features before that head. The memory (momentum update, sampling) and the heads are the
+    caller's. Call options ``bank_t``, ``bank_s`` (required). Options: temperature 0.07 (alias
+    ``tau``), neg_num 16384 (= K), n_data (required; alias ``sample_n``, mmrazor), eps 1e-7."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {
+        "temperature": 0.07, "neg_num": 16384, "n_data": None, "eps": 1e-7,
+        "bank_t": None, "bank_s": None,
+    }  # fmt: skip
+    ALIASES: ClassVar[dict[str, str]] = {"tau": "temperature", "sample_n": "n_data"}
+    CALL_OPTIONS: ClassVar[tuple[str, ...]] = ("bank_t", "bank_s")
+
+    z_s: Tensor
+    z_t: Tensor
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.register_buffer("z_s", torch.tensor(-1.0, dtype=torch.float64))
+        self.register_buffer("z_t", torch.tensor(-1.0, dtype=torch.float64))
+
+    @classmethod
+    def check_options(cls, options):
+        cls._refuse_call_tensors(options)
+        options["temperature"] = check_number("temperature", options["temperature"], positive=True)
+        _check_positive_int_option("neg_num", options["neg_num"])
+        if options["n_data"] is None:
+            raise ValueError("n_data: required (the number of samples in the memory bank)")
+        _check_positive_int_option("n_data", options["n_data"])
+        options["eps"] = check_number("eps", options["eps"], nonneg=True)
+
+    def _side(self, f: Tensor, bank: Tensor, buffer: str, temperature: float, neg_num: int,
+              n_data: int, eps: float) -> Tensor:  # fmt: skip
+        z_buf = getattr(self, buffer)
+        if z_buf.device != f.device:  # follow the inputs (the value kept; float64 where it can)
+            dt = torch.float32 if f.device.type == "mps" else z_buf.dtype
+            z_buf = z_buf.to(device=f.device, dtype=dt)
+            setattr(self, buffer, z_buf)
+        nf = F.normalize(f, dim=1)
+        e = torch.exp(
+            torch.bmm(bank.detach().to(f.dtype), nf.unsqueeze(2)).squeeze(2) / temperature
+        )
+        with torch.no_grad():
+            z_old = z_buf.to(f.dtype)
+            z_new = e.mean() * n_data
+            z = torch.where(z_old > 0, z_old, z_new)
+            fresh = torch.where(torch.isfinite(z_new) & (z_new > 0), z_new, -1.0)
+            z_buf.copy_(torch.where(z_buf > 0, z_buf, fresh.to(z_buf.dtype)))
+        h = e / z
+        c = neg_num / n_data
+        h0, hk = h[:, 0], h[:, 1:]
+        return -(torch.log(h0 / (h0 + c + eps)) + torch.log(c / (hk + c + eps)).sum(1))
+
+    def _check_bank(self, name: str, bank: Any, f: Tensor, f_name: str, neg_num: int) -> Tensor:
+        if bank is None:
+            raise ValueError(f"{name}: required, the memory rows [N, neg_num + 1, D] (a call "
+                             f"option)")  # fmt: skip
+        _check_float_tensor(name, bank)
+        want = (f.shape[0], neg_num + 1, f.shape[1])
+        if tuple(bank.shape) != want:
+            raise ValueError(f"{name}: expected shape [{want[0]}, neg_num + 1 = {want[1]}, "
+                             f"{want[2]}] ({f_name}'s N and D), got {shape_str(bank)}")  # fmt: skip
+        _check_device(name, bank, f)
+        return bank
+
+    def _forward(self, pred, target, *, temperature, neg_num, n_data, eps, bank_t, bank_s):
+        s = _check_float_tensor("pred", pred)
+        _check_dims("pred", s, 2, "[N, D]")
+        t = _check_teacher(target, s)
+        bank_t = self._check_bank("bank_t", bank_t, s, "pred", neg_num)
+        bank_s = self._check_bank("bank_s", bank_s, t, "target", neg_num)
+        cdt = _cdt(s)
+        opts = (temperature, neg_num, n_data, eps)
+        return (self._side(s.to(cdt), bank_t, "z_s", *opts)
+                + self._side(t.to(cdt), bank_s, "z_t", *opts)), None  # fmt: skip
+
+
+@LOSSES.register_module(name=["PKTLoss"])
+class PKTLoss(_DistillLoss):
+    """Probabilistic knowledge transfer (Passalis & Tefas; mdistiller ``PKT``), in mdistiller's
+    order: ``e_i / (norm(e_i) + eps)``, ``K = (E E^T + 1) / 2``, each row divided by its sum, for
+    s and t; ``l = K_t log((K_t + eps) / (K_s + eps))``. s [N,D], t [N,D'] -> [N,N] ("mean": over
+    N^2, as mdistiller). Options: eps 1e-7 (positive: it keeps a zero row and a zero kernel
+    entry finite)."""
+
+    OPTIONS: ClassVar[dict[str, Any]] = {"eps": 1e-7}
+
+    @classmethod
+    def check_options(cls, options):
+        options["eps"] = check_number("eps", options["eps"], positive=True)
+
+    def _forward(self, pred, target, *, eps):
+        s = _check_float_tensor("pred", pred)
+        _check_dims("pred", s, 2, "[N, D]")
+        t = _check_teacher(target, s, same_shape=False)
+        _check_dims("target", t, 2, f"[{s.shape[0]}, D']")
+        cdt = _cdt(s)
+
+        def kernel(e: Tensor) -> Tensor:
+            e = e / (e.norm(dim=1, keepdim=True) + eps)
+            k = (e @ e.T + 1) / 2
+            return k / k.sum(1, keepdim=True)
+
+        k_s, k_t = kernel(s.to(cdt)), kernel(t.detach().to(cdt))
+        return k_t * torch.log((k_t + eps) / (k_s + eps)), None

@@ -1,0 +1,679 @@
+"""The registry's distillation family beyond KD (SPEC 10.4): DKD, DIST, the Feature losses,
+AttentionLoss, MGD, RKD distance and angle, CRD and PKT, built from configs, against the literal
+float64 reference of ``fused_losses.reference.registry.distillation`` (values and gradients, every
+reduction, sample weights), plus options, aliases, named errors and edge cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import assert_grad_close
+from fused_losses.reference.registry import distillation as RK
+from fused_losses.reference.registry import utils as RU
+
+import fused_losses.registry.distillation  # noqa: F401  (registers the family)
+from fused_losses.registry import LOSSES, build_loss
+
+D = torch.float64
+RTOL, ATOL, GTOL = 1e-10, 1e-13, 1e-10
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def randn(shape, seed: int = 0, scale: float = 1.0) -> torch.Tensor:
+    return torch.randn(shape, generator=_gen(seed), dtype=D) * scale
+
+
+def unit_rows(shape, seed: int) -> torch.Tensor:
+    """Memory rows of CRD: L2-normalised along the last axis."""
+    return F.normalize(randn(shape, seed), dim=-1)
+
+
+def positive_weight(shape, seed: int = 9) -> torch.Tensor:
+    w = torch.rand(shape, generator=_gen(seed), dtype=D) + 0.25
+    w.view(-1)[0] = 0.0  # one element of zero weight
+    return w
+
+
+def assert_close(got: torch.Tensor, ref: torch.Tensor, what: str = "loss") -> None:
+    assert got.shape == ref.shape, f"{what}: shape {tuple(got.shape)} != {tuple(ref.shape)}"
+    assert torch.isfinite(got).all(), f"{what}: not finite"
+    assert torch.allclose(got, ref, rtol=RTOL, atol=ATOL), f"{what}: {got} vs {ref}"
+
+
+def check_grads(got, ref, lib_leaves, ref_leaves, names, seed: int = 5) -> None:
+    """The gradients of sum(g * out) w.r.t. the leaves, g random of the output's shape."""
+    g = randn(ref.shape, seed) if ref.dim() else torch.tensor(1.7, dtype=D)
+    lib = torch.autograd.grad(got, lib_leaves, g, allow_unused=True)
+    refs = torch.autograd.grad(ref, ref_leaves, g, allow_unused=True)
+    for a, b, name in zip(lib, refs, names):
+        assert b is not None and b.norm() > 0, f"grad {name}: the reference gradient is 0"
+        assert_grad_close(a, b, GTOL, f"grad {name}")
+
+
+# ---------------------------------------------------------------- parameter-free rows: parity
+
+N, C = 6, 5
+LABELS = torch.tensor([0, 4, 2, 2, 1, 3])
+BANK_T, BANK_S = unit_rows((4, 8, 16), 31), unit_rows((4, 8, 16), 32)
+
+# name -> (config, reference(s, t) -> l, s shape, t shape, call options, l has a validity mask)
+CASES = {
+    "DKD": ({"type": "DKDLoss", "tau": 2.0, "alpha": 0.7, "beta": 3.0},
+            lambda s, t: RK.dkd_loss(s, t, LABELS, temperature=2.0, alpha=0.7, beta=3.0),
+            (N, C), (N, C), {"labels": LABELS}, True),
+    "DKD[defaults]": ({"type": "DecoupledKDLoss"}, lambda s, t: RK.dkd_loss(s, t, LABELS),
+                      (N, C), (N, C), {"labels": LABELS}, True),
+    "DIST": ({"type": "DISTLoss", "tau": 2.0, "inter_loss_weight": 0.5, "gamma": 2.0},
+             lambda s, t: RK.dist_loss(s, t, temperature=2.0, beta=0.5, gamma=2.0),
+             (N, C), (N, C), {}, False),
+    "DIST[defaults]": ({"type": "DISTLoss"}, RK.dist_loss, (N, C), (N, C), {}, False),
+    "AT": ({"type": "AttentionLoss"}, RK.attention_loss, (2, 3, 6, 5), (2, 4, 6, 5), {}, False),
+    "AT[pool both,p3]": ({"type": "ATLoss", "p": 3, "normalize": False},
+                         lambda s, t: RK.attention_loss(s, t, p=3.0, normalize=False),
+                         (2, 3, 8, 5), (2, 4, 5, 7), {}, False),
+    "AT[pool student]": ({"type": "AttentionLoss"}, RK.attention_loss,
+                         (2, 3, 9, 9), (2, 2, 4, 4), {}, False),
+    "RKD": ({"type": "RKDDistanceLoss"}, RK.rkd_distance_loss, (N, 3, 2), (N, 4), {}, False),
+    "RKD[squared]": ({"type": "DistanceWiseRKD", "squared": True, "eps": 1e-8},
+                     lambda s, t: RK.rkd_distance_loss(s, t, squared=True, eps=1e-8),
+                     (N, 7), (N, 7), {}, False),
+    "RKDAngle": ({"type": "RKDAngleLoss"}, RK.rkd_angle_loss, (5, 4), (5, 3, 2), {}, False),
+    "CRD": ({"type": "CRDLoss", "neg_num": 7, "sample_n": 500, "tau": 0.5},
+            lambda s, t: RK.crd_loss(s, t, BANK_T, BANK_S, n_data=500, temperature=0.5),
+            (4, 16), (4, 16), {"bank_t": BANK_T, "bank_s": BANK_S}, False),
+    "PKT": ({"type": "PKTLoss"}, RK.pkt_loss, (N, 8), (N, 3), {}, False),
+}  # fmt: skip
+
+
+def _inputs(case: str, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    _, _, s_shape, t_shape, _, _ = CASES[case]
+    return randn(s_shape, seed, 2.0), randn(t_shape, seed + 1, 2.0)
+
+
+@pytest.mark.parametrize("call", ["none", "mean", "sum", "weight"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_parameter_free_rows_match_the_reference(case, call, backend):
+    cfg, ref_fn, _, _, call_opts, has_valid = CASES[case]
+    s0, t0 = _inputs(case)
+    loss = build_loss({**cfg, "backend": backend})  # AttentionLoss: fused on triton
+    # CRD: the teacher embedding is the caller's head output and keeps its gradient
+    teacher_grad = case == "CRD"
+    s, t = s0.clone().requires_grad_(), t0.clone().requires_grad_(teacher_grad)
+    sr, tr = s0.clone().requires_grad_(), t0.clone().requires_grad_(teacher_grad)
+    elem = ref_fn(sr, tr)
+    if call == "weight" and elem.dim() == 0:
+        pytest.skip("a 0-dim loss takes no sample weight (test_zero_dim_losses)")
+    kw = {}
+    weight = None
+    if call == "weight":
+        weight = positive_weight(elem.shape)
+        kw["weight"] = weight
+    else:
+        kw["reduction_override"] = call
+    valid = torch.ones(elem.shape, dtype=torch.bool) if has_valid else None
+    reduction = "mean" if call == "weight" else call
+    ref = RU.reduce_with_validity(elem, weight, valid, reduction)
+    got = loss(s, t, **kw, **call_opts)
+    assert got.dtype == D
+    assert_close(got, ref)
+    leaves, ref_leaves, names = [s], [sr], ["pred"]
+    if teacher_grad:
+        leaves, ref_leaves, names = [s, t], [sr, tr], ["pred", "target"]
+    check_grads(got, ref, leaves, ref_leaves, names)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_the_teacher_gets_no_gradient(case):
+    cfg, _, _, _, call_opts, _ = CASES[case]
+    s0, t0 = _inputs(case, seed=3)
+    s, t = s0.clone().requires_grad_(), t0.clone().requires_grad_()
+    build_loss(cfg)(s, t, **call_opts).backward()
+    assert s.grad is not None and s.grad.norm() > 0
+    if case == "CRD":  # the teacher head's output trains through side(t, bank_s)
+        assert t.grad is not None and t.grad.norm() > 0
+    else:
+        assert t.grad is None
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_float32_is_close_to_float64(case):
+    cfg, _, _, _, call_opts, _ = CASES[case]
+    s, t = _inputs(case, seed=11)
+    opts32 = {k: v.float() for k, v in call_opts.items() if v.is_floating_point()}
+    opts32 = {**call_opts, **opts32}
+    got32 = build_loss(cfg)(s.float(), t.float(), **opts32)
+    got64 = build_loss(cfg)(s, t, **call_opts)
+    assert got32.dtype == torch.float32 and torch.isfinite(got32)
+    assert torch.allclose(got32.double(), got64, rtol=1e-4, atol=1e-6), (got32, got64)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "s", "call"),
+    [
+        ({"type": "DKDLoss"}, randn((N, C), 1), {"labels": LABELS}),
+        ({"type": "DISTLoss", "tau": 3.0}, randn((N, C), 2), {}),
+        ({"type": "AttentionLoss"}, randn((2, 3, 4, 4), 3), {}),
+        ({"type": "RKDDistanceLoss"}, randn((N, 4), 4), {}),
+        ({"type": "RKDAngleLoss"}, randn((N, 4), 5), {}),
+        ({"type": "PKTLoss"}, randn((N, 4), 6), {}),
+        ({"type": "FeatureMSELoss"}, randn((2, 3, 4, 4), 7), {}),
+        ({"type": "FeatureL1Loss"}, randn((2, 3, 4, 4), 8), {}),
+        ({"type": "FeatureCosineLoss"}, randn((2, 3, 4, 4), 9), {}),
+    ],
+)
+def test_identical_student_and_teacher_give_zero(cfg, s, call):
+    out = build_loss(cfg)(s, s.clone(), reduction_override="sum", **call)
+    assert abs(float(out)) < 1e-12, out
+    # and a different teacher gives a positive loss
+    assert float(build_loss(cfg)(s, s.flip(0) * 1.5 + 0.3, reduction_override="sum", **call)) > 0
+
+
+def test_zero_dim_losses():
+    s, t = randn((N, C), 1), randn((N, C), 2)
+    loss = build_loss({"type": "DISTLoss"})
+    values = [loss(s, t, reduction_override=r) for r in ("none", "mean", "sum")]
+    assert all(v.dim() == 0 and float(v) == float(values[0]) for v in values)
+    # "batchmean" is BaseLoss's sum / N, also of a 0-dim l
+    assert_close(loss(s, t, reduction_override="batchmean"), values[0] / N)
+    with pytest.raises(ValueError, match="weight"):
+        loss(s, t, weight=torch.ones(N, dtype=D))
+    assert float(loss(s[:0], t[:0])) == 0.0  # an empty batch
+
+
+# ---------------------------------------------------------------------------------------- DKD
+
+
+def test_dkd_ignores_labels_out_of_range():
+    s0, t = randn((N, C), 21, 2.0), randn((N, C), 22, 2.0)
+    labels = LABELS.clone()
+    labels[[1, 4]] = torch.tensor([-100, C])
+    keep = torch.tensor([0, 2, 3, 5])
+    loss = build_loss({"type": "DKDLoss"})
+    s = s0.clone().requires_grad_()
+    l_none = loss(s, t, labels=labels, reduction_override="none")
+    assert torch.all(l_none[[1, 4]] == 0)
+    ref_elem = RK.dkd_loss(s0[keep], t[keep], LABELS[keep])
+    assert_close(l_none[keep], ref_elem)
+    got = loss(s, t, labels=labels)
+    ref = RU.reduce_with_validity(ref_elem, None, torch.ones(4, dtype=torch.bool), "mean")
+    assert_close(got, ref)  # the mean over the 4 valid samples
+    got.backward()
+    assert torch.isfinite(s.grad).all() and torch.all(s.grad[[1, 4]] == 0)
+
+
+def test_dkd_a_teacher_ruling_classes_out_is_finite():
+    s0, t = randn((N, C), 23, 2.0), randn((N, C), 24, 2.0)
+    t[0, 1] = float("-inf")  # Q_c = 0 for one class != y
+    t[1, LABELS[1]] = float("-inf")  # Q_y = 0
+    t[2] = float("-inf")
+    t[2, LABELS[2]] = 0.0  # all the teacher's mass on y: 1 - Q_y = 0, NCKD's softmax
+    s = s0.clone().requires_grad_()
+    got = build_loss({"type": "DKDLoss"})(s, t, labels=LABELS, reduction_override="none")
+    got.sum().backward()
+    assert torch.isfinite(got).all() and torch.isfinite(s.grad).all()
+    for n in (0, 1, 2):
+        ref = RK.dkd_loss(s0[n : n + 1], t[n : n + 1], LABELS[n : n + 1])
+        assert_close(got[n : n + 1].detach(), ref)
+
+
+def test_dkd_decomposes_kd():
+    # with alpha = 1 and beta = 1 - Q_y per sample DKD is KD (Zhao et al., eq. 3): check the
+    # decomposition KD = TCKD + (1 - Q_y) NCKD through the two single-term configurations
+    s, t = randn((N, C), 25, 2.0), randn((N, C), 26, 2.0)
+    tckd = build_loss({"type": "DKDLoss", "alpha": 1.0, "beta": 0.0})
+    nckd = build_loss({"type": "DKDLoss", "alpha": 0.0, "beta": 1.0})
+    kd = build_loss({"type": "KDLoss", "backend": "torch"})
+    q_y = torch.softmax(t / 4.0, 1).gather(1, LABELS[:, None])[:, 0]
+    total = tckd(s, t, labels=LABELS, reduction_override="none") + (1 - q_y) * nckd(
+        s, t, labels=LABELS, reduction_override="none"
+    )
+    assert_close(total, kd(s, t, reduction_override="none"))
+
+
+# ------------------------------------------------------------------------------ Feature losses
+
+FEATURES = {
+    "FeatureMSELoss": RK.feature_mse_loss,
+    "FeatureL1Loss": RK.feature_l1_loss,
+    "FeatureCosineLoss": RK.feature_cosine_loss,
+}
+
+
+@pytest.mark.parametrize("call", ["none", "mean", "sum", "weight"])
+@pytest.mark.parametrize("shape", [(3, 4), (2, 4, 3, 5), (2, 4, 6)])
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_feature_losses_match_the_reference(name, align, shape, call, backend):
+    normalize = shape == (2, 4, 3, 5) or call == "sum"
+    ct = 3 if align else shape[1]
+    cfg = {"type": name, "normalize": normalize, "backend": backend}  # fused on triton
+    if align:
+        cfg.update(student_channels=shape[1], teacher_channels=ct)
+    loss = build_loss(cfg).double()
+    assert (loss.align is not None) == align
+    s0, t = randn(shape, 41), randn((shape[0], ct, *shape[2:]), 42)
+    s, sr = s0.clone().requires_grad_(), s0.clone().requires_grad_()
+    leaves, ref_leaves, names, kw = [s], [sr], ["pred"], {}
+    if align:
+        w = loss.align.weight.detach().clone().requires_grad_()
+        b = loss.align.bias.detach().clone().requires_grad_()
+        kw = {"weight": w, "bias": b}
+        leaves += [loss.align.weight, loss.align.bias]
+        ref_leaves += [w, b]
+        names += ["align.weight", "align.bias"]
+    elem = FEATURES[name](sr, t, normalize=normalize, **kw)
+    expect_shape = (shape[0], *shape[2:]) if name == "FeatureCosineLoss" else t.shape
+    assert tuple(elem.shape) == tuple(expect_shape)
+    weight = positive_weight(elem.shape) if call == "weight" else None
+    got = loss(s, t, weight=weight, reduction_override=None if weight is not None else call)
+    ref = RU.reduce_with_validity(elem, weight, None, "mean" if weight is not None else call)
+    assert_close(got, ref)
+    check_grads(got, ref, leaves, ref_leaves, names)
+
+
+def test_feature_align_is_created_only_for_differing_channels():
+    assert build_loss({"type": "FeatureMSELoss"}).align is None
+    assert build_loss({"type": "FeatureMSELoss", "student_channels": 4}).align is None
+    same = build_loss({"type": "FeatureL1Loss", "student_channels": 4, "teacher_channels": 4})
+    assert same.align is None and not list(same.parameters())
+    diff = build_loss({"type": "FeatureCosineLoss", "student_channels": 4, "teacher_channels": 6})
+    assert isinstance(diff.align, torch.nn.Conv2d) and diff.align.weight.shape == (6, 4, 1, 1)
+    assert {n for n, _ in diff.named_parameters()} == {"align.weight", "align.bias"}
+    # a student of the right channel count with the identity: channels must match
+    with pytest.raises(ValueError, match="pred"):
+        same(randn((2, 3, 2, 2)), randn((2, 3, 2, 2)))
+
+
+# ------------------------------------------------------------------------------------------ MGD
+
+
+def _mgd_reference(loss, s, t, mask, alpha):
+    """The reference MGD with copies of the module's parameters as leaves."""
+    params = {n: p.detach().clone().requires_grad_() for n, p in loss.named_parameters()}
+    gen = (params["generation.0.weight"], params["generation.0.bias"],
+           params["generation.2.weight"], params["generation.2.bias"])  # fmt: skip
+    ref = RK.mgd_loss(s, t, mask, gen, align_weight=params.get("align.weight"),
+                      align_bias=params.get("align.bias"), alpha_mgd=alpha)  # fmt: skip
+    return ref, params
+
+
+@pytest.mark.parametrize("cs", [3, 2])
+def test_mgd_with_a_given_mask_matches_the_reference(cs):
+    alpha = 0.3
+    loss = build_loss({"type": "MGDLoss", "teacher_channels": 3, "student_channels": cs,
+                       "alpha_mgd": alpha}).double()  # fmt: skip
+    assert (loss.align is not None) == (cs != 3)
+    s0, t = randn((2, cs, 5, 4), 51), randn((2, 3, 5, 4), 52)
+    mask = (torch.rand((2, 1, 5, 4), generator=_gen(53)) >= 0.65).to(D)
+    s, sr = s0.clone().requires_grad_(), s0.clone().requires_grad_()
+    got = loss(s, t, mask=mask)
+    assert got.dim() == 0
+    assert torch.equal(loss(s, t, mask=mask), got)  # deterministic
+    ref, params = _mgd_reference(loss, sr, t, mask, alpha)
+    assert_close(got, ref)
+    for r in ("none", "sum"):
+        assert torch.equal(loss(s, t, mask=mask, reduction_override=r), got)
+    names = list(params)
+    lib_params = dict(loss.named_parameters())
+    check_grads(got, ref, [s, *(lib_params[n] for n in names)], [sr, *params.values()],
+                ["pred", *names])  # fmt: skip
+    # a bool mask is the same mask
+    assert torch.equal(loss(s, t, mask=mask.bool()), got)
+
+
+def test_mgd_draws_its_mask_with_the_generator():
+    lam = 0.4
+    loss = build_loss({"type": "MGDLoss", "teacher_channels": 3, "lambda_mgd": lam}).double()
+    s, t = randn((2, 3, 6, 5), 54), randn((2, 3, 6, 5), 55)
+    a = loss(s, t, generator=_gen(7))
+    b = loss(s, t, generator=_gen(7))
+    c = loss(s, t, generator=_gen(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # M = 0 where u < lambda_mgd, u = torch.rand([N,1,H,W]) from the same generator
+    u = torch.rand((2, 1, 6, 5), generator=_gen(7), dtype=D)
+    ref, _ = _mgd_reference(loss, s, t, (u >= lam).to(D), 7e-5)
+    assert_close(a, ref.detach())
+    # lambda 0 masks nothing, lambda 1 masks everything
+    ones = torch.ones((2, 1, 6, 5), dtype=D)
+    for lam_, m in ((0.0, ones), (1.0, ones * 0)):
+        other = build_loss({"type": "MGDLoss", "teacher_channels": 3, "lambda_mgd": lam_}).double()
+        other.load_state_dict(loss.state_dict())
+        assert_close(other(s, t), other(s, t, mask=m))
+    # no generator: the global one, a finite loss
+    assert torch.isfinite(loss(s, t))
+
+
+def test_mgd_options_and_errors():
+    loss = build_loss({"type": "MGDLoss", "teacher_channels": 4})
+    assert loss.options["alpha_mgd"] == 7e-5 and loss.options["lambda_mgd"] == 0.65
+    assert loss.options["student_channels"] == 4 and loss.align is None
+    assert loss.generation[0].weight.shape == (4, 4, 3, 3)
+    with pytest.raises(ValueError, match="teacher_channels"):
+        build_loss({"type": "MGDLoss"})
+    with pytest.raises(ValueError, match="lambda_mgd"):
+        build_loss({"type": "MGDLoss", "teacher_channels": 4, "lambda_mgd": 1.5})
+    with pytest.raises(ValueError, match="student_channels"):
+        build_loss({"type": "MGDLoss", "teacher_channels": 4, "student_channels": 0})
+    with pytest.raises(ValueError, match="mask"):
+        build_loss({"type": "MGDLoss", "teacher_channels": 4, "mask": torch.ones(1, 1, 1, 1)})
+    s, t = torch.randn(2, 4, 3, 3), torch.randn(2, 4, 3, 3)
+    with pytest.raises(ValueError, match="mask"):
+        loss(s, t, mask=torch.ones(2, 4, 3, 3))
+    with pytest.raises(ValueError, match="mask, generator"):
+        loss(s, t, mask=torch.ones(2, 1, 3, 3), generator=_gen(0))
+    with pytest.raises(TypeError, match="generator"):
+        loss(s, t, generator=0)
+    with pytest.raises(ValueError, match="pred"):
+        loss(torch.randn(2, 3, 3, 3), t)
+    with pytest.raises(ValueError, match="target"):
+        loss(s, torch.randn(2, 4, 3, 2))
+    with pytest.raises(TypeError, match="pred"):  # a float32 loss and float64 inputs
+        loss(s.double(), t.double())
+    with pytest.raises(ValueError, match="labels"):
+        loss(s, t, labels=torch.zeros(2))
+
+
+# --------------------------------------------------------------------------------- RKD edges
+
+
+@pytest.mark.parametrize("name", ["RKDDistanceLoss", "RKDAngleLoss"])
+def test_rkd_of_one_sample_is_zero_and_finite(name):
+    s = randn((1, 5), 61).requires_grad_()
+    out = build_loss({"type": name})(s, randn((1, 3), 62))
+    out.backward()
+    assert float(out.detach()) == 0.0 and torch.isfinite(s.grad).all() and s.grad.abs().max() == 0
+
+
+def test_rkd_distance_with_repeated_rows_is_finite():
+    s0 = randn((4, 3), 63)
+    s0[2] = s0[1]  # two equal embeddings: a distance clamped at sqrt(eps)
+    s = s0.clone().requires_grad_()
+    t = randn((4, 3), 64)
+    got = build_loss({"type": "RKDDistanceLoss"})(s, t)
+    sr = s0.clone().requires_grad_()
+    ref = RK.rkd_distance_loss(sr, t).mean()
+    assert_close(got, ref)
+    check_grads(got, ref, [s], [sr], ["pred"])
+
+
+def test_rkd_scale_invariance():
+    # d / mu and the angles do not change when the student is scaled and shifted
+    s, t = randn((N, 4), 65), randn((N, 4), 66)
+    for name in ("RKDDistanceLoss", "RKDAngleLoss"):
+        loss = build_loss({"type": name})
+        assert_close(loss(s * 3.0 + 1.0, t), loss(s, t))
+
+
+# ---------------------------------------------------------------------------------------- CRD
+
+
+def _crd_inputs(seed: int, n: int = 4, k: int = 7, d: int = 16):
+    return (randn((n, d), seed), randn((n, d), seed + 1), unit_rows((n, k + 1, d), seed + 2),
+            unit_rows((n, k + 1, d), seed + 3))  # fmt: skip
+
+
+def test_crd_normaliser_is_set_on_the_first_call_then_frozen():
+    loss = build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300})
+    assert float(loss.z_s) == -1.0 and float(loss.z_t) == -1.0  # unset
+    assert {"z_s", "z_t"} <= set(loss.state_dict())
+    s, t, bt, bs = _crd_inputs(70)
+    first = loss(s, t, bank_t=bt, bank_s=bs, reduction_override="none")
+    z_s = RK.crd_normalizer(s, bt, temperature=0.07, n_data=300)
+    z_t = RK.crd_normalizer(t, bs, temperature=0.07, n_data=300)
+    assert loss.z_s.dtype == D and loss.z_s.device == s.device
+    assert_close(loss.z_s, z_s, "z_s")
+    assert_close(loss.z_t, z_t, "z_t")
+    assert_close(first, RK.crd_loss(s, t, bt, bs, n_data=300))
+    # a second call with other inputs keeps Z
+    s2, t2, bt2, bs2 = _crd_inputs(80)
+    s2r = s2.clone().requires_grad_()
+    s2 = s2.clone().requires_grad_()
+    second = loss(s2, t2, bank_t=bt2, bank_s=bs2)
+    assert_close(loss.z_s, z_s, "z_s")
+    assert_close(loss.z_t, z_t, "z_t")
+    ref = RK.crd_loss(s2r, t2, bt2, bs2, n_data=300, z_s=z_s, z_t=z_t).mean()
+    assert_close(second, ref)
+    check_grads(second, ref, [s2], [s2r], ["pred"])
+    fresh = RK.crd_loss(s2, t2, bt2, bs2, n_data=300).mean()  # what an unfrozen Z would give
+    assert not torch.allclose(second, fresh, rtol=1e-6)
+    # the state dict carries Z
+    other = build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300})
+    other.load_state_dict(loss.state_dict())
+    assert_close(other(s2, t2, bank_t=bt2, bank_s=bs2), second)
+    # float32 inputs use the same (float64-held) Z
+    frozen = loss.z_s.clone()
+    got32 = loss(s2.float(), t2.float(), bank_t=bt2.float(), bank_s=bs2.float())
+    assert loss.z_s.dtype == D and torch.equal(loss.z_s, frozen)
+    assert got32.dtype == torch.float32 and torch.allclose(got32.double(), second, rtol=1e-5)
+
+
+def test_crd_an_empty_first_batch_leaves_the_normaliser_unset():
+    loss = build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300})
+    s, t, bt, bs = _crd_inputs(90)
+    out = loss(s[:0], t[:0], bank_t=bt[:0], bank_s=bs[:0])
+    assert float(out) == 0.0 and float(loss.z_s) == -1.0
+    loss(s, t, bank_t=bt, bank_s=bs)
+    assert_close(loss.z_s, RK.crd_normalizer(s, bt, temperature=0.07, n_data=300), "z_s")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_crd_normaliser_lives_on_the_inputs_device():
+    loss = build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300})
+    s, t, bt, bs = (x.cuda() for x in _crd_inputs(95))
+    loss(s, t, bank_t=bt, bank_s=bs)
+    assert loss.z_s.device == s.device and loss.z_t.device == s.device
+    ref = RK.crd_normalizer(s.cpu(), bt.cpu(), temperature=0.07, n_data=300)
+    assert_close(loss.z_s.cpu(), ref, "z_s")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_random_mask_and_normaliser_stay_on_the_device_without_a_sync():
+    dev = torch.device("cuda")
+    mgd = build_loss({"type": "MGDLoss", "teacher_channels": 4}).double().to(dev)
+    crd = build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300}).to(dev)
+    s, t = randn((2, 4, 6, 5), 97).to(dev), randn((2, 4, 6, 5), 98).to(dev)
+    cs, ct, bt, bs = (x.to(dev) for x in _crd_inputs(99))
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        a = mgd(s, t, generator=torch.Generator(device=dev).manual_seed(3))
+        b = mgd(s, t, generator=torch.Generator(device=dev).manual_seed(3))
+        c = crd(cs, ct, bank_t=bt, bank_s=bs)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert torch.equal(a, b) and a.device == dev and c.device == dev
+    assert crd.z_s.device == dev and float(crd.z_s) > 0
+
+
+def test_crd_errors():
+    s, t, bt, bs = _crd_inputs(96)
+    loss = build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300})
+    assert loss.options["temperature"] == 0.07 and loss.options["eps"] == 1e-7
+    assert build_loss({"type": "CRDLoss", "n_data": 10}).options["neg_num"] == 16384
+    with pytest.raises(ValueError, match="bank_t"):
+        loss(s, t, bank_s=bs)
+    with pytest.raises(ValueError, match="bank_s"):
+        loss(s, t, bank_t=bt)
+    with pytest.raises(ValueError, match="neg_num"):
+        build_loss({"type": "CRDLoss", "n_data": 300})(s, t, bank_t=bt, bank_s=bs)
+    with pytest.raises(ValueError, match="bank_t"):
+        loss(s, t, bank_t=bt[..., :8], bank_s=bs)
+    with pytest.raises(TypeError, match="bank_s"):
+        loss(s, t, bank_t=bt, bank_s=bs.long())
+    with pytest.raises(ValueError, match="target"):
+        loss(s, t[:, :8], bank_t=bt, bank_s=bs)
+    with pytest.raises(ValueError, match="n_data"):
+        build_loss({"type": "CRDLoss"})
+    with pytest.raises(ValueError, match="n_data"):
+        build_loss({"type": "CRDLoss", "n_data": 0})
+    with pytest.raises(ValueError, match="neg_num"):
+        build_loss({"type": "CRDLoss", "n_data": 10, "neg_num": 0})
+    with pytest.raises(ValueError, match="temperature"):
+        build_loss({"type": "CRDLoss", "n_data": 10, "tau": 0.0})
+    with pytest.raises(ValueError, match="sample_n"):
+        build_loss({"type": "CRDLoss", "n_data": 10, "sample_n": 10})
+
+
+# ------------------------------------------------------------------------- options and errors
+
+
+def test_registered_names_defaults_and_aliases():
+    for name, alias in [("DKDLoss", "DecoupledKDLoss"), ("AttentionLoss", "ATLoss"),
+                        ("RKDDistanceLoss", "DistanceWiseRKD"),
+                        ("RKDAngleLoss", "AngleWiseRKD")]:  # fmt: skip
+        assert LOSSES.get(name) is LOSSES.get(alias)
+    for name in ("DISTLoss", "FeatureMSELoss", "FeatureL1Loss", "FeatureCosineLoss", "PKTLoss"):
+        assert name in LOSSES
+    dkd = build_loss({"type": "DKDLoss"})
+    assert dkd.reduction == "mean" and dkd.loss_name == "loss_dkd"
+    assert {k: dkd.options[k] for k in ("temperature", "alpha", "beta")} == {
+        "temperature": 4.0, "alpha": 1.0, "beta": 8.0}  # fmt: skip
+    dist = build_loss({"type": "DISTLoss", "intra_loss_weight": 3.0})
+    assert dist.options == {"temperature": 1.0, "beta": 1.0, "gamma": 3.0}
+    at = build_loss({"type": "ATLoss"})
+    assert at.options == {"p": 2.0, "normalize": True} and at.loss_name == "loss_attention"
+    assert build_loss({"type": "RKDDistanceLoss"}).options == {"eps": 1e-12, "squared": False}
+    assert build_loss({"type": "RKDAngleLoss"}).options == {"eps": 1e-12}
+    assert build_loss({"type": "PKTLoss"}).options == {"eps": 1e-7}
+    assert build_loss({"type": "FeatureMSELoss"}).options == {
+        "normalize": False, "student_channels": None, "teacher_channels": None}  # fmt: skip
+    # loss_weight scales the result
+    s, t = randn((N, 4), 1), randn((N, 4), 2)
+    one = build_loss({"type": "RKDAngleLoss"})(s, t)
+    assert_close(build_loss({"type": "RKDAngleLoss", "loss_weight": 50})(s, t), one * 50)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "match"),
+    [
+        ({"type": "DKDLoss", "temperature": 0.0}, "temperature"),
+        ({"type": "DKDLoss", "tau": -1.0}, "tau|temperature"),
+        ({"type": "DKDLoss", "tau": 2.0, "temperature": 3.0}, "tau"),
+        ({"type": "DKDLoss", "alpha": "1"}, "alpha"),
+        ({"type": "DKDLoss", "labels": torch.zeros(2, dtype=torch.long)}, "labels"),
+        ({"type": "DISTLoss", "temperature": 0}, "temperature"),
+        ({"type": "DISTLoss", "gamma": float("nan")}, "gamma"),
+        ({"type": "FeatureMSELoss", "normalize": 1}, "normalize"),
+        ({"type": "FeatureL1Loss", "teacher_channels": 2.5}, "teacher_channels"),
+        ({"type": "AttentionLoss", "p": 0.5}, "p"),
+        ({"type": "AttentionLoss", "normalize": None}, "normalize"),
+        ({"type": "RKDDistanceLoss", "eps": 0.0}, "eps"),
+        ({"type": "RKDDistanceLoss", "squared": 1}, "squared"),
+        ({"type": "RKDAngleLoss", "eps": -1.0}, "eps"),
+        ({"type": "PKTLoss", "eps": 0.0}, "eps"),
+        ({"type": "PKTLoss", "margin": 1.0}, "margin"),
+    ],
+)
+def test_bad_options_are_named(cfg, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        build_loss(cfg)
+
+
+def _bad_inputs():
+    s, t = randn((N, C)), randn((N, C), 1)
+    f4, f3 = randn((2, 3, 4, 4)), randn((2, 3, 4))
+    aligned = {"type": "FeatureMSELoss", "student_channels": 3, "teacher_channels": 5}
+    return [
+        ({"type": "DKDLoss"}, (s, t), {}, ValueError, "labels"),
+        ({"type": "DKDLoss"}, (s, t), {"labels": LABELS[:3]}, ValueError, "labels"),
+        ({"type": "DKDLoss"}, (s, t), {"labels": LABELS.double()}, TypeError, "labels"),
+        ({"type": "DKDLoss"}, (s, t[:, :4]), {"labels": LABELS}, ValueError, "target"),
+        ({"type": "DKDLoss"}, (s[:, :1], t[:, :1]), {"labels": LABELS}, ValueError, "pred"),
+        ({"type": "DKDLoss"}, (f4, f4), {"labels": LABELS}, ValueError, "pred"),
+        ({"type": "DKDLoss"}, (s.long(), t), {"labels": LABELS}, TypeError, "pred"),
+        ({"type": "DKDLoss"}, (s, t), {"mask": LABELS}, ValueError, "mask"),
+        ({"type": "DISTLoss"}, (s, t[:4]), {}, ValueError, "target"),
+        ({"type": "DISTLoss"}, (s, [1.0]), {}, TypeError, "target"),
+        ({"type": "FeatureMSELoss"}, (f4, f4[:, :2]), {}, ValueError, "target"),
+        ({"type": "FeatureL1Loss"}, (f4, f4[..., :3]), {}, ValueError, "target"),
+        ({"type": "FeatureCosineLoss"}, (randn(3), randn(3)), {}, ValueError, "pred"),
+        (aligned, (f4[:, :2], randn((2, 5, 4, 4))), {}, ValueError, "student_channels"),
+        (aligned, (f4, f4), {}, ValueError, "teacher_channels"),
+        (aligned, (f4, randn((2, 5, 4, 3))), {}, ValueError, "target"),
+        (aligned, (f4, randn((2, 5, 4, 4))), {}, TypeError, "pred"),  # a float32 align
+        ({"type": "AttentionLoss"}, (f3, f3), {}, ValueError, "pred"),
+        ({"type": "AttentionLoss"}, (f4, f4[:1]), {}, ValueError, "target"),
+        ({"type": "RKDDistanceLoss"}, (randn(4), randn(4)), {}, ValueError, "pred"),
+        ({"type": "RKDDistanceLoss"}, (s, t[:5]), {}, ValueError, "target"),
+        ({"type": "RKDAngleLoss"}, (s, randn(N)), {}, ValueError, "target"),
+        ({"type": "PKTLoss"}, (s, f3), {}, ValueError, "target"),
+        ({"type": "PKTLoss"}, (f3, f3), {}, ValueError, "pred"),
+    ]
+
+
+@pytest.mark.parametrize("index", range(len(_bad_inputs())))
+def test_bad_inputs_are_named(index):
+    cfg, args, call, exc, match = _bad_inputs()[index]
+    with pytest.raises(exc, match=match):
+        build_loss(cfg)(*args, **call)
+
+
+@pytest.mark.parametrize("case", ["DKD", "RKD", "CRD", "AT[pool both,p3]"])
+def test_traces_without_graph_breaks(case):
+    cfg, _, _, _, call, _ = CASES[case]
+    s, t = _inputs(case, seed=13)
+    loss = build_loss(cfg)
+    compiled = torch.compile(lambda a, b: loss(a, b, **call), backend="eager", fullgraph=True)
+    assert_close(compiled(s, t), build_loss(cfg)(s, t, **call))
+
+
+def test_mgd_traces_without_graph_breaks():
+    # (a torch.Generator argument is not traceable by dynamo; the global generator is)
+    loss = build_loss({"type": "MGDLoss", "teacher_channels": 4, "student_channels": 3}).double()
+    s, t = randn((2, 3, 4, 4), 14), randn((2, 4, 4, 4), 15)
+    compiled = torch.compile(lambda a, b: loss(a, b), backend="eager", fullgraph=True)
+    torch.manual_seed(4)
+    got = compiled(s, t)
+    torch.manual_seed(4)
+    assert_close(got, loss(s, t))
+
+
+DISTILL_YAML = """
+loss:
+  task_loss:
+    type: CrossEntropyLoss
+    loss_weight: 1.0
+  kd_loss:
+    type: KnowledgeDistillationLoss
+    temperature: 4.0
+    loss_weight: 0.5
+  feature_loss:
+    type: FeatureMSELoss
+    loss_weight: 0.1
+    normalize: true
+"""
+
+
+def test_seed_distillation_config(backend):
+    """The seed's distillation example, built from YAML, against the float64 references."""
+    yaml = pytest.importorskip("yaml")
+    cfg = yaml.safe_load(DISTILL_YAML)["loss"]
+    crit = build_loss({k: {**v, "backend": backend} for k, v in cfg.items()})
+    s, t, y = randn((6, 5), 1), randn((6, 5), 2), LABELS
+    fs, ft = randn((6, 8, 3, 3), 3), randn((6, 8, 3, 3), 4)
+    got = crit["task_loss"](s, y) + crit["kd_loss"](s, t) + crit["feature_loss"](fs, ft)
+    kd = RK.knowledge_distillation_loss(s, t, temperature=4.0).sum() / 6
+    feat = RK.feature_mse_loss(fs, ft, normalize=True).mean()
+    ce = F.cross_entropy(s, y, reduction="sum") / (6 + float(torch.finfo(torch.float32).eps))
+    expect = ce + 0.5 * kd + 0.1 * feat  # CE "mean": the non-ignored count + eps (spec 12.2)
+    assert torch.allclose(got, expect, rtol=1e-10, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_fused_feature_losses_in_low_precision(name, dtype, backend):
+    s0, t = randn((2, 16, 4, 5), 11), randn((2, 16, 4, 5), 12)
+    loss = build_loss({"type": name, "normalize": True, "backend": backend})
+    s = s0.to(dtype).requires_grad_()
+    got = loss(s, t.to(dtype))
+    got.backward()
+    sr = s0.to(dtype).double().requires_grad_()
+    ref = FEATURES[name](sr, t.to(dtype).double(), normalize=True).mean()
+    ref.backward()
+    assert got.dtype == torch.float32 and s.grad.dtype == dtype
+    assert abs(float(got) - float(ref)) <= 1e-5 * abs(float(ref)) + 1e-7
+    assert_grad_close(s.grad, sr.grad, 1e-5 if dtype == torch.float32 else 1e-2)
