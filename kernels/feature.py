@@ -41,6 +41,21 @@ def _tile(ptr, n, c, s, sn, sc, ss, m2, cdt: tl.constexpr):
     return x.to(cdt)
 
 
+@triton.jit
+def _upstream(d, go_ptr, g_fac, n, c, s, C, S, m2, cdt: tl.constexpr, LOSS: tl.constexpr,
+              GO_SCALAR: tl.constexpr):  # fmt: skip
+    """u = dL/dA of the elementwise losses: (2 d or sign(d)) times the upstream gradient."""
+    if LOSS == 0:
+        u = 2.0 * d
+    else:
+        u = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
+    if GO_SCALAR:
+        u = u * g_fac[:, None]
+    else:
+        u = u * _tile(go_ptr, n, c, s, C * S, S, 1, m2, cdt)
+    return u
+
+
 @triton.jit(do_not_specialize=["p_exp"])
 def _feature_kernel(
     a_ptr, t_ptr, out_ptr, go_ptr, ga_ptr, R, S, C,
@@ -99,14 +114,7 @@ def _feature_kernel(
             m2 = rmask[:, None] & (c < C)[None, :]
             aa = _tile(a_ptr, n, c, s, san, sac, sas, m2, cdt) / na[:, None]
             d = aa - _tile(t_ptr, n, c, s, stn, stc, sts, m2, cdt) / nt[:, None]
-            if LOSS == 0:
-                u = 2.0 * d
-            else:
-                u = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
-            if GO_SCALAR:
-                u = u * g_fac[:, None]
-            else:
-                u = u * _tile(go_ptr, n, c, s, C * S, S, 1, m2, cdt)
+            u = _upstream(d, go_ptr, g_fac, n, c, s, C, S, m2, cdt, LOSS, GO_SCALAR)
             sau += tl.sum(aa * u, axis=1)
     if MODE == 2 and NORM and LOSS == 2:
         sau = -g_fac * tl.where(norm_a > 1e-8, 0.0, cos)  # closed form (module docstring)
@@ -132,14 +140,7 @@ def _feature_kernel(
                 else:
                     d = aa - tt
                     if MODE == 2:
-                        if LOSS == 0:
-                            u = 2.0 * d
-                        else:
-                            u = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
-                        if GO_SCALAR:
-                            u = u * g_fac[:, None]
-                        else:
-                            u = u * _tile(go_ptr, n, c, s, C * S, S, 1, m2, cdt)
+                        u = _upstream(d, go_ptr, g_fac, n, c, s, C, S, m2, cdt, LOSS, GO_SCALAR)
                     else:
                         l = d * d if LOSS == 0 else tl.abs(d)
                         if MODE == 0:
