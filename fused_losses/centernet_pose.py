@@ -30,11 +30,12 @@ from typing import Any
 import torch
 
 from .centernet import CENTERNET_FOCAL, REG_EPS, _reg_loss, check_reg_inputs
-from .centernet_pose_labels import centernet_pose_targets
+from .centernet_pose_labels import AREA_LIMIT, centernet_pose_targets, check_hm_gauss
 from .distributed import active_group, denominator_sync, global_loss
 from .focal import focal_share
 from .options import LossModule, LossOptions
 from .validation import (
+    INT_LIMIT,
     check_bool,
     check_choice,
     check_floating,
@@ -48,6 +49,8 @@ from .validation import (
 )
 
 POSE_COMPONENTS = ("hm", "wh", "off", "hp", "hm_hp", "hp_offset")
+WEIGHT_NAMES = ("hm_weight", "wh_weight", "off_weight", "hp_weight", "hm_hp_weight")
+WEIGHT_LIMIT = 1e30  # |weight|: finite in float32 (max about 3.4e38) with room for the term
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,7 +63,7 @@ class CenterNetPoseOptions(LossOptions):
     wh_weight: float = 0.1
     off_weight: float = 1.0
     hp_weight: float = 1.0
-    hm_hp_weight: float = 1.0
+    hm_hp_weight: float = 1.0  # the weights: numbers in [-1e30, 1e30]
     hm_hp: bool = True
     reg_offset: bool = True
     reg_hp_offset: bool = True
@@ -68,17 +71,23 @@ class CenterNetPoseOptions(LossOptions):
     mse_loss: bool = False
     reg_loss: str = "l1"
     down_ratio: int = 4
-    hm_gauss: float | None = None
+    hm_gauss: float | None = None  # None, or a number in [1e-6, 1e4] (HM_GAUSS_RANGE)
 
     def validate(self) -> None:
-        for name in ("hm_weight", "wh_weight", "off_weight", "hp_weight", "hm_hp_weight"):
-            self._set(name, check_number(name, getattr(self, name)))
+        for name in WEIGHT_NAMES:
+            value = check_number(name, getattr(self, name))
+            if not abs(value) <= WEIGHT_LIMIT:
+                raise ValueError(
+                    f"{name}: expected a number in [-1e30, 1e30] (finite in float32), "
+                    f"got {getattr(self, name)!r}"
+                )
+            self._set(name, value)
         for name in ("hm_hp", "reg_offset", "reg_hp_offset", "dense_hp", "mse_loss"):
             check_bool(name, getattr(self, name))
         check_choice("reg_loss", self.reg_loss, ("l1", "sl1"))
         self._set("down_ratio", check_positive_int("down_ratio", self.down_ratio))
         if self.hm_gauss is not None:
-            self._set("hm_gauss", check_number("hm_gauss", self.hm_gauss, positive=True))
+            self._set("hm_gauss", check_hm_gauss(self.hm_gauss))
 
     def runs(self) -> dict[str, bool]:
         """Which terms run (CenterNet's gates; ``reg_hp_offset`` is off without ``hm_hp``)."""
@@ -116,14 +125,104 @@ def _target_keys(opts: CenterNetPoseOptions) -> list[str]:
     return keys
 
 
+def _heads_read(opts: CenterNetPoseOptions) -> list[str]:
+    """The heads the terms that run read (``hm`` first); any other key of a stack is ignored."""
+    return [_HEADS[name] for name, on in opts.runs().items() if on]
+
+
+def _stacks(outputs: Any) -> list[dict[str, Any]]:
+    """``outputs`` as a list of stacks, each a dict of heads (one dict: one stack)."""
+    if isinstance(outputs, dict):
+        return [outputs]
+    if not isinstance(outputs, (list, tuple)) or not outputs:
+        got = type(outputs).__name__
+        if isinstance(outputs, (list, tuple)):
+            got = f"an empty {got}"
+        raise TypeError(
+            f"outputs: expected a dict of heads or a non-empty list of them (stacks), got {got}"
+        )
+    for s, out in enumerate(outputs):
+        if not isinstance(out, dict):
+            raise TypeError(f"outputs[{s}]: expected a dict of heads, got {type(out).__name__}")
+    return list(outputs)
+
+
+def _check_present(s: int, out: dict[str, Any], need: list[str]) -> None:
+    absent = [h for h in need if h not in out]
+    if absent:
+        raise ValueError(f"outputs[{s}]: missing heads {absent}")
+
+
+def _expect_shape(
+    name: str, x: torch.Tensor, expected: list, labels: list[str], note: str, *sources: Any
+) -> None:
+    """``check_shape`` with the message built only on error (no text of a symbolic size while
+    torch.compile traces): ``expected`` per dim an int or None (any), ``labels`` its prefix or,
+    for None, its name; ``sources`` the tensors (name, tensor) whose shapes ``note`` refers to."""
+    if x.dim() != len(expected) or any(e is not None and e != d for e, d in zip(expected, x.shape)):
+        dims = ", ".join(lab if e is None else f"{lab}{e}" for e, lab in zip(expected, labels))
+        src = ", ".join(f"{n} {shape_str(t)}" for n, t in sources)
+        raise ValueError(f"{name}: expected shape [{dims}] ({note}{src}), got {shape_str(x)}")
+
+
+def check_raw_heads(
+    stacks: list[dict[str, Any]], boxes: Any, keypoints: Any, opts: CenterNetPoseOptions
+) -> None:
+    """The heads read, checked against raw ``boxes`` [B, N, 4] and ``keypoints`` [B, N, J, 3]
+    before any target is built: each a floating tensor on the boxes' device; stack 0's ``hm``
+    [B, K, H, W] sets K and the map size (K, H, W in [1, 65536], H W <= 2^30); in every stack
+    ``hm`` [B, K, H, W], ``wh``, ``reg``, ``hp_offset`` [B, 2, H, W], ``hps`` [B, 2J, H, W] and
+    ``hm_hp`` [B, J, H, W] (J in [1, 65536])."""
+    check_tensor("boxes", boxes)
+    check_shape("boxes", boxes, [None, None, 4], "[B, N, 4] (x1, y1, x2, y2)")
+    check_tensor("keypoints", keypoints)
+    check_shape("keypoints", keypoints, [None, None, None, 3], "[B, N, J, 3]")
+    b, nj = boxes.shape[0], keypoints.shape[2]
+    if not 0 < nj <= INT_LIMIT:
+        raise ValueError(
+            f"keypoints: expected [B, N, J, 3] with J in [1, {INT_LIMIT}], "
+            f"got {shape_str(keypoints)}"
+        )
+    channels = {"wh": (2, ""), "reg": (2, ""), "hp_offset": (2, ""), "hps": (2 * nj, "2J = "),
+                "hm_hp": (nj, "J = ")}  # fmt: skip
+    from_boxes, hm0 = ("boxes", boxes), ("outputs[0]['hm']", stacks[0].get("hm"))
+    need = _heads_read(opts)
+    for s, out in enumerate(stacks):
+        _check_present(s, out, need)
+        for head in need:
+            name, x = f"outputs[{s}]['{head}']", out[head]
+            check_tensor(name, x)
+            check_floating(name, x)
+            if head == "hm" and s == 0:
+                _expect_shape(name, x, [b, None, None, None], ["", "K", "H", "W"], "B from ",
+                              from_boxes)  # fmt: skip
+                k, h, w = x.shape[1:]
+                if not (0 < k <= INT_LIMIT and 0 < h <= INT_LIMIT and 0 < w <= INT_LIMIT) or (
+                    h * w > AREA_LIMIT
+                ):
+                    raise ValueError(
+                        f"{name}: expected K, H, W in [1, {INT_LIMIT}] with H * W <= 2^30 (the "
+                        f"classes and map size of the targets), got {shape_str(x)}"
+                    )
+            elif head == "hm":
+                _expect_shape(name, x, [b, k, h, w], [""] * 4, "like ", hm0)
+            else:
+                c, what = channels[head]
+                _expect_shape(name, x, [b, c, h, w], ["", what, "", ""], "B, J, H, W from ",
+                              from_boxes, ("keypoints", keypoints), hm0)  # fmt: skip
+            if x.device != boxes.device:
+                raise ValueError(
+                    f"{name}: expected a tensor on {boxes.device} (like boxes), got one on "
+                    f"{x.device}"
+                )
+
+
 def check_pose_inputs(
     outputs: Any, targets: Any, opts: CenterNetPoseOptions
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
-    """(the stacks, the targets used), every tensor checked before any kernel runs."""
-    if isinstance(outputs, dict):
-        outputs = [outputs]
-    if not isinstance(outputs, (list, tuple)) or not outputs:
-        raise TypeError("outputs: expected a dict of heads or a non-empty list of them (stacks)")
+    """(the stacks, the targets used), every tensor checked before any kernel runs. Only the
+    heads and target keys that the terms which run read are checked (others are ignored)."""
+    outputs = _stacks(outputs)
     if not isinstance(targets, dict):
         raise TypeError(f"targets: expected a dict, got {type(targets).__name__}")
     runs = opts.runs()
@@ -131,13 +230,9 @@ def check_pose_inputs(
     if missing:
         raise ValueError(f"targets: missing keys {missing} (for the options given)")
     t = {k: targets[k] for k in _target_keys(opts)}
+    need = _heads_read(opts)
     for s, out in enumerate(outputs):
-        if not isinstance(out, dict):
-            raise TypeError(f"outputs[{s}]: expected a dict of heads, got {type(out).__name__}")
-        need = [_HEADS[name] for name, on in runs.items() if on]
-        absent = [h for h in need if h not in out]
-        if absent:
-            raise ValueError(f"outputs[{s}]: missing heads {absent}")
+        _check_present(s, out, need)
         hm = out["hm"]
         check_tensor(f"outputs[{s}]['hm']", hm)
         check_floating(f"outputs[{s}]['hm']", hm)
@@ -171,9 +266,9 @@ def check_pose_inputs(
             check_tensor(f"outputs[{s}]['hm_hp']", out["hm_hp"])
             check_floating(f"outputs[{s}]['hm_hp']", out["hm_hp"])
             _check_same_shape("targets['hm_hp']", t["hm_hp"], out["hm_hp"])
-        named = {f"outputs[{s}]['{k}']": v for k, v in out.items() if isinstance(v, torch.Tensor)}
+        named = {f"outputs[{s}]['{k}']": out[k] for k in need}
         check_same_device({**named, **{f"targets['{k}']": v for k, v in t.items()}})
-    return list(outputs), t
+    return outputs, t
 
 
 def _check_same_shape(name: str, x: Any, like: torch.Tensor) -> None:
@@ -223,14 +318,9 @@ def centernet_pose_loss(
     if targets is None:
         if keypoints is None:
             raise ValueError("keypoints: required with boxes")
-        first = outputs if isinstance(outputs, dict) else (outputs[0] if outputs else None)
-        if not isinstance(first, dict) or "hm" not in first:
-            raise ValueError("outputs: expected heads with 'hm' (the map size and classes)")
-        check_tensor("outputs[0]['hm']", first["hm"])
-        check_shape("outputs[0]['hm']", first["hm"], [None, None, None, None], "[B, K, H, W]")
-        check_tensor("keypoints", keypoints)
-        check_shape("keypoints", keypoints, [None, None, None, 3], "[B, N, J, 3]")
-        k, h, w = first["hm"].shape[1:]
+        stacks = _stacks(outputs)
+        check_raw_heads(stacks, boxes, keypoints, opts)  # before any target is built
+        k, h, w = stacks[0]["hm"].shape[1:]
         targets = centernet_pose_targets(
             boxes, keypoints, labels, box_mask, num_classes=k, num_joints=keypoints.shape[2],
             output_size=(h, w), down_ratio=opts.down_ratio, dense_hp=opts.dense_hp,
@@ -297,8 +387,11 @@ class CenterNetPoseLoss(LossModule):
     dict (``hm wh reg ind reg_mask hps hps_mask hm_hp hp_offset hp_ind hp_mask``, with
     ``dense_hp`` ``dense_hps dense_hps_mask`` instead of ``hps hps_mask``; extra keys ignored),
     or raw ``boxes`` [B,N,4], ``keypoints`` [B,N,J,3] (x, y, v) input pixels, ``labels`` and
-    ``box_mask`` [B,N], from which :func:`centernet_pose_targets` builds them on the device.
-    Returns the total, and with ``return_components=True`` ``(total, {"hm", "wh", "off", "hp",
+    ``box_mask`` [B,N], from which :func:`centernet_pose_targets` builds them on the device
+    (the heads read are checked against the boxes and keypoints first: floating, on the boxes'
+    device, stack 0's ``hm`` setting B = the boxes' batch, K, H, W, every other head read
+    [B,C,H,W] with C as above; a head that no running term reads is ignored). The weights are
+    numbers in [-1e30, 1e30], ``hm_gauss`` one in [1e-6, 1e4]. Returns the total, and with ``return_components=True`` ``(total, {"hm", "wh", "off", "hp",
     "hm_hp", "hp_offset"})`` with detached 0-dim terms (0 for a term that does not run).
     """
 

@@ -19,6 +19,7 @@ from .backend import check_backend, compute_dtype, resolve_backend
 from .centernet_labels import box_geometry, check_box_inputs
 from .labels import div_exact
 from .validation import (
+    INT_LIMIT,
     check_bool,
     check_number,
     check_positive_int,
@@ -33,6 +34,32 @@ POSE_TARGET_KEYS = (
 )  # fmt: skip
 DENSE_KEYS = ("dense_hps", "dense_hps_mask")
 NO_JOINT_PEAK = 0.9999  # multi_pose.py: hm at the centre of a box without a labelled joint
+# hm_gauss (the msra sigma, in map cells): from 1e-6, 2 sigma^2 >= 2e-12 is a normal float32 (a
+# smaller sigma rounds 2 sigma^2 to 0 and the centre's exponent to 0 / 0 = NaN), up to 1e4 (a
+# wider Gaussian is flat over any practical map).
+HM_GAUSS_RANGE = (1e-6, 1e4)
+# output_size: H and W in [1, 65536] (SPEC 8), and H * W <= 2^30: the kernels index a map plane
+# with int32 (cell and tile offsets up to H * W plus a block).
+AREA_LIMIT = 2**30
+
+
+def check_hm_gauss(value: object) -> float:
+    """``hm_gauss`` as a float in ``HM_GAUSS_RANGE`` (a TypeError / ValueError naming it)."""
+    v = check_number("hm_gauss", value)
+    lo, hi = HM_GAUSS_RANGE
+    if not lo <= v <= hi:
+        raise ValueError(f"hm_gauss: expected a number in [1e-6, 1e4], got {value!r}")
+    return v
+
+
+def check_output_size(size: tuple[int, int], given: object) -> None:
+    """(H, W) with H, W <= 65536 and H * W <= 2^30 (``given``: the value the user passed)."""
+    h, w = size
+    if h > INT_LIMIT or w > INT_LIMIT or h * w > AREA_LIMIT:
+        raise ValueError(
+            f"output_size: expected (H, W) with H and W in [1, {INT_LIMIT}] and H * W <= 2^30, "
+            f"got {given!r}"
+        )
 
 
 def _umich(cx, cy, r, rows, cols):
@@ -181,6 +208,7 @@ def check_pose_target_inputs(
     if labels is None:
         labels = torch.zeros(b, n, dtype=torch.int64, device=boxes.device)
     size = check_box_inputs(boxes, labels, box_mask, num_classes, output_size, down_ratio)
+    check_output_size(size, output_size)
     check_positive_int("num_joints", num_joints)
     check_tensor("keypoints", keypoints)
     check_real("keypoints", keypoints)
@@ -192,9 +220,7 @@ def check_pose_target_inputs(
     check_bool("dense_hp", dense_hp)
     check_bool("mse_loss", mse_loss)
     if hm_gauss is not None:
-        hm_gauss = check_number("hm_gauss", hm_gauss, positive=True)
-        if hm_gauss > 1e4:
-            raise ValueError(f"hm_gauss: expected a number in (0, 1e4], got {hm_gauss!r}")
+        hm_gauss = check_hm_gauss(hm_gauss)
     elif mse_loss:
         raise ValueError("hm_gauss: required with mse_loss=True (the msra Gaussians' sigma)")
     return labels, size, hm_gauss
@@ -225,8 +251,10 @@ def centernet_pose_targets(
     ``hps_mask`` [B,N,2J] uint8, ``hm_hp`` [B,J,H,W], ``hp_offset`` [B,N*J,2], ``hp_ind``
     [B,N*J] int64, ``hp_mask`` [B,N*J] int64; with ``dense_hp`` also ``dense_hps`` and
     ``dense_hps_mask`` [B,2J,H,W]. ``mse_loss`` draws msra Gaussians of sigma ``hm_gauss``
-    (required then). Float outputs float32 (float64 for float64 boxes); identical to CenterNet's
-    ``multi_pose.py`` (division by ``down_ratio`` for its affine transform) for float32 inputs.
+    (required then; a number in [1e-6, 1e4] map cells). ``output_size`` (H, W): ints in
+    [1, 65536] with H * W <= 2^30. Float outputs float32 (float64 for float64 boxes); identical
+    to CenterNet's ``multi_pose.py`` (division by ``down_ratio`` for its affine transform) for
+    float32 inputs.
     The triton backend is one launch; no host sync, no gradient.
     """
     labels, size, hm_gauss = check_pose_target_inputs(

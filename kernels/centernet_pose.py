@@ -81,6 +81,12 @@ def _stamp(col, row, cx, cy, r, sigma, Hm, Wm, MSE: tl.constexpr, cdt: tl.conste
 
 
 @triton.jit
+def _max_nan(a, b):
+    """max(a, b) with a NaN of either kept, as ``torch.maximum`` (``tl.maximum`` may drop it)."""
+    return tl.where((a > b) | (a != a), a, b)
+
+
+@triton.jit
 def _hits(cy, reach, row_lo, row_hi):
     """Whether rows [cy - reach, cy + reach] meet the tile's rows [row_lo, row_hi]."""
     return (cy - reach <= row_hi) & (cy + reach >= row_lo)
@@ -125,10 +131,11 @@ def _pose_box(
 
 @triton.jit
 def _merge_mask(dmask_ptr, b, j, J, HW, ps, on, gm):
-    """dense_hps_mask[2j] and [2j + 1] max-merge the Gaussian gm (owner of the tile)."""
+    """dense_hps_mask[2j] and [2j + 1] max-merge the Gaussian gm (owner of the tile; a NaN
+    propagates, as in the torch backend)."""
     for a in range(2):
         mp = dmask_ptr + (b * 2 * J + 2 * j + a) * HW + ps
-        tl.store(mp, tl.maximum(tl.load(mp, mask=on), gm), mask=on)
+        tl.store(mp, _max_nan(tl.load(mp, mask=on), gm), mask=on)
 
 
 @triton.jit(do_not_specialize=["hm_gauss"])
@@ -222,10 +229,10 @@ def _pose_targets_kernel(
                 if ok & _hits(yi, reach, row_lo, row_hi):
                     g = _stamp(col, row, xi, yi, r, sigma, Hm, Wm, MSE, cdt)
                     hp = hmhp_ptr + (b * J + j) * HW + ps
-                    tl.store(hp, tl.maximum(tl.load(hp, mask=on), g), mask=on)
+                    tl.store(hp, _max_nan(tl.load(hp, mask=on), g), mask=on)
             if _hits(cyi, reach, row_lo, row_hi):
                 g = _stamp(col, row, cxi, cyi, r, sigma, Hm, Wm, MSE, cdt)
-                tl.store(plane, tl.maximum(tl.load(plane, mask=on), g), mask=on)
+                tl.store(plane, _max_nan(tl.load(plane, mask=on), g), mask=on)
     if tile == 0:
         _pose_box_outputs(
             bp, s_bn, s_bk, kp_ptr, s_kb, s_kn, s_kj, lab_ptr, s_lb, s_ln, msk_ptr, s_mb, s_mn,

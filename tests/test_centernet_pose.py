@@ -214,13 +214,33 @@ def test_pose_targets_equal_the_reference(row, seed, backend):
         assert torch.equal(got[key].cpu(), value), key
 
 
-def test_pose_targets_float64_and_defaults(backend):
-    boxes, kp, _, _ = raw_scene(4, k=1)
-    ref = RP.centernet_pose_targets(boxes.double(), kp.double(), num_joints=J, output_size=(16, 20))
+F64_ROWS = [
+    dict(n=5, size=(16, 20), joints=J, mse_loss=False),
+    dict(n=12, size=(24, 20), joints=19, mse_loss=False),
+    dict(n=12, size=(24, 20), joints=19, mse_loss=True),  # tl.exp and torch.exp: 1 ulp apart
+]
+
+
+@pytest.mark.parametrize("row", F64_ROWS, ids=_ids(F64_ROWS))
+def test_pose_targets_float64_and_defaults(row, backend):
+    """float64 boxes: float64 targets within 1e-15 relative of the reference (the float64 exp of
+    the two backends and of the reference may differ by an ulp); integer targets exact."""
+    nj, size = row["joints"], row["size"]
+    boxes, kp, _, _ = raw_scene(4, k=1, n=row["n"], size=size, joints=nj)
+    kw = dict(num_joints=nj, output_size=size, dense_hp=True, mse_loss=row["mse_loss"],
+              hm_gauss=2.5 if row["mse_loss"] else None)  # fmt: skip
+    if not row["mse_loss"]:
+        del kw["dense_hp"], kw["mse_loss"], kw["hm_gauss"]  # the defaults
+    ref = RP.centernet_pose_targets(boxes.double(), kp.double(), **kw)
     got = fl.centernet_pose_targets(boxes.double().to(DEVICE), kp.double().to(DEVICE),
-                                    num_joints=J, output_size=(16, 20), backend=backend)  # fmt: skip
+                                    backend=backend, **kw)  # fmt: skip
+    assert set(got) == set(ref)
     for key, value in ref.items():
-        assert got[key].dtype == value.dtype and torch.equal(got[key].cpu(), value), key
+        assert got[key].dtype == value.dtype, key
+        if value.is_floating_point():
+            torch.testing.assert_close(got[key].cpu(), value, rtol=1e-15, atol=0, msg=key)
+        else:
+            assert torch.equal(got[key].cpu(), value), key
 
 
 def test_pose_targets_empty_cases(backend):
@@ -304,3 +324,226 @@ def test_pose_loss_without_people(dense_hp, backend):
     for name in ("wh", "off", "hp", "hp_offset"):
         assert float(parts[name]) == 0.0 == float(ref_parts[name])
     assert float(parts["hm"]) > 0 and float(parts["hm_hp"]) > 0
+
+
+# ------------------------------------------------------------------------- validation, edge cases
+
+
+@pytest.mark.parametrize("hm_gauss", [1e-23, 1e-30, 1e-7, 2e4, 0.0, -1.0])
+def test_hm_gauss_out_of_range_is_rejected(hm_gauss, backend):
+    """Below 1e-6, 2 sigma^2 rounds to 0 in float32 (NaN centres, or an empty map): a ValueError
+    naming hm_gauss and its range, from the targets, the loss and the options alike."""
+    boxes, kp, labels, _ = raw_scene(10)
+    heads = pose_heads(10, pose_scene(10, mse_loss=True), 1, True)[0]
+    x = {k: v.float().to(DEVICE) for k, v in heads.items()}
+    match = r"hm_gauss: expected a number in \[1e-6, 1e4\]"
+    with pytest.raises(ValueError, match=match):
+        fl.centernet_pose_targets(boxes.to(DEVICE), kp.to(DEVICE), labels.to(DEVICE),
+                                  num_classes=2, num_joints=J, output_size=(16, 20),
+                                  mse_loss=True, hm_gauss=hm_gauss, backend=backend)  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        fl.centernet_pose_loss(x, boxes=boxes.to(DEVICE), keypoints=kp.to(DEVICE), mse_loss=True,
+                               hm_gauss=hm_gauss, backend=backend)  # fmt: skip
+    with pytest.raises(ValueError, match=match):
+        fl.CenterNetPoseLoss(mse_loss=True, hm_gauss=hm_gauss)
+
+
+@pytest.mark.parametrize("hm_gauss", [1e-6, 1e-3, 0.4])
+def test_hm_gauss_small_in_range_equals_the_reference(hm_gauss, backend):
+    boxes, kp, labels, mask = raw_scene(11)
+    kw = dict(num_classes=2, num_joints=J, output_size=(16, 20), dense_hp=True, mse_loss=True,
+              hm_gauss=hm_gauss)  # fmt: skip
+    ref = RP.centernet_pose_targets(boxes, kp, labels, mask, **kw)
+    got = fl.centernet_pose_targets(boxes.to(DEVICE), kp.to(DEVICE), labels.to(DEVICE),
+                                    mask.to(DEVICE), backend=backend, **kw)  # fmt: skip
+    for key, value in ref.items():
+        assert torch.equal(got[key].cpu(), value), key
+    assert ref["hm"].isfinite().all() and ref["hm"].max() == 1.0
+
+
+@pytest.mark.skipif(DEVICE == "cpu" and not fl.backend.interpreter_on(), reason="needs triton")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's 0 / 0
+def test_pose_kernel_keeps_nans_like_torch():
+    """A NaN Gaussian (hm_gauss below the checked range, the checks bypassed) is max-merged into
+    the maps as torch.maximum does (NaN at every centre, as the reference), not dropped."""
+    from fused_losses.kernels.centernet_pose import pose_targets_launch
+
+    from fused_losses.centernet_labels import MIN_OVERLAP
+    from fused_losses.centernet_pose_labels import pose_targets_torch
+
+    boxes, kp, labels, mask = raw_scene(12)
+    boxes, kp, labels, mask = (t.to(DEVICE) for t in (boxes, kp, labels, mask))
+    ref = RP.centernet_pose_targets(boxes.cpu(), kp.cpu(), labels.cpu(), mask.cpu(),
+                                    num_classes=2, num_joints=J, output_size=(16, 20),
+                                    dense_hp=True, mse_loss=True, hm_gauss=1e-23)  # fmt: skip
+    args = (boxes, kp, labels, mask, 2, (16, 20), 4, True, True, 1e-23)
+    for got in (pose_targets_torch(*args), pose_targets_launch(*args, MIN_OVERLAP)):
+        for key in ("hm", "hm_hp", "dense_hps_mask"):
+            assert ref[key].isnan().any(), key
+            torch.testing.assert_close(got[key].cpu(), ref[key], rtol=0, atol=0, equal_nan=True)
+
+
+def _raw_bad_heads(h: dict) -> list:
+    """(heads, error, pattern) for raw boxes [2, 5, 4], keypoints [2, 5, J, 3], maps 16x20."""
+    shapes = r"\[2, 2J = 10, 16, 20\].*boxes \[2, 5, 4\], keypoints \[2, 5, 5, 3\].*got \[2, 5, 16,"
+    return [
+        (
+            dict(h, hps=h["hps"][:, :5]),
+            ValueError,
+            r"outputs\[0\]\['hps'\]: expected shape " + shapes,
+        ),
+        (
+            {k: v[:1] for k, v in h.items()},
+            ValueError,
+            r"outputs\[0\]\['hm'\]: expected shape \[2, K, H, W\] .*boxes \[2, 5, 4\].*got \[1,",
+        ),
+        (
+            dict(h, wh=torch.cat([h["wh"], h["wh"][:, :1]], 1)),
+            ValueError,
+            r"outputs\[0\]\['wh'\]: expected shape \[2, 2, 16, 20\].*got \[2, 3, 16, 20\]",
+        ),
+        (
+            dict(h, hm_hp=h["hm_hp"][:, :4]),
+            ValueError,
+            r"outputs\[0\]\['hm_hp'\]: expected shape \[2, J = 5, 16, 20\].*keypoints.*got \[2, 4,",
+        ),
+        (
+            dict(h, hp_offset=h["hp_offset"][:, :1]),
+            ValueError,
+            r"outputs\[0\]\['hp_offset'\]: expected shape \[2, 2, 16, 20\].*got \[2, 1, 16, 20\]",
+        ),
+        (dict(h, reg=h["reg"][..., :10]), ValueError, r"outputs\[0\]\['reg'\]: expected shape"),
+        (
+            [h, {k: v[:1] for k, v in h.items()}],
+            ValueError,
+            r"outputs\[1\]\['hm'\]: expected shape \[2, 1, 16, 20\].*got \[1, 1, 16, 20\]",
+        ),
+        (dict(h, hm=h["hm"].long()), TypeError, r"outputs\[0\]\['hm'\]: expected a floating"),
+        (dict(h, wh=h["wh"].to(torch.complex64)), TypeError, r"outputs\[0\]\['wh'\]"),
+        (dict(h, hps=h["hps"].int()), TypeError, r"outputs\[0\]\['hps'\]"),
+        ({k: v for k, v in h.items() if k != "hps"}, ValueError, r"outputs\[0\]: missing heads"),
+        ({k: v for k, v in h.items() if k != "hm"}, ValueError, r"outputs\[0\]: missing heads"),
+        ([h, {k: v for k, v in h.items() if k != "wh"}], ValueError, r"outputs\[1\]: missing"),
+        (
+            dict(h, hm_hp=h["hm_hp"].to("meta")),
+            ValueError,
+            r"outputs\[0\]\['hm_hp'\]: expected a tensor on .* \(like boxes\), got one on meta",
+        ),
+        (
+            {k: v.to("meta") for k, v in h.items()},
+            ValueError,
+            r"outputs\[0\]\['hm'\]: expected a tensor on .*like boxes",
+        ),
+        (dict(h, hm=h["hm"][:, :, :0]), ValueError, r"outputs\[0\]\['hm'\]: expected K, H, W"),
+    ]
+
+
+def test_raw_box_heads_checked_before_any_target(backend, monkeypatch):
+    """With raw boxes, every head read is checked (dtype, shape, channels against J, batch
+    against boxes, device) before a target is built or a kernel runs; errors name the head."""
+    import sys
+
+    from fused_losses.kernels.launch import launch_count, reset_launch_count
+
+    pose = sys.modules["fused_losses.centernet_pose"]
+
+    def spy(*_args, **_kwargs):
+        raise AssertionError("targets built before the heads were checked")
+
+    boxes, kp, _labels, _ = raw_scene(13, k=1)
+    targets = RP.centernet_pose_targets(boxes, kp, num_joints=J, output_size=(16, 20))
+    h = {k: v.float().to(DEVICE) for k, v in pose_heads(13, targets, 1, False)[0].items()}
+    boxes, kp = boxes.to(DEVICE), kp.to(DEVICE)
+    monkeypatch.setattr(pose, "centernet_pose_targets", spy)
+    for heads, error, pattern in _raw_bad_heads(h):
+        reset_launch_count()
+        with pytest.raises(error, match=pattern):
+            fl.centernet_pose_loss(heads, boxes=boxes, keypoints=kp, backend=backend)
+        with pytest.raises(error, match=pattern):
+            fl.CenterNetPoseLoss(backend=backend)(heads, boxes=boxes, keypoints=kp)
+        assert launch_count() == 0
+    with pytest.raises(AssertionError, match="targets built"):  # the good heads get that far
+        fl.centernet_pose_loss(h, boxes=boxes, keypoints=kp, backend=backend)
+
+
+@pytest.mark.parametrize("mode", ["raw", "dict"])
+def test_outputs_not_a_dict_is_a_type_error(mode):
+    boxes, kp, _labels, _ = raw_scene(14, k=1)
+    targets = RP.centernet_pose_targets(boxes, kp, num_joints=J, output_size=(16, 20))
+    h = pose_heads(14, targets, 1, False)[0]
+    for outputs in (h["hm"], 5, "hm", {1}, (x for x in [h]), [], (), None):
+        with pytest.raises(TypeError, match="outputs: expected a dict of heads or a non-empty"):
+            if mode == "raw":
+                fl.centernet_pose_loss(outputs, boxes=boxes, keypoints=kp)
+            else:
+                fl.centernet_pose_loss(outputs, targets)
+    with pytest.raises(TypeError, match=r"outputs\[1\]: expected a dict of heads, got Tensor"):
+        if mode == "raw":
+            fl.centernet_pose_loss([h, h["hm"]], boxes=boxes, keypoints=kp)
+        else:
+            fl.centernet_pose_loss([h, h["hm"]], targets)
+
+
+@pytest.mark.parametrize("name", ["hm_weight", "wh_weight", "off_weight", "hp_weight",
+                                  "hm_hp_weight"])  # fmt: skip
+def test_weights_beyond_float32_are_rejected(name):
+    """A weight that float32 makes inf (or close to it) is a ValueError naming it; 1e30 is fine."""
+    for value in (1e39, -1e39, 3.5e38, 1.1e30):
+        with pytest.raises(ValueError, match=rf"{name}: expected a number in \[-1e30, 1e30\]"):
+            fl.CenterNetPoseLoss(**{name: value})
+        with pytest.raises(ValueError, match=name):
+            fl.centernet_pose_loss({}, {}, **{name: value})
+    assert getattr(fl.CenterNetPoseLoss(**{name: 1e30}).options, name) == 1e30
+    assert getattr(fl.CenterNetPoseLoss(**{name: -1e30}).options, name) == -1e30
+
+
+def test_output_size_range(backend):
+    """output_size: H, W in [1, 65536] and H * W <= 2^30 (spec 8), before any work; raw boxes
+    name the hm head whose size it would be."""
+    boxes, kp, _labels, _ = raw_scene(15, k=1)
+    kw = dict(num_joints=J, backend=backend)
+    for size in ((70000, 2), (2, 70000), (65537, 1), (65536, 65536), (32769, 32768)):
+        with pytest.raises(ValueError, match=r"output_size: expected \(H, W\) with H and W in "
+                           r"\[1, 65536\] and H \* W <= 2\^30"):  # fmt: skip
+            fl.centernet_pose_targets(boxes, kp, output_size=size, **kw)
+    t = fl.centernet_pose_targets(boxes, kp, output_size=(65536, 1), **kw)
+    assert t["hm"].shape == (2, 1, 65536, 1)
+    heads = {
+        k: torch.zeros(2, c, 70000, 1)
+        for k, c in (
+            ("hm", 1),
+            ("wh", 2),
+            ("reg", 2),
+            ("hps", 2 * J),
+            ("hm_hp", J),
+            ("hp_offset", 2),
+        )
+    }
+    with pytest.raises(ValueError, match=r"outputs\[0\]\['hm'\]: expected K, H, W in \[1, 65536\]"):
+        fl.centernet_pose_loss(heads, boxes=boxes, keypoints=kp, backend=backend)
+
+
+@pytest.mark.parametrize("mode", ["raw", "dict"])
+def test_heads_not_read_are_not_checked(mode, backend):
+    """A head the loss does not read (an extra key, or hm_hp without hm_hp) may be anything,
+    on any device: only the heads read are validated."""
+    boxes, kp, _labels, mask = raw_scene(16, k=1)
+    targets = RP.centernet_pose_targets(boxes, kp, None, mask, num_joints=J, output_size=(16, 20))
+    h = {k: v.float().to(DEVICE) for k, v in pose_heads(16, targets, 1, False)[0].items()}
+    t = {k: v.to(DEVICE) for k, v in targets.items()}
+    raw = dict(boxes=boxes.to(DEVICE), keypoints=kp.to(DEVICE), box_mask=mask.to(DEVICE))
+
+    def loss(heads, **opts):
+        if mode == "raw":
+            return fl.centernet_pose_loss(heads, backend=backend, **raw, **opts)
+        return fl.centernet_pose_loss(heads, t, backend=backend, **opts)
+
+    base = loss(h)
+    assert torch.equal(loss(dict(h, extra=torch.zeros(1, device="meta"))), base)
+    assert torch.equal(loss(dict(h, extra="not a tensor")), base)
+    off = loss(h, hm_hp=False)
+    assert torch.equal(loss(dict(h, hm_hp=torch.zeros(1, device="meta")), hm_hp=False), off)
+    assert_scalar_close(off, RP.multi_pose_loss(
+        {k: v.double() for k, v in h.items()}, targets, hm_hp=False)[0], 1e-5)  # fmt: skip
+    with pytest.raises(ValueError, match=r"outputs\[0\]\['hm_hp'\]: expected a tensor on"):
+        loss(dict(h, hm_hp=h["hm_hp"].to("meta")))  # read with hm_hp: checked
