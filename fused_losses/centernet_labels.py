@@ -13,6 +13,7 @@ import torch
 from .backend import check_backend, compute_dtype, resolve_backend
 from .labels import div_exact
 from .validation import (
+    INT_LIMIT,
     check_integer,
     check_positive_int,
     check_real,
@@ -25,6 +26,21 @@ MIN_OVERLAP = 0.7  # gaussian_radius(det_size, min_overlap=0.7)
 TARGET_KEYS = ("hm", "wh", "reg", "ind", "reg_mask")
 # Target generation evaluates the Gaussians of at most this many (box, cell) pairs at once.
 _TARGET_CHUNK = 1 << 22
+
+
+# output_size: H and W in [1, 65536] (SPEC 8), and H * W <= 2^30: the kernels index a map plane
+# with int32 (cell and tile offsets up to H * W plus a block).
+AREA_LIMIT = 2**30
+
+
+def check_output_size(size: tuple[int, int], given: object) -> None:
+    """(H, W) with H, W <= 65536 and H * W <= 2^30 (``given``: the value the user passed)."""
+    h, w = size
+    if h > INT_LIMIT or w > INT_LIMIT or h * w > AREA_LIMIT:
+        raise ValueError(
+            f"output_size: expected (H, W) with H and W in [1, {INT_LIMIT}] and H * W <= 2^30, "
+            f"got {given!r}"
+        )
 
 
 def check_box_inputs(
@@ -43,6 +59,7 @@ def check_box_inputs(
         or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in output_size)
     ):
         raise ValueError(f"output_size: expected (H, W) of two positive ints, got {output_size!r}")
+    check_output_size((int(output_size[0]), int(output_size[1])), output_size)
     check_positive_int("down_ratio", down_ratio)
     check_tensor("boxes", boxes)
     check_real("boxes", boxes)

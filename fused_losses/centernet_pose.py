@@ -30,7 +30,8 @@ from typing import Any
 import torch
 
 from .centernet import CENTERNET_FOCAL, REG_EPS, _reg_loss, check_reg_inputs
-from .centernet_pose_labels import AREA_LIMIT, centernet_pose_targets, check_hm_gauss
+from .centernet_labels import AREA_LIMIT
+from .centernet_pose_labels import centernet_pose_targets, check_hm_gauss
 from .distributed import active_group, denominator_sync, global_loss
 from .focal import focal_share
 from .options import LossModule, LossOptions

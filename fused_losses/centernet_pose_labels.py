@@ -19,7 +19,6 @@ from .backend import check_backend, compute_dtype, resolve_backend
 from .centernet_labels import box_geometry, check_box_inputs
 from .labels import div_exact
 from .validation import (
-    INT_LIMIT,
     check_bool,
     check_number,
     check_positive_int,
@@ -38,9 +37,6 @@ NO_JOINT_PEAK = 0.9999  # multi_pose.py: hm at the centre of a box without a lab
 # smaller sigma rounds 2 sigma^2 to 0 and the centre's exponent to 0 / 0 = NaN), up to 1e4 (a
 # wider Gaussian is flat over any practical map).
 HM_GAUSS_RANGE = (1e-6, 1e4)
-# output_size: H and W in [1, 65536] (SPEC 8), and H * W <= 2^30: the kernels index a map plane
-# with int32 (cell and tile offsets up to H * W plus a block).
-AREA_LIMIT = 2**30
 
 
 def check_hm_gauss(value: object) -> float:
@@ -50,16 +46,6 @@ def check_hm_gauss(value: object) -> float:
     if not lo <= v <= hi:
         raise ValueError(f"hm_gauss: expected a number in [1e-6, 1e4], got {value!r}")
     return v
-
-
-def check_output_size(size: tuple[int, int], given: object) -> None:
-    """(H, W) with H, W <= 65536 and H * W <= 2^30 (``given``: the value the user passed)."""
-    h, w = size
-    if h > INT_LIMIT or w > INT_LIMIT or h * w > AREA_LIMIT:
-        raise ValueError(
-            f"output_size: expected (H, W) with H and W in [1, {INT_LIMIT}] and H * W <= 2^30, "
-            f"got {given!r}"
-        )
 
 
 def _umich(cx, cy, r, rows, cols):
@@ -208,7 +194,6 @@ def check_pose_target_inputs(
     if labels is None:
         labels = torch.zeros(b, n, dtype=torch.int64, device=boxes.device)
     size = check_box_inputs(boxes, labels, box_mask, num_classes, output_size, down_ratio)
-    check_output_size(size, output_size)
     check_positive_int("num_joints", num_joints)
     check_tensor("keypoints", keypoints)
     check_real("keypoints", keypoints)

@@ -504,6 +504,20 @@ def _bad_calls():
             lambda: ft.centernet_targets(boxes, labels, None, num_classes=3, output_size=(h,)),
         ),
         (
+            "output_size",
+            ValueError,
+            lambda: ft.centernet_targets(
+                boxes, labels, None, num_classes=3, output_size=(70000, 2)
+            ),
+        ),
+        (
+            "output_size",
+            ValueError,
+            lambda: ft.centernet_targets(
+                boxes, labels, None, num_classes=3, output_size=(65536, 65536)
+            ),
+        ),
+        (
             "down_ratio",
             ValueError,
             lambda: ft.centernet_targets(boxes, labels, None, **tk, down_ratio=0),
