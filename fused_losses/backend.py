@@ -85,17 +85,35 @@ def refuse_double_backward(op: str) -> None:
         )
 
 
+def _op_name(value_and_grad: Callable) -> str:
+    """The name a double-backward error gives a ``PrecomputedGradient`` whose caller named no op:
+    the module and the function that built ``value_and_grad`` (e.g.
+    ``fused_losses.smooth_l1.smooth_l1_share``)."""
+    module = getattr(value_and_grad, "__module__", None) or "fused_losses"
+    qualname = getattr(value_and_grad, "__qualname__", "") or ""
+    outer = qualname.split(".<locals>")[0]
+    return f"{module}.{outer}" if outer else module
+
+
 class PrecomputedGradient(torch.autograd.Function):
     """Autograd node for a loss whose gradients were computed analytically in the forward pass.
 
-    ``value_and_grad(*inputs)`` returns ``(loss, extras, grads)``: the 0-dim loss, a tensor of
-    non-differentiable extras (e.g. loss components) and one gradient (or None) per input, each the
-    derivative of the loss for an upstream gradient of 1. Backward scales them by the upstream
-    gradient; nothing else is kept.
+    ``PrecomputedGradient.apply(op, value_and_grad, *inputs)``: ``op`` (optional, a str) is the
+    public op's name, given by the double-backward error (without it, the function that built
+    ``value_and_grad``). ``value_and_grad(*inputs)`` returns ``(loss, extras, grads)``: the 0-dim
+    loss, a tensor of non-differentiable extras (e.g. loss components) and one gradient (or None)
+    per input, each the derivative of the loss for an upstream gradient of 1. Backward scales them
+    by the upstream gradient; nothing else is kept.
     """
 
     @staticmethod
-    def forward(ctx, value_and_grad: Callable, *inputs: torch.Tensor):  # type: ignore[override]
+    def forward(ctx, value_and_grad: Callable | str, *inputs: torch.Tensor):  # type: ignore[override]
+        ctx.named = isinstance(value_and_grad, str)
+        if ctx.named:
+            ctx.op = value_and_grad
+            value_and_grad, inputs = inputs[0], inputs[1:]
+        else:
+            ctx.op = _op_name(value_and_grad)
         loss, extras, grads = value_and_grad(*inputs)
         ctx.has_grad = [g is not None for g in grads]
         ctx.dtypes = [x.dtype if isinstance(x, torch.Tensor) else None for x in inputs]
@@ -105,9 +123,9 @@ class PrecomputedGradient(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor, _grad_extras: torch.Tensor):  # type: ignore[override]
-        refuse_double_backward("fused_losses (torch backend)")
+        refuse_double_backward(f"{ctx.op} (torch backend)")
         saved = iter(ctx.saved_tensors)
-        out: list[torch.Tensor | None] = [None]
+        out: list[torch.Tensor | None] = [None, None] if ctx.named else [None]
         for has, dtype in zip(ctx.has_grad, ctx.dtypes):
             out.append((next(saved) * grad_loss).to(dtype) if has else None)
         return tuple(out)

@@ -14,6 +14,7 @@ dL/ds = df/ds / D (D = B Hp Wp or 1), df/ds in ``kernels/cass.py``; no gradient 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ from .validation import (
     check_mask_dtype,
     check_number,
     check_positive_int,
+    check_range,
     check_real,
     check_same_device,
     check_shape,
@@ -44,6 +46,10 @@ from .validation import (
 TARGET_CHUNK = 2**22  # torch backend: patches x boxes evaluated at once (memory bound)
 STRIDE_RANGE = (1e-6, 1e6)  # pixels per cell: box / stride stays a finite float32
 EPS_MAX = 1e30  # inside the logs: finite in float32
+OPTION_MAX = 1e30  # expansion_ratio, min_size, small_target_threshold, alpha, beta: float32-finite
+# eps below which log(P + eps) is evaluated in log space (kernels/cass.py LOG_TINY): P below the
+# normal range (flushed) is then an error of at most 2^-26 of eps
+TINY_EPS = {torch.float32: 2.0**-100, torch.float64: 2.0**-1000}
 
 
 def patch_grid(feat_size: tuple[int, int], patch_size: int) -> tuple[int, int, int, int]:
@@ -86,7 +92,7 @@ class CASSTargetOptions(LossOptions):
         self._set("stride", stride)
         check_positive_int("patch_size", self.patch_size)
         for name in ("expansion_ratio", "min_size", "small_target_threshold"):
-            self._set(name, check_number(name, getattr(self, name), nonneg=True))
+            self._set(name, check_range(name, getattr(self, name), 0.0, OPTION_MAX))
         check_choice("decay", self.decay, ("gaussian", "linear"))
         check_bool("anisotropic", self.anisotropic)
         self._set("base_sigma", check_sigma("base_sigma", self.base_sigma))
@@ -116,12 +122,10 @@ class SoftFocalOptions(LossOptions):
 
 
 def _validate_loss_fields(opts: Any) -> None:
-    opts._set("alpha", check_exponent("alpha", opts.alpha))
-    opts._set("beta", check_exponent("beta", opts.beta))
-    eps = check_number("eps", opts.eps, nonneg=True)
-    if eps > EPS_MAX:  # log(P + eps) finite in float32
-        raise ValueError(f"eps: expected a number in [0, {EPS_MAX:g}], got {opts.eps!r}")
-    opts._set("eps", eps)
+    # alpha, beta <= OPTION_MAX: finite in float32 (an infinite exponent makes 1^inf = NaN)
+    opts._set("alpha", check_exponent("alpha", opts.alpha, limit=OPTION_MAX))
+    opts._set("beta", check_exponent("beta", opts.beta, limit=OPTION_MAX))
+    opts._set("eps", check_range("eps", opts.eps, 0.0, EPS_MAX))  # log(P + eps) finite in float32
     check_choice("reduction", opts.reduction, ("mean", "sum"))
 
 
@@ -174,7 +178,7 @@ def check_boxes(
             check_same_device({f"boxes[{i}]": bx for i, bx in enumerate(boxes)})
         f64 = any(bx.dtype == torch.float64 for bx in boxes)
         dtype = torch.float64 if f64 else torch.float32
-        n = max((bx.shape[0] for bx in boxes), default=0)
+        n = max([0] + [bx.shape[0] for bx in boxes])  # (no default=: torch.compile traces it)
         out = torch.zeros(len(boxes), n, 4, dtype=dtype, device=dev)
         mask = torch.zeros(len(boxes), n, dtype=torch.bool, device=dev)
         for i, bx in enumerate(boxes):
@@ -258,6 +262,9 @@ def _box_masks(bx, px, py, h, w, opts) -> torch.Tensor:
     )
     bw, bh = x2 - x1, y2 - y1
     ew, eh = opts.expansion_ratio * bw, opts.expansion_ratio * bh
+    # a box whose arithmetic is not finite (a NaN or infinite coordinate, an overflow) is in no
+    # region (docs/spec.md 10.4)
+    visible = torch.stack([x1, y1, x2, y2, cx, cy, ew, eh]).isfinite().all(0)  # [B, c]
     core_x, dil_x, dx = _axis(px, x1, x2, cx, bw, ew, w)  # [B, c, Wp]
     core_y, dil_y, dy = _axis(py, y1, y2, cy, bh, eh, h)  # [B, c, Hp]
     small = torch.sqrt(bw * bh) < opts.small_target_threshold
@@ -276,8 +283,13 @@ def _box_masks(bx, px, py, h, w, opts) -> torch.Tensor:
             * torch.exp(-(nx**2) / two_sig2)[..., None, :]
         )
     else:
-        norm = torch.clamp(torch.sqrt(ew**2 + eh**2), min=1)[..., None, None]
-        rho = torch.sqrt(dy[..., :, None] ** 2 + dx[..., None, :] ** 2) / norm
+        # everything divided by a power of two sc >= 1 (exact, the unscaled bits wherever those
+        # do not overflow): a band wider than 2^64 cells gives no inf / inf
+        sc = _pow2_floor(torch.clamp(torch.maximum(ew, eh), min=1).nan_to_num(1.0))
+        ews, ehs = ew / sc, eh / sc
+        dxs, dys = dx / sc[..., None], dy / sc[..., None]
+        norm = torch.maximum(torch.sqrt(ews**2 + ehs**2), 1 / sc)[..., None, None]
+        rho = torch.sqrt(dys[..., :, None] ** 2 + dxs[..., None, :] ** 2) / norm
         g = torch.exp(-(rho**2) / two_sig2[..., None])
     if opts.decay == "gaussian":
         dec = torch.where(rho < 1, g, 0)
@@ -285,7 +297,14 @@ def _box_masks(bx, px, py, h, w, opts) -> torch.Tensor:
         dec = torch.clamp(1 - rho, min=0)
     core = core_y[..., :, None] & core_x[..., None, :]
     dil = dil_y[..., :, None] & dil_x[..., None, :]
-    return torch.where(core, 1.0, torch.where(dil, dec, 0)).to(bx.dtype)
+    m = torch.where(core, 1.0, torch.where(dil, dec, 0)).to(bx.dtype)
+    return torch.where(visible[..., None, None], m, 0)
+
+
+def _pow2_floor(x: torch.Tensor) -> torch.Tensor:
+    """2^floor(log2 x) of a finite x > 0, exactly (frexp: x = m 2^e, m in [1/2, 1))."""
+    _, e = torch.frexp(x)
+    return torch.ldexp(torch.ones_like(x), e - 1)
 
 
 def _axis(pc, lo, hi, c, size, e, extent):
@@ -308,13 +327,22 @@ def soft_focal_terms(
         d = p - y
         return d * d, (2 * d * p * q if need_grad else None)
     a, b, eps = opts.alpha, opts.beta, opts.eps
+    ls_p, ls_q = F.logsigmoid(s), F.logsigmoid(-s)
     if eps == 0:
-        log_p, log_q = F.logsigmoid(s), F.logsigmoid(-s)
+        log_p, log_q = ls_p, ls_q
         p_ratio = q_ratio = 1.0
+    elif eps < TINY_EPS[s.dtype]:
+        # eps may round (or flush) to 0, and a P flushed below the normal range is not negligible
+        # against it: log(P + eps) = logaddexp(log P, log eps), exact in log space
+        log_eps = torch.tensor(math.log(eps), dtype=s.dtype, device=s.device)
+        log_p, log_q = torch.logaddexp(ls_p, log_eps), torch.logaddexp(ls_q, log_eps)
+        p_ratio, q_ratio = torch.exp(ls_p - log_p), torch.exp(ls_q - log_q)
     else:
         log_p, log_q = _log_prob(p, eps), _log_prob(q, eps)
         p_ratio, q_ratio = p / (p + eps), q / (q + eps)
-    q_a, p_b = q**a, p**b
+    # Q^a = exp(a log Q) from logsigmoid: exact also where Q (or P) rounds to 1 (x^0 = 1)
+    q_a = torch.exp(a * ls_q) if a != 0 else torch.ones_like(s)
+    p_b = torch.exp(b * ls_p) if b != 0 else torch.ones_like(s)
     f = -y * q_a * log_p - (1 - y) * p_b * log_q
     if not need_grad:
         return f, None
@@ -338,8 +366,11 @@ def _reduced(total: torch.Tensor, count: int, reduction: str, sync) -> tuple[tor
     return total / d, 1 / d
 
 
-def _loss_share(scores: torch.Tensor, y: torch.Tensor, opts: Any, mse: bool, sync) -> torch.Tensor:
-    """Torch backend of the reduced loss of scores against y (y's shape: scores' elements)."""
+def _loss_share(
+    op: str, scores: torch.Tensor, y: torch.Tensor, opts: Any, mse: bool, sync
+) -> torch.Tensor:
+    """Torch backend of the reduced loss of scores against y (y's shape: scores' elements); ``op``
+    names the public op (in the double-backward error)."""
     (need,) = needs_grad(scores)
 
     def value_and_grad(s: torch.Tensor):
@@ -348,7 +379,7 @@ def _loss_share(scores: torch.Tensor, y: torch.Tensor, opts: Any, mse: bool, syn
         loss, inv_d = _reduced(f.sum(), f.numel(), opts.reduction, sync)
         return loss, loss.new_zeros(0), ((df * inv_d) if df is not None else None,)
 
-    loss, _ = PrecomputedGradient.apply(value_and_grad, scores)
+    loss, _ = PrecomputedGradient.apply(op, value_and_grad, scores)
     return loss
 
 
@@ -422,7 +453,7 @@ def soft_focal_share(logits, target, opts: SoftFocalOptions, group: Any) -> torc
         from .triton_cass import soft_focal_loss_triton
 
         return soft_focal_loss_triton(logits, target, opts, sync)
-    return _loss_share(logits, target, opts, False, sync)
+    return _loss_share("soft_focal_loss", logits, target, opts, False, sync)
 
 
 def cass_loss(
@@ -453,7 +484,7 @@ def cass_share(scores, boxes, box_mask, feat_size, opts: CASSOptions, group: Any
 
         return cass_loss_triton(scores, boxes, box_mask, feat_size, opts, sync)
     y = soft_target_torch(boxes, box_mask, feat_size, opts)
-    return _loss_share(scores, y, opts, opts.loss == "mse", sync)
+    return _loss_share("cass_loss", scores, y, opts, opts.loss == "mse", sync)
 
 
 class SoftFocalLoss(LossModule):

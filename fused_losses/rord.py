@@ -29,6 +29,7 @@ from .validation import (
     check_choice,
     check_floating,
     check_number,
+    check_range,
     check_real,
     check_same_device,
     check_tensor,
@@ -36,6 +37,9 @@ from .validation import (
 )
 
 STRIDE_RANGE = (1e-6, 1e6)  # pixels per cell: coordinates / stride stay finite in float32
+# |w_det|, |w_desc|, |w_bce|, |w_smooth_l1|, |margin| at most: the gradient
+# w_det w_bce (P_o - T) / 1e-12 and the total w_desc margin stay finite in float32 (1e36, 1e24)
+WEIGHT_MAX = 1e12
 COUNT_LIMIT = 2**24  # num_samples, num_candidates: point indices exact in float32
 PAIR_CHUNK = 2**22  # torch backend: anchor-candidate-channel differences in memory at once
 TRIPLET_EPS = 1e-6  # nn.TripletMarginLoss / F.pairwise_distance
@@ -65,6 +69,19 @@ class RoRDGeometryOptions(LossOptions):
         check_choice("outside", self.outside, ("zeros", "ignore"))
 
 
+def _weight(name: str, value: object) -> float:
+    """A weight (or the margin) in [-WEIGHT_MAX, WEIGHT_MAX]."""
+    return check_range(name, value, -WEIGHT_MAX, WEIGHT_MAX)
+
+
+def _safe_radius(value: object) -> float:
+    """A radius >= 0 in pixels; +inf is allowed (every candidate at a finite Chebyshev distance
+    is then excluded: only anchors whose q_k has w <= 0 or is not finite keep candidates)."""
+    if isinstance(value, float) and value == math.inf:
+        return value
+    return check_number("safe_radius", value, nonneg=True)
+
+
 def _count(name: str, value: object, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= COUNT_LIMIT:
         raise ValueError(f"{name}: expected an int in [{low}, {COUNT_LIMIT}], got {value!r}")
@@ -84,8 +101,8 @@ class RoRDDetectionOptions(RoRDGeometryOptions):
     def validate(self) -> None:
         super().validate()
         check_bool("from_logits", self.from_logits)
-        self._set("w_bce", check_number("w_bce", self.w_bce))
-        self._set("w_smooth_l1", check_number("w_smooth_l1", self.w_smooth_l1))
+        self._set("w_bce", _weight("w_bce", self.w_bce))
+        self._set("w_smooth_l1", _weight("w_smooth_l1", self.w_smooth_l1))
         check_bool("detach_target", self.detach_target)
 
 
@@ -105,11 +122,11 @@ class RoRDDescriptorOptions(RoRDGeometryOptions):
 
     def validate(self) -> None:
         super().validate()
-        self._set("margin", check_number("margin", self.margin))
+        self._set("margin", _weight("margin", self.margin))
         check_choice("distance", self.distance, ("l2", "squared_l2"))
         _count("num_samples", self.num_samples, 1)
         _count("num_candidates", self.num_candidates, 0)
-        self._set("safe_radius", check_number("safe_radius", self.safe_radius, nonneg=True))
+        self._set("safe_radius", _safe_radius(self.safe_radius))
         check_bool("detach_negative", self.detach_negative)
 
 
@@ -124,8 +141,8 @@ class RoRDOptions(RoRDDetectionOptions, RoRDDescriptorOptions):
 
     def validate(self) -> None:
         super().validate()  # detection, descriptor, geometry (the MRO)
-        self._set("w_det", check_number("w_det", self.w_det))
-        self._set("w_desc", check_number("w_desc", self.w_desc))
+        self._set("w_det", _weight("w_det", self.w_det))
+        self._set("w_desc", _weight("w_desc", self.w_desc))
 
     def part(self, cls: type[LossOptions]) -> Any:
         """The options of one part (its fields of these options)."""
@@ -136,10 +153,15 @@ class RoRDOptions(RoRDDetectionOptions, RoRDDescriptorOptions):
 
 
 def _check_map(name: str, x: object) -> torch.Tensor:
+    """A floating [B, C, Hf, Wf] map with Hf, Wf >= 1 (an empty map has no cell to sample)."""
     check_tensor(name, x)
     check_floating(name, x)
     if x.dim() != 4:
         raise ValueError(f"{name}: expected shape [B, C, Hf, Wf], got {shape_str(x)}")
+    if x.shape[2] < 1 or x.shape[3] < 1:
+        raise ValueError(
+            f"{name}: expected shape [B, C, Hf, Wf] with Hf, Wf >= 1, got {shape_str(x)}"
+        )
     return x
 
 
@@ -244,8 +266,20 @@ def grid_homography(
     m = torch.stack(
         [h[..., 0] * sx, h[..., 1] * sy, h[..., 0] * tx + h[..., 1] * ty + h[..., 2]], -1
     )
-    return torch.stack([(m[..., 0, :] - tx * m[..., 2, :]) / sx,
-                        (m[..., 1, :] - ty * m[..., 2, :]) / sy, m[..., 2, :]], -2)  # fmt: skip
+    g = torch.stack([(m[..., 0, :] - tx * m[..., 2, :]) / sx,
+                     (m[..., 1, :] - ty * m[..., 2, :]) / sy, m[..., 2, :]], -2)  # fmt: skip
+    return normalize_homography(g)
+
+
+def normalize_homography(g: torch.Tensor) -> torch.Tensor:
+    """g [B,3,3] divided by the power of two 2^floor(log2 max |g_ij|) of each matrix (the same
+    homography, exactly: the points, w > 0 and every sample keep their bits), so that its entries
+    and the adjugate's cofactors neither over- nor underflow in float32 whatever H's scale. A G
+    that is 0 or not finite is left as it is. On the device, no synchronisation."""
+    top = g.abs().amax(dim=(-2, -1), keepdim=True)
+    ok = torch.isfinite(top) & (top > 0)
+    _, e = torch.frexp(torch.where(ok, top, 1))
+    return g / torch.ldexp(torch.ones_like(top), e - 1)
 
 
 def default_anchors(num_samples: int, size: tuple[int, int], device, dtype) -> torch.Tensor:
@@ -348,7 +382,9 @@ def gather_sample(flat: torch.Tensor, idx: torch.Tensor, wt: torch.Tensor) -> to
     b, c, _ = flat.shape
     m = idx.shape[1]
     vals = flat.gather(2, idx.reshape(b, 1, m * 4).expand(b, c, m * 4)).view(b, c, m, 4)
-    return (vals * wt[:, None]).sum(-1).transpose(1, 2)
+    w = wt[:, None]
+    # a corner of weight 0 adds exactly 0, also when its cell is not finite (0 * inf = NaN)
+    return torch.where(w != 0, vals * w, 0).sum(-1).transpose(1, 2)
 
 
 def scatter_sample_grad(
@@ -357,7 +393,8 @@ def scatter_sample_grad(
     """The transpose of :func:`gather_sample`: [B,C,Hf*Wf] from grad [B,M,C] (deterministic
     index_add on CPU)."""
     b, m, c = grad.shape
-    contrib = (grad[:, :, None, :] * wt[..., None]).reshape(b, m * 4, c)
+    w = wt[..., None]
+    contrib = torch.where(w != 0, grad[:, :, None, :] * w, 0).reshape(b, m * 4, c)
     flat = idx.reshape(b, m * 4) + torch.arange(b, device=idx.device)[:, None] * hw
     out = grad.new_zeros(b * hw, c)
     out.index_add_(0, flat.reshape(-1), contrib.reshape(b * m * 4, c))
@@ -427,7 +464,7 @@ def detection_torch(det_o, det_r, G, opts: Any, sync) -> tuple[torch.Tensor, tor
             g_r = g_r.view(b, 1, hf, wf)
         return loss, comps, (g_o, g_r)
 
-    return PrecomputedGradient.apply(value_and_grad, det_o, det_r)
+    return PrecomputedGradient.apply("rord_detection_loss", value_and_grad, det_o, det_r)
 
 
 def _triplet_distance(x: torch.Tensor, y: torch.Tensor, squared: bool):
@@ -443,20 +480,27 @@ def _triplet_distance(x: torch.Tensor, y: torch.Tensor, squared: bool):
 
 def nearest_candidates(a, cand, eligible) -> tuple[torch.Tensor, torch.Tensor]:
     """(j* [B,N] (0 where none), found [B,N]): the eligible candidate nearest each anchor in
-    plain L2 (smallest j on ties), a streaming argmin over chunks of candidates."""
+    plain L2 (smallest j on ties; a NaN distance is nearest, as for torch.argmin; an overflowed
+    one still counts), a streaming argmin over chunks of candidates; found = some candidate is
+    eligible."""
     b, n, c = a.shape
     k = cand.shape[1]
     best = a.new_full((b, n), math.inf)
     arg = torch.zeros(b, n, dtype=torch.long, device=a.device)
     chunk = max(1, PAIR_CHUNK // max(b * n * c, 1))
+    big = torch.finfo(a.dtype).max
     for k0 in range(0, k, chunk):
         diff = a[:, :, None, :] - cand[:, None, k0 : k0 + chunk, :]
         d2 = (diff * diff).sum(-1)
+        # a NaN distance wins (torch.argmin's NaN) and an overflowed one stays a candidate, so
+        # that a broken or out-of-range input gives a NaN or inf loss instead of 0
+        d2 = torch.where(d2 == math.inf, big, d2)
+        d2 = torch.where(torch.isnan(d2), -math.inf, d2)
         d2 = torch.where(eligible[:, :, k0 : k0 + chunk], d2, math.inf)
         m, j = d2.min(-1)
         better = m < best
         best, arg = torch.where(better, m, best), torch.where(better, j + k0, arg)
-    return arg, torch.isfinite(best)
+    return arg, best < math.inf
 
 
 def descriptor_torch(desc_o, desc_r, G, anchors, cands, opts: Any, sync) -> torch.Tensor:
@@ -517,7 +561,7 @@ def descriptor_torch(desc_o, desc_r, G, anchors, cands, opts: Any, sync) -> torc
             g_r = g_r.view(b, c, hf, wf)
         return loss, loss.new_zeros(0), (g_o, g_r)
 
-    return PrecomputedGradient.apply(value_and_grad, desc_o, desc_r)[0]
+    return PrecomputedGradient.apply("rord_descriptor_loss", value_and_grad, desc_o, desc_r)[0]
 
 
 # ---------------------------------------------------------------------------------- public ops

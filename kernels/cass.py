@@ -20,12 +20,27 @@ whose dilated box misses the tile is skipped. Box arithmetic runs in the boxes' 
 float64), divisions and square roots correctly rounded, so that a patch centre exactly on a region
 edge is decided as PyTorch decides it.
 
-Loss (10.3) with P = sigmoid(s), Q = 1 - P = sigmoid(-s) (``soft_focal_terms``):
+Loss (10.3) with P = sigmoid(s), Q = 1 - P = sigmoid(-s) (``soft_focal_terms``), the powers
+Q^a = exp(a logsigmoid(-s)) and P^b = exp(b logsigmoid(s)) (accurate for any exponent, also where
+P or Q rounds to 1):
 
     focal: f = -Y Q^a log(P + eps) - (1 - Y) P^b log(Q + eps)     (eps = 0: exact logsigmoid)
            df/ds = Y (a Q^a P log(P+eps) - Q^(a+1) P / (P+eps))
                  + (1 - Y) (P^(b+1) Q / (Q+eps) - b P^b Q log(Q+eps))
     mse:   f = (P - Y)^2,   df/ds = 2 (P - Y) P Q
+
+``LOG_MODE`` picks how log(P + eps) is evaluated: ``LOG_PLAIN`` (eps >= ``TINY_EPS``: 2^-100 in
+float32, 2^-1000 in float64), ``LOG_EXACT`` (eps = 0: logsigmoid), ``LOG_TINY`` (0 < eps <
+``TINY_EPS``, where eps may round or flush to 0 and a P below the normal range, flushed to 0, is
+not negligible against eps: log(P + eps) = logaddexp(logsigmoid(s), log eps) and P / (P + eps) =
+exp(logsigmoid(s) - log(P + eps)); the ``eps`` argument then carries log eps).
+
+A box is in no region when X1, Y1, X2, Y2 (after the min_size enlargement), its centre or its
+expansion (ew, eh) is not finite in the box dtype (a NaN or infinite coordinate, or a box so large
+that its arithmetic overflows): ``tl.maximum``/``tl.minimum`` would drop the NaN that torch keeps.
+The circular rho is evaluated on (dx, dy, ew, eh) divided by a power of two s >= 1 near
+max(ew, eh) (exact: the same bits as unscaled wherever that does not overflow), so that a band
+wider than 2^64 cells gives no inf / inf.
 
 Launches: forward 2 (``_cass_kernel``: per-program partial sums of f and df/ds stored per patch;
 ``reduce.ratio_finalize``: the fixed-order sum over B Hp Wp or 1); backward 1 (``_grad_scale_kernel``:
@@ -35,16 +50,21 @@ resolution, no Y inside the loss (``cass_target`` writes it on its own, with ``T
 
 from __future__ import annotations
 
+import math
+
 import torch
 import triton
 import triton.language as tl
 
 from .launch import compute_dtype, f64_bits, launch, mask_view, next_pow2
-from .primitives import div_exact, log_prob, logsigmoid, option, pow_nonneg, sigmoid
+from .primitives import div_exact, log1p, log_prob, logsigmoid, option, sigmoid
 from .reduce import DEN_NUMEL, DEN_ONE, NUM_PARTIALS, elementwise_block, ratio_finalize
 
 REDUCTIONS = {"mean": DEN_NUMEL, "sum": DEN_ONE}
 TILE = 256  # patches per program (a power of two)
+LOG_PLAIN, LOG_EXACT, LOG_TINY = 0, 1, 2  # LOG_MODE: how log(P + eps) is evaluated
+# eps below which log(P + eps) is evaluated in log space (fused_losses.cass.TINY_EPS)
+TINY_EPS = {torch.float32: 2.0**-100, torch.float64: 2.0**-1000}
 
 
 @triton.jit
@@ -57,9 +77,23 @@ def sqrt_exact(x):
 
 
 @triton.jit
-def soft_focal_terms(s, y, alpha, beta, eps, MSE: tl.constexpr, EXACT_LOG: tl.constexpr):
+def pow_from_log(log_x, a):
+    """x^a = exp(a log x) from log x (exact for a P or 1 - P that rounds to 1: a large a sees
+    log(1 - P) = logsigmoid(-s), not log 1 = 0); x^0 = 1 for every x, NaN included (as torch)."""
+    return tl.where(a == 0, 1.0, tl.exp(a * log_x))
+
+
+@triton.jit
+def logaddexp(a, b):
+    """log(exp(a) + exp(b)) without overflow (b finite)."""
+    m = tl.where(a > b, a, b)
+    return m + log1p(tl.exp(-tl.abs(a - b)))
+
+
+@triton.jit
+def soft_focal_terms(s, y, alpha, beta, eps, MSE: tl.constexpr, LOG_MODE: tl.constexpr):
     """(f, df/ds) of the soft focal loss (or the MSE loss) at logits s and targets y (module
-    docstring); a, b, eps >= 0, arithmetic in s's dtype."""
+    docstring); a, b, eps >= 0 (log eps with ``LOG_TINY``), arithmetic in s's dtype."""
     p = sigmoid(s)
     q = sigmoid(-s)
     if MSE:
@@ -67,23 +101,46 @@ def soft_focal_terms(s, y, alpha, beta, eps, MSE: tl.constexpr, EXACT_LOG: tl.co
         f = d * d
         df = 2.0 * d * p * q
     else:
-        if EXACT_LOG:
-            log_p = logsigmoid(s)
-            log_q = logsigmoid(-s)
+        ls_p = logsigmoid(s)
+        ls_q = logsigmoid(-s)
+        if LOG_MODE == 1:  # LOG_EXACT
+            log_p = ls_p
+            log_q = ls_q
             p_ratio = tl.full(s.shape, 1.0, s.dtype)
             q_ratio = tl.full(s.shape, 1.0, s.dtype)
+        elif LOG_MODE == 2:  # LOG_TINY: eps holds log eps
+            log_p = logaddexp(ls_p, eps)
+            log_q = logaddexp(ls_q, eps)
+            p_ratio = tl.exp(ls_p - log_p)
+            q_ratio = tl.exp(ls_q - log_q)
         else:
             log_p = log_prob(p, eps)
             log_q = log_prob(q, eps)
             p_ratio = p / (p + eps)
             q_ratio = q / (q + eps)
-        q_a = pow_nonneg(q, alpha)
-        p_b = pow_nonneg(p, beta)
+        q_a = pow_from_log(ls_q, alpha)
+        p_b = pow_from_log(ls_p, beta)
         f = -y * q_a * log_p - (1.0 - y) * p_b * log_q
         df = y * (alpha * q_a * p * log_p - q_a * q * p_ratio) + (1.0 - y) * (
             p_b * p * q_ratio - beta * p_b * q * log_q
         )
     return f, df
+
+
+@triton.jit
+def _finite(x):
+    """x is finite (False for NaN and +-inf)."""
+    return tl.abs(x) < float("inf")
+
+
+@triton.jit
+def pow2_floor(x):
+    """2^floor(log2 x) for a finite x >= 1 (the exponent bits of x)."""
+    if x.dtype == tl.float32:
+        return (x.to(tl.int32, bitcast=True) & 0x7F800000).to(tl.float32, bitcast=True)
+    else:
+        bits = x.to(tl.int64, bitcast=True) & 0x7FF0000000000000
+        return bits.to(tl.float64, bitcast=True)
 
 
 @triton.jit
@@ -113,7 +170,7 @@ def _cass_kernel(
     N, h, w, Hp, Wp, PH, PW, n_tiles_w, n_tiles, ss_b, ss_h, ss_w,
     stride, ratio, min_size, two_sig2, two_sig2_small, threshold, alpha, beta, eps,
     ANISO: tl.constexpr, LINEAR: tl.constexpr, MERGE_SUM: tl.constexpr, MSE: tl.constexpr,
-    EXACT_LOG: tl.constexpr, HAS_MASK: tl.constexpr, TARGET_ONLY: tl.constexpr,
+    LOG_MODE: tl.constexpr, HAS_MASK: tl.constexpr, TARGET_ONLY: tl.constexpr,
     STORE_GRAD: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr,
 ):  # fmt: skip
     """One program per (image, tile of BLOCK_H x BLOCK_W patches). Builds Y for the tile from the
@@ -159,9 +216,10 @@ def _cass_kernel(
         bh = y2 - y1
         ew = r * bw
         eh = r * bh
-        # a NaN coordinate puts the box in no region (torch's NaN-propagating max/min; Triton's
-        # return the other operand), and a box whose dilated box misses the tile is skipped
-        keep = keep & (x1 == x1) & (y1 == y1) & (x2 == x2) & (y2 == y2)
+        # a box whose arithmetic is not finite (a NaN or infinite coordinate, or an overflow) is
+        # in no region (module docstring), and a box whose dilated box misses the tile is skipped
+        keep = keep & _finite(x1) & _finite(y1) & _finite(x2) & _finite(y2)
+        keep = keep & _finite(cx) & _finite(cy) & _finite(ew) & _finite(eh)
         hit_x = (tl.maximum(x1 - ew, 0.0) <= px_hi) & (px_lo <= tl.minimum(x2 + ew, wf))
         hit_y = (tl.maximum(y1 - eh, 0.0) <= py_hi) & (py_lo <= tl.minimum(y2 + eh, hf))
         if keep & hit_x & hit_y:
@@ -177,8 +235,16 @@ def _cass_kernel(
                 gy = tl.exp(-(ny * ny) / t2)
                 g = gy[:, None] * gx[None, :]
             else:
-                d2 = dy[:, None] * dy[:, None] + dx[None, :] * dx[None, :]
-                norm = tl.maximum(sqrt_exact(ew * ew + eh * eh), 1.0)
+                # everything divided by the power of two sc (exact): no overflow of the squares
+                sc = pow2_floor(tl.maximum(tl.maximum(ew, eh), 1.0))
+                dxs = div_exact(dx, sc + tl.zeros_like(dx))
+                dys = div_exact(dy, sc + tl.zeros_like(dy))
+                ews = div_exact(ew, sc)
+                ehs = div_exact(eh, sc)
+                d2 = dys[:, None] * dys[:, None] + dxs[None, :] * dxs[None, :]
+                norm = tl.maximum(
+                    sqrt_exact(ews * ews + ehs * ehs), div_exact(tl.full([], 1.0, bdt), sc)
+                )
                 rho = div_exact(sqrt_exact(d2), norm + tl.zeros_like(d2))
                 g = tl.exp(-(rho * rho) / t2)
             if LINEAR:
@@ -204,7 +270,7 @@ def _cass_kernel(
         offs += (l.to(tl.int64) * ss_w)[None, :]
         s = tl.load(s_ptr + offs, mask=on, other=0).to(cdt)
         f, df = soft_focal_terms(
-            s, y.to(cdt), option(alpha, cdt), option(beta, cdt), option(eps, cdt), MSE, EXACT_LOG
+            s, y.to(cdt), option(alpha, cdt), option(beta, cdt), option(eps, cdt), MSE, LOG_MODE
         )
         out = part_ptr + pid * 4
         tl.store(out, tl.sum(tl.sum(tl.where(on, f, 0.0), axis=1), axis=0))
@@ -218,7 +284,7 @@ def _cass_kernel(
 @triton.jit(do_not_specialize=["alpha", "beta", "eps"])
 def _soft_focal_kernel(
     s_ptr, y_ptr, part_ptr, g_ptr, numel, alpha, beta, eps,
-    MSE: tl.constexpr, EXACT_LOG: tl.constexpr, STORE_GRAD: tl.constexpr, BLOCK: tl.constexpr,
+    MSE: tl.constexpr, LOG_MODE: tl.constexpr, STORE_GRAD: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """BLOCK elements of the flat logits and targets: ``part[pid] = (sum f, 0, 0, 0)`` and, with
     STORE_GRAD, df/ds to ``g`` (flat, in the compute dtype of ``part``)."""
@@ -228,7 +294,7 @@ def _soft_focal_kernel(
     s = tl.load(s_ptr + idx, mask=on, other=0).to(cdt)
     y = tl.load(y_ptr + idx, mask=on, other=0).to(cdt)
     f, df = soft_focal_terms(
-        s, y, option(alpha, cdt), option(beta, cdt), option(eps, cdt), MSE, EXACT_LOG
+        s, y, option(alpha, cdt), option(beta, cdt), option(eps, cdt), MSE, LOG_MODE
     )
     out = part_ptr + tl.program_id(0) * 4
     tl.store(out, tl.sum(tl.where(on, f, 0.0), axis=0))
@@ -262,6 +328,17 @@ def patch_grid(feat_size, patch_size: int) -> tuple[int, int, int, int]:
 def box_dtype(boxes: torch.Tensor) -> torch.dtype:
     """The dtype of the box arithmetic: float64 for float64 boxes, else float32."""
     return torch.float64 if boxes.dtype == torch.float64 else torch.float32
+
+
+def log_mode(eps: float, cdt: torch.dtype) -> tuple[int, float]:
+    """(LOG_MODE, the value the kernels receive as ``eps``) for arithmetic in ``cdt``: eps = 0 is
+    exact; 0 < eps < ``TINY_EPS`` is ``LOG_TINY``, passed as log eps (eps may round or flush to
+    0, and P below the normal range, flushed, is no longer negligible against eps)."""
+    if eps == 0:
+        return LOG_EXACT, 0.0
+    if eps < TINY_EPS[cdt]:
+        return LOG_TINY, math.log(eps)
+    return LOG_PLAIN, eps
 
 
 def _tiles(hp: int, wp: int) -> tuple[int, int]:
@@ -300,14 +377,15 @@ def _launch(scores, boxes, box_mask, feat_size, opts, part, grad, y, store_grad)
         strides = s.stride()
     else:
         s, strides = boxes, (0, 0, 0)
-    loss_opts = [f64_bits(opts.get(k, 0.0)) for k in ("alpha", "beta", "eps")]
+    mode, eps = log_mode(opts.get("eps", 1.0), part.dtype)
+    loss_opts = [f64_bits(opts.get(k, 0.0)) for k in ("alpha", "beta")] + [f64_bits(eps)]
     if b * n_tiles == 0:
         return
     launch(
         _cass_kernel, (b * n_tiles,),
         s, boxes, mask, part, grad, y,
         n, h, w, hp, wp, ph, pw, tiles_w, n_tiles, *strides, *floats, *loss_opts,
-        **consts, MSE=opts.get("loss") == "mse", EXACT_LOG=opts.get("eps", 1.0) == 0,
+        **consts, MSE=opts.get("loss") == "mse", LOG_MODE=mode,
         TARGET_ONLY=y is not None, STORE_GRAD=store_grad, BLOCK_H=block_h, BLOCK_W=block_w,
         num_warps=4,
         enable_fp_fusion=False,  # no FMA: region edges (x2 + r bw) must round like PyTorch
@@ -364,10 +442,11 @@ def soft_focal_forward(
     part = alloc(nprog, NUM_PARTIALS, dtype=cdt, device=logits.device)
     grad = torch.empty(n if need_grad else 0, dtype=cdt, device=logits.device)
     if n:
+        mode, eps = log_mode(opts["eps"], cdt)
         launch(
             _soft_focal_kernel, (nprog,), s, mask_view(y), part, grad if need_grad else part, n,
-            *(f64_bits(opts[k]) for k in ("alpha", "beta", "eps")),
-            MSE=False, EXACT_LOG=opts["eps"] == 0, STORE_GRAD=need_grad, BLOCK=block,
+            f64_bits(opts["alpha"]), f64_bits(opts["beta"]), f64_bits(eps),
+            MSE=False, LOG_MODE=mode, STORE_GRAD=need_grad, BLOCK=block,
             num_warps=warps,
         )  # fmt: skip
     loss, aux = ratio_finalize(

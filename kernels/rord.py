@@ -47,7 +47,7 @@ import triton
 import triton.language as tl
 
 from .launch import compute_dtype, f64_bits, launch, next_pow2
-from .primitives import bilinear_sample, div_exact, log1p, logsigmoid, option, sigmoid, tent
+from .primitives import div_exact, log1p, logsigmoid, option, sigmoid, tent
 from .reduce import DEN_POS, NUM_PARTIALS, partial_sums, ratio_finalize
 
 DET_BLOCK = 128  # cells per program (detection)
@@ -75,6 +75,36 @@ def warp_point(g_ptr, b, u, v, Hf, Wf):
 
 
 @triton.jit
+def sample_map(f_ptr, b, u, v, s_b, s_h, s_w, Hf, Wf, on, SIGMOID: tl.constexpr, cdt: tl.constexpr):
+    """S(F[b], (u, v)): the sum over the 4 corners on the map with a positive bilinear weight of
+    weight * F[corner] (sigmoid(F) with SIGMOID). A corner of weight 0 (the point on a grid line)
+    adds exactly 0, also when its cell is not finite (0 * inf would be NaN)."""
+    x0 = tl.floor(u)
+    y0 = tl.floor(v)
+    acc = tl.zeros(u.shape, cdt)
+    base = f_ptr + b.to(tl.int64) * s_b
+    for dy in tl.static_range(2):
+        for dx in tl.static_range(2):
+            xc = x0 + dx
+            yc = y0 + dy
+            wgt = tent(u - xc) * tent(v - yc)
+            hit = on & (xc >= 0) & (xc <= Wf - 1) & (yc >= 0) & (yc <= Hf - 1) & (wgt > 0)
+            xi = tl.where(hit, xc, 0.0).to(tl.int64)
+            yi = tl.where(hit, yc, 0.0).to(tl.int64)
+            val = tl.load(base + yi * s_h + xi * s_w, mask=hit, other=0).to(cdt)
+            if SIGMOID:
+                val = sigmoid(val)
+            acc += tl.where(hit, wgt * val, 0.0)
+    return acc
+
+
+@triton.jit
+def clamp_nan(x, lo, hi):
+    """min(max(x, lo), hi), NaN kept (as torch.clamp; ``tl.maximum`` would drop it)."""
+    return tl.where(x < lo, lo, tl.where(x > hi, hi, x))
+
+
+@triton.jit
 def det_terms(
     po_ptr, pr_ptr, g_ptr, b, ci, cj, on, Hf, Wf, o_b, o_h, o_w, r_b, r_h, r_w,
     FROM_LOGITS: tl.constexpr, IGNORE: tl.constexpr, cdt: tl.constexpr,
@@ -84,7 +114,7 @@ def det_terms(
     u = cj.to(cdt)
     v = ci.to(cdt)
     uq, vq, _ok, reach, ins = warp_point(g_ptr, b, u, v, Hf, Wf)
-    t = bilinear_sample(pr_ptr, b, uq, vq, r_b, r_h, r_w, Hf, Wf, on & reach, FROM_LOGITS, cdt)
+    t = sample_map(pr_ptr, b, uq, vq, r_b, r_h, r_w, Hf, Wf, on & reach, FROM_LOGITS, cdt)
     off = b.to(tl.int64) * o_b + ci.to(tl.int64) * o_h + cj.to(tl.int64) * o_w
     x = tl.load(po_ptr + off, mask=on, other=0.5).to(cdt)
     if FROM_LOGITS:
@@ -95,11 +125,12 @@ def det_terms(
         d_bce = p - t
         d_bce_t = -x
     else:
+        # clamps that keep a NaN (P outside [0, 1] or NaN), as torch's
         p = x
-        log_p = tl.maximum(tl.log(p), -100.0)
-        log_q = tl.maximum(log1p(-p), -100.0)
+        log_p = clamp_nan(tl.log(p), -100.0, float("inf"))
+        log_q = clamp_nan(log1p(-p), -100.0, float("inf"))
         bce = -(t * log_p + (1.0 - t) * log_q)
-        d_bce = (p - t) / tl.maximum((1.0 - p) * p, 1e-12)
+        d_bce = (p - t) / clamp_nan((1.0 - p) * p, 1e-12, float("inf"))
         d_bce_t = log_q - log_p
     d = p - t
     ad = tl.abs(d)
@@ -112,7 +143,7 @@ def det_terms(
         dp = p * sigmoid(-x)  # dP/dx without the cancellation of p (1 - p)
     else:
         dp = tl.full(p.shape, 1.0, cdt)
-    return m, bce, sl1, d_bce, d_bce_t, tl.minimum(tl.maximum(d, -1.0), 1.0), dp
+    return m, bce, sl1, d_bce, d_bce_t, clamp_nan(d, -1.0, 1.0), dp
 
 
 @triton.jit(do_not_specialize=["w_bce", "w_sl1"])
@@ -397,6 +428,7 @@ def _mine_kernel(
     candidates), the triplet term and its gradient coefficients; partials (sum relu(h), 0,
     valid count, 0)."""
     cdt: tl.constexpr = a_ptr.dtype.element_ty
+    BIG: tl.constexpr = 1.7976931348623157e308 if cdt == tl.float64 else 3.4028234663852886e38
     b = tl.program_id(1)
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     on = n < N
@@ -436,6 +468,11 @@ def _mine_kernel(
             cv_ = tl.load(cand_ptr + (bl * C + c) * K + k, mask=kon, other=0)
             diff = av[:, None] - cv_[None, :]
             d2 += diff * diff
+        # a NaN distance wins (torch.argmin's NaN) and an overflowed one stays a candidate (the
+        # largest finite number), so that a broken or out-of-range input gives a NaN or inf loss
+        # instead of "no candidate" and 0
+        d2 = tl.where(d2 == float("inf"), tl.full([], BIG, cdt), d2)
+        d2 = tl.where(d2 != d2, float("-inf"), d2)
         d2 = tl.where(elig, d2, float("inf"))
         m, j = tl.min(d2, axis=1, return_indices=True, return_indices_tie_break_left=True)
         better = m < best
@@ -469,7 +506,8 @@ def _mine_kernel(
     tl.store(coef_ptr + (bl * N + n) * 2, tl.where(active, cp, 0.0), mask=on)
     tl.store(coef_ptr + (bl * N + n) * 2 + 1, tl.where(active, cn, 0.0), mask=on)
     row = (b * tl.num_programs(0) + tl.program_id(0)).to(tl.int64) * 4
-    tl.store(part_ptr + row + 0, tl.sum(tl.where(active, h, 0.0), axis=0))
+    # relu(h) of the valid triplets, a NaN h kept (as torch.relu; no gradient, as autograd's)
+    tl.store(part_ptr + row + 0, tl.sum(tl.where(valid & ~(h <= 0.0), h, 0.0), axis=0))
     tl.store(part_ptr + row + 1, tl.zeros([], cdt))
     tl.store(part_ptr + row + 2, tl.sum(valid.to(cdt), axis=0))
     tl.store(part_ptr + row + 3, tl.zeros([], cdt))

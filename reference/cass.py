@@ -38,7 +38,8 @@ def box_patch_mask(
 ) -> torch.Tensor:
     """M_n at the patch centres (px, py) (feature cells, the boxes' dtype) of the boxes
     ``box[..., 4]`` (x1, y1, x2, y2) in pixels; the box and the centres broadcast (boxes
-    [B,N,1,1,4] against centres [Hp,Wp] give M [B,N,Hp,Wp])."""
+    [B,N,1,1,4] against centres [Hp,Wp] give M [B,N,Hp,Wp]). M = 0 for a box with a coordinate,
+    centre or band (X1..Y2 after the min_size enlargement, cx, cy, ew, eh) that is not finite."""
     h, w = feat_size
     x1, y1, x2, y2 = (box[..., i] / stride for i in range(4))
     cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
@@ -85,7 +86,13 @@ def box_patch_mask(
         d = torch.clamp(1 - rho, min=0)
     else:
         raise ValueError(f"decay must be gaussian or linear, got {decay!r}")
-    return torch.where(core, zero + 1, torch.where(ctx, d, zero))
+    m = torch.where(core, zero + 1, torch.where(ctx, d, zero))
+    # a box whose arithmetic is not finite (a NaN or infinite coordinate, or an overflow of its
+    # centre or band in the boxes' dtype) is in no region
+    visible = torch.ones_like(x1, dtype=torch.bool)
+    for t in (x1, y1, x2, y2, cx, cy, ew, eh):
+        visible = visible & torch.isfinite(t)
+    return torch.where(visible, m, zero)
 
 
 def cass_soft_target(

@@ -4,16 +4,18 @@ candidate of the rotated map as the negative.
 
 Literal: every point goes through the grid-point convention of 11.2 ((u, v) = (x/s - 1/2, y/s - 1/2),
 ``align_corners=False``), H is applied as written (never inverted), the samples are
-``F.grid_sample``, the warped target T is built explicitly, the [B,N,K] distance matrix of the
+``F.grid_sample``'s bilinear formula (written out, see below), the warped target T is built
+explicitly, the [B,N,K] distance matrix of the
 negative mining is built explicitly, gradients by autograd. Geometry runs in the maps' dtype (the
 default anchors and R2 candidates in float64, the generator's draw in float32, then cast). H,
 anchors and negatives are used detached; the oracle validates nothing except that ``negatives``
 and ``generator`` are exclusive.
 
 A point with ``w <= 0`` or a non-finite (u, v) samples exactly 0 (all channels) and is not inside.
-``F.grid_sample`` gives NaN at a NaN or infinite coordinate (and a NaN gradient to the grid), so
-such a point is sampled at the safe coordinate (0, 0) and its sample replaced by 0 with
-``torch.where``: no NaN reaches the values or the gradients.
+The bilinear sample is ``F.grid_sample``'s, written out so that a corner of weight 0 (a point on a
+grid line) adds exactly 0 also when its cell is NaN or infinite (``F.grid_sample`` computes
+0 * inf there or not depending on its vectorisation); on finite maps the two agree
+(:func:`grid_sample_points`, checked by the tests).
 """
 
 from __future__ import annotations
@@ -79,23 +81,48 @@ def transform(
     return torch.stack([u_r, v_r], dim=-1), w
 
 
-def sample(F_map: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
-    """S(F, uv) [B,M,C]: F [B,C,Hf,Wf] at grid points uv [B,M,2].
-
-    Exactly F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False) at
-    gx = (2u+1)/Wf - 1, gy = (2v+1)/Hf - 1; 0 where u or v is not finite (sampled at (0, 0), then
-    replaced, so that neither the value nor the gradient sees a NaN).
-    """
+def grid_sample_points(F_map: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False) of F [B,C,Hf,Wf]
+    at grid points uv [B,M,2] (gx = (2u+1)/Wf - 1, gy = (2v+1)/Hf - 1), as [B,M,C]: what
+    :func:`sample` writes out (they agree on finite maps and points)."""
     hf, wf = F_map.shape[-2:]
-    uv = uv.to(F_map.dtype)
-    finite = torch.isfinite(uv).all(dim=-1)  # [B, M]
-    uv = torch.where(finite[..., None], uv, torch.zeros((), dtype=uv.dtype, device=uv.device))
     gx = (2 * uv[..., 0] + 1) / wf - 1
     gy = (2 * uv[..., 1] + 1) / hf - 1
     grid = torch.stack([gx, gy], dim=-1)[:, :, None, :]  # [B, M, 1, 2]
     out = F.grid_sample(F_map, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    out = out[:, :, :, 0].transpose(1, 2)  # [B, M, C]
-    return torch.where(finite[..., None], out, torch.zeros((), dtype=out.dtype, device=out.device))
+    return out[:, :, :, 0].transpose(1, 2)
+
+
+def sample(F_map: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
+    """S(F, uv) [B,M,C]: F [B,C,Hf,Wf] at grid points uv [B,M,2].
+
+    The bilinear sample of F.grid_sample(mode="bilinear", padding_mode="zeros",
+    align_corners=False), written out: the sum over the corners (floor(u) + dx, floor(v) + dy),
+    dx, dy in {0, 1}, that lie on the map and have a positive weight (1 - |u - x|)(1 - |v - y|)
+    of weight * F[corner]. A corner of weight 0 (u or v on a grid line) is not part of the sample:
+    it adds exactly 0 to the value and receives no gradient, also when its cell is NaN or
+    infinite (F.grid_sample's own 0 * NaN there depends on its vectorisation). 0 where u or v is
+    not finite. On finite maps this is F.grid_sample (:func:`grid_sample_points`).
+    """
+    b, c, hf, wf = F_map.shape
+    m = uv.shape[1]
+    uv = uv.to(F_map.dtype)
+    zero = torch.zeros((), dtype=F_map.dtype, device=F_map.device)
+    finite = torch.isfinite(uv).all(dim=-1)  # [B, M]
+    uv = torch.where(finite[..., None], uv, zero)
+    u, v = uv[..., 0], uv[..., 1]
+    x0, y0 = torch.floor(u), torch.floor(v)
+    flat = F_map.reshape(b, c, hf * wf)
+    out = torch.zeros(b, m, c, dtype=F_map.dtype, device=F_map.device)
+    for dy in (0, 1):
+        for dx in (0, 1):
+            x, y = x0 + dx, y0 + dy
+            w = (1 - (u - x).abs()) * (1 - (v - y).abs())  # [B, M]
+            on = finite & (x >= 0) & (x <= wf - 1) & (y >= 0) & (y <= hf - 1) & (w > 0)
+            idx = (torch.where(on, y, zero) * wf + torch.where(on, x, zero)).long()
+            vals = flat.gather(2, idx[:, None, :].expand(b, c, m)).transpose(1, 2)  # [B, M, C]
+            out = out + torch.where(on[..., None], w[..., None] * vals, zero)
+    return out
 
 
 def warped_sample(F_map: torch.Tensor, uv: torch.Tensor, w: torch.Tensor) -> torch.Tensor:

@@ -202,6 +202,145 @@ def test_nan_box_is_in_no_region(backend):
     assert torch.equal(y, fl.cass_soft_target(boxes[:, :1], (7, 10), backend=backend).cpu())
 
 
+INF = float("inf")
+
+
+@pytest.mark.parametrize(
+    ("bad", "stride"),
+    [
+        ([INF, 32.0, 64.0, 96.0], 32.0),
+        ([-INF, 32.0, 96.0, 96.0], 32.0),
+        ([30.0, -INF, 200.0, INF], 32.0),
+        ([30.0, 20.0, INF, 150.0], 32.0),
+        ([float("nan"), 20.0, 200.0, 150.0], 32.0),
+        ([-3e38, 2.0, 3e38, 9.0], 1.0),  # finite, but x2 - x1 overflows float32
+        ([3e38, 2.0, 3.4e38, 9.0], 1.0),  # finite, but the centre overflows float32
+    ],
+    ids=[
+        "x1=inf",
+        "x1=-inf",
+        "y1=-inf,y2=inf",
+        "x2=inf",
+        "x1=nan",
+        "width_overflow",
+        "cx_overflow",
+    ],
+)
+@pytest.mark.parametrize(
+    ("decay", "anisotropic"),
+    [("gaussian", True), ("linear", True), ("gaussian", False), ("linear", False)],
+)
+def test_non_finite_box_is_in_no_region(bad, stride, decay, anisotropic, backend):
+    """A box with a NaN or infinite coordinate (or one whose centre or size overflows the box
+    dtype) adds nothing, on both backends and in the reference (docs/spec.md 10.4)."""
+    good = [v * stride / 32 for v in (40.0, 30.0, 200.0, 150.0)]
+    boxes = torch.tensor([[good, bad]])
+    opts = dict(decay=decay, anisotropic=anisotropic, stride=stride)
+    ref = R.cass_soft_target(boxes, (7, 10), **opts)
+    assert torch.equal(ref, R.cass_soft_target(boxes[:, :1], (7, 10), **opts))
+    y = fl.cass_soft_target(boxes.to(DEVICE), (7, 10), backend=backend, **opts).cpu()
+    assert torch.equal(y, ref)
+    s = torch.randn(1, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    ref_s = s.clone().requires_grad_()
+    ref_loss = R.cass_loss(ref_s, boxes[:, :1], feat_size=(7, 10), **opts)
+    ref_loss.backward()
+    x = s.to(torch.float32).to(DEVICE).requires_grad_()
+    loss = fl.cass_loss(x, boxes.to(DEVICE), feat_size=(7, 10), backend=backend, **opts)
+    loss.backward()
+    assert_scalar_close(loss, ref_loss, 1e-5)
+    assert_grad_close(x.grad, ref_s.grad, 1e-5)
+
+
+@pytest.mark.parametrize("decay", ["gaussian", "linear"])
+def test_huge_circular_band_stays_finite(decay, backend):
+    """A float32 box beyond 2^64 cells: ew^2 and the distances' squares overflow float32, so the
+    circular rho is evaluated on power-of-two-scaled lengths: the float64 reference's Y."""
+    boxes = torch.tensor([[[3.2e21, 0.0, 3.2e22, 64.0]], [[-2e30, -2e30, 5e29, 1e30]]])
+    ref = R.cass_soft_target(boxes.double(), (7, 10), decay=decay, anisotropic=False)
+    assert ref[0, 0, 0, 0] > 0.5
+    y = fl.cass_soft_target(boxes.to(DEVICE), (7, 10), decay=decay, anisotropic=False,
+                            backend=backend).cpu()  # fmt: skip
+    assert torch.isfinite(y).all()
+    assert torch.allclose(y.double(), ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("eps", [1e-50, 1e-40, 2.0**-126, 1e-31, 1e-310])
+def test_tiny_eps_is_the_references(eps, backend):
+    """eps below float32's range (it would round or flush to 0, giving log 0) or so small that a
+    flushed P matters against it: log(P + eps) in log space, the float64 reference's value."""
+    s = torch.tensor(
+        [[-200.0, 200.0, 0.0, -90.0, 95.0, 3.0], [-104.0, 110.0, -1.0, 0.5, 30.0, -30.0]],
+        dtype=torch.float64,
+    )
+    boxes = torch.tensor([[[0.0, 0.0, 64.0, 64.0]], [[100.0, 0.0, 330.0, 64.0]]])
+    ref_s = s.clone().requires_grad_()
+    ref = R.cass_loss(ref_s, boxes, feat_size=(7, 10), eps=eps)
+    ref.backward()
+    y = torch.rand(2, 6, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    y[:, 0] = 1.0
+    ref_fs = s.clone().requires_grad_()
+    ref_f = R.soft_focal_loss(ref_fs, y, eps=eps)
+    ref_f.backward()
+    for dtype in (torch.float32, torch.float64):
+        x = s.detach().clone().to(dtype).to(DEVICE).requires_grad_()
+        loss = fl.cass_loss(x, boxes.to(DEVICE), feat_size=(7, 10), eps=eps, backend=backend)
+        loss.backward()
+        assert_scalar_close(loss, ref, 1e-5)
+        assert_grad_close(x.grad, ref_s.grad, 1e-5)
+        xf = s.detach().clone().to(dtype).to(DEVICE).requires_grad_()
+        loss_f = fl.soft_focal_loss(xf, y.to(dtype).to(DEVICE), eps=eps, backend=backend)
+        loss_f.backward()
+        assert_scalar_close(loss_f, ref_f, 1e-5)
+        assert_grad_close(xf.grad, ref_fs.grad, 1e-5)
+
+
+@pytest.mark.parametrize("exponent", [1e4, 1e30])
+def test_large_exponents_are_accurate(exponent, backend):
+    """Large alpha, beta: Q^alpha is evaluated from logsigmoid, so a P (or 1 - P) that rounds to
+    1 in float32 still gives (1 - 2^-30)^alpha, not 1^alpha = 1. 1e4: the float64 reference's loss
+    and gradient (the float32 powers of a rounded P were 6e-5 and 5e-4 off); 1e30 (the top of the
+    range): finite, float32 as float64."""
+    s = 30 * torch.randn(2, 6, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    s[0, 0] = -200.0  # 1 - P = 1 exactly: 1^alpha
+    boxes = torch.tensor([[[0.0, 0.0, 64.0, 64.0]]] * 2)
+    ref_s = s.clone().requires_grad_()
+    ref = R.cass_loss(ref_s, boxes, feat_size=(7, 10), alpha=exponent, beta=exponent)
+    ref.backward()
+    out = {}
+    for dtype in (torch.float64, torch.float32):
+        x = s.detach().clone().to(dtype).to(DEVICE).requires_grad_()
+        loss = fl.cass_loss(x, boxes.to(DEVICE), feat_size=(7, 10), alpha=exponent,
+                            beta=exponent, backend=backend)  # fmt: skip
+        loss.backward()
+        assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
+        out[dtype] = loss, x.grad
+        if exponent < 1e10:  # beyond, float64's own rounding of 1 - P moves the reference
+            assert_scalar_close(loss, ref, 1e-5)
+            assert_grad_close(x.grad, ref_s.grad, 1e-5)
+    (l32, g32), (l64, g64) = out[torch.float32], out[torch.float64]
+    assert_scalar_close(l32, l64, 1e-5)
+    # (float32 flushes the gradients below 1e-38 to 0)
+    assert torch.allclose(g32.double().cpu(), g64.cpu(), rtol=1e-5, atol=1e-30)
+
+
+def test_list_of_boxes_traces_under_torch_compile(backend):
+    """docs/spec.md 10.6: the list form of boxes traces with fullgraph=True."""
+    b0 = torch.tensor([[30.0, 20.0, 200.0, 150.0]], device=DEVICE)
+    b1 = torch.zeros(0, 4, device=DEVICE)
+    s = torch.randn(2, 6, generator=torch.Generator().manual_seed(6)).to(DEVICE).requires_grad_()
+
+    def fn(x):
+        return fl.cass_loss(x, [b0, b1], feat_size=(7, 10), backend=backend)
+
+    compiled = torch.compile(fn, fullgraph=True, backend="eager")
+    out = compiled(s)
+    (g,) = torch.autograd.grad(out, s)
+    want = fn(s)
+    (g_want,) = torch.autograd.grad(want, s)
+    assert torch.equal(out, want)
+    assert torch.equal(g, g_want)
+
+
 def test_empty_batch_is_zero(backend):
     assert fl.cass_loss(torch.zeros(0, 6, device=DEVICE), [], feat_size=(7, 10),
                         backend=backend).item() == 0.0  # fmt: skip
@@ -444,6 +583,11 @@ def _call(**changes):
         (dict(small_target_threshold=-1.0), ValueError, "small_target_threshold"),
         (dict(alpha=-1.0), ValueError, "alpha"),
         (dict(beta=float("inf")), ValueError, "beta"),
+        (dict(alpha=1e39), ValueError, r"alpha: expected a number in \[0, 1e\+30\]"),
+        (dict(beta=1e31), ValueError, r"beta: expected a number in \[0, 1e\+30\]"),
+        (dict(expansion_ratio=1e39), ValueError, r"expansion_ratio: .*1e\+30"),
+        (dict(min_size=1e31), ValueError, r"min_size: .*1e\+30"),
+        (dict(small_target_threshold=1e300), ValueError, r"small_target_threshold: .*1e\+30"),
         (dict(eps=-1e-8), ValueError, "eps"),
         (dict(decay="cosine"), ValueError, "decay"),
         (dict(merge="mean"), ValueError, "merge"),

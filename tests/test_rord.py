@@ -441,6 +441,13 @@ def _bad_calls():
         ("distance", call(*ok, distance="l1")),
         ("from_logits", call(*ok, from_logits=1)),
         ("H", call(det, det, desc, desc, torch.zeros(2, 3, dtype=torch.complex64))),
+        ("det_original", call(det[..., :0], det[..., :0], desc[..., :0], desc[..., :0], H)),
+        ("w_bce", call(*ok, w_bce=1e300)),
+        ("w_smooth_l1", call(*ok, w_smooth_l1=-1e13)),
+        ("w_det", call(*ok, w_det=1e13)),
+        ("w_desc", call(*ok, w_desc=1e39)),
+        ("margin", call(*ok, margin=1e300)),
+        ("safe_radius", call(*ok, safe_radius=-float("inf"))),
     ]
 
 
@@ -459,6 +466,211 @@ def test_generator_on_another_device():
         fl.rord_descriptor_loss(
             desc, desc, torch.eye(3, device="meta"), generator=torch.Generator()
         )
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 0, 5), (2, 4, 5, 0)])
+def test_empty_map_is_refused(backend, shape):
+    """Hf = 0 or Wf = 0: a ValueError naming the map, the expected and the received shape (no
+    index error, no loss of 1)."""
+    z = torch.zeros(shape, device=DEVICE)
+    eye = torch.eye(3, device=DEVICE)
+    got = r"\[" + ", ".join(map(str, shape)) + r"\]"
+    with pytest.raises(
+        ValueError, match=rf"desc_original: expected shape .*Hf, Wf >= 1, got {got}"
+    ):
+        fl.rord_descriptor_loss(z, z, eye, backend=backend)
+    d = z[:, :1]
+    with pytest.raises(ValueError, match=r"det_original: expected shape .*Hf, Wf >= 1"):
+        fl.rord_detection_loss(d, d, eye, backend=backend)
+    with pytest.raises(ValueError, match=r"det_original: expected shape .*Hf, Wf >= 1"):
+        fl.rord_loss(d, d, z, z, eye, backend=backend)
+    with pytest.raises(ValueError, match=r"x: expected shape .*Hf, Wf >= 1"):
+        fl.homography_warp(z, eye)
+
+
+def test_option_ranges_are_named():
+    with pytest.raises(
+        ValueError, match=r"w_bce: expected a number in \[-1e\+12, 1e\+12\], got 1e\+300"
+    ):
+        fl.RoRDLoss(w_bce=1e300)
+    with pytest.raises(ValueError, match=r"margin: expected a number in \[-1e\+12, 1e\+12\]"):
+        fl.RoRDDescriptorLoss(margin=1e300)
+
+
+# ------------------------------------------------------------ extreme but valid inputs and options
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+def test_homography_scale_does_not_matter(backend, scale):
+    """c H (c > 0) is H: the reference's loss and gradients for H * 1e20 and H * 1e-20 (G is
+    divided by a power of two near its largest entry; the triton gather's adjugate overflowed
+    float32 at 1e20 and gave no gradient into det_rotated)."""
+    H = perspective()
+    check(backend, maps(seed=21), H * scale, **SMALL)
+
+
+def test_largest_weights_stay_finite(backend):
+    """Weights and margin at the top of their range (1e12), P_o at 0 and 1 (the 1e-12 clamp of
+    the BCE gradient): the reference's loss and gradients, finite in float32."""
+    inputs = maps(seed=22)
+    inputs[0] = inputs[0].clone()
+    inputs[0][:, :, 0] = 0.0
+    inputs[0][:, :, 1] = 1.0
+    opts = dict(SMALL, w_det=1e12, w_bce=1e12, w_smooth_l1=-1e12, w_desc=1e12, margin=1e12)
+    check(backend, inputs, small_rotation(), **opts)
+
+
+@pytest.mark.parametrize("h_kind", ["rotation", "horizon"])
+def test_infinite_safe_radius(backend, h_kind):
+    """safe_radius = inf is accepted (docs/spec.md 11.5 rejects only < 0): every candidate at a
+    finite Chebyshev distance is excluded; an anchor whose q_k has w <= 0 keeps them all."""
+    H = small_rotation() if h_kind == "rotation" else EDGES["horizon"]["H"]()
+    check(backend, maps(seed=23), H, safe_radius=float("inf"), **SMALL)
+
+
+# ------------------------------------------------------- non-finite maps, zero-weight corners
+
+
+def test_reference_sample_is_grid_sample():
+    """The reference's written-out bilinear sample is F.grid_sample's on finite maps (values and
+    gradients), at points inside, on the grid, on the border and off the map."""
+    g = torch.Generator().manual_seed(24)
+    f = torch.randn(2, 3, 5, 6, generator=g, dtype=torch.float64)
+    uv = torch.rand(2, 40, 2, generator=g, dtype=torch.float64) * torch.tensor([8.0, 7.0]) - 1
+    uv[:, :6] = torch.tensor(
+        [[0.0, 0.0], [5.0, 4.0], [2.0, 3.0], [-0.5, 1.0], [5.5, 2.0], [3.0, -1.2]]
+    )
+    a = f.clone().requires_grad_()
+    b = f.clone().requires_grad_()
+    sa, sb = R.sample(a, uv), R.grid_sample_points(b, uv)
+    torch.testing.assert_close(sa, sb, rtol=0, atol=1e-12)
+    w = torch.randn(sa.shape, generator=g, dtype=torch.float64)
+    (sa * w).sum().backward()
+    (sb * w).sum().backward()
+    torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-12)
+
+
+def test_zero_weight_corner_of_a_non_finite_cell_adds_nothing():
+    """homography_warp (torch) with H = I: every sample lies on its cell, its other 3 corners have
+    weight 0, so a NaN or infinite cell appears at its own cell only, and every gradient is 1."""
+    x = torch.rand(1, 2, 3, 4, generator=torch.Generator().manual_seed(25))
+    x[0, 0, 1, 1] = float("nan")
+    x[0, 1, 0, 2] = float("inf")
+    ref = R.homography_warp(x.double(), torch.eye(3, dtype=torch.float64))
+    xg = x.clone().requires_grad_()
+    out = fl.homography_warp(xg, torch.eye(3))
+    assert torch.equal(out.isnan(), x.isnan()) and torch.equal(out.isinf(), x.isinf())
+    assert torch.equal(out.isnan(), ref.isnan())
+    torch.testing.assert_close(out.double(), ref, equal_nan=True)
+    out.sum().backward()
+    assert torch.equal(xg.grad, torch.ones_like(x))
+
+
+def test_descriptor_with_an_infinite_cell_at_zero_weight(backend):
+    """An inf descriptor cell that the anchors only touch with weight 0: the reference's finite
+    loss and gradients (the torch backend gave 0 * inf = NaN, then a loss of 0)."""
+    g = torch.Generator().manual_seed(0)
+    d_o = torch.randn(1, 2, 3, 3, generator=g)
+    d_o[0, :, 1, 1] = float("inf")
+    d_r = torch.randn(1, 2, 3, 3, generator=g)
+    kw = dict(
+        anchors=torch.tensor([[4.0, 4.0]]), negatives=torch.tensor([[20.0, 20.0], [4.0, 12.0]])
+    )
+    xs = [d_o.clone().to(DEVICE).requires_grad_(), d_r.clone().to(DEVICE).requires_grad_()]
+    loss = fl.rord_descriptor_loss(*xs, torch.eye(3, device=DEVICE), backend=backend,
+                                   **{k: v.to(DEVICE) for k, v in kw.items()})  # fmt: skip
+    loss.backward()
+    rs = [d_o.double().requires_grad_(), d_r.double().requires_grad_()]
+    ref = R.rord_descriptor_loss(*rs, torch.eye(3, dtype=torch.float64),
+                                 **{k: v.double() for k, v in kw.items()})  # fmt: skip
+    ref.backward()
+    assert ref.item() > 0.5
+    assert_scalar_close(loss, ref, 1e-5)
+    for x, r in zip(xs, rs):
+        assert_grad_close(x.grad, r.grad, 1e-5)
+
+
+def _det_run(backend, po, pr, H, from_logits):
+    xs = [po.clone().to(DEVICE).requires_grad_(), pr.clone().to(DEVICE).requires_grad_()]
+    if backend == "reference":
+        xs = [po.double().requires_grad_(), pr.double().requires_grad_()]
+        loss = R.rord_detection_loss(*xs, H, from_logits=from_logits)[0]
+    else:
+        loss = fl.rord_detection_loss(*xs, H.to(DEVICE), from_logits=from_logits, backend=backend)
+    loss.backward()
+    return loss.detach().cpu(), [x.grad.detach().cpu().double() for x in xs]
+
+
+@pytest.mark.parametrize("h_kind", ["identity", "rotation"])
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize(
+    ("which", "value"),
+    [
+        (0, float("nan")),
+        (1, float("nan")),
+        (0, float("inf")),
+        (1, float("inf")),
+        (1, -float("inf")),
+    ],
+    ids=["o-nan", "r-nan", "o-inf", "r-inf", "r--inf"],
+)
+def test_non_finite_detection_maps_give_one_nan_pattern(which, value, from_logits, h_kind):
+    """A NaN or infinite cell of a detection map: the loss and every gradient entry NaN, infinite
+    or finite alike on both backends (NaN kept by the clamps, zero-weight corners skipped), and
+    as the reference where it is defined (from logits; F.binary_cross_entropy refuses a
+    probability outside [0, 1])."""
+    if not fl.backend.interpreter_on() and not ON_GPU:
+        pytest.skip("needs the triton backend (TRITON_INTERPRET=1 or a GPU)")
+    g = torch.Generator().manual_seed(26)
+    p = [torch.rand(1, 1, 6, 7, generator=g) * 0.9 + 0.05 for _ in range(2)]
+    if from_logits:
+        p = [torch.logit(x) for x in p]
+    p[which][0, 0, 2, 3] = value
+    H = torch.eye(3, dtype=torch.float64) if h_kind == "identity" else perspective()
+    runs = {be: _det_run(be, *p, H, from_logits) for be in ("torch", "triton")}
+    if from_logits:
+        runs["reference"] = _det_run("reference", *p, H, from_logits)
+    (l0, g0), *others = runs.values()
+    for li, gi in others:
+        torch.testing.assert_close(li.double(), l0.double(), rtol=1e-5, atol=0, equal_nan=True)
+        for a, b in zip(gi, g0):
+            assert torch.equal(a.isnan(), b.isnan()) and torch.equal(a.isinf(), b.isinf())
+            fin = torch.isfinite(a)
+            torch.testing.assert_close(a[fin], b[fin], rtol=1e-4, atol=1e-6)
+
+
+def test_probabilities_outside_the_unit_interval_give_nan(backend):
+    """from_logits=False with values outside [0, 1]: log of a negative number is NaN, kept by the
+    clamp at -100 on both backends (triton's max dropped it and returned a finite loss)."""
+    g = torch.Generator().manual_seed(27)
+    lo, lr = (torch.randn(1, 1, 6, 7, generator=g) * 3 for _ in range(2))
+    loss = fl.rord_detection_loss(lo.to(DEVICE), lr.to(DEVICE), torch.eye(3, device=DEVICE),
+                                  backend=backend)  # fmt: skip
+    assert torch.isnan(loss)
+
+
+@pytest.mark.parametrize("case", ["nan", "overflow"])
+def test_broken_descriptors_never_give_a_silent_zero(backend, case):
+    """NaN descriptors (the reference: NaN) and float32 descriptors beyond the valid range (1e20:
+    every squared distance overflows): a NaN or inf loss, not "no candidate" and 0."""
+    g = torch.Generator().manual_seed(28)
+    d_o, d_r = (torch.randn(1, 4, 5, 6, generator=g) for _ in range(2))
+    if case == "nan":
+        d_r[:] = float("nan")
+    else:
+        d_o, d_r = d_o * 1e20, d_r * 1e20
+    kw = dict(anchors=torch.tensor([[4.0, 4.0], [12.0, 20.0]]),
+              negatives=torch.tensor([[20.0, 20.0], [4.0, 12.0], [30.0, 9.0]]))  # fmt: skip
+    for distance in ("l2", "squared_l2"):
+        loss = fl.rord_descriptor_loss(d_o.to(DEVICE), d_r.to(DEVICE), torch.eye(3, device=DEVICE),
+                                       distance=distance, backend=backend,
+                                       **{k: v.to(DEVICE) for k, v in kw.items()})  # fmt: skip
+        assert not torch.isfinite(loss), distance
+        if case == "nan":
+            ref = R.rord_descriptor_loss(d_o.double(), d_r.double(),
+                                         torch.eye(3, dtype=torch.float64), distance=distance,
+                                         **{k: v.double() for k, v in kw.items()})  # fmt: skip
+            assert torch.isnan(ref) and torch.isnan(loss)
 
 
 # --------------------------------------------------------------------------- launches, memory
