@@ -9,8 +9,10 @@ validity ``v`` (index: y in [0, C) and y != ignore_index; dense: t != ignore_ind
 
     S1_nc = sum_s v p t,   S2_nc = sum_s v p^e,   S3_nc = sum_s v t^e
 
-(e the exponent, e >= 1). Every loss of the family (Dice, generalized Dice, binary Dice) is a
-function of these [N, 3, C] sums, evaluated by the caller with tensor ops. The backward takes
+(e the exponent, e >= 1; ``p^e`` and ``t^e`` are ``torch.pow``'s: a negative base, possible with
+``ACT`` 2 or a dense target, gives the signed power for an integer e and NaN otherwise). Every
+loss of the family (Dice, generalized Dice, binary Dice) is a function of these [N, 3, C] sums,
+evaluated by the caller with tensor ops. The backward takes
 G = dL/dS [N, 3, C] (S3 does not depend on x) and writes, in one pass,
 
     dL/dp_c = v (G1_c t_c + G2_c e p_c^(e-1))
@@ -35,6 +37,17 @@ from .primitives import option_value, pow_nonneg, sigmoid
 ACT_SOFTMAX, ACT_SIGMOID, ACT_NONE = 0, 1, 2
 T_INDEX, T_DENSE = 0, 1
 MAX_CLASSES = 1024
+
+
+@triton.jit
+def pow_signed(x, a):
+    """``torch.pow(x, a)`` for a real x and an exponent a (0-d): ``pow_nonneg`` for x >= 0 (and
+    NaN); for x < 0, abs(x)^a times (-1)^a when a is an integer, NaN otherwise."""
+    is_int = a == tl.floor(a)
+    half = a * 0.5
+    # the factor of a negative base, a scalar: (-1)^a for an integer a, NaN otherwise
+    neg = tl.where(is_int, tl.where(half != tl.floor(half), -1.0, 1.0), float("nan"))
+    return pow_nonneg(tl.abs(x), a) * tl.where(x < 0, neg, 1.0)
 
 
 @triton.jit
@@ -99,11 +112,11 @@ def _dice_sums_kernel(
             ignore_index, cdt, ACT, TARGET, HAS_IGNORE,
         )  # fmt: skip
         a1 += tl.where(keep, p * t, 0.0)
-        a2 += tl.where(keep, pow_nonneg(p, e), 0.0)
+        a2 += tl.where(keep, pow_signed(p, e), 0.0)
         if TARGET == 0:
             a3 += tl.where(keep, t, 0.0)  # t in {0, 1}: t^e = t
         else:
-            a3 += tl.where(keep, pow_nonneg(t, e), 0.0)
+            a3 += tl.where(keep, pow_signed(t, e), 0.0)
     base = (n * tl.num_programs(1) + span) * 3 * C
     cmask = cols < C
     tl.store(part_ptr + base + cols, tl.sum(a1, axis=0), mask=cmask)
@@ -135,7 +148,7 @@ def _dice_grad_kernel(
             x_ptr, t_ptr, n, pos, rmask, cols, C, S, sxn, sxc, sxs, stn, stc, sts,
             ignore_index, cdt, ACT, TARGET, HAS_IGNORE,
         )  # fmt: skip
-        gp = tl.where(keep, g1 * t + g2 * e * pow_nonneg(p, e - 1.0), 0.0)
+        gp = tl.where(keep, g1 * t + g2 * e * pow_signed(p, e - 1.0), 0.0)
         if ACT == 0:
             dot = tl.sum(tl.where(cmask[None, :], p * gp, 0.0), axis=1)
             gx = p * (gp - dot[:, None])

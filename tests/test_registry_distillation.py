@@ -5,6 +5,8 @@ reduction, sample weights), plus options, aliases, named errors and edge cases."
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -677,3 +679,288 @@ def test_fused_feature_losses_in_low_precision(name, dtype, backend):
     assert got.dtype == torch.float32 and s.grad.dtype == dtype
     assert abs(float(got) - float(ref)) <= 1e-5 * abs(float(ref)) + 1e-7
     assert_grad_close(s.grad, sr.grad, 1e-5 if dtype == torch.float32 else 1e-2)
+
+
+# ------------------------------------------------- audit fixes: masking, scale, edges, extremes
+
+
+def _grad_of(loss_fn, x):
+    x = x.clone().requires_grad_()
+    out = loss_fn(x)
+    (g,) = torch.autograd.grad(out.sum(), x)
+    return out.detach(), g
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize("name", list(FEATURES))
+def test_feature_zero_weight_hides_non_finite_inputs(name, normalize, backend):
+    # spec 12.2 rule 1: a position of weight 0 (every channel) whose teacher is NaN or whose
+    # student is inf contributes exactly 0 to the value and to the gradient
+    s0, t0 = randn((2, 3, 4, 4), 61), randn((2, 3, 4, 4), 62)
+    cos = name == "FeatureCosineLoss"
+    w_pos = torch.ones(2, 4, 4, dtype=D)
+    w_pos[0, 1, 2] = 0.0
+    weight = w_pos if cos else w_pos[:, None].expand(2, 3, 4, 4)
+    # the reference: the same formula on finite inputs (any finite value there gives the same)
+    clean_s, clean_t = s0, t0
+    loss = build_loss({"type": name, "normalize": normalize, "backend": backend})
+    for bad_s, bad_t in ((s0, float("nan")), (float("inf"), t0)):
+        s, t = s0.clone(), t0.clone()
+        if isinstance(bad_t, float):
+            t[0, :, 1, 2] = bad_t
+        else:
+            s[0, :, 1, 2] = bad_s
+        for red in ("mean", "sum", "none"):
+            got, g = _grad_of(
+                lambda x, t=t, red=red: loss(x, t, weight=weight, reduction_override=red), s
+            )
+            ref, rg = _grad_of(
+                lambda x, red=red: RU.reduce_with_validity(
+                    FEATURES[name](x, clean_t, normalize=normalize), weight, None, red
+                ),
+                clean_s,
+            )
+            assert_close(got, ref)
+            assert torch.isfinite(g).all() and g[0, :, 1, 2].abs().max() == 0
+            assert_grad_close(g, rg, GTOL)
+
+
+def test_feature_zero_weight_of_single_elements_hides_non_finite_inputs(backend):
+    # the plain elementwise losses mask element by element (no coupling between channels)
+    s0, t0 = randn((2, 3, 4), 63), randn((2, 3, 4), 64)
+    weight = torch.ones(2, 3, 4, dtype=D)
+    weight[1, 2, 3] = 0.0
+    t = t0.clone()
+    t[1, 2, 3] = float("nan")
+    clean = t0
+    for name in ("FeatureMSELoss", "FeatureL1Loss"):
+        loss = build_loss({"type": name, "backend": backend})
+        got, g = _grad_of(lambda x, loss=loss: loss(x, t, weight=weight), s0)
+        ref, rg = _grad_of(
+            lambda x, f=FEATURES[name]: RU.reduce_with_validity(f(x, clean), weight, None, "mean"),
+            s0,
+        )
+        assert_close(got, ref)
+        assert_grad_close(g, rg, GTOL)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e-20])
+@pytest.mark.parametrize(
+    ("name", "normalize"),
+    [("FeatureCosineLoss", False), ("FeatureCosineLoss", True), ("FeatureMSELoss", True),
+     ("FeatureL1Loss", True)],
+)  # fmt: skip
+def test_feature_norms_at_any_scale(name, normalize, scale, backend):
+    # float32 features of 1e20 (squares overflow) or 1e-20 (squares underflow): the norms are
+    # max-scaled, so float32 meets the float64 reference (which has the range) to 1e-5
+    s, t = randn((2, 5, 3, 4), 65), randn((2, 5, 3, 4), 66)
+    loss = build_loss({"type": name, "normalize": normalize, "backend": backend})
+    for red in ("mean", "none"):
+        got, g = _grad_of(
+            lambda x, red=red: loss(x, t.float(), reduction_override=red), (s * scale).float()
+        )
+        ref, rg = _grad_of(
+            lambda x, red=red: RU.reduce_with_validity(
+                FEATURES[name](x, t.float().double(), normalize=normalize), None, None, red
+            ),
+            (s * scale).float().double(),
+        )
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-7), (got, ref)
+        assert_grad_close(g, rg, 1e-5)
+
+
+@pytest.mark.parametrize(("p", "scale"), [(2.0, 1e20), (2.0, 1e-20), (1.5, 1e20), (50.0, 1.0),
+                                          (50.0, 1e20), (3.0, 1e-10)])  # fmt: skip
+def test_attention_at_any_scale_and_large_p(p, scale, backend):
+    # float32 features of 1e20 or 1e-20, and p = 50 (whose powers of ordinary features overflow
+    # the norm's squares): the float64 reference on the same input where float64 holds
+    # abs(F)^p; beyond (1e20^50), that of the unscaled problem (a(F) is homogeneous of degree
+    # p, so normalize(a) is scale-invariant where its norm is not clamped; the gradient scales
+    # by 1/scale)
+    s, t = randn((2, 3, 4, 5), 67), randn((2, 4, 4, 5), 68)
+    loss = build_loss({"type": "AttentionLoss", "p": p, "backend": backend})
+    x32 = (s * scale).float()
+    got, g = _grad_of(lambda x: loss(x, t.float()), x32)
+    unscaled = p * abs(math.log10(scale)) > 200
+    ref, rg = _grad_of(lambda x: RK.attention_loss(x, t.float().double(), p=p).mean(),
+                       x32.double() / scale if unscaled else x32.double())  # fmt: skip
+    assert torch.isfinite(got) and abs(float(got) - float(ref)) <= 1e-5 * abs(float(ref))
+    assert_grad_close(g.double() * (scale if unscaled else 1.0), rg, 1e-5)
+
+
+def test_attention_large_p_on_the_audit_input(backend):
+    # the audit's input (zeros, p = 50): the value was 0.0625 for 0.125; here the maps are
+    # one-hot to 1e-13, so the gradient (norm 3e-12) is below float32's resolution of its
+    # terms and only its finiteness is asserted
+    g32 = torch.Generator().manual_seed(7)
+    s = torch.randn(2, 3, 4, 4, generator=g32)
+    t = torch.randn(2, 4, 4, 4, generator=g32)
+    s[0, :, 0, 0] = 0
+    s[1, 0, 1, 1] = 0
+    loss = build_loss({"type": "AttentionLoss", "p": 50, "backend": backend})
+    got, g = _grad_of(lambda x: loss(x, t), s)
+    ref = RK.attention_loss(s.double(), t.double(), p=50.0).mean()
+    assert abs(float(got) - float(ref)) <= 1e-5 * float(ref) and torch.isfinite(g).all()
+
+
+@pytest.mark.parametrize(
+    ("name", "scale"),
+    [("PKTLoss", 1e30), ("PKTLoss", 1e-30), ("RKDAngleLoss", 1e30), ("CRDLoss", 1e30)],
+)
+def test_norms_of_the_embedding_losses_at_any_scale(name, scale, backend):
+    # PKT's e / (||e|| + eps), RKD's and CRD's F.normalize: the norms are max-scaled
+    cfg = {"type": name, "backend": backend}
+    s, t = randn((5, 6), 69), randn((5, 4), 70)
+    call = {}
+    if name == "PKTLoss":
+        ref_fn = RK.pkt_loss
+    elif name == "RKDAngleLoss":
+        ref_fn = RK.rkd_angle_loss
+    else:  # CRD: the student side normalises f; t and the banks at their own scale
+        bank_t, bank_s = unit_rows((5, 4, 6), 71).float(), unit_rows((5, 4, 6), 72).float()
+        t = randn((5, 6), 73)
+        cfg.update(neg_num=3, n_data=50, tau=0.5)
+        call = {"bank_t": bank_t, "bank_s": bank_s}
+
+        def ref_fn(a, b):
+            return RK.crd_loss(a, b, bank_t.double(), bank_s.double(), n_data=50, temperature=0.5)
+
+    loss = build_loss(cfg)
+    got, g = _grad_of(lambda x: loss(x, t.float(), **call), (s * scale).float())
+    ref, rg = _grad_of(lambda x: ref_fn(x, t.float().double()).mean(), (s * scale).float().double())
+    assert torch.isfinite(got) and abs(float(got) - float(ref)) <= 1e-5 * abs(float(ref))
+    assert_grad_close(g, rg, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "s", "t", "name"),
+    [
+        ({"type": "FeatureMSELoss"}, (2, 0, 4, 4), (2, 0, 4, 4), "pred"),
+        ({"type": "FeatureL1Loss", "normalize": True}, (2, 0, 3), (2, 0, 3), "pred"),
+        ({"type": "FeatureCosineLoss"}, (2, 0, 4, 4), (2, 0, 4, 4), "pred"),
+        ({"type": "FeatureCosineLoss", "normalize": True}, (3, 0), (3, 0), "pred"),
+        ({"type": "AttentionLoss"}, (2, 0, 4, 4), (2, 3, 4, 4), "pred"),
+        ({"type": "AttentionLoss"}, (2, 3, 4, 4), (2, 0, 4, 4), "target"),
+    ],
+)
+def test_feature_losses_refuse_zero_channels(cfg, s, t, name, backend):
+    loss = build_loss({**cfg, "backend": backend})
+    with pytest.raises(ValueError, match=rf"^{name}: .*C >= 1"):
+        loss(torch.zeros(s, dtype=D), torch.zeros(t, dtype=D))
+
+
+@pytest.mark.parametrize(
+    ("cfg", "s", "t", "none_shape"),
+    [
+        ({"type": "AttentionLoss"}, (0, 3, 4, 4), (0, 2, 4, 4), (0, 16)),
+        ({"type": "AttentionLoss", "p": 3, "normalize": False}, (0, 3, 4, 4), (0, 2, 5, 4),
+         (0, 16)),
+        ({"type": "AttentionLoss"}, (2, 3, 0, 4), (2, 2, 0, 4), (2, 0)),
+        ({"type": "RKDDistanceLoss"}, (0, 3, 2), (0, 4), (0, 0)),
+        ({"type": "RKDAngleLoss"}, (0, 5), (0, 3, 2), (0, 0, 0)),
+        ({"type": "PKTLoss"}, (0, 5), (0, 3), (0, 0)),
+    ],
+)  # fmt: skip
+def test_empty_batches_give_zero(cfg, s, t, none_shape, backend):
+    loss = build_loss({**cfg, "backend": backend})
+    for red in ("mean", "sum", "none"):
+        x = torch.zeros(s, dtype=D, requires_grad=True)
+        out = loss(x, torch.zeros(t, dtype=D), reduction_override=red)
+        assert tuple(out.shape) == (none_shape if red == "none" else ())
+        assert torch.all(out == 0)
+        out.sum().backward()
+        assert x.grad is not None and x.grad.shape == x.shape and torch.all(x.grad == 0)
+
+
+def _dkd_limit(s, t, labels, alpha=1.0, beta=8.0):
+    """The T -> inf limit of DKD (closed form): P, Q -> uniform, T^2 KL -> half the variance of
+    the logit gap; NCKD: over the C - 1 classes != y; TCKD: (1/C)(1 - 1/C)(gap_y - mean_o)^2/2."""
+    out = []
+    c = s.shape[1]
+    for n in range(s.shape[0]):
+        gap = (t[n] - s[n]).double()
+        y = int(labels[n])
+        other = torch.cat([gap[:y], gap[y + 1 :]])
+        nckd = 0.5 * ((other - other.mean()) ** 2).mean()
+        tckd = 0.5 * (1 / c) * (1 - 1 / c) * (gap[y] - other.mean()) ** 2
+        out.append(alpha * tckd + beta * nckd)
+    return torch.stack(out)
+
+
+def _dkd_stable_reference(s, t, labels, temperature, alpha=1.0, beta=8.0):
+    """DKD in float64 from log-softmaxes (the literal reference's softmax-then-log is -inf at a
+    small T): TCKD and NCKD as sums of Q (log Q - log P)."""
+    gt = F.one_hot(labels, s.shape[1]).bool()
+    z, u = s / temperature, t / temperature
+    neg = torch.full((), float("-inf"), dtype=s.dtype)
+    lp_o = torch.log_softmax(torch.where(gt, neg, z), 1)
+    lq_o = torch.log_softmax(torch.where(gt, neg, u), 1)
+    nckd = torch.where(gt, 0.0, lq_o.exp() * (lq_o - lp_o)).sum(1)
+    lp, lq = torch.log_softmax(z, 1), torch.log_softmax(u, 1)
+    lp_n = torch.logsumexp(torch.where(gt, neg, z), 1) - torch.logsumexp(z, 1)
+    lq_n = torch.logsumexp(torch.where(gt, neg, u), 1) - torch.logsumexp(u, 1)
+    tckd = lq[gt].exp() * (lq[gt] - lp[gt]) + lq_n.exp() * (lq_n - lp_n)
+    return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+@pytest.mark.parametrize("temperature", [0.5, 4.0, 30.0, 100.0])
+def test_dkd_float32_meets_the_reference_at_moderate_temperatures(temperature):
+    s, t = randn((N, C), 74, 2.0), randn((N, C), 75, 2.0)
+    loss = build_loss({"type": "DKDLoss", "temperature": temperature})
+    got, g = _grad_of(lambda x: loss(x, t.float(), labels=LABELS, reduction_override="none"),
+                      s.float())  # fmt: skip
+    ref, rg = _grad_of(
+        lambda x: RK.dkd_loss(x, t.float().double(), LABELS, temperature=temperature),
+        s.float().double(),
+    )
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=0), (got, ref)
+    assert_grad_close(g, rg, 1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1e-3, 1e-2, 0.1])
+def test_dkd_float32_at_small_temperatures(temperature):
+    s, t = randn((N, C), 76, 2.0), randn((N, C), 77, 2.0)
+    loss = build_loss({"type": "DKDLoss", "temperature": temperature})
+    got, g = _grad_of(lambda x: loss(x, t.float(), labels=LABELS, reduction_override="none"),
+                      s.float())  # fmt: skip
+    ref, rg = _grad_of(lambda x: _dkd_stable_reference(x, t.float().double(), LABELS, temperature),
+                       s.float().double())  # fmt: skip
+    # (a sample whose teacher and student agree has a loss of e^-190: 0 in float32)
+    assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-5 * float(ref.abs().max()))
+    assert abs(float(got.sum()) - float(ref.sum())) <= 1e-5 * float(ref.sum())
+    assert_grad_close(g, rg, 1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1e6, 1e12, 1e20, 1e30])
+def test_dkd_at_huge_temperatures_approaches_its_limit(temperature):
+    # T^2 KL as a difference of logs gave 232474 for 21.74 at T = 1e6 in float32; the limit
+    # is approached as 1/T (5.8e-7 relative at T = 1e6 for these inputs)
+    s, t = randn((N, C), 78, 2.0), randn((N, C), 79, 2.0)
+    loss = build_loss({"type": "DKDLoss", "temperature": temperature})
+    got, g = _grad_of(lambda x: loss(x, t.float(), labels=LABELS, reduction_override="none"),
+                      s.float())  # fmt: skip
+    limit = _dkd_limit(s.float(), t.float(), LABELS)
+    assert torch.allclose(got.double(), limit, rtol=1e-5, atol=0), (got, limit)
+    assert torch.isfinite(g).all() and g.abs().max() > 0
+
+
+def test_dkd_and_dist_temperature_ranges():
+    for bad in (1e-31, 1e31):
+        with pytest.raises(ValueError, match=r"temperature: .*\[1e-30, 1e\+30\]"):
+            build_loss({"type": "DKDLoss", "tau": bad})
+    for bad in (1e-31, 1e16):
+        with pytest.raises(ValueError, match=r"temperature: .*\[1e-30, 1e\+15\]"):
+            build_loss({"type": "DISTLoss", "temperature": bad})
+
+
+@pytest.mark.parametrize("temperature", [0.1, 1.0, 100.0, 1e4, 1e6, 1e8])
+def test_dist_float32_meets_the_reference_at_any_temperature(temperature):
+    # at T = 1e6 the rounded softmax kept only 1/C: the value was off by 2.6e-3
+    s, t = randn((N, C), 80, 2.0), randn((N, C), 81, 2.0)
+    loss = build_loss({"type": "DISTLoss", "temperature": temperature})
+    got, g = _grad_of(lambda x: loss(x, t.float()), s.float())
+    ref, rg = _grad_of(lambda x: RK.dist_loss(x, t.float().double(), temperature=temperature),
+                       s.float().double())  # fmt: skip
+    assert abs(float(got) - float(ref)) <= 1e-5 * abs(float(ref)), (got, ref)
+    assert_grad_close(g, rg, 1e-5)

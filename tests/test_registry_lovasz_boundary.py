@@ -442,3 +442,49 @@ def test_bad_inputs_are_named(cfg, x, y, error, match):
     with pytest.raises(TypeError, match="ignore_index"):
         build_loss({"type": cfg["type"]})(X4[:, :1] if "Hinge" in cfg["type"] else X4, Y3,
                                           ignore_index="x")  # fmt: skip
+
+
+# -------------------------------------------------------------------- audit fixes: empty inputs
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize("shape", [(2, C, 0, 4), (2, C, 4, 0), (3, C, 0, 0)])
+def test_boundary_of_an_empty_map_is_one_per_image(backend, shape):
+    # max pooling refuses an empty map; the formula's value there is that of an image with no
+    # valid pixel (every sum empty: P = R = 0, 1 - BF1 = 1), with a zero gradient
+    loss = build_loss({"type": "BoundaryLoss", "backend": backend})
+    for red, want in (("none", torch.ones(shape[0], dtype=torch.float64)),
+                      ("mean", torch.tensor(1.0, dtype=torch.float64)),
+                      ("sum", torch.tensor(float(shape[0]), dtype=torch.float64))):  # fmt: skip
+        x = logits(shape).requires_grad_()
+        out = loss(x, torch.zeros(shape[0], *shape[2:], dtype=torch.long), reduction_override=red)
+        assert out.shape == want.shape and torch.equal(out, want)
+        out.sum().backward()
+        assert x.grad.shape == x.shape
+    # the same value as an image whose pixels are all ignored
+    full = logits((shape[0], C, 3, 3))
+    ignored = torch.full((shape[0], 3, 3), 255)
+    assert torch.equal(loss(full, ignored, reduction_override="none"), want.new_ones(shape[0]))
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+@pytest.mark.parametrize(
+    ("cfg", "x_shape", "none_shape"),
+    [
+        ({"type": "BoundaryLoss"}, (0, C, 4, 4), (0,)),
+        ({"type": "LovaszLoss", "per_image": True}, (0, C, 4, 4), (0,)),
+        ({"type": "LovaszLoss"}, (0, C, 4, 4), ()),
+        ({"type": "LovaszHingeLoss", "per_image": True}, (0, 4, 4), (0,)),
+    ],
+)
+def test_empty_batches_give_zero(backend, cfg, x_shape, none_shape):
+    # (LovaszLoss per_image with N = 0 is [0] under "none"; "mean" reduces it to a 0-dim 0)
+    loss = build_loss({**cfg, "backend": backend})
+    y_shape = (x_shape[0], *x_shape[2:]) if len(x_shape) == 4 else x_shape
+    for red in ("none", "mean", "sum"):
+        x = logits(x_shape).requires_grad_()
+        out = loss(x, torch.zeros(y_shape, dtype=torch.long), reduction_override=red)
+        assert tuple(out.shape) == (none_shape if red == "none" else ())
+        assert torch.all(out == 0)
+        out.sum().backward()
+        assert x.grad.shape == x.shape and torch.all(x.grad == 0)

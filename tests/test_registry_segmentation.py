@@ -391,3 +391,88 @@ def test_compile_fullgraph(backend):
     compiled.backward()
     assert torch.allclose(compiled, eager, rtol=1e-6)
     assert torch.allclose(xb.grad, xa.grad, rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------- audit fixes: signed powers, masking, edges
+
+
+@pytest.mark.parametrize("exponent", [2.0, 3.0, 1.0])
+def test_dice_without_activation_takes_torch_pow_of_negative_inputs(backend, exponent):
+    # activate=False: p = x itself, negative values included; x^e is torch.pow's (the signed
+    # power for an integer e): the triton kernel gave NaN (a power of a non-negative base)
+    x, y = logits((2, C, 4, 4), seed=12), labels((2, 4, 4))
+    assert (x < 0).any()
+    loss = build_loss({"type": "DiceLoss", "activate": False, "exponent": exponent,
+                       "backend": backend})  # fmt: skip
+    check_parity(loss, lambda a, t: R.dice_loss(a, t, activate=False, exponent=exponent), x, y)
+    # float32 within the spec's tolerance
+    x32 = x.float().requires_grad_()
+    xr = x.float().double().requires_grad_()
+    got = loss(x32, y)
+    ref = R.dice_loss(xr, y, activate=False, exponent=exponent).mean()
+    assert_scalar_close(got, ref, 1e-5)
+    got.backward()
+    ref.backward()
+    assert_grad_close(x32.grad, xr.grad, 1e-5)
+
+
+def test_dice_without_activation_fractional_power_of_negative_is_nan(backend):
+    # a fractional power of a negative p is NaN, as torch.pow and the reference give; the
+    # ignored pixels' p never reaches the gradient
+    x, y = logits((2, C, 4, 4), seed=12), labels((2, 4, 4))
+    loss = build_loss({"type": "DiceLoss", "activate": False, "exponent": 1.5,
+                       "backend": backend})  # fmt: skip
+    assert torch.isnan(loss(x, y)) and torch.isnan(R.dice_loss(x, y, activate=False,
+                                                                exponent=1.5).mean())  # fmt: skip
+    # non-negative valid pixels and a negative value at an ignored pixel: finite, exact
+    p = torch.softmax(x, 1)
+    p[:, :, 0, 0] = -0.5
+    y2 = y.clone()
+    y2[:, 0, 0] = 255
+    check_parity(loss, lambda a, t: R.dice_loss(a, t, activate=False, exponent=1.5), p, y2)
+
+
+def test_surface_zero_weight_hides_a_nan_logit(backend):
+    # a pixel of weight 0 with NaN logits: its logits are replaced before the softmax, so the
+    # value and the gradient are those of any finite logits there (spec 12.2 rule 1)
+    x = logits((2, C, 4, 5), seed=13)
+    phi = torch.randn(2, C, 4, 5, generator=_gen(14), dtype=torch.float64) * 3
+    w = torch.rand(2, 4, 5, generator=_gen(15), dtype=torch.float64) + 0.5
+    w[0, 1, 2] = 0
+    bad = x.clone()
+    bad[0, :, 1, 2] = float("nan")
+    loss = build_loss({"type": "SurfaceLoss", "backend": backend})
+    for red in ("mean", "sum", "none"):
+        xa, xr = bad.clone().requires_grad_(), x.clone().requires_grad_()
+        got = loss(xa, phi, weight=w, reduction_override=red)
+        elem = R.surface_loss(xr, phi) * w[:, None]
+        ref = {"mean": elem.mean(), "sum": elem.sum(), "none": elem}[red]
+        assert got.shape == ref.shape and torch.allclose(got, ref, rtol=1e-12, atol=1e-12)
+        (got * _upstream(got.shape)).sum().backward()
+        (ref * _upstream(ref.shape)).sum().backward()
+        assert torch.isfinite(xa.grad).all() and xa.grad[0, :, 1, 2].abs().max() == 0
+        assert_grad_close(xa.grad, xr.grad, 1e-10)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "x_shape", "y_shape", "none_shape"),
+    [
+        ({"type": "OHEMCrossEntropyLoss"}, (0, C, 4, 4), (0, 4, 4), (0, 4, 4)),
+        ({"type": "OHEMCrossEntropyLoss", "min_kept": 3}, (2, C, 0, 4), (2, 0, 4), (2, 0, 4)),
+        ({"type": "OHEMBinaryLoss"}, (0, 4, 4), (0, 4, 4), (0, 4, 4)),
+        ({"type": "OHEMBinaryLoss"}, (2, 1, 0, 4), (2, 0, 4), (2, 1, 0, 4)),
+        ({"type": "BinaryDiceLoss"}, (0, 4, 4), (0, 4, 4), (0,)),
+        ({"type": "DiceLoss"}, (0, C, 4, 4), (0, 4, 4), (0,)),
+    ],
+)
+def test_empty_inputs_give_zero(backend, cfg, x_shape, y_shape, none_shape):
+    # N = 0 or an empty map: 0 ("mean", "sum"), the "none" shape, a zero gradient (the device
+    # sort of OHEM had no k-th element to gather)
+    loss = build_loss({**cfg, "backend": backend})
+    for red in ("mean", "sum", "none"):
+        x = torch.zeros(x_shape, dtype=torch.float64, requires_grad=True)
+        out = loss(x, torch.zeros(y_shape, dtype=torch.long), reduction_override=red)
+        assert tuple(out.shape) == (none_shape if red == "none" else ())
+        assert torch.all(out == 0)
+        out.sum().backward()
+        assert x.grad.shape == x.shape and torch.all(x.grad == 0)

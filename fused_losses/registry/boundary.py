@@ -15,9 +15,9 @@ The ignore rule keeps void regions from creating boundaries: a pixel of class c 
 ignored one is not on c's boundary (1 - t = 0 at both), and ignored pixels are neither boundary
 nor counted. The prediction's boundary maps are not masked before pooling. A class with no
 ground-truth boundary in an image (absent, or filling it) has R = 0, so 1 - BF1 = 1 with a zero
-gradient (yiskw713); an image with no valid pixel gives 1 for the same reason. Labels other than
-``ignore_index`` outside [0, C) are valid pixels of no class. float16/bfloat16 inputs are computed
-in float32.
+gradient (yiskw713); an image with no valid pixel gives 1 for the same reason (an empty map,
+H = 0 or W = 0, included). Labels other than ``ignore_index`` outside [0, C) are valid pixels of
+no class. float16/bfloat16 inputs are computed in float32.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ def boundary_f1_loss(
     docstring)."""
     c = x.shape[1]
     dt = compute_dtype(x.dtype)
+    if x.shape[2] == 0 or x.shape[3] == 0:
+        # an empty map (max pooling refuses it): every sum is empty, P = R = 0, so each image
+        # gives 1 - BF1 = 1 (an image with no valid pixel), with a zero gradient
+        return x.to(dt).sum((1, 2, 3)) * 0 + 1
     p = torch.softmax(x.to(dt), dim=1)
     if ignore_index is None:
         valid = torch.ones_like(y, dtype=torch.bool)

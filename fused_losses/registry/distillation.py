@@ -25,9 +25,16 @@ FeatureMSE/L1/Cosine are fused on the triton backend without a sample weight
 (``kernels/feature.py``: one row kernel over f(s) and t, the normalisation in-kernel; backward
 recomputes), and AttentionLoss's maps mean_c abs(F_c)^p come from the same kernel. The other rows,
 and these with a sample weight or on the torch backend, are plain PyTorch (autograd), traceable
-and free of host syncs (masks, counts and CRD's normaliser stay on the device). float64 inputs are computed in
-float64, every other floating dtype in float32 (the learnable layers of the Feature losses and of
-MGD run in their parameters' dtype, autocast aside).
+and free of host syncs (masks, counts and CRD's normaliser stay on the device). float64 inputs
+are computed in float64, every other floating dtype in float32 (the learnable layers of the
+Feature losses and of MGD run in their parameters' dtype, autocast aside).
+
+At the edges: every norm (normalize, the cosines, AttentionLoss's maps, PKT, RKD's angles, CRD) is
+max-scaled (``l2_normalize``), so float32 features of 1e20 or 1e-30 give the float64 values; DKD's
+TCKD and NCKD are sums of non-negative terms (``tempered_kl_terms``) and DIST's deviations from
+the uniform distribution are formed without cancellation, accurate at any temperature in their
+ranges; a Feature loss's input of weight 0 is replaced before the formula (``_mask_inputs``); the
+feature losses refuse C = 0; an empty batch gives 0.
 """
 
 from __future__ import annotations
@@ -62,7 +69,7 @@ from .dense import (
     dense_as_rows,
     reduce_sums,
 )
-from .utils import REDUCTIONS
+from .utils import REDUCTIONS, expand_weight
 
 F_MSE, F_L1, F_COS, F_ATT = 0, 1, 2, 3  # kernels/feature.py
 
@@ -171,6 +178,45 @@ def _check_module_input(module: torch.nn.Module, x: Tensor, name: str = "pred") 
         )
 
 
+def _unit_scale(x: Tensor, dim: int) -> Tensor:
+    """m = max abs(x) over ``dim`` (kept), detached, 1 where it is 0: the scale of ``l2_normalize``
+    (any constant m gives the same function, so holding it constant keeps the gradient exact)."""
+    m = x.detach().abs().amax(dim, keepdim=True)
+    return torch.where(m > 0, m, torch.ones((), dtype=m.dtype, device=m.device))
+
+
+def l2_normalize(x: Tensor, dim: int = 1, eps: float = 1e-12) -> Tensor:
+    """``x / max(||x||, eps)`` over ``dim`` (``F.normalize``) at any scale: with m = max abs(x)
+    over ``dim``, ``(x/m) / max(||x/m||, eps/m)``, so no square over- or underflows (a float32
+    feature of 1e20 or 1e-30 gives F.normalize's float64 value). Same shape as x."""
+    if x.shape[dim] == 0:
+        return x
+    m = _unit_scale(x, dim)
+    y = x / m
+    return y / torch.clamp(torch.linalg.vector_norm(y, dim=dim, keepdim=True), min=eps / m)
+
+
+def cosine_similarity(a: Tensor, b: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
+    """``sum(a / max(||a||, eps) * b / max(||b||, eps))`` over ``dim`` (``F.cosine_similarity``)
+    through ``l2_normalize``: scale-invariant in float32 (no norm overflows or underflows)."""
+    return (l2_normalize(a, dim, eps) * l2_normalize(b, dim, eps)).sum(dim)
+
+
+def _check_temperature(value: Any, hi: float) -> float:
+    """A temperature in [1e-30, hi] (a ValueError naming it and the range otherwise)."""
+    t = check_number("temperature", value)
+    if not 1e-30 <= t <= hi:
+        raise ValueError(f"temperature: expected a number in [1e-30, {hi:g}], got {value!r}")
+    return t
+
+
+def _check_has_channels(name: str, x: Tensor, pretty: str) -> None:
+    """C >= 1 (dim 1): a norm, cosine or channel mean of no channel is not defined."""
+    if x.dim() >= 2 and x.shape[1] == 0:
+        raise ValueError(f"{name}: expected at least one channel (shape {pretty} with C >= 1), "
+                         f"got {shape_str(x)}")  # fmt: skip
+
+
 def _smooth_l1(a: Tensor, b: Tensor) -> Tensor:
     """Elementwise smooth L1 with beta = 1: 0.5 d^2 if d < 1 else d - 0.5, d = |a - b|."""
     return F.smooth_l1_loss(a, b, reduction="none", beta=1.0)
@@ -190,9 +236,61 @@ class _DistillLoss(BaseLoss):
                 )
 
 
-def _kl_term(q: Tensor, log_q: Tensor, log_p: Tensor) -> Tensor:
-    """q (log q - log p), exactly 0 where q = 0 (torch ``kl_div``)."""
-    return torch.where(q > 0, q * (log_q - log_p), torch.zeros((), dtype=q.dtype, device=q.device))
+# h(w) / w^2 = sum_j (j + 1) w^j / (j + 2)!, h(w) = w e^w - e^w + 1: 20 terms are below float64's
+# half ulp for |w| < 1
+_H_SERIES = tuple((j + 1) / math.factorial(j + 2) for j in range(20))
+
+
+def tempered_kl_terms(log_p: Tensor, log_q: Tensor, d: Tensor, temperature: float
+                      ) -> tuple[Tensor, Tensor]:  # fmt: skip
+    """(T^2 KL(Q||P) [N], L [N]) over dim 1 of two distributions given by their logarithms
+    log P, log Q [N, K] (-inf: no mass) and by d [N, K], known without cancellation (the
+    tempered logit gap (t - s)/T, or a gap computed by a previous call), with
+    log Q - log P = d - L, L = log sum_c P_c exp(d_c) (d matters only where both have mass).
+
+    KL = sum_c P_c h(w_c), w = d - L = log(Q_c / P_c), h(w) = w e^w - e^w + 1 >= 0 (as
+    sum_c P_c (e^w - 1) = 0): a sum of non-negative terms, each formed without cancellation, so
+    that T^2 KL is accurate in float32 at any temperature (at T = 1e6 the textbook
+    T^2 sum_c Q_c (log Q_c - log P_c) is a difference of two logarithms that agree to 12
+    digits). Per class: P (T w)^2 sum_j (j+1) w^j/(j+2)! for abs(w) < 1, T^2 (Q (w - 1) + P)
+    beyond (Q from log Q), T^2 P where Q = 0, +inf where P = 0 < Q (torch ``kl_div``'s values);
+    T^2 is applied as two factors T (no overflow of T^2 alone). L comes from m = max d and
+    E = sum_c P_c expm1(d_c - m) (terms of one sign): m + log1p(E), or m + logsumexp(log P +
+    d - m) when that sum is below 1/2 (no underflow at a small T). Plain differentiable tensor
+    ops whose untaken branches stay finite (autograd exact, double backward included)."""
+    zero = torch.zeros((), dtype=d.dtype, device=d.device)
+    ninf = torch.full((), -math.inf, dtype=d.dtype, device=d.device)
+    pv, qv = log_p > -math.inf, log_q > -math.inf
+    both = pv & qv
+    ds = torch.where(both, d, zero)
+    m = torch.where(both, ds, ninf).amax(1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, zero)
+    x = torch.where(both, ds - m, ninf)  # <= 0
+    p = torch.exp(log_p)
+    e_sum = (p * torch.expm1(x)).sum(1, keepdim=True)  # in [-1, 0]
+    lse = torch.logsumexp(log_p + x, 1, keepdim=True)  # log(1 + e_sum), from positive terms
+    near = lse > -math.log(2.0)
+    lam = torch.where(near, torch.log1p(torch.where(near, e_sum, zero)),
+                      torch.where(torch.isfinite(lse), lse, zero))  # fmt: skip
+    w = torch.where(both, (ds - m) - lam, zero)
+    small = both & (w.abs() < 1)
+    ws = torch.where(small, w, zero)
+    g = torch.full_like(ws, _H_SERIES[-1])
+    for coef in reversed(_H_SERIES[:-1]):
+        g = g * ws + coef
+    tw = temperature * ws
+    term_small = p * tw * tw * g
+    wl = torch.where(both & ~small, w, zero)
+    q_l = torch.exp(torch.where(both, log_q, ninf))  # as given: exp(log P + w) would carry
+    # log P's absolute error (large at a small T) into Q
+    p_l = torch.where(both, p, zero)
+    term_large = (q_l * (wl - 1) + p_l) * temperature * temperature
+    term_no_q = p * temperature * temperature
+    inf = torch.full((), math.inf, dtype=d.dtype, device=d.device)
+    term = torch.where(small, term_small, torch.where(
+        both, term_large, torch.where(pv, term_no_q, torch.where(qv, inf, zero))))  # fmt: skip
+    big_l = torch.where(lse > -math.inf, m + lam, ninf)
+    return term.sum(1), big_l.squeeze(1)
 
 
 @LOSSES.register_module(name=["DKDLoss", "DecoupledKDLoss"])
@@ -204,7 +302,9 @@ class DKDLoss(_DistillLoss):
     Options: temperature 4.0 (alias ``tau``), alpha 1.0, beta 8.0. A label outside [0, C) (an
     ignore value such as -100) makes its sample contribute 0, not counted by "mean". A teacher
     with no probability off y (logits -inf there) has NCKD = 0 (Q' undefined; its KD weight
-    1 - Q_y is 0)."""
+    1 - Q_y is 0). Both terms come from ``tempered_kl_terms`` (no cancellation: float32 within
+    1e-5 of float64 from T = 1e-3 to 100, and T^2 KL -> its T -> inf limit, half the variance of
+    the logit gap, at T = 1e6 .. 1e30); temperature in [1e-30, 1e30]."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {
         "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "labels": None,
@@ -215,7 +315,9 @@ class DKDLoss(_DistillLoss):
     @classmethod
     def check_options(cls, options):
         cls._refuse_call_tensors(options)
-        options["temperature"] = check_number("temperature", options["temperature"], positive=True)
+        # exact at any scale (``tempered_kl_terms``); the range keeps T, T^2 KL's factors and
+        # s/T inside float32 (T near float32's maximum would make the gradient overflow)
+        options["temperature"] = _check_temperature(options["temperature"], 1e30)
         options["alpha"] = check_number("alpha", options["alpha"])
         options["beta"] = check_number("beta", options["beta"])
 
@@ -234,31 +336,34 @@ class DKDLoss(_DistillLoss):
         _check_device("labels", labels, s)
         cdt = _cdt(s)
         n_cls = s.shape[1]
-        z = s.to(cdt) / temperature
-        u = t.detach().to(cdt) / temperature
+        s_c, t_c = s.to(cdt), t.detach().to(cdt)
+        z, u = s_c / temperature, t_c / temperature
         y = labels.long()
         valid = (y >= 0) & (y < n_cls)
         gt = torch.arange(n_cls, device=s.device) == y[:, None]  # [N, C]; all False if invalid
         zero = torch.zeros((), dtype=cdt, device=s.device)
         neg_inf = torch.full((), -math.inf, dtype=cdt, device=s.device)
+        d = (t_c - s_c) / temperature  # log Q - log P up to a constant, without cancellation
         lse_s, lse_t = torch.logsumexp(z, 1), torch.logsumexp(u, 1)
-        lse_s_o = torch.logsumexp(torch.where(gt, neg_inf, z), 1)  # over the classes != y
-        lse_t_o = torch.logsumexp(torch.where(gt, neg_inf, u), 1)
-        # TCKD on the binary (P_y, 1 - P_y): log(1 - P_y) = lse_{c != y} - lse_all
-        log_py_s = torch.where(gt, z, zero).sum(1) - lse_s
-        log_pn_s = lse_s_o - lse_s
-        log_py_t = torch.where(gt, u, zero).sum(1) - lse_t
-        log_pn_t = lse_t_o - lse_t
-        tckd = _kl_term(log_py_t.exp(), log_py_t, log_py_s) + _kl_term(
-            log_pn_t.exp(), log_pn_t, log_pn_s
-        )
-        # NCKD on the softmaxes over the classes != y
-        # no teacher mass off y (lse = -inf): Q' is undefined and NCKD is 0 (its KD weight 1 - Q_y
-        # is 0); mdistiller's -1000 trick would put Q' on y there instead
-        log_q = u - torch.where(torch.isfinite(lse_t_o), lse_t_o, zero)[:, None]
-        q = torch.where(gt, zero, log_q.exp())
-        nckd = _kl_term(q, log_q, z - lse_s_o[:, None]).sum(1)
-        return temperature**2 * (alpha * tckd + beta * nckd), valid
+        z_o, u_o = torch.where(gt, neg_inf, z), torch.where(gt, neg_inf, u)
+        lse_s_o, lse_t_o = torch.logsumexp(z_o, 1), torch.logsumexp(u_o, 1)  # over c != y
+        # NCKD on the softmaxes over the classes != y. No teacher mass off y (lse = -inf): Q' is
+        # undefined and NCKD is 0 (its KD weight 1 - Q_y is 0; mdistiller's -1000 trick would
+        # put Q' on y there instead); such a row's teacher is replaced by 0 before the formula
+        mass = torch.isfinite(lse_t_o)
+        u_o = torch.where(mass[:, None], u_o, torch.where(gt, neg_inf, zero))
+        lse_t_o_safe = torch.where(mass, lse_t_o, torch.logsumexp(u_o, 1))
+        nckd, gap_o = tempered_kl_terms(z_o - lse_s_o[:, None], u_o - lse_t_o_safe[:, None],
+                                        torch.where(gt | ~mass[:, None], zero, d),
+                                        temperature)  # fmt: skip
+        nckd = torch.where(mass, nckd, zero)
+        # TCKD on the binary (P_y, 1 - P_y): log(1 - P_y) = lse_{c != y} - lse_all; its gaps are
+        # d_y and gap_o = lse_{c != y}(u) - lse_{c != y}(z) (exact, from the NCKD call)
+        log_p_bin = torch.stack([torch.where(gt, z, zero).sum(1) - lse_s, lse_s_o - lse_s], 1)
+        log_q_bin = torch.stack([torch.where(gt, u, zero).sum(1) - lse_t, lse_t_o - lse_t], 1)
+        d_bin = torch.stack([torch.where(gt, d, zero).sum(1), torch.where(mass, gap_o, zero)], 1)
+        tckd, _ = tempered_kl_terms(log_p_bin, log_q_bin, d_bin, temperature)
+        return alpha * tckd + beta * nckd, valid
 
 
 @LOSSES.register_module(name=["DISTLoss"])
@@ -267,8 +372,10 @@ class DISTLoss(_DistillLoss):
     ``r(a, b) = cosine_similarity(a - mean a, b - mean b, eps=1e-8)`` (Pearson),
     ``l = T^2 (beta (1 - mean_n r(P_n, Q_n)) + gamma (1 - mean_c r(P_:c, Q_:c)))``: inter-class
     relation over the rows, intra-class over the columns. s, t [N,C] -> 0-dim. Options:
-    temperature 1.0 (alias ``tau``), beta 1.0 (alias ``inter_loss_weight``, mmrazor), gamma 1.0
-    (alias ``intra_loss_weight``). An empty batch gives 0."""
+    temperature 1.0 (alias ``tau``; in [1e-30, 1e15]: the value grows as T^2), beta 1.0 (alias
+    ``inter_loss_weight``, mmrazor), gamma 1.0 (alias ``intra_loss_weight``). The deviations
+    P - mean P come from ``_softmax_parts`` (no cancellation where P is nearly uniform, at a
+    large T). An empty batch gives 0."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"temperature": 1.0, "beta": 1.0, "gamma": 1.0}
     ALIASES: ClassVar[dict[str, str]] = {
@@ -277,7 +384,9 @@ class DISTLoss(_DistillLoss):
 
     @classmethod
     def check_options(cls, options):
-        options["temperature"] = check_number("temperature", options["temperature"], positive=True)
+        # the value is T^2 times a number in [0, 2 (beta + gamma)]: beyond 1e15 it leaves
+        # float32's range for any reasonable weight
+        options["temperature"] = _check_temperature(options["temperature"], 1e15)
         options["beta"] = check_number("beta", options["beta"])
         options["gamma"] = check_number("gamma", options["gamma"])
 
@@ -288,17 +397,33 @@ class DISTLoss(_DistillLoss):
         cdt = _cdt(s)
         if s.shape[0] == 0:
             return s.to(cdt).sum(), None
-        p = torch.softmax(s.to(cdt) / temperature, 1)
-        q = torch.softmax(t.detach().to(cdt) / temperature, 1)
+        # Pearson sees the deviations from the mean; at a large T, P = 1/C + O(1/T) and the
+        # rounded softmax would lose them: rows use D = P - 1/C formed without cancellation,
+        # each column whichever of P and D carries the smaller rounding error
+        p, p_dev, p_err = _softmax_parts(s.to(cdt) / temperature)
+        q, q_dev, q_err = _softmax_parts(t.detach().to(cdt) / temperature)
 
-        def pearson(a: Tensor, b: Tensor, dim: int) -> Tensor:
-            a = a - a.mean(dim, keepdim=True)
-            b = b - b.mean(dim, keepdim=True)
-            return F.cosine_similarity(a, b, dim=dim, eps=1e-8)
+        def centred(x: Tensor, dim: int) -> Tensor:
+            return x - x.mean(dim, keepdim=True)
 
-        inter = 1 - pearson(p, q, 1).mean()
-        intra = 1 - pearson(p, q, 0).mean()
-        return temperature**2 * (beta * inter + gamma * intra), None
+        inter = 1 - cosine_similarity(centred(p_dev, 1), centred(q_dev, 1), 1, 1e-8).mean()
+        cols_p = torch.where(p_err.sum(0) > p.sum(0), centred(p, 0), centred(p_dev, 0))
+        cols_q = torch.where(q_err.sum(0) > q.sum(0), centred(q, 0), centred(q_dev, 0))
+        intra = 1 - cosine_similarity(cols_p, cols_q, 0, 1e-8).mean()
+        return (beta * inter + gamma * intra) * temperature * temperature, None
+
+
+def _softmax_parts(x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """(P, D, E) of x [N, C] over dim 1: P = softmax(x); D = P - 1/C without cancellation, with
+    a = x - max x, (expm1(a) - mean_c expm1(a)) / sum_c exp(a) (accurate where P is nearly
+    uniform, where P - 1/C would keep only P's rounding); E bounds D's rounding error in units
+    of eps, as P does P's."""
+    a = x - x.amax(1, keepdim=True)
+    ex = torch.exp(a)
+    total = ex.sum(1, keepdim=True)
+    e = torch.expm1(a)
+    e_mean = e.mean(1, keepdim=True)
+    return ex / total, (e - e_mean) / total, (e.abs() + e_mean.abs()).detach() / total.detach()
 
 
 class _FeatureLoss(_DistillLoss):
@@ -327,6 +452,32 @@ class _FeatureLoss(_DistillLoss):
         _check_channels("teacher_channels", options["teacher_channels"])
 
     LOSS_KIND: ClassVar[int] = F_MSE
+
+    def _mask_inputs(self, pred: Any, target: Any, weight: Tensor | None) -> tuple[Any, Any]:
+        """Inputs of weight 0 replaced by 0 before the formula (docs/spec.md 12.2 rule 1), so a
+        non-finite one contributes exactly 0 to the value and to every gradient: the elements of
+        weight 0 of t and (without ``align``) of s for the plain elementwise losses; the
+        positions whose weight is 0 in every channel, all channels of s and t, where channels
+        are coupled (``normalize``, the cosine, ``align``'s mixing of s)."""
+        if not (isinstance(pred, Tensor) and isinstance(target, Tensor)):
+            return pred, target
+        if not isinstance(weight, Tensor) or pred.dim() < 2 or target.dim() != pred.dim():
+            return pred, target  # the checks name it
+        if pred.shape[0] != target.shape[0] or pred.shape[2:] != target.shape[2:]:
+            return pred, target
+        cos = self.LOSS_KIND == F_COS
+        l_shape = (target.shape[0], *target.shape[2:]) if cos else tuple(target.shape)
+        try:
+            keep = expand_weight(weight.detach(), l_shape) != 0
+        except ValueError:
+            return pred, target  # the rules name it
+        if keep.device != pred.device or target.device != pred.device:
+            return pred, target
+        pos = keep.unsqueeze(1) if cos else keep.any(1, keepdim=True)
+        keep_t = pos if cos or self.options["normalize"] else keep
+        keep_s = pos if self.align is not None else keep_t
+        zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
+        return torch.where(keep_s, pred, zero), torch.where(keep_t, target, zero.to(target.dtype))
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None,
                 **call_options):  # fmt: skip
@@ -360,6 +511,8 @@ class _FeatureLoss(_DistillLoss):
         s = _check_float_tensor("pred", pred)
         _check_dims("pred", s, tuple(range(2, 64)), "[N, Cs, *]")
         t = _check_float_tensor("target", target)
+        _check_has_channels("pred", s, "[N, Cs, *]")
+        _check_has_channels("target", t, "[N, Ct, *]")
         cs, ct = self.options["student_channels"], self.options["teacher_channels"]
         if cs is not None and s.shape[1] != cs:
             raise ValueError(f"pred: expected student_channels = {cs} channels (shape [N, {cs}, "
@@ -385,7 +538,7 @@ class _FeatureLoss(_DistillLoss):
         cdt = _cdt(f)
         f, t = f.to(cdt), t.detach().to(cdt)
         if self.options["normalize"] if normalize is None else normalize:
-            f, t = F.normalize(f, dim=1), F.normalize(t, dim=1)
+            f, t = l2_normalize(f, 1, 1e-12), l2_normalize(t, 1, 1e-12)
         return f, t
 
 
@@ -419,7 +572,26 @@ class FeatureCosineLoss(_FeatureLoss):
 
     def _forward(self, pred, target, **options):
         f, t = self._aligned(pred, target)
-        return 1 - F.cosine_similarity(f, t, dim=1, eps=1e-8), None
+        return 1 - cosine_similarity(f, t, 1, 1e-8), None
+
+
+def _normalize_nonneg_rows(a: Tensor, lim: Tensor) -> Tensor:
+    """``a / max(||a||, lim)`` over dim 1 of a >= 0 [N, S] (lim [N, 1], constant), written so
+    that autograd's gradient has no cancellation when one entry dominates (a large p makes the
+    attention map nearly one-hot): for the row's largest entry a_k, ``A_k = (1 + R/a_k^2)^(-1/2)``
+    with R = sum_(j != k) a_j^2 (whose derivative is R / ||a||^3, not 1/||a|| - a_k^2/||a||^3);
+    the other entries a_i / ||a||, ||a|| = sqrt(a_k^2 + R)."""
+    k = a.detach().argmax(1, keepdim=True)
+    is_k = torch.zeros_like(a, dtype=torch.bool).scatter_(1, k, True)
+    zero = torch.zeros((), dtype=a.dtype, device=a.device)
+    one = torch.ones((), dtype=a.dtype, device=a.device)
+    top = a.gather(1, k)
+    rest = torch.where(is_k, zero, a).square().sum(1, keepdim=True)
+    n2 = top * top + rest
+    norm = torch.sqrt(torch.where(n2 > 0, n2, one))  # a zero row: 1 (unused, finite gradient)
+    top_s = torch.where(top > 0, top, one)
+    unit = torch.where(is_k, torch.rsqrt(1 + rest / (top_s * top_s)), a / norm)
+    return torch.where((n2 > 0) & (norm > lim), unit, a / torch.where(lim > 0, lim, one))
 
 
 @LOSSES.register_module(name=["AttentionLoss", "ATLoss"])
@@ -429,7 +601,10 @@ class AttentionLoss(_DistillLoss):
     (``F.normalize``, eps 1e-12); ``l = (a(s) - a(t))^2``. s [N,Cs,H,W], t [N,Ct,H',W'] ->
     [N,h*w], (h, w) = (min(H, H'), min(W, W')): a map larger along an axis is first adaptive-
     average-pooled to (h, w) (mdistiller pools the larger map to the smaller). Options: p 2
-    (a number >= 1: below 1, abs(x)^p has an infinite derivative at 0), normalize True."""
+    (a number >= 1: below 1, abs(x)^p has an infinite derivative at 0), normalize True. With
+    ``normalize`` the maps are formed from F / max abs(F) of the sample (``_attention``): exact,
+    and free of overflow for any scale and p (p = 50 overflowed the norm of ordinary features).
+    C >= 1 for both (a ValueError naming pred or target); N = 0 gives 0."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"p": 2.0, "normalize": True}
 
@@ -448,6 +623,8 @@ class AttentionLoss(_DistillLoss):
         if t.dim() != 4 or t.shape[0] != s.shape[0]:
             raise ValueError(f"target: expected shape [{s.shape[0]}, Ct, H', W'] (pred's batch "
                              f"size), got {shape_str(t)}")  # fmt: skip
+        _check_has_channels("pred", s, "[N, Cs, H, W]")
+        _check_has_channels("target", t, "[N, Ct, H', W']")
         _check_device("target", t, s)
         cdt = _cdt(s)
         size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
@@ -456,18 +633,39 @@ class AttentionLoss(_DistillLoss):
             s = F.adaptive_avg_pool2d(s, size)
         if tuple(t.shape[2:]) != size:
             t = F.adaptive_avg_pool2d(t, size)
-
         fused = resolve_backend(self.backend, s.device) == "triton"
+        return (self._attention(s, p, normalize, fused)
+                - self._attention(t, p, normalize, fused)) ** 2, None  # fmt: skip
 
-        def attention(x: Tensor) -> Tensor:
-            if fused:  # mean_c abs(x_c)^p in one pass over the channels (kernels/feature.py)
-                opts = {"loss": F_ATT, "normalize": False, "p": p}
-                a = feature_triton(as_rows(x), None, "none", opts).reshape(x.shape[0], -1)
-            else:
-                a = (x * x if p == 2 else x.abs().pow(p)).mean(1).reshape(x.shape[0], -1)
-            return F.normalize(a, dim=1) if normalize else a
+    @staticmethod
+    def _attention(x: Tensor, p: float, normalize: bool, fused: bool) -> Tensor:
+        """a(x) [N, h*w] of x [N, C, h, w] (C >= 1). With ``normalize`` the map is formed from
+        x / M, M = max abs(x) of the sample (held constant: a is homogeneous of degree p, so
+        normalize(a(x)) = a(x/M) / max(||a(x/M)||, 1e-12 / M^p) exactly), so that neither
+        abs(x)^p nor the squares of the norm overflow or underflow (p = 50, features of 1e20).
+        Triton: the kernel's rows (mean_c abs(x_c/m)^p, m = max_c abs(x_c)) scaled by (m/M)^p."""
+        n, hw = x.shape[0], x.shape[2] * x.shape[3]
+        if x.numel() == 0:  # N = 0 or an empty map
+            return x.sum(1).reshape(n, hw)
+        if fused:
+            from ..triton_feature import attention_rows_triton
 
-        return (attention(s) - attention(t)) ** 2, None
+            rows, m = attention_rows_triton(as_rows(x), p)  # [N, S] each
+            if not normalize:
+                return rows * m.pow(p)  # mean_c abs(x_c)^p (rows >= 1/C where m > 0)
+            big = m.amax(1, keepdim=True)
+            a = rows * (m / torch.where(big > 0, big, 1.0)).pow(p)
+        else:
+            if not normalize:
+                return (x * x if p == 2 else x.abs().pow(p)).mean(1).reshape(n, hw)
+            big = x.detach().abs().amax((1, 2, 3)).reshape(n, 1)
+            y = x / torch.where(big > 0, big, 1.0).view(n, 1, 1, 1)
+            a = (y * y if p == 2 else y.abs().pow(p)).mean(1).reshape(n, hw)
+        # F.normalize(M^p a, eps 1e-12) = a / max(||a||, 1e-12 M^-p); M = 0: a = 0, limit inf
+        # (in float64 where the device has it: an exponent error of p log M would be amplified)
+        ldt = torch.float32 if big.device.type == "mps" else torch.float64
+        lim = torch.exp(math.log(1e-12) - p * torch.log(big.to(ldt))).to(big.dtype)
+        return _normalize_nonneg_rows(a, lim)
 
 
 @LOSSES.register_module(name=["MGDLoss"])
@@ -583,7 +781,8 @@ def _flatten_pair(pred: Any, target: Any) -> tuple[Tensor, Tensor]:
     t = _check_teacher(target, s, same_shape=False)
     _check_dims("target", t, tuple(range(2, 64)), f"[{s.shape[0]}, *]")
     cdt = _cdt(s)
-    return s.reshape(s.shape[0], -1).to(cdt), t.detach().reshape(t.shape[0], -1).to(cdt)
+    ds, dt = math.prod(s.shape[1:]), math.prod(t.shape[1:])  # explicit: N = 0 too
+    return s.reshape(s.shape[0], ds).to(cdt), t.detach().reshape(t.shape[0], dt).to(cdt)
 
 
 @LOSSES.register_module(name=["RKDDistanceLoss", "DistanceWiseRKD"])
@@ -626,7 +825,7 @@ class RKDAngleLoss(_DistillLoss):
         s, t = _flatten_pair(pred, target)
 
         def angles(e: Tensor) -> Tensor:
-            nd = F.normalize(e.unsqueeze(0) - e.unsqueeze(1), dim=2, eps=eps)  # [i, j] = e_j - e_i
+            nd = l2_normalize(e.unsqueeze(0) - e.unsqueeze(1), 2, eps)  # [i, j] = e_j - e_i
             return torch.bmm(nd, nd.transpose(1, 2))
 
         return _smooth_l1(angles(s), angles(t)), None
@@ -684,7 +883,7 @@ class CRDLoss(_DistillLoss):
             dt = torch.float32 if f.device.type == "mps" else z_buf.dtype
             z_buf = z_buf.to(device=f.device, dtype=dt)
             setattr(self, buffer, z_buf)
-        nf = F.normalize(f, dim=1)
+        nf = l2_normalize(f, 1, 1e-12)
         e = torch.exp(
             torch.bmm(bank.detach().to(f.dtype), nf.unsqueeze(2)).squeeze(2) / temperature
         )
@@ -729,7 +928,7 @@ class PKTLoss(_DistillLoss):
     order: ``e_i / (norm(e_i) + eps)``, ``K = (E E^T + 1) / 2``, each row divided by its sum, for
     s and t; ``l = K_t log((K_t + eps) / (K_s + eps))``. s [N,D], t [N,D'] -> [N,N] ("mean": over
     N^2, as mdistiller). Options: eps 1e-7 (positive: it keeps a zero row and a zero kernel
-    entry finite)."""
+    entry finite). norm(e_i) is max-scaled (no overflow at 1e30, no underflow at 1e-30)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"eps": 1e-7}
 
@@ -745,7 +944,9 @@ class PKTLoss(_DistillLoss):
         cdt = _cdt(s)
 
         def kernel(e: Tensor) -> Tensor:
-            e = e / (e.norm(dim=1, keepdim=True) + eps)
+            if e.shape[1] > 0:  # ||e|| = m ||e/m||, m = max abs(e): no square over/underflows
+                m = _unit_scale(e, 1)
+                e = e / (m * torch.linalg.vector_norm(e / m, dim=1, keepdim=True) + eps)
             k = (e @ e.T + 1) / 2
             return k / k.sum(1, keepdim=True)
 

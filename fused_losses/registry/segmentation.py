@@ -78,7 +78,9 @@ def _dice_sums_torch(x3: Tensor, t: Tensor, *, act: int, target: int, exponent: 
         ys = torch.where(v, y, 0)
         p_y = torch.where(v, p.gather(1, ys[:, None])[:, 0], zero)
         s1 = torch.zeros(n, c, dtype=cdt, device=x.device).scatter_add(1, ys, p_y)
-        s2 = torch.where(v[:, None], p.pow(exponent), zero).sum(2)
+        # masked before the power: an ignored pixel's p (x itself without activation) may be a
+        # negative base of a fractional exponent, whose NaN must not reach the gradient
+        s2 = torch.where(v[:, None], p, zero).pow(exponent).sum(2)
         s3 = torch.zeros(n, c, dtype=cdt, device=x.device).scatter_add(1, ys, v.to(cdt))
     else:
         raw = t.expand(n, c, s)
@@ -89,7 +91,7 @@ def _dice_sums_torch(x3: Tensor, t: Tensor, *, act: int, target: int, exponent: 
         )
         tt = torch.where(v, raw.to(cdt), zero)
         s1 = torch.where(v, p * tt, zero).sum(2)
-        s2 = torch.where(v, p.pow(exponent), zero).sum(2)
+        s2 = torch.where(v, p, zero).pow(exponent).sum(2)
         s3 = torch.where(v, tt.pow(exponent), zero).sum(2)
     return torch.stack([s1, s2, s3], dim=1)
 
@@ -204,7 +206,7 @@ class BinaryDiceLoss(_DiceBase):
 
     def _forward(self, pred, target, *, smooth, exponent, ignore_index):
         x, y = binary_pair(pred, target)
-        x3 = x.reshape(x.shape[0], 1, -1)
+        x3 = x.reshape(x.shape[0], 1, math.prod(x.shape[1:]))  # N = 0 too
         t3 = y.detach().reshape(x3.shape)
         if not t3.is_floating_point():
             t3 = t3.to(x.dtype)
@@ -271,7 +273,10 @@ def _check_ohem(options: dict[str, Any]) -> None:
 
 def ohem_keep(q: Tensor, v: Tensor, thresh: float, min_kept: int) -> Tensor:
     """kept = v and q < max(thresh, q_(k)), q_(k) the k-th smallest valid q (0-based),
-    k = min(max(min_kept, 1), |V| - 1): a device sort (invalid entries +inf), no host sync."""
+    k = min(max(min_kept, 1), |V| - 1): a device sort (invalid entries +inf), no host sync. An
+    empty q (N = 0 or an empty map: a static shape) keeps nothing."""
+    if q.numel() == 0:
+        return v & False
     flat = torch.where(v, q, torch.full((), float("inf"), dtype=q.dtype, device=q.device))
     ordered = torch.sort(flat.reshape(-1)).values
     nv = v.sum()
@@ -364,7 +369,7 @@ class OHEMBinaryLoss(_OHEMBase):
         x, y = binary_pair(pred, target)
         ig = options["ignore_index"]
         n = x.shape[0]
-        x3 = x.reshape(n, 1, -1)
+        x3 = x.reshape(n, 1, math.prod(x.shape[1:]))  # N = 0 too
         t = y.detach().reshape(x3.shape)
         t = t if t.is_floating_point() else t.to(x.dtype)
         spec = DenseSpec("sigmoid", SG_BCE, T_DENSE, False, ig is not None,
@@ -393,7 +398,9 @@ def _class_vector(value, c: int, like: Tensor) -> Tensor | None:
 class SurfaceLoss(BaseLoss):
     """p_c phi_c (Kervadec et al., ``mean(p phi)``), p = softmax(x), phi the signed distance to
     class c's ground truth (negative inside), given; x, phi [N,C,*] -> [N,C,*]. Pixels are
-    ignored through ``weight``. "mean"/"sum" run the fused Dice sums (phi w as the target)."""
+    ignored through ``weight``: a pixel of weight 0 in every class has its logits replaced by 0
+    before the softmax and phi w = 0, so a non-finite x or phi there contributes exactly 0.
+    "mean"/"sum" run the fused Dice sums (phi w as the target)."""
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None,
                 **call_options):  # fmt: skip
@@ -410,6 +417,11 @@ class SurfaceLoss(BaseLoss):
                 raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
             w = expand_weight(weight.detach().to(cdt), x.shape)
             phi = torch.where(w != 0, phi * w, 0.0)
+            # a pixel of weight 0 in every class contributes exactly 0 to the value and to the
+            # gradient: its logits are replaced by 0 before the softmax (a NaN logit there
+            # would otherwise reach the other classes and the gradient, NaN * 0)
+            keep = (w != 0).any(1, keepdim=True)
+            x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
         if reduction == "none":
             out = torch.softmax(x.to(cdt), dim=1) * phi
         elif reduction not in ("mean", "sum", "batchmean"):
