@@ -250,6 +250,7 @@ def _cass_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     yield "cass[aniso,gauss,max,focal]", run(True, "gaussian", "max", "focal", 1e-8, torch.float32)
     yield "cass[circ,linear,sum,mse]", run(False, "linear", "sum", "mse", 1e-8, torch.float32)
     yield "cass[eps0,f64 boxes]", run(True, "gaussian", "max", "focal", 0.0, torch.float64)
+    yield "cass[tiny eps]", run(True, "gaussian", "max", "focal", 1e-50, torch.float32)
 
 
 def _rord_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:

@@ -120,16 +120,15 @@ def check_range(name: str, value: object, lo: float, hi: float) -> float:
 FLOAT32_TINY = 2.0**-126  # float32's smallest normal number
 
 
-def check_exponent(name: str, value: object, limit: float | None = None) -> float:
-    """A non-negative exponent a of x^a (at most ``limit`` when given: an a that overflows float32
-    makes 1^a = NaN). A positive a below float32's normal range is raised to ``FLOAT32_TINY``:
+EXPONENT_MAX = 1e30  # float32-finite: an exponent that is inf in float32 makes 1^a = NaN
+
+
+def check_exponent(name: str, value: object, limit: float = EXPONENT_MAX) -> float:
+    """A non-negative exponent a of x^a, at most ``limit`` (an a that overflows float32 makes
+    1^a = NaN). A positive a below float32's normal range is raised to ``FLOAT32_TINY``:
     float32 arithmetic would flush it to 0 and turn 0^a = 0 into 0^0 = 1; in float32 and float64
     alike x^a is then 1 for x > 0 and 0 at x = 0, as for the exact a."""
-    v = (
-        check_number(name, value, nonneg=True)
-        if limit is None
-        else check_range(name, value, 0, limit)
-    )
+    v = check_range(name, value, 0, limit)
     return FLOAT32_TINY if 0 < v < FLOAT32_TINY else v
 
 

@@ -497,3 +497,14 @@ def test_exponents_below_float32_range_act_as_the_exact_exponent(backend, alpha,
     ref = R.masked_focal_loss(p.double().cpu(), t.double().cpu(), **opts)
     loss = fl.masked_focal_loss(p, t, backend=backend, **opts)
     assert_scalar_close(loss, ref, 1e-6, f"alpha={alpha}, beta={beta}")
+
+
+@pytest.mark.parametrize("name", ["alpha", "beta"])
+def test_exponent_beyond_float32_is_refused(name):
+    """An exponent that is inf in float32 made 1^inf = NaN gradients on both backends: refused
+    with the range (spec 8), before any work; 1e30 is still accepted."""
+    x = torch.full((1, 1, 2, 2), 0.5)
+    y = torch.zeros(1, 1, 2, 2)
+    with pytest.raises(ValueError, match=rf"{name}: expected a number in \[0, 1e\+30\]"):
+        fl.masked_focal_loss(x, y, **{name: 1e39})
+    assert torch.isfinite(fl.masked_focal_loss(x, y, **{name: 1e30}))

@@ -859,6 +859,7 @@ BAD_OPTIONS = [
     ("eps", float("inf"), ValueError),
     ("eps", float("nan"), ValueError),
     ("beta", float("inf"), ValueError),
+    ("alpha", 1e39, ValueError),  # inf in float32: 1^inf = NaN gradients
     ("sigma", float("inf"), ValueError),
 ]
 
