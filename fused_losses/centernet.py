@@ -220,7 +220,8 @@ def _reg_loss(
 
         return reg_l1_loss_triton(output, mask, ind, target, weighted, need, sync, smooth)
     fn = _reg_torch(need, weighted, sync, smooth)
-    loss, _ = PrecomputedGradient.apply(fn, output, mask, ind, target)
+    op = "reg_smooth_l1_loss" if smooth else "reg_weighted_l1_loss" if weighted else "reg_l1_loss"
+    loss, _ = PrecomputedGradient.apply(op, fn, output, mask, ind, target)
     return loss
 
 

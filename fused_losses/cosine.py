@@ -121,7 +121,9 @@ def cosine_share(
             grad = grad * (mc / denom)
         return loss, loss.new_zeros(0), (grad, None, None)
 
-    loss, _ = PrecomputedGradient.apply(value_and_grad, pred, target_angle, mask)
+    loss, _ = PrecomputedGradient.apply(
+        "masked_cosine_loss", value_and_grad, pred, target_angle, mask
+    )
     return loss
 
 

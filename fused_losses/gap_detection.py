@@ -342,7 +342,7 @@ def gap_detection_loss(
     else:
         need = needs_grad(*inputs[:4])
         fn = torch_value_and_grad(opts, need, return_per_image, sync)
-        total, comps = PrecomputedGradient.apply(fn, *inputs)
+        total, comps = PrecomputedGradient.apply("gap_detection_loss", fn, *inputs)
     if group is not None:  # the global total and components; each image's own loss stays local
         total, head = global_loss(total, group, comps[:5])
         comps = torch.cat([head, comps[5:]])

@@ -201,7 +201,9 @@ def hard_negative_margin_loss(
             (None if grad is None else grad.view(b, 1, h, w), None, None),
         )
 
-    loss, _ = PrecomputedGradient.apply(value_and_grad, heatmap, positive, negatives)
+    loss, _ = PrecomputedGradient.apply(
+        "hard_negative_margin_loss", value_and_grad, heatmap, positive, negatives
+    )
     return finish(loss, group)
 
 

@@ -124,7 +124,7 @@ def smooth_l1_share(
                 grad = (xc - tc).sign_().mul_(scale)
         return loss, loss.new_zeros(0), (grad, None, None)
 
-    loss, _ = PrecomputedGradient.apply(value_and_grad, pred, target, mask)
+    loss, _ = PrecomputedGradient.apply("masked_smooth_l1_loss", value_and_grad, pred, target, mask)
     return loss
 
 

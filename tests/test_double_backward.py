@@ -159,12 +159,12 @@ OP_NAMES = {
     "cass_loss": r"cass_loss",
     "soft_focal_loss": r"soft_focal_loss",
     "masked_focal_loss": r"(masked_focal_loss|fused_losses\.focal\.\w+)",
-    "masked_smooth_l1_loss": r"(masked_smooth_l1_loss|fused_losses\.smooth_l1\.\w+)",
-    "masked_cosine_loss": r"(masked_cosine_loss|fused_losses\.cosine\.\w+)",
-    "hard_negative_margin_loss": r"(fused_losses\.hard_negative\.)?hard_negative_margin_loss",
+    "masked_smooth_l1_loss": r"masked_smooth_l1_loss",
+    "masked_cosine_loss": r"masked_cosine_loss",
+    "hard_negative_margin_loss": r"hard_negative_margin_loss",
     "centernet_focal_loss": r"(\w*focal_loss|fused_losses\.focal\.\w+)",
-    "reg_l1_loss": r"(reg_l1_loss|fused_losses\.centernet\.\w+)",
-    "reg_smooth_l1_loss": r"(reg_(smooth_)?l1_loss|fused_losses\.centernet\.\w+)",
+    "reg_l1_loss": r"reg_l1_loss",
+    "reg_smooth_l1_loss": r"reg_(smooth_)?l1_loss",  # triton: the shared kernel op
     "centernet_loss": r"(centernet_loss|\w*focal_loss|fused_losses\.focal\.\w+)",
     "centernet_pose_loss": r"(centernet_pose_loss|\w*focal_loss|fused_losses\.focal\.\w+)",
 }
