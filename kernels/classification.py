@@ -18,10 +18,12 @@ Every kernel runs in one of three ``MODE`` s:
   from x; the softmax family walks a row's classes twice there (log-sum-exp, then gradient),
   the second walk re-reading the tile the first has just read (from cache when it stays there).
   Forward + backward: x read 2 to 3 times and the gradient written once, against about 6
-  tensors of x's size read or written by eager PyTorch.
+  tensors of x's size read or written by eager PyTorch. ``SM_KD`` walks the classes once more
+  in every mode (its cancellation-free terms need E_Q[t - s] from a first walk).
 
 w is the sample weight (``HAS_SW``, broadcast by strides), v the validity (labels equal to
-``ignore_index`` or outside their range; dense targets equal to ``ignore_index``). An element
+``ignore_index`` or outside their range, [0, C) softmax, [0, C] sigmoid; dense targets equal to
+``ignore_index``; QFL's labels are all valid, those outside [0, C) the background). An element
 with w = 0 or v = 0 contributes exactly 0, even where l is not finite (``tl.where``).
 
 Softmax family (l per row), p = softmax(x), lse = log sum_c exp(x_c), one online pass for lse:
@@ -34,9 +36,19 @@ Softmax family (l per row), p = softmax(x), lse = log sum_c exp(x_c), one online
 * ``SM_FOCAL_DENSE`` b_c = t_c w_c alpha_c:  l = -sum_c b_c o_c^g log p_c;
                dl/dx_j = h_j - p_j H,  h_c = b_c (g o_c^(g-1) p_c log p_c - o_c^g),  H = sum_c h_c
 * ``SM_KD``    temperature T (a0), z = x/T, u = t/T (teacher logits), P = softmax(z),
-               Q = softmax(u), both log-sum-exps online in one pass:
-               l = T^2 KL(Q||P) = T^2 (sum_c Q_c (u_c - z_c) - lse(u) + lse(z)) (Q_c = 0 terms 0);
-               dl/dx_j = T (P_j - Q_j)
+               Q = softmax(u): l = T^2 KL(Q||P), dl/dx_j = T (P_j - Q_j), without the
+               cancellation of T^2 (E_Q[u - z] - lse(u) + lse(z)) at a large T. The first walk
+               computes lse(u) and m = E_Q[D], D = t - x (online); a second walk lse(z) (so the
+               textbook K = m/T - lse(u) + lse(z)) and, with Dc = D - m, d = Dc/T and
+               phi(d) = expm1(-d) + d >= 0 (KL = log1p(S) exactly):
+               S = sum_c Q_c phi(d_c), V = sum_c T^2 Q_c phi(d_c), each term Q Dc^2 g(d) by the
+               series g(d) = phi(d)/d^2 for |d| < 1 (no T^2 formed), Q (exp(-d) - 1 + d) times
+               T^2 for -40 <= d <= -1 or d >= 1, exp(e) - Q + Q d from e = log(Q exp(-d)) below
+               -40 or where Q = 0 (the student's mass there). l = V log1p(S)/S and
+               dl/dx_j = (T Q_j expm1(-d_j) - Q_j V/T) / (1 + S), T Q expm1(-d) =
+               -Q Dc (1 - d g(d)) in the series, where K <= 1; where K > 1 (nothing cancels) or
+               the former is not finite (a student -inf where Q > 0: KL = +inf), l = T (T K) and
+               T (P_j - Q_j). (registry/dense.py ``_tempered_kl`` is the torch twin.)
 
 Sigmoid family (l per element; QFL sums it over the classes of a row), s = sig(x), s' = sig(-x)
 = 1 - s, B(x, t) = -t log s - (1 - t) log s' (``logsigmoid``), w_c the class weight:
@@ -90,6 +102,98 @@ def expm1(z):
 def clamp_min(a, lo):
     """max(a, lo) that keeps a NaN (``tl.maximum`` drops it)."""
     return tl.where(a < lo, lo, a)
+
+
+@triton.jit
+def _kd_series(x):
+    """g(x) = (exp(-x) - 1 + x) / x^2 = sum_k (-x)^k / (k+2)!, k = 0..17 (registry/dense.py
+    ``KD_SERIES``): below float64's half ulp for |x| <= 1."""
+    r = -8.22063524662433e-18
+    r = r * x + 1.5619206968586225e-16
+    r = r * x - 2.8114572543455206e-15
+    r = r * x + 4.779477332387385e-14
+    r = r * x - 7.647163731819816e-13
+    r = r * x + 1.1470745597729725e-11
+    r = r * x - 1.6059043836821613e-10
+    r = r * x + 2.08767569878681e-09
+    r = r * x - 2.505210838544172e-08
+    r = r * x + 2.755731922398589e-07
+    r = r * x - 2.7557319223985893e-06
+    r = r * x + 2.48015873015873e-05
+    r = r * x - 0.0001984126984126984
+    r = r * x + 0.001388888888888889
+    r = r * x - 0.008333333333333333
+    r = r * x + 0.041666666666666664
+    r = r * x - 0.16666666666666666
+    return r * x + 0.5
+
+
+@triton.jit
+def not_(a):
+    """Logical not of a boolean tile."""
+    return a == 0
+
+
+@triton.jit
+def _kd_terms(xs, t, m2, temp, inv_t, lse_u, mbar):
+    """The per-class terms of a KD tile (module docstring, ``SM_KD``): student logits xs and
+    teacher logits t [BLOCK_R, BLOCK_C] (raw), lse_u = lse(t/T) and mbar = E_Q[t - s] per row.
+    Returns (q, sq, vq, tq): q = Q, sq = q phi(d) (a term of S), vq = T^2 q phi(d) (a term of
+    V) and tq = T q expm1(-d); 0 off m2. (Rows of a large KL take the textbook formula, and what
+    these give there, inf or NaN, is not used.)"""
+    log_q = t * inv_t - lse_u[:, None]
+    q = tl.where(m2, tl.exp(log_q), 0.0)
+    pos = q > 0.0
+    dc = tl.where(pos, (t - xs) - mbar[:, None], 0.0)
+    d = dc * inv_t
+    # e = log(q exp(-d)); where q = 0 (a teacher -inf, or an underflow) the student's mass there
+    e_off = xs * inv_t + mbar[:, None] * inv_t - lse_u[:, None]
+    e = tl.where(pos, log_q - d, tl.where(m2, e_off, float("-inf")))
+    series = pos & (tl.abs(d) < 1.0)
+    from_log = (d < -40.0) | (q == 0.0)
+    far_mid = (not_(series)) & (not_(from_log))
+    ds = tl.where(series, d, 0.0)
+    g = _kd_series(ds)
+    dcs = tl.where(series, dc, 0.0)
+    dn = tl.where(far_mid, d, 0.0)
+    ex = tl.exp(-dn)
+    ee = tl.exp(tl.where(from_log, e, float("-inf")))
+    far = tl.where(from_log, ee - q + q * d, q * (ex - 1.0 + dn))
+    sq = tl.where(series, q * ds * ds * g, far)
+    vfar = tl.where(far != 0.0, temp * (temp * far), 0.0)  # (no inf * 0 at T = inf)
+    vq = tl.where(series, q * dcs * dcs * g, vfar)
+    tq = tl.where(series, -q * dcs * (1.0 - ds * g), tl.where(from_log, temp * (ee - q),
+                                                             temp * q * (ex - 1.0)))  # fmt: skip
+    return q, sq, vq, tq
+
+
+@triton.jit
+def _kd_rows(x_ptr, t_ptr, n, s, rmask, C, sxn, sxc, sxs, stn, stc, sts, temp, inv_t, lse_u,
+             mbar, cols, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr):  # fmt: skip
+    """KD's second walk of a row's classes: (S, V, m, se), S = sum q phi(d), V = sum T^2 q phi(d)
+    (``_kd_terms``), and the student's online log-sum-exp, lse(x/T) = m + log(se)."""
+    cdt = lse_u.dtype
+    s_sum = tl.zeros([BLOCK_R], cdt)
+    v_sum = tl.zeros([BLOCK_R], cdt)
+    m = tl.full([BLOCK_R], float("-inf"), cdt)
+    se = tl.zeros([BLOCK_R], cdt)
+    for c0 in range(0, C, BLOCK_C):
+        c = (c0 + cols).to(tl.int64)
+        cmask = c < C
+        m2 = rmask[:, None] & cmask[None, :]
+        xs = tl.load(x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2,
+                     other=0).to(cdt)  # fmt: skip
+        t = tl.load(t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2,
+                    other=0).to(cdt)  # fmt: skip
+        _q, sq, vq, _tq = _kd_terms(xs, t, m2, temp, inv_t, lse_u, mbar)
+        s_sum += tl.sum(sq, axis=1)
+        v_sum += tl.sum(vq, axis=1)
+        xm = tl.where(m2, xs * inv_t, float("-inf"))
+        m_new = tl.maximum(m, tl.max(xm, axis=1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        se = se * tl.exp(m - m_safe) + tl.sum(tl.exp(xm - m_safe[:, None]), axis=1)
+        m = m_new
+    return s_sum, v_sum, m, se
 
 
 @triton.jit
@@ -197,7 +301,10 @@ def _sigmoid_kernel(
     p3 = option_value(a3, cdt)
     if TARGET != 1:
         y = tl.load(t_ptr + r, mask=rmask, other=0).to(tl.int64)
-        rvalid = rmask & (y >= 0) & (y <= C)  # label C: the background (a zero row)
+        if TARGET == 2:  # QFL: every label outside [0, C) is the background (a zero row)
+            rvalid = rmask
+        else:
+            rvalid = rmask & (y >= 0) & (y <= C)  # label C: the background (a zero row)
         if HAS_IGNORE:
             rvalid = rvalid & (y != ignore_index)
         if TARGET == 2:
@@ -310,7 +417,7 @@ def _softmax_kernel(
     ax = tl.zeros([BLOCK_R], cdt)  # sum_c w_c x_c (CE) or sum_c a_c x_c (soft)
     inv_t = 1.0 / e  # KD: a0 = T
     m_u = tl.full([BLOCK_R], float("-inf"), cdt)  # KD: the teacher's running max, sum, and
-    se_u = tl.zeros([BLOCK_R], cdt)  # sum_c exp(u_c - m_u) (u_c - z_c)
+    se_u = tl.zeros([BLOCK_R], cdt)  # sum_c exp(u_c - m_u) (t_c - s_c)
     kd = tl.zeros([BLOCK_R], cdt)
     for c0 in range(0, C, BLOCK_C):
         c = (c0 + cols).to(tl.int64)
@@ -321,12 +428,13 @@ def _softmax_kernel(
         )
         x = x.to(cdt)
         if LOSS == 4:
-            x = x * inv_t
-        xm = tl.where(cmask[None, :], x, float("-inf"))
-        m_new = tl.maximum(m, tl.max(xm, axis=1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - (-inf) while all -inf
-        se = se * tl.exp(m - m_safe) + tl.sum(tl.exp(xm - m_safe[:, None]), axis=1)
-        m = m_new
+            xs = x  # the student's raw logits (lse(x/T): in the second walk)
+        else:
+            xm = tl.where(cmask[None, :], x, float("-inf"))
+            m_new = tl.maximum(m, tl.max(xm, axis=1))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # no -inf - (-inf) (all -inf)
+            se = se * tl.exp(m - m_safe) + tl.sum(tl.exp(xm - m_safe[:, None]), axis=1)
+            m = m_new
         if HAS_CW:
             wc = tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
         else:
@@ -353,13 +461,14 @@ def _softmax_kernel(
             t = tl.load(
                 t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
             )
-            um = tl.where(cmask[None, :], t.to(cdt) * inv_t, float("-inf"))
+            tr = t.to(cdt)
+            um = tl.where(cmask[None, :], tr * inv_t, float("-inf"))
             mu_new = tl.maximum(m_u, tl.max(um, axis=1))
             mu_safe = tl.where(mu_new == float("-inf"), 0.0, mu_new)
             eu = tl.exp(um - mu_safe[:, None])
             scale = tl.exp(m_u - mu_safe)
             se_u = se_u * scale + tl.sum(eu, axis=1)
-            kd = kd * scale + tl.sum(tl.where(eu > 0.0, eu * (um - x), 0.0), axis=1)
+            kd = kd * scale + tl.sum(tl.where(eu > 0.0, eu * (tr - xs), 0.0), axis=1)
             m_u = mu_new
     lse = m + tl.log(se)
     lse_u = m_u + tl.log(se_u)
@@ -378,8 +487,17 @@ def _softmax_kernel(
         l = big_a * lse - ax
     elif LOSS == 2:
         l = -ay * wy * pow_nonneg(o_y, gam) * logp_y
-    elif LOSS == 4:  # T^2 (sum_c Q_c (u_c - z_c) - lse_u + lse_z)
-        l = e * e * (kd / se_u - lse_u + lse)
+    elif LOSS == 4:  # T^2 KL without cancellation (module docstring); a second walk
+        mbar = kd / se_u  # E_Q[t - s]
+        s_kd, v_kd, m, se = _kd_rows(x_ptr, t_ptr, n, s, rmask, C, sxn, sxc, sxs, stn, stc, sts,
+                                     e, inv_t, lse_u, mbar, cols, BLOCK_R, BLOCK_C)  # fmt: skip
+        lse = m + tl.log(se)  # lse(x/T)
+        kl_tb = mbar * inv_t - lse_u + lse  # KL, the textbook way: where KL > 1
+        ratio = tl.where(s_kd > 0.0, log1p(s_kd) / tl.where(s_kd > 0.0, s_kd, 1.0), 1.0)
+        kl = v_kd * ratio
+        small = (kl_tb <= 1.0) & (kl == kl) & (tl.abs(kl) < float("inf"))
+        l = tl.where(small, kl, e * (e * kl_tb))
+        inv_1s = 1.0 / (1.0 + s_kd)  # (the gradient's per-row factor)
     else:
         # dense-target focal: the per-class sums need lse; H for the gradient
         l = tl.zeros([BLOCK_R], cdt)
@@ -434,7 +552,8 @@ def _softmax_kernel(
                 x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2, other=0
             )
             if LOSS == 4:
-                x = x.to(cdt) * inv_t
+                xs = x.to(cdt)
+                x = xs * inv_t
             p = tl.exp(x.to(cdt) - lse[:, None])
             if HAS_CW:
                 wc = tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
@@ -451,11 +570,13 @@ def _softmax_kernel(
             elif LOSS == 2:
                 hit = tl.where(y[:, None] == c[None, :], 1.0, 0.0).to(cdt)
                 d = focal_k[:, None] * (p - hit)
-            elif LOSS == 4:  # T (P - Q)
+            elif LOSS == 4:  # T (P - Q) without cancellation (module docstring)
                 t = tl.load(
                     t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
                 )
-                d = e * (p - tl.exp(t.to(cdt) * inv_t - lse_u[:, None]))
+                q, _sq, _vq, tq = _kd_terms(xs, t.to(cdt), m2, e, inv_t, lse_u, mbar)
+                d_small = (tq - q * (v_kd * inv_t)[:, None]) * inv_1s[:, None]
+                d = tl.where(small[:, None], d_small, e * (p - q))
             else:
                 logp = x.to(cdt) - lse[:, None]
                 o = -expm1(logp)

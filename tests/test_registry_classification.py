@@ -459,3 +459,355 @@ def test_knowledge_distillation_options():
         build_loss({"type": "KDLoss", "temperature": 0.0})
     with pytest.raises(ValueError, match="target"):
         loss(logits((2, C)), logits((2, C + 1)))
+
+
+# ------------------------------------------------------------- KD: every temperature (float32)
+
+
+def _kd_reference(s, t, temp):
+    """The "batchmean" of the float64 reference (accurate for T <= 100)."""
+    return RU.reduce_with_validity(RK.knowledge_distillation_loss(s, t, temperature=temp), None,
+                                   None, "batchmean")  # fmt: skip
+
+
+def _kd_cumulants(s, t, temp, dim=1):
+    """T^2 KL(Q||P) summed over ``dim`` for a large T, in closed form: T^2 log E_Q[exp(-Dc/T)]
+    = k2/2 - k3/(6T) + k4/(24T^2) + O(T^-3) (the cumulants k of Dc = D - E_Q[D], D = t - s,
+    under Q = softmax(t/T)), in float64; differentiable in s. T -> inf: Var_uniform(t - s)/2."""
+    s, t = s.double(), t.double()
+    q = torch.softmax(t / temp, dim)
+    d = t - s
+    dc = d - (q * d).sum(dim, keepdim=True)
+    k2 = (q * dc**2).sum(dim)
+    k3 = (q * dc**3).sum(dim)
+    k4 = (q * dc**4).sum(dim) - 3 * k2**2
+    return k2 / 2 - k3 / (6 * temp) + k4 / (24 * temp * temp)
+
+
+@pytest.mark.parametrize("temp", [0.05, 1.0, 4.0, 20.0, 100.0])
+@pytest.mark.parametrize("shape", [(8, 10), (2, 20, 3, 4), (3, 1500)])
+def test_knowledge_distillation_float32_at_every_temperature(temp, shape, backend):
+    """float32 within spec 6's 1e-5 of the float64 reference, value and gradient: T^2 KL is not
+    formed as a difference of log-sum-exps (cancelling from T ~ 20: 4.6e-5 at T = 20, 3.7e-4 at
+    T = 100 before). Several class chunks on the map and on [3, 1500] (the second walk)."""
+    g = _gen(31)
+    s0 = torch.randn(shape, generator=g)
+    t = torch.randn(shape, generator=g)
+    s = s0.clone().requires_grad_()
+    got = build_loss({"type": "KDLoss", "temperature": temp, "backend": backend})(s, t)
+    sr = s0.double().requires_grad_()
+    ref = _kd_reference(sr, t.double(), temp)
+    assert_scalar_close(got, ref, 1e-5)
+    assert_grad_close(torch.autograd.grad(got, s)[0], torch.autograd.grad(ref, sr)[0], 1e-5)
+
+
+@pytest.mark.parametrize("temp", [1e6, 1e30])
+@pytest.mark.parametrize("shape", [(4, 3), (2, 20, 3, 4)])
+def test_knowledge_distillation_huge_temperature_has_its_limit(temp, shape, backend):
+    """T = 1e6 gave 19869.8 (torch) and -59604.6 (triton) for s, t = 3 randn(4, 3) (reference
+    3.10), T = 1e30 NaN (T^2 overflowed, inf * 0): now the closed form, finite gradients."""
+    g = _gen(32)
+    s0 = torch.randn(shape, generator=g) * 3
+    t = torch.randn(shape, generator=g) * 3
+    s = s0.clone().requires_grad_()
+    loss = build_loss({"type": "KDLoss", "temperature": temp, "backend": backend})
+    got = loss(s, t)
+    (g_got,) = torch.autograd.grad(got, s)
+    sr = s0.double().requires_grad_()
+    ref = _kd_cumulants(sr, t, temp).sum() / shape[0]
+    (g_ref,) = torch.autograd.grad(ref, sr)
+    assert_scalar_close(got, ref, 1e-5)
+    assert_grad_close(g_got, g_ref, 1e-5)
+    # the limit itself: half the population variance of t - s over the classes
+    limit = (t - s0).double().var(1, unbiased=False).sum() / 2 / shape[0]
+    assert_scalar_close(got, limit, 1e-4 if temp < 1e10 else 1e-6)
+
+
+def test_knowledge_distillation_masked_teacher_classes_at_large_temperatures(backend):
+    """A teacher -inf (Q = 0) at T = 1e3: the student's mass there still counts (the term from
+    its logarithm), no 0 * inf; [2, 12] with two masked classes per row."""
+    g = _gen(33)
+    s0 = torch.randn(2, 12, generator=g)
+    t = torch.randn(2, 12, generator=g)
+    t[:, 3] = t[:, 7] = float("-inf")
+    for temp in (1.0, 30.0, 1e3):
+        s = s0.clone().requires_grad_()
+        got = build_loss({"type": "KDLoss", "temperature": temp, "backend": backend})(s, t)
+        sr = s0.double().requires_grad_()
+        # the float64 reference is exact enough here (KL does not vanish: Q has no mass there)
+        ref = _kd_reference(sr, t.double(), temp)
+        assert_scalar_close(got, ref, 1e-5)
+        assert_grad_close(torch.autograd.grad(got, s)[0], torch.autograd.grad(ref, sr)[0], 1e-5)
+
+
+def test_kl_div_tempered_helper():
+    """``registry.dense.kl_div_tempered``: T^2 KL per row, robust, differentiable in both inputs
+    (autograd, double backward included): DKD's KL terms can use it."""
+    from fused_losses.registry.dense import kl_div_tempered
+
+    g = _gen(34)
+    s0 = torch.randn(6, 9, generator=g) * 2
+    t0 = torch.randn(6, 9, generator=g) * 2
+    for temp in (0.5, 4.0, 50.0, 1e6, 1e30):
+        s = s0.clone().requires_grad_()
+        t = t0.clone().requires_grad_()
+        got = kl_div_tempered(s, t, temp)
+        assert got.shape == (6,) and got.dtype == torch.float32
+        sr = s0.double().requires_grad_()
+        tr = t0.double().requires_grad_()
+        if temp <= 100:  # the textbook formula in float64 (the reference detaches t)
+            log_q = torch.log_softmax(tr / temp, 1)
+            ref = temp**2 * (log_q.exp() * (log_q - torch.log_softmax(sr / temp, 1))).sum(1)
+        else:
+            ref = _kd_cumulants(sr, tr, temp)
+        assert torch.allclose(got.double(), ref, rtol=1e-5, atol=0), (temp, got, ref)
+        w = torch.rand(6, generator=g)
+        gs, gt = torch.autograd.grad((got * w).sum(), (s, t))
+        gs_ref, gt_ref = torch.autograd.grad((ref * w.double()).sum(), (sr, tr))
+        assert_grad_close(gs, gs_ref, 1e-5)
+        assert_grad_close(gt, gt_ref, 1e-5)
+    # float64 in, float64 out, and the map layout (dim 1 of [N, C, H, W])
+    s64 = logits((2, C, 3, 4), seed=35).requires_grad_()
+    t64 = logits((2, C, 3, 4), seed=36)
+    got = kl_div_tempered(s64, t64, 2.0)
+    ref = RK.knowledge_distillation_loss(s64, t64, temperature=2.0)
+    assert got.dtype == torch.float64 and torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
+    # double backward through plain tensor ops
+    (gs,) = torch.autograd.grad(got.sum(), s64, create_graph=True)
+    (gg,) = torch.autograd.grad((gs**2).sum(), s64)
+    (gs_r,) = torch.autograd.grad(ref.sum(), s64, create_graph=True)
+    (gg_r,) = torch.autograd.grad((gs_r**2).sum(), s64)
+    assert_grad_close(gg, gg_r, 1e-8)
+    with pytest.raises(ValueError, match="temperature"):
+        kl_div_tempered(s0, t0, 0.0)
+    with pytest.raises(ValueError, match="teacher_logits"):
+        kl_div_tempered(s0, t0[:, :3], 1.0)
+
+
+# ----------------------------------------------------------------------- audit regressions
+
+
+DENSE = {
+    "CrossEntropyLoss": ({"type": "CrossEntropyLoss"}, "index"),
+    "LabelSmoothLoss": ({"type": "LabelSmoothLoss"}, "index"),
+    "SoftCrossEntropyLoss": ({"type": "SoftCrossEntropyLoss"}, "dense"),
+    "BCE[index]": ({"type": "BinaryCrossEntropyLoss"}, "index"),
+    "BCE[dense]": ({"type": "BinaryCrossEntropyLoss"}, "dense"),
+    "Focal[sigmoid]": ({"type": "FocalLoss"}, "index"),
+    "Focal[softmax]": ({"type": "FocalLoss", "use_sigmoid": False}, "index"),
+    "Focal[dense]": ({"type": "FocalLoss"}, "dense"),
+    "BinaryFocalLoss": ({"type": "BinaryFocalLoss"}, "dense"),
+    "MultiLabelFocalLoss": ({"type": "MultiLabelFocalLoss"}, "dense"),
+    "AsymmetricLoss": ({"type": "AsymmetricLoss"}, "dense"),
+    "QFL[labels]": ({"type": "QualityFocalLoss"}, "scores"),
+    "QFL[dense]": ({"type": "QualityFocalLoss"}, "dense"),
+    "VFL": ({"type": "VariFocalLoss"}, "dense"),
+    "KD": ({"type": "KDLoss"}, "dense"),
+}
+
+
+def _target(kind, shape, dtype=torch.float32):
+    rest = (shape[0], *shape[2:])
+    if kind == "index":
+        return torch.zeros(rest, dtype=torch.long)
+    if kind == "scores":
+        return torch.zeros(rest, dtype=torch.long), torch.rand(rest, generator=_gen(1))
+    return torch.rand(shape, generator=_gen(2)).to(dtype)
+
+
+@pytest.mark.parametrize("name", [k for k in DENSE if k != "BinaryFocalLoss"])
+def test_no_classes_is_named(name, backend):
+    """C = 0 logits: the triton backend returned uninitialised memory (torch an index error)."""
+    cfg, kind = DENSE[name]
+    x = torch.randn(3, 0)
+    loss = build_loss({**cfg, "backend": backend})
+    for red in ("none", "mean"):
+        with pytest.raises(ValueError, match=r"pred: expected C >= 1"):
+            loss(x, _target(kind, x.shape), reduction_override=red)
+
+
+@pytest.mark.parametrize("name", list(DENSE))
+def test_complex_targets_are_named(name, backend):
+    """A complex target (BinaryFocalLoss: a KeyError inside the triton launch, the imaginary
+    part silently dropped by torch) is a TypeError naming target, on every dense loss."""
+    cfg, kind = DENSE[name]
+    x = torch.randn(4, 3, 2)
+    t = _target(kind, x.shape)
+    if kind == "scores":
+        t = (t[0], t[1].to(torch.complex64))
+    elif kind == "index":
+        t = t.to(torch.complex64)
+    else:
+        t = t.to(torch.complex64)
+    with pytest.raises(TypeError, match="target"):
+        build_loss({**cfg, "backend": backend})(x, t)
+
+
+@pytest.mark.parametrize("value", [2**64, 2**70, -(2**63) - 1])
+def test_ignore_index_outside_int64_is_named(value, backend):
+    """OverflowError before (Python's, or the triton launch's); int64's ends are accepted."""
+    x = logits((4, C)).float()
+    y = torch.tensor([0, 1, 2, 3])
+    for name in ("CrossEntropyLoss", "FocalLoss", "BinaryCrossEntropyLoss"):
+        with pytest.raises(ValueError, match=r"ignore_index: .*int64"):
+            build_loss({"type": name, "ignore_index": value, "backend": backend})
+        with pytest.raises(ValueError, match=r"ignore_index: .*int64"):
+            build_loss({"type": name, "backend": backend})(x, y, ignore_index=value)
+    xm, ym = logits((2, 3, 4, 4)).float(), torch.randint(0, 3, (2, 4, 4), generator=_gen(3))
+    with pytest.raises(ValueError, match=r"ignore_index: .*int64"):
+        build_loss({"type": "DiceLoss", "backend": backend})(xm, ym, ignore_index=value)
+    with pytest.raises(ValueError, match=r"ignore_index: .*int64"):
+        build_loss({"type": "DiceLoss", "ignore_index": value})
+    for ok in (2**63 - 1, -(2**63)):
+        loss = build_loss({"type": "CrossEntropyLoss", "ignore_index": ok, "backend": backend})
+        ref = RU.reduce_with_validity(*_lv(RC.cross_entropy(x.double(), y, ignore_index=ok)))
+        assert_scalar_close(loss(x, y), ref, 1e-5)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "key", "values", "kind"),
+    [
+        ({"type": "CrossEntropyLoss"}, "label_smoothing", (0.1, 0.2, 0.3), "index"),
+        ({"type": "KDLoss"}, "temperature", (2.0, 3.0, 5.0), "dense"),
+        ({"type": "FocalLoss"}, "gamma", (2.0, 1.5, 0.5), "index"),
+    ],
+)  # fmt: skip
+def test_compiled_step_follows_an_option_that_changes(cfg, key, values, kind, backend):
+    """One compiled step called with losses whose float option differs: Dynamo recompiles with
+    a symbolic float, which the triton backend's kernel_ops sorted and encoded ("sort with
+    non-constant keys"). Each value must give its own eager result (none baked as the first)."""
+    x0 = logits((2, 3, 4, 4), seed=41).float()
+    y = torch.randint(0, 3, (2, 4, 4), generator=_gen(42)) if kind == "index" else \
+        logits((2, 3, 4, 4), seed=43).float()  # fmt: skip
+    torch._dynamo.reset()
+    step = torch.compile(lambda loss, a, b: loss(a, b), fullgraph=True, backend="eager")
+    seen = []
+    for v in values:
+        loss = build_loss({**cfg, key: v, "backend": backend})
+        a, b = x0.clone().requires_grad_(), x0.clone().requires_grad_()
+        got, ref = step(loss, a, y), loss(b, y)
+        (g_got,), (g_ref,) = torch.autograd.grad(got, a), torch.autograd.grad(ref, b)
+        assert torch.allclose(got, ref, rtol=1e-6, atol=0), (v, got, ref)
+        assert torch.allclose(g_got, g_ref, rtol=1e-6, atol=1e-8), v
+        seen.append(got.item())
+    assert len(set(seen)) == len(values), seen  # each value its own result
+    # a call's int option (ignore_index) that changes between calls, likewise
+    if kind == "index":
+        loss = build_loss({**cfg, "backend": backend})
+        step2 = torch.compile(lambda a, b, ig: loss(a, b, ignore_index=ig), fullgraph=True,
+                              backend="eager")  # fmt: skip
+        for ig in (0, 1, 2):
+            assert torch.allclose(step2(x0, y, ig), loss(x0, y, ignore_index=ig), rtol=1e-6)
+
+
+def test_avg_factor_is_checked(backend):
+    """avg_factor: a [2] tensor gave a [2]-shaped "loss"; "3" and True were taken; now a number
+    or a one-element real tensor (0-dim result), in a call and in the config."""
+    x = logits((4, C)).float()
+    y = torch.tensor([0, 1, 2, 3])
+    loss = build_loss({"type": "CrossEntropyLoss", "backend": backend})
+    total = RC.cross_entropy(x.double(), y)[0].sum()
+    for bad, err in [(torch.tensor([2.0, 3.0]), ValueError), ("3", TypeError),
+                     (True, TypeError), ("abc", TypeError), (float("nan"), ValueError),
+                     (torch.tensor(True), TypeError), (torch.tensor([1j]), TypeError),
+                     (float("inf"), ValueError), ([2.0], TypeError)]:  # fmt: skip
+        with pytest.raises(err, match="avg_factor"):
+            loss(x, y, avg_factor=bad)
+        with pytest.raises(err, match="avg_factor"):
+            build_loss({"type": "CrossEntropyLoss", "avg_factor": bad, "backend": backend})
+    for good in (3, 3.0, torch.tensor(3.0), torch.tensor([3.0]), torch.tensor([[3]])):
+        out = loss(x, y, avg_factor=good)
+        assert out.shape == () and out.dtype == torch.float32
+        assert_scalar_close(out, total / (3 + EPS32), 1e-5)
+        configured = build_loss({"type": "CrossEntropyLoss", "avg_factor": good,
+                                 "backend": backend})  # fmt: skip
+        assert_scalar_close(configured(x, y), total / (3 + EPS32), 1e-5)
+
+
+def _sigmoid_rows_ref(x, t, valid, gamma=None, alpha=0.25):
+    """Closed form (float64): BCE(x, t) per element (sigmoid focal when gamma is given), rows
+    where ``valid`` only, "mean" over C per valid row."""
+    x = x.double()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(x, t, reduction="none")
+    if gamma is not None:
+        p = torch.sigmoid(x)
+        p_t = p * t + (1 - p) * (1 - t)
+        bce = bce * (alpha * t + (1 - alpha) * (1 - t)) * (1 - p_t) ** gamma
+    return bce[valid].sum() / (int(valid.sum()) * x.shape[1] + EPS32)
+
+
+def test_out_of_range_labels_are_invalid_everywhere(backend):
+    """Labels outside [0, C] (sigmoid: C the background) or [0, C) (softmax) contribute 0 and
+    are not counted, on both backends and in the reference (which counted a zero one-hot row:
+    BCE [0, 3, 5, -1] with C = 3 gave 0.6562 against 0.3805)."""
+    x = logits((4, 3), seed=44).float()
+    y = torch.tensor([0, 3, 5, -1])
+    onehot = torch.tensor([[1.0, 0, 0], [0, 0, 0], [0, 0, 0], [0, 0, 0]], dtype=torch.float64)
+    valid = torch.tensor([True, True, False, False])
+    for cfg, ref_fn, closed in [
+        ({"type": "BinaryCrossEntropyLoss"}, RC.binary_cross_entropy,
+         _sigmoid_rows_ref(x, onehot, valid)),
+        ({"type": "FocalLoss"}, RC.focal_loss, _sigmoid_rows_ref(x, onehot, valid, gamma=2.0)),
+    ]:  # fmt: skip
+        xs = x.clone().requires_grad_()
+        got = build_loss({**cfg, "backend": backend})(xs, y)
+        xr = x.double().requires_grad_()
+        ref = RU.reduce_with_validity(*_lv(ref_fn(xr, y)))
+        assert_scalar_close(ref, closed, 1e-12)
+        assert_scalar_close(got, ref, 1e-5)
+        (g,) = torch.autograd.grad(got, xs)
+        assert_grad_close(g, torch.autograd.grad(ref, xr)[0], 1e-5)
+        assert (g[2:] == 0).all()
+    # softmax: [0, C) (label 3 = C is out of range too)
+    ys = torch.tensor([0, 3, 2, -1])
+    for cfg, ref_fn in [
+        ({"type": "CrossEntropyLoss"}, RC.cross_entropy),
+        ({"type": "LabelSmoothLoss"}, RC.label_smooth_loss),
+        ({"type": "FocalLoss", "use_sigmoid": False}, RC.focal_loss),
+    ]:  # fmt: skip
+        loss = build_loss({**cfg, "backend": backend})
+        kw = {"use_sigmoid": False} if cfg["type"] == "FocalLoss" else {}
+        elem, v = ref_fn(x.double(), ys, **kw)
+        assert v.tolist() == [True, False, True, False] and elem[1] == 0 and elem[3] == 0
+        assert_scalar_close(loss(x, ys), RU.reduce_with_validity(elem, None, v), 1e-5)
+        assert torch.equal(loss(x, ys, reduction_override="none")[[1, 3]], torch.zeros(2))
+    # ignore_index=None: no mask ("mean" over numel), an out-of-range label still gives 0
+    loss = build_loss({"type": "CrossEntropyLoss", "ignore_index": None, "backend": backend})
+    elem, v = RC.cross_entropy(x.double(), ys, ignore_index=None)
+    assert v is None and elem[1] == 0
+    assert_scalar_close(loss(x, ys), elem.sum() / 4, 1e-5)
+
+
+def test_quality_focal_labels_outside_the_classes_are_the_background(backend):
+    """QFL (labels, scores): every label outside [0, C) is the background (mmdet: q = 0 for
+    every class, a counted row), on both backends (which gave such a row 0) and the reference."""
+    x = logits((5, 3), seed=45).float()
+    labels = torch.tensor([0, 3, 5, -1, 2])
+    scores = torch.rand(5, generator=_gen(46))
+    xs = x.clone().requires_grad_()
+    got = build_loss({"type": "QualityFocalLoss", "backend": backend})(xs, (labels, scores))
+    xr = x.double().requires_grad_()
+    ref = RD.quality_focal_loss(xr, (labels, scores)).mean()
+    # closed form of a background row: sum_c BCE(x_c, 0) sig(x_c)^2
+    bg = (torch.nn.functional.softplus(x.double()) * torch.sigmoid(x.double()) ** 2).sum(1)
+    none = build_loss({"type": "QualityFocalLoss", "backend": backend})(
+        x, (labels, scores), reduction_override="none"
+    )
+    assert torch.allclose(none[1:4].double(), bg[1:4], rtol=1e-5)
+    assert_scalar_close(got, ref, 1e-5)
+    assert_grad_close(torch.autograd.grad(got, xs)[0], torch.autograd.grad(ref, xr)[0], 1e-5)
+
+
+def test_plus_inf_logit_gives_nan_on_both_backends(backend):
+    """A +inf logit: NaN (softmax undefined), as the triton backend and the reference; the torch
+    backend gave +inf (torch.logsumexp)."""
+    x = logits((3, 4), seed=47).float()
+    x[0, 1] = float("inf")
+    y = torch.tensor([0, 1, 2])
+    out = build_loss({"type": "CrossEntropyLoss", "backend": backend})(
+        x, y, reduction_override="none"
+    )
+    ref = RC.cross_entropy(x.double(), y)[0]
+    assert torch.isnan(ref[0]) and torch.isnan(out[0])
+    assert torch.allclose(out[1:].double(), ref[1:], rtol=1e-5)
+    assert torch.isnan(build_loss({"type": "CrossEntropyLoss", "backend": backend})(x, y))

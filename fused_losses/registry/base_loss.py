@@ -9,6 +9,7 @@ targets, the validity mask (None otherwise). ``forward`` applies the weights, th
 from __future__ import annotations
 
 import math
+import numbers
 import re
 from typing import Any, ClassVar
 
@@ -16,9 +17,59 @@ import torch
 from torch import Tensor
 
 from ..backend import check_backend
+from ..validation import shape_str
 from .utils import REDUCTIONS, apply_weight_and_reduce
 
 COMMON = ("loss_weight", "reduction", "avg_factor", "loss_name", "backend")
+
+
+def check_ignore_index(value: Any) -> int | None:
+    """None, or an int that int64 holds (labels are compared with it as int64): a TypeError or
+    ValueError naming ``ignore_index`` otherwise. Also applied to a call's ``ignore_index``
+    (``BaseLoss._call_options``), for every loss that takes one."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"ignore_index: expected an int or None, got {type(value).__name__}")
+    if not -(2**63) <= value <= 2**63 - 1:
+        raise ValueError(
+            f"ignore_index: expected an int in the int64 range [-2**63, 2**63 - 1] or None, "
+            f"got {value!r}"
+        )
+    return value
+
+
+def check_avg_factor(value: Any) -> float | Tensor | None:
+    """The "mean" denominator (docs/spec.md 12.2): None; a finite real number (not a bool, not a
+    string), returned as a float; or a real tensor of one element (0-dim or not), returned 0-dim.
+    A tensor's value is not read (no host sync); anything else raises a TypeError/ValueError
+    naming ``avg_factor``."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"avg_factor: expected a real tensor, got dtype {value.dtype}")
+        if value.numel() != 1:
+            raise ValueError(
+                "avg_factor: expected a number or a tensor of one element (0-dim), got shape "
+                f"{shape_str(value)}"
+            )
+        return value.reshape(())
+    if isinstance(value, bool) or not (
+        isinstance(value, (int, float)) or isinstance(value, numbers.Real)
+    ):
+        raise TypeError(
+            f"avg_factor: expected a number or a 0-dim tensor, got {type(value).__name__}"
+        )
+    if torch.compiler.is_compiling():  # (a symbolic number: checked eagerly, not per trace)
+        return value
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not finite:
+        raise ValueError(f"avg_factor: expected a finite number, got {value!r}")
+    return float(value)
 
 
 def default_loss_name(name: str) -> str:
@@ -56,6 +107,7 @@ class BaseLoss(torch.nn.Module):
         reduction = self.DEFAULT_REDUCTION if reduction is None else reduction
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+        avg_factor = check_avg_factor(avg_factor)
         if reduction == "sum" and avg_factor is not None:
             raise ValueError('avg_factor: can not be used with reduction="sum"')
         check_backend(backend)
@@ -105,7 +157,7 @@ class BaseLoss(torch.nn.Module):
                     f"{key}: not an option of a {self.registry_name or type(self).__name__} call; "
                     f"expected one of {', '.join(self.CALL_OPTIONS) or 'none'}"
                 )
-            options[name] = value
+            options[name] = check_ignore_index(value) if name == "ignore_index" else value
         return options
 
     def _forward(self, pred: Tensor, target: Any, **options: Any) -> tuple[Tensor, Tensor | None]:
@@ -131,6 +183,7 @@ class BaseLoss(torch.nn.Module):
     ) -> Tensor:
         reduction = reduction_override if reduction_override is not None else self.reduction
         options = self._call_options(call_options)
+        avg_factor = check_avg_factor(avg_factor)
         if weight is not None:
             pred, target = self._mask_inputs(pred, target, weight)
         loss, valid = self._forward(pred, target, **options)

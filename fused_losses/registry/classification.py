@@ -13,8 +13,9 @@ elementwise loss in memory for "mean"/"sum", and the non-ignored count kept on t
     MultiLabelFocalLoss     the sigmoid focal term per class, w_c                    -> [N,C,*]
     AsymmetricLoss          ASL (timm), reduction "sum" by default                   -> [N,C,*]
 
-Targets are constants (detached, as in mmdet/mmseg). Index labels equal to ``ignore_index`` (or
-outside their range, on the triton backend) contribute 0 and are not counted.
+Targets are constants (detached, as in mmdet/mmseg). Index labels equal to ``ignore_index`` or
+outside their range ([0, C) softmax, [0, C] sigmoid: C is the background) contribute 0 on both
+backends and are not counted by "mean" (with ``ignore_index=None``, "mean" divides by numel).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from torch import Tensor
 
 from ..validation import check_bool, check_exponent, check_number, shape_str
+from .base_loss import check_ignore_index
 from .builder import LOSSES
 from .dense import (
     SG_ASL,
@@ -66,14 +68,6 @@ def check_vector_or_number(name: str, value: Any, allow_none: bool = True):
         return [check_number(f"{name}[{i}]", v) for i, v in enumerate(value)]
     raise TypeError(f"{name}: expected a number, a list of numbers or a 1-D tensor, got "
                     f"{type(value).__name__}")  # fmt: skip
-
-
-def check_ignore_index(value: Any) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"ignore_index: expected an int or None, got {type(value).__name__}")
-    return value
 
 
 def check_class_weight(options: dict[str, Any]) -> None:
@@ -307,6 +301,8 @@ class BinaryFocalLoss(FusedLoss):
             raise ValueError(f"target: expected pred's shape {shape_str(x)}"
                              + (" or that shape without dim 1" if one_logit else "")
                              + f", got {shape_str(target)}")  # fmt: skip
+        if target.is_complex():
+            raise TypeError(f"target: expected a real tensor, got dtype {target.dtype}")
         if target.device != x.device:
             raise ValueError(f"target: expected a tensor on {x.device}, got one on {target.device}")
         ig = check_ignore_index(options["ignore_index"])

@@ -14,6 +14,10 @@ or a dense tensor ``[N, C, S]`` (class stride 0 for an [N, S] target of a one-lo
 The torch backend computes the same formulas with tensor ops and analytic gradients (kept from the
 forward); the triton backend runs the kernels through ``kernel_ops`` (traceable with
 ``torch.compile(fullgraph=True)``). The sum of v (the "mean" denominator) stays on the device.
+
+``kl_div_tempered(s, t, T, dim)`` is the torch twin of the KD kind as a plain differentiable
+function (T^2 KL(softmax(t/T) || softmax(s/T)) per row without cancellation, for every T): the
+KL terms of other distillation losses (DKD) can use it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch import Tensor
 
 from ..backend import PrecomputedGradient, compute_dtype, refuse_double_backward, resolve_backend
 from ..validation import shape_str
-from .base_loss import BaseLoss
+from .base_loss import BaseLoss, check_avg_factor
 from .utils import EPS, REDUCTIONS, expand_weight
 
 # kinds (the kernels' constants, repeated here so that the torch backend imports no Triton)
@@ -79,18 +83,126 @@ def _per_class(v: Tensor | None, scalar: float, x: Tensor) -> Tensor | float:
     return scalar if v is None else v.to(x.dtype).view(1, -1, 1)
 
 
+def _logsumexp(x: Tensor, dim: int) -> Tensor:
+    """log sum exp(x) over ``dim`` as the kernels compute it: m + log sum exp(x - m), m the
+    maximum (0 for a row of -inf logits, whose result is -inf): a +inf logit gives NaN, as in
+    the kernels and the reference (``torch.logsumexp`` gives +inf)."""
+    m = x.amax(dim, keepdim=True)
+    m = torch.where(m == -math.inf, torch.zeros((), dtype=x.dtype, device=x.device), m)
+    return (m + torch.log(torch.exp(x - m).sum(dim, keepdim=True))).squeeze(dim)
+
+
+# ------------------------------------------------------------- the tempered KL (KD, DKD)
+
+# g(x) = (exp(-x) - 1 + x) / x^2 = sum_k (-x)^k / (k+2)!, k = 0..17: below float64's half ulp
+# for |x| <= 1 (kernels/classification.py ``_kd_series`` holds the same coefficients)
+KD_SERIES = tuple((-1) ** k / math.factorial(k + 2) for k in range(18))
+KD_SERIES_MAX = 1.0  # |d| below: the series
+KD_LOG_MIN = -40.0  # d below (or q = 0): the term from its logarithm e
+KD_BIG = 1.0  # KL above: the textbook formula (nothing cancels)
+
+
+def _kd_series(x: Tensor) -> Tensor:
+    r = torch.full_like(x, KD_SERIES[-1])
+    for coef in reversed(KD_SERIES[:-1]):
+        r = r * x + coef
+    return r
+
+
+def _tempered_kl(
+    s: Tensor, t: Tensor, temp: float, dim: int, with_grad: bool = False
+) -> tuple[Tensor, Tensor | None]:
+    """(T^2 KL(Q||P) reduced over ``dim``, its gradient in s when ``with_grad``) for P =
+    softmax(s/T), Q = softmax(t/T) (s, t of one shape and dtype), without cancellation.
+
+    With D = t - s, Dc = D - E_Q[D] and d = Dc / T: KL = log E_Q[exp(-d)] = log1p(S),
+    S = E_Q[phi(d)], phi(x) = expm1(-x) + x >= 0. Per class, q phi(d) is the series
+    q d^2 g(d) for |d| < 1 (g above), q (exp(-d) - 1 + d) for -40 <= d <= -1 or d >= 1, and
+    exp(e) - q + q d from its logarithm e = log(q exp(-d)) = s/T + E_Q[D]/T - lse(t/T) below
+    (and where q = 0: the student's mass there). T^2 KL = V log1p(S)/S, V = E_Q[T^2 phi(d)]
+    summed from the terms q Dc^2 g(d) (no T^2 formed: no overflow at a large T, no underflow at
+    a small one); gradient T (P - Q) = (T q expm1(-d) - q V/T) / (1 + S), T q expm1(-d) =
+    -q Dc (1 - d g(d)) in the series. Where the textbook KL = E_Q[D]/T - lse(t/T) + lse(s/T)
+    is above 1 (nothing cancels; the terms exp(e) could overflow), or the above is not finite
+    (a student -inf where q > 0: KL = +inf), the textbook T (T KL) and T (P - Q). The kernels'
+    ``SM_KD`` computes the same. The value is built from differentiable operations whose
+    untaken branches stay finite: autograd through it is exact too (``kl_div_tempered``)."""
+    u = t / temp
+    z = s / temp
+    zero = torch.zeros((), dtype=s.dtype, device=s.device)
+    lse_u = torch.logsumexp(u, dim, keepdim=True)
+    log_q = u - lse_u
+    q = torch.exp(log_q)
+    pos = q > 0
+    diff = torch.where(pos, t - s, zero)
+    mbar = (q * diff).sum(dim, keepdim=True)  # E_Q[D]
+    log_p = torch.log_softmax(z, dim)
+    textbook = temp * (temp * (q * torch.where(pos, log_q - log_p, zero)).sum(dim, keepdim=True))
+    kl_tb = mbar / temp - lse_u + torch.logsumexp(z, dim, keepdim=True)
+    dc = torch.where(pos, diff - mbar, zero)
+    d = dc / temp
+    e = torch.where(pos, log_q - d, z + mbar / temp - lse_u)
+    series = pos & (d.abs() < KD_SERIES_MAX)
+    from_log = ~pos | (d < KD_LOG_MIN)
+    mid = ~series & ~from_log
+    ds = torch.where(series, d, zero)
+    g = _kd_series(ds)
+    dcs = torch.where(series, dc, zero)
+    dn = torch.where(mid, d, zero)
+    # (the rows taken here have every e <= KL <= ~1: the clamp only keeps the others finite)
+    ee = torch.exp(torch.where(from_log, e.clamp(max=KD_BIG + 1.0), -math.inf))
+    far = torch.where(from_log, ee - q + q * d, q * (torch.exp(-dn) - 1 + dn))
+    s_sum = torch.where(series, q * ds * ds * g, far).sum(dim, keepdim=True)
+    v_sum = torch.where(series, q * dcs * dcs * g, temp * (temp * far)).sum(dim, keepdim=True)
+    s_pos = s_sum > 0
+    ratio = torch.where(s_pos, torch.log1p(s_sum) / torch.where(s_pos, s_sum, 1.0), 1.0)
+    kl = v_sum * ratio
+    small = (kl_tb <= KD_BIG) & torch.isfinite(kl)
+    value = torch.where(small, kl, textbook).squeeze(dim)
+    if not with_grad:
+        return value, None
+    tq = torch.where(
+        series,
+        -q * dcs * (1 - ds * g),
+        torch.where(from_log, temp * (ee - q), temp * q * torch.expm1(-dn)),
+    )
+    grad = torch.where(small, (tq - q * (v_sum / temp)) / (1 + s_sum), temp * (log_p.exp() - q))
+    return value, grad
+
+
+def kl_div_tempered(
+    student_logits: Tensor, teacher_logits: Tensor, temperature: float, dim: int = 1
+) -> Tensor:
+    """T^2 KL(softmax(t/T) || softmax(s/T)) over ``dim`` (removed), s = ``student_logits``,
+    t = ``teacher_logits`` (same shape; classes where t = -inf have Q = 0 and add nothing but
+    their student mass), computed without cancellation (``_tempered_kl``): accurate in float32
+    for every temperature, finite where the value is, T^2 KL -> Var_Q(t - s) / 2 as T -> inf.
+    Plain differentiable tensor ops (autograd in both inputs, double backward included), in the
+    compute dtype of s (float64 stays, the rest float32)."""
+    if not isinstance(student_logits, Tensor) or not isinstance(teacher_logits, Tensor):
+        raise TypeError("student_logits, teacher_logits: expected torch.Tensors")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"teacher_logits: expected the student's shape {shape_str(student_logits)}, got "
+            f"{shape_str(teacher_logits)}"
+        )
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise TypeError(f"temperature: expected a number, got {type(temperature).__name__}")
+    if not (temperature > 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature: expected a finite positive number, got {temperature!r}")
+    cdt = compute_dtype(student_logits.dtype)
+    value, _ = _tempered_kl(student_logits.to(cdt), teacher_logits.to(cdt), float(temperature), dim)
+    return value
+
+
 def _softmax_torch(x: Tensor, t, cw, cp, spec: DenseSpec) -> tuple[Tensor, Tensor, Tensor]:
     """(l [N,S], dl/dx [N,C,S], v [N,S]) of the softmax family."""
     n, c, s = x.shape
     if spec.loss == SM_KD:  # T^2 KL(Q||P), P = softmax(x/T), Q = softmax(t/T); T (P - Q)
-        temp = spec.a0
-        log_p = torch.log_softmax(x / temp, dim=1)
-        log_q = torch.log_softmax(t.to(x.dtype) / temp, dim=1)
-        q = torch.exp(log_q)
-        kl = torch.where(q > 0, q * (log_q - log_p), 0.0).sum(1)
+        value, grad = _tempered_kl(x, t.to(x.dtype), spec.a0, 1, with_grad=True)
         v = torch.ones(n, s, dtype=torch.bool, device=x.device)
-        return temp * temp * kl, temp * (torch.exp(log_p) - q), v
-    lse = torch.logsumexp(x, dim=1)
+        return value, grad, v
+    lse = _logsumexp(x, 1)
     logp = x - lse[:, None]
     p = torch.exp(logp)
     if cw is not None:
@@ -206,7 +318,10 @@ def _sigmoid_torch(x: Tensor, t, q, cw, cp, spec: DenseSpec) -> tuple[Tensor, Te
         tt = torch.where(v, t.to(x.dtype), 0.0)
     else:
         y = t.long()
-        rv = (y >= 0) & (y <= c)
+        if spec.target == T_SCORE:  # QFL: every label outside [0, C) is the background
+            rv = torch.ones(y.shape, dtype=torch.bool, device=x.device)
+        else:
+            rv = (y >= 0) & (y <= c)  # label C: the background (a zero row)
         if spec.has_ignore:
             rv = rv & (y != spec.ignore_index)
         hit = torch.arange(c, device=x.device).view(1, -1, 1) == y[:, None]
@@ -359,6 +474,7 @@ class FusedLoss(BaseLoss):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
         options = self._call_options(call_options)
+        avg_factor = check_avg_factor(avg_factor)
         x3, t, q, cw, cp, spec, l_shape, has_valid = self._plan(pred, target, options)
         sw = None
         if weight is not None:
@@ -390,12 +506,18 @@ class FusedLoss(BaseLoss):
 
 
 def check_logits(pred: Any, name: str = "pred", min_dim: int = 2) -> Tensor:
+    """Floating logits of at least ``min_dim`` dims; with a class axis (``min_dim`` >= 2), at
+    least one class (C = 0 would leave nothing to normalise over, and no kernel output written)."""
     if not isinstance(pred, Tensor):
         raise TypeError(f"{name}: expected a torch.Tensor, got {type(pred).__name__}")
     if not pred.is_floating_point():
         raise TypeError(f"{name}: expected a floating-point tensor, got dtype {pred.dtype}")
     if pred.dim() < min_dim:
         raise ValueError(f"{name}: expected shape [N, C, *], got {shape_str(pred)}")
+    if min_dim >= 2 and pred.shape[1] < 1:
+        raise ValueError(
+            f"{name}: expected C >= 1 classes (shape [N, C, *]), got {shape_str(pred)}"
+        )
     return pred
 
 

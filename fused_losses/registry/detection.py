@@ -51,7 +51,7 @@ from .dense import (
     dense_as_rows,
     index_rows,
 )
-from .utils import BOX_FORMATS, BoxTerms, box_terms
+from .utils import BOX_FORMATS, BoxTerms, box_terms, expand_weight
 
 
 def _check_pair(pred: Any, target: Any, last: int | None = None) -> None:
@@ -274,7 +274,9 @@ class BalancedL1Loss(_ElementwiseLoss):
 @LOSSES.register_module()
 class DistributionFocalLoss(BaseLoss):
     """GFL's DFL: lo = clamp(floor(y), 0, R-1), hi = lo + 1: (hi - y) CE(x, lo) + (y - lo)
-    CE(x, hi), softmax over the last axis; x [...,R+1], y [...] in [0, R] -> [...]."""
+    CE(x, hi), softmax over the last axis; x [...,R+1], y [...] in [0, R] -> [...]. An element of
+    weight 0 has its logits and target replaced by 0 (a NaN or inf target there stays hidden); a
+    NaN target of nonzero weight gives a NaN loss."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"reg_max": 16}
 
@@ -284,10 +286,28 @@ class DistributionFocalLoss(BaseLoss):
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"reg_max: expected an int >= 1, got {r!r}")
 
+    def _mask_inputs(self, pred, target, weight):
+        """A zero weight hides a non-finite element (spec 12.2 rule 1): its logits and target are
+        replaced by 0 (finite value and gradients) before the formula."""
+        tensors = all(isinstance(a, Tensor) for a in (pred, target, weight))
+        if not tensors or pred.dim() == 0 or not pred.is_floating_point():
+            return pred, target  # _forward or the rules name it
+        if target.is_complex() or tuple(target.shape) != tuple(pred.shape[:-1]):
+            return pred, target
+        try:
+            keep = expand_weight(weight, target.shape) != 0
+            zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
+            return (torch.where(keep[..., None], pred, zero),
+                    torch.where(keep, target, zero.to(target.dtype)))  # fmt: skip
+        except (ValueError, RuntimeError):
+            return pred, target  # a bad weight: the rules name it
+
     def _forward(self, pred, target, *, reg_max):
         check_tensor("pred", pred)
         check_floating("pred", pred)
         check_tensor("target", target)
+        if target.is_complex():
+            raise TypeError(f"target: expected a real tensor, got dtype {target.dtype}")
         if pred.dim() == 0 or pred.shape[-1] != reg_max + 1:
             raise ValueError(f"pred: expected shape [..., {reg_max + 1}] (reg_max + 1 bins), got "
                              f"{shape_str(pred)}")  # fmt: skip
@@ -299,8 +319,11 @@ class DistributionFocalLoss(BaseLoss):
         logp = torch.log_softmax(pred.to(cdt), dim=-1)
         lo = torch.floor(y).clamp(0, reg_max - 1)
         hi = lo + 1
-        ce_lo = -logp.gather(-1, lo.long()[..., None])[..., 0]
-        ce_hi = -logp.gather(-1, hi.long()[..., None])[..., 0]
+        # a NaN target gives a NaN loss: its bins are gathered at 0 (no out-of-range index, no
+        # device-side assert), its weights (hi - y, y - lo) are NaN
+        ilo = torch.where(torch.isnan(lo), 0.0, lo).long()
+        ce_lo = -logp.gather(-1, ilo[..., None])[..., 0]
+        ce_hi = -logp.gather(-1, (ilo + 1)[..., None])[..., 0]
         return (hi - y) * ce_lo + (y - lo) * ce_hi, None
 
 
@@ -313,7 +336,8 @@ def _check_use_sigmoid(options: dict[str, Any]) -> None:
 class QualityFocalLoss(FusedLoss):
     """GFL's QFL, fused: sum_c BCE(x_c, q_c) |q_c - sig(x_c)|^beta, x [N,C,*] -> [N,*]; target
     (labels [N,*] in [0, C] (C = background), scores [N,*]) -> q = the score at the label's
-    class, 0 elsewhere; or q [N,C,*]."""
+    class, 0 elsewhere (any label outside [0, C) is the background, mmdet's rule: q = 0 for
+    every class, a loss counted by "mean"); or q [N,C,*]."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"beta": 2.0, "use_sigmoid": True}
 

@@ -10,14 +10,19 @@ an exact 0 here too (``torch.where``), so ``"none"`` of ``l`` alone already matc
 Choices where SPEC 10.1 is silent or ambiguous:
 
 - Validity: ``v = y != ignore_index`` in y's shape ([N,*] for index targets: the rules insert the
-  class axis, so an [N,C,*] loss counts C per valid position). ``ignore_index=None`` -> ``v`` is
-  None (no mask: "mean" is then sum / numel, ``F.cross_entropy``'s unweighted mean).
+  class axis, so an [N,C,*] loss counts C per valid position), and for index targets also
+  ``0 <= y < C`` (softmax: CE, label smoothing, softmax focal) or ``0 <= y <= C`` (sigmoid: BCE
+  with C > 1, sigmoid focal; label C is the background, a zero row), as both backends: a label
+  outside its range contributes 0 and is not counted. ``ignore_index=None`` -> ``v`` is None (no
+  mask: "mean" is then sum / numel, ``F.cross_entropy``'s unweighted mean), an out-of-range label
+  still contributing 0.
 - Sigmoid losses (BCE, sigmoid FocalLoss, BinaryFocalLoss) with a target of x's shape ignore
   elementwise, ``v = y != ignore_index`` (mmdet 3.x / mmseg 1.x ``binary_cross_entropy``; mmseg
   also drops ``y < 0``, not done here: SPEC 9.2 says ``target != ignore_index``). The target of an
   invalid element is replaced by 0 before the formula so that ``l`` is finite there.
-- BCE index targets y [N,*]: C > 1 -> t = one-hot (ignored and out-of-range labels give a zero
-  row, mmseg's ``_expand_onehot_labels``); C = 1 -> t = y itself (binary label map). ``pos_weight``
+- BCE index targets y [N,*]: C > 1 -> t = one-hot (label C gives a zero row, mmseg's
+  ``_expand_onehot_labels``; labels outside [0, C] are invalid, see Validity); C = 1 -> t = y
+  itself (binary label map, no range). ``pos_weight``
   also applies with ``with_logits=False``: -pw y clamp(log x, -100) - (1-y) clamp(log(1-x), -100).
 - Sigmoid FocalLoss index targets y in [0, C] use the one-hot t (label C = background, a zero row:
   mmdet), also for C = 1 (label 0 is then the foreground, label 1 the background).
@@ -62,6 +67,17 @@ def _validity(y: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
     return None if ignore_index is None else y != ignore_index
 
 
+def _index_validity(
+    y: torch.Tensor, ignore_index: int | None, high: int
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(ok, v) of index labels: ok = (0 <= y < high) & (y != ignore_index), the labels that
+    contribute; v = ok, or None when ignore_index is None (no mask for "mean")."""
+    ok = (y >= 0) & (y < high)
+    if ignore_index is not None:
+        ok = ok & (y != ignore_index)
+    return ok, (ok if ignore_index is not None else None)
+
+
 def _gather_dim1(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """values[n, index[n, *], *]: [N,C,*] at an [N,*] index -> [N,*]."""
     return values.gather(1, index.unsqueeze(1)).squeeze(1)
@@ -82,8 +98,8 @@ def cross_entropy(
     """
     num_classes = x.shape[1]
     e = label_smoothing
-    v = _validity(y, ignore_index)
-    y_safe = y if v is None else torch.where(v, y, 0)
+    ok, v = _index_validity(y, ignore_index, num_classes)
+    y_safe = torch.where(ok, y, 0)
     log_p = F.log_softmax(x, dim=1)  # [N,C,*]
     w = _class_weight(class_weight, x).expand_as(x)  # [N,C,*]
     w_y = _gather_dim1(w, y_safe)  # [N,*]
@@ -92,8 +108,7 @@ def cross_entropy(
     if e != 0:  # as torch: no smoothing term without smoothing (a -inf logit stays finite)
         smooth = (w * -log_p).sum(dim=1)  # sum_c w_c (-log p_c)
         loss = loss + (e / num_classes) * smooth
-    if v is not None:
-        loss = torch.where(v, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    loss = torch.where(ok, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
     return loss, v
 
 
@@ -113,13 +128,12 @@ def label_smooth_loss(
     if num_classes is not None and num_classes != c:
         raise ValueError(f"num_classes={num_classes} but the logits have C={c} classes")
     e = smoothing
-    v = _validity(y, ignore_index)
+    ok, v = _index_validity(y, ignore_index, c)
     t = convert_to_one_hot(y, c, ignore_index, dtype=x.dtype)  # [N,C,*]
     q = (1 - e) * t + e / c
     w = _class_weight(class_weight, x)
     loss = -(w * q * F.log_softmax(x, dim=1)).sum(dim=1)
-    if v is not None:
-        loss = torch.where(v, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
+    loss = torch.where(ok, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
     return loss, v
 
 
@@ -144,9 +158,15 @@ def binary_cross_entropy(
     itself). ``with_logits=False``: x is a probability and each log is clamped at -100 (torch).
     pos_weight, class_weight: a float or C values on dim 1.
     """
-    v = _validity(y, ignore_index)
-    y_safe = y if v is None else torch.where(v, y, torch.zeros((), dtype=y.dtype, device=y.device))
-    if y.dim() == x.dim() - 1 and x.shape[1] > 1:
+    one_hot = y.dim() == x.dim() - 1 and x.shape[1] > 1
+    if one_hot:  # labels in [0, C] (C: a zero row); ok masks l even without ignore_index
+        ok, v = _index_validity(y, ignore_index, x.shape[1] + 1)
+    else:
+        ok = v = _validity(y, ignore_index)
+    y_safe = (
+        y if ok is None else torch.where(ok, y, torch.zeros((), dtype=y.dtype, device=y.device))
+    )
+    if one_hot:
         t = convert_to_one_hot(y_safe, x.shape[1], dtype=x.dtype)  # [N,C,*]
     elif y.dim() == x.dim() - 1:
         t = y_safe.unsqueeze(1).to(x.dtype)  # C = 1: y itself, [N,1,*]
@@ -163,8 +183,8 @@ def binary_cross_entropy(
         log_q = torch.clamp(torch.log(x), min=-100)
         log_1mq = torch.clamp(torch.log(1 - x), min=-100)
     loss = _class_weight(class_weight, x) * (-pw * t * log_q - (1 - t) * log_1mq)
-    if v is not None:
-        v_l = v.unsqueeze(1) if y.dim() == x.dim() - 1 else v
+    if ok is not None:
+        v_l = ok.unsqueeze(1) if y.dim() == x.dim() - 1 else ok
         loss = torch.where(v_l, loss, torch.zeros((), dtype=loss.dtype, device=loss.device))
     return loss, v
 
@@ -205,26 +225,27 @@ def focal_loss(
     a = on_dim1(alpha, x)
     w = _class_weight(class_weight, x)
     if use_sigmoid:
-        if index:
+        if index:  # labels in [0, C] (C: the background, a zero row)
+            ok, v = _index_validity(y, ignore_index, c + 1)
             t = convert_to_one_hot(y, c, ignore_index, dtype=x.dtype)  # [N,C,*]
-        else:
-            t = y.to(x.dtype) if v is None else torch.where(v, y.to(x.dtype), zero)
+            loss = torch.where(ok.unsqueeze(1), _sigmoid_focal_term(x, t, a, gamma) * w, zero)
+            return loss, v
+        t = y.to(x.dtype) if v is None else torch.where(v, y.to(x.dtype), zero)
         loss = _sigmoid_focal_term(x, t, a, gamma) * w
         if v is not None:
-            loss = torch.where(v.unsqueeze(1) if index else v, loss, zero)
+            loss = torch.where(v, loss, zero)
         return loss, v
     log_p = F.log_softmax(x, dim=1)
     p = torch.exp(log_p)
-    if index:
-        y_safe = y if v is None else torch.where(v, y, 0)
+    if index:  # labels in [0, C)
+        ok, v = _index_validity(y, ignore_index, c)
+        y_safe = torch.where(ok, y, 0)
         a_y = _gather_dim1(a.expand_as(x), y_safe)
         w_y = _gather_dim1(w.expand_as(x), y_safe)
         p_y = _gather_dim1(p, y_safe)
         log_p_y = _gather_dim1(log_p, y_safe)
         loss = -a_y * (1 - p_y) ** gamma * log_p_y * w_y
-        if v is not None:
-            loss = torch.where(v, loss, zero)
-        return loss, v
+        return torch.where(ok, loss, zero), v
     t = y.to(x.dtype)
     loss = -(t * w * a * (1 - p) ** gamma * log_p).sum(dim=1)
     return loss, None

@@ -19,8 +19,10 @@ Choices where SPEC 10.2 is silent or ambiguous:
   The angle cost is written sin(2 asin(m/s)) as the row; mmyolo's cos(2 asin(m/s) - pi/2) is the
   same value.
 - SmoothL1 with beta = 0 is written as d (the quadratic branch would divide by 0).
-- QualityFocalLoss: labels outside [0, C) (C = background) give q = 0 for every class; the scores
-  take x's dtype. DFL: y is not clamped (mmdet clamps it to R - 0.01 upstream); lo and hi are.
+- QualityFocalLoss: labels outside [0, C) (C = background) give q = 0 for every class (mmdet's
+  ``pos = (label >= 0) & (label < C)``: every other label is a negative), a row that counts; the
+  scores take x's dtype. DFL: y is not clamped (mmdet clamps it to R - 0.01 upstream); lo and hi
+  are; a NaN y gives a NaN l (its bins are gathered at 0, never at an out-of-range index).
 """
 
 from __future__ import annotations
@@ -220,8 +222,9 @@ def distribution_focal_loss(x: torch.Tensor, y: torch.Tensor, *, reg_max: int = 
     lo = torch.clamp(torch.floor(y), 0, reg_max - 1)
     hi = lo + 1
     log_p = F.log_softmax(x, dim=-1)
-    ce_lo = -log_p.gather(-1, lo.long().unsqueeze(-1)).squeeze(-1)
-    ce_hi = -log_p.gather(-1, hi.long().unsqueeze(-1)).squeeze(-1)
+    ilo = torch.where(torch.isnan(lo), 0.0, lo).long()  # a NaN y: NaN weights, bins gathered at 0
+    ce_lo = -log_p.gather(-1, ilo.unsqueeze(-1)).squeeze(-1)
+    ce_hi = -log_p.gather(-1, (ilo + 1).unsqueeze(-1)).squeeze(-1)
     return (hi - y) * ce_lo + (y - lo) * ce_hi
 
 
