@@ -547,3 +547,20 @@ def test_heads_not_read_are_not_checked(mode, backend):
         {k: v.double() for k, v in h.items()}, targets, hm_hp=False)[0], 1e-5)  # fmt: skip
     with pytest.raises(ValueError, match=r"outputs\[0\]\['hm_hp'\]: expected a tensor on"):
         loss(dict(h, hm_hp=h["hm_hp"].to("meta")))  # read with hm_hp: checked
+
+
+def test_compiled_step_follows_a_changing_map_size(backend):
+    """torch.compile(fullgraph=True) of a raw-box pose step whose map size changes between calls:
+    the recompile makes H and W symbolic, and they reach the target kernel's options (a list of
+    ints) as their run-time values (it failed with "sort with non-constant keys")."""
+    crit = fl.CenterNetPoseLoss(backend=backend)
+    step = lambda h, b, k, m: crit(h, boxes=b, keypoints=k, box_mask=m)
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    for size in ((16, 20), (17, 21), (18, 22)):
+        boxes, kp, _labels, mask = raw_scene(9, size=size)
+        targets = RP.centernet_pose_targets(boxes, kp, None, mask, num_joints=J, output_size=size)
+        heads = pose_heads(9, targets, 1, False)[0]
+        x = {k: v.float().to(DEVICE) for k, v in heads.items()}
+        args = (x, boxes.to(DEVICE), kp.to(DEVICE), mask.to(DEVICE))
+        assert torch.equal(compiled(*args), step(*args)), size

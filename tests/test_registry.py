@@ -300,6 +300,77 @@ def test_distribution_focal_loss_matches_the_reference():
     assert_grad_close(g1, g2, 1e-10)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_distribution_focal_loss_zero_weight_hides_a_non_finite_target(bad):
+    """A NaN target raised "index -9223372036854775808 is out of bounds" (floor(NaN).long())
+    even at weight 0, and an inf target at weight 0 gave NaN gradients (spec 12.2 rule 1)."""
+    g = torch.Generator().manual_seed(6)
+    x0 = torch.randn(6, 5, generator=g, dtype=torch.float64)
+    y = torch.tensor([0.0, 1.5, 3.99, 4.0, 2.2, 0.3], dtype=torch.float64)
+    w = torch.tensor([1.0, 0.0, 1.0, 0.5, 1.0, 1.0], dtype=torch.float64)
+    y_bad = y.clone()
+    y_bad[1] = bad
+    loss = build_loss({"type": "DistributionFocalLoss", "reg_max": 4})
+    x = x0.clone().requires_grad_()
+    got = loss(x, y_bad, weight=w)
+    (g_got,) = torch.autograd.grad(got, x)
+    xr = x0.clone().requires_grad_()
+    ref = RU.reduce_with_validity(RD.distribution_focal_loss(xr, y, reg_max=4), w)
+    (g_ref,) = torch.autograd.grad(ref, xr)
+    assert_scalar_close(got, ref, 1e-12)
+    assert_grad_close(g_got, g_ref, 1e-10)
+    assert (g_got[1] == 0).all()
+    none = loss(x0, y_bad, weight=w, reduction_override="none")
+    assert none[1] == 0 and torch.isfinite(none).all()
+    # float32 and a weight without the last axis broadcast: the same
+    got32 = loss(x0.float(), y_bad.float(), weight=w.float())
+    assert_scalar_close(got32, ref, 1e-5)
+
+
+def test_distribution_focal_loss_nan_target_gives_nan_not_an_index_error():
+    """A NaN target of nonzero weight: a NaN loss (its bins gathered at 0; no out-of-range
+    index, so no device-side assert on CUDA), the reference likewise."""
+    x = torch.randn(3, 5, dtype=torch.float64)
+    y = torch.tensor([1.0, float("nan"), 2.0], dtype=torch.float64)
+    loss = build_loss({"type": "DistributionFocalLoss", "reg_max": 4})
+    out = loss(x, y, reduction_override="none")
+    ref = RD.distribution_focal_loss(x, y, reg_max=4)
+    assert torch.isnan(out[1]) and torch.isnan(ref[1])
+    assert torch.allclose(out[[0, 2]], ref[[0, 2]], rtol=1e-12)
+    assert torch.isnan(loss(x, y))
+    with pytest.raises(TypeError, match="target"):
+        loss(x, y.to(torch.complex128))
+
+
+def test_avg_factor_is_checked():
+    """avg_factor (spec 12.2): None, a real number or a one-element real tensor, in a call and in
+    the config; a [2] tensor gave a [2]-shaped "loss", "3" and True were accepted."""
+    p, t = boxes(5)
+    d = (p - t).abs()
+    l1 = build_loss({"type": "L1Loss"})
+    for bad, err in [(torch.tensor([2.0, 3.0]), ValueError), ("3", TypeError), (True, TypeError),
+                     ("abc", TypeError), (float("nan"), ValueError), (2**2000, ValueError),
+                     (torch.tensor(True), TypeError), (torch.tensor([1j]), TypeError),
+                     ([7.0], TypeError)]:  # fmt: skip
+        with pytest.raises(err, match="avg_factor"):
+            l1(p, t, avg_factor=bad)
+        with pytest.raises(err, match="avg_factor"):
+            build_loss({"type": "L1Loss", "avg_factor": bad})
+        with pytest.raises(err, match="avg_factor"):
+            l1(p, t, avg_factor=bad, reduction_override="none")
+    for good in (7, 7.0, torch.tensor(7.0), torch.tensor([7.0]), torch.tensor([[7]])):
+        out = l1(p, t, avg_factor=good)
+        assert out.shape == ()
+        assert_scalar_close(out, d.sum() / (7 + EPS32), 1e-12)
+        assert_scalar_close(build_loss({"type": "L1Loss", "avg_factor": good})(p, t),
+                            d.sum() / (7 + EPS32), 1e-12)  # fmt: skip
+    # a tensor avg_factor under torch.compile: no host sync, no graph break
+    torch._dynamo.reset()
+    fn = torch.compile(lambda a, b, av: l1(a, b, avg_factor=av), fullgraph=True, backend="eager")
+    for av in (torch.tensor(7.0), torch.tensor([3.0]), 5.0, 6.0):
+        assert_scalar_close(fn(p, t, av), l1(p, t, avg_factor=av), 1e-12)
+
+
 def test_utils_match_the_reference():
     g = torch.Generator().manual_seed(6)
     labels = torch.randint(0, 6, (4, 50), generator=g)
@@ -419,3 +490,24 @@ def test_seed_yaml_configs_build_and_run():
     expect = RU.reduce_with_validity(l1, None, v1) + 0.5 * RU.reduce_with_validity(l2, None, v2)
     assert_scalar_close(total, expect, 1e-12)
     assert set(parts) == {"loss_crossentropy", "loss_labelsmooth"}
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [{"type": "OHEMCrossEntropyLoss"}, {"type": "SurfaceLoss"}, {"type": "FeatureMSELoss"}],
+    ids=lambda c: c["type"],
+)
+def test_avg_factor_is_checked_by_the_own_forwards(cfg, backend):
+    """The losses with their own forward (OHEM, Surface, the fused feature losses) check a call's
+    avg_factor like BaseLoss: a [2] tensor gave a [2]-shaped "loss"."""
+    loss = build_loss({**cfg, "backend": backend})
+    x = torch.randn(2, 3, 4, 4)
+    target = {
+        "OHEMCrossEntropyLoss": torch.randint(0, 3, (2, 4, 4)),
+        "SurfaceLoss": torch.randn(2, 3, 4, 4),
+        "FeatureMSELoss": torch.randn(2, 3, 4, 4),
+    }[cfg["type"]]
+    for bad, err in [(torch.tensor([2.0, 3.0]), ValueError), ("3", TypeError)]:
+        with pytest.raises(err, match="avg_factor"):
+            loss(x, target, avg_factor=bad)
+    assert loss(x, target, avg_factor=torch.tensor([4.0])).shape == ()

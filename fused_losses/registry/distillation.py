@@ -56,7 +56,7 @@ from ..validation import (
     check_tensor,
     shape_str,
 )
-from .base_loss import BaseLoss
+from .base_loss import BaseLoss, check_avg_factor
 from .builder import LOSSES
 from .dense import (
     SM_KD,
@@ -499,7 +499,7 @@ class _FeatureLoss(_DistillLoss):
             out = feature_triton(as_rows(f), as_rows(t), "none", opts).reshape(l_shape)
         else:
             total = feature_triton(as_rows(f), as_rows(t), "sum", opts)
-            avg = avg_factor if avg_factor is not None else self.avg_factor
+            avg = check_avg_factor(avg_factor) if avg_factor is not None else self.avg_factor
             out = reduce_sums(total, None, math.prod(l_shape), reduction, avg, f.shape[0])
         return out * self.loss_weight if self.loss_weight != 1.0 else out
 

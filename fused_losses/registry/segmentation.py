@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..backend import compute_dtype, resolve_backend
 from ..validation import check_bool, check_number, shape_str
-from .base_loss import BaseLoss
+from .base_loss import BaseLoss, check_avg_factor
 from .builder import LOSSES
 from .classification import check_class_weight, check_ignore_index
 from .dense import (
@@ -328,7 +328,7 @@ class _OHEMBase(BaseLoss):
             )
         else:
             total, _ = dense_loss(x3, t, None, sw3, cw, None, spec, "sum", self.backend)
-            avg = avg_factor if avg_factor is not None else self.avg_factor
+            avg = check_avg_factor(avg_factor) if avg_factor is not None else self.avg_factor
             if reduction == "mean" and avg is None:
                 out = total / kept.sum().clamp(min=1).to(total.dtype)
             else:
@@ -430,7 +430,7 @@ class SurfaceLoss(BaseLoss):
         else:
             sums = dice_sums(as_rows(x), as_rows(phi), self.backend, act=ACT_SOFTMAX,
                              target=T_DENSE, exponent=1.0, ignore_index=None)  # fmt: skip
-            avg = avg_factor if avg_factor is not None else self.avg_factor
+            avg = check_avg_factor(avg_factor) if avg_factor is not None else self.avg_factor
             out = reduce_sums(sums[:, 0].sum(), None, x.numel(), reduction, avg, x.shape[0])
         return out * self.loss_weight if self.loss_weight != 1.0 else out
 
