@@ -154,9 +154,12 @@ def check_sigma(name: str, value: object) -> float:
 
 
 def check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
-    return value
+    """A Python bool (a NumPy bool is refused by its full name: "numpy.bool", not "bool")."""
+    if isinstance(value, bool):
+        return value
+    kind = type(value)
+    where = "" if kind.__module__ == "builtins" else f"{kind.__module__}."
+    raise TypeError(f"{name}: expected a bool, got {where}{kind.__qualname__}")
 
 
 def check_mask_dtype(name: str, x: torch.Tensor) -> None:

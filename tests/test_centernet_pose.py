@@ -564,3 +564,12 @@ def test_compiled_step_follows_a_changing_map_size(backend):
         x = {k: v.float().to(DEVICE) for k, v in heads.items()}
         args = (x, boxes.to(DEVICE), kp.to(DEVICE), mask.to(DEVICE))
         assert torch.equal(compiled(*args), step(*args)), size
+
+
+def test_numpy_bool_is_named_by_its_module():
+    """A NumPy bool is refused with its full name (it said "expected a bool, got bool")."""
+    np = pytest.importorskip("numpy")
+    for value in (np.bool_(True), np.int64(1)):
+        name = f"numpy.{type(value).__qualname__}"
+        with pytest.raises(TypeError, match=rf"dense_hp: expected a bool, got {name}"):
+            fl.CenterNetPoseLoss(dense_hp=value)
