@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from ..backend import check_backend
-from ..validation import shape_str
+from ..validation import check_number, shape_str
 from .utils import REDUCTIONS, apply_weight_and_reduce
 
 COMMON = ("loss_weight", "reduction", "avg_factor", "loss_name", "backend")
@@ -63,13 +63,7 @@ def check_avg_factor(value: Any) -> float | Tensor | None:
         )
     if torch.compiler.is_compiling():  # (a symbolic number: checked eagerly, not per trace)
         return value
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        finite = False
-    if not finite:
-        raise ValueError(f"avg_factor: expected a finite number, got {value!r}")
-    return float(value)
+    return check_number("avg_factor", value if isinstance(value, (int, float)) else float(value))
 
 
 def default_loss_name(name: str) -> str:
