@@ -912,6 +912,14 @@ def _registry_ohem_ce(p: RegistryProblem) -> Inputs:
     return Inputs((x, p.labels((p.batch, *p.size), 19)), leaves=(x,))
 
 
+@register("registry_lovasz", REGISTRY)
+def _registry_lovasz(p: RegistryProblem) -> Inputs:
+    """LovaszLoss (Lovasz-Softmax over the batch, classes "present", ignore 255) on
+    [B, 19, H, W] (8x19x512x1024): one device sort of 19 rows of B H W errors."""
+    x = p.logits((p.batch, 19, *p.size))
+    return Inputs((x, p.labels((p.batch, *p.size), 19)), leaves=(x,))
+
+
 @register(
     "registry_distance_transform",
     REGISTRY,

@@ -336,7 +336,8 @@ def _registry_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
 
 def _segmentation_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     """The Dice kernels (every activation and target kind in float32, softmax in the other
-    dtypes) and the distance transform (HDLoss)."""
+    dtypes), the Lovasz kernels (softmax in every dtype, per image, many classes and the hinge in
+    float32) and the distance transform (HDLoss)."""
     import torch
 
     from fused_losses.registry import build_loss
@@ -358,8 +359,12 @@ def _segmentation_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]
 
     m = (4, 19, 8, 8)
     yield "Dice", run({"type": "DiceLoss"}, m)
+    yield "Lovasz", run({"type": "LovaszLoss"}, m)
     if dtype != torch.float32:
         return
+    yield "Lovasz per image", run({"type": "LovaszLoss", "per_image": True}, m)
+    yield "Lovasz C=150", run({"type": "LovaszLoss"}, (2, 150, 8, 8))
+    yield "Lovasz hinge", run({"type": "LovaszHingeLoss"}, (4, 1, 8, 8), "binary")
     yield "Dice sigmoid", run({"type": "DiceLoss", "use_sigmoid": True}, m)
     yield "Dice dense", run({"type": "DiceLoss", "activate": False}, m, "dense")
     yield "Dice C=150", run({"type": "DiceLoss"}, (2, 150, 8, 8))

@@ -60,6 +60,10 @@ def _ohem(x, y, backend):
     return _loss({"type": "OHEMCrossEntropyLoss", "ignore_index": IGNORE}, backend)(x, y)
 
 
+def _lovasz(x, y, backend):
+    return _loss({"type": "LovaszLoss", "ignore_index": IGNORE}, backend)(x, y)
+
+
 def _distance_transform(mask, backend):
     return distance_transform(mask, backend)
 
@@ -67,7 +71,8 @@ def _distance_transform(mask, backend):
 LIBRARY = SimpleNamespace(
     registry_ce_seg=_ce, registry_ce_seg_bf16=_ce, registry_ce_logits=_ce,
     registry_sigmoid_focal=_focal, registry_qfl=_qfl, registry_vfl=_vfl, registry_kd=_kd,
-    registry_dice=_dice, registry_ohem_ce=_ohem, registry_distance_transform=_distance_transform,
+    registry_dice=_dice, registry_ohem_ce=_ohem, registry_lovasz=_lovasz,
+    registry_distance_transform=_distance_transform,
 )  # fmt: skip
 
 
@@ -122,6 +127,29 @@ def eager_ohem(x, y, thresh: float = 0.7, min_kept: int = 100000):
     return losses[valid][order][q < threshold].mean()
 
 
+def eager_lovasz(x, y):
+    """mmseg's ``lovasz_softmax`` (flat, classes "present") as published: the valid pixels
+    selected by boolean indexing, then per class a host check for presence, a sort of the errors,
+    and Berman's gradient as differences of cumulative Jaccard losses."""
+    c = x.shape[1]
+    p = F.softmax(x, dim=1).movedim(1, -1).reshape(-1, c)
+    lab = y.reshape(-1)
+    valid = lab != IGNORE
+    p, lab = p[valid], lab[valid]
+    losses = []
+    for k in range(c):
+        fg = (lab == k).to(p.dtype)
+        if fg.sum() == 0:
+            continue
+        err, perm = torch.sort((fg - p[:, k]).abs(), descending=True)
+        fg_sorted = fg[perm]
+        total = fg_sorted.sum()
+        jaccard = 1 - (total - fg_sorted.cumsum(0)) / (total + (1 - fg_sorted).cumsum(0))
+        jaccard = torch.cat([jaccard[:1], jaccard[1:] - jaccard[:-1]])
+        losses.append(torch.dot(err, jaccard))
+    return torch.stack(losses).mean()
+
+
 def eager_distance_transform(mask):
     """``scipy.ndimage.distance_transform_edt`` per image, on the CPU (SciPy's own code)."""
     from scipy import ndimage
@@ -135,5 +163,5 @@ EAGER = SimpleNamespace(
     registry_ce_seg=eager_ce, registry_ce_seg_bf16=eager_ce, registry_ce_logits=eager_ce,
     registry_sigmoid_focal=eager_sigmoid_focal, registry_qfl=eager_qfl, registry_vfl=eager_vfl,
     registry_kd=eager_kd, registry_dice=eager_dice, registry_ohem_ce=eager_ohem,
-    registry_distance_transform=eager_distance_transform,
+    registry_lovasz=eager_lovasz, registry_distance_transform=eager_distance_transform,
 )  # fmt: skip

@@ -60,17 +60,21 @@ def compare(loss, ref_fn, x, y, tol=TOL, **call):
 # ------------------------------------------------------------------------------- Lovasz-Softmax
 
 
+BACKENDS = ["torch", "triton"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("classes", ["present", "all", [0, 2], [3, 1, 1]])
 @pytest.mark.parametrize("cw", [None, CW, "tensor"])
-def test_lovasz_softmax_matches_reference(per_image, classes, cw):
+def test_lovasz_softmax_matches_reference(backend, per_image, classes, cw):
     x = logits((3, C, 5, 7), seed=3)
     y = labels((3, 5, 7), C - 1, seed=4)  # class 3 absent
     y[1] = torch.where(y[1] == 0, 255, y[1])  # class 0 absent from image 1
     y[2] = 255  # image 2: nothing valid
     class_weight = torch.tensor(CW, dtype=torch.float64) if cw == "tensor" else cw
     cfg = {"type": "LovaszLoss", "per_image": per_image, "classes": classes,
-           "class_weight": class_weight}  # fmt: skip
+           "class_weight": class_weight, "backend": backend}  # fmt: skip
     loss = build_loss(cfg)
     ref_fn = lambda a: RS.lovasz_softmax_loss(
         a, y, classes=classes, per_image=per_image, class_weight=class_weight
@@ -82,23 +86,26 @@ def test_lovasz_softmax_matches_reference(per_image, classes, cw):
         assert got[2] == 0  # no valid pixel
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("classes", ["present", "all", [1]])
-def test_lovasz_softmax_all_ignored_is_zero_with_zero_gradient(per_image, classes):
+def test_lovasz_softmax_all_ignored_is_zero_with_zero_gradient(backend, per_image, classes):
     x = logits((2, C, 3, 3)).requires_grad_()
     y = torch.full((2, 3, 3), 255)
-    out = build_loss({"type": "LovaszLoss", "per_image": per_image, "classes": classes})(x, y)
+    cfg = {"type": "LovaszLoss", "per_image": per_image, "classes": classes, "backend": backend}
+    out = build_loss(cfg)(x, y)
     assert out.dim() == 0 and out.item() == 0.0
     (g,) = torch.autograd.grad(out, x)
     assert torch.isfinite(g).all() and g.abs().max() == 0
 
 
-def test_lovasz_softmax_shapes_one_pixel_and_vectors():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lovasz_softmax_shapes_one_pixel_and_vectors(backend):
     for shape in [(5, C), (1, C, 1, 1), (2, C, 6), (2, C, 2, 3, 2)]:  # [N,C,*]
         x = logits(shape, seed=len(shape))
         y = labels((shape[0], *shape[2:]), seed=len(shape), ignore=0.1 if shape[0] > 1 else 0)
         for per_image in (False, True):
-            loss = build_loss({"type": "LovaszLoss", "per_image": per_image})
+            loss = build_loss({"type": "LovaszLoss", "per_image": per_image, "backend": backend})
             fn = lambda a, pi=per_image, y=y: RS.lovasz_softmax_loss(a, y, per_image=pi)
             got = compare(loss, fn, x, y)
             assert got.shape == ((shape[0],) if per_image else ())
@@ -106,7 +113,9 @@ def test_lovasz_softmax_shapes_one_pixel_and_vectors():
     x = logits((1, C, 1, 1))
     p = torch.softmax(x, 1)[0, :, 0, 0]
     assert_scalar_close(
-        build_loss({"type": "LovaszLoss"})(x, torch.tensor([[[2]]])), 1 - p[2], 1e-12
+        build_loss({"type": "LovaszLoss", "backend": backend})(x, torch.tensor([[[2]]])),
+        1 - p[2],
+        1e-12,
     )
 
 
@@ -175,23 +184,25 @@ def test_lovasz_reductions_and_sample_weights():
 # ---------------------------------------------------------------------------------- Lovasz hinge
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("per_image", [False, True])
 @pytest.mark.parametrize("shape", [(3, 6, 5), (3, 1, 6, 5), (4, 9), (6,)])
-def test_lovasz_hinge_matches_reference(per_image, shape):
+def test_lovasz_hinge_matches_reference(backend, per_image, shape):
     x = logits(shape, seed=11)
     yshape = (shape[0], *shape[2:]) if len(shape) == 4 else shape
     y = labels(yshape, 2, seed=12, ignore=0.25)
     if len(shape) > 1:
         y[1] = 255  # one image with nothing valid
-    loss = build_loss({"type": "LovaszHingeLoss", "per_image": per_image})
+    loss = build_loss({"type": "LovaszHingeLoss", "per_image": per_image, "backend": backend})
     got = compare(loss, lambda a: RS.lovasz_hinge_loss(a, y, per_image=per_image), x, y)
     assert got.shape == ((shape[0],) if per_image else ())
     assert got.abs().sum() > 1e-2
 
 
-def test_lovasz_hinge_all_ignored_bool_target_and_margin():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lovasz_hinge_all_ignored_bool_target_and_margin(backend):
     x = logits((2, 1, 3, 3)).requires_grad_()
-    loss = build_loss({"type": "LovaszHingeLoss"})
+    loss = build_loss({"type": "LovaszHingeLoss", "backend": backend})
     out = loss(x, torch.full((2, 3, 3), 255))
     assert out.item() == 0.0
     (g,) = torch.autograd.grad(out, x)
@@ -201,6 +212,83 @@ def test_lovasz_hinge_all_ignored_bool_target_and_margin():
     assert_scalar_close(loss(x, yb), loss(x, yb.long()), 0)
     assert loss(torch.where(yb, 2.0, -2.0).double(), yb).item() == 0.0
     assert loss(torch.where(yb, -2.0, 2.0).double(), yb).item() > 1.0
+
+
+# ------------------------------------------------------------------- Lovasz: the triton backend
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lovasz_triton_rows_of_several_blocks_match_reference(per_image):
+    """Rows longer than one block of sorted positions (8192 under the interpreter, 1024 compiled):
+    each block starts from the foreground counted in the blocks before it."""
+    x = logits((2, 3, 72, 64), seed=21)  # 9216 pixels an image
+    y = labels((2, 72, 64), 3, seed=22, ignore=0.1)
+    loss = build_loss({"type": "LovaszLoss", "per_image": per_image, "backend": "triton"})
+    ref_fn = lambda a: RS.lovasz_softmax_loss(a, y, per_image=per_image)
+    compare(loss, ref_fn, x, y)
+    xh = logits((2, 1, 72, 64), seed=23)
+    yh = labels((2, 72, 64), 2, seed=24, ignore=0.1)
+    hinge = build_loss({"type": "LovaszHingeLoss", "per_image": per_image, "backend": "triton"})
+    compare(hinge, lambda a: RS.lovasz_hinge_loss(a, yh, per_image=per_image), xh, yh)
+
+
+def test_lovasz_triton_launches_and_keeps_weights_only_for_a_gradient():
+    from fused_losses.kernels.launch import launch_count, reset_launch_count
+
+    from fused_losses.kernel_ops import run
+    from fused_losses.triton_lovasz import KIND_SOFTMAX, lovasz_rows_triton
+
+    x = logits((2, C, 5, 6), seed=25, dtype=torch.float32)
+    y = labels((2, 5, 6), seed=26).reshape(2, 30)
+    x3 = x.reshape(2, C, 30)
+    kw = {"kind": KIND_SOFTMAX, "per_image": True, "ignore_index": 255}
+    reset_launch_count()
+    values, count = lovasz_rows_triton(x3, y, **kw)  # keys, counts, terms (and one sort)
+    assert launch_count() == 3 and values.shape == (2, C) and count.dtype == torch.int64
+    assert torch.equal(count, ((y[:, None, :] == torch.arange(C)[None, :, None]).sum(-1)))
+    # without a gradient the forward keeps nothing of the logits' size
+    opts = {**kw, "store_w": False}
+    assert run("lovasz_rows", (x3, y), opts)[2].numel() == 0
+    xg = x3.clone().requires_grad_()
+    reset_launch_count()
+    out, _ = lovasz_rows_triton(xg, y, **kw)
+    out.sum().backward()
+    assert launch_count() == 4 and torch.isfinite(xg.grad).all()
+    # what autograd keeps beyond the inputs: W, 4 bytes per class and pixel in float32
+    kept = {}
+
+    def pack(t):
+        kept[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    xg = x3.clone().requires_grad_()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lovasz_rows_triton(xg, y, **kw)
+    kept.pop(xg.untyped_storage().data_ptr())
+    kept.pop(y.untyped_storage().data_ptr())
+    assert sum(kept.values()) <= 4 * x3.numel() + 8 * 2 * C
+
+
+@pytest.mark.parametrize("cfg", [{"type": "LovaszLoss"}, {"type": "LovaszHingeLoss"}])
+def test_lovasz_nan_logit_is_nan_on_both_backends(cfg):
+    hinge = cfg["type"] == "LovaszHingeLoss"
+    x = logits((2, 1 if hinge else C, 3, 3), seed=27)
+    x[0, 0, 1, 1] = float("nan")
+    y = labels((2, 3, 3), 2 if hinge else C, seed=28, ignore=0.0)
+    ref = (RS.lovasz_hinge_loss if hinge else RS.lovasz_softmax_loss)(x, y)
+    assert torch.isnan(ref)
+    for backend in BACKENDS:
+        assert torch.isnan(build_loss({**cfg, "backend": backend})(x, y))
+
+
+def test_lovasz_triton_double_backward_refused_and_class_limit_named():
+    x = logits((2, C, 3, 3)).requires_grad_()
+    out = build_loss({"type": "LovaszLoss", "backend": "triton"})(x, labels((2, 3, 3)))
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(out, x, create_graph=True)
+    wide = torch.zeros(1, 1025, 1, 2)
+    with pytest.raises(ValueError, match="pred: at most 1024 classes"):
+        build_loss({"type": "LovaszLoss", "backend": "triton"})(wide, torch.zeros(1, 1, 2).long())
 
 
 # -------------------------------------------------------------------------------- BoundaryLoss
@@ -296,9 +384,10 @@ def test_boundary_reductions_and_sample_weights():
          lambda: (logits((2, C, 24, 20), 57), labels((2, 24, 20), seed=58))),
     ],
 )  # fmt: skip
-def test_float32_and_half_close_to_float64(cfg, make):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_and_half_close_to_float64(backend, cfg, make):
     x, y = make()
-    loss = build_loss(cfg)
+    loss = build_loss({**cfg, "backend": backend})
     x64 = x.clone().requires_grad_()
     ref = loss(x64, y)
     (g64,) = torch.autograd.grad(ref, x64)
@@ -353,12 +442,14 @@ def test_compile_fullgraph_inductor():
         {"type": "BoundaryLoss"},
     ],
 )
-def test_compile_fullgraph_traces(cfg):
-    """The other configurations through dynamo + AOT autograd (fast; no codegen)."""
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_compile_fullgraph_traces(backend, cfg):
+    """The other configurations through dynamo + AOT autograd (fast; no codegen); the triton
+    backend's Lovasz op is an opaque custom op there."""
     hinge = cfg["type"] == "LovaszHingeLoss"
     x = logits((2, 1 if hinge else 3, 5, 4), 65, torch.float32)
     y = labels((2, 5, 4), 2 if hinge else 3, seed=66)
-    _compiled_matches_eager(build_loss(cfg), x, y, "aot_eager")
+    _compiled_matches_eager(build_loss({**cfg, "backend": backend}), x, y, "aot_eager")
 
 
 # ------------------------------------------------------------------------------ configs, errors

@@ -1,7 +1,9 @@
 """Lovasz losses of the registry (SPEC 10.3, note S2): Berman et al.'s convex surrogates of the
-Jaccard loss, with mmseg's semantics (``lovasz_loss.py`` @13bd768), in plain PyTorch (gradients by
-autograd) and without host synchronisation or data-dependent shapes, so that they trace with
-``torch.compile(fullgraph=True)``.
+Jaccard loss, with mmseg's semantics (``lovasz_loss.py`` @13bd768), without host synchronisation
+or data-dependent shapes, so that they trace with ``torch.compile(fullgraph=True)``. The torch
+backend is tensor ops (gradients by autograd); the triton one (``kernels/lovasz.py``) writes the
+sort keys in one kernel, sorts them with ``torch.sort`` and forms the values and the gradient's
+weights in one pass over the sorted rows, keeping one [B, C, M] tensor for the backward.
 
     LovaszLoss       p = softmax(x) over dim 1; class c: e_c = abs(t_c - p_c) over the valid
                      pixels sorted descending (pi), l_c = <e_c[pi], g(t_c[pi])>;
@@ -37,12 +39,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..backend import compute_dtype
+from ..backend import compute_dtype, resolve_backend
 from ..validation import check_bool, check_floating, check_tensor, shape_str
 from .base_loss import BaseLoss
 from .builder import LOSSES
 from .classification import check_class_weight, check_ignore_index
 from .dense import check_index_target, check_logits
+
+KIND_SOFTMAX, KIND_HINGE = 0, 1  # kernels/lovasz.py
 
 __all__ = ["LovaszHingeLoss", "LovaszLoss", "lovasz_grad", "lovasz_hinge", "lovasz_softmax"]
 
@@ -76,6 +80,54 @@ def _lovasz_sorted(key: Tensor, fg: Tensor, dtype: torch.dtype) -> tuple[Tensor,
     return key_sorted, lovasz_grad(fg.gather(-1, perm), dtype)
 
 
+def _rows_torch(
+    x3: Tensor, lab: Tensor, *, kind: int, per_image: bool, ignore_index: int | None
+) -> tuple[Tensor, Tensor]:
+    """(l [B, C]: the value of each class's row, G [B, C]: its foreground pixels) with tensor ops
+    (autograd gives the gradient): logits x3 [N, C, S] (hinge: C = 1), labels lab [N, S]."""
+    n, c, s = x3.shape
+    dt = compute_dtype(x3.dtype)
+    valid = (
+        lab != ignore_index if ignore_index is not None else torch.ones_like(lab, dtype=torch.bool)
+    )
+    if kind == KIND_SOFTMAX:
+        z = torch.softmax(x3.to(dt), dim=1)
+        cls = torch.arange(c, device=x3.device).view(1, c, 1)
+    else:
+        z = x3.to(dt)
+        cls = torch.ones((1, 1, 1), dtype=lab.dtype, device=x3.device)
+    if not per_image:
+        z = z.transpose(0, 1).reshape(1, c, n * s)
+        lab, valid = lab.reshape(1, n * s), valid.reshape(1, n * s)
+    fg = (lab[:, None, :] == cls) & valid[:, None, :]  # [B,C,M]
+    if kind == KIND_SOFTMAX:
+        err = (fg.to(dt) - z).abs()
+        low = -1.0  # ignored: error 0, sorted last
+    else:
+        err = 1.0 - z * (2.0 * fg.to(dt) - 1.0)
+        low = -math.inf  # ignored: sorted last, relu(-inf) = 0
+    key = torch.where(valid[:, None, :], err, low)
+    key_sorted, g = _lovasz_sorted(key, fg, dt)
+    if kind == KIND_SOFTMAX:
+        key_sorted = key_sorted.clamp_min(0.0)
+    else:
+        key_sorted = torch.relu(key_sorted)
+    return (key_sorted * g).sum(-1), fg.sum(-1)
+
+
+def lovasz_rows(
+    x3: Tensor, lab: Tensor, *, kind: int, per_image: bool, ignore_index: int | None, backend: str
+) -> tuple[Tensor, Tensor]:
+    """(l [B, C], G [B, C]) on ``backend`` (``_rows_torch``; the triton one: one device sort and
+    three passes, ``kernels/lovasz.py``)."""
+    if resolve_backend(backend, x3.device) == "triton":
+        from ..triton_lovasz import lovasz_rows_triton
+
+        return lovasz_rows_triton(x3, lab, kind=kind, per_image=per_image,
+                                  ignore_index=ignore_index)  # fmt: skip
+    return _rows_torch(x3, lab, kind=kind, per_image=per_image, ignore_index=ignore_index)
+
+
 def lovasz_softmax(
     x: Tensor,
     y: Tensor,
@@ -84,6 +136,7 @@ def lovasz_softmax(
     per_image: bool = False,
     class_weight: Tensor | None = None,
     ignore_index: int | None = 255,
+    backend: str = "torch",
 ) -> Tensor:
     """Lovasz-Softmax of logits x [N,C,*] and labels y [N,*] (checked by the caller) -> 0-dim, or
     [N] with ``per_image`` (module docstring). ``classes``: "present", "all", or a [C] tensor of
@@ -91,24 +144,14 @@ def lovasz_softmax(
     n, c = x.shape[0], x.shape[1]
     s = math.prod(x.shape[2:])
     dt = compute_dtype(x.dtype)
-    p = torch.softmax(x.reshape(n, c, s).to(dt), dim=1)
-    lab = y.reshape(n, s)
-    valid = (
-        lab != ignore_index if ignore_index is not None else torch.ones_like(lab, dtype=torch.bool)
-    )
-    if not per_image:
-        p = p.transpose(0, 1).reshape(1, c, n * s)
-        lab, valid = lab.reshape(1, n * s), valid.reshape(1, n * s)
-    cls = torch.arange(c, device=x.device).view(1, c, 1)
-    fg = (lab[:, None, :] == cls) & valid[:, None, :]  # [B,C,M]
-    err = (fg.to(dt) - p).abs()
-    key = torch.where(valid[:, None, :], err, -1.0)  # ignored: error 0, sorted last
-    key_sorted, g = _lovasz_sorted(key, fg, dt)
-    per_class = (key_sorted.clamp_min(0.0) * g).sum(-1)  # [B,C]
+    per_class, count = lovasz_rows(
+        x.reshape(n, c, s), y.reshape(n, s), kind=KIND_SOFTMAX, per_image=per_image,
+        ignore_index=ignore_index, backend=backend,
+    )  # fmt: skip
     if isinstance(classes, Tensor):
         sel = classes.to(dt).view(1, c)
     elif classes == "present":
-        sel = fg.any(-1).to(dt)
+        sel = (count > 0).to(dt)
     else:  # "all"
         sel = torch.ones(1, c, dtype=dt, device=x.device)
     if class_weight is not None:
@@ -120,26 +163,22 @@ def lovasz_softmax(
 
 
 def lovasz_hinge(
-    x: Tensor, y: Tensor, *, per_image: bool = False, ignore_index: int | None = 255
+    x: Tensor,
+    y: Tensor,
+    *,
+    per_image: bool = False,
+    ignore_index: int | None = 255,
+    backend: str = "torch",
 ) -> Tensor:
     """Lovasz hinge of logits x [N,*] and labels y [N,*] (the same shape; positives y = 1) ->
     0-dim, or [N] with ``per_image`` (module docstring)."""
     n = x.shape[0]
     s = math.prod(x.shape[1:])
-    dt = compute_dtype(x.dtype)
-    z = x.reshape(n, s).to(dt)
-    lab = y.reshape(n, s)
-    valid = (
-        lab != ignore_index if ignore_index is not None else torch.ones_like(lab, dtype=torch.bool)
-    )
-    if not per_image:
-        z, lab, valid = z.reshape(1, n * s), lab.reshape(1, n * s), valid.reshape(1, n * s)
-    fg = (lab == 1) & valid
-    err = 1.0 - z * (2.0 * fg.to(dt) - 1.0)
-    key = torch.where(valid, err, -math.inf)  # ignored: sorted last, relu(-inf) = 0
-    key_sorted, g = _lovasz_sorted(key, fg, dt)
-    out = (torch.relu(key_sorted) * g).sum(-1)
-    return out if per_image else out.reshape(())
+    out, _ = lovasz_rows(
+        x.reshape(n, 1, s), y.reshape(n, s), kind=KIND_HINGE, per_image=per_image,
+        ignore_index=ignore_index, backend=backend,
+    )  # fmt: skip
+    return out[:, 0] if per_image else out.reshape(())
 
 
 def check_classes(value: Any) -> str | tuple[int, ...]:
@@ -257,7 +296,7 @@ class LovaszLoss(_LovaszBase):
                 cw = self._vector("class_weight", cw, x)
         loss = lovasz_softmax(
             x, y, classes=classes, per_image=options["per_image"], class_weight=cw,
-            ignore_index=ig,
+            ignore_index=ig, backend=self.backend,
         )  # fmt: skip
         return loss, None
 
@@ -278,4 +317,7 @@ class LovaszHingeLoss(_LovaszBase):
     def _forward(self, pred: Tensor, target: Any, **options: Any) -> tuple[Tensor, None]:
         x, y = _hinge_inputs(pred, target)
         ig = check_ignore_index(options["ignore_index"])
-        return lovasz_hinge(x, y, per_image=options["per_image"], ignore_index=ig), None
+        loss = lovasz_hinge(
+            x, y, per_image=options["per_image"], ignore_index=ig, backend=self.backend
+        )
+        return loss, None
