@@ -39,6 +39,70 @@ def backend(request) -> str:
     return request.param
 
 
+# ------------------------------------------------------------------ the compile check, overlapped
+
+COMPILE_CHECK_FIXTURE = "compile_report"  # tests/test_compile.py
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class CompileCheck:
+    """``python -m bench.compile_check`` (several minutes of one core) in a child process, its
+    output in temporary files (a pipe nobody reads would block it)."""
+
+    def __init__(self) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        self.out = tempfile.TemporaryFile(mode="w+")
+        self.err = tempfile.TemporaryFile(mode="w+")
+        env = {**os.environ, "TRITON_INTERPRET": "0"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "bench.compile_check"], cwd=ROOT, env=env,
+            stdout=self.out, stderr=self.err, text=True,
+        )  # fmt: skip
+
+    def result(self, timeout: float):
+        """The finished run as a ``subprocess.CompletedProcess``."""
+        import subprocess
+
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+        self.out.seek(0)
+        self.err.seek(0)
+        return subprocess.CompletedProcess(
+            self.proc.args, self.proc.returncode, self.out.read(), self.err.read()
+        )
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    """The tests that read the compile check run last, and the check starts as soon as they are
+    collected: it runs on a second core while the rest of the suite runs."""
+    late = [item for item in items if COMPILE_CHECK_FIXTURE in getattr(item, "fixturenames", ())]
+    if not late or config.getoption("collectonly"):
+        return
+    ids = {id(item) for item in late}
+    items[:] = [item for item in items if id(item) not in ids] + late
+    config.stash[COMPILE_CHECK_KEY] = CompileCheck()
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    check = session.config.stash.get(COMPILE_CHECK_KEY, None)
+    if check is not None:
+        check.stop()
+
+
+COMPILE_CHECK_KEY = pytest.StashKey[CompileCheck]()
+
+
 @pytest.fixture
 def device() -> str:
     return DEVICE

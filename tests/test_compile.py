@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import COMPILE_CHECK_KEY, CompileCheck
 
 pytest.importorskip("triton")
 
@@ -23,16 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def compile_report() -> subprocess.CompletedProcess:
-    env = {**os.environ, "TRITON_INTERPRET": "0"}
-    return subprocess.run(
-        [sys.executable, "-m", "bench.compile_check"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+def compile_report(request) -> subprocess.CompletedProcess:
+    """The check's run: started by conftest when the tests were collected (it overlaps the rest
+    of the suite, and these tests run last), or here."""
+    check = request.config.stash.get(COMPILE_CHECK_KEY, None) or CompileCheck()
+    return check.result(timeout=1200)
 
 
 def test_every_kernel_compiles_within_budget(compile_report):
