@@ -96,10 +96,15 @@ def check_number(
 ) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int too large for a float
-        finite = False
+    if isinstance(value, int):
+        try:
+            finite = math.isfinite(value)
+        except OverflowError:  # an int too large for a float
+            finite = False
+    else:
+        # not math.isfinite: under torch.compile(dynamic=True) a float option can be symbolic,
+        # and x - x == 0 (False for NaN and +-inf) is arithmetic that Dynamo traces
+        finite = value - value == 0
     if not finite:
         raise ValueError(f"{name}: expected a finite number, got {value!r}")
     if positive and not value > 0:

@@ -566,6 +566,24 @@ def test_compiled_step_follows_a_changing_map_size(backend):
         assert torch.equal(compiled(*args), step(*args)), size
 
 
+def test_compiled_step_with_dynamic_shapes_and_msra_gaussians(backend):
+    """torch.compile(dynamic=True): the float options (hm_gauss, the focal exponents) are symbolic
+    there, and their checks must trace (math.isfinite of one failed the whole graph)."""
+    crit = fl.CenterNetPoseLoss(backend=backend, mse_loss=True, hm_gauss=2.0)
+    step = lambda h, b, k, m: crit(h, boxes=b, keypoints=k, box_mask=m)
+    torch._dynamo.reset()
+    compiled = torch.compile(step, fullgraph=True, backend="eager", dynamic=True)
+    for size in ((16, 20), (17, 21)):
+        boxes, kp, _labels, mask = raw_scene(9, size=size)
+        targets = RP.centernet_pose_targets(
+            boxes, kp, None, mask, num_joints=J, output_size=size, mse_loss=True, hm_gauss=2.0
+        )
+        heads = pose_heads(9, targets, 1, False)[0]
+        x = {k: v.float().to(DEVICE) for k, v in heads.items()}
+        args = (x, boxes.to(DEVICE), kp.to(DEVICE), mask.to(DEVICE))
+        assert torch.equal(compiled(*args), step(*args)), size
+
+
 def test_numpy_bool_is_named_by_its_module():
     """A NumPy bool is refused with its full name (it said "expected a bool, got bool")."""
     np = pytest.importorskip("numpy")
