@@ -31,8 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import interpreting, launch, option_arg
-from .primitives import option_value, pow_nonneg, sigmoid
+from .launch import class_tiles, launch, option_arg
+from .primitives import option_value, pow_nonneg, sigmoid, softmax_cols
 
 ACT_SOFTMAX, ACT_SIGMOID, ACT_NONE = 0, 1, 2
 T_INDEX, T_DENSE = 0, 1
@@ -62,11 +62,7 @@ def _probabilities(x_ptr, t_ptr, n, pos, rmask, cols, C, S, sxn, sxc, sxs, stn, 
     x = x.to(cdt)
     ds = tl.zeros_like(x)
     if ACT == 0:
-        xm = tl.where(cmask[None, :], x, float("-inf"))
-        mx = tl.max(xm, axis=1)
-        mx = tl.where(mx == float("-inf"), 0.0, mx)
-        ex = tl.exp(xm - mx[:, None])
-        p = ex / tl.sum(ex, axis=1)[:, None]
+        p = softmax_cols(x, cmask)
     elif ACT == 1:
         p = sigmoid(x)
         ds = p * sigmoid(-x)
@@ -165,18 +161,8 @@ def _dice_grad_kernel(
 
 
 def _plan(x3: torch.Tensor) -> tuple[int, int, int, int]:
-    """(BLOCK_R, BLOCK_C, ITERS, P): tiles of 1024 elements (8 a thread of 4 warps; 8192 under
-    the interpreter), and about 1024 programs in all, each a span of ITERS position blocks."""
-    n, c, s = x3.shape
-    block_c = triton.next_power_of_2(max(c, 1))
-    if block_c > MAX_CLASSES:
-        raise ValueError(f"pred: at most {MAX_CLASSES} classes on the triton backend, got {c}")
-    tile = 8192 if interpreting() else 1024
-    block_r = max(tile // block_c, 1)
-    nblocks = triton.cdiv(max(s, 1), block_r)
-    want = max(1, min(nblocks, triton.cdiv(1024, max(n, 1))))
-    iters = triton.cdiv(nblocks, want)
-    return block_r, block_c, iters, triton.cdiv(nblocks, iters)
+    """(BLOCK_R, BLOCK_C, ITERS, P): ``launch.class_tiles``."""
+    return class_tiles(*x3.shape, MAX_CLASSES)
 
 
 def _target_args(t: torch.Tensor, target: int) -> tuple[int, int, int]:

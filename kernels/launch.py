@@ -105,3 +105,19 @@ def option_arg(x: float, cdt: torch.dtype) -> int | float:
     Inductor (torch 2.11) fails on an int argument above 2**31, i.e. on any bit pattern of a
     positive float, so the ``triton_op`` path of float32 losses needs the plain float."""
     return f64_bits(x) if cdt == torch.float64 else float(x)
+
+
+def class_tiles(n: int, c: int, s: int, max_classes: int = 1024) -> tuple[int, int, int, int]:
+    """(BLOCK_R, BLOCK_C, ITERS, P) of a kernel that reads every class of a tile of positions of
+    logits [N, C, S] at once (the softmax of a tile in one load): BLOCK_C = C rounded up to a power
+    of two (at most ``max_classes``: a ValueError naming ``pred``), tiles of 1024 elements (8192
+    under the interpreter), about 1024 programs in all, each a span of ITERS blocks of one image."""
+    block_c = triton.next_power_of_2(max(c, 1))
+    if block_c > max_classes:
+        raise ValueError(f"pred: at most {max_classes} classes on the triton backend, got {c}")
+    tile = 8192 if interpreting() else 1024
+    block_r = max(tile // block_c, 1)
+    nblocks = triton.cdiv(max(s, 1), block_r)
+    want = max(1, min(nblocks, triton.cdiv(1024, max(n, 1))))
+    iters = triton.cdiv(nblocks, want)
+    return block_r, block_c, iters, triton.cdiv(nblocks, iters)

@@ -47,7 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import interpreting, launch
+from .launch import class_tiles, interpreting, launch
+from .primitives import softmax_cols
 
 KIND_SOFTMAX, KIND_HINGE = 0, 1
 MAX_CLASSES = 1024
@@ -67,11 +68,7 @@ def _pixel_terms(x_ptr, y_ptr, n, pos, rmask, cols, C, S, sxn, sxc, sxs, ignore_
     if HAS_IGNORE:
         v = v & (y != ignore_index)
     if KIND == 0:
-        xm = tl.where(cmask[None, :], x, float("-inf"))
-        mx = tl.max(xm, axis=1)
-        mx = tl.where(mx == float("-inf"), 0.0, mx)
-        ex = tl.exp(xm - mx[:, None])
-        p = ex / tl.sum(ex, axis=1)[:, None]
+        p = softmax_cols(x, cmask)
         t = tl.where(v[:, None] & (y[:, None] == c[None, :]), 1.0, 0.0).to(cdt)
         e = tl.abs(t - p)
     else:
@@ -114,9 +111,14 @@ def _lovasz_keys_kernel(
 
 
 @triton.jit
-def _sorted_foreground(perm_ptr, y_ptr, row, i, imask, C, M, ignore_index,
-                       KIND: tl.constexpr, HAS_IGNORE: tl.constexpr):  # fmt: skip
-    """(pi_i, t at sorted positions i [BLOCK] of row = b C + c, as int32)."""
+def _sorted_block(perm_ptr, y_ptr, NBLK, C, M, ignore_index, KIND: tl.constexpr,
+                  HAS_IGNORE: tl.constexpr, BLOCK: tl.constexpr):  # fmt: skip
+    """(program id, row = b C + c, sorted positions i [BLOCK], i < M, pi_i, t at i as int32) of
+    this program's block of sorted positions."""
+    pid = tl.program_id(0).to(tl.int64)
+    row = pid // NBLK
+    i = (pid - row * NBLK) * BLOCK + tl.arange(0, BLOCK)
+    imask = i < M
     b = row // C
     pi = tl.load(perm_ptr + row * M + i, mask=imask, other=0)
     y = tl.load(y_ptr + b * M + pi, mask=imask, other=0).to(tl.int64)
@@ -124,7 +126,7 @@ def _sorted_foreground(perm_ptr, y_ptr, row, i, imask, C, M, ignore_index,
     fg = imask & (y == cls)
     if HAS_IGNORE:
         fg = fg & (y != ignore_index)
-    return pi, fg.to(tl.int32)
+    return pid, row, i, imask, pi, fg.to(tl.int32)
 
 
 @triton.jit(do_not_specialize=["ignore_index"])
@@ -133,13 +135,8 @@ def _lovasz_counts_kernel(
     KIND: tl.constexpr, HAS_IGNORE: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """F_blk [B C, NBLK]: foreground pixels per block of sorted positions (step 3)."""
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // NBLK
-    blk = pid - row * NBLK
-    i = blk * BLOCK + tl.arange(0, BLOCK)
-    imask = i < M
-    _pi, fg = _sorted_foreground(perm_ptr, y_ptr, row, i, imask, C, M, ignore_index, KIND,
-                                 HAS_IGNORE)  # fmt: skip
+    pid, _row, _i, _imask, _pi, fg = _sorted_block(perm_ptr, y_ptr, NBLK, C, M, ignore_index,
+                                                   KIND, HAS_IGNORE, BLOCK)  # fmt: skip
     tl.store(count_ptr + pid, tl.sum(fg, axis=0))
 
 
@@ -150,13 +147,8 @@ def _lovasz_terms_kernel(
 ):  # fmt: skip
     """Partial sums [B C, NBLK] of max(k, 0) g and, with ``STORE_W``, W = g at pi (step 4)."""
     cdt: tl.constexpr = part_ptr.dtype.element_ty
-    pid = tl.program_id(0).to(tl.int64)
-    row = pid // NBLK
-    blk = pid - row * NBLK
-    i = blk * BLOCK + tl.arange(0, BLOCK)
-    imask = i < M
-    pi, fg = _sorted_foreground(perm_ptr, y_ptr, row, i, imask, C, M, ignore_index, KIND,
-                                HAS_IGNORE)  # fmt: skip
+    pid, row, i, imask, pi, fg = _sorted_block(perm_ptr, y_ptr, NBLK, C, M, ignore_index, KIND,
+                                               HAS_IGNORE, BLOCK)  # fmt: skip
     k = tl.load(key_ptr + row * M + i, mask=imask, other=0).to(cdt)
     # prefix counts and ranks are exact integers (M < 2^31); the ratios are formed in cdt
     cf = tl.load(start_ptr + pid) + tl.cumsum(fg, axis=0)
@@ -214,18 +206,8 @@ def _lovasz_grad_kernel(
 
 
 def _tiles(x3: torch.Tensor) -> tuple[int, int, int, int]:
-    """(BLOCK_R, BLOCK_C, ITERS, P) of the pixel kernels: tiles of 1024 elements (8192 under the
-    interpreter), about 1024 programs in all, each a span of ITERS pixel blocks of one image."""
-    n, c, s = x3.shape
-    block_c = triton.next_power_of_2(max(c, 1))
-    if block_c > MAX_CLASSES:
-        raise ValueError(f"pred: at most {MAX_CLASSES} classes on the triton backend, got {c}")
-    tile = 8192 if interpreting() else 1024
-    block_r = max(tile // block_c, 1)
-    nblocks = triton.cdiv(max(s, 1), block_r)
-    want = max(1, min(nblocks, triton.cdiv(1024, max(n, 1))))
-    iters = triton.cdiv(nblocks, want)
-    return block_r, block_c, iters, triton.cdiv(nblocks, iters)
+    """(BLOCK_R, BLOCK_C, ITERS, P) of the pixel kernels: ``launch.class_tiles``."""
+    return class_tiles(*x3.shape, MAX_CLASSES)
 
 
 def _rows(x3: torch.Tensor, per_image: bool) -> tuple[int, int]:

@@ -98,6 +98,17 @@ def log_prob(p, eps):
 
 
 @triton.jit
+def softmax_cols(x, cmask):
+    """softmax over axis 1 of a [R, C] tile whose columns outside ``cmask`` [C] are padding (a
+    row of -inf logits gives NaN, as torch.softmax)."""
+    xm = tl.where(cmask[None, :], x, float("-inf"))
+    mx = tl.max(xm, axis=1)
+    mx = tl.where(mx == float("-inf"), 0.0, mx)
+    ex = tl.exp(xm - mx[:, None])
+    return ex / tl.sum(ex, axis=1)[:, None]
+
+
+@triton.jit
 def sigmoid(x):
     """1 / (1 + exp(-x)), from e = exp(-|x|) <= 1 (no overflow; accurate tails on both sides)."""
     e = tl.exp(-tl.abs(x))
