@@ -85,13 +85,15 @@ class CompileCheck:
 
 def pytest_collection_modifyitems(session, config, items) -> None:
     """The tests that read the compile check run last, and the check starts as soon as they are
-    collected: it runs on a second core while the rest of the suite runs."""
+    collected: it runs on a second core while the rest of the suite runs. Not in a pytest-xdist
+    worker (each worker collects every test; the one that gets them starts the check itself)."""
     late = [item for item in items if COMPILE_CHECK_FIXTURE in getattr(item, "fixturenames", ())]
     if not late or config.getoption("collectonly"):
         return
     ids = {id(item) for item in late}
     items[:] = [item for item in items if id(item) not in ids] + late
-    config.stash[COMPILE_CHECK_KEY] = CompileCheck()
+    if not hasattr(config, "workerinput"):
+        config.stash[COMPILE_CHECK_KEY] = CompileCheck()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
