@@ -39,6 +39,110 @@ def backend(request) -> str:
     return request.param
 
 
+# ------------------------------------------------------- registry losses on the triton device
+
+# The registry's tests build their data on the CPU. On a GPU machine the triton backend needs CUDA
+# tensors, so ``build_loss`` below wraps a loss that resolves to triton in ``OnDevice``: the tensor
+# arguments (and the tensor options of the config) move to ``DEVICE``, the compiled kernels run
+# there, and the result comes back to the CPU (``.to`` is differentiable: the gradient reaches
+# the CPU leaves). Without CUDA nothing is wrapped and the interpreter runs the kernels.
+# FUSED_LOSSES_TEST_GPU_LIKE=1 rehearses this on a CPU machine: a triton call outside a wrapped
+# loss then fails as it would on a GPU (the interpreter still runs the wrapped ones).
+GPU_LIKE = ON_GPU or os.environ.get("FUSED_LOSSES_TEST_GPU_LIKE") == "1"
+_INSIDE_DEVICE_CALL = [0]
+
+
+def _move(value, device):
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_move(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _move(v, device) for k, v in value.items()}
+    return value
+
+
+class OnDevice(torch.nn.Module):
+    """``loss`` called on ``DEVICE`` with CPU arguments; its attributes are the loss's."""
+
+    def __init__(self, loss: torch.nn.Module) -> None:
+        super().__init__()
+        self.loss = loss
+
+    def forward(self, *args, **kwargs):
+        _INSIDE_DEVICE_CALL[0] += 1
+        try:
+            out = self.loss(*_move(args, DEVICE), **_move(kwargs, DEVICE))
+        finally:
+            _INSIDE_DEVICE_CALL[0] -= 1
+        return _move(out, "cpu")
+
+    def __getitem__(self, key):  # a MultiLoss's member
+        return OnDevice(self.loss[key])
+
+    def __getattr__(self, name):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_modules"]["loss"], name)
+
+
+def _asks_triton(cfg) -> bool:
+    if isinstance(cfg, dict):
+        return cfg.get("backend") == "triton" or any(map(_asks_triton, cfg.values()))
+    if isinstance(cfg, (list, tuple)):
+        return any(map(_asks_triton, cfg))
+    return False
+
+
+def build_loss(cfg, *args, **kwargs):
+    """``fused_losses.registry.build_loss``; on a GPU machine a config that asks for the triton
+    backend anywhere is built on ``DEVICE`` and its losses (a dict's values) wrapped in
+    ``OnDevice``."""
+    from fused_losses.backend import triton_available
+    from fused_losses.registry import build_loss as build
+
+    if not GPU_LIKE or not _asks_triton(cfg) or not triton_available():
+        return build(cfg, *args, **kwargs)
+    built = build(_move(cfg, DEVICE), *args, **kwargs)
+    return OnDevice(built)
+
+
+def device_call(backend: str, fn, /, *args, **kwargs):
+    """``fn(*args, **kwargs)``, on ``DEVICE`` (and back) when ``backend`` is triton on a GPU
+    machine (as ``OnDevice``)."""
+    if not GPU_LIKE or backend != "triton":
+        return fn(*args, **kwargs)
+    _INSIDE_DEVICE_CALL[0] += 1
+    try:
+        return _move(fn(*_move(args, DEVICE), **_move(kwargs, DEVICE)), "cpu")
+    finally:
+        _INSIDE_DEVICE_CALL[0] -= 1
+
+
+if GPU_LIKE and not ON_GPU:  # the rehearsal: triton outside OnDevice fails as on a GPU
+
+    def _rehearse() -> None:
+        import fused_losses.backend as fb
+
+        resolve = fb.resolve_backend
+
+        def strict(backend, device):
+            out = resolve(backend, device)
+            if out == "triton" and backend == "triton" and not _INSIDE_DEVICE_CALL[0]:
+                raise ValueError(f"backend='triton' needs CUDA tensors, got tensors on {device}")
+            return out
+
+        fb.resolve_backend = strict
+        import sys
+
+        for mod in list(sys.modules.values()):  # the modules that imported it by name
+            if getattr(mod, "resolve_backend", None) is resolve and mod is not fb:
+                mod.resolve_backend = strict
+
+    _rehearse()
+
+
 # ------------------------------------------------------------------ the compile check, overlapped
 
 COMPILE_CHECK_FIXTURE = "compile_report"  # tests/test_compile.py

@@ -7,10 +7,10 @@ import copy
 
 import pytest
 import torch
-from conftest import assert_grad_close, assert_scalar_close
+from conftest import assert_grad_close, assert_scalar_close, build_loss
 
 import fused_losses as fl
-from fused_losses.registry import LOSSES, BaseLoss, MultiLoss, build_loss, build_multi_loss
+from fused_losses.registry import LOSSES, BaseLoss, MultiLoss, build_multi_loss
 from fused_losses.registry import utils as U
 
 EPS32 = float(torch.finfo(torch.float32).eps)

@@ -6,12 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOLERANCES, assert_grad_close, assert_scalar_close
+from conftest import TOLERANCES, assert_grad_close, assert_scalar_close, build_loss
 from fused_losses.reference.registry import classification as RC
 from fused_losses.reference.registry import detection as RD
 from fused_losses.reference.registry import utils as RU
-
-from fused_losses.registry import build_loss
 
 CW = [1.0, 2.0, 0.5, 3.0, 1.5]
 EPS32 = float(torch.finfo(torch.float32).eps)  # added to every "mean" denominator

@@ -10,12 +10,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import assert_grad_close
+from conftest import assert_grad_close, build_loss
 from fused_losses.reference.registry import distillation as RK
 from fused_losses.reference.registry import utils as RU
 
 import fused_losses.registry.distillation  # noqa: F401  (registers the family)
-from fused_losses.registry import LOSSES, build_loss
+from fused_losses.registry import LOSSES
 
 D = torch.float64
 RTOL, ATOL, GTOL = 1e-10, 1e-13, 1e-10

@@ -10,12 +10,12 @@ import time
 
 import pytest
 import torch
-from conftest import assert_grad_close, assert_scalar_close
+from conftest import DEVICE, assert_grad_close, assert_scalar_close, build_loss
 from fused_losses.reference.registry import segmentation_sort_pool as RS
 
 import fused_losses.registry.boundary
 import fused_losses.registry.lovasz  # noqa: F401  (registers the Lovasz losses)
-from fused_losses.registry import LOSSES, build_loss
+from fused_losses.registry import LOSSES
 from fused_losses.registry.lovasz import lovasz_grad
 
 EPS32 = float(torch.finfo(torch.float32).eps)  # added to every "mean" denominator
@@ -238,14 +238,14 @@ def test_lovasz_triton_launches_and_keeps_weights_only_for_a_gradient():
     from fused_losses.kernel_ops import run
     from fused_losses.triton_lovasz import KIND_SOFTMAX, lovasz_rows_triton
 
-    x = logits((2, C, 5, 6), seed=25, dtype=torch.float32)
-    y = labels((2, 5, 6), seed=26).reshape(2, 30)
+    x = logits((2, C, 5, 6), seed=25, dtype=torch.float32).to(DEVICE)
+    y = labels((2, 5, 6), seed=26).reshape(2, 30).to(DEVICE)
     x3 = x.reshape(2, C, 30)
     kw = {"kind": KIND_SOFTMAX, "per_image": True, "ignore_index": 255}
     reset_launch_count()
     values, count = lovasz_rows_triton(x3, y, **kw)  # keys, counts, terms (and one sort)
     assert launch_count() == 3 and values.shape == (2, C) and count.dtype == torch.int64
-    assert torch.equal(count, ((y[:, None, :] == torch.arange(C)[None, :, None]).sum(-1)))
+    assert torch.equal(count, (y[:, None, :] == torch.arange(C, device=DEVICE)[:, None]).sum(-1))
     # without a gradient the forward keeps nothing of the logits' size
     opts = {**kw, "store_w": False}
     assert run("lovasz_rows", (x3, y), opts)[2].numel() == 0

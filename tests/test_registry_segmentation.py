@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TOLERANCES, assert_grad_close, assert_scalar_close
+from conftest import TOLERANCES, assert_grad_close, assert_scalar_close, build_loss, device_call
 from fused_losses.reference.registry import segmentation as R
 
-from fused_losses.registry import build_loss
 from fused_losses.registry.utils import distance_transform, squared_distance_transform
 
 CW = [1.0, 2.0, 0.5, 3.0, 1.5]
@@ -284,25 +283,27 @@ def test_distance_transform_equals_scipy(backend, shape):
     ndimage = pytest.importorskip("scipy.ndimage")
     m = torch.rand(shape, generator=_gen(11)) > 0.35
     m[0] = True  # a full mask: 0 everywhere (spec; SciPy has no pixel to measure to)
-    out = distance_transform(m, backend=backend)
+    out = device_call(backend, distance_transform, m, backend=backend)
     assert out.dtype == torch.float32 and out.shape == m.shape
     for i in range(1, shape[0]):
         ref = torch.from_numpy(ndimage.distance_transform_edt(m[i].numpy())).float()
         assert torch.equal(out[i], ref)
     assert torch.equal(out[0], torch.zeros(shape[1:]))
     assert torch.equal(out, R.distance_transform(m).float())
-    d2 = squared_distance_transform(m, backend=backend)
+    d2 = device_call(backend, squared_distance_transform, m, backend=backend)
     assert torch.equal(d2.double().sqrt().float(), out)
 
 
 def test_distance_transform_empty_and_bad_input(backend):
-    assert torch.equal(distance_transform(torch.zeros(2, 4, 5, dtype=torch.bool), backend),
-                       torch.zeros(2, 4, 5))  # fmt: skip
-    assert distance_transform(torch.zeros(0, 4, 5, dtype=torch.bool), backend).shape == (0, 4, 5)
+    def dt(mask):
+        return device_call(backend, distance_transform, mask, backend)
+
+    assert torch.equal(dt(torch.zeros(2, 4, 5, dtype=torch.bool)), torch.zeros(2, 4, 5))
+    assert dt(torch.zeros(0, 4, 5, dtype=torch.bool)).shape == (0, 4, 5)
     with pytest.raises(TypeError, match="mask"):
-        distance_transform(torch.zeros(2, 4, 5), backend)
+        dt(torch.zeros(2, 4, 5))
     with pytest.raises(ValueError, match="mask"):
-        distance_transform(torch.zeros(4, 5, dtype=torch.bool), backend)
+        dt(torch.zeros(4, 5, dtype=torch.bool))
 
 
 # ------------------------------------------------------------------------------- bad inputs
