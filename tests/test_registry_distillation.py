@@ -75,7 +75,7 @@ CASES = {
     "DIST[defaults]": ({"type": "DISTLoss"}, RK.dist_loss, (N, C), (N, C), {}, False),
     "AT": ({"type": "AttentionLoss"}, RK.attention_loss, (2, 3, 6, 5), (2, 4, 6, 5), {}, False),
     "AT[pool both,p3]": ({"type": "ATLoss", "p": 3, "normalize": False},
-                         lambda s, t: RK.attention_loss(s, t, p=3.0, normalize=False),
+                         lambda s, t, **kw: RK.attention_loss(s, t, p=3.0, normalize=False, **kw),
                          (2, 3, 8, 5), (2, 4, 5, 7), {}, False),
     "AT[pool student]": ({"type": "AttentionLoss"}, RK.attention_loss,
                          (2, 3, 9, 9), (2, 2, 4, 4), {}, False),
@@ -114,6 +114,8 @@ def test_parameter_free_rows_match_the_reference(case, call, backend):
     if call == "weight":
         weight = positive_weight(elem.shape)
         kw["weight"] = weight
+        if case.startswith("AT"):  # the maps couple the positions: weight 0 masks (spec 12.6)
+            elem = ref_fn(sr, tr, keep=weight != 0)
     else:
         kw["reduction_override"] = call
     valid = torch.ones(elem.shape, dtype=torch.bool) if has_valid else None
@@ -742,6 +744,47 @@ def test_feature_zero_weight_of_single_elements_hides_non_finite_inputs(backend)
         )
         assert_close(got, ref)
         assert_grad_close(g, rg, GTOL)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+@pytest.mark.parametrize(("s_shape", "t_shape"), [((2, 3, 4, 6), (2, 5, 4, 6)),
+                                                  ((2, 3, 8, 12), (2, 2, 4, 6))])  # fmt: skip
+def test_attention_zero_weight_hides_non_finite_inputs(s_shape, t_shape, normalize, backend):
+    # spec 12.2 rule 1 for maps that couple the positions: a position of weight 0 is left out of
+    # the norms, and a NaN teacher or an inf student there (before the pooling: the student is
+    # pooled 2x2 in the second case) adds exactly 0 to the value and the gradient
+    s0, t0 = randn(s_shape, 71), randn(t_shape, 72)
+    weight = torch.rand((2, 24), generator=_gen(73), dtype=D) + 0.5
+    weight[0, 9] = 0.0  # position (1, 3) of the [4, 6] maps
+    weight[1, :4] = 0.0
+    keep = weight != 0
+    loss = build_loss({"type": "AttentionLoss", "normalize": normalize, "backend": backend})
+    fs = s_shape[2] // 4  # the student cells pooled into one position
+    for bad in ("t", "s"):
+        s, t = s0.clone(), t0.clone()
+        if bad == "t":
+            t[0, :, 1, 3] = float("nan")
+        else:
+            s[0, 1, fs * 1, fs * 3] = float("inf")
+        for red in ("mean", "sum", "none"):
+            got, g = _grad_of(
+                lambda x, t=t, red=red: loss(x, t, weight=weight, reduction_override=red), s
+            )
+            ref, rg = _grad_of(
+                lambda x, red=red: RU.reduce_with_validity(
+                    RK.attention_loss(x, t0, normalize=normalize, keep=keep), weight, None, red
+                ),
+                s0,
+            )
+            assert_close(got, ref)
+            assert torch.isfinite(g).all()
+            assert g[0, :, fs : 2 * fs, 3 * fs : 4 * fs].abs().max() == 0
+            assert_grad_close(g, rg, GTOL)
+    # the masked positions are out of the norms: not the unmasked maps times the weight
+    plain = RU.reduce_with_validity(RK.attention_loss(s0, t0, normalize=normalize), weight,
+                                    None, "sum")  # fmt: skip
+    masked = loss(s0, t0, weight=weight, reduction_override="sum")
+    assert not torch.allclose(masked, plain, rtol=1e-6) or not normalize
 
 
 @pytest.mark.parametrize("scale", [1e20, 1e-20])

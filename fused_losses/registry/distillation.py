@@ -604,7 +604,9 @@ class AttentionLoss(_DistillLoss):
     (a number >= 1: below 1, abs(x)^p has an infinite derivative at 0), normalize True. With
     ``normalize`` the maps are formed from F / max abs(F) of the sample (``_attention``): exact,
     and free of overflow for any scale and p (p = 50 overflowed the norm of ordinary features).
-    C >= 1 for both (a ValueError naming pred or target); N = 0 gives 0."""
+    A position of weight 0 has s and t replaced by 0 after the pooling (its maps are 0: it is
+    left out of the norms, and a non-finite input there adds nothing). C >= 1 for both (a
+    ValueError naming pred or target); N = 0 gives 0."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"p": 2.0, "normalize": True}
 
@@ -616,7 +618,16 @@ class AttentionLoss(_DistillLoss):
         options["p"] = p
         check_bool("normalize", options["normalize"])
 
+    def _mask_inputs(self, pred: Any, target: Any, weight: Tensor | None) -> tuple[Any, Any]:
+        """The weight travels with the target to ``_forward``: the maps couple the positions
+        (the normalisation), so a position of weight 0 is masked after the pooling, in the
+        [N, h*w] positions of l (docs/spec.md 12.2 rule 1)."""
+        return pred, _WeightedTarget(target, weight)
+
     def _forward(self, pred, target, *, p, normalize):
+        weight = None
+        if isinstance(target, _WeightedTarget):
+            target, weight = target.target, target.weight
         s = _check_float_tensor("pred", pred)
         _check_dims("pred", s, 4, "[N, Cs, H, W]")
         t = _check_float_tensor("target", target)
@@ -633,9 +644,26 @@ class AttentionLoss(_DistillLoss):
             s = F.adaptive_avg_pool2d(s, size)
         if tuple(t.shape[2:]) != size:
             t = F.adaptive_avg_pool2d(t, size)
+        if isinstance(weight, Tensor) and weight.device == s.device:
+            s, t = self._mask_positions(s, t, weight)
         fused = resolve_backend(self.backend, s.device) == "triton"
         return (self._attention(s, p, normalize, fused)
                 - self._attention(t, p, normalize, fused)) ** 2, None  # fmt: skip
+
+    @staticmethod
+    def _mask_positions(s: Tensor, t: Tensor, weight: Tensor) -> tuple[Tensor, Tensor]:
+        """The pooled s and t with every channel of a position of weight 0 replaced by 0: its
+        maps are 0 (it adds nothing to the norms over the positions, l = 0 there) and a
+        non-finite input there contributes exactly 0 to the value and the gradients. A weight
+        of another shape is left for the rules to name."""
+        n, h, w = s.shape[0], s.shape[2], s.shape[3]
+        try:
+            keep = expand_weight(weight.detach(), (n, h * w)) != 0
+        except ValueError:
+            return s, t
+        keep = keep.reshape(n, 1, h, w)
+        zero = torch.zeros((), dtype=s.dtype, device=s.device)
+        return torch.where(keep, s, zero), torch.where(keep, t, zero)
 
     @staticmethod
     def _attention(x: Tensor, p: float, normalize: bool, fused: bool) -> Tensor:
@@ -666,6 +694,16 @@ class AttentionLoss(_DistillLoss):
         ldt = torch.float32 if big.device.type == "mps" else torch.float64
         lim = torch.exp(math.log(1e-12) - p * torch.log(big.to(ldt))).to(big.dtype)
         return _normalize_nonneg_rows(a, lim)
+
+
+class _WeightedTarget:
+    """A target with the call's sample weight, from ``AttentionLoss._mask_inputs`` to its
+    ``_forward`` (private: a user's target is never one)."""
+
+    __slots__ = ("target", "weight")
+
+    def __init__(self, target: Any, weight: Tensor | None) -> None:
+        self.target, self.weight = target, weight
 
 
 @LOSSES.register_module(name=["MGDLoss"])

@@ -239,17 +239,27 @@ def adaptive_avg_pool2d(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def attention_loss(
-    s: torch.Tensor, t: torch.Tensor, *, p: float = 2.0, normalize: bool = True
+    s: torch.Tensor,
+    t: torch.Tensor,
+    *,
+    p: float = 2.0,
+    normalize: bool = True,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """AT (Zagoruyko & Komodakis; mdistiller): maps pooled to (min H, min W) where larger;
     a(F)_n = (mean_c abs(F_nc)^p) flattened, divided by max(|.|, 1e-12) over the positions when
-    ``normalize``; l = (a(s) - a(t))^2. s [N,Cs,H,W], t [N,Ct,H',W'] -> [N,h*w]."""
+    ``normalize``; l = (a(s) - a(t))^2. s [N,Cs,H,W], t [N,Ct,H',W'] -> [N,h*w]. ``keep``
+    ([N, h*w] bool; spec 12.2 rule 1): the pooled s and t of a position where it is False are
+    replaced by 0 (in every channel) before the maps."""
     t = t.detach()
     size = (min(s.shape[2], t.shape[2]), min(s.shape[3], t.shape[3]))
     if tuple(s.shape[2:]) != size:
         s = adaptive_avg_pool2d(s, size)
     if tuple(t.shape[2:]) != size:
         t = adaptive_avg_pool2d(t, size)
+    if keep is not None:
+        k = keep.reshape(s.shape[0], 1, *size)
+        s, t = torch.where(k, s, 0.0), torch.where(k, t, 0.0)
 
     def a(x):
         rows = []
