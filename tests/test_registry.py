@@ -511,3 +511,39 @@ def test_avg_factor_is_checked_by_the_own_forwards(cfg, backend):
         with pytest.raises(err, match="avg_factor"):
             loss(x, target, avg_factor=bad)
     assert loss(x, target, avg_factor=torch.tensor([4.0])).shape == ()
+
+
+@pytest.mark.parametrize(
+    ("cfg", "pred_shape", "target"),
+    [
+        ({"type": "L1Loss"}, (2, 4), lambda: torch.randn(2, 4)),
+        ({"type": "GIoULoss"}, (2, 4), lambda: boxes(2)[1]),
+        ({"type": "CrossEntropyLoss"}, (2, 3), lambda: torch.tensor([0, 2])),
+        ({"type": "OHEMCrossEntropyLoss"}, (2, 3, 4, 4), lambda: torch.randint(0, 3, (2, 4, 4))),
+        ({"type": "SurfaceLoss"}, (2, 3, 4, 4), lambda: torch.randn(2, 3, 4, 4)),
+        ({"type": "FeatureMSELoss"}, (2, 3, 4, 4), lambda: torch.randn(2, 3, 4, 4)),
+    ],
+    ids=lambda c: c["type"] if isinstance(c, dict) else "",
+)
+def test_a_bad_sample_weight_is_named(cfg, pred_shape, target, backend):
+    """A call's weight (spec 12.2): a list, a complex tensor or one on another device is a
+    TypeError/ValueError naming ``weight`` before any work (a list gave an AttributeError, a
+    complex weight was cast to real with a warning, a meta one failed inside torch)."""
+    loss = build_loss({**cfg, "backend": backend})
+    p = boxes(2)[0] if cfg["type"] == "GIoULoss" else torch.randn(pred_shape)
+    t = target()
+    w = torch.ones(())  # broadcastable to every l
+    bad_weights = [([1.0, 1.0], TypeError), (w.to(torch.complex64), TypeError)]
+    if backend == "torch":  # (the GPU check moves a triton call's tensors to CUDA)
+        bad_weights.append((w.to("meta"), ValueError))
+    for bad, err in bad_weights:
+        with pytest.raises(err, match=r"^weight"):
+            loss(p, t, weight=bad)
+    assert torch.isfinite(loss(p, t, weight=w.to(torch.bool)))  # a bool mask is a weight
+
+
+def test_a_loss_weight_beyond_float_range_is_named():
+    # 10**400 is a finite int that no float holds: a ValueError, not Python's OverflowError
+    for key in ("loss_weight", "weight"):
+        with pytest.raises(ValueError, match=rf"^{key}|^loss_weight"):
+            build_loss({"type": "L1Loss", key: 10**400})

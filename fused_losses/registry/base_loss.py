@@ -8,7 +8,6 @@ targets, the validity mask (None otherwise). ``forward`` applies the weights, th
 
 from __future__ import annotations
 
-import math
 import numbers
 import re
 from typing import Any, ClassVar
@@ -66,6 +65,21 @@ def check_avg_factor(value: Any) -> float | Tensor | None:
     return check_number("avg_factor", value if isinstance(value, (int, float)) else float(value))
 
 
+def check_weight(weight: Any, pred: Tensor) -> Tensor | None:
+    """A call's sample weight: None, or a real (floating, integer or bool) tensor on ``pred``'s
+    device; a TypeError (not a tensor, complex) or ValueError (another device) naming ``weight``
+    otherwise, before any work. Its shape is checked against l's by ``expand_weight``."""
+    if weight is None:
+        return None
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+    if weight.is_complex():
+        raise TypeError(f"weight: expected a real tensor, got dtype {weight.dtype}")
+    if isinstance(pred, Tensor) and weight.device != pred.device:
+        raise ValueError(f"weight: expected a tensor on {pred.device}, got one on {weight.device}")
+    return weight
+
+
 def default_loss_name(name: str) -> str:
     """``"loss_"`` + the registered name lower-cased without its trailing ``Loss``."""
     return "loss_" + re.sub(r"Loss$", "", name).lower()
@@ -94,10 +108,7 @@ class BaseLoss(torch.nn.Module):
         **options: Any,
     ) -> None:
         super().__init__()
-        if isinstance(loss_weight, bool) or not isinstance(loss_weight, (int, float)):
-            raise TypeError(f"loss_weight: expected a number, got {type(loss_weight).__name__}")
-        if not math.isfinite(loss_weight):
-            raise ValueError(f"loss_weight: expected a finite number, got {loss_weight!r}")
+        check_number("loss_weight", loss_weight)  # (an int beyond float's range: not finite)
         reduction = self.DEFAULT_REDUCTION if reduction is None else reduction
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
@@ -178,6 +189,7 @@ class BaseLoss(torch.nn.Module):
         reduction = reduction_override if reduction_override is not None else self.reduction
         options = self._call_options(call_options)
         avg_factor = check_avg_factor(avg_factor)
+        weight = check_weight(weight, pred)
         if weight is not None:
             pred, target = self._mask_inputs(pred, target, weight)
         loss, valid = self._forward(pred, target, **options)

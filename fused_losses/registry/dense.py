@@ -31,7 +31,7 @@ from torch import Tensor
 
 from ..backend import PrecomputedGradient, compute_dtype, refuse_double_backward, resolve_backend
 from ..validation import shape_str
-from .base_loss import BaseLoss, check_avg_factor
+from .base_loss import BaseLoss, check_avg_factor, check_weight
 from .utils import EPS, REDUCTIONS, expand_weight
 
 # kinds (the kernels' constants, repeated here so that the torch backend imports no Triton)
@@ -477,11 +477,7 @@ class FusedLoss(BaseLoss):
         avg_factor = check_avg_factor(avg_factor)
         x3, t, q, cw, cp, spec, l_shape, has_valid = self._plan(pred, target, options)
         sw = None
-        if weight is not None:
-            if not isinstance(weight, Tensor):
-                raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
-            if weight.device != pred.device:
-                raise ValueError(f"weight: expected a tensor on {pred.device}, got {weight.device}")
+        if check_weight(weight, pred) is not None:
             w = weight.detach()
             if not w.is_floating_point():
                 w = w.to(compute_dtype(pred.dtype))

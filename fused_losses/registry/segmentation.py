@@ -32,7 +32,7 @@ from torch import Tensor
 
 from ..backend import compute_dtype, resolve_backend
 from ..validation import check_bool, check_number, shape_str
-from .base_loss import BaseLoss, check_avg_factor
+from .base_loss import BaseLoss, check_avg_factor, check_weight
 from .builder import LOSSES
 from .classification import check_class_weight, check_ignore_index
 from .dense import (
@@ -314,9 +314,7 @@ class _OHEMBase(BaseLoss):
         kept = ohem_keep(q, v, options["thresh"], options["min_kept"])
         per_row = spec.family == "softmax"
         sw = kept.to(compute_dtype(pred.dtype))
-        if weight is not None:
-            if not isinstance(weight, Tensor):
-                raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+        if check_weight(weight, pred) is not None:
             w = weight.detach()
             w = expand_weight(w.to(sw.dtype) if not w.is_floating_point() else w, l_shape)
             sw = torch.where(kept, w.reshape(sw.shape).to(sw.dtype), 0.0)
@@ -412,9 +410,7 @@ class SurfaceLoss(BaseLoss):
             raise TypeError(f"target: expected a floating-point distance map, got {phi.dtype}")
         cdt = compute_dtype(x.dtype)
         phi = phi.detach().to(cdt)
-        if weight is not None:
-            if not isinstance(weight, Tensor):
-                raise TypeError(f"weight: expected a torch.Tensor, got {type(weight).__name__}")
+        if check_weight(weight, x) is not None:
             w = expand_weight(weight.detach().to(cdt), x.shape)
             phi = torch.where(w != 0, phi * w, 0.0)
             # a pixel of weight 0 in every class contributes exactly 0 to the value and to the
