@@ -26,7 +26,10 @@ without ``NORM``), d = A - T:
 The normalisation's chain rule, for u = dL/dA: dL/da = (u - A sum_k A_k u_k) ka / sa where
 ||a|| > 1e-12, u ka / sa where the norm is clamped; for the cosine
 dL/da = (-g H - [||a|| > 1e-12] (a/sa) ka^2 sum_k A_k u_k) / sa (g the upstream gradient, and
-sum_k A_k u_k = -g [||A|| <= 1e-8] cos in closed form), -g H / sa without ``NORM``. Modes as the
+sum_k A_k u_k = -g [||A|| <= 1e-8] cos in closed form), -g H / sa without ``NORM``. The row
+scalars are divided by sa before they meet the elements (``qt (qa / sa)``, ``ka / sa``): for
+features of 1e-30 under the cosine's clamp qt qa is 1e-44, a float32 subnormal, while
+qt (qa / sa) is 1e-14 (spec 12.6: 1e-30 gives the float64 gradient). Modes as the
 classification kernels: ``M_SUMS`` per-program partial sums of l (fixed-order reduction by the
 launcher), ``M_NONE`` l (elementwise [N, C, S] or per row [N, S], contiguous), ``M_GRAD`` dL/da
 from the upstream gradient (a scalar or l's shape), recomputed from a and t: a row's channels are
@@ -193,13 +196,14 @@ def _feature_kernel(
                 m2 = rmask[:, None] & cmask[None, :]
                 a = _tile(a_ptr, n, c, s, san, sac, sas, m2, cdt)
                 t = _tile(t_ptr, n, c, s, stn, stc, sts, m2, cdt)
-                if LOSS == 2:  # MODE 2
+                if LOSS == 2:  # MODE 2; the row scalars are divided by sa first: qt qa is
+                    # 1e-44 (subnormal) for features of 1e-30, qt (qa / sa) is 1e-14
                     ya = a / sa[:, None]
-                    h = (t / st[:, None]) * (qt * qa)[:, None] - ya * c2[:, None]
+                    h = (t / st[:, None]) * (qt * (qa / sa))[:, None] - ya * (c2 / sa)[:, None]
                     u = -g_fac[:, None] * h
                     if NORM:
-                        u = tl.where(unclamped[:, None], u - ya * (ka * ka * sau)[:, None], u)
-                    u = u / sa[:, None]
+                        u = tl.where(unclamped[:, None],
+                                     u - ya * (ka * ka * sau / sa)[:, None], u)  # fmt: skip
                 else:
                     if NORM:
                         aa = a / sa[:, None] * ka[:, None]
@@ -212,7 +216,7 @@ def _feature_kernel(
                         u = _upstream(d, go_ptr, g_fac, n, c, s, C, S, m2, cdt, LOSS, GO_SCALAR)
                         if NORM:
                             u = tl.where(unclamped[:, None], u - aa * sau[:, None], u)
-                            u = u * ka[:, None] / sa[:, None]
+                            u = u * (ka / sa)[:, None]  # (u ka: subnormal at 1e-35)
                     else:
                         l = d * d if LOSS == 0 else tl.abs(d)
                         if MODE == 0:

@@ -116,6 +116,9 @@ def test_parameter_free_rows_match_the_reference(case, call, backend):
         kw["weight"] = weight
         if case.startswith("AT"):  # the maps couple the positions: weight 0 masks (spec 12.6)
             elem = ref_fn(sr, tr, keep=weight != 0)
+        if case == "CRD":  # a sample of weight 0 is left out of the first call's Z (spec 12.6)
+            elem = RK.crd_loss(sr, tr, BANK_T, BANK_S, n_data=500, temperature=0.5,
+                               keep=weight != 0)  # fmt: skip
     else:
         kw["reduction_override"] = call
     valid = torch.ones(elem.shape, dtype=torch.bool) if has_valid else None
@@ -787,15 +790,16 @@ def test_attention_zero_weight_hides_non_finite_inputs(s_shape, t_shape, normali
     assert not torch.allclose(masked, plain, rtol=1e-6) or not normalize
 
 
-@pytest.mark.parametrize("scale", [1e20, 1e-20])
+@pytest.mark.parametrize("scale", [1e20, 1e-20, 1e-30, 1e-35])
 @pytest.mark.parametrize(
     ("name", "normalize"),
     [("FeatureCosineLoss", False), ("FeatureCosineLoss", True), ("FeatureMSELoss", True),
      ("FeatureL1Loss", True)],
 )  # fmt: skip
 def test_feature_norms_at_any_scale(name, normalize, scale, backend):
-    # float32 features of 1e20 (squares overflow) or 1e-20 (squares underflow): the norms are
-    # max-scaled, so float32 meets the float64 reference (which has the range) to 1e-5
+    # float32 features of 1e20 (squares overflow) or 1e-20 .. 1e-35 (squares underflow): the
+    # norms are max-scaled, so float32 meets the float64 reference (which has the range) to 1e-5
+    # (the teacher at scale 1 here; both tiny: test_feature_losses_with_both_inputs_tiny)
     s, t = randn((2, 5, 3, 4), 65), randn((2, 5, 3, 4), 66)
     loss = build_loss({"type": name, "normalize": normalize, "backend": backend})
     for red in ("mean", "none"):
@@ -810,6 +814,34 @@ def test_feature_norms_at_any_scale(name, normalize, scale, backend):
         )
         assert got.dtype == torch.float32 and torch.isfinite(got).all()
         assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-7), (got, ref)
+        assert_grad_close(g, rg, 1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e-28, 1e-30, 1e-35])
+@pytest.mark.parametrize(
+    ("name", "normalize"),
+    [("FeatureCosineLoss", False), ("FeatureCosineLoss", True), ("FeatureMSELoss", True),
+     ("FeatureL1Loss", True)],
+)  # fmt: skip
+def test_feature_losses_with_both_inputs_tiny(name, normalize, scale, backend):
+    # spec 12.6 "1e-30 gives the float64 values": with s and t both tiny the cosine's clamped
+    # norms made the gradient pass through float32 subnormals (qt qa = 1e-44): relative error
+    # 3e-2 at 1e-30, the gradient flushed to 0 at 1e-35 (torch and triton)
+    s, t = randn((2, 5, 3, 4), 117), randn((2, 5, 3, 4), 118)
+    t32 = (t * scale).float()
+    loss = build_loss({"type": name, "normalize": normalize, "backend": backend})
+    for red in ("sum", "none"):
+        got, g = _grad_of(lambda x, red=red: loss(x, t32, reduction_override=red),
+                          (s * scale).float())  # fmt: skip
+        ref, rg = _grad_of(
+            lambda x, red=red: RU.reduce_with_validity(
+                FEATURES[name](x, t32.double(), normalize=normalize), None, None, red
+            ),
+            (s * scale).float().double(),
+        )
+        assert got.dtype == torch.float32 and torch.isfinite(got).all()
+        assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-7), (got, ref)
+        assert rg.norm() > 0
         assert_grad_close(g, rg, 1e-5)
 
 
@@ -1007,3 +1039,252 @@ def test_dist_float32_meets_the_reference_at_any_temperature(temperature):
                        s.float().double())  # fmt: skip
     assert abs(float(got) - float(ref)) <= 1e-5 * abs(float(ref)), (got, ref)
     assert_grad_close(g, rg, 1e-5)
+
+
+# ----------------------------------------------- sweep fixes (registry_dist_seg F2-F5, F7, F9-F13)
+
+
+@pytest.mark.parametrize("where", ["teacher", "student"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.parametrize("at_label", [False, True])
+def test_dkd_nan_or_plus_inf_input_gives_nan_value_and_gradient(where, value, at_label):
+    # a NaN or +inf logit made the value finite (T^2 = 16, read as "no mass") with a NaN gradient
+    # row, or +inf for the student; now the sample's l is NaN with a NaN gradient row (as KDLoss
+    # and the literal formula, whose softmax of +inf is NaN), the other samples untouched
+    s0, t0 = randn((N, C), 101, 2.0), randn((N, C), 102, 2.0)
+    col = int(LABELS[0]) if at_label else (int(LABELS[0]) + 1) % C
+    (t0 if where == "teacher" else s0)[0, col] = value
+    s = s0.clone().requires_grad_()
+    got = build_loss({"type": "DKDLoss"})(s, t0, labels=LABELS, reduction_override="none")
+    (g,) = torch.autograd.grad(got.sum(), s)
+    ref = RK.dkd_loss(s0, t0, LABELS)  # the oracle: NaN there too (its _kl keeps NaN)
+    assert torch.isnan(ref[0]) and torch.isnan(got[0]) and torch.isnan(g[0]).all()
+    assert_close(got[1:].detach(), ref[1:])
+    assert torch.isfinite(g[1:]).all()
+    sr = s0[1:].clone().requires_grad_()
+    assert_grad_close(g[1:], torch.autograd.grad(RK.dkd_loss(sr, t0[1:], LABELS[1:]).sum(), sr)[0],
+                      GTOL)  # fmt: skip
+
+
+def test_dkd_reference_kl_propagates_nan():
+    # the reference's _kl skipped a NaN probability (float(nan) > 0 is False): 0, no oracle
+    p = [torch.tensor(0.3, dtype=D), torch.tensor(0.7, dtype=D)]
+    assert torch.isnan(RK._kl([torch.tensor(math.nan, dtype=D), torch.tensor(0.5, dtype=D)], p))
+    assert float(RK._kl([torch.tensor(0.0, dtype=D), torch.tensor(1.0, dtype=D)], p)) == float(
+        -torch.log(p[1])
+    )  # a zero q_i is still a 0 term
+
+
+def test_tempered_kl_terms_propagate_nan():
+    from fused_losses.registry.distillation import tempered_kl_terms
+
+    log_p = torch.log_softmax(randn((2, 4), 103), 1)
+    log_q = torch.log_softmax(randn((2, 4), 104), 1)
+    log_q[0, 1] = math.nan  # was read as "no mass" (pv, qv = log > -inf): a finite T^2 P term
+    log_q[1, 2] = -math.inf  # no mass: fine
+    kl, _ = tempered_kl_terms(log_p, log_q, log_q - log_p, 2.0)
+    assert torch.isnan(kl[0]) and torch.isfinite(kl[1])
+
+
+def test_dkd_zero_weight_and_invalid_label_hide_non_finite_inputs():
+    # spec 12.2 rule 1: a sample of weight 0, or with a label outside [0, C), contributes exactly
+    # 0 to the value and to every gradient; DKD had no masking (3 NaN gradient entries)
+    s0, t0 = randn((N, C), 105, 2.0), randn((N, C), 106, 2.0)
+    labels = LABELS.clone()
+    s0[0, 1], t0[0, 2] = math.inf, math.nan  # weight 0
+    s0[1, 0], t0[1, 3] = math.nan, math.inf  # invalid label
+    labels[1] = -100
+    weight = torch.ones(N, dtype=D)
+    weight[0] = 0.0
+    keep = torch.tensor([2, 3, 4, 5])
+    loss = build_loss({"type": "DKDLoss"})
+    for red in ("none", "mean", "sum"):
+        s = s0.clone().requires_grad_()
+        got = loss(s, t0, labels=labels, weight=weight, reduction_override=red)
+        (g,) = torch.autograd.grad(got.sum(), s)
+        sr = s0[keep].clone().requires_grad_()
+        elem = RK.dkd_loss(sr, t0[keep], labels[keep])
+        # rows 0 and 1 stand in as 0 (the reference can not take a label of -100); "mean"
+        # counts the 5 valid samples, the weight-0 one included
+        full = torch.cat([torch.zeros(2, dtype=D), elem])
+        valid = labels >= 0
+        ref = RU.reduce_with_validity(full, weight, valid, red)
+        if red == "none":
+            assert torch.all(got[:2] == 0)
+        assert_close(got.detach(), ref.detach())
+        assert torch.isfinite(g).all() and torch.all(g[:2] == 0)
+        (gr,) = torch.autograd.grad(ref.sum(), sr)
+        assert_grad_close(g[keep], gr, GTOL)
+
+
+def _double_grad(loss_fn, x0):
+    """d/dx of sum((dL/dx)^2), through create_graph."""
+    x = x0.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss_fn(x), x, create_graph=True)
+    (gg,) = torch.autograd.grad((g * g).sum(), x)
+    return gg
+
+
+@pytest.mark.parametrize(
+    ("name", "ref_fn", "cfg"),
+    [("RKDAngleLoss", RK.rkd_angle_loss, {}),
+     ("RKDDistanceLoss", RK.rkd_distance_loss, {}),
+     ("RKDDistanceLoss", lambda s, t: RK.rkd_distance_loss(s, t, squared=True), {"squared": True})],
+)  # fmt: skip
+def test_rkd_double_backward_is_exact(name, ref_fn, cfg, backend):
+    # spec 8: exact or a clear RuntimeError. The angle's normalised zero diagonal vectors had a NaN
+    # double backward (all entries, silently); cdist has no double backward (NotImplementedError)
+    s0, t = randn((5, 3, 2), 107), randn((5, 4), 108)
+    loss = build_loss({"type": name, **cfg, "backend": backend})
+    gg = _double_grad(lambda x: loss(x, t), s0)
+    gg_ref = _double_grad(lambda x: ref_fn(x, t).mean(), s0)
+    assert gg_ref.norm() > 0
+    assert_grad_close(gg, gg_ref, 1e-9)
+
+
+def test_rkd_double_backward_with_repeated_rows_is_finite():
+    # equal embeddings: the distance is clamped at sqrt(eps) (the reference agrees); the angle's
+    # zero difference vector is F.normalize's clamped branch (the reference is NaN there)
+    s0, t = randn((4, 3), 109), randn((4, 3), 110)
+    s0[2] = s0[1]
+    gg = _double_grad(lambda x: build_loss({"type": "RKDDistanceLoss"})(x, t), s0)
+    assert_grad_close(gg, _double_grad(lambda x: RK.rkd_distance_loss(x, t).mean(), s0), 1e-9)
+    gg = _double_grad(lambda x: build_loss({"type": "RKDAngleLoss"})(x, t), s0)
+    assert torch.isfinite(gg).all()
+
+
+def test_crd_normaliser_survives_module_dtype_casts():
+    # Z (about 2e7 here) became inf in a float16 buffer after .half(): every later call was inf
+    s, t, bt, bs = _crd_inputs(111, k=5, d=8)
+    cfg = {"type": "CRDLoss", "neg_num": 5, "n_data": 50000}
+    ref32 = build_loss(cfg)
+    first32 = ref32(s.float(), t.float(), bank_t=bt.float(), bank_s=bs.float())
+    z_ref = RK.crd_normalizer(s.float().double(), bt.float().double(), temperature=0.07,
+                              n_data=50000)  # fmt: skip
+    assert float(z_ref) > 65504  # beyond float16
+    half = build_loss(cfg).half()
+    args = (s.half(), t.half())
+    kw = {"bank_t": bt.half(), "bank_s": bs.half()}
+    assert half.z_s.dtype == D and float(half.z_s) == -1.0
+    one, two = half(*args, **kw), half(*args, **kw)
+    assert half.z_s.dtype == D and torch.isfinite(half.z_s) and float(half.z_s) > 65504
+    assert torch.isfinite(one) and torch.equal(one, two)
+    # a set Z keeps its value through .half(), .to(float16) of a parent, and .float()
+    z = ref32.z_s.clone()
+    holder = torch.nn.ModuleDict({"crd": ref32})
+    for cast in (lambda m: m.half(), lambda m: m.to(torch.float16), lambda m: m.float(),
+                 lambda m: m.to(torch.bfloat16)):  # fmt: skip
+        cast(holder)
+        assert ref32.z_s.dtype == D and torch.equal(ref32.z_s, z)
+    assert torch.allclose(ref32.z_s, z_ref, rtol=1e-6)
+    second32 = ref32(s.float(), t.float(), bank_t=bt.float(), bank_s=bs.float())
+    assert torch.equal(first32, second32)
+    assert torch.allclose(one.float(), first32, rtol=2e-3)
+
+
+def test_crd_zero_weight_samples_are_left_out_of_the_normaliser():
+    # spec 12.2 rule 1: the first call's Z was the mean over every sample, weight 0 included: a
+    # NaN there made the loss NaN (and left Z unset); a finite one changed the others' losses
+    s0, t0, bt0, bs0 = _crd_inputs(112)
+    weight = torch.tensor([0.0, 1.0, 0.5, 2.0], dtype=D)
+    keep = weight != 0
+    s_bad, t_bad, bt_bad = s0.clone(), t0.clone(), bt0.clone()
+    s_bad[0, 0], t_bad[0, 3], bt_bad[0, 2, 1] = math.nan, math.inf, math.nan
+    results = []
+    for s_in, t_in, bt_in in ((s0, t0, bt0), (s_bad, t_bad, bt_bad)):
+        loss = build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300})
+        s, t = s_in.clone().requires_grad_(), t_in.clone().requires_grad_()
+        got = loss(s, t, bank_t=bt_in, bank_s=bs0, weight=weight, reduction_override="none")
+        gs, gt = torch.autograd.grad(got.sum(), (s, t))
+        assert torch.isfinite(got).all() and float(got[0].detach()) == 0.0
+        assert torch.isfinite(gs).all() and torch.all(gs[0] == 0) and torch.all(gt[0] == 0)
+        z_s = RK.crd_normalizer(s0, bt0, temperature=0.07, n_data=300, keep=keep)
+        assert_close(loss.z_s, z_s, "z_s")
+        sr, tr = s0.clone().requires_grad_(), t0.clone().requires_grad_()
+        ref = RK.crd_loss(sr, tr, bt0, bs0, n_data=300, keep=keep) * weight
+        assert_close(got.detach(), ref.detach())
+        gsr, gtr = torch.autograd.grad(ref.sum(), (sr, tr))
+        assert_grad_close(gs, gsr, GTOL)
+        assert_grad_close(gt, gtr, GTOL)
+        results.append(got.detach())
+    assert torch.equal(results[0], results[1])  # the weight-0 sample's inputs do not matter
+    # every sample of weight 0: Z stays unset (as an empty batch), value and gradient 0
+    loss = build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300})
+    s = s_bad.clone().requires_grad_()
+    out = loss(s, t_bad, bank_t=bt_bad, bank_s=bs0, weight=torch.zeros(4, dtype=D))
+    out.backward()
+    assert float(out) == 0.0 and float(loss.z_s) == -1.0 and torch.all(s.grad == 0)
+    with pytest.raises(ValueError, match=r"^weight: "):
+        build_loss({"type": "CRDLoss", "neg_num": 7, "n_data": 300})(
+            s0, t0, bank_t=bt0, bank_s=bs0, weight=torch.ones(3, dtype=D)
+        )
+
+
+def test_kd_temperature_range(backend):
+    # any positive T was accepted: T = 1e-40 gave NaN (s/T overflows float32); the range is
+    # DKD's, [1e-30, 1e30], named at build time; the ends are accurate in float32
+    for bad in (1e-31, 1e-40, 1e31, 0.0, -1.0):
+        with pytest.raises(ValueError, match=r"^temperature: .*\[1e-30, 1e\+30\]"):
+            build_loss({"type": "KDLoss", "temperature": bad})
+    with pytest.raises(ValueError, match=r"^temperature: .*\[1e-30, 1e\+30\]"):
+        build_loss({"type": "KnowledgeDistillationLoss", "tau": 1e-38})
+    s0, t = randn((4, 6), 113).float(), randn((4, 6), 114).float()
+    for temp in (1e-30, 1e-20):
+        s = s0.clone().requires_grad_()
+        got = build_loss({"type": "KDLoss", "temperature": temp, "backend": backend,
+                          "reduction": "none"})(s, t)  # fmt: skip
+        (g,) = torch.autograd.grad(got.sum(), s)
+        sr = s0.double().requires_grad_()
+        ref = RK.knowledge_distillation_loss(sr, t.double(), temperature=temp)
+        assert torch.allclose(got.double(), ref, rtol=1e-5, atol=0), (got, ref)
+        assert_grad_close(g, torch.autograd.grad(ref.sum(), sr)[0], 1e-5)
+
+
+def test_dist_refuses_zero_classes():
+    # was an IndexError from amax deep inside torch
+    for shape in ((3, 0), (0, 0)):
+        with pytest.raises(ValueError, match=r"^pred: .*C >= 1"):
+            build_loss({"type": "DISTLoss"})(
+                torch.zeros(shape, dtype=D), torch.zeros(shape, dtype=D)
+            )
+
+
+@pytest.mark.parametrize("hw", [(0, 4), (4, 0), (0, 0)])
+@pytest.mark.parametrize("cs", [3, 2])
+def test_mgd_empty_map_gives_zero(hw, cs):
+    # was a conv RuntimeError ("Kernel size can't be greater than actual input size"); an empty
+    # map has no position: the sum is 0, like an empty batch
+    loss = build_loss({"type": "MGDLoss", "teacher_channels": 3, "student_channels": cs}).double()
+    s = torch.zeros((2, cs, *hw), dtype=D, requires_grad=True)
+    t = torch.zeros((2, 3, *hw), dtype=D)
+    for red in ("mean", "sum", "none"):
+        out = loss(s, t, reduction_override=red)
+        assert out.shape == () and float(out) == 0.0 and out.dtype == D
+    out.backward()
+    assert s.grad is not None and s.grad.shape == s.shape
+    out = loss(s, t, mask=torch.ones((2, 1, *hw), dtype=D))
+    assert float(out) == 0.0
+
+
+def test_kd_reference_class_masked_in_both_models(backend):
+    # a class at -inf for the student and the teacher: Q = P = 0 there, the term is 0 (spec
+    # 12.6). The reference used torch kl_div, whose 0 * (-inf) term is NaN; the library was right
+    s0, t = randn((3, 5), 115), randn((3, 5), 116)
+    s0[:, 2] = t[:, 2] = -math.inf
+    keep = [0, 1, 3, 4]
+    ref = RK.knowledge_distillation_loss(s0, t, temperature=2.0)
+    sr = s0[:, keep].clone().requires_grad_()
+    without = RK.knowledge_distillation_loss(sr, t[:, keep], temperature=2.0)
+    assert_close(ref, without.detach())
+    s = s0.clone().requires_grad_()
+    got = build_loss({"type": "KDLoss", "tau": 2.0, "backend": backend,
+                      "reduction": "none"})(s, t)  # fmt: skip
+    assert_close(got.detach(), without.detach())
+    (g,) = torch.autograd.grad(got.sum(), s)
+    (gr,) = torch.autograd.grad(without.sum(), sr)
+    assert torch.all(g[:, 2] == 0)
+    assert_grad_close(g[:, keep], gr, 1e-9)
+    # a NaN teacher is still NaN in the reference (not read as a 0 term)
+    t_nan = t.clone()
+    t_nan[0, 0] = math.nan
+    assert torch.isnan(RK.knowledge_distillation_loss(s0, t_nan, temperature=2.0)[0])

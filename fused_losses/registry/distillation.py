@@ -33,8 +33,11 @@ At the edges: every norm (normalize, the cosines, AttentionLoss's maps, PKT, RKD
 max-scaled (``l2_normalize``), so float32 features of 1e20 or 1e-30 give the float64 values; DKD's
 TCKD and NCKD are sums of non-negative terms (``tempered_kl_terms``) and DIST's deviations from
 the uniform distribution are formed without cancellation, accurate at any temperature in their
-ranges; a Feature loss's input of weight 0 is replaced before the formula (``_mask_inputs``); the
-feature losses refuse C = 0; an empty batch gives 0.
+ranges; a Feature loss's input of weight 0 is replaced before the formula (``_mask_inputs``), as
+are DKD's and CRD's samples of weight 0 (CRD's Z is the mean over the others); a NaN or +inf
+logit makes DKD's sample NaN; the feature losses and DIST refuse C = 0; an empty batch (and MGD's
+empty map) gives 0. The norms and RKD's distances have finite derivatives of every order (double
+backward exact on these plain-autograd rows).
 """
 
 from __future__ import annotations
@@ -84,7 +87,10 @@ def feature_triton(a: Tensor, t: Tensor | None, mode: str, opts: dict) -> Tensor
 @LOSSES.register_module(name=["KnowledgeDistillationLoss", "KDLoss"])
 class KnowledgeDistillationLoss(FusedLoss):
     """T^2 KL(softmax(t/T) || softmax(s/T)) (Hinton); s, t [N,C,*] -> [N,*]; ``tau`` is an alias of
-    ``temperature``; reduction "batchmean" by default."""
+    ``temperature``, in [1e-30, 1e30] (as DKD's: accurate in float32 over the whole range, the
+    T -> inf limit beyond 1e6; below 1e-30 ordinary logits overflow s/T, above 1e30 the tempered
+    gaps leave float32's normal range); reduction "batchmean" by default. Logits must keep s/T
+    and t/T finite (abs(s) below about 3e38 T): beyond, the value is NaN."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"temperature": 4.0}
     ALIASES: ClassVar[dict[str, str]] = {"tau": "temperature"}
@@ -92,7 +98,7 @@ class KnowledgeDistillationLoss(FusedLoss):
 
     @classmethod
     def check_options(cls, options):
-        options["temperature"] = check_number("temperature", options["temperature"], positive=True)
+        options["temperature"] = _check_temperature(options["temperature"], 1e30)
 
     def _plan(self, pred, target, options):
         s = check_logits(pred)
@@ -185,15 +191,31 @@ def _unit_scale(x: Tensor, dim: int) -> Tensor:
     return torch.where(m > 0, m, torch.ones((), dtype=m.dtype, device=m.device))
 
 
+def _norm(y: Tensor, dim: int) -> Tensor:
+    """||y|| over ``dim`` (kept), 0 for a zero vector, with finite derivatives of every order
+    (``vector_norm``'s double backward is NaN at 0): sqrt of the sum of squares where it is
+    positive, a constant 0 elsewhere."""
+    s2 = (y * y).sum(dim, keepdim=True)
+    pos = s2 > 0
+    return torch.where(pos, torch.sqrt(torch.where(pos, s2, torch.ones_like(s2))), 0.0)
+
+
 def l2_normalize(x: Tensor, dim: int = 1, eps: float = 1e-12) -> Tensor:
     """``x / max(||x||, eps)`` over ``dim`` (``F.normalize``) at any scale: with m = max abs(x)
-    over ``dim``, ``(x/m) / max(||x/m||, eps/m)``, so no square over- or underflows (a float32
-    feature of 1e20 or 1e-30 gives F.normalize's float64 value). Same shape as x."""
+    over ``dim`` (held constant), ``(x/m) / ||x/m||`` where ``||x/m|| > eps/m``, ``x / eps``
+    where the norm is clamped. No square over- or underflows (a float32 feature of 1e20 or 1e-30
+    gives F.normalize's float64 value), and the clamped branch divides x itself, so that its
+    gradient ``g / eps`` never passes through a subnormal ``(g / (eps/m))`` (features of 1e-30
+    under the cosine's eps 1e-8). Finite derivatives of every order, also at a zero vector
+    (double backward exact). Same shape as x."""
     if x.shape[dim] == 0:
         return x
     m = _unit_scale(x, dim)
     y = x / m
-    return y / torch.clamp(torch.linalg.vector_norm(y, dim=dim, keepdim=True), min=eps / m)
+    r = _norm(y, dim)
+    big = r > eps / m
+    unit = y / torch.where(big, r, torch.ones_like(r))
+    return torch.where(big, unit, torch.where(big, 0.0, x) / eps)
 
 
 def cosine_similarity(a: Tensor, b: Tensor, dim: int = 1, eps: float = 1e-8) -> Tensor:
@@ -257,10 +279,11 @@ def tempered_kl_terms(log_p: Tensor, log_q: Tensor, d: Tensor, temperature: floa
     T^2 is applied as two factors T (no overflow of T^2 alone). L comes from m = max d and
     E = sum_c P_c expm1(d_c - m) (terms of one sign): m + log1p(E), or m + logsumexp(log P +
     d - m) when that sum is below 1/2 (no underflow at a small T). Plain differentiable tensor
-    ops whose untaken branches stay finite (autograd exact, double backward included)."""
+    ops whose untaken branches stay finite (autograd exact, double backward included). Only -inf
+    means no mass: a NaN log P or log Q makes its row NaN."""
     zero = torch.zeros((), dtype=d.dtype, device=d.device)
     ninf = torch.full((), -math.inf, dtype=d.dtype, device=d.device)
-    pv, qv = log_p > -math.inf, log_q > -math.inf
+    pv, qv = log_p != -math.inf, log_q != -math.inf  # NaN: not "no mass" (it propagates)
     both = pv & qv
     ds = torch.where(both, d, zero)
     m = torch.where(both, ds, ninf).amax(1, keepdim=True)
@@ -304,7 +327,13 @@ class DKDLoss(_DistillLoss):
     with no probability off y (logits -inf there) has NCKD = 0 (Q' undefined; its KD weight
     1 - Q_y is 0). Both terms come from ``tempered_kl_terms`` (no cancellation: float32 within
     1e-5 of float64 from T = 1e-3 to 100, and T^2 KL -> its T -> inf limit, half the variance of
-    the logit gap, at T = 1e6 .. 1e30); temperature in [1e-30, 1e30]."""
+    the logit gap, at T = 1e6 .. 1e30); temperature in [1e-30, 1e30].
+
+    Non-finite inputs: -inf is "no mass" (above); a NaN or +inf logit in s or t makes its sample's
+    l NaN and its gradient row NaN (as KDLoss and the literal formula: softmax of +inf is NaN),
+    never a finite value. A sample of weight 0 or with a label outside [0, C) has its s and t
+    replaced by 0 before the formula (docs/spec.md 12.2 rule 1): its l and its gradient are
+    exactly 0, whatever its inputs hold."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {
         "temperature": 4.0, "alpha": 1.0, "beta": 8.0, "labels": None,
@@ -320,6 +349,24 @@ class DKDLoss(_DistillLoss):
         options["temperature"] = _check_temperature(options["temperature"], 1e30)
         options["alpha"] = check_number("alpha", options["alpha"])
         options["beta"] = check_number("beta", options["beta"])
+
+    def _mask_inputs(self, pred: Any, target: Any, weight: Tensor | None) -> tuple[Any, Any]:
+        """The samples of weight 0 have s and t replaced by 0 (docs/spec.md 12.2 rule 1): a NaN
+        or inf there contributes exactly 0 to the value and the gradient. Inputs or a weight of
+        another shape are left for the checks and the rules to name."""
+        if not (isinstance(pred, Tensor) and isinstance(target, Tensor)):
+            return pred, target
+        if not isinstance(weight, Tensor) or pred.dim() != 2 or target.shape != pred.shape:
+            return pred, target
+        try:
+            keep = expand_weight(weight.detach(), (pred.shape[0],)) != 0
+        except ValueError:
+            return pred, target
+        if keep.device != pred.device or target.device != pred.device:
+            return pred, target
+        zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
+        keep = keep[:, None]
+        return torch.where(keep, pred, zero), torch.where(keep, target, zero.to(target.dtype))
 
     def _forward(self, pred, target, *, temperature, alpha, beta, labels):
         s = _check_float_tensor("pred", pred)
@@ -337,12 +384,23 @@ class DKDLoss(_DistillLoss):
         cdt = _cdt(s)
         n_cls = s.shape[1]
         s_c, t_c = s.to(cdt), t.detach().to(cdt)
-        z, u = s_c / temperature, t_c / temperature
-        y = labels.long()
-        valid = (y >= 0) & (y < n_cls)
-        gt = torch.arange(n_cls, device=s.device) == y[:, None]  # [N, C]; all False if invalid
         zero = torch.zeros((), dtype=cdt, device=s.device)
         neg_inf = torch.full((), -math.inf, dtype=cdt, device=s.device)
+        y = labels.long()
+        valid = (y >= 0) & (y < n_cls)
+
+        # a sample with an invalid label (l = 0, rule 1) or with a NaN / +inf logit (l NaN) is
+        # computed from zeros (finite, no NaN in its own gradient), then the latter is poisoned
+        def usable(x: Tensor) -> Tensor:
+            return (torch.isfinite(x) | (x == -math.inf)).all(1)
+
+        bad = valid & ~(usable(s_c) & usable(t_c))
+        clean = (valid & ~bad)[:, None]
+        s_raw = s_c
+        s_c, t_c = torch.where(clean, s_c, zero), torch.where(clean, t_c, zero)
+        y = torch.where(valid, y, 0)
+        z, u = s_c / temperature, t_c / temperature
+        gt = torch.arange(n_cls, device=s.device) == y[:, None]  # [N, C]
         d = (t_c - s_c) / temperature  # log Q - log P up to a constant, without cancellation
         lse_s, lse_t = torch.logsumexp(z, 1), torch.logsumexp(u, 1)
         z_o, u_o = torch.where(gt, neg_inf, z), torch.where(gt, neg_inf, u)
@@ -363,7 +421,10 @@ class DKDLoss(_DistillLoss):
         log_q_bin = torch.stack([torch.where(gt, u, zero).sum(1) - lse_t, lse_t_o - lse_t], 1)
         d_bin = torch.stack([torch.where(gt, d, zero).sum(1), torch.where(mass, gap_o, zero)], 1)
         tckd, _ = tempered_kl_terms(log_p_bin, log_q_bin, d_bin, temperature)
-        return alpha * tckd + beta * nckd, valid
+        # NaN / +inf input: l NaN and its gradient row NaN (s_raw * NaN; 0 on the other rows)
+        poison = torch.where(bad, math.nan, 0.0).to(cdt)[:, None]
+        nan_term = (torch.where(bad[:, None], s_raw, zero) * poison).sum(1)
+        return alpha * tckd + beta * nckd + nan_term, valid
 
 
 @LOSSES.register_module(name=["DISTLoss"])
@@ -375,7 +436,7 @@ class DISTLoss(_DistillLoss):
     temperature 1.0 (alias ``tau``; in [1e-30, 1e15]: the value grows as T^2), beta 1.0 (alias
     ``inter_loss_weight``, mmrazor), gamma 1.0 (alias ``intra_loss_weight``). The deviations
     P - mean P come from ``_softmax_parts`` (no cancellation where P is nearly uniform, at a
-    large T). An empty batch gives 0."""
+    large T). An empty batch gives 0; C = 0 (no class) is a ValueError naming pred."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"temperature": 1.0, "beta": 1.0, "gamma": 1.0}
     ALIASES: ClassVar[dict[str, str]] = {
@@ -393,6 +454,7 @@ class DISTLoss(_DistillLoss):
     def _forward(self, pred, target, *, temperature, beta, gamma):
         s = _check_float_tensor("pred", pred)
         _check_dims("pred", s, 2, "[N, C]")
+        _check_has_channels("pred", s, "[N, C]")
         t = _check_teacher(target, s)
         cdt = _cdt(s)
         if s.shape[0] == 0:
@@ -717,8 +779,9 @@ class MGDLoss(_DistillLoss):
     ``torch.rand`` (no host sync), i.e. each position is masked with probability lambda_mgd.
     Call options: ``mask`` (a given [N,1,H,W] 0/1 tensor M: deterministic) or ``generator`` (the
     ``torch.Generator`` of u, on s's device). Options: alpha_mgd 7e-5, lambda_mgd 0.65,
-    teacher_channels (required), student_channels (None: teacher_channels). An empty batch
-    gives 0."""
+    teacher_channels (required), student_channels (None: teacher_channels). An empty batch or
+    an empty map (H = 0 or W = 0: no position, a sum of nothing) gives 0, with a zero
+    gradient."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {
         "alpha_mgd": 7e-5, "lambda_mgd": 0.65, "teacher_channels": None,
@@ -784,6 +847,8 @@ class MGDLoss(_DistillLoss):
             if torch.device(generator.device).type != s.device.type:
                 raise ValueError(f"generator: expected a generator on {s.device} (like pred), "
                                  f"got one on {generator.device}")  # fmt: skip
+        if h == 0 or w == 0:  # no position (a 3x3 conv refuses an empty map): the sum is 0
+            return s.to(_cdt(s)).sum(), None
         f = self.align(s) if self.align is not None else s
         if mask is None:
             udt = s.dtype if s.dtype in (torch.float32, torch.float64) else torch.float32
@@ -799,8 +864,12 @@ class MGDLoss(_DistillLoss):
 
 def _rkd_distances(e: Tensor, eps: float, squared: bool) -> Tensor:
     """[N,N] d_ij = sqrt(max(norm(e_i - e_j)^2, eps)) (no sqrt if squared), diagonal 0, divided
-    by mu, the mean of the d > 0 (mu = 1 when none is: N = 1)."""
-    d2 = torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist").pow(2)
+    by mu, the mean of the d > 0 (mu = 1 when none is: N = 1). The squared distances are sums of
+    the squared differences (as ``cdist`` without the matrix product: no cancellation for close
+    rows), written out ([N, N, D], the footprint of RKDAngleLoss's unit vectors) so that autograd
+    differentiates them to every order (``cdist``'s backward has no derivative)."""
+    diff = e.unsqueeze(1) - e.unsqueeze(0)  # [i, j] = e_i - e_j
+    d2 = (diff * diff).sum(2)
     d = d2.clamp(min=eps)
     if not squared:
         d = d.sqrt()
@@ -829,8 +898,9 @@ class RKDDistanceLoss(_DistillLoss):
     d_t/mu_t)`` over all N^2 pairs (beta 1), ``d_ij = sqrt(max(norm(e_i - e_j)^2, eps))`` (no sqrt
     if ``squared``), diagonal 0, mu = the mean of the d > 0 (with gradient on the student side).
     s [N,*], t [N,*] (flattened to [N,D], D may differ) -> [N,N]. eps > 0, so every off-diagonal
-    d is positive; with none (N = 1) mu = 1 and the loss is 0. Options: eps 1e-12 (positive),
-    squared False (the paper weights it 25: ``loss_weight``)."""
+    d is positive; with none (N = 1) mu = 1 and the loss is 0. Plain autograd on the written-out
+    differences: double backward exact. Options: eps 1e-12 (positive), squared False (the paper
+    weights it 25: ``loss_weight``)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"eps": 1e-12, "squared": False}
 
@@ -850,7 +920,8 @@ class RKDDistanceLoss(_DistillLoss):
 class RKDAngleLoss(_DistillLoss):
     """RKD angle term (Park et al.; mmrazor ``AngleWiseRKD``): ``l_ijk = smoothL1(A_s, A_t)``
     over all N^3 triples, ``A_ijk = <n(e_j - e_i), n(e_k - e_i)>``, n = ``F.normalize`` (eps;
-    n(0) = 0, so the triples with j = i or k = i are 0). s, t [N,*] (flattened) -> [N,N,N].
+    n(0) = 0, so the triples with j = i or k = i are 0: a constant, not a normalised zero
+    vector). s, t [N,*] (flattened) -> [N,N,N]. Plain autograd: double backward exact.
     Options: eps 1e-12 (the paper weights it 50: ``loss_weight``)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"eps": 1e-12}
@@ -863,7 +934,11 @@ class RKDAngleLoss(_DistillLoss):
         s, t = _flatten_pair(pred, target)
 
         def angles(e: Tensor) -> Tensor:
-            nd = l2_normalize(e.unsqueeze(0) - e.unsqueeze(1), 2, eps)  # [i, j] = e_j - e_i
+            # [i, j] = n(e_j - e_i); the diagonal's zero vectors are not normalised: a constant
+            # 0 (their normalisation had a NaN double backward), a unit vector stands in
+            eye = torch.eye(e.shape[0], dtype=torch.bool, device=e.device)[:, :, None]
+            diff = torch.where(eye, 1.0, e.unsqueeze(0) - e.unsqueeze(1))
+            nd = torch.where(eye, 0.0, l2_normalize(diff, 2, eps))
             return torch.bmm(nd, nd.transpose(1, 2))
 
         return _smooth_l1(angles(s), angles(t)), None
@@ -879,13 +954,18 @@ class CRDLoss(_DistillLoss):
     ``l = side(s, bank_t) + side(t, bank_s)`` -> [N].
 
     Z, one per side (buffers ``z_s``, ``z_t``, -1 while unset), is set on the first call with a
-    non-empty batch to ``mean(exp(<bank, normalize(f)>/T)) n_data`` (no gradient) on the inputs'
-    device, without a host sync, then frozen (kept in the state dict). The buffers are float64
-    (float32 on MPS; ``.float()`` etc. convert them like any buffer) and follow the inputs'
-    device (moved, their value kept); Z is used in the inputs' dtype. The banks are memory rows and get no
-    gradient; the teacher embedding ``t`` is NOT detached: it is the output of the caller's
-    trainable teacher head (CRD trains ``embed_t`` through side(t, bank_s)); detach the teacher's
-    features before that head. The memory (momentum update, sampling) and the heads are the
+    sample of nonzero weight to ``mean(exp(<bank, normalize(f)>/T)) n_data`` over the samples of
+    nonzero weight (no gradient) on the inputs' device, without a host sync, then frozen (kept in
+    the state dict). The buffers are float64 (float32 on MPS) whatever the module's dtype casts
+    (``.half()``, ``.to(dtype)`` keep their value and dtype: Z, about 1e7 and more, overflows
+    float16) and follow the inputs' device (moved, their value kept); Z is used in the compute
+    dtype (float32, float64 for float64 inputs). A sample of weight 0 has its s, t, bank_t and
+    bank_s rows replaced by 0 before the formula (docs/spec.md 12.2 rule 1): its l and gradients
+    are exactly 0, and it is left out of Z (a call whose samples all have weight 0 leaves Z
+    unset, as an empty batch does). The banks are memory rows and get no gradient; the teacher
+    embedding ``t`` is NOT detached: it is the output of the caller's trainable teacher head (CRD
+    trains ``embed_t`` through side(t, bank_s)); detach the teacher's features before that
+    head. The memory (momentum update, sampling) and the heads are the
     caller's. Call options ``bank_t``, ``bank_s`` (required). Options: temperature 0.07 (alias
     ``tau``), neg_num 16384 (= K), n_data (required; alias ``sample_n``, mmrazor), eps 1e-7."""
 
@@ -904,6 +984,21 @@ class CRDLoss(_DistillLoss):
         self.register_buffer("z_s", torch.tensor(-1.0, dtype=torch.float64))
         self.register_buffer("z_t", torch.tensor(-1.0, dtype=torch.float64))
 
+    @staticmethod
+    def _z_dtype(device: torch.device) -> torch.dtype:
+        return torch.float32 if device.type == "mps" else torch.float64
+
+    def _apply(self, fn, recurse=True):  # (nn.Module's signature)
+        """``nn.Module._apply`` (``.to``, ``.half()``, ``.cuda()`` ...) with the Z buffers kept
+        float64 (float32 on MPS): a dtype cast leaves their value, a device move moves it."""
+        before = {name: getattr(self, name) for name in ("z_s", "z_t")}
+        out = super()._apply(fn, recurse)
+        for name, old in before.items():
+            new = getattr(self, name)
+            if new.dtype != self._z_dtype(new.device):
+                setattr(self, name, old.to(device=new.device, dtype=self._z_dtype(new.device)))
+        return out
+
     @classmethod
     def check_options(cls, options):
         cls._refuse_call_tensors(options)
@@ -914,12 +1009,16 @@ class CRDLoss(_DistillLoss):
         _check_positive_int_option("n_data", options["n_data"])
         options["eps"] = check_number("eps", options["eps"], nonneg=True)
 
-    def _side(self, f: Tensor, bank: Tensor, buffer: str, temperature: float, neg_num: int,
-              n_data: int, eps: float) -> Tensor:  # fmt: skip
+    def _mask_inputs(self, pred: Any, target: Any, weight: Tensor | None) -> tuple[Any, Any]:
+        """The weight travels with the target to ``_forward``, which masks the rows of weight 0
+        of s, t and both banks and leaves them out of Z (docs/spec.md 12.2 rule 1)."""
+        return pred, _WeightedTarget(target, weight)
+
+    def _side(self, f: Tensor, bank: Tensor, buffer: str, keep: Tensor | None, temperature: float,
+              neg_num: int, n_data: int, eps: float) -> Tensor:  # fmt: skip
         z_buf = getattr(self, buffer)
         if z_buf.device != f.device:  # follow the inputs (the value kept; float64 where it can)
-            dt = torch.float32 if f.device.type == "mps" else z_buf.dtype
-            z_buf = z_buf.to(device=f.device, dtype=dt)
+            z_buf = z_buf.to(device=f.device, dtype=self._z_dtype(f.device))
             setattr(self, buffer, z_buf)
         nf = l2_normalize(f, 1, 1e-12)
         e = torch.exp(
@@ -927,9 +1026,15 @@ class CRDLoss(_DistillLoss):
         )
         with torch.no_grad():
             z_old = z_buf.to(f.dtype)
-            z_new = e.mean() * n_data
+            if keep is None:
+                total, rows = e.sum(), torch.full((), e.shape[0], device=e.device)
+            else:  # the rows of weight 0 (finite: their inputs are 0) are left out
+                total, rows = torch.where(keep[:, None], e, 0.0).sum(), keep.sum()
+            has = rows > 0
+            z_new = total / (rows.to(e.dtype) * e.shape[1]).clamp(min=1) * n_data
+            z_new = torch.where(has, z_new, 1.0)  # no sample: a harmless 1 (unused, not stored)
             z = torch.where(z_old > 0, z_old, z_new)
-            fresh = torch.where(torch.isfinite(z_new) & (z_new > 0), z_new, -1.0)
+            fresh = torch.where(has & torch.isfinite(z_new) & (z_new > 0), z_new, -1.0)
             z_buf.copy_(torch.where(z_buf > 0, z_buf, fresh.to(z_buf.dtype)))
         h = e / z
         c = neg_num / n_data
@@ -949,15 +1054,25 @@ class CRDLoss(_DistillLoss):
         return bank
 
     def _forward(self, pred, target, *, temperature, neg_num, n_data, eps, bank_t, bank_s):
+        weight = None
+        if isinstance(target, _WeightedTarget):
+            target, weight = target.target, target.weight
         s = _check_float_tensor("pred", pred)
         _check_dims("pred", s, 2, "[N, D]")
         t = _check_teacher(target, s)
         bank_t = self._check_bank("bank_t", bank_t, s, "pred", neg_num)
         bank_s = self._check_bank("bank_s", bank_s, t, "target", neg_num)
         cdt = _cdt(s)
+        s, t = s.to(cdt), t.to(cdt)
+        keep = None
+        if isinstance(weight, Tensor):  # (checked, on s's device); l is [N]
+            keep = expand_weight(weight.detach(), (s.shape[0],)) != 0  # before Z is touched
+            k2, k3 = keep[:, None], keep[:, None, None]
+            s, t = torch.where(k2, s, 0.0), torch.where(k2, t, 0.0)
+            bank_t, bank_s = torch.where(k3, bank_t, 0.0), torch.where(k3, bank_s, 0.0)
         opts = (temperature, neg_num, n_data, eps)
-        return (self._side(s.to(cdt), bank_t, "z_s", *opts)
-                + self._side(t.to(cdt), bank_s, "z_t", *opts)), None  # fmt: skip
+        return (self._side(s, bank_t, "z_s", keep, *opts)
+                + self._side(t, bank_s, "z_t", keep, *opts)), None  # fmt: skip
 
 
 @LOSSES.register_module(name=["PKTLoss"])

@@ -5,8 +5,9 @@ mdistiller / mmrazor / RepDistiller, never from the library's code.
 
 ``pred`` = student ``s``, ``target`` = teacher ``t`` (detached; CRD's teacher embedding keeps its
 gradient, see ``crd_loss``); P = softmax(s/T), Q = softmax(t/T) over dim 1;
-KL(Q||P) = sum_c Q_c (log Q_c - log P_c) (torch ``kl_div(log P, Q)``, whose terms with Q_c = 0
-are 0). Cosines are torch's: <a / max(|a|, eps), b / max(|b|, eps)>.
+KL(Q||P) = sum_c Q_c (log Q_c - log P_c), whose terms with Q_c = 0 are 0, also where P_c = 0 (a
+class at -inf in both models; torch ``kl_div`` gives NaN there); a NaN anywhere gives NaN. Cosines
+are torch's: <a / max(|a|, eps), b / max(|b|, eps)>.
 
 Choices where the spec is silent (shared with the library): RKD's mu is 1 when no distance is
 positive (N = 1: a 0 loss); AT pools a map larger along an axis to (min H, min W); the learnable
@@ -43,11 +44,14 @@ def knowledge_distillation_loss(
     s: torch.Tensor, t: torch.Tensor, *, temperature: float = 4.0
 ) -> torch.Tensor:
     """l = T^2 KL(Q||P) (Hinton); s, t [N,C,*] -> l [N,*] (the class axis summed). The registry's
-    default reduction is "batchmean" (mmrazor: sum / N, also for dense maps)."""
+    default reduction is "batchmean" (mmrazor: sum / N, also for dense maps). A term with
+    Q_c = 0 is 0 (selected, not multiplied: 0 (log 0 - log 0) would be NaN where the student is
+    -inf too); a NaN Q_c is not 0 and gives NaN."""
     log_p = F.log_softmax(s / temperature, dim=1)
+    log_q = F.log_softmax(t.detach() / temperature, dim=1)
     q = F.softmax(t.detach() / temperature, dim=1)
-    kl = F.kl_div(log_p, q, reduction="none").sum(dim=1)
-    return temperature**2 * kl
+    terms = torch.where(q == 0, torch.zeros((), dtype=q.dtype), q * (log_q - log_p))
+    return temperature**2 * terms.sum(dim=1)
 
 
 # ---------------------------------------------------------------------------- helpers (literal)
@@ -77,10 +81,11 @@ def _smooth_l1(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def _kl(q: list[torch.Tensor], p: list[torch.Tensor]) -> torch.Tensor:
-    """sum_i q_i (log q_i - log p_i), the terms with q_i = 0 being 0."""
+    """sum_i q_i (log q_i - log p_i), the terms with q_i = 0 being 0; a NaN q_i or p_i is kept
+    (the sum is then NaN: a NaN input is never read as "no mass")."""
     total = torch.zeros((), dtype=p[0].dtype)
     for qi, pi in zip(q, p):
-        if float(qi) > 0:
+        if float(qi) != 0:
             total = total + qi * (torch.log(qi) - torch.log(pi))
     return total
 
@@ -100,8 +105,8 @@ def dkd_loss(
     """DKD (Zhao et al.; mdistiller): per sample n with label y, P = softmax(s_n/T),
     Q = softmax(t_n/T); TCKD = T^2 KL((Q_y, 1 - Q_y) || (P_y, 1 - P_y)); NCKD = T^2 KL of the
     softmaxes of s_n/T and t_n/T restricted to the classes != y; l_n = alpha TCKD + beta NCKD.
-    NCKD is 0 when the teacher has no mass off y (Q' undefined). s, t [N,C], labels [N] in
-    [0, C) -> l [N]."""
+    NCKD is 0 when the teacher has no mass off y (all -inf there: Q' undefined). A NaN or +inf
+    logit gives NaN (the softmax of +inf is NaN). s, t [N,C], labels [N] in [0, C) -> l [N]."""
     t = t.detach()
     n_cls = s.shape[1]
     out = []
@@ -113,7 +118,7 @@ def dkd_loss(
         others = [c for c in range(n_cls) if c != y]
         p_o = torch.softmax(torch.stack([s[n, c] for c in others]) / temperature, 0)
         t_o = torch.stack([t[n, c] for c in others])
-        if bool(torch.isinf(t_o).all()):  # no teacher mass off y: Q' undefined, NCKD = 0
+        if bool((t_o == float("-inf")).all()):  # no teacher mass off y: Q' undefined, NCKD 0
             nckd = torch.zeros((), dtype=s.dtype)
         else:
             q_o = torch.softmax(t_o / temperature, 0)
@@ -373,14 +378,21 @@ def rkd_angle_loss(s: torch.Tensor, t: torch.Tensor, *, eps: float = 1e-12) -> t
 
 
 def crd_normalizer(
-    f: torch.Tensor, bank: torch.Tensor, *, temperature: float = 0.07, n_data: int
+    f: torch.Tensor,
+    bank: torch.Tensor,
+    *,
+    temperature: float = 0.07,
+    n_data: int,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Z = mean over n, k of exp(<bank_nk, normalize(f_n)>/T), times n_data (RepDistiller's
-    ``Z_v = out.mean() * n_data`` of its first batch), without gradient."""
+    ``Z_v = out.mean() * n_data`` of its first batch), without gradient. ``keep`` ([N] bool;
+    spec 12.2 rule 1): only the samples where it is True are averaged."""
     with torch.no_grad():
         values = [
             torch.exp((bank[n, k] * _l2_normalize(f[n])).sum() / temperature)
             for n in range(f.shape[0])
+            if keep is None or bool(keep[n])
             for k in range(bank.shape[1])
         ]
         return sum(values) / len(values) * n_data
@@ -397,17 +409,19 @@ def crd_loss(
     eps: float = 1e-7,
     z_s: torch.Tensor | float | None = None,
     z_t: torch.Tensor | float | None = None,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """CRD NCE (Tian et al.; RepDistiller ``ContrastLoss``, ``Pn = 1/n_data``), per side with
     h_k = exp(<bank_k, normalize(f)>/T) / Z, K = bank rows - 1, c = K/n_data:
     side = -(log(h_0/(h_0 + c + eps)) + sum_{k>=1} log(c/(h_k + c + eps)));
     l_n = side(s_n, bank_t,n; z_s) + side(t_n, bank_s,n; z_t). Z None: ``crd_normalizer`` of
     these inputs (the first call). The banks get no gradient; t keeps its gradient (the teacher
-    head's output). s, t [N,D], banks [N,K+1,D] -> [N]."""
+    head's output). s, t [N,D], banks [N,K+1,D] -> [N]. ``keep`` ([N] bool; spec 12.2 rule 1):
+    a sample where it is False is left out of Z and its l is 0 (not computed)."""
     if z_s is None:
-        z_s = crd_normalizer(s, bank_t, temperature=temperature, n_data=n_data)
+        z_s = crd_normalizer(s, bank_t, temperature=temperature, n_data=n_data, keep=keep)
     if z_t is None:
-        z_t = crd_normalizer(t, bank_s, temperature=temperature, n_data=n_data)
+        z_t = crd_normalizer(t, bank_s, temperature=temperature, n_data=n_data, keep=keep)
     k_neg = bank_t.shape[1] - 1
     c = k_neg / n_data
 
@@ -419,7 +433,12 @@ def crd_loss(
             total = total + torch.log(c / (h[k] + c + eps))
         return -total
 
-    out = [side(s[n], bank_t[n], z_s) + side(t[n], bank_s[n], z_t) for n in range(s.shape[0])]
+    out = [
+        side(s[n], bank_t[n], z_s) + side(t[n], bank_s[n], z_t)
+        if keep is None or bool(keep[n])
+        else torch.zeros((), dtype=s.dtype)
+        for n in range(s.shape[0])
+    ]
     return torch.stack(out)
 
 
