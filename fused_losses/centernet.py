@@ -62,6 +62,17 @@ COMPONENTS = ("hm", "wh", "off")
 # Argument checks (metadata only: no device sync), each error naming the argument.
 
 
+def check_constant(name: str, x: torch.Tensor) -> None:
+    """A target is a constant (docs/spec.md 8): the fused ops differentiate the predictions only
+    and would give a target no gradient, so one that requires grad is refused while grad mode is
+    on (as CASS's ``soft_focal_loss`` does), before any kernel runs."""
+    if x.requires_grad and torch.is_grad_enabled():
+        raise ValueError(
+            f"{name}: expected a tensor that does not require grad (a target is a constant: the "
+            "loss differentiates the predictions only), got one that requires grad: detach it"
+        )
+
+
 def check_reg_inputs(
     output: torch.Tensor,
     mask: torch.Tensor,
@@ -71,7 +82,8 @@ def check_reg_inputs(
     weighted: bool,
     names: tuple[str, str, str, str] = ("output", "mask", "ind", "target"),
 ) -> None:
-    """output [B,C,H,W] floating, ind [B,M] integer, target [B,M,C], mask [B,M] or [B,M,C]."""
+    """output [B,C,H,W] floating, ind [B,M] integer, target [B,M,C], mask [B,M] or [B,M,C];
+    target and mask constants (:func:`check_constant`)."""
     n_out, n_mask, n_ind, n_target = names
     check_tensor(n_out, output)
     check_floating(n_out, output)
@@ -90,6 +102,8 @@ def check_reg_inputs(
         check_shape(n_mask, mask, [b, m, c], f"[{b}, {m}, {c}]")
     else:
         check_shape(n_mask, mask, [b, m], f"[{b}, {m}]")
+    check_constant(n_target, target)
+    check_constant(n_mask, mask)
     check_same_device({n_out: output, n_mask: mask, n_ind: ind, n_target: target})
 
 
@@ -116,8 +130,9 @@ def centernet_focal_loss(
     positives ``gt == 1``, negatives ``gt < 1``; ``-sum_neg ...`` alone when there is no positive.
     No epsilon inside the logs. The masked focal loss with alpha=2, beta=4, pos_threshold=1,
     normalize="num_pos", eps=0 (identical for gt <= 1, the only values CenterNet produces).
-    ``reduce_across_ranks`` / ``process_group``: num_pos over every data-parallel rank
-    (``fused_losses.LossOptions``).
+    The gradient flows into ``pred``; a ``gt`` that requires grad is refused (ValueError: detach
+    it), as every CenterNet target is (docs/spec.md 8). ``reduce_across_ranks`` /
+    ``process_group``: num_pos over every data-parallel rank (``fused_losses.LossOptions``).
     """
     check_tensor("pred", pred)
     check_floating("pred", pred)
@@ -125,6 +140,7 @@ def centernet_focal_loss(
     check_real("gt", gt)
     if gt.shape != pred.shape:
         raise ValueError(f"gt: expected shape {shape_str(pred)} (as pred), got {shape_str(gt)}")
+    check_constant("gt", gt)
     opts = CENTERNET_FOCAL.replace(
         backend=backend, reduce_across_ranks=reduce_across_ranks, process_group=process_group
     )
@@ -344,6 +360,7 @@ def _check_targets(targets: object, hm: torch.Tensor) -> dict[str, torch.Tensor]
         raise ValueError(
             f"targets['hm']: expected shape {shape_str(hm)} (as hm), got {shape_str(t)}"
         )
+    check_constant("targets['hm']", t)
     return {k: targets[k] for k in TARGET_KEYS}
 
 
@@ -440,11 +457,13 @@ def centernet_loss(
             f"{len(regs)}"
         )
     for s, (h_s, w_s, r_s) in enumerate(zip(hms, whs, regs)):
+        if s > 0:  # before the targets are checked against it: a wrong hm[s] is named
+            check_tensor(f"hm[{s}]", h_s)
+            if h_s.shape != hms[0].shape:
+                raise ValueError(
+                    f"hm[{s}]: expected shape {shape_str(hms[0])} (as hm[0]), got {shape_str(h_s)}"
+                )
         t_s = check_centernet_inputs(h_s, w_s, r_s, targets, boxes, labels, box_mask, down_ratio)
-        if s > 0 and h_s.shape != hms[0].shape:
-            raise ValueError(
-                f"hm[{s}]: expected shape {shape_str(hms[0])} (as hm[0]), got {shape_str(h_s)}"
-            )
     targets = t_s
     group = active_group(opts)  # data parallel: each term's share, one global sum at the end
     smooth = opts.reg_loss == "sl1"
@@ -497,7 +516,8 @@ class CenterNetLoss(LossModule):
     hourglass network (every term is then averaged over the stacks, as CtdetLoss does); either ``targets``, a dict with ``hm``, ``wh``, ``reg``,
     ``ind``, ``reg_mask`` (CenterNet's batch, or :func:`centernet_targets`; extra keys are
     ignored), or raw ``boxes`` [B,N,4], ``labels`` [B,N] and ``box_mask`` [B,N], from which the
-    targets are generated on the device without a host sync. Returns ``hm_weight * focal +
+    targets are generated on the device without a host sync; the targets are constants (one that
+    requires grad is refused: docs/spec.md 8). Returns ``hm_weight * focal +
     wh_weight * L1(wh) + off_weight * L1(reg)``, and with ``return_components=True`` ``(total,
     {"hm", "wh", "off"})`` with detached 0-dim terms.
     """

@@ -9,7 +9,7 @@ Per stack s, with the shared targets t:
     hp        = reg_weighted_l1_loss(hps_s, t.hps_mask, t.ind, t.hps), or with dense_hp
                 sum |hps_s M - t.dense_hps M| / (sum M + 1e-4), M = t.dense_hps_mask
     hm_hp     = centernet_focal_loss(hm_hp_s, t.hm_hp), or with mse_loss mean((hm_hp_s - t.hm_hp)^2)
-                                                                         if hm_hp, hm_hp_weight > 0
+                = sum(((hm_hp_s - t.hm_hp) / sqrt(n))^2), 0 for n = 0   if hm_hp, hm_hp_weight > 0
     hp_offset = crit_reg(hp_offset_s, t.hp_mask, t.hp_ind, t.hp_offset)  if reg_hp_offset (forced
                 off without hm_hp), off_weight > 0
     crit_reg  = reg_l1_loss ("l1") or reg_smooth_l1_loss ("sl1")
@@ -18,7 +18,8 @@ Per stack s, with the shared targets t:
 
 The focal and gathered-regression terms are the fused ops of ``centernet.py`` (both backends); the
 dense L1 and the MSE are single-pass PyTorch reductions with autograd. A term that does not run
-is 0 and its head may be absent.
+is 0 and its head may be absent. The targets are constants: one that requires grad is refused
+(docs/spec.md 8).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from typing import Any
 
 import torch
 
-from .centernet import CENTERNET_FOCAL, REG_EPS, _reg_loss, check_reg_inputs
+from .centernet import CENTERNET_FOCAL, REG_EPS, _reg_loss, check_constant
 from .centernet_labels import AREA_LIMIT
 from .centernet_pose_labels import centernet_pose_targets, check_hm_gauss
 from .distributed import active_group, denominator_sync, global_loss
@@ -40,6 +41,7 @@ from .validation import (
     check_bool,
     check_choice,
     check_floating,
+    check_integer,
     check_number,
     check_positive_int,
     check_real,
@@ -222,8 +224,18 @@ def check_pose_inputs(
     outputs: Any, targets: Any, opts: CenterNetPoseOptions
 ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
     """(the stacks, the targets used), every tensor checked before any kernel runs. Only the
-    heads and target keys that the terms which run read are checked (others are ignored)."""
-    outputs = _stacks(outputs)
+    heads and target keys that the terms which run read are checked (others are ignored).
+
+    Stack 0's ``hm`` [B, K, H, W] sets the map. The targets are checked against it and against
+    each other, each error naming the target: ``targets['hm']`` [B, K, H, W], ``ind`` [B, M],
+    ``reg_mask`` [B, M], ``wh``, ``reg`` [B, M, 2], ``hps``, ``hps_mask`` [B, M, 2J], ``hm_hp``
+    [B, J, H, W], ``hp_ind``, ``hp_mask`` [B, MJ], ``hp_offset`` [B, MJ, 2], ``dense_hps``,
+    ``dense_hps_mask`` [B, 2J, H, W] (2J and J as the targets have them), each a constant (no
+    grad, :func:`check_constant`) on ``targets['hm']``'s device. Then every head read, in every
+    stack, against those shapes and that device, each error naming the head with its stack
+    (``outputs[s]['wh']``): all heads share ``hm``'s map size [B, C, H, W], since ``ind`` and
+    ``hp_ind`` index that map."""
+    stacks = _stacks(outputs)
     if not isinstance(targets, dict):
         raise TypeError(f"targets: expected a dict, got {type(targets).__name__}")
     runs = opts.runs()
@@ -232,51 +244,73 @@ def check_pose_inputs(
         raise ValueError(f"targets: missing keys {missing} (for the options given)")
     t = {k: targets[k] for k in _target_keys(opts)}
     need = _heads_read(opts)
-    for s, out in enumerate(outputs):
+    for s, out in enumerate(stacks):
         _check_present(s, out, need)
-        hm = out["hm"]
-        check_tensor(f"outputs[{s}]['hm']", hm)
-        check_floating(f"outputs[{s}]['hm']", hm)
-        check_shape(f"outputs[{s}]['hm']", hm, [None, None, None, None], "[B, K, H, W]")
-        _check_same_shape("targets['hm']", t["hm"], hm)
-        b, _, h, w = hm.shape
-        regs = [("wh", "wh", "reg_mask", "ind"), ("off", "reg", "reg_mask", "ind")]
-        regs.append(("hp_offset", "hp_offset", "hp_mask", "hp_ind"))
-        for term, key, mask_key, ind_key in regs:
-            if runs[term]:
-                head = _HEADS[term]
-                check_reg_inputs(
-                    out[head], t[mask_key], t[ind_key], t[key], weighted=False,
-                    names=(f"outputs[{s}]['{head}']", f"targets['{mask_key}']",
-                           f"targets['{ind_key}']", f"targets['{key}']"),
-                )  # fmt: skip
-        hps = out["hps"]
-        if opts.dense_hp:
-            check_tensor(f"outputs[{s}]['hps']", hps)
-            check_floating(f"outputs[{s}]['hps']", hps)
-            check_shape(f"outputs[{s}]['hps']", hps, [b, None, h, w], f"[{b}, 2J, {h}, {w}]")
-            _check_same_shape("targets['dense_hps']", t["dense_hps"], hps)
-            _check_same_shape("targets['dense_hps_mask']", t["dense_hps_mask"], hps)
-        else:
-            check_reg_inputs(
-                hps, t["hps_mask"], t["ind"], t["hps"], weighted=True,
-                names=(f"outputs[{s}]['hps']", "targets['hps_mask']", "targets['ind']",
-                       "targets['hps']"),
-            )  # fmt: skip
-        if runs["hm_hp"]:
-            check_tensor(f"outputs[{s}]['hm_hp']", out["hm_hp"])
-            check_floating(f"outputs[{s}]['hm_hp']", out["hm_hp"])
-            _check_same_shape("targets['hm_hp']", t["hm_hp"], out["hm_hp"])
-        named = {f"outputs[{s}]['{k}']": out[k] for k in need}
-        check_same_device({**named, **{f"targets['{k}']": v for k, v in t.items()}})
-    return outputs, t
+    hm0 = ("outputs[0]['hm']", stacks[0]["hm"])
+    check_tensor(*hm0)
+    check_floating(*hm0)
+    check_shape(*hm0, [None, None, None, None], "[B, K, H, W]")
+    b, k, h, w = hm0[1].shape
 
+    def named(key: str) -> tuple[str, Any]:
+        return f"targets['{key}']", t[key]
 
-def _check_same_shape(name: str, x: Any, like: torch.Tensor) -> None:
-    check_tensor(name, x)
-    check_real(name, x)
-    if x.shape != like.shape:
-        raise ValueError(f"{name}: expected shape {shape_str(like)}, got {shape_str(x)}")
+    def target(key: str, expected: list, labels: list[str], note: str, *sources: Any):
+        name, x = named(key)
+        check_tensor(name, x)
+        (check_integer if key in ("ind", "hp_ind") else check_real)(name, x)
+        _expect_shape(name, x, expected, labels, note, *sources)
+        check_constant(name, x)
+        return x.shape
+
+    target("hm", [b, k, h, w], [""] * 4, "like ", hm0)
+    m = target("ind", [b, None], ["", "M"], "B from ", hm0)[1]
+    if runs["wh"] or runs["off"]:
+        target("reg_mask", [b, m], ["", ""], "B, M from ", hm0, named("ind"))
+    for key, term in (("wh", "wh"), ("reg", "off")):
+        if runs[term]:
+            target(key, [b, m, 2], ["", "", ""], "B, M from ", hm0, named("ind"))
+    if opts.dense_hp:
+        hps_key = "dense_hps"
+        c_hps = target(hps_key, [b, None, h, w], ["", "2J", "", ""], "B, H, W from ", hm0)[1]
+        target("dense_hps_mask", [b, c_hps, h, w], [""] * 4, "like ", named(hps_key))
+    else:
+        hps_key = "hps"
+        c_hps = target(hps_key, [b, m, None], ["", "", "2J"], "B, M from ", hm0, named("ind"))[2]
+        target("hps_mask", [b, m, c_hps], [""] * 3, "like ", named(hps_key))
+    if runs["hm_hp"]:
+        target("hm_hp", [b, None, h, w], ["", "J", "", ""], "B, H, W from ", hm0)
+    if runs["hp_offset"]:
+        mj = target("hp_ind", [b, None], ["", "MJ"], "B from ", hm0)[1]
+        target("hp_mask", [b, mj], ["", ""], "B, MJ from ", hm0, named("hp_ind"))
+        target("hp_offset", [b, mj, 2], ["", "", ""], "B, MJ from ", hm0, named("hp_ind"))
+    device = check_same_device({f"targets['{key}']": x for key, x in t.items()})  # hm's
+
+    # The heads of every stack, against hm's map and the targets' channels.
+    expect = {
+        "hm": ([b, k, h, w], [""] * 4, "like ", hm0),
+        "wh": ([b, 2, h, w], [""] * 4, "B, H, W from ", hm0),
+        "reg": ([b, 2, h, w], [""] * 4, "B, H, W from ", hm0),
+        "hp_offset": ([b, 2, h, w], [""] * 4, "B, H, W from ", hm0),
+        "hps": ([b, c_hps, h, w], ["", "2J = ", "", ""], "B, H, W, 2J from ", hm0,
+                named(hps_key)),
+    }  # fmt: skip
+    if runs["hm_hp"]:
+        expect["hm_hp"] = ([b, t["hm_hp"].shape[1], h, w], ["", "J = ", "", ""],
+                           "B, J, H, W from ", named("hm_hp"))  # fmt: skip
+    for s, out in enumerate(stacks):
+        for head in need:
+            name, x = f"outputs[{s}]['{head}']", out[head]
+            check_tensor(name, x)
+            check_floating(name, x)
+            if s > 0 or head != "hm":
+                _expect_shape(name, x, *expect[head])
+            if x.device != device:
+                raise ValueError(
+                    f"{name}: expected a tensor on {device} (like targets['hm']), got one on "
+                    f"{x.device}"
+                )
+    return stacks, t
 
 
 def _dense_l1_share(hps: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, group: Any):
@@ -290,12 +324,15 @@ def _dense_l1_share(hps: torch.Tensor, target: torch.Tensor, mask: torch.Tensor,
 
 
 def _mse_share(pred: torch.Tensor, target: torch.Tensor, group: Any):
-    """mean((pred - target)^2) over every element (the count over the ranks)."""
+    """mean((pred - target)^2) over every element (n: the count over the ranks; an empty map
+    gives 0), as sum(((pred - target) / sqrt(n))^2): no square overflows where the mean is
+    finite in float32 (each term is at most the mean), and plain autograd keeps it exact to
+    second order."""
     sync = denominator_sync(group)
     cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
-    total = (pred.to(cdt) - target.to(cdt)).square().sum()
     n = torch.full((), float(pred.numel()), dtype=cdt, device=pred.device)  # (no H2D copy)
-    return total / (sync(n) if sync is not None else n).clamp_min(1)
+    root = (sync(n) if sync is not None else n).clamp_min(1).sqrt()
+    return ((pred.to(cdt) - target.to(cdt)) / root).square().sum()
 
 
 def centernet_pose_loss(
@@ -379,21 +416,26 @@ class CenterNetPoseLoss(LossModule):
     ``CenterNetPoseLoss(**options)`` with the fields of :class:`CenterNetPoseOptions`
     (``hm_weight=1.0, wh_weight=0.1, off_weight=1.0, hp_weight=1.0, hm_hp_weight=1.0, hm_hp=True,
     reg_offset=True, reg_hp_offset=True, dense_hp=False, mse_loss=False, reg_loss="l1",
-    backend="auto", reduce_across_ranks=False, process_group=None``), called as
+    down_ratio=4, hm_gauss=None, backend="auto", reduce_across_ranks=False,
+    process_group=None``), called as
     ``criterion(outputs, targets=None, *, boxes=None, keypoints=None, labels=None,
     box_mask=None, return_components=False)``: ``outputs`` a dict of heads or a
     list of them, one per stack: ``hm`` [B,K,H,W] and (focal mode) ``hm_hp`` [B,J,H,W] as
     clamped-sigmoid probabilities (:func:`clamped_sigmoid`), ``hm_hp`` raw with ``mse_loss``;
     ``wh``, ``reg``, ``hp_offset`` [B,2,H,W]; ``hps`` [B,2J,H,W]. ``targets``: CenterNet's batch
     dict (``hm wh reg ind reg_mask hps hps_mask hm_hp hp_offset hp_ind hp_mask``, with
-    ``dense_hp`` ``dense_hps dense_hps_mask`` instead of ``hps hps_mask``; extra keys ignored),
+    ``dense_hp`` ``dense_hps dense_hps_mask`` instead of ``hps hps_mask``; extra keys ignored;
+    constants: a target that requires grad is refused; checked against stack 0's ``hm``, then
+    every head read against them, all heads of ``hm``'s map size, see :func:`check_pose_inputs`),
     or raw ``boxes`` [B,N,4], ``keypoints`` [B,N,J,3] (x, y, v) input pixels, ``labels`` and
     ``box_mask`` [B,N], from which :func:`centernet_pose_targets` builds them on the device
     (the heads read are checked against the boxes and keypoints first: floating, on the boxes'
     device, stack 0's ``hm`` setting B = the boxes' batch, K, H, W, every other head read
     [B,C,H,W] with C as above; a head that no running term reads is ignored). The weights are
-    numbers in [-1e30, 1e30], ``hm_gauss`` one in [1e-6, 1e4]. Returns the total, and with ``return_components=True`` ``(total, {"hm", "wh", "off", "hp",
-    "hm_hp", "hp_offset"})`` with detached 0-dim terms (0 for a term that does not run).
+    numbers in [-1e30, 1e30], ``hm_gauss`` one in [1e-6, 1e4] (the msra sigma of the targets
+    built with ``mse_loss``; ``down_ratio``: input pixels per map cell, for raw boxes). Returns
+    the total, and with ``return_components=True`` ``(total, {"hm", "wh", "off", "hp", "hm_hp",
+    "hp_offset"})`` with detached 0-dim terms (0 for a term that does not run).
     """
 
     Options = CenterNetPoseOptions

@@ -5,7 +5,9 @@
   backward (like the regression and the targets, a ``kernel_ops.KernelFn``: a plain
   ``autograd.Function`` eagerly, opaque custom ops under torch.compile).
 * ``reg_l1_loss_triton``: one gather-and-reduce kernel (per-program partials, a fixed-order final
-  reduction) that also writes the masked signs; backward scatters them.
+  reduction) that also writes the masked signs; backward scatters them. Registered under the
+  public name of each variant (``reg_l1_loss``, ``reg_weighted_l1_loss``, ``reg_smooth_l1_loss``),
+  which the double-backward error names.
 * ``centernet_hm_loss_triton``: CenterNet's focal term against the targets of raw boxes, the
   target heatmap rebuilt in registers (never written); for float32/float64 ``hm`` the forward
   writes the final gradient too, which the first backward scales in place.
@@ -124,7 +126,11 @@ register("transpose_and_gather_feat", KernelFn(
     forward=lambda feat, ind: (_centernet.gather_feat_launch(feat, ind),),
     backward=_gather_backward, fake=_gather_fake,
 ))  # fmt: skip
-register("reg_l1_loss", KernelFn(_reg_l1_forward, _reg_l1_fake, _reg_l1_backward))
+# One kernel op under the public name of each variant (the double-backward error names it).
+_REG = KernelFn(_reg_l1_forward, _reg_l1_fake, _reg_l1_backward)
+register("reg_l1_loss", _REG)
+register("reg_weighted_l1_loss", _REG)
+register("reg_smooth_l1_loss", _REG)
 register("centernet_hm_loss", KernelFn(_hm_forward, _hm_fake, _hm_backward))
 register("centernet_targets", KernelFn(_targets_forward, _targets_fake))
 register("centernet_pose_targets", KernelFn(_pose_forward, _pose_fake))
@@ -184,7 +190,8 @@ def reg_l1_loss_triton(
         opts["smooth"] = True
     if sync is not None:
         opts["sync"] = sync
-    return run("reg_l1_loss", (output, mask, ind, target), opts)[0]
+    op = "reg_smooth_l1_loss" if smooth else "reg_weighted_l1_loss" if weighted else "reg_l1_loss"
+    return run(op, (output, mask, ind, target), opts)[0]
 
 
 def centernet_hm_loss_triton(hm, boxes, labels, box_mask, down_ratio: int, need: bool, sync=None):

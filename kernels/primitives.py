@@ -169,13 +169,17 @@ def focal_terms(x, y, alpha, beta, pos_threshold, eps, smoothing, FROM_LOGITS: t
 @triton.jit
 def smooth_l1_terms(d, beta):
     """(smoothL1(d), smoothL1'(d)): 0.5 d^2 / beta and d / beta if |d| < beta, else |d| - 0.5 beta
-    and sign(d) (the linear branch at |d| = beta; beta = 0 is the L1 loss)."""
+    and sign(d) (the linear branch at |d| = beta; beta = 0 is the L1 loss). A NaN d: the loss is
+    NaN, and so is the derivative for beta > 0 (the torch backend's clamp(d, -beta, beta) / beta
+    and torch's smooth_l1_loss keep it); for beta = 0 it is 0, as torch.sign(NaN) (the torch
+    backend's L1 branch and l1_loss)."""
     a = tl.abs(d)
     quad = a < beta
     safe_beta = tl.where(beta > 0, beta, 1.0)
     s = tl.where(quad, 0.5 * d * d / safe_beta, a - 0.5 * beta)
     sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
-    return s, tl.where(quad, d / safe_beta, sign)
+    lin = tl.where(d != d, tl.where(beta > 0, d, 0.0), sign)
+    return s, tl.where(quad, d / safe_beta, lin)
 
 
 @triton.jit

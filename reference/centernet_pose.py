@@ -4,10 +4,10 @@ Read next to CenterNet (Zhou et al., "Objects as Points", github.com/xingyizhou/
 ``datasets/sample/multi_pose.py`` (the per-object, per-joint loop that builds the pose targets),
 ``utils/image.py`` (``draw_msra_gaussian``, ``draw_dense_reg``; ``draw_umich_gaussian`` and the
 rest of the ctdet pieces live in :mod:`reference.centernet`), ``trains/multi_pose.py``
-(``MultiPoseLoss``) and ``models/losses.py`` (``RegLoss`` = ``_reg_loss``). SPEC section 11 is the
-contract; where it departs from CenterNet it wins: the affine transform is a division by
-``down_ratio``, there is no flipping or other augmentation, boxes are (x1, y1, x2, y2) and keypoints
-(x, y, v) in input pixels. numpy is replaced by torch and Python's ``math``; loops stay loops. The
+(``MultiPoseLoss``) and ``models/losses.py`` (``RegLoss`` = ``_reg_loss``). docs/centernet.md
+("Multi-pose") and docs/spec.md section 8 are the contract; where it departs from CenterNet it
+wins: the affine transform is a division by ``down_ratio``, there is no flipping or other
+augmentation, boxes are (x1, y1, x2, y2) and keypoints (x, y, v) in input pixels. numpy is replaced by torch and Python's ``math``; loops stay loops. The
 library's runtime never imports this module.
 """
 
@@ -48,7 +48,7 @@ def draw_msra_gaussian(
     border shifts the peak by a cell, as in CenterNet. A window entirely off the map draws nothing.
     ``g`` is numpy's float32 expression (``x = arange(size, float32)``) with its exponent computed in
     the map's precision in numpy's order and the ``exp`` in float64, rounded into the map's dtype
-    (numpy's own float32 ``exp`` is within about an ulp of that: SPEC 11.2's 1e-6 relative).
+    (numpy's own float32 ``exp`` is within about an ulp of that).
     """
     tmp_size = sigma * 3
     mu_x = int(center[0] + 0.5)
@@ -139,7 +139,8 @@ def centernet_pose_targets(
     mse_loss: bool = False,
     hm_gauss: float | None = None,
 ) -> dict[str, torch.Tensor]:
-    """CenterNet's multi-pose sample targets (SPEC 11.2), one image, one box, one joint at a time.
+    """CenterNet's multi-pose sample targets (docs/centernet.md "Multi-pose targets"), one image,
+    one box, one joint at a time.
 
     boxes [B, N, 4] (x1, y1, x2, y2) and keypoints [B, N, J, 3] (x, y, v) in input pixels, labels
     [B, N] (None: every box is class 0), box_mask [B, N] (None: all boxes). Returns ``hm`` [B, K, H, W],
@@ -198,7 +199,8 @@ def centernet_pose_targets(
             if h > 0 and w > 0:
                 radius = gaussian_radius((math.ceil(float(h)), math.ceil(float(w))))
                 # mse_loss: CenterNet sets radius = hm_gauss; draw_dense_reg needs an integer
-                # (a non-integer hm_gauss crashes CenterNet there): rounded down (SPEC 11.2).
+                # (a non-integer hm_gauss crashes CenterNet there): rounded down
+                # (docs/centernet.md "Multi-pose targets").
                 radius = math.floor(hm_gauss) if mse_loss else max(0, int(radius))
                 ct = torch.stack([(bbox[0] + bbox[2]) / 2, (bbox[1] + bbox[3]) / 2])
                 ct_int = ct.to(torch.int32)
@@ -273,7 +275,7 @@ def multi_pose_loss(
     mse_loss: bool = False,
     reg_loss: str = "l1",
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """CenterNet's ``MultiPoseLoss`` (SPEC 11.3): total and its six terms.
+    """CenterNet's ``MultiPoseLoss`` (docs/centernet.md "Multi-pose"): total and its six terms.
 
     ``outputs``: one dict of heads or a list of them (one per stack). ``hm`` [B, K, H, W] and, unless
     ``mse_loss``, ``hm_hp`` [B, J, H, W] are clamped-sigmoid probabilities (CenterNet applies
@@ -302,7 +304,8 @@ def multi_pose_loss(
         output = outputs[s]
 
         # The hm term is the focal loss in every mode: CenterNet's self.crit = FocalLoss(); only
-        # crit_hm_hp switches to MSELoss with mse_loss (SPEC 11.3, note P4).
+        # crit_hm_hp switches to MSELoss with mse_loss (docs/centernet.md "Multi-pose", the
+        # table of terms).
         hm_loss = hm_loss + centernet_focal_loss(output["hm"], targets["hm"]) / num_stacks
         if dense_hp:
             dense_mask = targets["dense_hps_mask"].to(output["hps"].dtype)

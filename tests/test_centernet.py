@@ -700,3 +700,110 @@ def test_empty_object_lists(backend):
     )  # fmt: skip
     assert float(comps["wh"]) == 0.0 and float(comps["off"]) == 0.0
     assert_scalar_close(total, ref_total, 1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Targets are constants; NaN differences in smooth-L1; double-backward names; stack errors.
+
+
+def test_targets_that_require_grad_are_refused(backend):
+    """docs/spec.md 8: a CenterNet target (gt, target, a float mask, a target dict's tensors)
+    that requires grad is a ValueError naming it, before any kernel runs: the fused ops gave it
+    no gradient without a word. Under torch.no_grad it is taken (nothing is differentiated)."""
+    _skip_unavailable(backend)
+    from fused_losses.kernels.launch import launch_count, reset_launch_count
+
+    (hm, wh, reg), (boxes, labels, box_mask) = _ctdet_problem(7)
+    t = R.centernet_targets(boxes, labels, box_mask, num_classes=3, output_size=(10, 12))
+    hm, wh, reg = (x.float().to(DEVICE) for x in (hm, wh, reg))
+    t = {k: v.to(DEVICE) for k, v in t.items()}
+    t["reg_mask"] = t["reg_mask"].float()
+    mask_c = t["reg_mask"][..., None].expand(*t["wh"].shape).contiguous()
+
+    def soft(x):  # e.g. a teacher's output
+        return x.to(torch.float32, copy=True).requires_grad_()
+
+    b = dict(backend=backend)
+    cases = [
+        ("gt", lambda: fc.centernet_focal_loss(hm, soft(t["hm"]), **b)),
+        ("gt", lambda: fc.CenterNetFocalLoss(**b)(hm, soft(t["hm"]))),
+        ("target", lambda: fc.reg_l1_loss(wh, t["reg_mask"], t["ind"], soft(t["wh"]), **b)),
+        ("mask", lambda: fc.reg_l1_loss(wh, soft(t["reg_mask"]), t["ind"], t["wh"], **b)),
+        ("target", lambda: fc.reg_weighted_l1_loss(wh, mask_c, t["ind"], soft(t["wh"]), **b)),
+        ("mask", lambda: fc.reg_weighted_l1_loss(wh, soft(mask_c), t["ind"], t["wh"], **b)),
+        ("target", lambda: fc.reg_smooth_l1_loss(wh, t["reg_mask"], t["ind"], soft(t["wh"]), **b)),
+        ("mask", lambda: fc.RegLoss(**b)(wh, soft(t["reg_mask"]), t["ind"], t["wh"])),
+        ("target", lambda: fc.RegL1Loss(**b)(wh, t["reg_mask"], t["ind"], soft(t["wh"]))),
+    ]
+    for key in ("hm", "wh", "reg", "reg_mask"):
+        cases.append((f"targets['{key}']", lambda key=key: fc.centernet_loss(
+            hm, wh, reg, dict(t, **{key: soft(t[key])}), **b)))  # fmt: skip
+    reset_launch_count()
+    for name, call in cases:
+        with pytest.raises(ValueError) as info:
+            call()
+        message = str(info.value)
+        assert message.startswith(f"{name}: expected a tensor that does not require grad"), message
+        assert message.endswith("got one that requires grad: detach it"), message
+    assert launch_count() == 0
+    with torch.no_grad():
+        got = fc.centernet_loss(hm, wh, reg, {k: soft(v) for k, v in t.items() if k != "ind"}
+                                | {"ind": t["ind"]}, **b)  # fmt: skip
+    assert torch.equal(got, fc.centernet_loss(hm, wh, reg, t, **b))
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the interpreter's inf * 0
+def test_reg_smooth_l1_gradient_of_a_nan_difference_is_nan(backend):
+    """RegLoss's smooth-L1 derivative of a NaN difference is NaN, as in the reference and the
+    torch backend (clamp keeps NaN); triton's kernels/primitives.smooth_l1_terms gave 0. Here an
+    inf head cell read by a masked slot (CenterNet's zero-padded ind): d = (inf - t) * 0. The L1
+    losses keep torch.sign's 0 there, as their reference does."""
+    _skip_unavailable(backend)
+    out = torch.randn(2, 2, 4, 5, generator=torch.Generator().manual_seed(3), dtype=F64)
+    out[0, 0, 0, 0] = float("inf")
+    out[1, 1, 2, 3] = float("nan")
+    ind = torch.tensor([[7, 0, 0], [13, 4, 13]])
+    mask = torch.tensor([[1, 0, 0], [0, 1, 1]], dtype=torch.uint8)  # [1, 0] reads the inf masked
+    target = torch.rand(2, 3, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    mask_c = mask[..., None].expand(2, 3, 2)
+    for fn, ref_fn, m in (
+        (fc.reg_smooth_l1_loss, R.reg_smooth_l1_loss, mask),
+        (fc.reg_l1_loss, R.reg_l1_loss, mask),
+        (fc.reg_weighted_l1_loss, R.reg_weighted_l1_loss, mask_c),
+    ):
+        xr = out.clone().requires_grad_()
+        ref_fn(xr, m, ind, target).backward()
+        leaf = out.float().to(DEVICE).requires_grad_()
+        loss = fn(leaf, m.to(DEVICE), ind.to(DEVICE), target.float().to(DEVICE), backend=backend)
+        loss.backward()
+        assert loss.isnan()
+        assert xr.grad.isnan().any() == (fn is fc.reg_smooth_l1_loss), fn.__name__
+        torch.testing.assert_close(
+            leaf.grad.cpu().double(), xr.grad, rtol=1e-5, atol=1e-6, equal_nan=True,
+            msg=lambda text, fn=fn: f"{fn.__name__}: {text}",
+        )  # fmt: skip
+
+
+@pytest.mark.parametrize("op", ["reg_l1_loss", "reg_weighted_l1_loss", "reg_smooth_l1_loss"])
+def test_double_backward_names_the_regression_op(op, backend):
+    """spec 8: "<op> (<backend> backend): double backward" with the op's public name on both
+    backends (triton named all three "reg_l1_loss")."""
+    _skip_unavailable(backend)
+    out = torch.randn(1, 2, 4, 4, device=DEVICE, requires_grad=True)
+    ind = torch.tensor([[5, 9]], device=DEVICE)
+    mask = torch.ones((1, 2, 2) if op == "reg_weighted_l1_loss" else (1, 2), device=DEVICE)
+    target = torch.zeros(1, 2, 2, device=DEVICE)
+    loss = getattr(fc, op)(out, mask, ind, target, backend=backend)
+    with pytest.raises(RuntimeError, match=rf"^{op} \({backend} backend\): double backward"):
+        torch.autograd.grad(loss, out, create_graph=True)
+
+
+def test_centernet_loss_names_a_wrong_stack_hm(backend):
+    """A stack's hm of another shape is named hm[s] (the target dict was blamed: "targets['hm']:
+    expected shape ... (as hm)")."""
+    (hm, wh, reg), (boxes, labels, box_mask) = _ctdet_problem(8)
+    t = R.centernet_targets(boxes, labels, box_mask, num_classes=3, output_size=(10, 12))
+    hm, wh, reg = (x.float() for x in (hm, wh, reg))
+    pattern = r"^hm\[1\]: expected shape \[2, 3, 10, 12\] \(as hm\[0\]\), got \[2, 3, 10, 6\]"
+    with pytest.raises(ValueError, match=pattern):
+        fc.centernet_loss([hm, hm[..., :6]], [wh, wh], [reg, reg], t, backend=backend)

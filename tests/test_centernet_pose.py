@@ -591,3 +591,219 @@ def test_numpy_bool_is_named_by_its_module():
         name = f"numpy.{type(value).__qualname__}"
         with pytest.raises(TypeError, match=rf"dense_hp: expected a bool, got {name}"):
             fl.CenterNetPoseLoss(dense_hp=value)
+
+
+# ------------------------------------------------ target dict: shapes, names, constants, the MSE
+
+
+def _no_kernel(monkeypatch):
+    """Make any loss term or kernel launch fail: the checks must raise before them."""
+    import sys
+
+    from fused_losses.kernels.launch import reset_launch_count
+
+    pose = sys.modules["fused_losses.centernet_pose"]
+
+    def spy(*_args, **_kwargs):
+        raise AssertionError("a loss term ran before the inputs were checked")
+
+    for name in ("focal_share", "_reg_loss", "_dense_l1_share", "_mse_share"):
+        monkeypatch.setattr(pose, name, spy)
+    reset_launch_count()
+
+
+@pytest.mark.parametrize("dense_hp", [False, True])
+def test_target_dict_heads_share_hm_map_size(dense_hp, backend, monkeypatch):
+    """With a target dict every head read has hm's map size [B, C, H, W], as with raw boxes
+    (ind and hp_ind index that map): a head of another map size, or of the same H * W in another
+    shape, is a ValueError naming outputs[s]['<head>'] before any kernel or term runs. (triton
+    read the out-of-range cells as 0 and returned a wrong value; torch failed inside gather.)"""
+    from fused_losses.kernels.launch import launch_count
+
+    targets = pose_scene(19, dense_hp=dense_hp)
+    h = {k: v.float().to(DEVICE) for k, v in pose_heads(19, targets, 1, False)[0].items()}
+    t = {k: v.to(DEVICE) for k, v in targets.items()}
+    b, size = 2, "16, 20"
+    cases = [
+        (0, "wh", h["wh"][:, :, :8, :10], "2"),
+        (0, "wh", h["wh"].reshape(b, 2, 10, 32), "2"),  # the same H * W
+        (0, "reg", h["reg"][..., :10], "2"),
+        (0, "hps", h["hps"][:, :, :8], "2J = 10"),
+        (0, "hps", h["hps"].reshape(b, 2 * J, 20, 16), "2J = 10"),
+        (0, "hp_offset", h["hp_offset"].reshape(b, 2, 20, 16), "2"),
+        (0, "hm_hp", h["hm_hp"][..., :19], "J = 5"),
+        (1, "wh", h["wh"][:, :, :4, :4], "2"),
+        (1, "hp_offset", h["hp_offset"][..., :1, :], "2"),
+    ]
+    _no_kernel(monkeypatch)
+    for s, head, bad, channels in cases:
+        outputs = dict(h, **{head: bad})
+        outputs = [h, outputs] if s else outputs
+        with pytest.raises(ValueError) as info:
+            fl.centernet_pose_loss(outputs, t, dense_hp=dense_hp, backend=backend)
+        expected = f"outputs[{s}]['{head}']: expected shape [{b}, {channels}, {size}] ("
+        assert str(info.value).startswith(expected), str(info.value)
+        assert str(info.value).endswith(f"got {list(bad.shape)}".replace("'", "")), head
+    assert launch_count() == 0
+
+
+def test_target_dict_errors_name_the_wrong_head(backend, monkeypatch):
+    """Heads are checked against stack 0's hm and the target dict's shapes, so a wrong head is
+    named (with its stack), not the target it is compared with; a wrong target is still named."""
+    from fused_losses.kernels.launch import launch_count
+
+    targets = pose_scene(20)
+    h = {k: v.float().to(DEVICE) for k, v in pose_heads(20, targets, 1, False)[0].items()}
+    t = {k: v.to(DEVICE) for k, v in targets.items()}
+    dev = t["hm"].device
+    hm0 = "outputs[0]['hm'] [2, 1, 16, 20]"
+    head_cases = [
+        (
+            dict(h, hm_hp=torch.rand(2, J + 1, 16, 20, device=DEVICE)),
+            "outputs[0]['hm_hp']: expected shape [2, J = 5, 16, 20] (B, J, H, W from "
+            "targets['hm_hp'] [2, 5, 16, 20]), got [2, 6, 16, 20]",
+        ),
+        (
+            dict(h, wh=h["wh"][:1]),
+            f"outputs[0]['wh']: expected shape [2, 2, 16, 20] (B, H, W from {hm0}), got "
+            "[1, 2, 16, 20]",
+        ),
+        (
+            dict(h, hm=h["hm"].to("meta")),
+            f"outputs[0]['hm']: expected a tensor on {dev} (like targets['hm']), got one on meta",
+        ),
+        (
+            dict(h, wh=h["wh"].to("meta")),
+            f"outputs[0]['wh']: expected a tensor on {dev} (like targets['hm']), got one on meta",
+        ),
+        (
+            [h, dict(h, hm=h["hm"][..., :10])],
+            f"outputs[1]['hm']: expected shape [2, 1, 16, 20] (like {hm0}), got [2, 1, 16, 10]",
+        ),
+        (
+            [h, dict(h, hps=h["hps"][:1])],
+            f"outputs[1]['hps']: expected shape [2, 2J = 10, 16, 20] (B, H, W, 2J from {hm0}, "
+            "targets['hps'] [2, 4, 10]), got [1, 10, 16, 20]",
+        ),
+        (
+            [h, dict(h, hm_hp=h["hm_hp"].to("meta"))],
+            f"outputs[1]['hm_hp']: expected a tensor on {dev} (like targets['hm']), got one on "
+            "meta",
+        ),
+    ]
+    target_cases = [
+        (
+            dict(t, ind=t["ind"][:1]),
+            f"targets['ind']: expected shape [2, M] (B from {hm0}), got [1, 4]",
+        ),
+        (
+            dict(t, hm_hp=t["hm_hp"][..., :10]),
+            f"targets['hm_hp']: expected shape [2, J, 16, 20] (B, H, W from {hm0}), got "
+            "[2, 5, 16, 10]",
+        ),
+        (
+            dict(t, hps_mask=t["hps_mask"][..., :4]),
+            "targets['hps_mask']: expected shape [2, 4, 10] (like targets['hps'] [2, 4, 10]), "
+            "got [2, 4, 4]",
+        ),
+        (
+            dict(t, hp_offset=t["hp_offset"][:, :3]),
+            f"targets['hp_offset']: expected shape [2, 20, 2] (B, MJ from {hm0}, "
+            "targets['hp_ind'] [2, 20]), got [2, 3, 2]",
+        ),
+        (
+            dict(t, wh=t["wh"].to("meta")),
+            f"targets['wh']: expected a tensor on {dev} (like targets['hm']), got one on meta",
+        ),
+    ]
+    _no_kernel(monkeypatch)
+    cases = [(heads, t, msg) for heads, msg in head_cases]
+    cases += [(h, tt, msg) for tt, msg in target_cases]
+    for heads, tt, message in cases:
+        with pytest.raises(ValueError) as info:
+            fl.centernet_pose_loss(heads, tt, backend=backend)
+        assert str(info.value) == message
+    assert launch_count() == 0
+
+
+@pytest.mark.parametrize("mode", ["default", "dense_mse"])
+def test_targets_that_require_grad_are_refused(mode, backend, monkeypatch):
+    """Targets are constants (docs/spec.md 8): a floating target that requires grad is a
+    ValueError naming it, before any kernel runs (the fused terms gave it no gradient while the
+    dense L1 and MSE terms did). Under torch.no_grad nothing is differentiated and it is taken."""
+    from fused_losses.kernels.launch import launch_count
+
+    dense = mode == "dense_mse"
+    opts = dict(dense_hp=dense, mse_loss=dense, backend=backend)
+    targets = pose_scene(21, dense_hp=dense, mse_loss=dense)
+    h = {k: v.float().to(DEVICE) for k, v in pose_heads(21, targets, 1, dense)[0].items()}
+    t = {k: v.to(DEVICE) for k, v in targets.items()}
+    keys = ["hm", "wh", "reg", "reg_mask", "hm_hp", "hp_offset", "hp_mask"]
+    keys += ["dense_hps", "dense_hps_mask"] if dense else ["hps", "hps_mask"]
+    expected = fl.centernet_pose_loss(h, t, **opts)
+    with monkeypatch.context() as patch:
+        _no_kernel(patch)
+        for key in keys:
+            leaf = t[key].to(torch.float32, copy=True).requires_grad_()  # e.g. a teacher's
+            soft = dict(t, **{key: leaf})
+            pattern = rf"^targets\['{key}'\]: expected a tensor that does not require grad .*"
+            with pytest.raises(ValueError, match=pattern + "requires grad: detach it$"):
+                fl.centernet_pose_loss(h, soft, **opts)
+            with pytest.raises(ValueError, match=pattern):
+                fl.CenterNetPoseLoss(**opts)([h, h], soft)
+        assert launch_count() == 0
+    soft = {k: v.to(torch.float32, copy=True).requires_grad_() for k, v in t.items() if k in keys}
+    with torch.no_grad():
+        assert torch.equal(fl.centernet_pose_loss(h, dict(t, **soft), **opts), expected)
+
+
+def test_mse_hm_hp_is_finite_where_the_reference_fits_float32(backend):
+    """mse_loss: mean((hm_hp - t)^2) is finite wherever its float64 value fits float32: a raw
+    logit of 2e19 squares past float32's max (4e38), its mean over 3200 cells does not (it was
+    inf on both backends). Value and gradient against the float64 reference."""
+    targets = pose_scene(22, mse_loss=True)
+    heads = pose_heads(22, targets, 1, True)[0]
+    heads["hm_hp"][0, 0, 7, 7] = 2e19
+    heads["hm_hp"][1, 2, 3, 4] = -3e19
+    ref_leaves = {k: v.clone().requires_grad_() for k, v in heads.items()}
+    ref_total, ref_parts = RP.multi_pose_loss(ref_leaves, targets, mse_loss=True)
+    ref_total.backward()
+    assert float(ref_parts["hm_hp"].detach()) < 3.4e38
+    leaves = {k: v.float().to(DEVICE).requires_grad_() for k, v in heads.items()}
+    t = {k: v.to(DEVICE) for k, v in targets.items()}
+    total, parts = fl.centernet_pose_loss(
+        leaves, t, mse_loss=True, return_components=True, backend=backend
+    )
+    total.backward()
+    assert torch.isfinite(total) and torch.isfinite(parts["hm_hp"])
+    assert_scalar_close(parts["hm_hp"], ref_parts["hm_hp"], 1e-5, "hm_hp")
+    assert_scalar_close(total, ref_total, 1e-5, "total")
+    for key, leaf in leaves.items():
+        assert_grad_close(leaf.grad, ref_leaves[key].grad, 1e-5, f"grad {key}")
+
+
+@pytest.mark.parametrize("shape", [(0, J), (2, 0)], ids=["B=0", "J=0"])
+def test_mse_of_an_empty_map_is_zero(shape, backend):
+    """mse_loss over an empty hm_hp (B = 0 or J = 0) is 0 with zero gradients (the count is
+    clamped to 1; F.mse_loss, and so CenterNet, would give NaN): docs/centernet.md."""
+    b, nj = shape
+    hm_hp = torch.zeros(b, nj, 16, 20, device=DEVICE, requires_grad=True)
+    targets = {
+        "hm": torch.zeros(b, 1, 16, 20), "ind": torch.zeros(b, 0, dtype=torch.long),
+        "reg_mask": torch.zeros(b, 0), "wh": torch.zeros(b, 0, 2), "reg": torch.zeros(b, 0, 2),
+        "hps": torch.zeros(b, 0, 2 * nj), "hps_mask": torch.zeros(b, 0, 2 * nj),
+        "hm_hp": torch.rand(b, nj, 16, 20), "hp_offset": torch.zeros(b, 0, 2),
+        "hp_ind": torch.zeros(b, 0, dtype=torch.long), "hp_mask": torch.zeros(b, 0),
+    }  # fmt: skip
+    heads = {"hm": torch.full((b, 1, 16, 20), 0.5), "wh": torch.zeros(b, 2, 16, 20),
+             "reg": torch.zeros(b, 2, 16, 20), "hps": torch.zeros(b, 2 * nj, 16, 20),
+             "hp_offset": torch.zeros(b, 2, 16, 20)}  # fmt: skip
+    heads = {k: v.to(DEVICE) for k, v in heads.items()}
+    t = {k: v.to(DEVICE) for k, v in targets.items()}
+    _, parts = fl.centernet_pose_loss(
+        dict(heads, hm_hp=hm_hp), t, mse_loss=True, return_components=True, backend=backend
+    )
+    assert float(parts["hm_hp"]) == 0.0
+    total = fl.centernet_pose_loss(dict(heads, hm_hp=hm_hp), t, mse_loss=True, backend=backend)
+    total.backward()
+    assert hm_hp.grad is not None and hm_hp.grad.shape == hm_hp.shape
