@@ -10,7 +10,10 @@ validity ``v`` (index: y in [0, C) and y != ignore_index; dense: t != ignore_ind
     S1_nc = sum_s v p t,   S2_nc = sum_s v p^e,   S3_nc = sum_s v t^e
 
 (e the exponent, e >= 1; ``p^e`` and ``t^e`` are ``torch.pow``'s: a negative base, possible with
-``ACT`` 2 or a dense target, gives the signed power for an integer e and NaN otherwise). Every
+``ACT`` 2 or a dense target, gives the signed power for an integer e and NaN otherwise). An
+invalid position adds exactly 0 to the sums (selected out, never multiplied by 0) and gets a
+gradient of exactly 0 (for the softmax: a row with no valid class), so a NaN/inf logit there
+changes nothing. Every
 loss of the family (Dice, generalized Dice, binary Dice) is a function of these [N, 3, C] sums,
 evaluated by the caller with tensor ops. The backward takes
 G = dL/dS [N, 3, C] (S3 does not depend on x) and writes, in one pass,
@@ -148,12 +151,14 @@ def _dice_grad_kernel(
         if ACT == 0:
             dot = tl.sum(tl.where(cmask[None, :], p * gp, 0.0), axis=1)
             gx = p * (gp - dot[:, None])
+            # a row with no valid class: exactly 0 (its p, NaN for a NaN/inf logit, is unused)
+            gx = tl.where(tl.max(keep.to(tl.int32), axis=1)[:, None] > 0, gx, 0.0)
         elif ACT == 1:
-            gx = gp * ds
+            gx = tl.where(keep, gp * ds, 0.0)
         else:
             gx = gp
-        m2 = rmask[:, None] & cmask[None, :]
         offs = n * sgn + c[None, :] * sgc + pos[:, None] * sgs
+        m2 = rmask[:, None] & cmask[None, :]
         tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=m2)
 
 

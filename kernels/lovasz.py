@@ -11,8 +11,9 @@ over the whole batch (B = 1, M = N S); pixel q = n S + s is position m = q mod M
 (b = q div M, c).
 
 1. ``_lovasz_keys_kernel`` (one tile of pixels of one image, all classes): the sort key
-   ``k = e`` at a valid pixel, -1 (softmax) or -inf (hinge) at an ignored one (sorted last),
-   with the errors
+   ``k = e`` at a valid pixel, -1 (softmax) or -inf (hinge) at an ignored one (sorted last, its
+   error selected out: a NaN/inf logit there reaches neither the value nor, step 5, the
+   gradient, which is exactly 0 at an ignored pixel), with the errors
 
        softmax: p = softmax_c(x),  e_c = abs(t_c - p_c);     hinge: e = 1 - x (2 t - 1).
 
@@ -195,7 +196,8 @@ def _lovasz_grad_kernel(
             sign = tl.where(d > 0, 1.0, tl.where(d < 0, -1.0, 0.0))
             gp = tl.where(keep, r * w * sign, 0.0)
             dot = tl.sum(p * gp, axis=1)
-            gx = p * (gp - dot[:, None])
+            # an ignored pixel: exactly 0 (its p, NaN for a NaN/inf logit, is unused)
+            gx = tl.where(v[:, None], p * (gp - dot[:, None]), 0.0)
         else:
             gx = tl.where(keep & (e > 0), -r * w * (2.0 * t - 1.0), 0.0)
         g_offs = n * sgxn + cols.to(tl.int64)[None, :] * sgxc + pos[:, None] * sgxs

@@ -579,3 +579,116 @@ def test_empty_batches_give_zero(backend, cfg, x_shape, none_shape):
         assert torch.all(out == 0)
         out.sum().backward()
         assert x.grad.shape == x.shape and torch.all(x.grad == 0)
+
+
+# -------------------------------------------- sweep fixes: NaN/inf inputs, zero weights, cache
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _poisoned(x, points, value):
+    bad = x.clone()
+    for p in points:
+        bad[p] = value
+    return bad
+
+
+def _value_and_grad(loss, x, y, **call):
+    xa = x.clone().requires_grad_()
+    out = loss(xa, y, **call)
+    up = torch.rand(out.shape, generator=_gen(9), dtype=out.dtype) + 0.5
+    (g,) = torch.autograd.grad((out * up).sum(), xa)
+    return out, g, up
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lovasz_classes_list_follows_the_call_class_count(backend):
+    # the class counts of a ``classes`` list were cached without C: a second call with another
+    # C failed ("shape '[1, 4]' is invalid for input of size 3")
+    loss = build_loss({"type": "LovaszLoss", "classes": [0, 1], "backend": backend})
+    for c in (3, 4, 3, 5):
+        x, y = logits((2, c, 4, 4), seed=70 + c), labels((2, 4, 4), c, seed=80 + c)
+        want = RS.lovasz_softmax_loss(x, y, classes=[0, 1])
+        assert_scalar_close(loss(x, y), want, 1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [NAN, INF, -INF])
+@pytest.mark.parametrize("cfg", [{"type": "LovaszLoss", "per_image": True},
+                                 {"type": "LovaszLoss", "classes": "all"},
+                                 {"type": "LovaszHingeLoss", "per_image": True}])  # fmt: skip
+def test_lovasz_weight_zero_image_and_ignored_pixel_hide_non_finite_logits(backend, value, cfg):
+    # spec 12.2 rule 1: an ignored pixel's logits (and, per image, those of an image of weight
+    # 0) are replaced by 0 before the formula; the value and the gradient are the reference's
+    # on finite logits there (the gradient was NaN)
+    hinge = cfg["type"] == "LovaszHingeLoss"
+    per_image = cfg.get("per_image", False)
+    x = logits((3, 1 if hinge else C, 4, 5), seed=90)
+    y = labels((3, 4, 5), 2 if hinge else C, seed=91, ignore=0.0)
+    y[1, 2, 3] = 255
+    points = [(1, 0, 2, 3)] + ([(0, 0, 1, 1), (0, 0, 3, 2)] if per_image else [])
+    bad, fine = _poisoned(x, points, value), _poisoned(x, points, 0.0)
+    if hinge:
+        ref_fn = lambda a: RS.lovasz_hinge_loss(a, y, per_image=per_image)
+    else:
+        ref_fn = lambda a: RS.lovasz_softmax_loss(
+            a, y, per_image=per_image, classes=cfg.get("classes", "present")
+        )
+    loss = build_loss({**cfg, "backend": backend})
+    w = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64) if per_image else None
+    got, g, up = _value_and_grad(loss, bad, y, weight=w, reduction_override="none")
+    xr = fine.clone().requires_grad_()
+    ref = ref_fn(xr) * (w if per_image else 1.0)
+    (gr,) = torch.autograd.grad((ref * up).sum(), xr)
+    assert torch.isfinite(got).all()
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-14)
+    assert torch.isfinite(g).all(), "NaN gradient"
+    assert all(g[p].abs() == 0 for p in points)
+    assert_grad_close(g, gr, 1e-10)
+    if not per_image:  # a 0-dim weight of 0 hides the whole batch
+        zero = torch.zeros((), dtype=torch.float64)
+        out, g0, _ = _value_and_grad(loss, _poisoned(x, [(0, 1, 1, 1)], value), y, weight=zero)
+        assert out == 0 and torch.equal(g0, torch.zeros_like(g0))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [NAN, INF, -INF, 3.0])
+def test_boundary_ignored_pixel_input_takes_no_part(backend, value):
+    # an ignored pixel's logits are replaced by 0 and its p is 1 for every class in the first
+    # pool, b_p = 0 there before the second (as t): its input, NaN/inf included, changes
+    # neither the value nor the gradient (the value was NaN: p was pooled into its neighbours);
+    # the reference follows the same rule
+    x = logits((2, C, 7, 6), seed=92)
+    y = labels((2, 7, 6), C - 1, seed=93, ignore=0.0)
+    y[0, 3, 2] = y[1, 0, 5] = y[1, 4, 1] = 255
+    points = [(0, 1, 3, 2), (1, 0, 0, 5), (1, 2, 4, 1), (1, 3, 4, 1)]
+    loss = build_loss({"type": "BoundaryLoss", "backend": backend})
+    got, g, up = _value_and_grad(loss, _poisoned(x, points, value), y, reduction_override="none")
+    xr = x.clone().requires_grad_()
+    ref = RS.boundary_loss(xr, y)
+    (gr,) = torch.autograd.grad((ref * up).sum(), xr)
+    torch.testing.assert_close(got, ref, rtol=1e-10, atol=1e-14)
+    assert torch.isfinite(g).all() and g[0, :, 3, 2].abs().max() == 0
+    assert g[1, :, 0, 5].abs().max() == 0 and g[1, :, 4, 1].abs().max() == 0
+    assert_grad_close(g, gr, 1e-10)
+    # the reference too is independent of the ignored pixels' logits
+    torch.testing.assert_close(RS.boundary_loss(_poisoned(x, points, value), y), ref)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_boundary_weight_zero_image_hides_non_finite_logits(backend, value):
+    x = logits((3, C, 5, 6), seed=94)
+    y = labels((3, 5, 6), C, seed=95)
+    w = torch.tensor([1.0, 0.0, 0.5], dtype=torch.float64)
+    bad = _poisoned(x, [(1, 2, 2, 2), (1, 0, 4, 5)], value)
+    loss = build_loss({"type": "BoundaryLoss", "backend": backend})
+    got, g, up = _value_and_grad(loss, bad, y, weight=w)
+    fine = x.clone()
+    fine[1] = 0
+    xr = fine.requires_grad_()
+    ref = (RS.boundary_loss(xr, y) * w).mean()
+    (gr,) = torch.autograd.grad(ref * up, xr)
+    assert_scalar_close(got, ref, 1e-12)
+    assert torch.isfinite(g).all() and g[1].abs().max() == 0
+    assert_grad_close(g, gr, 1e-10)

@@ -477,3 +477,214 @@ def test_empty_inputs_give_zero(backend, cfg, x_shape, y_shape, none_shape):
         assert torch.all(out == 0)
         out.sum().backward()
         assert x.grad.shape == x.shape and torch.all(x.grad == 0)
+
+
+# ------------------------------------- sweep fixes: NaN/inf inputs, zero weights, GDL, min_kept
+
+NAN, INF = float("nan"), float("inf")
+
+
+def _grad_of(loss, x, *args, reduction="mean", **kw):
+    """(value, dvalue/dx under a random upstream weighting)."""
+    xa = x.clone().requires_grad_()
+    out = loss(xa, *args, reduction_override=reduction, **kw)
+    (g,) = torch.autograd.grad((out * _upstream(out.shape)).sum(), xa)
+    return out, g
+
+
+@pytest.mark.parametrize("min_kept", [100000, 7, 0])
+def test_ohem_nan_or_inf_logit_is_dropped_like_an_ignored_pixel(backend, min_kept):
+    # a NaN q (a NaN logit, or +inf in the softmax row) is invalid for the selection, as an
+    # ignored pixel; with min_kept >= |V| - 1, k landed on it: the threshold was NaN, nothing was
+    # kept and the loss 0 with a zero gradient (the reference dropped it: finite)
+    x, y = logits((2, C, 4, 5), seed=40), labels((2, 4, 5), seed=41, ignore=None)
+    bad = x.clone()
+    bad[0, 1, 2, 2] = NAN
+    bad[1, 3, 0, 4] = INF
+    bad[1, 0, 3, 1] = -INF  # a -inf logit is a finite q: still a candidate
+    y_drop = y.clone()
+    y_drop[0, 2, 2] = 255
+    y_drop[1, 0, 4] = 255
+    fine = torch.where(torch.isfinite(bad), bad, 0.0)
+    fine[1, 0, 3, 1] = -INF
+    loss = build_loss({"type": "OHEMCrossEntropyLoss", "min_kept": min_kept, "backend": backend})
+    for red in ("mean", "none", "sum"):
+        got, g = _grad_of(loss, bad, y, reduction=red)
+        ref_bad = R.ohem_cross_entropy_loss(bad, y, min_kept=min_kept, reduction=red)
+        xr = fine.clone().requires_grad_()
+        ref = R.ohem_cross_entropy_loss(xr, y_drop, min_kept=min_kept, reduction=red)
+        (gr,) = torch.autograd.grad((ref * _upstream(ref.shape)).sum(), xr)
+        assert torch.isfinite(got).all() and got.shape == ref.shape
+        assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12), (red, got, ref)
+        assert torch.allclose(ref_bad, ref, rtol=1e-12, atol=1e-12)  # the reference agrees
+        if red == "mean":
+            assert got > 0.1
+        assert torch.isfinite(g).all() and g[0, :, 2, 2].abs().max() == 0
+        assert_grad_close(g, gr, 1e-10)
+    # OHEMBinaryLoss: a NaN logit (+inf is a finite q there)
+    xb, yb = logits((2, 8), seed=42), torch.randint(0, 2, (2, 8), generator=_gen(43))
+    xb[0, 3] = NAN
+    yd = yb.clone()
+    yd[0, 3] = 255
+    binary = build_loss({"type": "OHEMBinaryLoss", "min_kept": min_kept, "backend": backend})
+    got, g = _grad_of(binary, xb, yb)
+    xr = torch.nan_to_num(xb).requires_grad_()
+    ref = R.ohem_binary_loss(xr, yd, min_kept=min_kept)
+    (gr,) = torch.autograd.grad(ref * _upstream(()), xr)
+    assert_scalar_close(got, ref, 1e-10)
+    assert_scalar_close(R.ohem_binary_loss(xb, yb, min_kept=min_kept), ref, 1e-12)
+    assert_grad_close(g, gr, 1e-10)
+
+
+def test_ohem_pixel_of_weight_zero_takes_no_part(backend):
+    # a pixel of sample weight 0 is no candidate of the selection: its logits, NaN/inf
+    # included, change neither the threshold, the kept count nor any gradient (rule 1)
+    x, y = logits((2, C, 4, 5), seed=44), labels((2, 4, 5), seed=45)
+    w = torch.rand(2, 4, 5, generator=_gen(46), dtype=torch.float64) + 0.5
+    w[0, 1, 1] = w[1, 2, 3] = w[1, 0, 0] = 0
+    bad = x.clone()
+    bad[0, 2, 1, 1] = NAN
+    bad[1, :, 2, 3] = INF
+    y_drop = torch.where(w == 0, 255, y)
+    for mk in (100000, 6):
+        loss = build_loss({"type": "OHEMCrossEntropyLoss", "min_kept": mk, "backend": backend})
+        none = R.ohem_cross_entropy_loss(x, y_drop, min_kept=mk, reduction="none")
+        kept = (none != 0).sum()
+        want = (none * w).sum() / kept
+        got, g = _grad_of(loss, bad, y, weight=w)
+        assert_scalar_close(got, want, 1e-10)
+        assert torch.isfinite(g).all() and g[0, :, 1, 1].abs().max() == 0
+        # the same finite value whatever the logits at the pixels of weight 0
+        same, g2 = _grad_of(loss, x, y, weight=w)
+        assert_scalar_close(same, want, 1e-10)
+        assert_grad_close(g, g2, 1e-12)
+        xr = x.clone().requires_grad_()
+        ref = (R.ohem_cross_entropy_loss(xr, y_drop, min_kept=mk, reduction="none") * w).sum()
+        (gr,) = torch.autograd.grad(ref / kept * _upstream(()), xr)
+        assert_grad_close(g, gr, 1e-10)
+
+
+def test_ohem_min_kept_range_is_named_at_build_time(backend):
+    # an int beyond int64 was accepted and failed in the call with an OverflowError
+    for cfg in ({"type": "OHEMCrossEntropyLoss"}, {"type": "OHEMBinaryLoss"}):
+        with pytest.raises(ValueError, match=r"^min_kept: expected an int in \[0, 2\*\*63 - 1\]"):
+            build_loss({**cfg, "min_kept": 2**70, "backend": backend})
+        with pytest.raises(ValueError, match="min_kept"):
+            build_loss({**cfg, "min_kept": 2**63, "backend": backend})
+    x, y = logits((2, C, 3, 4), seed=47), labels((2, 3, 4), seed=48)
+    big = build_loss({"type": "OHEMCrossEntropyLoss", "min_kept": 2**63 - 1, "backend": backend})
+    assert_scalar_close(big(x, y), R.ohem_cross_entropy_loss(x, y, min_kept=2**63 - 1), 1e-10)
+
+
+def _poison(x, where, value):
+    bad = x.clone()
+    bad[where] = value
+    return bad
+
+
+DICE_FAMILY = [
+    ({"type": "DiceLoss"}, R.dice_loss),
+    ({"type": "DiceLoss", "use_sigmoid": True, "exponent": 1.5},
+     lambda a, t: R.dice_loss(a, t, use_sigmoid=True, exponent=1.5)),
+    ({"type": "GeneralizedDiceLoss"}, R.generalized_dice_loss),
+    ({"type": "BinaryDiceLoss"}, R.binary_dice_loss),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case", range(len(DICE_FAMILY)))
+@pytest.mark.parametrize("value", [NAN, INF, -INF])
+def test_dice_family_weight_zero_image_and_ignored_pixel_hide_non_finite_logits(backend, case,
+                                                                                value):  # fmt: skip
+    # spec 12.2 rule 1: an image of weight 0 (its logits replaced by 0) and an ignored pixel
+    # (its logits replaced by 0 before the activation) add exactly 0 to the value and to every
+    # gradient even when the logit there is NaN/inf; the value and the gradient are the
+    # reference's on finite logits there (the gradient was NaN: 0 * NaN in the backward)
+    cfg, ref_fn = DICE_FAMILY[case]
+    binary = cfg["type"] == "BinaryDiceLoss"
+    shape = (3, 1, 4, 5) if binary else (3, C, 4, 5)
+    x = logits(shape, seed=50)
+    y = (torch.randint(0, 2, (3, 4, 5), generator=_gen(51)) if binary
+         else labels((3, 4, 5), seed=51, ignore=None))  # fmt: skip
+    y[1, 2, 3] = 255
+    bad = _poison(_poison(x, (0, 0, 1, 1), value), (1, 0, 2, 3), value)
+    fine = _poison(_poison(x, (0, 0, 1, 1), 0.0), (1, 0, 2, 3), 0.0)
+    w = torch.tensor([0.0, 1.0, 2.0], dtype=torch.float64)
+    loss = build_loss({**cfg, "backend": backend})
+    for red in ("mean", "none"):
+        got, g = _grad_of(loss, bad, y, reduction=red, weight=w)
+        xr = fine.clone().requires_grad_()
+        elem = ref_fn(xr, y) * w
+        ref = elem.mean() if red == "mean" else elem
+        (gr,) = torch.autograd.grad((ref * _upstream(ref.shape)).sum(), xr)
+        assert torch.isfinite(got).all() and torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
+        assert torch.isfinite(g).all(), "NaN gradient"
+        assert g[0].abs().max() == 0 and g[1, :, 2, 3].abs().max() == 0
+        assert_grad_close(g, gr, 1e-10)
+
+
+def test_dice_weight_zero_image_hides_a_non_finite_dense_target(backend):
+    x = logits((2, C, 3, 4), seed=52)
+    t = torch.nn.functional.one_hot(labels((2, 3, 4), seed=53, ignore=None), C)
+    t = t.permute(0, 3, 1, 2).double()
+    bad_t = _poison(t, (0, 1, 1, 1), NAN)
+    bad_x = _poison(x, (0, 2, 0, 0), INF)
+    w = torch.tensor([0.0, 1.0], dtype=torch.float64)
+    for cfg, ref_fn in DICE_FAMILY[:3]:
+        loss = build_loss({**cfg, "backend": backend})
+        got, g = _grad_of(loss, bad_x, bad_t, weight=w)
+        xr = x.clone().requires_grad_()
+        ref = (ref_fn(xr, t) * w).mean()
+        (gr,) = torch.autograd.grad(ref * _upstream(()), xr)
+        assert_scalar_close(got, ref, 1e-10)
+        assert g[0].abs().max() == 0
+        assert_grad_close(g, gr, 1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mass", [1e-25, 1e-40, 1e-3, 1e20])
+def test_generalized_dice_tiny_or_huge_soft_class_mass(backend, dtype, mass):
+    # w_c = 1/m_c^2 overflowed float32 for a mass below ~1e-19 and the loss was NaN (only an
+    # absent class took the largest finite w); the weights are now scaled by the image's
+    # smallest mass: the float64 reference's value on the same target
+    x = logits((2, C, 4, 4), seed=54)
+    t = torch.zeros(2, C, 4, 4, dtype=torch.float64)
+    t[:, 0] = 1
+    t[0, 1, 0, 0] = mass
+    t[1, 2, 1:3, 1:3] = mass
+    t[1, 0, 1:3, 1:3] = 0
+    t = t.to(dtype).double()  # the mass as the dtype holds it (1e-40: a float32 subnormal)
+    loss = build_loss({"type": "GeneralizedDiceLoss", "backend": backend})
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    xa = x.to(dtype).requires_grad_()
+    got = loss(xa, t.to(dtype), reduction_override="none")
+    xr = x.to(dtype).double().requires_grad_()
+    ref = R.generalized_dice_loss(xr, t)
+    assert torch.isfinite(got).all()
+    assert torch.allclose(got.double(), ref, rtol=tol, atol=tol), (got, ref)
+    up = _upstream(ref.shape)
+    (g,) = torch.autograd.grad((got * up.to(got.dtype)).sum(), xa)
+    (gr,) = torch.autograd.grad((ref * up).sum(), xr)
+    assert torch.isfinite(g).all()
+    if dtype == torch.float64 or mass > 1e-30:  # (1e-40: the gradient is a float32 subnormal)
+        assert_grad_close(g, gr, tol)
+
+
+@pytest.mark.parametrize("value", [NAN, INF])
+def test_hd_weight_zero_pixel_and_ignored_pixel_hide_non_finite_logits(backend, value):
+    # a pixel whose elements all have weight 0, and an ignored pixel, get logits 0 before the
+    # formula (the argmax there is class 0, outside every predicted mask)
+    x = logits((2, 3, 6, 7), seed=55)
+    y = labels((2, 6, 7), high=3, seed=56, ignore=None)
+    y[1, 4, 4] = 255
+    w = torch.rand(2, 6, 7, generator=_gen(57), dtype=torch.float64) + 0.5
+    w[0, 2, 3] = 0
+    bad = _poison(_poison(x, (0, 1, 2, 3), value), (1, 2, 4, 4), value)
+    fine = _poison(_poison(x, (0, slice(None), 2, 3), 0.0), (1, slice(None), 4, 4), 0.0)
+    loss = build_loss({"type": "HDLoss", "backend": backend})
+    got, g = _grad_of(loss, bad, y, weight=w, reduction="none")
+    xr = fine.clone().requires_grad_()
+    ref = R.hd_loss(xr, y) * w[:, None]
+    (gr,) = torch.autograd.grad((ref * _upstream(ref.shape)).sum(), xr)
+    assert torch.isfinite(got).all() and torch.allclose(got, ref, rtol=1e-10, atol=1e-12)
+    assert g[0, :, 2, 3].abs().max() == 0 and g[1, :, 4, 4].abs().max() == 0
+    assert_grad_close(g, gr, 1e-10)

@@ -4,7 +4,8 @@ max pooling (stride 1, same padding, padded with -inf), gradients by autograd:
 
     p = softmax(x) over dim 1, t = one-hot(y) (t_c = 1 for every c at ignored pixels)
     b(m)  = maxpool_theta0(1 - m) - (1 - m)         boundary map, m = p or t
-    b_t   = 0 at ignored pixels, then b+(m) = maxpool_theta(b(m))   extended boundary map
+    (p_c = 1 for every c at ignored pixels as well, logits replaced by 0 there)
+    b_t, b_p = 0 at ignored pixels, then b+(m) = maxpool_theta(b(m))   extended boundary map
     P_nc  = sum_v b_p b+_t / (sum_v b_p + 1e-7)       precision
     R_nc  = sum_v b+_p b_t / (sum_v b_t + 1e-7)       recall
     l_n   = mean_c (1 - 2 P_nc R_nc / (P_nc + R_nc + 1e-7))
@@ -13,7 +14,12 @@ over the valid pixels v of image n (``sum_v``). x [N,C,H,W], y [N,H,W] -> l [N].
 
 The ignore rule keeps void regions from creating boundaries: a pixel of class c next to an
 ignored one is not on c's boundary (1 - t = 0 at both), and ignored pixels are neither boundary
-nor counted. The prediction's boundary maps are not masked before pooling. A class with no
+nor counted. The prediction is treated alike (p = 1 for every class at an ignored pixel in the
+first pool, b_p = 0 there before the second), and an ignored pixel's logits are replaced by 0
+before the softmax: its input takes no part in the value, and a NaN/inf there adds exactly 0 to
+the value and the gradient (docs/spec.md 12.2 rule 1; yiskw713 has no ignore rule, and pooling
+the void's predictions would let them create or extend boundaries). An image of weight 0 has its
+logits replaced by 0 before the formula. A class with no
 ground-truth boundary in an image (absent, or filling it) has R = 0, so 1 - BF1 = 1 with a zero
 gradient (yiskw713); an image with no valid pixel gives 1 for the same reason (an empty map,
 H = 0 or W = 0, included). Labels other than ``ignore_index`` outside [0, C) are valid pixels of
@@ -34,6 +40,7 @@ from .base_loss import BaseLoss
 from .builder import LOSSES
 from .classification import check_ignore_index
 from .dense import check_index_target, check_logits
+from .segmentation import mask_zero_weight_images
 
 __all__ = ["BoundaryLoss", "boundary_f1_loss"]
 
@@ -55,21 +62,23 @@ def boundary_f1_loss(
         # an empty map (max pooling refuses it): every sum is empty, P = R = 0, so each image
         # gives 1 - BF1 = 1 (an image with no valid pixel), with a zero gradient
         return x.to(dt).sum((1, 2, 3)) * 0 + 1
-    p = torch.softmax(x.to(dt), dim=1)
     if ignore_index is None:
         valid = torch.ones_like(y, dtype=torch.bool)
     else:
         valid = y != ignore_index
-    v = valid[:, None].to(dt)  # [N,1,H,W]
+    keep = valid[:, None]  # [N,1,H,W]
+    zero = torch.zeros((), dtype=dt, device=x.device)
+    # an ignored pixel's logits are replaced by 0 (a NaN/inf there reaches nothing)
+    p = torch.softmax(torch.where(keep, x.to(dt), zero), dim=1)
+    v = keep.to(dt)
     cls = torch.arange(c, device=x.device).view(1, c, 1, 1)
-    not_t = ((y[:, None] != cls) & valid[:, None]).to(dt)  # 1 - t, with t = 1 at ignored pixels
+    not_t = ((y[:, None] != cls) & keep).to(dt)  # 1 - t, with t = 1 at ignored pixels
     b_t = (_pool(not_t, theta0) - not_t) * v
     bx_t = _pool(b_t, theta)
-    not_p = 1 - p
-    b_p = _pool(not_p, theta0) - not_p
+    not_p = torch.where(keep, 1 - p, zero)  # 1 - p, with p = 1 at ignored pixels (as t)
+    b_p = torch.where(keep, _pool(not_p, theta0) - not_p, zero)  # b_p = 0 there (as b_t)
     bx_p = _pool(b_p, theta)
-    bv_p = b_p * v
-    prec = (bv_p * bx_t).sum((2, 3)) / (bv_p.sum((2, 3)) + EPS)
+    prec = (b_p * bx_t).sum((2, 3)) / (b_p.sum((2, 3)) + EPS)
     rec = (bx_p * b_t).sum((2, 3)) / (b_t.sum((2, 3)) + EPS)
     bf1 = 2 * prec * rec / (prec + rec + EPS)
     return (1 - bf1).mean(1)
@@ -97,6 +106,10 @@ class BoundaryLoss(BaseLoss):
         check_odd_kernel("theta0", options["theta0"])
         check_odd_kernel("theta", options["theta"])
         options["ignore_index"] = check_ignore_index(options["ignore_index"])
+
+    def _mask_inputs(self, pred: Any, target: Any, weight: Any) -> tuple[Any, Any]:
+        """An image of weight 0 has its logits replaced by 0 (docs/spec.md 12.2 rule 1)."""
+        return mask_zero_weight_images(pred, target, weight)
 
     def _forward(self, pred: Tensor, target: Any, **options: Any) -> tuple[Tensor, None]:
         x = check_logits(pred)

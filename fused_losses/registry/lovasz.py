@@ -24,7 +24,11 @@ has no cancellation in float32.
 No boolean indexing: every class is sorted over all the pixels at once (a [B,C,M] device sort
 along the last axis, B = N per image or 1). Ignored pixels are foreground of no class and get the
 sort key -1 (Lovasz-Softmax errors lie in [0, 1]) or -inf (hinge errors), so they come last, and
-their error is 0: the value is exactly that of removing them (mmseg), and their gradient is 0.
+their error is 0: the value is exactly that of removing them (mmseg), and their gradient is 0
+(the torch backend replaces their logits by 0, the kernels select them out and write a zero
+gradient: a NaN/inf there changes nothing). An image of weight 0
+(``per_image``; or the batch under a weight of 0) has its logits replaced by 0 before the formula
+(docs/spec.md 12.2 rule 1).
 An image (or batch) with no valid pixel, or no selected class, gives 0 with a zero gradient.
 Labels other than ``ignore_index`` outside [0, C) are valid pixels of no class (mmseg). The
 hinge's positives are the labels equal to 1. float16/bfloat16 inputs are computed in float32.
@@ -45,6 +49,7 @@ from .base_loss import BaseLoss
 from .builder import LOSSES
 from .classification import check_class_weight, check_ignore_index
 from .dense import check_index_target, check_logits
+from .segmentation import mask_zero_weight_images
 
 KIND_SOFTMAX, KIND_HINGE = 0, 1  # kernels/lovasz.py
 
@@ -90,6 +95,9 @@ def _rows_torch(
     valid = (
         lab != ignore_index if ignore_index is not None else torch.ones_like(lab, dtype=torch.bool)
     )
+    # an ignored pixel's logits are replaced by 0: a NaN/inf there reaches neither the value
+    # nor the gradient (docs/spec.md 12.2 rule 1)
+    x3 = torch.where(valid[:, None, :], x3, torch.zeros((), dtype=x3.dtype, device=x3.device))
     if kind == KIND_SOFTMAX:
         z = torch.softmax(x3.to(dt), dim=1)
         cls = torch.arange(c, device=x3.device).view(1, c, 1)
@@ -238,10 +246,16 @@ class _LovaszBase(BaseLoss):
         super().__init__(**kwargs)
         self._vectors: dict[tuple, Tensor] = {}
 
+    def _mask_inputs(self, pred: Any, target: Any, weight: Any) -> tuple[Any, Any]:
+        """An image of weight 0 (``per_image``; else the batch, under a 0-dim weight of 0) has
+        its logits replaced by 0 before the formula (docs/spec.md 12.2 rule 1)."""
+        return mask_zero_weight_images(pred, target, weight, bool(self.options["per_image"]))
+
     def _vector(self, name: str, values: Sequence[float], like: Tensor) -> Tensor:
-        """A per-class option as a tensor on ``like``'s device, cached (no copy per call)."""
+        """A per-class option as a tensor on ``like``'s device, cached (no copy per call) under
+        its values (the class counts of ``classes`` depend on the call's C)."""
         dt = compute_dtype(like.dtype)
-        key = (name, like.device, dt)
+        key = (name, like.device, dt, tuple(float(u) for u in values))
         vec = self._vectors.get(key)
         if vec is None:
             vec = torch.tensor([float(u) for u in values], dtype=dt, device=like.device)

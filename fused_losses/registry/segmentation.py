@@ -7,8 +7,10 @@ pixels of one image; s = smooth.
     BinaryDiceLoss       the same with p = sig(x), one channel                                 -> [N]
     GeneralizedDiceLoss  w_c = 1 / (sum v t_c)^2 (infinite -> the image's largest finite w, 0 if
                          none), l_n = 1 - (2 sum_c w_c sum v p t + s) / (sum_c w_c sum v (p + t) + s)
+                         (w and s scaled alike so that w never overflows)
     OHEMCrossEntropyLoss CE on the kept pixels: q = p_y (no gradient), tau = max(thresh, q_(k)),
-                         k = min(max(min_kept, 1), |V| - 1); kept = v and q < tau; mean over kept
+                         k = min(max(min_kept, 1), |V| - 1); kept = V and q < tau; mean over kept
+                         (V: valid, weight != 0, q not NaN)
     OHEMBinaryLoss       the same with q = sig(x) (y = 1) or 1 - sig(x), BCE                   -> x's
     SurfaceLoss          p_c phi_c (Kervadec et al.), phi given                              -> [N,C,*]
     HDLoss               (p_c - t_c)^2 (d_t^alpha + d_s^alpha), c >= 1, on valid pixels  -> [N,C-1,H,W]
@@ -20,6 +22,12 @@ The torch backend computes the same sums with tensor ops (autograd). OHEM runs t
 twice (the probabilities without gradient, then the loss on the kept pixels) with the threshold
 from a device sort: nothing leaves the device. SurfaceLoss's sums are the Dice kernel's S1 with
 phi as the target.
+
+Invalid pixels and inputs of weight 0 add exactly 0 to the value and to every gradient, even
+when the logit there is NaN/inf (docs/spec.md 12.2 rule 1): an ignored pixel's logits are replaced
+by 0 before the activation (the kernel selects it out and writes a zero gradient), an image (HD: a
+pixel) of weight 0 has its logits replaced by 0 before the formula (``_mask_inputs``), and OHEM
+leaves a pixel of weight 0, or of NaN q, out of the selection.
 """
 
 from __future__ import annotations
@@ -62,19 +70,31 @@ def _dice_sums_torch(x3: Tensor, t: Tensor, *, act: int, target: int, exponent: 
     """(S1, S2, S3) [N, 3, C] with tensor ops (the torch backend; autograd gives the gradient)."""
     n, c, s = x3.shape
     cdt = compute_dtype(x3.dtype)
-    x = x3.to(cdt)
+    zero = torch.zeros((), dtype=cdt, device=x3.device)
+    if target == T_INDEX:
+        y = t.long()
+        v = (y >= 0) & (y < c)
+        if ignore_index is not None:
+            v = v & (y != ignore_index)
+        x_keep = v[:, None]
+    else:
+        raw = t.expand(n, c, s)
+        v = (
+            raw != ignore_index
+            if ignore_index is not None
+            else torch.ones_like(raw, dtype=torch.bool)
+        )
+        x_keep = v.any(1, keepdim=True) if act == ACT_SOFTMAX else v
+    # an invalid pixel's logits are replaced by 0 before the activation: a NaN/inf there adds
+    # exactly 0 to the sums and to the gradient (docs/spec.md 12.2 rule 1)
+    x = torch.where(x_keep, x3.to(cdt), zero)
     if act == ACT_SOFTMAX:
         p = torch.softmax(x, dim=1)
     elif act == ACT_SIGMOID:
         p = torch.sigmoid(x)
     else:
         p = x
-    zero = torch.zeros((), dtype=cdt, device=x.device)
     if target == T_INDEX:
-        y = t.long()
-        v = (y >= 0) & (y < c)
-        if ignore_index is not None:
-            v = v & (y != ignore_index)
         ys = torch.where(v, y, 0)
         p_y = torch.where(v, p.gather(1, ys[:, None])[:, 0], zero)
         s1 = torch.zeros(n, c, dtype=cdt, device=x.device).scatter_add(1, ys, p_y)
@@ -83,12 +103,6 @@ def _dice_sums_torch(x3: Tensor, t: Tensor, *, act: int, target: int, exponent: 
         s2 = torch.where(v[:, None], p, zero).pow(exponent).sum(2)
         s3 = torch.zeros(n, c, dtype=cdt, device=x.device).scatter_add(1, ys, v.to(cdt))
     else:
-        raw = t.expand(n, c, s)
-        v = (
-            raw != ignore_index
-            if ignore_index is not None
-            else torch.ones_like(raw, dtype=torch.bool)
-        )
         tt = torch.where(v, raw.to(cdt), zero)
         s1 = torch.where(v, p * tt, zero).sum(2)
         s2 = torch.where(v, p, zero).pow(exponent).sum(2)
@@ -118,11 +132,47 @@ def _check_exponent(options: dict[str, Any]) -> None:
     options["exponent"] = float(e)
 
 
+def mask_zero_weight_images(pred: Any, target: Any, weight: Any, per_image: bool = True):
+    """(pred, target) of a loss with one value per image (l [N]; ``per_image`` False: a 0-dim l)
+    with the images of weight 0 replaced by zeros, a floating target's too, before the formula
+    (docs/spec.md 12.2 rule 1): a NaN/inf there then adds exactly 0 to the value and to every
+    gradient. Inputs the checks refuse are returned as they are (the checks name them)."""
+    if not (isinstance(pred, Tensor) and isinstance(weight, Tensor)) or pred.dim() < 1:
+        return pred, target
+    try:
+        keep = expand_weight(weight.detach(), (pred.shape[0],) if per_image else ()) != 0
+    except ValueError:
+        return pred, target  # the rules name it
+    if keep.device != pred.device:
+        return pred, target
+
+    def masked(t: Tensor) -> Tensor:
+        view = keep.reshape(keep.shape + (1,) * (t.dim() - keep.dim()))
+        return torch.where(view, t, torch.zeros((), dtype=t.dtype, device=t.device))
+
+    pred = masked(pred)
+    if (
+        isinstance(target, Tensor)
+        and target.is_floating_point()
+        and target.dim() >= 1
+        and target.device == pred.device
+        and (not per_image or target.shape[0] == pred.shape[0])
+    ):
+        target = masked(target)
+    return pred, target
+
+
 class _DiceBase(BaseLoss):
-    """Logits x [N, C, *] and index labels y [N, *] (or a dense target of x's shape) -> the sums."""
+    """Logits x [N, C, *] and index labels y [N, *] (or a dense target of x's shape) -> the sums.
+    An image of weight 0 has its logits (and a dense target) replaced by 0 before the formula;
+    an invalid pixel's logits are replaced by 0 before the activation (docs/spec.md 12.2 rule 1:
+    a NaN/inf there adds exactly 0 to the value and to every gradient)."""
 
     CALL_OPTIONS: ClassVar[tuple[str, ...]] = ("ignore_index",)
     ALIASES: ClassVar[dict[str, str]] = {"eps": "smooth"}
+
+    def _mask_inputs(self, pred: Any, target: Any, weight: Any) -> tuple[Any, Any]:
+        return mask_zero_weight_images(pred, target, weight)
 
     def _sums(self, pred: Any, target: Any, act: int, exponent: float, ignore_index):
         x = check_logits(pred)
@@ -252,14 +302,34 @@ class GeneralizedDiceLoss(_DiceBase):
         act = ACT_SIGMOID if use_sigmoid else ACT_SOFTMAX
         _, sums = self._sums(pred, target, act, 1.0, ignore_index)
         s1, s2, s3 = sums.unbind(1)
-        t = s3.detach()
-        present = t > 0
-        w = torch.where(present, 1 / torch.where(present, t, 1.0) ** 2, 0.0)
-        w = torch.where(present, w, w.amax(1, keepdim=True))
-        return 1 - (2 * (w * s1).sum(1) + smooth) / ((w * (s2 + s3)).sum(1) + smooth), None
+        w, scale = generalized_dice_weights(s3.detach())
+        sm = smooth * scale
+        return 1 - (2 * (w * s1).sum(1) + sm) / ((w * (s2 + s3)).sum(1) + sm), None
+
+
+def generalized_dice_weights(mass: Tensor) -> tuple[Tensor, Tensor]:
+    """(w' [N, C], r [N]) with w' = r w: the class weights w_c = 1/m_c^2 of the generalized
+    Dice of the class masses m = sum v t [N, C], scaled by r = min(m_min, 1)^2 (m_min the image's
+    smallest non-zero abs(m)) so that no weight overflows: w'_c = (min(m_min, 1)/abs(m_c))^2 <= 1;
+    an absent class (m_c = 0: w infinite) gets the image's largest finite w (w' of m_min); an
+    image with no non-zero mass gets w' = 0 (r = 1). The loss is a ratio of sums weighted by w,
+    unchanged when w and the smoothing term are both multiplied by r (the caller's s r, never
+    larger than s). Without the scaling, 1/m^2 overflows float32 for a mass below about 1e-19
+    (a soft target) and the loss was NaN. A NaN mass gives NaN, as in the reference."""
+    mag = mass.abs()
+    absent = mag == 0
+    m_min = torch.where(absent, math.inf, mag).amin(1, keepdim=True)
+    none = m_min == math.inf  # no non-zero mass (or only infinite ones, whose w is 0)
+    q = torch.where(none, 1.0, m_min.clamp(max=1.0))
+    w = (q / torch.where(absent, torch.where(none, 1.0, m_min), mag)) ** 2
+    w = torch.where(none, 0.0, w)
+    return w, (q * q)[:, 0]
 
 
 # ------------------------------------------------------------------------------------- OHEM
+
+
+MIN_KEPT_MAX = 2**63 - 1  # min_kept is compared with an int64 count on the device
 
 
 def _check_ohem(options: dict[str, Any]) -> None:
@@ -267,16 +337,21 @@ def _check_ohem(options: dict[str, Any]) -> None:
     k = options["min_kept"]
     if isinstance(k, bool) or not isinstance(k, int) or k < 0:
         raise ValueError(f"min_kept: expected a non-negative int, got {k!r}")
+    if k > MIN_KEPT_MAX:
+        raise ValueError(f"min_kept: expected an int in [0, 2**63 - 1], got {k!r}")
     options["ignore_index"] = check_ignore_index(options["ignore_index"])
     check_class_weight(options)
 
 
 def ohem_keep(q: Tensor, v: Tensor, thresh: float, min_kept: int) -> Tensor:
     """kept = v and q < max(thresh, q_(k)), q_(k) the k-th smallest valid q (0-based),
-    k = min(max(min_kept, 1), |V| - 1): a device sort (invalid entries +inf), no host sync. An
-    empty q (N = 0 or an empty map: a static shape) keeps nothing."""
+    k = min(max(min_kept, 1), |V| - 1): a device sort (invalid entries +inf), no host sync. A NaN
+    q (a NaN logit, or +inf in a softmax row) is invalid, as an ignored pixel: the threshold is
+    that of the other pixels and it is never kept. An empty q (N = 0 or an empty map: a static
+    shape) keeps nothing."""
     if q.numel() == 0:
         return v & False
+    v = v & ~torch.isnan(q)
     flat = torch.where(v, q, torch.full((), float("inf"), dtype=q.dtype, device=q.device))
     ordered = torch.sort(flat.reshape(-1)).values
     nv = v.sum()
@@ -287,7 +362,10 @@ def ohem_keep(q: Tensor, v: Tensor, thresh: float, min_kept: int) -> Tensor:
 
 
 class _OHEMBase(BaseLoss):
-    """Shared reduction: l on the kept pixels, "mean" over their count (0 if none)."""
+    """Shared reduction: l on the kept pixels, "mean" over their count (0 if none). The
+    candidates are the valid pixels of non-zero sample weight whose q is not NaN: a pixel of
+    weight 0 (or an ignored one) takes no part in the selection, so its logits, NaN/inf
+    included, change neither the threshold, nor the kept count, nor any gradient."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {
         "thresh": 0.7, "min_kept": 100000, "ignore_index": 255, "class_weight": None,
@@ -311,13 +389,16 @@ class _OHEMBase(BaseLoss):
             raise ValueError(f"reduction: expected one of none, mean, sum, batchmean, got "
                              f"{reduction!r}")  # fmt: skip
         x3, t, spec, cw, q, v, l_shape = self._plan(pred, target, options)
-        kept = ohem_keep(q, v, options["thresh"], options["min_kept"])
-        per_row = spec.family == "softmax"
-        sw = kept.to(compute_dtype(pred.dtype))
+        cdt = compute_dtype(pred.dtype)
+        w = None
         if check_weight(weight, pred) is not None:
             w = weight.detach()
-            w = expand_weight(w.to(sw.dtype) if not w.is_floating_point() else w, l_shape)
-            sw = torch.where(kept, w.reshape(sw.shape).to(sw.dtype), 0.0)
+            w = expand_weight(w.to(cdt) if not w.is_floating_point() else w, l_shape)
+            w = w.reshape(v.shape).to(cdt)
+            v = v & (w != 0)  # weight 0: not a candidate (its logits change nothing)
+        kept = ohem_keep(q, v, options["thresh"], options["min_kept"])
+        per_row = spec.family == "softmax"
+        sw = kept.to(cdt) if w is None else torch.where(kept, w, 0.0)
         n, c, s = x3.shape
         sw3 = sw.reshape(n, 1, s) if per_row else sw.reshape(n, c, s)
         if reduction == "none":
@@ -437,7 +518,8 @@ class HDLoss(BaseLoss):
     valid pixels, d the in-mask Euclidean distance transform (``utils.distance_transform``, exact,
     on the device, no gradient) of t_c and of the argmax prediction's class-c mask (ignored
     pixels outside every mask); x [N,C,H,W], y [N,H,W] -> [N,C-1,H,W]; "mean" over the valid
-    elements."""
+    elements. An invalid pixel, or one whose elements all have weight 0, has its logits replaced
+    by 0 before the formula (so a NaN/inf there adds exactly 0 to the value and the gradient)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"alpha": 2.0, "ignore_index": 255}
     CALL_OPTIONS: ClassVar[tuple[str, ...]] = ("ignore_index",)
@@ -446,6 +528,24 @@ class HDLoss(BaseLoss):
     def check_options(cls, options):
         options["alpha"] = check_number("alpha", options["alpha"], positive=True)
         options["ignore_index"] = check_ignore_index(options["ignore_index"])
+
+    def _mask_inputs(self, pred: Any, target: Any, weight: Any) -> tuple[Any, Any]:
+        """A pixel whose elements (n, c >= 1) all have weight 0 gets logits 0 before the formula
+        (docs/spec.md 12.2 rule 1: a NaN/inf there adds exactly 0 to the value and to every
+        gradient); its argmax is then class 0, outside every predicted mask."""
+        if not (isinstance(pred, Tensor) and isinstance(weight, Tensor)) or pred.dim() != 4:
+            return pred, target
+        n, c, h, w = pred.shape
+        if c < 2:
+            return pred, target  # the checks name it
+        try:
+            keep = expand_weight(weight.detach(), (n, c - 1, h, w)) != 0
+        except ValueError:
+            return pred, target  # the rules name it
+        if keep.device != pred.device:
+            return pred, target
+        zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
+        return torch.where(keep.any(1, keepdim=True), pred, zero), target
 
     def _forward(self, pred, target, *, alpha, ignore_index):
         x = check_logits(pred)
@@ -460,6 +560,8 @@ class HDLoss(BaseLoss):
         if ignore_index is not None:
             v = v & (y != ignore_index)
         cdt = compute_dtype(x.dtype)
+        # an invalid pixel's logits are replaced by 0 (rule 1: a NaN/inf there adds exactly 0)
+        x = torch.where(v[:, None], x, torch.zeros((), dtype=x.dtype, device=x.device))
         p = torch.softmax(x.to(cdt), dim=1)[:, 1:]
         cls = torch.arange(1, c, device=x.device).view(1, -1, 1, 1)
         t_mask = (y[:, None] == cls) & v[:, None]

@@ -95,6 +95,10 @@ def generalized_dice_loss(x, y, *, smooth=1e-5, ignore_index=255, use_sigmoid=Fa
 
 
 def _ohem_mean(loss, q, valid, thresh, min_kept, reduction):
+    # a NaN q (a NaN logit; +inf in a softmax row) is invalid, as an ignored pixel: out of the
+    # sort and never kept (Python's max(thresh, nan) would otherwise pick thresh when k lands
+    # on it)
+    valid = valid & ~torch.isnan(q)
     qv = q[valid]
     kept = torch.zeros_like(valid)
     if qv.numel() > 0:

@@ -8,7 +8,9 @@ gradients by autograd. The test oracle of ``fused_losses.registry.lovasz`` and `
   mmseg fails (no valid pixel, no present class) the value is 0 with a zero gradient (SPEC S2).
 * Boundary F1 loss (Bokhovkin & Burnaev): yiskw713/boundary_loss_for_remote_sensing
   ``boundary_loss.py``, per image, with SPEC 10.3's ignore rule (t = 1 at ignored pixels in the
-  first pool, b_t = 0 there before the second pool, ignored pixels out of every sum).
+  first pool, b_t = 0 there before the second pool, ignored pixels out of every sum), applied to
+  the prediction alike (p = 1 and b_p = 0 there, docs/spec.md 12.2 rule 1: an ignored pixel's
+  input takes no part in the value).
 """
 
 from __future__ import annotations
@@ -147,14 +149,19 @@ def boundary_loss(
     """Boundary F1 loss (Bokhovkin & Burnaev; yiskw713's code, per image):
     ``b(m) = maxpool_theta0(1-m) - (1-m)``, ``b+ = maxpool_theta(b)``,
     ``P = sum b_p b+_t / (sum b_p + 1e-7)``, ``R = sum b+_p b_t / (sum b_t + 1e-7)``,
-    ``l_n = mean_c(1 - 2PR/(P + R + 1e-7))``; ignored pixels: t = 1 (every class) in the first
-    pool, b_t = 0 before the second, out of every sum. x [N,C,H,W], y [N,H,W] -> [N]."""
+    ``l_n = mean_c(1 - 2PR/(P + R + 1e-7))``; ignored pixels: t = p = 1 (every class) in the
+    first pool (their logits replaced by 0), b_t = b_p = 0 before the second, out of every sum:
+    their input takes no part. x [N,C,H,W], y [N,H,W] -> [N]."""
     n, c, _, _ = x.shape
-    pred = torch.softmax(x, dim=1)
     if ignore_index is None:
         valid = torch.ones_like(y, dtype=torch.bool)
     else:
         valid = y != ignore_index
+    # an ignored pixel's logits take no part (docs/spec.md 12.2 rule 1): replaced by 0 (so a
+    # NaN there stays out of the softmax), and its p is 1 for every class, like t
+    x = torch.where(valid[:, None], x, torch.zeros_like(x))
+    pred = torch.softmax(x, dim=1)
+    pred = torch.where(valid[:, None], pred, torch.ones_like(pred))
     one_hot_gt = torch.stack([(y == k) for k in range(c)], dim=1).to(x.dtype)
     one_hot_gt = torch.where(valid[:, None], one_hot_gt, torch.ones_like(one_hot_gt))
     v = valid[:, None].to(x.dtype)
@@ -164,6 +171,7 @@ def boundary_loss(
     gt_b = gt_b * v  # b_t = 0 at ignored pixels before the second pool
     pred_b = F.max_pool2d(1 - pred, kernel_size=theta0, stride=1, padding=(theta0 - 1) // 2)
     pred_b = pred_b - (1 - pred)
+    pred_b = pred_b * v  # b_p = 0 at ignored pixels before the second pool, as b_t
     # extended boundary maps
     gt_b_ext = F.max_pool2d(gt_b, kernel_size=theta, stride=1, padding=(theta - 1) // 2)
     pred_b_ext = F.max_pool2d(pred_b, kernel_size=theta, stride=1, padding=(theta - 1) // 2)
