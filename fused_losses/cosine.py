@@ -4,6 +4,10 @@ n = max(||(a0, a1)||, 1e-12)      (as F.normalize)
 c = (a0 sin t + a1 cos t) / n
 L = sum((1 - c) m) / (sum(m) + eps)
 dc/da = (e - c a / n) / n with e = (sin t, cos t)   (= e / 1e-12 where ||a|| < 1e-12)
+
+A pixel of m = 0 is not evaluated (spec 3.3.3): its prediction is replaced by (0, 1) and its
+gradient is selected to 0, so whatever the prediction holds there (NaN, inf) it adds exactly 0 to
+the value and to the gradient; a non-finite target angle still makes the loss NaN.
 """
 
 from __future__ import annotations
@@ -113,12 +117,15 @@ def cosine_share(
         cdt = compute_dtype(a.dtype)
         tc = t.to(cdt).view(-1, 1, 1, 1)
         mc = m.to(cdt)
-        one_minus_c, grad = cosine_terms(a.to(cdt), torch.sin(tc), torch.cos(tc), need)
+        live = mc != 0  # [B,1,H,W]: the pixels evaluated (spec 3.3.3)
+        unit = torch.arange(2, dtype=cdt, device=a.device).view(1, 2, 1, 1)  # (0, 1)
+        ac = torch.where(live, a.to(cdt), unit)  # an unsupervised prediction is not read
+        one_minus_c, grad = cosine_terms(ac, torch.sin(tc), torch.cos(tc), need)
         msum = mc.sum()
         denom = (sync(msum) if sync is not None else msum) + eps
         loss = (one_minus_c * mc).sum() / denom
-        if grad is not None:
-            grad = grad * (mc / denom)
+        if grad is not None:  # exactly 0 where m = 0 (not 0 * inf with eps = 0)
+            grad = torch.where(live, grad * (mc / denom), 0.0)
         return loss, loss.new_zeros(0), (grad, None, None)
 
     loss, _ = PrecomputedGradient.apply(

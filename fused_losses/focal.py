@@ -15,6 +15,10 @@ and for logits (exact logs: log P = logsigmoid(x), log(1 - P) = logsigmoid(-x))
 
     df/dx = (1 - P)^alpha [alpha P log P - (1 - P)]                 on pos
     df/dx = (1 - Y)^beta P^alpha [P - alpha (1 - P) log(1 - P)]     elsewhere
+
+An element of W = 0 is not evaluated (spec 3.3.1): its prediction is replaced by 0.5 and its
+gradient is selected to 0, so whatever the prediction holds there (NaN, inf) it adds exactly 0 to
+the value and to the gradient; its target still enters f (times W = 0).
 """
 
 from __future__ import annotations
@@ -257,6 +261,8 @@ def focal_share(
         cdt = compute_dtype(x.dtype)
         xc, yc = x.to(cdt), y.to(cdt)
         wc = None if w is None else w.to(cdt).expand_as(xc)
+        if wc is not None:  # an element of W = 0 is not evaluated: its prediction is not read
+            xc = torch.where(wc != 0, xc, 0.5)
         f, df, pos = focal_terms(xc, yc, **terms, need_grad=need)
         if wc is not None:
             f = f * wc
@@ -267,6 +273,8 @@ def focal_share(
         grad = None
         if df is not None:
             grad = (df * wc if wc is not None else df) / denom
+            if wc is not None:  # exactly 0 where W = 0 (not 0 * inf with eps = 0)
+                grad = torch.where(wc != 0, grad, 0.0)
         return loss, loss.new_zeros(0), (grad, None, None)
 
     loss, _ = PrecomputedGradient.apply(value_and_grad, pred, target, weight)

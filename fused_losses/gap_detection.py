@@ -177,6 +177,9 @@ def torch_value_and_grad(
     totals with ``per_image``), (grads of the 11 inputs)). ``sync`` (data parallel) sums the
     denominators (sum W, sum m_gap, sum m_piece, valid confusers) over the ranks.
 
+    A cell of W = 0 (focal) or m = 0 (offsets, angle) is not evaluated (spec 3.3.1-3.3.3): the
+    terms read a harmless value instead of its prediction and its gradients are selected to 0.
+
     Dense work is limited to what every cell needs: the labels, W and the negative focal branch.
     Positive focal cells, offsets and the angle only matter where Y >= pos_threshold or
     Y > reg_threshold, a few cells around each centre, so they are evaluated on a small window per
@@ -199,11 +202,14 @@ def torch_value_and_grad(
 
         # Dense: the negative focal branch on both heatmaps (channel 0 gap, channel 1 piece).
         x = torch.cat([hg, hp], dim=1).to(cdt)
+        # A cell of W = 0 is not evaluated (spec 3.3.1): the focal term reads 0.5 there, not the
+        # prediction (the hard negatives below read x itself), and its gradient is selected to 0.
+        xf = torch.where(w != 0, x, 0.5) if w is not None else x
         need_heat = need[0] or need[1]
         y = gy[..., :, None] * gx[..., None, :]  # [B, 2, Hf, Wf]
         common = dict(alpha=alpha, from_logits=from_logits, eps=eps, need_grad=need_heat)
         e = opts.label_smoothing  # the focal target Y (1 - 2e) + e; positives stay on Y
-        f, df = focal_neg_terms(x, y * (1 - 2 * e) + e if e else y, beta=opts.beta, **common)
+        f, df = focal_neg_terms(xf, y * (1 - 2 * e) + e if e else y, beta=opts.beta, **common)
         f, df = f.view(b, 2, n), None if df is None else df.view(b, 2, n)
 
         # Windows: a few cells around each centre, the same label values as the dense y.
@@ -213,7 +219,7 @@ def torch_value_and_grad(
         yw = torch.gather(y.view(b, 2, n), 2, idx)
         ww = torch.gather(w.view(b, 1, n).expand(b, 2, n), 2, idx) if w is not None else None
         pos = yw >= opts.pos_threshold
-        xw = torch.gather(x.view(b, 2, n), 2, idx)
+        xw = torch.gather(xf.reshape(b, 2, n), 2, idx)
         f_pos, d_pos = focal_pos_terms(xw, **common)
         f.scatter_(2, idx, torch.where(pos, f_pos, torch.gather(f, 2, idx)))
         if df is not None:
@@ -234,14 +240,21 @@ def torch_value_and_grad(
         fw = f * w.view(b, 1, n) if w is not None else f
         l_heat = fw.sum(dim=(0, 2)) * heat_scale  # [2]
         reg_scale = 1 / (m_sum + eps)  # [2]
+        # A cell of m = 0 is not evaluated (spec 3.3.2-3.3.3): its offsets read the target (d = 0)
+        # and its angle (0, 1) instead of the prediction; its gradients are selected to 0. A
+        # non-finite target (a non-finite centre or angle, spec 8) still gives NaN times m = 0.
+        live = m != 0  # [B, 2, k]
         t = offset_target(centers, stride, cdt)[..., None]  # [B, 2, 2 (du, dv), 1]
         idx_off = idx[:, :, None, :].expand(b, 2, 2, k)
         offw = torch.gather(off.reshape(b, 2, 2, n).to(cdt), 3, idx_off)
+        offw = torch.where(live[:, :, None], offw, t)
         s, ds = smooth_l1_terms(offw - t, 1.0, need[2])
         l_off = ((s.sum(2) * m).sum(dim=(0, 2)) * reg_scale).sum()
         tc = ga.to(cdt).view(b, 1, 1)
         idx_ang = idx[:, 0:1].expand(b, 2, k)
         angw = torch.gather(ang.reshape(b, 2, n).to(cdt), 2, idx_ang)
+        unit = torch.arange(2, dtype=cdt, device=angw.device).view(1, 2, 1)  # (0, 1)
+        angw = torch.where(live[:, 0:1], angw, unit)
         one_minus_c, dcos = cosine_terms(angw, torch.sin(tc), torch.cos(tc), need[3])
         m_gap = m[:, 0:1]
         l_ang = (one_minus_c * m_gap).sum() * reg_scale[0]
@@ -268,23 +281,26 @@ def torch_value_and_grad(
         if df is not None:
             g_heat = df * (wh * heat_scale)
             if w is not None:
-                g_heat = g_heat * w.view(b, 1, n)
+                wv = w.view(b, 1, n)
+                g_heat = torch.where(wv != 0, g_heat * wv, 0.0)
             g_heat = g_heat.view(b, 2, hf, wf)
             if need[0]:
                 g_hg = g_heat[:, 0:1]
                 if g_hard is not None:
                     g_n = g_hard.view(b, 1, hf, wf) * wn
-                    if from_logits:
-                        g_n = g_n * (probs * (1 - probs))[:, None]
+                    if from_logits:  # only where a sample reads the cell: no 0 * sigmoid'(NaN)
+                        g_n = torch.where(g_n != 0, g_n * (probs * (1 - probs))[:, None], 0.0)
                     g_hg = g_hg + g_n
             g_hp = g_heat[:, 1:2] if need[1] else None
         if ds is not None:
             g_off = x.new_zeros(b, 2, 2, n)
-            g_off.scatter_(3, idx_off, ds * (m * (wo * reg_scale).view(1, 2, 1))[:, :, None])
+            g_o = ds * (m * (wo * reg_scale).view(1, 2, 1))[:, :, None]
+            g_off.scatter_(3, idx_off, torch.where(live[:, :, None], g_o, 0.0))
             g_off = g_off.view(b, 4, hf, wf)
         if dcos is not None:
             g_ang = x.new_zeros(b, 2, n)
-            g_ang.scatter_(2, idx_ang, dcos * (m_gap * (wa * reg_scale[0])))
+            g_a = dcos * (m_gap * (wa * reg_scale[0]))
+            g_ang.scatter_(2, idx_ang, torch.where(live[:, 0:1], g_a, 0.0))
             g_ang = g_ang.view(b, 2, hf, wf)
         return total, comps, (g_hg, g_hp, g_off, g_ang) + (None,) * 7
 

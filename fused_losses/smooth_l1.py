@@ -4,6 +4,10 @@ s(b,i,j) = sum_c smoothL1(pred[b,c,i,j] - target[b,c,i,j])
 smoothL1(d) = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta
 L = sum(s * m) / (sum(m) + eps)          (m [B,1,H,W]: the denominator counts pixels)
 dL/dpred = smoothL1'(d) m / (sum(m) + eps), smoothL1'(d) = d / beta if |d| < beta else sign(d)
+
+A pixel of m = 0 is not evaluated (spec 3.3.2): its prediction is replaced by the target (d = 0)
+and its gradient is selected to 0, so whatever the prediction holds there (NaN, inf) it adds
+exactly 0 to the value and to the gradient; a non-finite target there still makes the loss NaN.
 """
 
 from __future__ import annotations
@@ -108,7 +112,9 @@ def smooth_l1_share(
     def value_and_grad(x: torch.Tensor, t: torch.Tensor, m: torch.Tensor):
         cdt = compute_dtype(x.dtype)
         mc = m.to(cdt)
-        xc, tc = x.to(cdt), t.to(cdt)
+        live = mc != 0  # [B,1,H,W]: the pixels evaluated (spec 3.3.2)
+        tc = t.to(cdt)
+        xc = torch.where(live, x.to(cdt), tc)  # an unsupervised prediction is not read: d = 0
         # The value through PyTorch's native smooth-L1 (one pass); channels summed before the
         # mask, as the mask is per pixel.
         s = F.smooth_l1_loss(xc, tc.expand_as(xc), reduction="none", beta=beta)
@@ -122,6 +128,7 @@ def smooth_l1_share(
                 grad = torch.ops.aten.smooth_l1_loss_backward(scale, xc, tc.expand_as(xc), 0, beta)
             else:  # the L1 loss
                 grad = (xc - tc).sign_().mul_(scale)
+            grad = torch.where(live, grad, 0.0)  # exactly 0 (not 0 * inf with eps = 0)
         return loss, loss.new_zeros(0), (grad, None, None)
 
     loss, _ = PrecomputedGradient.apply("masked_smooth_l1_loss", value_and_grad, pred, target, mask)

@@ -5,6 +5,11 @@ passes (``BACKWARD`` constexpr). Forward (2 launches): partial sums (sum f W, su
 per program, then ``reduce.ratio_finalize`` with the ``normalize`` mode's denominator D; backward
 (1 launch): grad = df/dx * W * (1 / D) * upstream.
 
+An element of W = 0 is not evaluated (docs/spec.md 3.3.1): its prediction is replaced by 0.5
+before ``focal_terms`` and its gradient is a select to 0, so whatever the prediction holds there
+(NaN, inf) it adds exactly 0 to the value and to the gradient; its target still enters f (times
+W = 0).
+
 Tensors of rank <= 4 are addressed through 4-d strides (a broadcast weight has stride 0 where it
 broadcasts: no copy); larger ranks are flattened (copied when needed).
 """
@@ -54,8 +59,9 @@ def _focal_kernel(
     BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """BLOCK elements of x, y and W (1 when there is none; 0 off the end), addressed through 4-d
-    sizes (1, d1, d2, d3) and strides. Forward: ``out[pid] = (sum f W, sum W, sum pos W, 0)``.
-    Backward: ``out[idx] = df/dx * W * aux[0] * go[0]`` (contiguous, in the output's dtype).
+    sizes (1, d1, d2, d3) and strides; x is 0.5 where W = 0. Forward: ``out[pid] = (sum f W,
+    sum W, sum pos W, 0)``. Backward: ``out[idx] = df/dx * W * aux[0] * go[0]`` where W != 0, 0
+    elsewhere (contiguous, in the output's dtype).
     Flat indices are int32 unless N needs more (WIDE). ``aux_ptr`` is in the compute dtype (the
     forward passes ``out`` for it)."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
@@ -65,18 +71,20 @@ def _focal_kernel(
         idx = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     on = idx < N
     x = tl.load(x_ptr + _offsets4(idx, d1, d2, d3, sx0, sx1, sx2, sx3), mask=on, other=0.5)
+    x = x.to(cdt)
     y = tl.load(y_ptr + _offsets4(idx, d1, d2, d3, sy0, sy1, sy2, sy3), mask=on, other=0)
-    f, df, pos, _, _ = focal_terms(
-        x.to(cdt), y.to(cdt), option(alpha, cdt), option(beta, cdt), option(pos_threshold, cdt),
-        option(eps, cdt), 0.0, FROM_LOGITS,
-    )  # fmt: skip
     if HAS_W:
         w = tl.load(w_ptr + _offsets4(idx, d1, d2, d3, sw0, sw1, sw2, sw3), mask=on, other=0)
         w = w.to(cdt)
+        x = tl.where(w != 0, x, 0.5)  # an element of W = 0 is not evaluated
     else:
         w = tl.where(on, 1.0, 0.0).to(cdt)
+    f, df, pos, _, _ = focal_terms(
+        x, y.to(cdt), option(alpha, cdt), option(beta, cdt), option(pos_threshold, cdt),
+        option(eps, cdt), 0.0, FROM_LOGITS,
+    )  # fmt: skip
     if BACKWARD:
-        g = df * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt)) * w
+        g = tl.where(w != 0, df * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt)) * w, 0.0)
         tl.store(out_ptr + idx, g.to(out_ptr.dtype.element_ty), mask=on)
     else:
         out = out_ptr + tl.program_id(0) * 4

@@ -90,6 +90,7 @@ from .primitives import (
     offset_target,
     option_value,
     padding_block_sum,
+    sigmoid,
     smooth_l1_terms,
     tent,
 )
@@ -356,6 +357,13 @@ def _gap_main_kernel(
     Per-image values come from launch 2's table in ``aux``. Heads are handled one after another
     (load, value, gradient, store, reduce) so that only one head's values are live at a time.
     Gradients go to contiguous [B, C, Hf, Wf] outputs.
+
+    A cell of W = 0 (heatmaps) or m = 0 (offsets, angle) is not evaluated (docs/spec.md
+    3.3.1-3.3.3): the term reads a harmless value there instead of the prediction (0.5, the offset
+    target, (0, 1)) and the gradient is a select to 0, so whatever the prediction holds (NaN, inf)
+    the cell adds exactly 0 to the value and to the gradient. The hard negatives are unchanged
+    (they read the gap heatmap at their samples, padded or not; a cell no sample reads gets 0 from
+    them, also with FROM_LOGITS at a NaN logit).
     """
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     pid = tl.program_id(0)
@@ -388,62 +396,77 @@ def _gap_main_kernel(
     if WRITE_LOSS:
         out = part_ptr + (b64 * tl.num_programs(0) + pid) * 8
 
-    # Heatmap of the gap: focal term, plus the hard-negative bilinear gradient.
-    x = tl.load(hg_ptr + b64 * s_hg_b + i64 * s_hg_h + j64 * s_hg_w, mask=on, other=0.5)
-    f, df, _, p, q = focal_terms(
-        x.to(cdt), y_gap, alpha, beta, pos_threshold, eps, smooth, FROM_LOGITS
+    # Heatmap of the gap: focal term, plus the hard-negative bilinear gradient. The focal term
+    # reads 0.5 instead of the prediction where W = 0 (not evaluated: spec 3.3.1); the hard
+    # negatives read the prediction itself.
+    x = tl.load(hg_ptr + b64 * s_hg_b + i64 * s_hg_h + j64 * s_hg_w, mask=on, other=0.5).to(cdt)
+    f, df, _, _, _ = focal_terms(
+        tl.where(w != 0, x, 0.5), y_gap, alpha, beta, pos_threshold, eps, smooth, FROM_LOGITS
     )
     if WRITE_LOSS:
         tl.store(out + 0, tl.sum(tl.where(on, f * w, 0.0), axis=0))
     if NEED_HG:
-        g = df * w * (tl.load(aux_ptr + 5) * go)
+        g = tl.where(w != 0, df * w * (tl.load(aux_ptr + 5) * go), 0.0)
         coef_ptr = aux_ptr + AUX_HEAD + IMG_COLS * B
         hn = _samples_grad(coef_ptr, coef_ptr + B * (K + 1), b, ii, jj, K)
         hn = hn * (tl.load(aux_ptr + 9) * go)
-        if FROM_LOGITS:
-            hn = hn * (p * q)
+        if FROM_LOGITS:  # sigmoid' at the prediction, only where a sample reads the cell
+            hn = tl.where(hn != 0, hn * (sigmoid(x) * sigmoid(-x)), 0.0)
         _store_grad(g_hg_ptr + b64 * HW + cells, g + hn, on)
 
     # Heatmap of the piece.
     x = tl.load(hp_ptr + b64 * s_hp_b + i64 * s_hp_h + j64 * s_hp_w, mask=on, other=0.5)
     f, df, _, _, _ = focal_terms(
-        x.to(cdt), y_piece, alpha, beta, pos_threshold, eps, smooth, FROM_LOGITS
-    )
+        tl.where(w != 0, x.to(cdt), 0.5), y_piece, alpha, beta, pos_threshold, eps, smooth,
+        FROM_LOGITS,
+    )  # fmt: skip
     if WRITE_LOSS:
         tl.store(out + 1, tl.sum(tl.where(on, f * w, 0.0), axis=0))
     if NEED_HP:
-        _store_grad(g_hp_ptr + b64 * HW + cells, df * w * (tl.load(aux_ptr + 5) * go), on)
+        g = tl.where(w != 0, df * w * (tl.load(aux_ptr + 5) * go), 0.0)
+        _store_grad(g_hp_ptr + b64 * HW + cells, g, on)
 
-    # Offsets: the same target at every supervised cell of the image.
+    # Offsets: the same target at every supervised cell of the image. Where m = 0 a channel
+    # reads its target instead of the prediction (d = 0: not evaluated, spec 3.3.2); a
+    # non-finite target (spec 8) still gives NaN times m = 0. Gradients there are selected to 0.
     o = off_ptr + b64 * s_off_b + i64 * s_off_h + j64 * s_off_w
     g_off = g_off_ptr + b64 * 4 * HW + cells
+    live = m_gap != 0
     sg = m_gap * (tl.load(aux_ptr + 6) * go)
-    s0, d0 = smooth_l1_terms(tl.load(o, mask=on, other=0).to(cdt) - tl.load(row + 4), 1.0)
+    t = tl.load(row + 4)
+    s0, d0 = smooth_l1_terms(tl.where(live, tl.load(o, mask=on, other=0).to(cdt), t) - t, 1.0)
     if NEED_OFF:
-        _store_grad(g_off, d0 * sg, on)
-    s1, d1 = smooth_l1_terms(tl.load(o + s_off_c, mask=on, other=0).to(cdt) - tl.load(row + 5), 1.0)
+        _store_grad(g_off, tl.where(live, d0 * sg, 0.0), on)
+    t = tl.load(row + 5)
+    s1, d1 = smooth_l1_terms(
+        tl.where(live, tl.load(o + s_off_c, mask=on, other=0).to(cdt), t) - t, 1.0
+    )
     if NEED_OFF:
-        _store_grad(g_off + HW, d1 * sg, on)
+        _store_grad(g_off + HW, tl.where(live, d1 * sg, 0.0), on)
     if WRITE_LOSS:
         tl.store(out + 2, tl.sum(tl.where(on, (s0 + s1) * m_gap, 0.0), axis=0))
+    live = m_piece != 0
     sp = m_piece * (tl.load(aux_ptr + 7) * go)
+    t = tl.load(row + 6)
     s2, d2 = smooth_l1_terms(
-        tl.load(o + 2 * s_off_c, mask=on, other=0).to(cdt) - tl.load(row + 6), 1.0
+        tl.where(live, tl.load(o + 2 * s_off_c, mask=on, other=0).to(cdt), t) - t, 1.0
     )
     if NEED_OFF:
-        _store_grad(g_off + 2 * HW, d2 * sp, on)
+        _store_grad(g_off + 2 * HW, tl.where(live, d2 * sp, 0.0), on)
+    t = tl.load(row + 7)
     s3, d3 = smooth_l1_terms(
-        tl.load(o + 3 * s_off_c, mask=on, other=0).to(cdt) - tl.load(row + 7), 1.0
+        tl.where(live, tl.load(o + 3 * s_off_c, mask=on, other=0).to(cdt), t) - t, 1.0
     )
     if NEED_OFF:
-        _store_grad(g_off + 3 * HW, d3 * sp, on)
+        _store_grad(g_off + 3 * HW, tl.where(live, d3 * sp, 0.0), on)
     if WRITE_LOSS:
         tl.store(out + 3, tl.sum(tl.where(on, (s2 + s3) * m_piece, 0.0), axis=0))
 
-    # Angle.
+    # Angle: (0, 1) instead of the prediction where m_gap = 0 (not evaluated, spec 3.3.3).
+    live = m_gap != 0
     a = ang_ptr + b64 * s_ang_b + i64 * s_ang_h + j64 * s_ang_w
-    a0 = tl.load(a, mask=on, other=1).to(cdt)
-    a1 = tl.load(a + s_ang_c, mask=on, other=1).to(cdt)
+    a0 = tl.where(live, tl.load(a, mask=on, other=1).to(cdt), 0.0)
+    a1 = tl.where(live, tl.load(a + s_ang_c, mask=on, other=1).to(cdt), 1.0)
     one_minus_c, dc0, dc1 = cosine_terms(a0, a1, tl.load(row + 8), tl.load(row + 9))
     if WRITE_LOSS:
         tl.store(out + 4, tl.sum(tl.where(on, one_minus_c * m_gap, 0.0), axis=0))
@@ -454,8 +477,8 @@ def _gap_main_kernel(
     if NEED_ANG:
         sa = m_gap * (tl.load(aux_ptr + 8) * go)
         g_ang = g_ang_ptr + b64 * 2 * HW + cells
-        _store_grad(g_ang, dc0 * sa, on)
-        _store_grad(g_ang + HW, dc1 * sa, on)
+        _store_grad(g_ang, tl.where(live, dc0 * sa, 0.0), on)
+        _store_grad(g_ang + HW, tl.where(live, dc1 * sa, 0.0), on)
 
 
 @triton.jit

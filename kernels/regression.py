@@ -6,6 +6,12 @@ Both have L = sum(s m) / (sum(m) + eps) over pixels, with m [B,1,H,W]:
   broadcast to pred through strides (no copy); dL/dpred = smoothL1'(d) m / (sum(m) + eps).
 * cosine: s = 1 - c, c = <normalize(pred[b]), (sin t_b, cos t_b)> (``primitives.cosine_terms``).
 
+A pixel of m = 0 is not evaluated (docs/spec.md 3.3.2-3.3.3): its prediction is replaced by a
+harmless value before the formula (the target for smooth-L1, d = 0; (0, 1) for the cosine) and its
+gradient is a select to 0, so whatever the prediction holds there (NaN, inf) it adds exactly 0 to
+the value and to the gradient (also where an eps of 0 makes the scale inf); its term is still
+multiplied by m = 0, so a non-finite target keeps the loss NaN.
+
 One kernel per loss serves both passes (``BACKWARD`` constexpr). Forward: one program per (block
 of pixels, image) writes (sum s m, sum m, 0, 0), then ``reduce.ratio_finalize``; backward: one
 launch, the same grid, writes the gradient once.
@@ -29,8 +35,8 @@ def _smooth_l1_kernel(
     BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One program per (block of pixels, image). Forward: ``out[program] = (sum s m, sum m, 0,
-    0)``; backward: ``out = smoothL1'(d) m aux[0] go[0]``, contiguous [B,C,H,W]. ``aux_ptr`` is in
-    the compute dtype (the forward passes ``out`` for it)."""
+    0)``; backward: ``out = smoothL1'(d) m aux[0] go[0]`` (0 where m = 0), contiguous [B,C,H,W].
+    ``aux_ptr`` is in the compute dtype (the forward passes ``out`` for it)."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -42,13 +48,14 @@ def _smooth_l1_kernel(
     if BACKWARD:
         scale = m * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt))
     s = tl.zeros([BLOCK], cdt)
+    live = m != 0  # the pixels evaluated; elsewhere the prediction is not read
     for c in range(0, C):
         x = tl.load(x_ptr + b * sx_b + c * sx_c + i * sx_h + j * sx_w, mask=on, other=0)
-        t = tl.load(t_ptr + b * st_b + c * st_c + i * st_h + j * st_w, mask=on, other=0)
-        sc, ds = smooth_l1_terms(x.to(cdt) - t.to(cdt), option(beta, cdt))
+        t = tl.load(t_ptr + b * st_b + c * st_c + i * st_h + j * st_w, mask=on, other=0).to(cdt)
+        sc, ds = smooth_l1_terms(tl.where(live, x.to(cdt), t) - t, option(beta, cdt))
         if BACKWARD:
             dst = out_ptr + (b * C + c) * HW + cells
-            tl.store(dst, (ds * scale).to(out_ptr.dtype.element_ty), mask=on)
+            tl.store(dst, tl.where(live, ds * scale, 0.0).to(out_ptr.dtype.element_ty), mask=on)
         else:
             s += sc
     if not BACKWARD:
@@ -65,7 +72,8 @@ def _cosine_kernel(
     sm_b, sm_h, sm_w, BACKWARD: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """One program per (block of pixels, image). Forward: ``out[program] = (sum (1 - c) m,
-    sum m, 0, 0)``; backward: ``out = d(1 - c)/da m aux[0] go[0]``, contiguous [B,2,H,W]."""
+    sum m, 0, 0)``; backward: ``out = d(1 - c)/da m aux[0] go[0]`` (0 where m = 0), contiguous
+    [B,2,H,W]."""
     cdt: tl.constexpr = aux_ptr.dtype.element_ty
     pid = tl.program_id(0)
     b = tl.program_id(1).to(tl.int64)
@@ -75,15 +83,16 @@ def _cosine_kernel(
     j = (cells % W).to(tl.int64)
     m = tl.load(m_ptr + b * sm_b + i * sm_h + j * sm_w, mask=on, other=0).to(cdt)
     theta = keep_float64(tl.load(t_ptr + b * st_b), cdt)
+    live = m != 0  # the pixels evaluated; elsewhere the prediction is not read: (0, 1)
     a = a_ptr + b * sa_b + i * sa_h + j * sa_w
-    a0 = tl.load(a, mask=on, other=1).to(cdt)
-    a1 = tl.load(a + sa_c, mask=on, other=1).to(cdt)
+    a0 = tl.where(live, tl.load(a, mask=on, other=1).to(cdt), 0.0)
+    a1 = tl.where(live, tl.load(a + sa_c, mask=on, other=1).to(cdt), 1.0)
     one_minus_c, g0, g1 = cosine_terms(a0, a1, tl.sin(theta).to(cdt), tl.cos(theta).to(cdt))
     if BACKWARD:
         scale = m * (tl.load(aux_ptr) * tl.load(go_ptr).to(cdt))
         dst = out_ptr + b * 2 * HW + cells
-        tl.store(dst, (g0 * scale).to(out_ptr.dtype.element_ty), mask=on)
-        tl.store(dst + HW, (g1 * scale).to(out_ptr.dtype.element_ty), mask=on)
+        tl.store(dst, tl.where(live, g0 * scale, 0.0).to(out_ptr.dtype.element_ty), mask=on)
+        tl.store(dst + HW, tl.where(live, g1 * scale, 0.0).to(out_ptr.dtype.element_ty), mask=on)
     else:
         out = out_ptr + (b * tl.num_programs(0) + pid) * 4
         tl.store(out, tl.sum(tl.where(on, one_minus_c * m, 0.0), axis=0))

@@ -44,7 +44,13 @@ def gap_detection_loss(
     label_smoothing: float = 0.0,
 ):
     """Total = w_heatmap (L_heat_gap + L_heat_piece) + w_offset L_offset + w_angle L_angle
-    + w_hard_negative L_hard_negative (docs/spec.md section 3.3)."""
+    + w_hard_negative L_hard_negative (docs/spec.md section 3.3).
+
+    The composed terms do not evaluate a cell of W = 0 (focal) or m = 0 (offset, angle): its
+    prediction is replaced by a harmless value (``losses.masked_*``), so whatever it holds adds 0
+    and gets a 0 gradient. The hard negatives read the gap heatmap at their samples, padded or not
+    (spec 3.3.4; with from_logits, autograd's sigmoid backward gives 0 * sigmoid'(x) at a cell no
+    sample reads, NaN for a NaN logit, where the backends give 0: spec 8)."""
     dt = heatmap_gap.dtype
     b, _, hf, wf = heatmap_gap.shape
     lab = dict(sigma=sigma, stride=stride, center=center, dtype=dt)

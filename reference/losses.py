@@ -26,8 +26,14 @@ def masked_focal_loss(
     with from_logits, P = sigmoid(x) and the logs are logsigmoid(x), logsigmoid(-x).
     normalize: "weight" -> sum(f W) / (sum(W) + eps); "num_pos" -> sum(f W) / n with
     n = sum(pos W), or 1 when n == 0; "sum" -> sum(f W); "mean" -> sum(f W) / max(numel(f), 1).
+    A cell of W = 0 is not evaluated (docs/spec.md 3.3.1): its prediction is replaced by 0.5 before
+    the formula, so whatever it holds (NaN, inf) it adds exactly 0 to the value and gets a zero
+    gradient; its target still enters f (times W = 0).
     """
     y = target.to(pred.dtype)
+    w = None if weight is None else weight.to(pred.dtype).expand_as(pred)
+    if w is not None:
+        pred = torch.where(w != 0, pred, 0.5)
     if from_logits:
         p = torch.sigmoid(pred)
         log_p = F.logsigmoid(pred)
@@ -40,7 +46,7 @@ def masked_focal_loss(
     pos_term = -log_p * (1 - p) ** alpha
     neg_term = -log_1mp * p**alpha * (1 - y) ** beta
     f = torch.where(pos, pos_term, neg_term)
-    w = torch.ones_like(f) if weight is None else weight.to(pred.dtype).expand_as(f)
+    w = torch.ones_like(f) if w is None else w
     total = (f * w).sum()
     if normalize == "weight":
         return total / (w.sum() + eps)
@@ -64,11 +70,15 @@ def masked_smooth_l1_loss(
 ) -> torch.Tensor:
     """sum_{b,i,j} m * sum_c smoothL1(pred - target) / (sum(m) + eps); pred [B,C,H,W], m [B,1,H,W].
 
-    smoothL1(d) = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta.
+    smoothL1(d) = 0.5 d^2 / beta if |d| < beta else |d| - 0.5 beta. A pixel of m = 0 is not
+    evaluated (docs/spec.md 3.3.2): its prediction is replaced by the target before the formula
+    (d = 0), so whatever it holds (NaN, inf) it adds exactly 0 and gets a zero gradient; a
+    non-finite target there still gives NaN (times m = 0).
     """
     target = target.to(pred.dtype).expand_as(pred)
-    s = F.smooth_l1_loss(pred, target, reduction="none", beta=beta).sum(dim=1, keepdim=True)
     m = mask.to(pred.dtype)
+    pred = torch.where(m != 0, pred, target)
+    s = F.smooth_l1_loss(pred, target, reduction="none", beta=beta).sum(dim=1, keepdim=True)
     return (s * m).sum() / (m.sum() + eps)
 
 
@@ -81,12 +91,17 @@ def masked_cosine_loss(
 ) -> torch.Tensor:
     """(ps, pc) = normalize(pred); c = ps sin(t) + pc cos(t); sum((1 - c) m) / (sum(m) + eps).
 
-    pred [B,2,H,W] holds (sin, cos) at any non-zero scale; target_angle [B] in radians.
+    pred [B,2,H,W] holds (sin, cos) at any non-zero scale; target_angle [B] in radians. A pixel of
+    m = 0 is not evaluated (docs/spec.md 3.3.3): its prediction is replaced by (0, 1) before the
+    formula, so whatever it holds (NaN, inf) it adds exactly 0 and gets a zero gradient; a
+    non-finite target angle still gives NaN (times m = 0).
     """
+    m = mask.to(pred.dtype)
+    pred = torch.where(m != 0, pred, pred.new_tensor([0.0, 1.0]).view(1, 2, 1, 1))
     unit = F.normalize(pred, dim=1)
     t = target_angle.to(pred.dtype).view(-1, 1, 1)
     c = unit[:, 0] * torch.sin(t) + unit[:, 1] * torch.cos(t)
-    m = mask.to(pred.dtype)[:, 0]
+    m = m[:, 0]
     return ((1 - c) * m).sum() / (m.sum() + eps)
 
 

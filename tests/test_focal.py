@@ -9,6 +9,7 @@ import torch
 from conftest import DEVICE, assert_grad_close, assert_scalar_close, check_parity, pairwise
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_regression import check_unevaluated_predictions, nan_where_evaluated
 
 import fused_losses as fl
 from fused_losses import reference as R
@@ -508,3 +509,30 @@ def test_exponent_beyond_float32_is_refused(name):
     with pytest.raises(ValueError, match=rf"{name}: expected a number in \[0, 1e\+30\]"):
         fl.masked_focal_loss(x, y, **{name: 1e39})
     assert torch.isfinite(fl.masked_focal_loss(x, y, **{name: 1e30}))
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("normalize", ["weight", "num_pos"])
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_non_finite_prediction_where_weight_is_zero(backend, value, from_logits, normalize, dt):
+    """Spec 3.3.1: an element of W = 0 is not evaluated: a NaN or infinite prediction there adds 0
+    and gets a 0 gradient (the old code multiplied f by W: NaN * 0); a NaN where W != 0 still makes
+    the loss NaN (spec 8). Also with a weight that broadcasts (one zero per image row)."""
+    t = focal_inputs(2, 5, 7, from_logits=from_logits, weight="full", seed=21)
+    g = torch.Generator().manual_seed(22)
+    t["weight"] = t["weight"] * (torch.rand(2, 1, 5, 7, generator=g) > 0.5)
+    t["weight"][1, 0, 0] = 0  # a row of zeros
+    off = t["weight"] == 0
+    opts = dict(from_logits=from_logits, normalize=normalize)
+    check_unevaluated_predictions(
+        fl.masked_focal_loss, R.masked_focal_loss, t, off, value, backend=backend, dtype=dt, **opts
+    )
+    nan_where_evaluated(fl.masked_focal_loss, t, ~off, backend=backend, **opts)
+    # A weight broadcast over the batch ([1, 1, H, W], stride 0): the same rule.
+    shared = dict(t, weight=t["weight"][1:])
+    off = (shared["weight"] == 0).expand_as(t["pred"])
+    check_unevaluated_predictions(
+        fl.masked_focal_loss, R.masked_focal_loss, shared, off, value, backend=backend, dtype=dt,
+        **opts,
+    )  # fmt: skip

@@ -958,3 +958,92 @@ def test_non_finite_coordinates(backend, field):
     if field != "gap_angle":
         bad[idx].view(-1)[0] = float("inf")
         assert torch.isnan(fl.gap_detection_loss(*_on_device(bad), backend=backend))
+
+
+# ------------------------------------------- unevaluated cells (spec 3.3.1-3.3.3, 8)
+
+
+def unevaluated_cells(case: GapCase, stride: int = 4, sigma: float = 1.5, reg_threshold=0.7):
+    """Bool maps of the cells each prediction's terms do not evaluate (float64 reference labels):
+    heatmaps where W = 0 and no hard-negative sample (the gap centre, every confuser) is within
+    two cells; offsets (gap, piece channels) and the angle where m = (Y > reg_threshold) W = 0."""
+    b, _, hf, wf = case.heatmap_gap.shape
+    f64 = torch.float64
+    w = R.padding_weight(case.padding_mask, case.valid_box, size=(hf, wf), stride=stride, dtype=f64)
+    w = w.expand(b, 1, hf, wf)
+    lab = dict(sigma=sigma, stride=stride, dtype=f64)
+    m_gap = (R.gaussian_heatmap(case.gap_center[:, None], (hf, wf), **lab) > reg_threshold) * w
+    m_piece = (R.gaussian_heatmap(case.piece_center[:, None], (hf, wf), **lab) > reg_threshold) * w
+    points = torch.cat([case.gap_center[:, None], case.confusers], dim=1) / stride  # [B, 1+K, 2]
+    ii = torch.arange(hf, dtype=f64).view(1, 1, hf, 1)
+    jj = torch.arange(wf, dtype=f64).view(1, 1, 1, wf)
+    u, v = points[..., 0, None, None], points[..., 1, None, None]
+    near = ((jj - u).abs() < 2) & ((ii - v).abs() < 2)  # [B, 1+K, Hf, Wf]
+    heat = (w == 0) & ~near.any(1, keepdim=True)
+    offset = torch.cat([m_gap == 0] * 2 + [m_piece == 0] * 2, dim=1)
+    return {
+        "heatmap_gap": heat,
+        "heatmap_piece": heat,
+        "offset": offset,
+        "angle": torch.cat([m_gap == 0] * 2, dim=1),
+    }
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+@pytest.mark.parametrize("padding", ["mask", "box"])
+@pytest.mark.parametrize("from_logits", [False, True])
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_non_finite_prediction_at_unevaluated_cells(backend, value, padding, from_logits, dt):
+    """Spec 3.3.1-3.3.3: a NaN or +inf prediction at a padded heatmap cell (W = 0; no hard-negative
+    sample near it) or at an unsupervised offset / angle cell (m = 0; window cells of the torch
+    backend included) adds 0 and gets a 0 gradient: the total and the components equal the float64
+    reference on the same inputs with the finite values there, and every gradient is finite and
+    the reference's. (The old triton backend multiplied by m: NaN * 0 = NaN; the old torch backend
+    did for the heatmaps and the window cells.)"""
+    case = gap_case(2, (16, 32), confusers=2, padding=padding, from_logits=from_logits, seed=53)
+    off = unevaluated_cells(case)
+    for name in PREDICTIONS:
+        assert off[name].any() and (~off[name]).any(), name
+    clean = case.to(dt).to(torch.float64, requires_grad=True)
+    r = upstream_scalar(53)
+    ref_total, ref_comps = R.gap_detection_loss(*clean.args(), True, from_logits=from_logits)
+    (ref_total * r).backward()
+    assert torch.isfinite(ref_total)
+
+    preds = []
+    for name in PREDICTIONS:
+        x = getattr(case, name).to(dt, copy=True)
+        x[off[name]] = value
+        preds.append(x.to(DEVICE).requires_grad_(True))
+    rest = [a.to(DEVICE) if isinstance(a, torch.Tensor) else a for a in case.to(dt).args()[4:]]
+    total, comps = fl.gap_detection_loss(
+        *preds, *rest, True, from_logits=from_logits, backend=backend
+    )
+    assert total.dtype == dt
+    (total * r).backward()
+    assert_scalar_close(total, ref_total, 1e-5, "total")
+    for name in COMPONENTS:
+        assert_scalar_close(comps[name], ref_comps[name], 1e-5, name)
+    for name, x in zip(PREDICTIONS, preds):
+        g = x.grad.cpu()
+        assert torch.isfinite(g).all(), name
+        assert torch.count_nonzero(g[off[name]]) == 0, name
+        assert_grad_close(g, getattr(clean, name).grad, 1e-5, f"grad {name}")
+
+
+@pytest.mark.parametrize("name", PREDICTIONS)
+def test_nan_prediction_at_an_evaluated_cell_is_nan(backend, name):
+    """Spec 8: a NaN prediction where its term evaluates the cell (W != 0 for a heatmap, m != 0 for
+    the offsets and the angle) makes the total NaN: the loss says the input is broken."""
+    case = gap_case(2, (16, 32), confusers=2, padding="box", seed=53)
+    live = ~unevaluated_cells(case)[name]
+    if name.startswith("heatmap"):
+        live = R.padding_weight(None, case.valid_box, size=(16, 32), dtype=torch.float64) != 0
+    args = [a.float().to(DEVICE) if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+            for a in case.args()]  # fmt: skip
+    i = PREDICTIONS.index(name)
+    args[i] = args[i].clone()
+    args[i][live.nonzero()[-1].unbind()] = float("nan")
+    total, comps = fl.gap_detection_loss(*args, True, backend=backend)
+    assert torch.isnan(total)
+    assert torch.isnan(comps[name])

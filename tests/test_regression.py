@@ -10,6 +10,7 @@ import pytest
 import torch
 from conftest import (
     DEVICE,
+    TOLERANCES,
     assert_grad_close,
     assert_scalar_close,
     check_parity,
@@ -381,3 +382,100 @@ def test_cosine_float32_head_at_extreme_scale(backend, scale):
     (ref_ga,) = torch.autograd.grad(ref_total, r.angle)
     assert_scalar_close(comps["angle"], ref_comps["angle"], 1e-5, "angle component")
     assert_grad_close(ga, ref_ga, 1e-5, "angle grad")
+
+
+# ------------------------------------------------ unevaluated pixels (spec 3.3.1-3.3.3, 8)
+
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+
+
+def check_unevaluated_predictions(op, ref_op, tensors, off, value, *, backend, dtype, **opts):
+    """``tensors["pred"]`` holds ``value`` (NaN, +-inf) at the entries ``off`` (a bool map of its
+    shape: where its mask / weight is 0) and nothing else changes: the loss equals the float64
+    reference on the same inputs with the finite values there, the gradient is exactly 0 there,
+    finite elsewhere and the reference's (spec 3.3: such an element is not evaluated). The
+    reference obeys the same rule. Returns the clean float64 inputs."""
+    loss_tol, grad_tol = TOLERANCES[dtype]
+    cast = {
+        k: (v.to(dtype) if v is not None and v.is_floating_point() else v)
+        for k, v in tensors.items()
+    }
+    clean = {
+        k: (v.to(torch.float64) if v is not None and v.is_floating_point() else v)
+        for k, v in cast.items()
+    }
+    r = upstream_scalar(1)
+    ref_pred = clean["pred"].clone().requires_grad_(True)
+    ref_loss = ref_op(**{**clean, "pred": ref_pred}, **opts)
+    (ref_loss * r).backward()
+    assert torch.isfinite(ref_loss), "the test needs a finite reference"
+
+    bad = cast["pred"].clone()
+    bad[off] = value
+    assert bool(off.any()) and bool((~off).any())
+    cand = {k: (v.to(DEVICE) if v is not None else v) for k, v in cast.items()}
+    pred = bad.clone().to(DEVICE).requires_grad_(True)
+    loss = op(**{**cand, "pred": pred}, **opts, backend=backend)
+    (loss * r).backward()
+    assert_scalar_close(loss, ref_loss, loss_tol)
+    g = pred.grad.cpu()
+    assert torch.isfinite(g).all(), "gradient not finite"
+    assert torch.count_nonzero(g[off]) == 0, "gradient not 0 where the element is not evaluated"
+    assert_grad_close(g, ref_pred.grad, grad_tol)
+
+    # The reference itself: the same value, an exactly 0 gradient there.
+    ref_bad = bad.to(torch.float64, copy=True).requires_grad_(True)
+    again = ref_op(**{**clean, "pred": ref_bad}, **opts)
+    (again * r).backward()
+    assert_scalar_close(again, ref_loss, 1e-12, "reference with non-finite unevaluated entries")
+    assert torch.count_nonzero(ref_bad.grad[off]) == 0
+    return clean
+
+
+def nan_where_evaluated(op, tensors, live, *, backend, **opts):
+    """A NaN prediction at one evaluated entry (``live``): the loss is NaN (spec 8)."""
+    bad = tensors["pred"].float().clone()
+    bad[live.nonzero()[0].unbind()] = float("nan")
+    args = {k: (v.to(DEVICE) if v is not None else v) for k, v in tensors.items()}
+    args["pred"] = bad.to(DEVICE)
+    assert torch.isnan(op(**args, **opts, backend=backend))
+
+
+def mask_with_zeros(b, h, w, seed):
+    """A soft mask in (0, 1) with exact zeros on about half the pixels."""
+    g = torch.Generator().manual_seed(seed)
+    soft = 0.05 + 0.95 * torch.rand(b, 1, h, w, generator=g, dtype=torch.float64)
+    return soft * (torch.rand(b, 1, h, w, generator=g) > 0.5)
+
+
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("beta", [1.0, 0.0])
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_smooth_l1_non_finite_prediction_where_mask_is_zero(backend, value, beta, dt):
+    """Spec 3.3.2: a NaN or infinite prediction where m = 0 adds 0 and gets a 0 gradient (the old
+    code multiplied it by m: NaN * 0); a NaN where m != 0 still makes the loss NaN."""
+    t = smooth_l1_inputs(2, 5, 7, target_kind="full", mask_kind="soft", seed=11)
+    t["mask"] = mask_with_zeros(2, 5, 7, seed=12)
+    off = (t["mask"] == 0).expand_as(t["pred"])
+    check_unevaluated_predictions(
+        fl.masked_smooth_l1_loss, R.masked_smooth_l1_loss, t, off, value,
+        backend=backend, dtype=dt, beta=beta,
+    )  # fmt: skip
+    nan_where_evaluated(fl.masked_smooth_l1_loss, t, ~off, backend=backend, beta=beta)
+
+
+@pytest.mark.parametrize("value", NON_FINITE)
+@pytest.mark.parametrize("dt", [torch.float32, torch.float64])
+def test_cosine_non_finite_prediction_where_mask_is_zero(backend, value, dt):
+    """Spec 3.3.3: a NaN or infinite angle vector (one channel or both) where m = 0 adds 0 and gets
+    a 0 gradient; a NaN where m != 0 still makes the loss NaN."""
+    t = cosine_inputs(2, 5, 7, mask_kind="soft", seed=13)
+    t["mask"] = mask_with_zeros(2, 5, 7, seed=14)
+    off = (t["mask"] == 0).expand_as(t["pred"]).clone()
+    off[0, 0] = False  # image 0: only the cos channel is non-finite
+    check_unevaluated_predictions(
+        fl.masked_cosine_loss, R.masked_cosine_loss, t, off, value, backend=backend, dtype=dt
+    )
+    nan_where_evaluated(
+        fl.masked_cosine_loss, t, (t["mask"] != 0).expand_as(t["pred"]), backend=backend
+    )
