@@ -4,7 +4,10 @@
 Two ops, each a ``kernel_ops.KernelFn`` (a plain ``autograd.Function`` eagerly, opaque custom ops
 under ``torch.compile``): ``dense_sums`` -> (sum of l w v, sum of v) and ``dense_none`` -> l w v.
 Their backward recomputes the softmax/sigmoid terms from the logits (one pass writing the
-gradient): nothing of the logits' size is kept between forward and backward.
+gradient): nothing of the logits' size is kept between forward and backward. The op names are
+internal: ``registry.dense.dense_loss`` passes their differentiable output through a node whose
+backward refuses a double backward first, naming the public loss (``"FocalLoss (triton backend):
+double backward ..."``, spec 8).
 """
 
 from __future__ import annotations

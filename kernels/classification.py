@@ -23,8 +23,11 @@ Every kernel runs in one of three ``MODE`` s:
 
 w is the sample weight (``HAS_SW``, broadcast by strides), v the validity (labels equal to
 ``ignore_index`` or outside their range, [0, C) softmax, [0, C] sigmoid; dense targets equal to
-``ignore_index``; QFL's labels are all valid, those outside [0, C) the background). An element
-with w = 0 or v = 0 contributes exactly 0, even where l is not finite (``tl.where``).
+``ignore_index``, compared in the wider of the target's and ignore_index's integer types (a
+value the target's dtype cannot hold equals none of its elements); for ``SM_FOCAL_DENSE`` a row
+whose target equals it in any class; QFL's labels are all valid, those outside [0, C) the
+background). An element with w = 0 or v = 0 contributes exactly 0, even where l is not finite
+(``tl.where``).
 
 Softmax family (l per row), p = softmax(x), lse = log sum_c exp(x_c), one online pass for lse:
 
@@ -34,7 +37,8 @@ Softmax family (l per row), p = softmax(x), lse = log sum_c exp(x_c), one online
 * ``SM_FOCAL`` (index) P = p_y, o = 1 - P = -expm1(log P):  l = -alpha_y w_y o^g log P;
                dl/dx_j = K (p_j - t_j),  K = alpha_y w_y (o^g - g P log P o^(g-1))
 * ``SM_FOCAL_DENSE`` b_c = t_c w_c alpha_c:  l = -sum_c b_c o_c^g log p_c;
-               dl/dx_j = h_j - p_j H,  h_c = b_c (g o_c^(g-1) p_c log p_c - o_c^g),  H = sum_c h_c
+               dl/dx_j = h_j - p_j H,  h_c = b_c (g o_c^(g-1) p_c log p_c - o_c^g),  H = sum_c h_c;
+               with ``HAS_IGNORE`` a row whose t_c equals ignore_index for some c is invalid
 * ``SM_KD``    temperature T (a0), z = x/T, u = t/T (teacher logits), P = softmax(z),
                Q = softmax(u): l = T^2 KL(Q||P), dl/dx_j = T (P_j - Q_j), without the
                cancellation of T^2 (E_Q[u - z] - lse(u) + lse(z)) at a large T. The first walk
@@ -61,13 +65,23 @@ Sigmoid family (l per element; QFL sums it over the classes of a row), s = sig(x
                1 - pt = t s' + (1-t) q_m, F = (1-pt)^(g+ t + g- (1-t)):  l = base F
                (F detached when ``FLAG``; clamps pass the gradient where torch.clamp does)
 * ``SG_VFL``   F = (q if FLAG else 1) for q > 0, alpha s^g else:  l = B(x, q) F,
-               dl/dx = (s - q) F + B [q <= 0] alpha g s^g s'
-* ``SG_QFL``   d = s - q:  l = B(x, q) |d|^beta,  dl/dx = d |d|^beta + B beta |d|^(beta-1) sign(d) s s'
+               dl/dx = (s - q) F + B [q <= 0] alpha g s^g s' (the second term 0 where q > 0 or
+               alpha g s^g s' = 0, also where B is infinite)
+* ``SG_QFL``   d = s - q:  l = B(x, q) |d|^beta,
+               dl/dx = d |d|^beta + B beta |d|^(beta-1) sign(d) s s'
 
-Powers of a base that may be 0 go through ``pow_nonneg``. No negative power of a vanishing base is
-formed: B g u^(g-1) is computed as g (B/u) u^g (B/u -> 1 as u -> 0; 0 at u = 0), likewise ASL's
-base/(1-pt) and the softmax focal log(p)/o (-> -1), so saturated logits (u subnormal) give finite
-gradients for every g >= 0. The log-sum-exp keeps a safe maximum while a row's classes so far are
+Every focal power (sigmoid focal u^g, softmax focal (1-p)^g, VFL s^g, ASL (1-pt)^g, QFL |d|^beta)
+is ``pow_from_log``: exp(g log u), log u taken without rounding u to 1 first (``log_one_minus``:
+log1p(-(1-u)) where u > 1/2, 1 - u a sum of terms >= 0: p_t = (1-t) s' + t s, ASL's
+pt = t s + (1-t)(1-q_m) with 1 - q_m = s' + clip, 1 - |d| = s' + q or (1-q) + s, the softmax p
+from log p; logsigmoid at the targets 0 and 1), so that a saturated logit (1 - u below float32's
+ulp) keeps its u^g for every exponent in [0, 1e30] (pow(u, g) gave 1^g = 1); 1 at g = 0 and 0 at
+u = 0 for g > 0 (``pow_nonneg``'s values). No negative power of a vanishing base is formed:
+B g u^(g-1) is computed as g (B/u) u^g (B/u -> 1 as u -> 0; 0 at u = 0), likewise ASL's
+base/(1-pt) and the softmax focal log(p)/o (-> -1), and a product g s s' u^g that is 0 stays 0
+(no 0 * inf where B is infinite), as VFL's B alpha g s^g s' and QFL's B beta |d|^(beta-1) s s';
+so saturated and infinite logits give finite gradients wherever the reference's are, for every
+exponent in [0, 1e30]. The log-sum-exp keeps a safe maximum while a row's classes so far are
 all -inf, and the label-smoothing term exists only for e != 0 (a -inf logit is a masked class).
 """
 
@@ -78,7 +92,7 @@ import triton
 import triton.language as tl
 
 from .launch import interpreting, launch, option_arg
-from .primitives import log1p, logsigmoid, option_value, pow_nonneg, sigmoid
+from .primitives import log1p, logsigmoid, option_value, sigmoid
 
 SM_CE, SM_SOFT, SM_FOCAL, SM_FOCAL_DENSE, SM_KD = 0, 1, 2, 3, 4
 SG_BCE, SG_BCE_PROB, SG_FOCAL, SG_ASL, SG_VFL, SG_QFL = 0, 1, 2, 3, 4, 5
@@ -93,8 +107,9 @@ def expm1(z):
     u - 1 exact and log(u) = log1p(u - 1))."""
     u = tl.exp(z)
     um1 = u - 1.0
-    safe = tl.where(um1 == 0.0, 1.0, um1)
-    r = tl.where(tl.abs(z) < 0.5, safe * z / log1p(safe), um1)
+    near = (tl.abs(z) < 0.5) & (um1 != 0.0)
+    safe = tl.where(near, um1, 1.0)  # (elsewhere no log1p(-1) = log(0), not even untaken)
+    r = tl.where(near, safe * z / log1p(safe), um1)
     return tl.where(um1 == 0.0, z, r)
 
 
@@ -132,6 +147,29 @@ def _kd_series(x):
 def not_(a):
     """Logical not of a boolean tile."""
     return a == 0
+
+
+@triton.jit
+def log_one_minus(p, o):
+    """log(o), o = 1 - p, from both (each accurate: p and o = -expm1(log p), or the two sides of a
+    sigmoid) without rounding o to 1: log1p(-p) where p < 1/2, else log(o); -inf at o = 0, NaN
+    for o < 0 or NaN (no log of a number <= 0 is evaluated, not even in an untaken branch: the
+    interpreter would warn)."""
+    small = p < 0.5
+    lg = log1p(-tl.where(small, p, 0.0))
+    pos = o > 0.0
+    lo = tl.log(tl.where(pos & not_(small), o, 1.0))
+    lo = tl.where(pos, lo, tl.where(o == 0.0, float("-inf"), float("nan")))
+    return tl.where(small, lg, lo)
+
+
+@triton.jit
+def pow_from_log(lu, g):
+    """u^g from lu = log u: exp(g lu), exact in g for every g in [0, 1e30] when lu is (a u that
+    rounds to 1 still has its log). ``pow_nonneg``'s values at the ends: 1 at g = 0 (0^0 = 1,
+    NaN^0 = 1), 0 at u = 0 (lu = -inf) for g > 0, inf for g < 0; a negative u (a target outside
+    [0, 1]; lu NaN) gives NaN for g != 0 and 1 at g = 0, as torch.pow (``pow_nonneg``: NaN)."""
+    return tl.where(g == 0.0, 1.0, tl.exp(g * lu))
 
 
 @triton.jit
@@ -222,9 +260,11 @@ def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr)
     alpha (focal, VFL), gamma_neg (ASL) or beta (QFL)."""
     s = sigmoid(x)
     sn = sigmoid(-x)
-    bce = -(t * logsigmoid(x) + (1.0 - t) * logsigmoid(-x))
+    ls = logsigmoid(x)
+    lsn = logsigmoid(-x)
+    bce = -(t * ls + (1.0 - t) * lsn)
     if LOSS == 0:  # SG_BCE
-        l = -(cp * t * logsigmoid(x) + (1.0 - t) * logsigmoid(-x))
+        l = -(cp * t * ls + (1.0 - t) * lsn)
         d = -cp * t * sn + (1.0 - t) * s
     elif LOSS == 1:  # SG_BCE_PROB
         lq = clamp_min(tl.log(x), -100.0)
@@ -235,11 +275,15 @@ def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr)
         d = -cp * t * iq + (1.0 - t) * i1q
     elif LOSS == 2:  # SG_FOCAL, cp = alpha, a1 = gamma
         u = s * (1.0 - t) + sn * t
+        # log u: logsigmoid at t = 0 / 1, else from u and p_t = 1 - u (both sums of terms >= 0)
+        lu = log_one_minus((1.0 - t) * sn + t * s, u)
+        lu = tl.where(t == 0.0, ls, tl.where(t == 1.0, lsn, lu))
         a = cp * t + (1.0 - cp) * (1.0 - t)
-        m = pow_nonneg(u, a1)
+        m = pow_from_log(lu, a1)
         ratio = tl.where(u > 0.0, bce / tl.where(u > 0.0, u, 1.0), 0.0)  # B / u -> 1 as u -> 0
         l = a * bce * m
-        d = a * ((s - t) * m + a1 * ratio * m * s * sn * (1.0 - 2.0 * t))
+        fm = a1 * (s * sn) * m  # g u^g s s' (finite for every g <= 1e30)
+        d = a * ((s - t) * m + fm * tl.where(fm == 0.0, 0.0, ratio) * (1.0 - 2.0 * t))
     elif LOSS == 3:  # SG_ASL, cp = gamma_neg, a1 = gamma_pos, a2 = clip, a3 = eps
         qm = clamp_min(s - a2, 0.0)
         one_qm = tl.where(s - a2 >= 0.0, sn + a2, 1.0)
@@ -251,9 +295,11 @@ def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr)
         dbase = -(t * tl.where(s >= a3, sn, 0.0) - (1.0 - t) * dneg)
         g = a1 * t + cp * (1.0 - t)
         b = t * sn + (1.0 - t) * qm  # 1 - pt
+        lb = log_one_minus(t * s + (1.0 - t) * one_qm, b)  # pt = 1 - b, a sum of terms >= 0
+        lb = tl.where(t == 1.0, lsn, lb)
         zero = tl.zeros_like(x)
         focus = ((cp + zero) > 0.0) | ((a1 + zero) > 0.0)
-        f = tl.where(focus, pow_nonneg(b, g), 1.0)
+        f = tl.where(focus, pow_from_log(lb, g), 1.0)
         l = base * f
         d = dbase * f
         if not FLAG:
@@ -261,22 +307,28 @@ def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr)
             ratio = tl.where(focus & (b > 0.0), base / tl.where(b > 0.0, b, 1.0), 0.0)
             d += g * ratio * f * db  # base g b^(g-1) db, as g (base / b) b^g db
     elif LOSS == 4:  # SG_VFL, t = q, cp = alpha, a1 = gamma
-        sg = pow_nonneg(s, a1)
+        sg = pow_from_log(ls, a1)  # s^g
         pos = t > 0.0
         if FLAG:
             f = tl.where(pos, t, cp * sg)
         else:
             f = tl.where(pos, 1.0, cp * sg)
         l = bce * f
-        d = (s - t) * f + bce * tl.where(pos, 0.0, cp * a1 * sg * sn)
+        vt = cp * (a1 * sn) * sg  # d(alpha s^g)/dx; B times it where q <= 0 (no inf * 0)
+        d = (s - t) * f + vt * tl.where(pos | (vt == 0.0), 0.0, bce)
     else:  # SG_QFL, t = q, cp = beta
         dd = s - t
         ad = tl.abs(dd)
-        m = pow_nonneg(ad, cp)
-        m1 = tl.where((ad > 0.0) & (cp + tl.zeros_like(ad) > 0.0), pow_nonneg(ad, cp - 1.0), 0.0)
+        # log |d| from 1 - |d| = s' + q (d > 0) or (1 - q) + s; logsigmoid(x) at q = 0
+        lad = log_one_minus(tl.where(dd > 0.0, sn + t, (1.0 - t) + s), ad)
+        lad = tl.where(t == 0.0, ls, lad)
+        m = pow_from_log(lad, cp)
+        pos_d = (ad > 0.0) & (cp + tl.zeros_like(ad) > 0.0)
+        m1 = tl.where(pos_d, tl.exp((cp - 1.0) * tl.where(pos_d, lad, 0.0)), 0.0)  # |d|^(b-1)
         sign = tl.where(dd > 0.0, 1.0, -1.0)
         l = bce * m
-        d = dd * m + bce * cp * m1 * sign * s * sn
+        qt = cp * (s * sn) * m1
+        d = dd * m + qt * tl.where(qt == 0.0, 0.0, bce) * sign
     return l, d
 
 
@@ -415,7 +467,8 @@ def _softmax_kernel(
     ay = tl.zeros([BLOCK_R], cdt)  # alpha_y (index focal)
     big_a = tl.zeros([BLOCK_R], cdt)  # W (CE) or A (soft)
     ax = tl.zeros([BLOCK_R], cdt)  # sum_c w_c x_c (CE) or sum_c a_c x_c (soft)
-    inv_t = 1.0 / e  # KD: a0 = T
+    if LOSS == 4:
+        inv_t = 1.0 / e  # KD: a0 = T (only here: e = 0 elsewhere is no temperature)
     m_u = tl.full([BLOCK_R], float("-inf"), cdt)  # KD: the teacher's running max, sum, and
     se_u = tl.zeros([BLOCK_R], cdt)  # sum_c exp(u_c - m_u) (t_c - s_c)
     kd = tl.zeros([BLOCK_R], cdt)
@@ -470,8 +523,10 @@ def _softmax_kernel(
             se_u = se_u * scale + tl.sum(eu, axis=1)
             kd = kd * scale + tl.sum(tl.where(eu > 0.0, eu * (tr - xs), 0.0), axis=1)
             m_u = mu_new
-    lse = m + tl.log(se)
-    lse_u = m_u + tl.log(se_u)
+    if LOSS == 4:  # (KD's walk has no lse(x) and nothing of the teacher elsewhere: no log(0))
+        lse_u = m_u + tl.log(se_u)
+    else:
+        lse = m + tl.log(se)
     if LOSS == 2:
         if not HAS_CP:
             ay = e + tl.zeros([BLOCK_R], cdt)
@@ -479,19 +534,20 @@ def _softmax_kernel(
         p_y = tl.exp(logp_y)
         o_y = -expm1(logp_y)
         r_y = tl.where(o_y > 0.0, logp_y / tl.where(o_y > 0.0, o_y, 1.0), -1.0)  # -> -1
-        focal_k = ay * wy * pow_nonneg(o_y, gam) * (1.0 - gam * p_y * r_y)
+        og_y = pow_from_log(log_one_minus(p_y, o_y), gam)  # (1 - p_y)^g, exact as p_y -> 0
+        focal_k = ay * wy * og_y * (1.0 - gam * p_y * r_y)
     if LOSS == 0:
         smooth = tl.where(e != 0.0, e / C * (big_a * lse - ax), 0.0)  # (-inf logits: no 0 * inf)
         l = (1.0 - e) * wy * (lse - xy) + smooth
     elif LOSS == 1:
         l = big_a * lse - ax
     elif LOSS == 2:
-        l = -ay * wy * pow_nonneg(o_y, gam) * logp_y
+        l = -ay * wy * og_y * logp_y
     elif LOSS == 4:  # T^2 KL without cancellation (module docstring); a second walk
         mbar = kd / se_u  # E_Q[t - s]
         s_kd, v_kd, m, se = _kd_rows(x_ptr, t_ptr, n, s, rmask, C, sxn, sxc, sxs, stn, stc, sts,
                                      e, inv_t, lse_u, mbar, cols, BLOCK_R, BLOCK_C)  # fmt: skip
-        lse = m + tl.log(se)  # lse(x/T)
+        lse = m + tl.log(tl.where(rmask, se, 1.0))  # lse(x/T) (rows past R: no log(0))
         kl_tb = mbar * inv_t - lse_u + lse  # KL, the textbook way: where KL > 1
         ratio = tl.where(s_kd > 0.0, log1p(s_kd) / tl.where(s_kd > 0.0, s_kd, 1.0), 1.0)
         kl = v_kd * ratio
@@ -499,9 +555,11 @@ def _softmax_kernel(
         l = tl.where(small, kl, e * (e * kl_tb))
         inv_1s = 1.0 / (1.0 + s_kd)  # (the gradient's per-row factor)
     else:
-        # dense-target focal: the per-class sums need lse; H for the gradient
+        # dense-target focal: the per-class sums need lse; H for the gradient; a row whose
+        # target holds ignore_index in any class is invalid
         l = tl.zeros([BLOCK_R], cdt)
         big_h = tl.zeros([BLOCK_R], cdt)
+        n_ignored = tl.zeros([BLOCK_R], tl.int32)
         for c0 in range(0, C, BLOCK_C):
             c = (c0 + cols).to(tl.int64)
             cmask = c < C
@@ -509,12 +567,15 @@ def _softmax_kernel(
             x = tl.load(
                 x_ptr + n[:, None] * sxn + c[None, :] * sxc + s[:, None] * sxs, mask=m2, other=0
             )
-            logp = x.to(cdt) - lse[:, None]
+            # (lanes past C or R: a finite log p, not -lse, which overflows g p log(p)/o)
+            logp = tl.where(m2, x.to(cdt) - lse[:, None], -1.0)
             p = tl.exp(logp)
             o = -expm1(logp)
             t = tl.load(
                 t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
             )
+            if HAS_IGNORE:
+                n_ignored += tl.sum(tl.where(m2 & (t == ignore_index), 1, 0), axis=1)
             b = t.to(cdt)
             if HAS_CW:
                 b = b * tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
@@ -523,10 +584,12 @@ def _softmax_kernel(
             else:
                 b = b * e
             b = tl.where(m2, b, 0.0)
-            og = pow_nonneg(o, gam)
+            og = pow_from_log(log_one_minus(p, o), gam)
             l += tl.sum(tl.where(b != 0.0, -b * og * logp, 0.0), axis=1)
             lr = tl.where(o > 0.0, logp / tl.where(o > 0.0, o, 1.0), -1.0)
             big_h += tl.sum(tl.where(b != 0.0, b * og * (gam * p * lr - 1.0), 0.0), axis=1)
+        if HAS_IGNORE:
+            rvalid = rvalid & (n_ignored == 0)
     keep = rvalid
     if HAS_SW:
         w = tl.load(sw_ptr + n * swn + s * sws, mask=rmask, other=0).to(cdt)
@@ -578,7 +641,8 @@ def _softmax_kernel(
                 d_small = (tq - q * (v_kd * inv_t)[:, None]) * inv_1s[:, None]
                 d = tl.where(small[:, None], d_small, e * (p - q))
             else:
-                logp = x.to(cdt) - lse[:, None]
+                logp = tl.where(m2, x.to(cdt) - lse[:, None], -1.0)  # (as in the first walk)
+                p = tl.exp(logp)
                 o = -expm1(logp)
                 t = tl.load(
                     t_ptr + n[:, None] * stn + c[None, :] * stc + s[:, None] * sts, mask=m2, other=0
@@ -589,7 +653,8 @@ def _softmax_kernel(
                 else:
                     b = b * e
                 lr = tl.where(o > 0.0, logp / tl.where(o > 0.0, o, 1.0), -1.0)
-                h = tl.where(b != 0.0, b * pow_nonneg(o, gam) * (gam * p * lr - 1.0), 0.0)
+                og = pow_from_log(log_one_minus(p, o), gam)
+                h = tl.where(b != 0.0, b * og * (gam * p * lr - 1.0), 0.0)
                 d = h - p * big_h[:, None]
             gx = tl.where(keep[:, None], d * g[:, None], 0.0)
             gx_offs = n[:, None] * sgn + c[None, :] * sgc + s[:, None] * sgs

@@ -383,8 +383,8 @@ def test_masked_classes_minus_inf(backend):
     assert_grad_close(g, torch.autograd.grad(ref, xr)[0], 1e-10)
     focal = build_loss({"type": "FocalLoss", "use_sigmoid": False, "backend": backend})
     elem, v = RC.focal_loss(x0, y, use_sigmoid=False)
-    # (the reference's 1 - p_y cancels where ours takes -expm1(log p_y))
-    assert_scalar_close(focal(x0, y), RU.reduce_with_validity(elem, None, v), 1e-7)
+    # (both take log(1 - p_y) without cancellation: log1p(-p_y), log(-expm1(log p_y)))
+    assert_scalar_close(focal(x0, y), RU.reduce_with_validity(elem, None, v), 1e-12)
 
 
 @pytest.mark.parametrize(
@@ -809,3 +809,338 @@ def test_plus_inf_logit_gives_nan_on_both_backends(backend):
     assert torch.isnan(ref[0]) and torch.isnan(out[0])
     assert torch.allclose(out[1:].double(), ref[1:], rtol=1e-5)
     assert torch.isnan(build_loss({"type": "CrossEntropyLoss", "backend": backend})(x, y))
+
+
+# ------------------------------------------------ sweep regressions: focal exponents, ignore_index
+
+import math  # noqa: E402
+import warnings  # noqa: E402
+
+F = torch.nn.functional
+FOCAL_GAMMAS = [1e3, 1e8, 1e12, 1e30]
+
+
+def _near_log(gamma, shape, seed):
+    """Magnitudes log(gamma) + {-3 .. 4}: 1 - sig(|x|) ~ 1/gamma, where u^gamma is neither 0 nor
+    1 and 1 - u lies far below float32's ulp (pow(u, gamma) saw 1^gamma = 1)."""
+    g = _gen(seed)
+    offs = torch.tensor([-3.0, -1.0, 0.0, 0.5, 1.0, 2.0, 4.0], dtype=torch.float64)
+    return math.log(gamma) + offs[torch.randint(0, len(offs), shape, generator=g)]
+
+
+def _saturated_logits(gamma, shape, seed=50):
+    """float32 logits of either sign at those magnitudes, a quarter of them ordinary."""
+    g = _gen(seed + 1)
+    sign = torch.where(torch.rand(shape, generator=g) < 0.5, -1.0, 1.0).double()
+    x = sign * _near_log(gamma, shape, seed)
+    ordinary = torch.rand(shape, generator=g) < 0.25
+    return torch.where(
+        ordinary, torch.randn(shape, generator=g, dtype=torch.float64) * 2, x
+    ).float()
+
+
+def _softmax_saturated_logits(gamma, shape, seed=52):
+    """Rows of ordinary logits with about half the classes at -(log(gamma) + {-3 .. 4}): p_c ~
+    1/gamma there, so (1 - p_c)^gamma is neither 0 nor 1."""
+    g = _gen(seed + 1)
+    x = torch.randn(shape, generator=g, dtype=torch.float64)
+    low = torch.rand(shape, generator=g) < 0.5
+    return torch.where(low, -_near_log(gamma, shape, seed), x).float()
+
+
+def _soft_extremes(shape, seed=54):
+    """Targets in {0, 1, 1e-9, 1 - 2^-24, 0.5}: near 0 and 1 the power is still not trivial."""
+    vals = torch.tensor([0.0, 1.0, 1e-9, 1.0 - 2.0**-24, 0.5, 0.0, 1.0])
+    return vals[torch.randint(0, len(vals), shape, generator=_gen(seed))]
+
+
+def _exact_vfl(x, q, gamma, alpha=0.75, iou_weighted=True):
+    """VFL in float64 with s^gamma = exp(gamma logsigmoid(x)) (RD.varifocal_loss's
+    ``sigmoid(x) ** gamma`` rounds sig(x) to 1 in float64 too from x ~ 37; checked against it
+    below where float64 has the digits)."""
+    q = q.to(x.dtype)
+    bce = -q * F.logsigmoid(x) - (1 - q) * F.logsigmoid(-x)
+    pos = q if iou_weighted else torch.ones_like(q)
+    return bce * torch.where(q > 0, pos, alpha * torch.exp(gamma * F.logsigmoid(x)))
+
+
+def _exact_qfl(x, q, beta):
+    """QFL in float64 with |q - s|^beta = exp(beta log|q - s|), log|q - s| = logsigmoid(x) at
+    q = 0 and logsigmoid(-x) at q = 1 (q in {0, 1} or moderate: |q - s| < 1 - 1e-3 elsewhere)."""
+    q = q.to(x.dtype)
+    bce = -q * F.logsigmoid(x) - (1 - q) * F.logsigmoid(-x)
+    soft = (q > 0) & (q < 1)
+    log_d = torch.where(q == 0, F.logsigmoid(x), F.logsigmoid(-x))
+    d_soft = torch.where(soft, (q - torch.sigmoid(x)).abs(), 1.0)  # (a 0 elsewhere: no 0 * inf)
+    log_d = torch.where(soft, torch.log(d_soft), log_d)
+    return (bce * torch.exp(beta * log_d)).sum(1)
+
+
+def _focal_case(case, gamma):
+    """(config, float32 logits, target, reference(x64) -> (l, v)) of one F4 case."""
+    shape = (6, C, 4)
+    rest = (shape[0], *shape[2:])
+    x = _saturated_logits(gamma, shape)
+    if case == "Focal[sigmoid,index]":
+        y = labels(rest, C + 1, seed=56, ignore=False)
+        cfg, t = {"type": "FocalLoss"}, y
+        ref = lambda a: RC.focal_loss(a, y, gamma=gamma)
+    elif case == "MultiLabelFocal[soft]":
+        t = _soft_extremes(shape)
+        cfg = {"type": "MultiLabelFocalLoss"}
+        ref = lambda a: (RC.multi_label_focal_loss(a, t, gamma=gamma), None)
+    elif case == "BinaryFocal":
+        t = _soft_extremes(rest, seed=57)
+        cfg, x = {"type": "BinaryFocalLoss"}, _saturated_logits(gamma, rest)
+        ref = lambda a: RC.binary_focal_loss(a, t, gamma=gamma)
+    elif case == "Focal[softmax,index]":
+        t = labels(rest, C, seed=58, ignore=False)
+        cfg = {"type": "FocalLoss", "use_sigmoid": False, "alpha": 0.5}
+        x = _softmax_saturated_logits(gamma, shape)
+        ref = lambda a: RC.focal_loss(a, t, use_sigmoid=False, gamma=gamma, alpha=0.5)
+    elif case == "Focal[softmax,dense]":
+        t = probs(shape, seed=59)
+        cfg = {"type": "FocalLoss", "use_sigmoid": False, "alpha": CW}
+        x = _softmax_saturated_logits(gamma, shape)
+        ref = lambda a: RC.focal_loss(a, t, use_sigmoid=False, gamma=gamma, alpha=CW)
+    elif case.startswith("ASL"):
+        t = multi_hot(shape, seed=60)
+        # eps below every sig(x) here: its clamp is not what is tested
+        kw = {"clip": 0.0, "eps": 1e-37, "disable_torch_grad_focal": case == "ASL[detached]"}
+        cfg = {"type": "AsymmetricLoss", "gamma_pos": gamma, **kw}
+        ref = lambda a: (RC.asymmetric_loss(a, t, gamma_neg=gamma, gamma_pos=gamma, **kw), None)
+    elif case == "QFL[dense]":
+        t = multi_hot(shape, seed=61) * torch.where(soft(shape, seed=62) < 0.5, 1.0, 0.4)
+        cfg = {"type": "QualityFocalLoss", "beta": gamma}
+        ref = lambda a: (_exact_qfl(a, t, gamma), None)
+    else:
+        assert case == "VFL"
+        t = torch.where(multi_hot(shape, seed=63) > 0, soft(shape, seed=64) + 0.1, 0.0)
+        cfg = {"type": "VariFocalLoss"}
+        ref = lambda a: (_exact_vfl(a, t, gamma), None)
+    if "beta" not in cfg:
+        cfg[{"AsymmetricLoss": "gamma_neg"}.get(cfg["type"], "gamma")] = gamma
+    return cfg, x, t, ref
+
+
+FOCAL_CASES = ["Focal[sigmoid,index]", "MultiLabelFocal[soft]", "BinaryFocal",
+               "Focal[softmax,index]", "Focal[softmax,dense]", "ASL[focal grad]", "ASL[detached]",
+               "QFL[dense]", "VFL"]  # fmt: skip
+
+
+@pytest.mark.parametrize("gamma", FOCAL_GAMMAS)
+@pytest.mark.parametrize("case", FOCAL_CASES)
+def test_focal_exponents_up_to_1e30_at_saturated_logits(case, gamma, backend):
+    """Spec 8: a focal exponent anywhere in [0, 1e30]. u^gamma was pow(u, gamma) of a float32 u
+    that had rounded to 1 (u = sig(30) = 1 - 9e-14): FocalLoss gave 7.5 against 6.83 at
+    gamma = 1e12 and a gradient of -7e17 against 0 at 1e30 (both backends); now exp(gamma log u)
+    with an unrounded log u (QFL beta = 1e3 and ASL gammas = 1e3 were already 3e-5 off). float32
+    against the float64 reference (which forms the powers the same exact way), value ("sum" and
+    "none") and gradient within 1e-5."""
+    cfg, x0, target, ref_fn = _focal_case(case, gamma)
+    loss = build_loss({**cfg, "backend": backend})
+    x = x0.clone().requires_grad_()
+    got = loss(x, target, reduction_override="sum")
+    (g_got,) = torch.autograd.grad(got, x)
+    xr = x0.double().requires_grad_()
+    elem, valid = ref_fn(xr)
+    ref = RU.reduce_with_validity(elem, None, valid, "sum")
+    (g_ref,) = torch.autograd.grad(ref, xr)
+    assert ref != 0 and torch.isfinite(ref)
+    assert_scalar_close(got, ref, 1e-5)
+    assert_grad_close(g_got, g_ref, 1e-5)
+    none = loss(x0, target, reduction_override="none").double()
+    ref_none = RU.reduce_with_validity(elem.detach(), None, valid, "none")
+    assert torch.allclose(none, ref_none, rtol=1e-5, atol=1e-6 * ref_none.abs().max()), case
+
+
+def test_exact_vfl_qfl_oracles_match_the_reference_where_float64_has_the_digits():
+    """The test's log-space VFL/QFL forms (for exponents where RD's ``** gamma`` rounds) equal
+    the detection reference at gamma <= 1e8 on the same logits (value and gradient)."""
+    for gamma in (2.0, 1e8):
+        for case in ("QFL[dense]", "VFL"):
+            _, x0, q, exact = _focal_case(case, gamma)
+            xa = x0.double().requires_grad_()
+            xb = x0.double().requires_grad_()
+            if case == "VFL":
+                b = RD.varifocal_loss(xb, q, gamma=gamma).sum()
+            else:
+                b = RD.quality_focal_loss(xb, q, beta=gamma).sum()
+            a = exact(xa)[0].sum()
+            assert_scalar_close(a, b, 1e-7)
+            assert_grad_close(torch.autograd.grad(a, xa)[0], torch.autograd.grad(b, xb)[0], 1e-7)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_focal_exponent_ends_keep_their_values(dtype, backend):
+    """gamma = 0 is exactly the alpha-weighted BCE (u^0 = 1, also at u = 0); gamma > 0 at u = 0
+    (u = sig(-1000) = 0) gives 0; u = 1 - 1e-87 (x = 200 with t = 0) gives u^1e30 = 1, the
+    exact value; the gradients are finite and the reference's."""
+    x0 = torch.tensor([[40.0, -40.0, 0.3, 200.0, -200.0], [-200.0, 3.0, -0.7, 1000.0, 1000.0]],
+                      dtype=dtype)  # fmt: skip
+    t = torch.tensor([[0.0, 1.0, 1.0, 0.0, 0.0], [1.0, 0.0, 0.0, 0.0, 1.0]], dtype=dtype)
+    for gamma in (0.0, 2.0, 1e30):
+        loss = build_loss({"type": "MultiLabelFocalLoss", "gamma": gamma, "backend": backend})
+        x = x0.clone().requires_grad_()
+        got = loss(x, t, reduction_override="none")
+        xr = x0.double().requires_grad_()
+        ref = RC.multi_label_focal_loss(xr, t.double(), gamma=gamma)
+        assert torch.allclose(got.double(), ref, rtol=1e-5, atol=1e-30), (gamma, got, ref)
+        if gamma > 0:
+            assert got[1, 4] == 0  # u = sig(-1000) = 0
+        if gamma == 0:
+            bce = F.binary_cross_entropy_with_logits(x0.double(), t.double(), reduction="none")
+            assert torch.allclose(got.double(), bce * (0.25 * t + 0.75 * (1 - t)), rtol=1e-6)
+        (g,) = torch.autograd.grad(got.sum(), x)
+        (g_ref,) = torch.autograd.grad(ref.sum(), xr)
+        assert torch.isfinite(g).all()
+        assert_grad_close(g, g_ref, 1e-5)
+
+
+@pytest.mark.parametrize("iou_weighted", [True, False])
+def test_varifocal_infinite_logit_has_the_reference_gradient(iou_weighted, backend):
+    """x = -inf with q > 0 (and +inf with q > 0): B is infinite, and B * where(q > 0, 0, ...)
+    gave inf * 0 = NaN (both backends; the reference -0.36). The loss stays inf as the
+    reference's; every gradient the reference has finite is finite and equal."""
+    x0 = torch.tensor([[float("-inf"), 0.3, float("inf"), -2.0]])
+    q = torch.tensor([[0.6, 0.0, 0.7, 0.0]])
+    loss = build_loss({"type": "VariFocalLoss", "iou_weighted": iou_weighted, "backend": backend})
+    x = x0.clone().requires_grad_()
+    got = loss(x, q, reduction_override="none")
+    (g,) = torch.autograd.grad(got.sum(), x)
+    xr = x0.double().requires_grad_()
+    ref = RD.varifocal_loss(xr, q.double(), iou_weighted=iou_weighted)
+    (g_ref,) = torch.autograd.grad(ref.sum(), xr)
+    assert torch.equal(torch.isinf(got), torch.isinf(ref))
+    fin = torch.isfinite(ref)
+    assert torch.allclose(got[fin].double(), ref[fin], rtol=1e-6)
+    ok = torch.isfinite(g_ref)
+    assert ok.sum() >= 3 and torch.isfinite(g[ok]).all()
+    assert torch.allclose(g[ok].double(), g_ref[ok], rtol=1e-6, atol=1e-7), (g, g_ref)
+
+
+@pytest.mark.parametrize("call", ["mean", "none", "sum", "weight", "ignore_per_call"])
+def test_softmax_focal_dense_target_honours_ignore_index(call, backend):
+    """Spec 12.4: a dense target of a loss with ignore_index is invalid where it equals it. The
+    softmax FocalLoss used a -100 entry as a weight (row loss -12.08; the sigmoid one masked it):
+    now a position whose target equals ignore_index in any class contributes 0 (value and
+    gradient) and is not counted by "mean", on both backends and in the reference."""
+    x0 = logits((4, C, 3), seed=65)
+    t = probs((4, C, 3), seed=66)
+    t[0, 2, 1] = -100.0
+    t[2, :, 0] = -100.0  # a whole ignored position
+    t[3, 4, 2] = -100.0
+    invalid = torch.zeros(4, 3, dtype=torch.bool)
+    invalid[0, 1] = invalid[2, 0] = invalid[3, 2] = True
+    cfg = {"type": "FocalLoss", "use_sigmoid": False, "alpha": CW, "gamma": 1.5}
+    kw = {}
+    if call == "ignore_per_call":  # configured None, the call's -100
+        cfg["ignore_index"] = None
+        kw["ignore_index"] = -100
+    elif call == "weight":
+        kw["weight"] = _weight((4, 3), (4, C, 3))
+    elif call != "mean":
+        kw["reduction_override"] = call
+    loss = build_loss({**cfg, "backend": backend})
+    x = x0.clone().requires_grad_()
+    got = loss(x, t, **kw)
+    xr = x0.clone().requires_grad_()
+    elem, v = RC.focal_loss(xr, t, use_sigmoid=False, alpha=CW, gamma=1.5)
+    assert torch.equal(v, ~invalid) and (elem[invalid] == 0).all()
+    ref = RU.reduce_with_validity(elem, kw.get("weight"), v, kw.get("reduction_override", "mean"))
+    assert torch.allclose(got, ref, rtol=1e-10, atol=1e-12), (got, ref)
+    gw = torch.randn(ref.shape, generator=_gen(67), dtype=torch.float64)
+    (g,) = torch.autograd.grad(got, x, gw)
+    assert_grad_close(g, torch.autograd.grad(ref, xr, gw)[0], 1e-9)
+    assert (g.permute(0, 2, 1)[invalid] == 0).all()
+    if call == "mean":  # counted: the 9 valid positions
+        assert_scalar_close(got, elem.sum() / (9 + EPS32), 1e-12)
+    # ignore_index=None: no mask, the entries are weights (kornia), "mean" over numel
+    none_loss = build_loss({**cfg, "ignore_index": None, "backend": backend})
+    e2, v2 = RC.focal_loss(x0, t, use_sigmoid=False, alpha=CW, gamma=1.5, ignore_index=None)
+    assert v2 is None
+    assert_scalar_close(none_loss(x0, t), e2.sum() / 12, 1e-10)
+
+
+@pytest.mark.parametrize(
+    ("cfg", "dtype", "ignore_index", "values", "kept"),
+    [
+        ({"type": "BinaryCrossEntropyLoss"}, torch.uint8, -100, [1, 156, 0], [1, 1, 1]),
+        ({"type": "BinaryCrossEntropyLoss"}, torch.int8, 255, [1, -1, 0], [1, 1, 1]),
+        ({"type": "BinaryCrossEntropyLoss"}, torch.int16, -100, [1, -100, 0], [1, 0, 1]),
+        ({"type": "FocalLoss"}, torch.uint8, 256, [1, 0, 1], [1, 1, 1]),
+        ({"type": "BinaryFocalLoss"}, torch.int8, 257, [1, 0, 1], [1, 1, 1]),
+        ({"type": "FocalLoss", "use_sigmoid": False}, torch.uint8, 256, [1, 0, 1], [1, 1, 1]),
+    ],
+)  # fmt: skip
+def test_integer_dense_targets_compare_ignore_index_in_int64(
+    cfg, dtype, ignore_index, values, kept, backend
+):
+    """A dense integer target whose dtype cannot hold ignore_index: the torch backend compared in
+    the target's dtype (uint8 156 == -100 after wrapping: ignored) and the triton one in a wider
+    type (kept). Now int64 everywhere, the reference too: a value the dtype cannot hold equals
+    no element (uint8 with 256 and int8 with 257: binary targets that wrapped to 0 and 1)."""
+    x0 = logits((2, 3, 2), seed=68).float()
+    t = torch.tensor(values, dtype=dtype).view(1, 3, 1).expand(2, 3, 2).contiguous()
+    t[1, 0, 1] = 0
+    x_in, t_in = (x0[:, 0], t[:, 0]) if cfg["type"] == "BinaryFocalLoss" else (x0, t)
+    loss = build_loss({**cfg, "ignore_index": ignore_index, "backend": backend})
+    got = loss(x_in, t_in, reduction_override="none")
+    fn = {"BinaryCrossEntropyLoss": RC.binary_cross_entropy, "BinaryFocalLoss":
+          RC.binary_focal_loss}.get(cfg["type"], RC.focal_loss)  # fmt: skip
+    kw = {"use_sigmoid": False} if cfg.get("use_sigmoid") is False else {}
+    elem, v = fn(x_in.double(), t_in, ignore_index=ignore_index, **kw)
+    assert torch.allclose(got.double(), RU.reduce_with_validity(elem, None, v, "none"), rtol=1e-5)
+    assert [int(k) != ignore_index for k in values] == [bool(k) for k in kept]
+    expect = t_in.long() != ignore_index  # in int64: nothing wraps
+    expect = expect.all(1) if cfg.get("use_sigmoid") is False else expect  # (softmax: per position)
+    assert torch.equal(v, expect)
+    assert_scalar_close(loss(x_in, t_in), RU.reduce_with_validity(elem, None, v), 1e-5)
+
+
+REGISTRY_NAMES = {"KD": "KnowledgeDistillationLoss", "VFL": "VariFocalLoss",
+                  "QFL[labels]": "QualityFocalLoss", "QFL[dense]": "QualityFocalLoss"}  # fmt: skip
+
+
+@pytest.mark.parametrize("red", ["mean", "none"])
+@pytest.mark.parametrize("name", list(DENSE))
+def test_double_backward_names_the_loss(name, red, backend):
+    """Spec 8: "<op> (<backend> backend): double backward" naming the public loss (the registry
+    class); the torch backend named "fused_losses registry" ("none") and the triton one its
+    internal ops dense_sums / dense_none."""
+    cfg, kind = DENSE[name]
+    op = REGISTRY_NAMES.get(name, cfg["type"])
+    x = torch.randn(4, 3, 2, generator=_gen(69)).requires_grad_()
+    t = _target(kind, x.shape)
+    if name == "BinaryFocalLoss":
+        t = t[:, 0]
+        x = x[:, 0].detach().requires_grad_()
+    out = build_loss({**cfg, "backend": backend})(x, t, reduction_override=red)
+    (g,) = torch.autograd.grad(out.sum(), x, retain_graph=True)
+    assert torch.isfinite(g).all()
+    with pytest.raises(RuntimeError, match=rf"^{op} \({backend} backend\): double backward"):
+        torch.autograd.grad(out.sum(), x, create_graph=True)
+
+
+def test_softmax_kernels_warn_nothing_under_the_interpreter():
+    """Every softmax-family call under the interpreter warned "divide by zero" (1 / label
+    smoothing 0 for KD's inverse temperature) and "divide by zero encountered in log" (the
+    teacher's log-sum-exp outside KD, KD's student log-sum-exp of rows past R)."""
+    from fused_losses.kernels.launch import interpreting
+
+    if not interpreting():
+        pytest.skip("numpy warnings of Triton's interpreter")
+    x0 = logits((5, C, 3), seed=70).float()
+    y = labels((5, 3), C, seed=71)
+    dense = probs((5, C, 3), seed=72).float()
+    for cfg, t in [({"type": "CrossEntropyLoss"}, y), ({"type": "LabelSmoothLoss"}, y),
+                   ({"type": "SoftCrossEntropyLoss"}, dense),
+                   ({"type": "FocalLoss", "use_sigmoid": False}, y),
+                   ({"type": "FocalLoss", "use_sigmoid": False}, dense),
+                   ({"type": "KDLoss"}, logits((5, C, 3), seed=73).float())]:  # fmt: skip
+        for red in ("mean", "none"):
+            x = x0.clone().requires_grad_()
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", RuntimeWarning)
+                out = build_loss({**cfg, "backend": "triton"})(x, t, reduction_override=red)
+                torch.autograd.grad(out.sum(), x)

@@ -16,6 +16,12 @@ elementwise loss in memory for "mean"/"sum", and the non-ignored count kept on t
 Targets are constants (detached, as in mmdet/mmseg). Index labels equal to ``ignore_index`` or
 outside their range ([0, C) softmax, [0, C] sigmoid: C is the background) contribute 0 on both
 backends and are not counted by "mean" (with ``ignore_index=None``, "mean" divides by numel).
+A dense target is invalid where it equals ``ignore_index`` (per element; softmax FocalLoss, whose
+l is per position: a position whose target equals it in any class), an integer target compared
+in int64 (a value its dtype cannot hold, uint8 156 for -100, equals nothing). The focal powers
+((1-p_t)^gamma, ASL's (1-pt)^g) are exp(g log u) with log u unrounded: exact for every exponent in
+[0, 1e30] at saturated logits. A double backward raises a RuntimeError naming the class
+("FocalLoss (triton backend): double backward ...").
 """
 
 from __future__ import annotations
@@ -234,9 +240,12 @@ def _check_focal(options, per_class_alpha: bool = True) -> None:
 @LOSSES.register_module()
 class FocalLoss(FusedLoss):
     """``use_sigmoid`` (default): BCE(x_c, t_c) a_t (1-p_t)^gamma w_c -> [N,C,*], y [N,*] in
-    [0, C] (C = background) or a one-hot/soft target of x's shape; softmax:
-    -alpha_y (1-p_y)^gamma log p_y w_y -> [N,*] (a target of x's shape: -sum_c t_c w_c alpha_c
-    (1-p_c)^gamma log p_c). alpha: a float or one per class."""
+    [0, C] (C = background) or a one-hot/soft target of x's shape (an element equal to
+    ``ignore_index`` invalid); softmax: -alpha_y (1-p_y)^gamma log p_y w_y -> [N,*] (a target of
+    x's shape: -sum_c t_c w_c alpha_c (1-p_c)^gamma log p_c, a position whose target equals
+    ``ignore_index`` in any class invalid: 0, not counted by "mean"). alpha: a float or one per
+    class; gamma in [0, 1e30], the power (1-p)^gamma formed as exp(gamma log(1-p)) with an
+    unrounded log(1-p) (exact for saturated logits)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {
         "alpha": 0.25, "gamma": 2.0, "use_sigmoid": True, "class_weight": None,
@@ -273,8 +282,9 @@ class FocalLoss(FusedLoss):
             spec = DenseSpec("softmax", SM_FOCAL, T_INDEX, True, has_ig, igv, a0=a0, a1=gamma)
             return (as_rows(x), index_rows(y), None, cw, cp, spec, (n, *rest),
                     has_ig)  # fmt: skip
-        spec = DenseSpec("softmax", SM_FOCAL_DENSE, T_DENSE, True, a0=a0, a1=gamma)
-        return as_rows(x), dense_as_rows(y, x), None, cw, cp, spec, (n, *rest), False
+        # a dense target: a position whose target equals ignore_index in any class is invalid
+        spec = DenseSpec("softmax", SM_FOCAL_DENSE, T_DENSE, True, has_ig, igv, a0=a0, a1=gamma)
+        return as_rows(x), dense_as_rows(y, x), None, cw, cp, spec, (n, *rest), has_ig
 
 
 @LOSSES.register_module()

@@ -14,6 +14,9 @@ or a dense tensor ``[N, C, S]`` (class stride 0 for an [N, S] target of a one-lo
 The torch backend computes the same formulas with tensor ops and analytic gradients (kept from the
 forward); the triton backend runs the kernels through ``kernel_ops`` (traceable with
 ``torch.compile(fullgraph=True)``). The sum of v (the "mean" denominator) stays on the device.
+A double backward raises a RuntimeError naming the public loss (``dense_loss``'s ``op``, the
+registry class for ``FusedLoss``) on both backends: ``"FocalLoss (torch backend): double
+backward ..."`` (spec 8).
 
 ``kl_div_tempered(s, t, T, dim)`` is the torch twin of the KD kind as a plain differentiable
 function (T^2 KL(softmax(t/T) || softmax(s/T)) per row without cancellation, for every T): the
@@ -29,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from ..backend import PrecomputedGradient, compute_dtype, refuse_double_backward, resolve_backend
+from ..backend import compute_dtype, refuse_double_backward, resolve_backend
 from ..validation import shape_str
 from .base_loss import BaseLoss, check_avg_factor, check_weight
 from .utils import EPS, REDUCTIONS, expand_weight
@@ -65,8 +68,26 @@ class DenseSpec:
 # ------------------------------------------------------------------------------ torch backend
 
 
-def _pow(x: Tensor, a: float) -> Tensor:
-    return torch.pow(x, a)
+def _log_one_minus(p: Tensor, o: Tensor) -> Tensor:
+    """log(o), o = 1 - p, from both (each accurate) without rounding o to 1: log1p(-p) where
+    p < 1/2, else log(o); -inf at o = 0, NaN for o < 0 or NaN (kernels/classification.py
+    ``log_one_minus``)."""
+    small = p < 0.5
+    lg = torch.log1p(-torch.where(small, p, 0.0))
+    pos = o > 0
+    lo = torch.log(torch.where(pos & ~small, o, 1.0))
+    lo = torch.where(pos, lo, torch.where(o == 0, -math.inf, math.nan))
+    return torch.where(small, lg, lo)
+
+
+def _pow_from_log(lu: Tensor, g: float | Tensor) -> Tensor:
+    """u^g as exp(g log u) from lu = log u (kernels/classification.py ``pow_from_log``): exact
+    in g for every g in [0, 1e30]; 1 at g = 0, 0 at u = 0 (lu = -inf) for g > 0."""
+    if isinstance(g, Tensor):
+        return torch.where(g == 0, 1.0, torch.exp(g * lu))
+    if g == 0:
+        return torch.ones_like(lu)
+    return torch.exp(g * lu)
 
 
 def _ratio(num: Tensor, den: Tensor, at_zero: float) -> Tensor:
@@ -77,6 +98,15 @@ def _ratio(num: Tensor, den: Tensor, at_zero: float) -> Tensor:
 
 def _expm1_neg(logp: Tensor) -> Tensor:
     return -torch.expm1(logp)
+
+
+def _equals_ignore(t: Tensor, ignore_index: int) -> Tensor:
+    """t == ignore_index for a dense target, an integer one compared in int64 (as the kernels
+    compare in the wider type): a value its dtype cannot hold equals none of its elements (a
+    uint8 156 is not -100; ``t == -100`` would wrap -100 to 156)."""
+    if not t.is_floating_point():
+        t = t.long()
+    return t == ignore_index
 
 
 def _per_class(v: Tensor | None, scalar: float, x: Tensor) -> Tensor | float:
@@ -231,20 +261,24 @@ def _softmax_torch(x: Tensor, t, cw, cp, spec: DenseSpec) -> tuple[Tensor, Tenso
             ay = al.expand(n, c, s).gather(1, ys[:, None])[:, 0] if isinstance(al, Tensor) else al
             o = _expm1_neg(logp_y)
             p_y = torch.exp(logp_y)
-            lv = -ay * wy * _pow(o, gam) * logp_y
-            k = ay * wy * _pow(o, gam) * (1 - gam * p_y * _ratio(logp_y, o, -1.0))
+            og = _pow_from_log(_log_one_minus(p_y, o), gam)  # (1 - p_y)^g, exact as p_y -> 0
+            lv = -ay * wy * og * logp_y
+            k = ay * wy * og * (1 - gam * p_y * _ratio(logp_y, o, -1.0))
             d = k[:, None] * (p - hit)
         return lv, d, v
-    t = t.to(x.dtype)
+    t_raw, t = t, t.to(x.dtype)
     v = torch.ones(n, s, dtype=torch.bool, device=x.device)
     if spec.loss == SM_SOFT:
         a = wc * t
         big_a = a.sum(1)
         return big_a * lse - (a * x).sum(1), big_a[:, None] * p - a, v
+    if spec.has_ignore:  # a row whose target equals ignore_index in any class is invalid
+        v = ~_equals_ignore(t_raw, spec.ignore_index).any(1)
+        t = torch.where(v[:, None], t, 0.0)
     al = _per_class(cp, spec.a0, x)
     b = t * wc * al
     o = _expm1_neg(logp)
-    og = _pow(o, gam)
+    og = _pow_from_log(_log_one_minus(p, o), gam)
     nz = b != 0
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     lv = torch.where(nz, -b * og * logp, zero).sum(1)
@@ -270,10 +304,14 @@ def _sigmoid_terms_torch(x: Tensor, t: Tensor, cp, spec: DenseSpec) -> tuple[Ten
         return -(cp * t * lq + (1 - t) * l1q), -cp * t * iq + (1 - t) * i1q
     if spec.loss == SG_FOCAL:
         u = s * (1 - t) + sn * t
+        lu = _log_one_minus((1 - t) * sn + t * s, u)  # log u, p_t = 1 - u (terms >= 0)
+        lu = torch.where(t == 0, ls, torch.where(t == 1, lsn, lu))
         a = cp * t + (1 - cp) * (1 - t)
-        m = _pow(u, a1)
+        m = _pow_from_log(lu, a1)
         lv = a * bce * m
-        return lv, a * ((s - t) * m + a1 * _ratio(bce, u, 0.0) * m * s * sn * (1 - 2 * t))
+        fm = a1 * (s * sn) * m  # g u^g s s': 0 stays 0 (no 0 * inf at an infinite B)
+        ft = fm * torch.where(fm == 0, 0.0, _ratio(bce, u, 0.0))
+        return lv, a * ((s - t) * m + ft * (1 - 2 * t))
     if spec.loss == SG_ASL:
         gn = cp
         above = s - a2 >= 0
@@ -289,23 +327,32 @@ def _sigmoid_terms_torch(x: Tensor, t: Tensor, cp, spec: DenseSpec) -> tuple[Ten
             return base, dbase
         g = a1 * t + gn * (1 - t)
         b = t * sn + (1 - t) * qm
-        f = torch.pow(b, g)
+        lb = _log_one_minus(t * s + (1 - t) * one_qm, b)  # pt = 1 - b (terms >= 0)
+        f = _pow_from_log(torch.where(t == 1, lsn, lb), g)
         d = dbase * f
         if not spec.flag:
             db = -t * s * sn + (1 - t) * dqm
             d = d + g * _ratio(base, b, 0.0) * f * db  # base g b^(g-1) db
         return base * f, d
     if spec.loss == SG_VFL:
-        sg = _pow(s, a1)
+        sg = _pow_from_log(ls, a1)  # s^g
         pos = t > 0
         f = torch.where(pos, t if spec.flag else torch.ones_like(t), cp * sg)
-        return bce * f, (s - t) * f + bce * torch.where(pos, 0.0, cp * a1 * sg * sn)
+        vt = cp * (a1 * sn) * sg  # d(alpha s^g)/dx: B times it where q <= 0, no inf * 0
+        return bce * f, (s - t) * f + vt * torch.where(pos | (vt == 0), 0.0, bce)
     dd = s - t  # SG_QFL, cp = beta
     ad = dd.abs()
-    m = _pow(ad, cp)
+    lad = _log_one_minus(torch.where(dd > 0, sn + t, (1 - t) + s), ad)  # 1 - |d|, terms >= 0
+    lad = torch.where(t == 0, ls, lad)
+    m = _pow_from_log(lad, cp)
     sign = torch.where(dd > 0, 1.0, -1.0)
-    m1 = _ratio(m, ad, 0.0) if cp > 0 else torch.zeros_like(ad)  # |d|^(beta-1)
-    return bce * m, dd * m + bce * cp * m1 * sign * s * sn
+    pos_d = ad > 0
+    if cp > 0:  # |d|^(beta-1), 0 at d = 0
+        m1 = torch.where(pos_d, torch.exp((cp - 1) * torch.where(pos_d, lad, 0.0)), 0.0)
+    else:
+        m1 = torch.zeros_like(ad)
+    qt = cp * (s * sn) * m1
+    return bce * m, dd * m + qt * torch.where(qt == 0, 0.0, bce) * sign
 
 
 def _sigmoid_torch(x: Tensor, t, q, cw, cp, spec: DenseSpec) -> tuple[Tensor, Tensor, Tensor]:
@@ -314,7 +361,7 @@ def _sigmoid_torch(x: Tensor, t, q, cw, cp, spec: DenseSpec) -> tuple[Tensor, Te
     if spec.target == T_DENSE:
         v = torch.ones(x.shape, dtype=torch.bool, device=x.device)
         if spec.has_ignore:
-            v = (t != spec.ignore_index).expand(x.shape)
+            v = (~_equals_ignore(t, spec.ignore_index)).expand(x.shape)
         tt = torch.where(v, t.to(x.dtype), 0.0)
     else:
         y = t.long()
@@ -362,43 +409,92 @@ def _torch_terms(x3, t, q, sw, cw, cp, spec: DenseSpec):
 
 
 class _TorchDenseNone(torch.autograd.Function):
-    """The torch backend's "none": l w v with its gradient kept from the forward."""
+    """The torch backend's "none": l w v with its gradient kept from the forward. ``fn(x3)`` ->
+    (l w v, gradient, per_row, op), op the name a double backward's error gives (spec 8; it
+    travels in ``fn``'s result: torch.compile takes no str argument to an autograd.Function)."""
 
     @staticmethod
     def forward(ctx, fn, x3):  # type: ignore[override]
-        out, grad, per_row = fn(x3)
+        out, grad, per_row, op = fn(x3)
         ctx.save_for_backward(grad)
-        ctx.per_row, ctx.dtype = per_row, x3.dtype
+        ctx.op, ctx.per_row, ctx.dtype = op, per_row, x3.dtype
         return out
 
     @staticmethod
     def backward(ctx, go):  # type: ignore[override]
-        refuse_double_backward("fused_losses registry (torch backend)")
+        refuse_double_backward(f"{ctx.op} (torch backend)")
         (grad,) = ctx.saved_tensors
         g = go.unsqueeze(1) if ctx.per_row else go
         return None, (grad * g).to(ctx.dtype)
 
 
-def dense_loss(x3, t, q, sw, cw, cp, spec: DenseSpec, mode: str, backend: str):
-    """mode "sum": (sum of l w v, sum of v), 0-dim each; "none": l w v ([N,S] or [N,C,S])."""
+class _TorchDenseSums(torch.autograd.Function):
+    """The torch backend's sums: ``fn(x3)`` -> (sum of l w v, sum of v, its gradient, op), the
+    gradient scaled by the upstream one in backward (``PrecomputedGradient``, with the op's name
+    carried by ``fn``'s result)."""
+
+    @staticmethod
+    def forward(ctx, fn, x3):  # type: ignore[override]
+        total, count, grad, op = fn(x3)
+        ctx.save_for_backward(grad)
+        ctx.op, ctx.dtype = op, x3.dtype
+        ctx.mark_non_differentiable(count)
+        return total, count
+
+    @staticmethod
+    def backward(ctx, go, _gcount):  # type: ignore[override]
+        refuse_double_backward(f"{ctx.op} (torch backend)")
+        (grad,) = ctx.saved_tensors
+        return None, (grad * go).to(ctx.dtype)
+
+
+class _NamedTritonOp(torch.autograd.Function):
+    """Identity on the triton ops' differentiable output whose backward refuses a double backward
+    naming the public loss (spec 8: ``"<op> (triton backend): double backward"``; the kernel op
+    itself would name its internal ``dense_sums`` / ``dense_none``), then passes the gradient.
+    ``name()`` gives the name (a callable: torch.compile takes no str argument here)."""
+
+    @staticmethod
+    def forward(ctx, name, out):  # type: ignore[override]
+        ctx.op = name()
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, go):  # type: ignore[override]
+        refuse_double_backward(f"{ctx.op} (triton backend)")
+        return None, go
+
+
+DENSE_OP = "fused_losses.registry.dense.dense_loss"  # the name of a caller that gives none
+
+
+def dense_loss(x3, t, q, sw, cw, cp, spec: DenseSpec, mode: str, backend: str, op: str = DENSE_OP):
+    """mode "sum": (sum of l w v, sum of v), 0-dim each; "none": l w v ([N,S] or [N,C,S]).
+    ``op``: the public loss's name, which a double backward's RuntimeError gives (spec 8)."""
     per_row = spec.family == "softmax" or spec.per_row
     if resolve_backend(backend, x3.device) == "triton":
         from ..triton_classification import dense_none_triton, dense_sums_triton
 
-        fn = dense_sums_triton if mode == "sum" else dense_none_triton
-        return fn(x3, t, q, sw, cw, cp, spec.kernel_options())
+        def name():
+            return op
+
+        if mode == "sum":
+            s, count = dense_sums_triton(x3, t, q, sw, cw, cp, spec.kernel_options())
+            return _NamedTritonOp.apply(name, s), count
+        out = dense_none_triton(x3, t, q, sw, cw, cp, spec.kernel_options())
+        return _NamedTritonOp.apply(name, out)
 
     if mode == "sum":
 
         def value_and_grad(x):
             lv, d, v = _torch_terms(x, t, q, sw, cw, cp, spec)
-            return lv.sum(), v.sum().to(lv.dtype), (d.to(x.dtype),)
+            return lv.sum(), v.sum().to(lv.dtype), d.to(x.dtype), op
 
-        return PrecomputedGradient.apply(value_and_grad, x3)
+        return _TorchDenseSums.apply(value_and_grad, x3)
 
     def fn(x):
         lv, d, _ = _torch_terms(x, t, q, sw, cw, cp, spec)
-        return lv, d, per_row
+        return lv, d, per_row, op
 
     return _TorchDenseNone.apply(fn, x3)
 
@@ -416,6 +512,8 @@ def reduce_sums(
             raise ValueError('avg_factor: can not be used with reduction="sum"')
         return s
     if reduction == "batchmean":
+        if avg_factor is not None:
+            raise ValueError('avg_factor: can not be used with reduction="batchmean"')
         return s / max(batch, 1)
     if avg_factor is not None:
         if isinstance(avg_factor, Tensor):
@@ -485,13 +583,15 @@ class FusedLoss(BaseLoss):
             n, c, s = x3.shape
             per_row = spec.family == "softmax" or spec.per_row
             sw = w.reshape(n, 1, s) if per_row else w.reshape(n, c, s)
+        op = type(self).__name__  # the double-backward error's name (spec 8)
         if reduction == "none":
-            out = dense_loss(x3, t, q, sw, cw, cp, spec, "none", self.backend)
+            out = dense_loss(x3, t, q, sw, cw, cp, spec, "none", self.backend, op)
             out = out.reshape(l_shape)
         else:
-            if reduction == "sum" and avg_factor is not None:
-                raise ValueError('avg_factor: can not be used with reduction="sum"')
-            s, count = dense_loss(x3, t, q, sw, cw, cp, spec, "sum", self.backend)
+            avg = avg_factor if avg_factor is not None else self.avg_factor
+            if reduction in ("sum", "batchmean") and avg is not None:  # before any kernel
+                raise ValueError(f'avg_factor: can not be used with reduction="{reduction}"')
+            s, count = dense_loss(x3, t, q, sw, cw, cp, spec, "sum", self.backend, op)
             use_count = has_valid and options.get("avg_non_ignore", True)
             avg = avg_factor if avg_factor is not None else self.avg_factor
             out = reduce_sums(

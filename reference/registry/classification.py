@@ -15,7 +15,8 @@ Choices where SPEC 10.1 is silent or ambiguous:
   with C > 1, sigmoid focal; label C is the background, a zero row), as both backends: a label
   outside its range contributes 0 and is not counted. ``ignore_index=None`` -> ``v`` is None (no
   mask: "mean" is then sum / numel, ``F.cross_entropy``'s unweighted mean), an out-of-range label
-  still contributing 0.
+  still contributing 0. An integer y is compared with ignore_index in int64 (as both backends): a
+  value its dtype cannot hold equals none of its elements (a uint8 156 is not -100).
 - Sigmoid losses (BCE, sigmoid FocalLoss, BinaryFocalLoss) with a target of x's shape ignore
   elementwise, ``v = y != ignore_index`` (mmdet 3.x / mmseg 1.x ``binary_cross_entropy``; mmseg
   also drops ``y < 0``, not done here: SPEC 9.2 says ``target != ignore_index``). The target of an
@@ -30,7 +31,13 @@ Choices where SPEC 10.1 is silent or ambiguous:
   alpha_c)(1 - t) (mmseg's list alpha). Softmax: alpha_y multiplies the true class's term (a float
   alpha is a constant factor, as kornia's softmax focal loss); a one-hot/soft target of x's shape
   gives -sum_c t_c w_c alpha_c (1 - p_c)^gamma log p_c (kornia), which is the row for a one-hot t;
-  such a target has no index to ignore, so v is None (ignore through ``weight``).
+  SPEC 12.4's "a dense target is invalid where it equals ignore_index" makes a position whose
+  target equals it in any class invalid (l = 0, v false: l is per position), v [N,*].
+- Focal powers ((1 - p_t)^gamma, (1 - p)^gamma, ASL's (1 - pt)^g) are exp(g log u) with log u
+  computed without rounding u to 1 (logsigmoid, log1p of the complement): the same values where
+  float64 has the digits, and the exact ones at saturated logits for exponents up to 1e30 (SPEC
+  8), where ``(1 - p_t) ** gamma`` is 1^gamma = 1. gamma = 0 gives 1 (0^0 = 1); a base below 0
+  (a target outside [0, 1]) gives NaN for gamma != 0.
 - Softmax FocalLoss and CrossEntropy multiply by w_y (the class weight of the true class).
 - AsymmetricLoss follows timm: the clamps are ``torch.clamp`` (their gradient at the bound as
   torch's), and the focusing weight is applied only when gamma_neg > 0 or gamma_pos > 0.
@@ -62,9 +69,15 @@ def _class_weight(class_weight, x: torch.Tensor) -> torch.Tensor:
     return on_dim1(class_weight, x)
 
 
+def _not_ignored(y: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """y != ignore_index, an integer y compared in int64: a value its dtype cannot hold differs
+    from every element (uint8 156 is not -100; ``y != -100`` would wrap -100 to 156)."""
+    return (y if y.is_floating_point() else y.long()) != ignore_index
+
+
 def _validity(y: torch.Tensor, ignore_index: int | None) -> torch.Tensor | None:
     """v = y != ignore_index (None when ignore_index is None)."""
-    return None if ignore_index is None else y != ignore_index
+    return None if ignore_index is None else _not_ignored(y, ignore_index)
 
 
 def _index_validity(
@@ -74,8 +87,31 @@ def _index_validity(
     contribute; v = ok, or None when ignore_index is None (no mask for "mean")."""
     ok = (y >= 0) & (y < high)
     if ignore_index is not None:
-        ok = ok & (y != ignore_index)
+        ok = ok & _not_ignored(y, ignore_index)
     return ok, (ok if ignore_index is not None else None)
+
+
+def _log_one_minus(p: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+    """log(o), o = 1 - p, from p and o each computed accurately: log1p(-p) where p < 1/2,
+    log(o) elsewhere, so that an o that rounds to 1 keeps its logarithm; -inf (a constant) at
+    o = 0. The branches not taken get harmless inputs: their gradients are exact 0s, not 0 * inf
+    (so the derivative of o^gamma is 0 where o = 0)."""
+    small = p < 0.5
+    zero = o == 0
+    log_o = torch.where(zero, -torch.inf, torch.log(torch.where(small | zero, 1.0, o)))
+    return torch.where(small, torch.log1p(-torch.where(small, p, 0.0)), log_o)
+
+
+def _pow(log_u: torch.Tensor, gamma: float | torch.Tensor) -> torch.Tensor:
+    """u^gamma from log u, as exp(gamma log u): the focal powers for every gamma in [0, 1e30]
+    (``(1 - p_t) ** gamma`` rounds 1 - p_t to 1 at a saturated logit, 1^gamma = 1). gamma = 0:
+    1 (0^0 = 1, as torch.pow, also for a NaN or a negative u); u = 0: 0 for gamma > 0."""
+    if isinstance(gamma, torch.Tensor):
+        safe = torch.where(gamma == 0, 0.0, log_u)  # (no 0 * -inf in the untaken branch)
+        return torch.where(gamma == 0, 1.0, torch.exp(gamma * safe))
+    if gamma == 0:
+        return torch.ones_like(log_u)
+    return torch.exp(gamma * log_u)
 
 
 def _gather_dim1(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -129,7 +165,7 @@ def label_smooth_loss(
         raise ValueError(f"num_classes={num_classes} but the logits have C={c} classes")
     e = smoothing
     ok, v = _index_validity(y, ignore_index, c)
-    t = convert_to_one_hot(y, c, ignore_index, dtype=x.dtype)  # [N,C,*]
+    t = convert_to_one_hot(y, c, dtype=x.dtype)  # [N,C,*] (rows not ok: masked below)
     q = (1 - e) * t + e / c
     w = _class_weight(class_weight, x)
     loss = -(w * q * F.log_softmax(x, dim=1)).sum(dim=1)
@@ -193,11 +229,20 @@ def _sigmoid_focal_term(
     x: torch.Tensor, t: torch.Tensor, alpha: float | torch.Tensor, gamma: float
 ) -> torch.Tensor:
     """BCE(x, t) a_t (1 - p_t)^gamma, p_t = sig t + (1 - sig)(1 - t),
-    a_t = alpha t + (1 - alpha)(1 - t) (RetinaNet, mmdet)."""
-    s = torch.sigmoid(x)
-    p_t = s * t + (1 - s) * (1 - t)
+    a_t = alpha t + (1 - alpha)(1 - t) (RetinaNet, mmdet).
+
+    (1 - p_t)^gamma = exp(gamma log(1 - p_t)), log(1 - p_t) = logsigmoid(x) at t = 0,
+    logsigmoid(-x) at t = 1, else from p_t = t sig(x) + (1 - t) sig(-x) and 1 - p_t = (1 - t)
+    sig(x) + t sig(-x) (no cancellation for t in [0, 1]): exact at a saturated logit for every
+    gamma in [0, 1e30] (SPEC 8), where float64's 1 - p_t has no digits left."""
+    s, sn = torch.sigmoid(x), torch.sigmoid(-x)
+    p_t = t * s + (1 - t) * sn
+    u = (1 - t) * s + t * sn
+    log_u = torch.where(
+        t == 0, F.logsigmoid(x), torch.where(t == 1, F.logsigmoid(-x), _log_one_minus(p_t, u))
+    )
     a_t = alpha * t + (1 - alpha) * (1 - t)
-    return bce_with_logits(x, t) * a_t * (1 - p_t) ** gamma
+    return bce_with_logits(x, t) * a_t * _pow(log_u, gamma)
 
 
 def focal_loss(
@@ -215,8 +260,11 @@ def focal_loss(
 
     use_sigmoid: l = BCE(x_c, t_c) a_t (1 - p_t)^gamma w_c -> [N,C,*];
     softmax:     l = -alpha_y (1 - p_y)^gamma log p_y w_y -> [N,*]
-                 (a target of x's shape: -sum_c t_c w_c alpha_c (1 - p_c)^gamma log p_c, v None).
-    alpha: a float or C values (dim 1).
+                 (a target of x's shape: -sum_c t_c w_c alpha_c (1 - p_c)^gamma log p_c; a
+                 position whose target equals ignore_index in any class is invalid, v [N,*]).
+    alpha: a float or C values (dim 1). (1 - p)^gamma = exp(gamma log(1 - p)), log(1 - p) as
+    log1p(-p) where p < 1/2 and log(-expm1(log p)) elsewhere (softmax; sigmoid: see
+    ``_sigmoid_focal_term``), exact for every gamma in [0, 1e30].
     """
     c = x.shape[1]
     index = y.dim() == x.dim() - 1
@@ -227,7 +275,7 @@ def focal_loss(
     if use_sigmoid:
         if index:  # labels in [0, C] (C: the background, a zero row)
             ok, v = _index_validity(y, ignore_index, c + 1)
-            t = convert_to_one_hot(y, c, ignore_index, dtype=x.dtype)  # [N,C,*]
+            t = convert_to_one_hot(y, c, dtype=x.dtype)  # [N,C,*] (rows not ok: masked below)
             loss = torch.where(ok.unsqueeze(1), _sigmoid_focal_term(x, t, a, gamma) * w, zero)
             return loss, v
         t = y.to(x.dtype) if v is None else torch.where(v, y.to(x.dtype), zero)
@@ -244,11 +292,18 @@ def focal_loss(
         w_y = _gather_dim1(w.expand_as(x), y_safe)
         p_y = _gather_dim1(p, y_safe)
         log_p_y = _gather_dim1(log_p, y_safe)
-        loss = -a_y * (1 - p_y) ** gamma * log_p_y * w_y
+        focus = _pow(_log_one_minus(p_y, -torch.expm1(log_p_y)), gamma)  # (1 - p_y)^gamma
+        loss = -a_y * focus * log_p_y * w_y
         return torch.where(ok, loss, zero), v
     t = y.to(x.dtype)
-    loss = -(t * w * a * (1 - p) ** gamma * log_p).sum(dim=1)
-    return loss, None
+    if v is not None:  # a position is invalid where its target equals ignore_index anywhere
+        v = v.all(dim=1)
+        t = torch.where(v.unsqueeze(1), t, zero)
+    focus = _pow(_log_one_minus(p, -torch.expm1(log_p)), gamma)  # (1 - p_c)^gamma
+    loss = -(t * w * a * focus * log_p).sum(dim=1)
+    if v is not None:
+        loss = torch.where(v, loss, zero)
+    return loss, v
 
 
 def binary_focal_loss(
@@ -299,17 +354,26 @@ def asymmetric_loss(
     l = -(y log max(q, eps) + (1 - y) log max(1 - q_m, eps)) (1 - pt)^g, the focusing weight
     (1 - pt)^g detached when ``disable_torch_grad_focal``. The registry's default reduction is
     "sum" (timm).
+
+    Without cancellation (SPEC 8's exponents up to 1e30 at saturated logits): 1 - q_m =
+    sig(-x) + clip where q >= clip (torch.clamp's gradient there), else 1; (1 - pt)^g =
+    exp(g log(1 - pt)), 1 - pt = y sig(-x) + (1 - y) q_m, its log logsigmoid(-x) at y = 1, else
+    from pt = y q + (1 - y)(1 - q_m) (a sum of terms >= 0 for y in [0, 1]).
     """
     y = y.to(x.dtype)
-    q = torch.sigmoid(x)
-    q_m = torch.clamp(q - clip, min=0) if clip is not None and clip > 0 else q
+    q, qn = torch.sigmoid(x), torch.sigmoid(-x)
+    clipped = clip is not None and clip > 0
+    q_m = torch.clamp(q - clip, min=0) if clipped else q
+    one_m_qm = torch.where(q - clip >= 0, qn + clip, 1.0) if clipped else qn  # 1 - q_m
     log_pos = y * torch.log(torch.clamp(q, min=eps))
-    log_neg = (1 - y) * torch.log(torch.clamp(1 - q_m, min=eps))
+    log_neg = (1 - y) * torch.log(torch.clamp(one_m_qm, min=eps))
     loss = log_pos + log_neg
     if gamma_neg > 0 or gamma_pos > 0:
-        pt = q * y + (1 - q_m) * (1 - y)
+        pt = q * y + one_m_qm * (1 - y)
+        b = y * qn + (1 - y) * q_m  # 1 - pt
+        log_b = torch.where(y == 1, F.logsigmoid(-x), _log_one_minus(pt, b))
         g = gamma_pos * y + gamma_neg * (1 - y)
-        focus = (1 - pt) ** g
+        focus = _pow(log_b, g)  # (1 - pt)^g
         if disable_torch_grad_focal:
             focus = focus.detach()
         loss = loss * focus
