@@ -7,6 +7,7 @@ Each error names the argument, what was expected and what was received.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import torch
@@ -76,7 +77,10 @@ INT_LIMIT = 2**16  # strides and map sizes: kernels index with int32 and loop ov
 
 
 def check_positive_int(name: str, value: object, limit: int = INT_LIMIT) -> int:
-    """A positive int no larger than ``limit`` (a ValueError naming the range otherwise)."""
+    """A positive int no larger than ``limit`` (a ValueError naming the range otherwise). A
+    numpy integer is taken as its int."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, (bool, int)):
+        value = int(value)  # numpy integers
     if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= limit:
         raise ValueError(f"{name}: expected an int in [1, {limit}], got {value!r}")
     return value
@@ -94,6 +98,10 @@ def check_size(name: str, size: object) -> tuple[int, int]:
 def check_number(
     name: str, value: object, *, positive: bool = False, nonneg: bool = False
 ) -> float:
+    """A finite real number as a float: an int, a float, or a numpy number (np.float32,
+    np.int64; not a numpy bool); a TypeError/ValueError naming ``name`` otherwise."""
+    if isinstance(value, numbers.Real) and not isinstance(value, (bool, int, float)):
+        value = int(value) if isinstance(value, numbers.Integral) else float(value)  # numpy
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name}: expected a number, got {type(value).__name__}")
     if isinstance(value, int):

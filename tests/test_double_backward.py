@@ -164,7 +164,7 @@ OP_NAMES = {
     "hard_negative_margin_loss": r"hard_negative_margin_loss",
     "centernet_focal_loss": r"(\w*focal_loss|fused_losses\.focal\.\w+)",
     "reg_l1_loss": r"reg_l1_loss",
-    "reg_smooth_l1_loss": r"reg_(smooth_)?l1_loss",  # triton: the shared kernel op
+    "reg_smooth_l1_loss": r"reg_smooth_l1_loss",
     "centernet_loss": r"(centernet_loss|\w*focal_loss|fused_losses\.focal\.\w+)",
     "centernet_pose_loss": r"(centernet_pose_loss|\w*focal_loss|fused_losses\.focal\.\w+)",
 }

@@ -547,3 +547,331 @@ def test_a_loss_weight_beyond_float_range_is_named():
     for key in ("loss_weight", "weight"):
         with pytest.raises(ValueError, match=rf"^{key}|^loss_weight"):
             build_loss({"type": "L1Loss", key: 10**400})
+
+
+# ----------------------------------------------------- detection: masking, accuracy, scale, checks
+
+BOX_REFS = {
+    "IoULoss": RD.iou_loss,
+    "GIoULoss": RD.giou_loss,
+    "DIoULoss": RD.diou_loss,
+    "CIoULoss": RD.ciou_loss,
+    "EIoULoss": RD.eiou_loss,
+    "SIoULoss": RD.siou_loss,
+}
+ELEMENTWISE_REFS = {
+    "L1Loss": RD.l1_loss,
+    "SmoothL1Loss": RD.smooth_l1_loss,
+    "BalancedL1Loss": RD.balanced_l1_loss,
+}
+
+
+def _against_reference(name, opts, p, t, call, ref_fn, tol):
+    """The loss (float32 or float64 p, t) and its gradient against the float64 reference with the
+    reference reduction (``call``: weight, reduction_override)."""
+    loss = build_loss({"type": name, **opts})
+    x = p.clone().requires_grad_()
+    got = loss(x, t, **call)
+    (g_got,) = torch.autograd.grad(got.sum(), x)
+    xr = p.double().clone().requires_grad_()
+    elem = ref_fn(xr, t.double(), **opts)
+    w = call.get("weight")
+    if w is not None and name in BOX_REFS:
+        w = RD.box_weight(w.double(), elem)
+    ref = RU.reduce_with_validity(elem, w, None, call.get("reduction_override", "mean"))
+    (g_ref,) = torch.autograd.grad(ref.sum(), xr)
+    assert got.shape == ref.shape
+    err = ((got.double() - ref).norm() / ref.norm()).item()
+    assert err <= tol, (name, opts, err)
+    assert_grad_close(g_got, g_ref, tol)
+    return g_got
+
+
+def _grid_boxes(shape, seed, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(*shape, 2, generator=g, dtype=torch.float64) * 10
+    wh = 1 + torch.rand(*shape, 2, generator=g, dtype=torch.float64) * 10
+    t = torch.cat([xy, xy + wh], -1)
+    return (t + torch.randn(*shape, 4, generator=g, dtype=torch.float64)).to(dtype), t.to(dtype)
+
+
+@pytest.mark.parametrize("name", BOX_LOSSES)
+def test_box_zero_weight_masking_follows_the_weight_rule(name):
+    """A weight of l's shape without dim 1 ([N] for boxes [N,K,4], spec 12.2 rule 1) weights
+    rows; the masking of zero-weight boxes broadcast it from the right (columns) when N == K:
+    boxes of weight 1 were replaced by the unit box (loss ~1e-6, gradient 0), 0.4 off in "mean".
+    When N != K the mask was skipped and an image of padded (infinite) boxes of weight 0 gave
+    NaN gradients."""
+    ref_fn = BOX_REFS[name]
+    p, t = _grid_boxes((3, 3), seed=11)
+    w = torch.tensor([1.0, 0.0, 1.0])
+    for red in ("none", "mean"):
+        _against_reference(name, {}, p, t, {"weight": w, "reduction_override": red}, ref_fn, 1e-5)
+    # N != K: an image of padded boxes, weight 0
+    p2, t2 = _grid_boxes((2, 3), seed=12)
+    t_bad, p_bad = t2.clone(), p2.clone()
+    t_bad[1], p_bad[1] = float("inf"), float("nan")
+    loss = build_loss({"type": name})
+    x = p_bad.clone().requires_grad_()
+    out = loss(x, t_bad, weight=torch.tensor([1.0, 0.0]))
+    (g,) = torch.autograd.grad(out, x)
+    xr = p2.double().clone().requires_grad_()
+    ref = RU.reduce_with_validity(ref_fn(xr, t2.double()), torch.tensor([1.0, 0.0]).double())
+    (g_ref,) = torch.autograd.grad(ref, xr)
+    assert_scalar_close(out, ref, 1e-5)
+    assert_grad_close(g, g_ref, 1e-5)
+    assert (g[1] == 0).all()
+    # the weight as the reduction takes it: a float64 weight that float32 rounds to 0 masks, an
+    # integer [..., 4] weight is averaged (it raised "mean(): could not infer output dtype")
+    w64 = torch.tensor([[1.0, 1e-300, 1.0], [1.0, 1.0, 1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    pi = p.clone()
+    pi[0, 1] = float("inf")
+    x = pi.clone().requires_grad_()
+    (g,) = torch.autograd.grad(loss(x, t, weight=w64), x)
+    assert torch.isfinite(g).all() and (g[0, 1] == 0).all()
+    wi = torch.ones(3, 3, 4, dtype=torch.int64)
+    wi[1] = 0
+    _against_reference(name, {}, p, t, {"weight": wi}, ref_fn, 1e-5)
+    # a weight that does not expand is named (the mask is never skipped silently)
+    with pytest.raises(ValueError, match=r"^weight"):
+        loss(p, t, weight=torch.ones(2))
+
+
+@pytest.mark.parametrize("name", list(ELEMENTWISE_REFS))
+def test_elementwise_zero_weight_masking_follows_the_weight_rule(name):
+    """A [2,1] weight of [2,2,4] inputs broadcasts (a weight per dim-1 index, spec 12.2 rule 1);
+    the masking took it as per sample (dim 1 inserted) and zeroed the inputs of elements of
+    weight 1: L1's "none" [1, 0] was 0 instead of |p - t|, "mean" 0.38 off."""
+    ref_fn = ELEMENTWISE_REFS[name]
+    g = torch.Generator().manual_seed(13)
+    p, t = torch.randn(2, 2, 4, generator=g), torch.randn(2, 2, 4, generator=g)
+    w = torch.tensor([[1.0], [0.0]])
+    for red in ("none", "mean"):
+        _against_reference(name, {}, p, t, {"weight": w, "reduction_override": red}, ref_fn, 1e-5)
+    # a zero-weight non-finite element stays hidden under the same rule
+    pb = p.clone()
+    pb[1, 1] = float("inf")
+    x = pb.clone().requires_grad_()
+    (gr,) = torch.autograd.grad(build_loss({"type": name})(x, t, weight=w), x)
+    assert torch.isfinite(gr).all() and (gr[1, 1] == 0).all()
+    with pytest.raises(ValueError, match=r"^weight"):
+        build_loss({"type": name})(p, t, weight=torch.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("alpha", "gamma", "beta"),
+    [(0.5, 1.5, 1.0), (5.0, 0.1, 1.0), (0.5, 1e-3, 1.0), (1.0, 1e-6, 1.0), (0.5, 40.0, 1.0),
+     (0.4, 1.2, 2.0), (0.5, 1.5, 0.11), (1e-3, 0.08, 3.0)],
+)  # fmt: skip
+@pytest.mark.parametrize("scale", [1e-2, 1.0])
+def test_balanced_l1_is_accurate_in_float32(alpha, gamma, beta, scale):
+    """(alpha/b)(b d + 1) ln(b d/beta + 1) - alpha d cancels for small b d: at (0.5, 1e-3) the
+    float32 mean was 4.9e-3 off, at (1, 1e-6) negative (-2.7e-3, reference 2.8e-7)."""
+    g = torch.Generator().manual_seed(14)
+    p = torch.rand(16, 4, generator=g) * 2 * beta * scale
+    t = torch.rand(16, 4, generator=g) * 2 * beta * scale
+    opts = {"alpha": alpha, "gamma": gamma, "beta": beta}
+    _against_reference("BalancedL1Loss", opts, p, t, {}, RD.balanced_l1_loss, 1e-5)
+
+
+def test_balanced_l1_options_have_a_range():
+    """gamma/alpha beyond exp's range raised a Python OverflowError at call time (alpha=1e-3),
+    gamma=1e-20 a ZeroDivisionError (b = e^(1e-20) - 1 = 0); now a ValueError at build time."""
+    p, t = boxes(4)
+    for cfg, name in [({"alpha": 1e-3}, "gamma"), ({"gamma": 1e-20}, "gamma"),
+                      ({"gamma": 1e-10}, "gamma"), ({"alpha": 1e16}, "alpha"),
+                      ({"beta": 1e-16}, "beta"), ({"beta": 0.0}, "beta")]:  # fmt: skip
+        with pytest.raises(ValueError, match=rf"^{name}: expected .*\["):
+            build_loss({"type": "BalancedL1Loss", **cfg})
+    edge = build_loss({"type": "BalancedL1Loss", "alpha": 0.5, "gamma": 40.0})  # ratio 80
+    assert torch.isfinite(edge(p, t))
+
+
+def _well_fitting(fmt, n=64, dev=1e-3, seed=15):
+    """Targets of 50-150 px, predictions within ``dev`` px (float32)."""
+    g = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=g) * 500
+    wh = torch.rand(n, 2, generator=g) * 100 + 50
+    t = torch.cat([xy + wh / 2, wh], -1) if fmt == "xywh" else torch.cat([xy, xy + wh], -1)
+    return t + torch.randn(n, 4, generator=g) * dev, t
+
+
+BOX_ACCURACY_CASES = [
+    ("IoULoss", {}), ("IoULoss", {"mode": "linear"}), ("IoULoss", {"mode": "square"}),
+    ("GIoULoss", {}), ("DIoULoss", {}), ("CIoULoss", {}), ("EIoULoss", {}), ("SIoULoss", {}),
+    ("SIoULoss", {"theta": 1.0}),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("fmt", ["xyxy", "xywh"])
+@pytest.mark.parametrize(("name", "opts"), BOX_ACCURACY_CASES, ids=lambda c: str(c))
+def test_box_losses_are_accurate_for_well_fitting_boxes(name, opts, fmt):
+    """1 - IoU was formed by subtracting a float32 IoU near 1 from 1: 1.7e-4 off for boxes within
+    1e-3 px of 100-px targets, 7 % for identical boxes (the loss is then eps / U)."""
+    opts = {**opts, "bbox_format": fmt}
+    p, t = _well_fitting(fmt)
+    _against_reference(name, opts, p, t, {}, BOX_REFS[name], 1e-5)
+    same = t[:8].clone()
+    _against_reference(name, opts, same, same, {}, BOX_REFS[name], 1e-5)
+
+
+@pytest.mark.parametrize("scale", [1e20, 1e37, 3e38])
+@pytest.mark.parametrize(("name", "opts"), BOX_ACCURACY_CASES, ids=lambda c: str(c))
+def test_box_losses_at_any_finite_scale(name, opts, scale):
+    """Areas overflowed float32 from about 1e19: GIoU gave NaN, IoU 13.8 (reference 1.75), CIoU
+    1.0011 (reference 0.9270); from 1e37 every loss was NaN or wrong."""
+    unit = torch.tensor([[0.0, 0.0, 0.2, 0.3], [-0.5, -0.6, 0.3, 0.1], [0.0, 0.0, 0.1, 0.1]])
+    tgt = torch.tensor([[0.1, 0.1, 0.4, 0.35], [-0.4, -0.5, 0.2, 0.3], [0.5, 0.5, 0.9, 0.8]])
+    p, t = (unit.double() * scale).float(), (tgt.double() * scale).float()
+    _against_reference(name, opts, p, t, {}, BOX_REFS[name], 1e-5)
+
+
+def test_compute_iou_giou_at_scale_and_accuracy():
+    p, t = _well_fitting("xyxy")
+    for fn in ("compute_iou", "compute_giou"):
+        got, ref = getattr(U, fn)(p, t), getattr(RU, fn)(p.double(), t.double())
+        assert got.dtype == torch.float32
+        assert torch.allclose(got.double(), ref, rtol=1e-6, atol=0)
+    a = torch.tensor([[0.0, 0.0, 2e19, 3e19]])
+    b = torch.tensor([[1e19, 1e19, 4e19, 3.5e19]])
+    for fn in ("compute_iou", "compute_giou"):
+        got, ref = getattr(U, fn)(a, b), getattr(RU, fn)(a.double(), b.double())
+        assert torch.allclose(got.double(), ref, rtol=1e-6, atol=1e-7), fn  # (was NaN, 0)
+    half = U.compute_iou(torch.tensor([[0.0, 0, 300, 300]]).half(),
+                         torch.tensor([[100.0, 100, 400, 400]]).half())  # fmt: skip
+    assert half.dtype == torch.float32  # computed in float32 (a half area overflows at 256 px)
+    assert torch.allclose(half.double(), torch.tensor([200.0**2 / (2 * 300**2 - 200**2)]).double())
+
+
+@pytest.mark.parametrize("fn", ["compute_iou", "compute_giou"])
+def test_compute_iou_giou_check_their_arguments(fn):
+    """Any bbox_format but "xyxy" was taken as "xywh" ("XYXY", "cxcywh", None), and [N,5] boxes,
+    integer boxes or mismatched shapes were accepted."""
+    f = getattr(U, fn)
+    a, b = torch.tensor([[0.0, 0.0, 2.0, 2.0]]), torch.tensor([[1.0, 1.0, 3.0, 3.0]])
+    for bad in ("XYXY", "cxcywh", None, "xyxy "):
+        with pytest.raises(ValueError, match=r"^bbox_format"):
+            f(a, b, bbox_format=bad)
+    cases = [
+        ((torch.ones(2, 5), torch.ones(2, 5)), {}, ValueError, "box1"),
+        ((a, torch.ones(2, 4)), {}, ValueError, "box2"),
+        ((a.long(), b), {}, TypeError, "box1"),
+        ((a, b.to(torch.complex64)), {}, TypeError, "box2"),
+        ((a.tolist(), b), {}, TypeError, "box1"),
+        ((a[0], b), {"aligned": False}, ValueError, "box1"),
+        ((a, b.to("meta")), {}, ValueError, "box2"),
+        ((a, b), {"eps": -1.0}, ValueError, "eps"),
+        ((a, b), {"aligned": 1}, (TypeError, ValueError), "aligned"),
+    ]
+    for args, kw, err, name in cases:
+        with pytest.raises(err, match=rf"^{name}"):
+            f(*args, **kw)
+    assert f(a, b, aligned=False).shape == (1, 1)
+    assert torch.allclose(f(a, b, bbox_format="xywh").double(),
+                          getattr(RU, fn)(a.double(), b.double(), bbox_format="xywh"))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "name", [*BOX_LOSSES, "L1Loss", "SmoothL1Loss", "BalancedL1Loss", "DistributionFocalLoss"]
+)
+def test_detection_targets_are_checked(name):
+    """A target on another device failed inside torch (RuntimeError), a complex target was cast
+    to real with a warning (its imaginary part dropped): now a ValueError / TypeError naming
+    ``target`` before any work."""
+    loss = build_loss({"type": name, **({"reg_max": 4} if name == "DistributionFocalLoss" else {})})
+    if name == "DistributionFocalLoss":
+        p, t = torch.randn(3, 5), torch.rand(3) * 4
+    else:
+        p, t = boxes(3, dtype=torch.float32)
+    with pytest.raises(ValueError, match=r"^target: expected a tensor on cpu"):
+        loss(p, t.to("meta"))
+    with pytest.raises(TypeError, match=r"^target: expected a real tensor"):
+        loss(p, t.to(torch.complex64) + 5j)
+    with pytest.raises(TypeError, match=r"^target"):
+        loss(p, t.tolist())
+
+
+def test_quality_focal_scores_device_is_checked():
+    """QFL checked the labels' device but not the scores': NotImplementedError from torch."""
+    loss = build_loss({"type": "QualityFocalLoss", "backend": "torch"})
+    x, labels = torch.randn(3, 5), torch.tensor([0, 2, 5])
+    with pytest.raises(ValueError, match=r"^target\[1\] \(scores\): expected a tensor on cpu"):
+        loss(x, (labels, torch.rand(3, device="meta")))
+
+
+def test_builder_names_its_bad_arguments():
+    """The builder's own arguments (spec 12.1): a non-str type, loss_name or registered name,
+    an empty config and a MultiLoss key that no ModuleDict takes are named errors (they were
+    an unhashable-type TypeError, ModuleDict's KeyError, or an int 0 "loss" from [])."""
+    from fused_losses.registry import Registry
+
+    for cfg, err, match in [
+        ({"type": ["L1Loss"]}, TypeError, "^type"),
+        ({"type": "L1Loss", "loss_name": 3}, TypeError, "^loss_name"),
+        ({"type": "L1Loss", "loss_name": "loss.l1"}, ValueError, "^loss_name"),
+        ({"type": "L1Loss", "loss_name": ""}, ValueError, "^loss_name"),
+        ([], ValueError, "^cfg"),
+        ({"a.b": {"type": "L1Loss"}}, ValueError, "^'a.b'"),
+        ({"type": "L1Loss", "weight": "2"}, TypeError, "^weight"),
+    ]:
+        with pytest.raises(err, match=match):
+            build_loss(cfg)
+    with pytest.raises(TypeError, match=r"^name"):
+        Registry("x").register_module(name=3)(type(build_loss({"type": "L1Loss"})))
+
+
+def test_numpy_scalars_are_numbers():
+    # np.float32 / np.int64 options are numbers like Python's (np.float64 already was)
+    import numpy as np
+
+    p, t = boxes(3)
+    ref = build_loss({"type": "L1Loss", "loss_weight": 2.0})(p, t)
+    for w in (np.float32(2.0), np.int64(2), np.float64(2.0)):
+        assert build_loss({"type": "L1Loss", "loss_weight": w})(p, t) == ref
+        assert build_loss({"type": "L1Loss", "weight": w})(p, t) == ref
+    with pytest.raises(TypeError, match=r"^loss_weight"):
+        build_loss({"type": "L1Loss", "loss_weight": np.bool_(True)})
+    # the other families' options go through the same checks (spec 3.5)
+    import fused_losses as fl
+
+    pose = fl.CenterNetPoseLoss(wh_weight=np.float32(0.5), down_ratio=np.int64(4))
+    assert pose.options.wh_weight == 0.5 and pose.options.down_ratio == 4
+
+
+@pytest.mark.parametrize(
+    ("cfg", "x", "target"),
+    [
+        ({"type": "L1Loss"}, lambda: torch.randn(3, 4), lambda: torch.randn(3, 4)),
+        ({"type": "KDLoss"}, lambda: torch.randn(3, 5), lambda: torch.randn(3, 5)),
+        ({"type": "DiceLoss"}, lambda: torch.randn(2, 3, 4, 4),
+         lambda: torch.randint(0, 3, (2, 4, 4))),
+        ({"type": "CrossEntropyLoss"}, lambda: torch.randn(3, 5), lambda: torch.tensor([0, 4, 2])),
+    ],
+    ids=lambda c: c["type"] if isinstance(c, dict) else "",
+)  # fmt: skip
+def test_avg_factor_with_batchmean_is_an_error_and_weights_are_constants(cfg, x, target, backend):
+    """ "batchmean" divides by N: an avg_factor there was silently ignored (KD's default
+    reduction); it is a ValueError, as with "sum". A sample weight is a constant: no gradient
+    reaches it (it did for the BaseLoss path, not for the fused losses)."""
+    p, t = x(), target()
+    with pytest.raises(ValueError, match=r"^avg_factor"):
+        build_loss({**cfg, "backend": backend})(p, t, avg_factor=2.0,
+                                                reduction_override="batchmean")  # fmt: skip
+    with pytest.raises(ValueError, match=r"^avg_factor"):
+        build_loss({**cfg, "reduction": "batchmean", "avg_factor": 2.0})
+    loss = build_loss({**cfg, "backend": backend})
+    w = torch.rand(p.shape[0], generator=torch.Generator().manual_seed(3)).requires_grad_()
+    p.requires_grad_()
+    loss(p, t, weight=w).backward()
+    assert w.grad is None and p.grad is not None and torch.isfinite(p.grad).all()
+
+
+def test_ohem_double_backward_names_the_loss(backend):
+    # spec 8: "<op> (<backend> backend): double backward" names the public loss (it named
+    # fused_losses.registry.dense.dense_loss)
+    loss = build_loss({"type": "OHEMCrossEntropyLoss", "backend": backend})
+    x = torch.randn(2, 3, 4, 4, requires_grad=True)
+    y = torch.randint(0, 3, (2, 4, 4))
+    out = loss(x, y)
+    with pytest.raises(RuntimeError, match=rf"^OHEMCrossEntropyLoss \({backend} backend\)"):
+        torch.autograd.grad(out, x, create_graph=True)

@@ -80,6 +80,16 @@ def check_weight(weight: Any, pred: Tensor) -> Tensor | None:
     return weight
 
 
+def check_loss_name(name: Any, what: str = "loss_name") -> str:
+    """A loss name, used as a key of a ``MultiLoss`` (a ``ModuleDict``) and of its components:
+    a non-empty str without "." (a TypeError/ValueError naming ``what`` otherwise)."""
+    if not isinstance(name, str):
+        raise TypeError(f"{what}: expected a str (a loss name), got {type(name).__name__}")
+    if not name or "." in name:
+        raise ValueError(f"{what}: expected a non-empty name without '.', got {name!r}")
+    return name
+
+
 def default_loss_name(name: str) -> str:
     """``"loss_"`` + the registered name lower-cased without its trailing ``Loss``."""
     return "loss_" + re.sub(r"Loss$", "", name).lower()
@@ -113,15 +123,17 @@ class BaseLoss(torch.nn.Module):
         if reduction not in REDUCTIONS:
             raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
         avg_factor = check_avg_factor(avg_factor)
-        if reduction == "sum" and avg_factor is not None:
-            raise ValueError('avg_factor: can not be used with reduction="sum"')
+        if reduction in ("sum", "batchmean") and avg_factor is not None:
+            raise ValueError(f'avg_factor: can not be used with reduction="{reduction}"')
         check_backend(backend)
         self.loss_weight = float(loss_weight)
         self.reduction = reduction
         self.avg_factor = avg_factor
         self.backend = backend
         name = self.registry_name or type(self).__name__
-        self.loss_name = loss_name if loss_name is not None else default_loss_name(name)
+        self.loss_name = (
+            check_loss_name(loss_name) if loss_name is not None else default_loss_name(name)
+        )
         self.options = self._resolve_options(options)
 
     @classmethod

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .base_loss import BaseLoss
+from ..validation import check_number
+from .base_loss import BaseLoss, check_loss_name
 
 
 class Registry:
@@ -32,6 +33,10 @@ class Registry:
             if not (isinstance(cls, type) and issubclass(cls, BaseLoss)):
                 raise TypeError(f"module: expected a BaseLoss subclass, got {cls!r}")
             names = [cls.__name__] if name is None else [name] if isinstance(name, str) else name
+            if not (
+                isinstance(names, Sequence) and names and all(isinstance(n, str) for n in names)
+            ):
+                raise TypeError(f"name: expected a str, a list of str or None, got {name!r}")
             for n in names:
                 if n in self._modules and not force:
                     raise ValueError(
@@ -47,6 +52,10 @@ class Registry:
         return add
 
     def get(self, name: str) -> type[BaseLoss]:
+        if not isinstance(name, str):
+            raise TypeError(
+                f"type: expected a registered loss name or a BaseLoss subclass, got {name!r}"
+            )
         if name not in self._modules:
             raise ValueError(
                 f"type: {name!r} is not a registered loss; registered: "
@@ -82,9 +91,7 @@ def _build_one(cfg: Mapping[str, Any], registry: Registry, name: str | None = No
     if "weight" in args:
         if "loss_weight" in args:
             raise ValueError("weight: an alias of loss_weight, given together with it")
-        if isinstance(args["weight"], bool) or not isinstance(args["weight"], (int, float)):
-            raise ValueError(f"weight: expected a number (loss_weight), got {args['weight']!r}")
-        args["loss_weight"] = args.pop("weight")
+        args["loss_weight"] = check_number("weight", args.pop("weight"))  # (loss_weight)
     if name is not None:
         args.setdefault("loss_name", name)
     return cls(**args)
@@ -109,8 +116,11 @@ def build_multi_loss(cfg: Any, registry: Registry | None = None) -> MultiLoss:
     """A :class:`MultiLoss` from a list of loss configs or a mapping of names to them."""
     registry = registry or LOSSES
     members: dict[str, BaseLoss] = {}
+    if len(cfg) == 0:
+        raise ValueError("cfg: expected at least one loss config, got an empty one")
     if isinstance(cfg, Mapping):
         for key, sub in cfg.items():
+            check_loss_name(key, what=f"{key!r}")
             if not isinstance(sub, Mapping):
                 raise TypeError(f"{key}: expected a loss config mapping, got {type(sub).__name__}")
             members[key] = _build_one(sub, registry, name=key)

@@ -5,7 +5,8 @@ and the distribution focal loss, in plain PyTorch (they trace under
 Boxes ``pred``, ``target`` [...,4] are matched pairs, "xyxy" (x1, y1, x2, y2) or "xywh" (cx, cy,
 w, h); ``weight`` [...] or [...,4] (averaged over the last axis). With I the intersection,
 U = A_p + A_g - I, IoU = I / (U + eps), the enclosing box (cw, ch), A_c = cw ch,
-c2 = cw^2 + ch^2 + eps and rho2 the squared distance of the centres:
+c2 = cw^2 + ch^2 + eps and rho2 the squared distance of the centres (``utils.box_terms``: 1 - IoU,
+A_c - U and the differences of centres and sizes without cancellation; any finite coordinates):
 
     IoU   i = max(IoU, eps): "linear" 1 - i, "square" 1 - i^2, "log" -log i
     GIoU  1 - IoU + (A_c - U) / (A_c + eps)
@@ -32,6 +33,7 @@ from ..validation import (
     check_exponent,
     check_floating,
     check_number,
+    check_range,
     check_tensor,
     shape_str,
 )
@@ -54,15 +56,45 @@ from .dense import (
 from .utils import BOX_FORMATS, BoxTerms, box_terms, expand_weight
 
 
+def _compute_dtype(pred: Tensor) -> torch.dtype:
+    return torch.float64 if pred.dtype == torch.float64 else torch.float32
+
+
+def _check_target(target: Any, pred: Tensor) -> Tensor:
+    """A real tensor (floating, integer or bool) on pred's device: a TypeError (not a tensor,
+    complex) or ValueError (another device) naming ``target``."""
+    check_tensor("target", target)
+    if target.is_complex():
+        raise TypeError(f"target: expected a real tensor, got dtype {target.dtype}")
+    if target.device != pred.device:
+        raise ValueError(f"target: expected a tensor on {pred.device}, got one on {target.device}")
+    return target
+
+
 def _check_pair(pred: Any, target: Any, last: int | None = None) -> None:
     check_tensor("pred", pred)
     check_floating("pred", pred)
-    check_tensor("target", target)
+    _check_target(target, pred)
     if last is not None and (pred.dim() == 0 or pred.shape[-1] != last):
         raise ValueError(f"pred: expected shape [..., {last}], got {shape_str(pred)}")
     if target.shape != pred.shape:
         raise ValueError(f"target: expected the shape of pred {shape_str(pred)}, got "
                          f"{shape_str(target)}")  # fmt: skip
+
+
+def _keep(weight: Tensor, shape: torch.Size, dtype: torch.dtype) -> Tensor:
+    """The elements the reduction keeps (``apply_weight_and_reduce``: the weight in the loss's
+    dtype, expanded by ``expand_weight``, nonzero): the same rule, so that the masking of the
+    inputs and the reduction agree; a weight that does not expand is its ValueError."""
+    return expand_weight(weight.to(dtype), shape) != 0
+
+
+def _box_weight(weight: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
+    """A box loss's weight: [...,4] averaged over the last axis (an integer or bool weight in
+    ``dtype``), [...] as is."""
+    if weight.dim() == ndim + 1 and weight.shape[-1] == 4:
+        return (weight if weight.is_floating_point() else weight.to(dtype)).mean(-1)
+    return weight
 
 
 class _BoxLoss(BaseLoss):
@@ -76,25 +108,23 @@ class _BoxLoss(BaseLoss):
         check_choice("bbox_format", options["bbox_format"], BOX_FORMATS)
 
     def _weight(self, weight: Tensor, loss: Tensor) -> Tensor:
-        if weight.dim() == loss.dim() + 1 and weight.shape[-1] == 4:
-            return weight.mean(-1)
-        return weight
+        return _box_weight(weight, loss.dim(), loss.dtype)
 
     def _mask_inputs(self, pred, target, weight):
-        if not (isinstance(pred, Tensor) and isinstance(target, Tensor)) or pred.dim() == 0:
-            return pred, target
-        w = self._weight(weight, pred[..., 0])
-        try:
-            keep = (w != 0).expand(pred.shape[:-1])[..., None]
-        except RuntimeError:
-            return pred, target  # a bad weight: the rules name it
+        """A box of weight 0 (spec 12.2 rule 1; the weight as the reduction takes it: averaged,
+        in the loss's dtype, expanded by ``expand_weight``) is replaced by the box (0, 0, 1, 1)
+        in pred and target: its loss and gradients are finite (a padded box of infinite
+        coordinates included) before the reduction zeroes them."""
+        _check_pair(pred, target, 4)
+        cdt = _compute_dtype(pred)
+        keep = _keep(_box_weight(weight, pred.dim() - 1, cdt), pred.shape[:-1], cdt)[..., None]
         # the box (0, 0, 1, 1) (a unit box in either format), built on the device
         unit = (torch.arange(4, device=pred.device) >= 2).to(pred.dtype)
         return torch.where(keep, pred, unit), torch.where(keep, target, unit.to(target.dtype))
 
     def _forward(self, pred, target, **options):
         _check_pair(pred, target, 4)
-        cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+        cdt = _compute_dtype(pred)
         t = box_terms(pred.to(cdt), target.detach().to(cdt), options["bbox_format"],
                       options["eps"])  # fmt: skip
         return self._box_loss(t, **options), None
@@ -115,31 +145,36 @@ class IoULoss(_BoxLoss):
         check_choice("mode", options["mode"], ("linear", "square", "log"))
 
     def _box_loss(self, t, *, eps, mode, **_):
-        i = t.iou.clamp(min=eps)
+        # i = max(IoU, eps); where IoU >= eps, 1 - i is t.one_minus_iou (no cancellation):
+        # 1 - i^2 = (1 - i)(1 + i), -log i = -log1p(-(1 - i)); a NaN IoU stays NaN
+        low = t.iou < eps
+        omi = t.one_minus_iou
         if mode == "linear":
-            return 1 - i
-        return 1 - i * i if mode == "square" else -torch.log(i)
+            return torch.where(low, 1 - eps, omi)
+        if mode == "square":
+            return torch.where(low, 1 - eps * eps, omi * (1 + t.iou))
+        omi = torch.where(low, 0, omi)  # (log1p(-1) = -inf where IoU = 0: no inf * 0 in backward)
+        return torch.where(low, -math.log(eps) if eps > 0 else math.inf, -torch.log1p(-omi))
 
 
 @LOSSES.register_module()
 class GIoULoss(_BoxLoss):
     """1 - IoU + (A_c - U) / (A_c + eps)."""
 
-    def _box_loss(self, t, *, eps, **_):
-        area_c = t.enclose_w * t.enclose_h
-        return 1 - t.iou + (area_c - t.union) / (area_c + eps)
+    def _box_loss(self, t, **_):
+        return t.one_minus_iou + t.enclose_gap / (t.enclose_w * t.enclose_h + t.eps_area)
 
 
-def _distance_penalty(t: BoxTerms, eps: float) -> Tensor:
-    return t.rho2 / (t.enclose_w**2 + t.enclose_h**2 + eps)
+def _distance_penalty(t: BoxTerms) -> Tensor:
+    return t.rho2 / (t.enclose_w**2 + t.enclose_h**2 + t.eps_area)
 
 
 @LOSSES.register_module()
 class DIoULoss(_BoxLoss):
     """1 - IoU + rho2 / c2."""
 
-    def _box_loss(self, t, *, eps, **_):
-        return 1 - t.iou + _distance_penalty(t, eps)
+    def _box_loss(self, t, **_):
+        return t.one_minus_iou + _distance_penalty(t)
 
 
 @LOSSES.register_module()
@@ -147,21 +182,21 @@ class CIoULoss(_BoxLoss):
     """1 - IoU + rho2 / c2 + a v (a without gradient)."""
 
     def _box_loss(self, t, *, eps, **_):
-        (wp, hp), (wg, hg) = t.size_p, t.size_g
-        v = (4 / math.pi**2) * (torch.atan(wg / (hg + eps)) - torch.atan(wp / (hp + eps))) ** 2
+        (wp, hp), (wg, hg), e = t.size_p, t.size_g, t.eps_len
+        v = (4 / math.pi**2) * (torch.atan(wg / (hg + e)) - torch.atan(wp / (hp + e))) ** 2
         with torch.no_grad():
-            a = v / (1 - t.iou + v + eps)
-        return 1 - t.iou + _distance_penalty(t, eps) + a * v
+            a = v / (t.one_minus_iou + v + eps)
+        return t.one_minus_iou + _distance_penalty(t) + a * v
 
 
 @LOSSES.register_module()
 class EIoULoss(_BoxLoss):
     """1 - IoU + rho2 / c2 + (w_p - w_g)^2 / (cw^2 + eps) + (h_p - h_g)^2 / (ch^2 + eps)."""
 
-    def _box_loss(self, t, *, eps, **_):
-        (wp, hp), (wg, hg) = t.size_p, t.size_g
-        return (1 - t.iou + _distance_penalty(t, eps) + (wp - wg) ** 2 / (t.enclose_w**2 + eps)
-                + (hp - hg) ** 2 / (t.enclose_h**2 + eps))  # fmt: skip
+    def _box_loss(self, t, **_):
+        (dw, dh), e = t.size_diff, t.eps_area
+        return (t.one_minus_iou + _distance_penalty(t) + dw**2 / (t.enclose_w**2 + e)
+                + dh**2 / (t.enclose_h**2 + e))  # fmt: skip
 
 
 def _safe_ratio(a: Tensor, b: Tensor) -> Tensor:
@@ -177,7 +212,8 @@ class SIoULoss(_BoxLoss):
     D = sum_{x,y} 1 - exp(-(2 - A)(s_t / c_t)^2), O = sum_{w,h} (1 - exp(-|t_p - t_g| /
     max(t_p, t_g)))^theta (heights + eps). Where mmyolo divides 0 by 0 (zero-size enclosing box,
     two boxes of zero width or height) the ratio is taken as 0, its limit: finite values and
-    gradients for degenerate pairs, mmyolo's value everywhere else."""
+    gradients for degenerate pairs, mmyolo's value everywhere else. 1 - exp(-u) is formed as
+    -expm1(-u) (no cancellation for well-fitting boxes)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {**_BoxLoss.OPTIONS, "theta": 4.0}
 
@@ -186,42 +222,38 @@ class SIoULoss(_BoxLoss):
         super().check_options(options)
         options["theta"] = check_number("theta", options["theta"], positive=True)
 
-    def _box_loss(self, t, *, eps, theta, **_):
-        sx, sy = t.centre_offset[0] + eps, t.centre_offset[1] + eps
+    def _box_loss(self, t, *, theta, **_):
+        e = t.eps_len
+        sx, sy = t.centre_offset[0] + e, t.centre_offset[1] + e
         s2 = sx * sx + sy * sy
         s = torch.sqrt(torch.where(s2 > 0, s2, torch.ones_like(s2)))
         sin_a = torch.clamp(_safe_ratio(torch.minimum(sx.abs(), sy.abs()), s), max=1.0)
         angle = torch.sin(2 * torch.asin(sin_a))
         gamma = 2 - angle
-        dist = (1 - torch.exp(-gamma * _safe_ratio(sx, t.enclose_w) ** 2)) + (
-            1 - torch.exp(-gamma * _safe_ratio(sy, t.enclose_h) ** 2)
+        dist = -torch.expm1(-gamma * _safe_ratio(sx, t.enclose_w) ** 2) - torch.expm1(
+            -gamma * _safe_ratio(sy, t.enclose_h) ** 2
         )
-        (wp, hp), (wg, hg) = t.size_p, t.size_g
-        hp, hg = hp + eps, hg + eps
-        om_w = _safe_ratio((wp - wg).abs(), torch.maximum(wp, wg))
-        om_h = _safe_ratio((hp - hg).abs(), torch.maximum(hp, hg))
-        shape = (1 - torch.exp(-om_w)) ** theta + (1 - torch.exp(-om_h)) ** theta
-        return 1 - t.iou + (dist + shape) / 2
+        (wp, hp), (wg, hg), (dw, dh) = t.size_p, t.size_g, t.size_diff
+        om_w = _safe_ratio(dw.abs(), torch.maximum(wp, wg))
+        om_h = _safe_ratio(dh.abs(), torch.maximum(hp + e, hg + e))  # (h_p + e) - (h_g + e) = dh
+        shape = (-torch.expm1(-om_w)) ** theta + (-torch.expm1(-om_h)) ** theta
+        return t.one_minus_iou + (dist + shape) / 2
 
 
 class _ElementwiseLoss(BaseLoss):
     """pred, target of one shape -> that shape."""
 
     def _mask_inputs(self, pred, target, weight):
-        if not (isinstance(pred, Tensor) and isinstance(target, Tensor)):
-            return pred, target
-        try:
-            keep = weight != 0
-            keep = keep.unsqueeze(1) if keep.dim() == pred.dim() - 1 else keep
-            keep = keep.expand(pred.shape)
-        except RuntimeError:
-            return pred, target  # a bad weight: the rules name it
+        """An element of weight 0 (the weight as the reduction takes it, ``expand_weight``) has
+        pred and target replaced by 0 (finite value and gradients) before the formula."""
+        _check_pair(pred, target)
+        keep = _keep(weight, pred.shape, _compute_dtype(pred))
         zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
         return torch.where(keep, pred, zero), torch.where(keep, target, zero.to(target.dtype))
 
     def _forward(self, pred, target, **options):
         _check_pair(pred, target)
-        cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+        cdt = _compute_dtype(pred)
         d = (pred.to(cdt) - target.detach().to(cdt)).abs()
         return self._of_distance(d, **options), None
 
@@ -251,24 +283,72 @@ class L1Loss(_ElementwiseLoss):
         return d
 
 
+BALANCED_L1_RANGE = (1e-15, 1e15)  # alpha and beta
+BALANCED_L1_RATIO = (1e-6, 80.0)  # gamma / alpha: b = e^(gamma/alpha) - 1 in [1e-6, 5.5e34]
+_LOG1P_SPLIT = 0.5  # BalancedL1Loss: y = b d / beta below it, the series form
+
+
+def _h_series(y: Tensor, terms: int) -> Tensor:
+    """h(y) = (y - log1p(y)) / y^2 for 0 <= y <= 1/2, without cancellation: with s = y/(2+y),
+    log1p(y) = 2 atanh(s) = 2 s + 2 s^3 P(s^2), P = sum_k s^2k / (2k + 3), so
+    h = (1 - 2 y P / (2+y)^2) / (2+y); s^2 <= 1/25, ``terms`` terms of P (6: float32, 12:
+    float64) leave a relative error below the dtype's epsilon."""
+    s = y / (2 + y)
+    s2 = s * s
+    p = torch.full_like(y, 1 / (2 * terms + 1))
+    for k in range(terms - 2, -1, -1):
+        p = 1 / (2 * k + 3) + s2 * p
+    return (1 - 2 * y * p / (2 + y) ** 2) / (2 + y)
+
+
 @LOSSES.register_module()
 class BalancedL1Loss(_ElementwiseLoss):
     """Libra R-CNN: d < beta: (alpha/b)(b d + 1) ln(b d / beta + 1) - alpha d, else gamma d +
-    gamma / b - alpha beta, b = e^(gamma/alpha) - 1."""
+    gamma / b - alpha beta, b = e^(gamma/alpha) - 1.
+
+    Options (at build time, a ValueError naming the option and the range): alpha and beta in
+    [1e-15, 1e15], gamma / alpha in [1e-6, 80] (b from 1e-6 to 5.5e34: finite in float32, and
+    the float64 reference is exact to about 1e-10 there). Formed without cancellation, with
+    x = b d, y = x / beta, t = d / beta: for y < 1/2 as alpha t ((1 - beta) + x - (1 + x) y h(y)),
+    h(y) = (y - log1p(y)) / y^2 by its series (``_h_series``); for y >= 1/2 as
+    alpha ((1/b + d) log1p(y) - d); gamma / b = alpha (gamma/alpha) / expm1(gamma/alpha)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"alpha": 0.5, "gamma": 1.5, "beta": 1.0}
 
     @classmethod
     def check_options(cls, options):
-        options["alpha"] = check_number("alpha", options["alpha"], positive=True)
-        options["gamma"] = check_number("gamma", options["gamma"], positive=True)
-        options["beta"] = check_number("beta", options["beta"], positive=True)
+        lo, hi = BALANCED_L1_RANGE
+        options["alpha"] = check_range("alpha", options["alpha"], lo, hi)
+        options["beta"] = check_range("beta", options["beta"], lo, hi)
+        gamma = check_number("gamma", options["gamma"], positive=True)
+        ratio = gamma / options["alpha"]
+        rlo, rhi = BALANCED_L1_RATIO
+        if not rlo <= ratio <= rhi:
+            raise ValueError(
+                f"gamma: expected gamma / alpha in [{rlo:g}, {rhi:g}] (b = e^(gamma/alpha) - 1), "
+                f"got gamma = {options['gamma']!r} with alpha = {options['alpha']!r} (ratio "
+                f"{ratio:g})"
+            )
+        options["gamma"] = gamma
 
     def _of_distance(self, d, *, alpha, gamma, beta):
-        b = math.exp(gamma / alpha) - 1
-        ds = torch.where(d < beta, d, 0)  # (each branch finite where it is not taken)
-        small = alpha / b * (b * ds + 1) * torch.log(b * ds / beta + 1) - alpha * ds
-        return torch.where(d < beta, small, gamma * d + gamma / b - alpha * beta)
+        r = gamma / alpha
+        b = math.expm1(r)
+        small_d = d < beta
+        ds = torch.where(small_d, d, 0)  # (each branch finite where it is not taken)
+        t = ds / beta  # in [0, 1)
+        y = b * t
+        series = y < _LOG1P_SPLIT
+        ys = torch.where(series, y, 0)
+        terms = 12 if d.dtype == torch.float64 else 6
+        xs = beta * ys
+        small = alpha * t * ((1 - beta) + xs - (1 + xs) * ys * _h_series(ys, terms))
+        if b > _LOG1P_SPLIT:  # (else y < b is always in the series form)
+            yd = torch.where(series, _LOG1P_SPLIT, y)
+            direct = alpha * ((1 / b + ds) * torch.log1p(yd) - ds)
+            small = torch.where(series, small, direct)
+        large = gamma * d + alpha * (r / b - beta)  # gamma / b - alpha beta
+        return torch.where(small_d, small, large)
 
 
 @LOSSES.register_module()
@@ -286,35 +366,31 @@ class DistributionFocalLoss(BaseLoss):
         if isinstance(r, bool) or not isinstance(r, int) or r < 1:
             raise ValueError(f"reg_max: expected an int >= 1, got {r!r}")
 
-    def _mask_inputs(self, pred, target, weight):
-        """A zero weight hides a non-finite element (spec 12.2 rule 1): its logits and target are
-        replaced by 0 (finite value and gradients) before the formula."""
-        tensors = all(isinstance(a, Tensor) for a in (pred, target, weight))
-        if not tensors or pred.dim() == 0 or not pred.is_floating_point():
-            return pred, target  # _forward or the rules name it
-        if target.is_complex() or tuple(target.shape) != tuple(pred.shape[:-1]):
-            return pred, target
-        try:
-            keep = expand_weight(weight, target.shape) != 0
-            zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
-            return (torch.where(keep[..., None], pred, zero),
-                    torch.where(keep, target, zero.to(target.dtype)))  # fmt: skip
-        except (ValueError, RuntimeError):
-            return pred, target  # a bad weight: the rules name it
-
-    def _forward(self, pred, target, *, reg_max):
+    @staticmethod
+    def _check(pred: Any, target: Any, reg_max: int) -> None:
         check_tensor("pred", pred)
         check_floating("pred", pred)
-        check_tensor("target", target)
-        if target.is_complex():
-            raise TypeError(f"target: expected a real tensor, got dtype {target.dtype}")
+        _check_target(target, pred)
         if pred.dim() == 0 or pred.shape[-1] != reg_max + 1:
             raise ValueError(f"pred: expected shape [..., {reg_max + 1}] (reg_max + 1 bins), got "
                              f"{shape_str(pred)}")  # fmt: skip
         if tuple(target.shape) != tuple(pred.shape[:-1]):
             raise ValueError(f"target: expected shape {list(pred.shape[:-1])}, got "
                              f"{shape_str(target)}")  # fmt: skip
-        cdt = torch.float64 if pred.dtype == torch.float64 else torch.float32
+
+    def _mask_inputs(self, pred, target, weight):
+        """A zero weight hides a non-finite element (spec 12.2 rule 1): its logits and target are
+        replaced by 0 (finite value and gradients) before the formula; the weight as the
+        reduction takes it (``expand_weight``; one that does not expand is its ValueError)."""
+        self._check(pred, target, self.options["reg_max"])
+        keep = _keep(weight, target.shape, _compute_dtype(pred))
+        zero = torch.zeros((), dtype=pred.dtype, device=pred.device)
+        return (torch.where(keep[..., None], pred, zero),
+                torch.where(keep, target, zero.to(target.dtype)))  # fmt: skip
+
+    def _forward(self, pred, target, *, reg_max):
+        self._check(pred, target, reg_max)
+        cdt = _compute_dtype(pred)
         y = target.detach().to(cdt)
         logp = torch.log_softmax(pred.to(cdt), dim=-1)
         lo = torch.floor(y).clamp(0, reg_max - 1)
@@ -355,6 +431,9 @@ class QualityFocalLoss(FusedLoss):
             labels = check_index_target(target[0], x, "target[0] (labels)")
             scores = check_tensor("target[1] (scores)", target[1])
             check_floating("target[1] (scores)", scores)
+            if scores.device != x.device:
+                raise ValueError(f"target[1] (scores): expected a tensor on {x.device}, got one "
+                                 f"on {scores.device}")  # fmt: skip
             if scores.shape != labels.shape:
                 raise ValueError(f"target[1] (scores): expected the labels' shape "
                                  f"{shape_str(labels)}, got {shape_str(scores)}")  # fmt: skip

@@ -401,12 +401,13 @@ class _OHEMBase(BaseLoss):
         sw = kept.to(cdt) if w is None else torch.where(kept, w, 0.0)
         n, c, s = x3.shape
         sw3 = sw.reshape(n, 1, s) if per_row else sw.reshape(n, c, s)
+        op = type(self).__name__  # the double-backward error's name (spec 8)
         if reduction == "none":
-            out = dense_loss(x3, t, None, sw3, cw, None, spec, "none", self.backend).reshape(
+            out = dense_loss(x3, t, None, sw3, cw, None, spec, "none", self.backend, op).reshape(
                 l_shape
             )
         else:
-            total, _ = dense_loss(x3, t, None, sw3, cw, None, spec, "sum", self.backend)
+            total, _ = dense_loss(x3, t, None, sw3, cw, None, spec, "sum", self.backend, op)
             avg = check_avg_factor(avg_factor) if avg_factor is not None else self.avg_factor
             if reduction == "mean" and avg is None:
                 out = total / kept.sum().clamp(min=1).to(total.dtype)
@@ -430,7 +431,18 @@ class OHEMCrossEntropyLoss(_OHEMBase):
         spec = DenseSpec("softmax", SM_CE, T_INDEX, True, ig is not None,
                          ig if ig is not None else 0)  # fmt: skip
         with torch.no_grad():
-            nll = dense_loss(x3.detach(), y2, None, None, None, None, spec, "none", self.backend)
+            nll = dense_loss(
+                x3.detach(),
+                y2,
+                None,
+                None,
+                None,
+                None,
+                spec,
+                "none",
+                self.backend,
+                type(self).__name__,
+            )
         v = (y2 >= 0) & (y2 < c)
         if ig is not None:
             v = v & (y2 != ig)

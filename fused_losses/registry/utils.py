@@ -19,7 +19,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..validation import shape_str
+from ..validation import check_bool, check_number, shape_str
 
 REDUCTIONS = ("none", "mean", "sum", "batchmean")
 EPS = float(torch.finfo(torch.float32).eps)  # added to every "mean" denominator
@@ -63,7 +63,7 @@ def apply_weight_and_reduce(
         raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
     keep = None
     if weight is not None:
-        weight = expand_weight(weight.to(loss.dtype), loss)
+        weight = expand_weight(weight.detach().to(loss.dtype), loss)  # a constant (12.2)
         keep = weight != 0
         loss = loss * weight
     if valid is not None:
@@ -77,6 +77,8 @@ def apply_weight_and_reduce(
         if avg_factor is not None:
             raise ValueError('avg_factor: can not be used with reduction="sum"')
         return loss.sum()
+    if reduction == "batchmean" and avg_factor is not None:
+        raise ValueError('avg_factor: can not be used with reduction="batchmean"')
     total = loss.sum()
     if reduction == "batchmean":
         return total / max(batch if batch is not None else loss.shape[0], 1)
@@ -195,53 +197,185 @@ def sigmoid_focal_loss(
 # ------------------------------------------------------------------------------------- boxes
 
 BOX_FORMATS = ("xyxy", "xywh")
+_BOX_RANGE_BITS = 60  # box_terms works on coordinates below 2^60 (rescaled beyond)
 
 
 class BoxTerms(NamedTuple):
-    """The quantities of a pair of boxes that the IoU-family losses combine."""
+    """The quantities of a pair of boxes that the IoU-family losses combine. Lengths and areas
+    are in units of ``2^k`` per pair (``k >= 0``; ``k = 0``, the given units, unless a
+    coordinate reaches 2^60): ratios of them, and ``iou``, ``one_minus_iou``, are unit-free;
+    ``eps_len`` and ``eps_area`` are eps in those units (eps / 2^k, eps / 4^k)."""
 
-    iou: Tensor
-    union: Tensor
+    iou: Tensor  # I / (U + eps)
+    one_minus_iou: Tensor  # 1 - IoU = (U - I + eps) / (U + eps), U - I without cancellation
+    union: Tensor  # U = A_p + A_g - I
+    enclose_gap: Tensor  # A_c - U (without cancellation where the boxes overlap)
     enclose_w: Tensor
     enclose_h: Tensor
-    rho2: Tensor
+    rho2: Tensor  # squared distance of the centres
     size_p: tuple[Tensor, Tensor]
     size_g: tuple[Tensor, Tensor]
+    size_diff: tuple[Tensor, Tensor]  # (w_p - w_g, h_p - h_g), from coordinate differences
     centre_offset: tuple[Tensor, Tensor]  # centre_g - centre_p (x, y)
+    eps_len: Tensor
+    eps_area: Tensor
+
+
+def check_bbox_format(bbox_format: object) -> str:
+    """``bbox_format`` as one of ``BOX_FORMATS`` (a ValueError naming it otherwise)."""
+    if not isinstance(bbox_format, str) or bbox_format not in BOX_FORMATS:
+        raise ValueError(f"bbox_format: expected one of {list(BOX_FORMATS)}, got {bbox_format!r}")
+    return bbox_format
 
 
 def to_xyxy(boxes: Tensor, bbox_format: str) -> Tensor:
-    if bbox_format == "xyxy":
+    """[...,4] as (x1, y1, x2, y2): "xyxy" as is; "xywh" (cx, cy, w, h) -> (cx - w/2, cy - h/2,
+    cx + w/2, cy + h/2); any other format is a ValueError naming ``bbox_format``."""
+    if check_bbox_format(bbox_format) == "xyxy":
         return boxes
     c, wh = boxes[..., :2], boxes[..., 2:]
     return torch.cat([c - wh / 2, c + wh / 2], dim=-1)
 
 
+def _power_of_two_scale(m: Tensor) -> Tensor:
+    """2^-k for m >= 0 (float32 or float64): the smallest k >= 0 with m 2^-k < 2^60, read from
+    m's exponent bits (exact: no log, no pow); inf and NaN give the largest k (2^-69 in
+    float32, 2^-965 in float64), which leaves them inf and NaN."""
+    if m.dtype == torch.float64:
+        ints, mant, bias, emask = torch.int64, 52, 1023, 0x7FF
+    else:
+        ints, mant, bias, emask = torch.int32, 23, 127, 0xFF
+    biased = (m.view(ints) >> mant) & emask  # m in [2^(biased - bias), 2^(biased - bias + 1))
+    k = (biased - (bias - 1 + _BOX_RANGE_BITS)).clamp(min=0)
+    return ((bias - k) << mant).view(m.dtype)
+
+
+def _relu(d: Tensor) -> Tensor:
+    """max(d, 0) with the gradient 1/2 at d = 0 (that of torch.minimum/maximum at a tie, which
+    it replaces: max(a, b) - b = relu(a - b)); 0 at d = -inf, NaN at NaN."""
+    return torch.where(d < 0, 0, (d + d.abs()) / 2)
+
+
 def box_terms(pred: Tensor, target: Tensor, bbox_format: str, eps: float) -> BoxTerms:
-    """:class:`BoxTerms` of matched boxes [...,4] (broadcast)."""
+    """:class:`BoxTerms` of matched boxes [...,4] (broadcast against each other), float32 or
+    float64 (docs/spec.md 12.5).
+
+    Scale: each pair is divided by a power of two 2^k, k >= 0 the smallest with every coordinate
+    below 2^60 (k = 0, an exact no-op, when they all are), and eps by 2^k (a length) or 4^k (an
+    area). The formulas are homogeneous, so the values are those of the given coordinates, and
+    areas, squared lengths and their sums stay finite in float32 for every finite coordinate.
+    An eps that the division takes below the dtype's smallest normal number is held there
+    (min(eps, tiny)), so that a 0/0 stays 0/eps.
+
+    No cancellation: 1 - IoU is (U - I + eps) / (U + eps) with U - I = (A_p - I) + (A_g - I),
+    A - I = h (w - iw) + iw (h - ih), where w - iw and h - ih (the part of a box outside the
+    intersection, along x and y) come from differences of coordinates, not of areas, so that
+    well-fitting boxes keep float32's relative precision; A_c - U of overlapping boxes is
+    a_p b_g + a_g b_p (a, b those parts along x and y); the centre offset and w_p - w_g are
+    differences of coordinates too ("xywh": of the given centres and sizes).
+
+    A pair with a non-finite coordinate takes the literal formulas (1 - I / (U + eps), A_c - U,
+    the centres and sizes of its corners): the reference's values, and the reference's
+    gradients (the exact forms are evaluated on zeros there, so their unused branch adds
+    nothing, not 0 * inf).
+    """
+    check_bbox_format(bbox_format)
+    m = torch.maximum(pred.abs().amax(-1), target.abs().amax(-1))
+    fin = torch.isfinite(m)
+    inv = _power_of_two_scale(m)
+    tiny = torch.finfo(m.dtype).tiny
+    eps_len = (eps * inv).clamp(min=min(eps, tiny))
+    eps_area = (eps * inv * inv).clamp(min=min(eps, tiny))
+    pred, target = pred * inv[..., None], target * inv[..., None]
     p, g = to_xyxy(pred, bbox_format), to_xyxy(target, bbox_format)
-    wp, hp = p[..., 2] - p[..., 0], p[..., 3] - p[..., 1]
-    wg, hg = g[..., 2] - g[..., 0], g[..., 3] - g[..., 1]
-    iw = (torch.minimum(p[..., 2], g[..., 2]) - torch.maximum(p[..., 0], g[..., 0])).clamp(min=0)
-    ih = (torch.minimum(p[..., 3], g[..., 3]) - torch.maximum(p[..., 1], g[..., 1])).clamp(min=0)
+    # the literal terms
+    size_p, size_g = p[..., 2:] - p[..., :2], g[..., 2:] - g[..., :2]
+    (wp, hp), (wg, hg) = size_p.unbind(-1), size_g.unbind(-1)
+    lo, hi = torch.maximum(p[..., :2], g[..., :2]), torch.minimum(p[..., 2:], g[..., 2:])
+    i_raw = hi - lo  # (iw, ih) before the clamp at 0
+    iwh = i_raw.clamp(min=0)
+    iw, ih = iwh.unbind(-1)
     inter = iw * ih
     union = wp * hp + wg * hg - inter
+    iou = inter / (union + eps_area)
     cw = torch.maximum(p[..., 2], g[..., 2]) - torch.minimum(p[..., 0], g[..., 0])
     ch = torch.maximum(p[..., 3], g[..., 3]) - torch.minimum(p[..., 1], g[..., 1])
-    dx = (p[..., 0] + p[..., 2] - g[..., 0] - g[..., 2]) / 2
-    dy = (p[..., 1] + p[..., 3] - g[..., 1] - g[..., 3]) / 2
-    return BoxTerms(
-        inter / (union + eps), union, cw, ch, dx * dx + dy * dy, (wp, hp), (wg, hg), (-dx, -dy)
+    # the exact forms, from coordinate differences (zeros for a non-finite pair)
+    f1, f2 = fin[..., None], fin[..., None, None]
+    if bbox_format == "xyxy":
+        d = torch.where(f1, pred - target, 0).unflatten(-1, (2, 2))  # [..., (lo, hi), (x, y)]
+        d_lo, d_hi = d[..., 0, :], d[..., 1, :]
+        centre, size_diff = (d_lo + d_hi) / 2, d_hi - d_lo
+    else:
+        dc = torch.where(f1, pred - target, 0)
+        centre, size_diff = dc[..., :2], dc[..., 2:]
+        d_lo, d_hi = centre - size_diff / 2, centre + size_diff / 2
+    sizes = torch.where(f2, torch.stack([size_p, size_g], -2), 0)  # [..., (p, g), (x, y)]
+    iws = torch.where(f1, iwh, 0)
+    meet = i_raw >= 0  # the intervals meet (or touch) along x, y
+    ex_p = torch.where(meet, _relu(d_hi) + _relu(-d_lo), sizes[..., 0, :])
+    ex_g = torch.where(meet, _relu(-d_hi) + _relu(d_lo), sizes[..., 1, :])
+    u_minus_i = (sizes[..., 0, 1] * ex_p[..., 0] + iws[..., 0] * ex_p[..., 1]) + (
+        sizes[..., 1, 1] * ex_g[..., 0] + iws[..., 0] * ex_g[..., 1]
     )
+    union_exact = iws[..., 0] * iws[..., 1] + u_minus_i
+    one_minus_iou = torch.where(fin, (u_minus_i + eps_area) / (union_exact + eps_area), 1 - iou)
+    gap = torch.where(
+        fin & meet[..., 0] & meet[..., 1],
+        ex_p[..., 0] * ex_g[..., 1] + ex_g[..., 0] * ex_p[..., 1],
+        cw * ch - union,
+    )
+    c_lit = (p[..., :2] + p[..., 2:] - g[..., :2] - g[..., 2:]) / 2
+    centre = torch.where(f1, centre, c_lit)  # centre_p - centre_g
+    size_diff = torch.where(f1, size_diff, size_p - size_g)
+    cx, cy = centre.unbind(-1)
+    return BoxTerms(
+        iou, one_minus_iou, union, gap, cw, ch, cx * cx + cy * cy, (wp, hp), (wg, hg),
+        tuple(size_diff.unbind(-1)), (-cx, -cy), eps_len, eps_area,
+    )  # fmt: skip
+
+
+def _check_boxes(box1: object, box2: object, aligned: object, bbox_format: object, eps: object):
+    """The checks of :func:`compute_iou` / :func:`compute_giou`; the boxes in float32 (float64
+    when either is float64)."""
+    for name, b in (("box1", box1), ("box2", box2)):
+        if not isinstance(b, Tensor):
+            raise TypeError(f"{name}: expected a torch.Tensor, got {type(b).__name__}")
+        if not b.is_floating_point():
+            raise TypeError(f"{name}: expected a floating-point tensor, got dtype {b.dtype}")
+    check_bool("aligned", aligned)
+    check_bbox_format(bbox_format)
+    eps = check_number("eps", eps, nonneg=True)
+    if aligned:
+        if box1.dim() == 0 or box1.shape[-1] != 4:
+            raise ValueError(f"box1: expected shape [..., 4], got {shape_str(box1)}")
+        if box2.shape != box1.shape:
+            raise ValueError(f"box2: expected the shape of box1 {shape_str(box1)}, got "
+                             f"{shape_str(box2)}")  # fmt: skip
+    else:
+        for name, b, n in (("box1", box1, "N"), ("box2", box2, "M")):
+            if b.dim() != 2 or b.shape[1] != 4:
+                raise ValueError(f"{name}: expected shape [{n}, 4] (aligned=False), got "
+                                 f"{shape_str(b)}")  # fmt: skip
+    if box2.device != box1.device:
+        raise ValueError(f"box2: expected a tensor on {box1.device} (like box1), got one on "
+                         f"{box2.device}")  # fmt: skip
+    cdt = torch.float64 if torch.float64 in (box1.dtype, box2.dtype) else torch.float32
+    box1, box2 = box1.to(cdt), box2.to(cdt)
+    if not aligned:
+        box1, box2 = box1[:, None], box2[None]
+    return box1, box2, eps
 
 
 def compute_iou(
     box1: Tensor, box2: Tensor, *, aligned: bool = True, bbox_format: str = "xyxy",
     eps: float = 1e-6,
 ) -> Tensor:  # fmt: skip
-    """IoU of matched boxes [...,4] (``aligned``) or [N,M] for [N,4] x [M,4]."""
-    if not aligned:
-        box1, box2 = box1[:, None], box2[None]
+    """IoU = I / (U + eps) of matched boxes box1, box2 [...,4] of one shape (``aligned``) or of
+    all pairs, [N,M] for [N,4] x [M,4]. Floating boxes on one device; computed and returned in
+    float32 (float64 when either is float64); a bad argument is a TypeError/ValueError naming
+    it (``bbox_format``: "xyxy" or "xywh")."""
+    box1, box2, eps = _check_boxes(box1, box2, aligned, bbox_format, eps)
     return box_terms(box1, box2, bbox_format, eps).iou
 
 
@@ -249,12 +383,11 @@ def compute_giou(
     box1: Tensor, box2: Tensor, *, aligned: bool = True, bbox_format: str = "xyxy",
     eps: float = 1e-6,
 ) -> Tensor:  # fmt: skip
-    """GIoU = IoU - (A_c - U) / (A_c + eps) of matched boxes or all pairs."""
-    if not aligned:
-        box1, box2 = box1[:, None], box2[None]
+    """GIoU = IoU - (A_c - U) / (A_c + eps) of matched boxes or all pairs (as
+    :func:`compute_iou`: the same checks and dtypes)."""
+    box1, box2, eps = _check_boxes(box1, box2, aligned, bbox_format, eps)
     t = box_terms(box1, box2, bbox_format, eps)
-    area_c = t.enclose_w * t.enclose_h
-    return t.iou - (area_c - t.union) / (area_c + eps)
+    return t.iou - t.enclose_gap / (t.enclose_w * t.enclose_h + t.eps_area)
 
 
 # ------------------------------------------------------------------------- distance transform
