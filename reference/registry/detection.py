@@ -216,7 +216,21 @@ def quality_focal_loss(
         q = t * scores.to(x.dtype).unsqueeze(1)
     else:
         q = target.to(x.dtype)
-    return (bce_with_logits(x, q) * (q - torch.sigmoid(x)).abs() ** beta).sum(dim=1)
+    return (bce_with_logits(x, q) * _abs_diff_pow(x, q, beta)).sum(dim=1)
+
+
+def _abs_diff_pow(x: torch.Tensor, q: torch.Tensor, beta: float) -> torch.Tensor:
+    """|q - sig(x)|^beta as exp(beta log|q - sig(x)|), the log taken without rounding sig(x) to
+    0 or 1 (``** beta`` of the rounded value is 1 in float64 too from |x| ~ 37, and wrong for a
+    large beta long before): logsigmoid(x) at q = 0, logsigmoid(-x) at q = 1, log|q - sig(x)|
+    for a soft q; beta = 0 gives 1 (0^0 = 1)."""
+    if beta == 0:
+        return torch.ones_like(x)
+    soft = (q > 0) & (q < 1)
+    d_soft = torch.where(soft, (q - torch.sigmoid(x)).abs(), 1.0)  # (elsewhere: no 0 * inf)
+    log_d = torch.where(q == 0, F.logsigmoid(x), F.logsigmoid(-x))
+    log_d = torch.where(soft, torch.log(d_soft), log_d)
+    return torch.exp(beta * log_d)
 
 
 def distribution_focal_loss(x: torch.Tensor, y: torch.Tensor, *, reg_max: int = 16) -> torch.Tensor:
@@ -245,5 +259,6 @@ def varifocal_loss(
     instead of q; x, q [N,C,*] -> [N,C,*]."""
     q = q.to(x.dtype)
     pos = q if iou_weighted else torch.ones_like(q)
-    neg = alpha * torch.sigmoid(x) ** gamma
+    # sig(x)^gamma = exp(gamma logsigmoid(x)): exact where sig(x) rounds to 1 (gamma up to 1e30)
+    neg = alpha * (torch.exp(gamma * F.logsigmoid(x)) if gamma != 0 else torch.ones_like(x))
     return bce_with_logits(x, q) * torch.where(q > 0, pos, neg)
