@@ -7,6 +7,8 @@ over the boxes by max (or a sum clamped at 1); see docs/spec.md 10.2.
 L = reduce_patches f(s, Y), P = sigmoid(s), 1 - P = sigmoid(-s):
     focal: f = -Y (1-P)^alpha log(P + eps) - (1 - Y) P^beta log(1 - P + eps)
     mse:   f = (P - Y)^2
+    (from the logit without rounding P first: log(P + eps) = log1p(eps - (1 - P)) for P >= 1/2,
+    P - Y = (1 - Y) - (1 - P) there, and likewise for 1 - P; docs/spec.md 10.3)
     reduce: "mean" sum f / (B Hp Wp), "sum" sum f
 dL/ds = df/ds / D (D = B Hp Wp or 1), df/ds in ``kernels/cass.py``; no gradient into the boxes.
 """
@@ -171,7 +173,7 @@ def check_boxes(
             )
         for i, bx in enumerate(boxes):
             check_tensor(f"boxes[{i}]", bx)
-            check_real(f"boxes[{i}]", bx)
+            _check_box_dtype(f"boxes[{i}]", bx)
             check_shape(f"boxes[{i}]", bx, [None, 4], "[N_b, 4]")
         dev = boxes[0].device if boxes else (device or torch.device("cpu"))
         if boxes:
@@ -186,7 +188,7 @@ def check_boxes(
             mask[i, : bx.shape[0]] = True
         return out, mask
     check_tensor("boxes", boxes)
-    check_real("boxes", boxes)
+    _check_box_dtype("boxes", boxes)
     b = batch if batch is not None else None
     check_shape("boxes", boxes, [b, None, 4], f"[{'B' if b is None else b}, N, 4]")
     if box_mask is not None:
@@ -195,6 +197,17 @@ def check_boxes(
         bb, n = boxes.shape[:2]
         check_shape("box_mask", box_mask, [bb, n], f"[{bb}, {n}]")
     return boxes, box_mask
+
+
+def _check_box_dtype(name: str, boxes: torch.Tensor) -> None:
+    """Boxes are pixel coordinates: a floating or integer tensor (a bool tensor, read as 0/1
+    pixels, is refused: a TypeError naming the argument)."""
+    check_real(name, boxes)
+    if boxes.dtype == torch.bool:
+        raise TypeError(
+            f"{name}: expected a floating or integer tensor of pixel coordinates, got dtype "
+            "torch.bool"
+        )
 
 
 def check_feat_size(feat_size: object) -> tuple[int, int]:
@@ -324,7 +337,8 @@ def soft_focal_terms(
     """(f, df/ds or None) elementwise (module docstring; the formulas of kernels/cass.py)."""
     p, q = torch.sigmoid(s), torch.sigmoid(-s)
     if mse:
-        d = p - y
+        # P - Y as (1 - Y) - Q where P >= 1/2: no P rounded near 1 (the kernels' form)
+        d = torch.where(p >= 0.5, (1 - y) - q, p - y)
         return d * d, (2 * d * p * q if need_grad else None)
     a, b, eps = opts.alpha, opts.beta, opts.eps
     ls_p, ls_q = F.logsigmoid(s), F.logsigmoid(-s)
@@ -338,7 +352,7 @@ def soft_focal_terms(
         log_p, log_q = torch.logaddexp(ls_p, log_eps), torch.logaddexp(ls_q, log_eps)
         p_ratio, q_ratio = torch.exp(ls_p - log_p), torch.exp(ls_q - log_q)
     else:
-        log_p, log_q = _log_prob(p, eps), _log_prob(q, eps)
+        log_p, log_q = _log_prob(p, q, eps), _log_prob(q, p, eps)
         p_ratio, q_ratio = p / (p + eps), q / (q + eps)
     # Q^a = exp(a log Q) from logsigmoid: exact also where Q (or P) rounds to 1 (x^0 = 1)
     q_a = torch.exp(a * ls_q) if a != 0 else torch.ones_like(s)
@@ -352,9 +366,11 @@ def soft_focal_terms(
     return f, df
 
 
-def _log_prob(p: torch.Tensor, eps: float) -> torch.Tensor:
-    """log(p + eps), through log1p((p - 1) + eps) for p >= 1/2 (accurate near p = 1)."""
-    return torch.where(p >= 0.5, torch.log1p((p - 1) + eps), torch.log(p + eps))
+def _log_prob(p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:
+    """log(p + eps) of a probability p given with its complement q = 1 - p (sigmoid(s) and
+    sigmoid(-s), each accurate): log1p(eps - q) for p >= 1/2, so that a p rounded near 1 loses
+    nothing (kernels/primitives.py ``log_prob_pair``), else log(p + eps)."""
+    return torch.where(p >= 0.5, torch.log1p(eps - q), torch.log(p + eps))
 
 
 def _reduced(total: torch.Tensor, count: int, reduction: str, sync) -> tuple[torch.Tensor, Any]:

@@ -16,6 +16,7 @@ Total: w_det L_det + w_desc L_desc. Gradients flow into the four maps only.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from typing import Any
 
@@ -194,9 +195,17 @@ def check_desc_maps(desc_original: object, desc_rotated: object, det: Any = None
         )
 
 
+def _check_coordinates(name: str, x: torch.Tensor) -> None:
+    """Coordinates (H, pixels): a floating or integer tensor; a bool tensor (read as 0/1) is
+    refused with a TypeError naming the argument."""
+    check_real(name, x)
+    if x.dtype == torch.bool:
+        raise TypeError(f"{name}: expected a floating or integer tensor, got dtype torch.bool")
+
+
 def check_homography(H: object, batch: int) -> None:
     check_tensor("H", H)
-    check_real("H", H)
+    _check_coordinates("H", H)
     ok = H.dim() in (2, 3) and tuple(H.shape[-2:]) in ((2, 3), (3, 3))
     if ok and H.dim() == 3:
         ok = H.shape[0] == batch
@@ -209,7 +218,7 @@ def check_homography(H: object, batch: int) -> None:
 
 def check_points(name: str, pts: object, batch: int) -> None:
     check_tensor(name, pts)
-    check_real(name, pts)
+    _check_coordinates(name, pts)
     letter = "N" if name == "anchors" else "K"
     ok = pts.shape[-1:] == (2,) and (pts.dim() == 2 or (pts.dim() == 3 and pts.shape[0] == batch))
     if not ok:
@@ -248,13 +257,7 @@ def grid_homography(
     with N (u, v) = (2 (u + 1/2) / Wf - 1, 2 (v + 1/2) / Hf - 1). A [2,3] H gets the row
     (0, 0, 1), so w = 1 and G is affine."""
     hf, wf = size
-    h = H.detach().to(torch.float64)
-    if h.shape[-2] == 2:
-        row = h.new_zeros((*h.shape[:-2], 1, 3))
-        row[..., 0, 2] = 1
-        h = torch.cat([h, row], dim=-2)
-    if h.dim() == 2:
-        h = h.expand(batch, 3, 3)
+    h = full_homography(H, batch)
     if h_coords == "pixel":
         sx = sy = stride
         tx, ty = stride / 2, stride / 2
@@ -269,6 +272,19 @@ def grid_homography(
     g = torch.stack([(m[..., 0, :] - tx * m[..., 2, :]) / sx,
                      (m[..., 1, :] - ty * m[..., 2, :]) / sy, m[..., 2, :]], -2)  # fmt: skip
     return normalize_homography(g)
+
+
+def full_homography(H: torch.Tensor, batch: int) -> torch.Tensor:
+    """H as [B,3,3] float64 (detached; a [2,3] H gets the row (0, 0, 1), an unbatched one is
+    shared by the batch)."""
+    h = H.detach().to(torch.float64)
+    if h.shape[-2] == 2:
+        row = h.new_zeros((*h.shape[:-2], 1, 3))
+        row[..., 0, 2] = 1
+        h = torch.cat([h, row], dim=-2)
+    if h.dim() == 2:
+        h = h.expand(batch, 3, 3)
+    return h
 
 
 def normalize_homography(g: torch.Tensor) -> torch.Tensor:
@@ -288,10 +304,10 @@ def default_anchors(num_samples: int, size: tuple[int, int], device, dtype) -> t
     hf, wf = size
     n = math.isqrt(num_samples)
     t = torch.arange(n, dtype=torch.float64, device=device)
-    frac = t / (n - 1) if n > 1 else t + 0.5
-    xs, ys = frac * (wf - 1), frac * (hf - 1)
-    if n == 1:
-        xs, ys = xs * 0 + (wf - 1) / 2, ys * 0 + (hf - 1) / 2
+    if n > 1:  # t (Wf - 1) is an exact integer: one rounding (as the reference)
+        xs, ys = t * (wf - 1) / (n - 1), t * (hf - 1) / (n - 1)
+    else:
+        xs, ys = t * 0 + (wf - 1) / 2, t * 0 + (hf - 1) / 2
     yy, xx = torch.meshgrid(ys, xs, indexing="ij")
     return torch.stack([xx.reshape(-1), yy.reshape(-1)], -1)[None].to(dtype)
 
@@ -331,6 +347,37 @@ def candidate_points(
         )
         return torch.stack([r[..., 0] * (wf - 1), r[..., 1] * (hf - 1)], -1).to(dtype)
     return r2_candidates(opts.num_candidates, size, device, dtype)
+
+
+def radius_positions(
+    H: torch.Tensor, anchors_px: torch.Tensor, batch: int, size: tuple[int, int], opts: Any
+) -> torch.Tensor:
+    """q_k in pixels [B,N,2] float64 for the ``safe_radius`` test (docs/spec.md 11.3.2): the
+    anchors' pixels ``anchors_px`` [1 or B, N, 2] (float64) sent through H where H acts (pixels;
+    normalised coordinates, then back to pixels), H divided by a power of two first (exact: the
+    same quotients); NaN where w <= 0 or the point is not finite (every candidate is then
+    eligible). An H of 0, +-1 and binary-fraction shifts (an identity, a shift, a quarter turn)
+    gives exact pixels, so a candidate exactly ``safe_radius`` pixels away is decided exactly. Same arithmetic, in the
+    same order, as ``reference/rord.py``'s ``radius_positions``."""
+    hf, wf = size
+    h = normalize_homography(full_homography(H, batch).to(anchors_px.device))
+    s = opts.stride
+    x, y = anchors_px[..., 0], anchors_px[..., 1]
+    if opts.h_coords == "normalized":
+        x = 2 * (x / s) / wf - 1
+        y = 2 * (y / s) / hf - 1
+
+    def row(i: int) -> torch.Tensor:
+        return h[:, i, 0, None] * x + h[:, i, 1, None] * y + h[:, i, 2, None]
+
+    w = row(2)
+    xr, yr = row(0) / w, row(1) / w
+    if opts.h_coords == "normalized":
+        xr = s * ((xr + 1) * wf / 2)
+        yr = s * ((yr + 1) * hf / 2)
+    q = torch.stack([xr, yr], -1)
+    far = (w > 0) & torch.isfinite(q).all(-1)
+    return torch.where(far[..., None], q, math.nan)
 
 
 # ------------------------------------------------------------------------ torch backend pieces
@@ -424,8 +471,11 @@ def _bce_terms(p_o, x_o, t, from_logits: bool):
     return bce, d_p, log_q - log_p
 
 
-def detection_torch(det_o, det_r, G, opts: Any, sync) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch backend of the detection loss: (L_det, components [det_bce, det_smooth_l1, det])."""
+def detection_torch(
+    det_o, det_r, G, opts: Any, sync, op: str = "rord_detection_loss"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch backend of the detection loss: (L_det, components [det_bce, det_smooth_l1, det]);
+    ``op`` names the public op in the double-backward error."""
     need_o, need_r = needs_grad(det_o, det_r)
     need_r = need_r and not opts.detach_target
     b, _, hf, wf = det_o.shape
@@ -464,7 +514,9 @@ def detection_torch(det_o, det_r, G, opts: Any, sync) -> tuple[torch.Tensor, tor
             g_r = g_r.view(b, 1, hf, wf)
         return loss, comps, (g_o, g_r)
 
-    return PrecomputedGradient.apply("rord_detection_loss", value_and_grad, det_o, det_r)
+    # detach_target: no gradient reaches det_rotated, so it does not make the loss require grad
+    det_r = det_r.detach() if opts.detach_target else det_r
+    return PrecomputedGradient.apply(op, value_and_grad, det_o, det_r)
 
 
 def _triplet_distance(x: torch.Tensor, y: torch.Tensor, squared: bool):
@@ -503,9 +555,13 @@ def nearest_candidates(a, cand, eligible) -> tuple[torch.Tensor, torch.Tensor]:
     return arg, best < math.inf
 
 
-def descriptor_torch(desc_o, desc_r, G, anchors, cands, opts: Any, sync) -> torch.Tensor:
+def descriptor_torch(
+    desc_o, desc_r, G, anchors, cands, radius, opts: Any, sync, op: str = "rord_descriptor_loss"
+) -> torch.Tensor:
     """Torch backend of the descriptor loss (anchors [1 or B, N, 2], cands [1 or B, K, 2] grid
-    points)."""
+    points; ``radius``: None, or (q_k [B,N,2], candidates [1 or B, K, 2]) in pixels for the
+    ``safe_radius`` test, :func:`radius_points`; ``op`` names the public op in the
+    double-backward error)."""
     need_o, need_r = needs_grad(desc_o, desc_r)
     b, c, hf, wf = desc_o.shape
     size = (hf, wf)
@@ -529,13 +585,13 @@ def descriptor_torch(desc_o, desc_r, G, anchors, cands, opts: Any, sync) -> torc
         if opts.outside == "ignore":
             counts = inside(pa, one, size) & inside(q, q_ok, size)
             cand_ok = inside(pc, cand_ok, size)
-        cand_ok = cand_ok & ~torch.isnan(pc).any(-1)  # NaN >= safe_radius is false
+        cand_ok = cand_ok & ~torch.isnan(pc).any(-1)  # a NaN candidate is never eligible
         eligible = cand_ok[:, None, :].expand(b, pa.shape[1], pc.shape[1])
-        if opts.safe_radius > 0:
-            far = q_ok & torch.isfinite(q).all(-1)
-            cheb = (pc[:, None, :, :] - q[:, :, None, :]).abs().amax(-1) * opts.stride
-            cheb = torch.where(far[..., None], cheb, math.inf)
-            eligible = eligible & (cheb >= opts.safe_radius)
+        if radius is not None:  # safe_radius > 0: Chebyshev distance in pixels
+            q_px, c_px = (t.to(cdt) for t in radius)
+            far = ~torch.isnan(q_px[..., 0])  # NaN: w <= 0 or not finite, every candidate
+            cheb = (c_px[:, None, :, :] - q_px[:, :, None, :]).abs().amax(-1)
+            eligible = eligible & ((cheb >= opts.safe_radius) | ~far[..., None])
         j, found = nearest_candidates(a, neg_all, eligible)
         valid = counts & found
         if neg_all.shape[1] == 0:  # K = 0: no triplet is valid
@@ -561,7 +617,7 @@ def descriptor_torch(desc_o, desc_r, G, anchors, cands, opts: Any, sync) -> torc
             g_r = g_r.view(b, c, hf, wf)
         return loss, loss.new_zeros(0), (g_o, g_r)
 
-    return PrecomputedGradient.apply("rord_descriptor_loss", value_and_grad, desc_o, desc_r)[0]
+    return PrecomputedGradient.apply(op, value_and_grad, desc_o, desc_r)[0]
 
 
 # ---------------------------------------------------------------------------------- public ops
@@ -578,33 +634,63 @@ def _check_desc_inputs(desc_o, desc_r, H, anchors, negatives, generator, det=Non
     check_generator(generator, negatives, desc_o.device)
 
 
-def _det_share(det_o, det_r, H, opts, sync) -> tuple[torch.Tensor, torch.Tensor]:
+def _det_share(
+    det_o, det_r, H, opts, sync, op: str = "rord_detection_loss"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's detection loss and components; ``op``: the public op (double-backward error)."""
     b, _, hf, wf = det_o.shape
     G = grid_homography(H, b, (hf, wf), opts.stride, opts.h_coords).to(det_o.device)
     if resolve_backend(opts.backend, det_o.device) == "triton":
         from .triton_rord import detection_loss_triton
 
-        return detection_loss_triton(det_o, det_r, G, opts, sync)
-    return detection_torch(det_o, det_r, G, opts, sync)
+        return detection_loss_triton(det_o, det_r, G, opts, sync, op=op)
+    return detection_torch(det_o, det_r, G, opts, sync, op=op)
 
 
-def _desc_share(desc_o, desc_r, H, anchors, negatives, generator, opts, sync) -> torch.Tensor:
+def radius_points(H, anchors, negatives, pa, pc, batch, size, opts) -> tuple[torch.Tensor, ...]:
+    """(q_k [B,N,2], candidates [1 or B, K, 2]) in pixels, float64, for the ``safe_radius`` test
+    (docs/spec.md 11.3.2): the given ``anchors`` / ``negatives`` as they are (else s (p + 1/2) of
+    the float64 grid points ``pa`` / ``pc``), the anchors sent through H by
+    :func:`radius_positions`."""
+    s = opts.stride
+    if anchors is not None:
+        a_px = anchors.detach().to(torch.float64)
+        a_px = a_px if a_px.dim() == 3 else a_px[None]
+    else:
+        a_px = s * (pa + 0.5)
+    if negatives is not None:
+        c_px = negatives.detach().to(torch.float64)
+        c_px = c_px if c_px.dim() == 3 else c_px[None]
+    else:
+        c_px = s * (pc + 0.5)
+    return radius_positions(H, a_px, batch, size, opts), c_px
+
+
+def _desc_share(
+    desc_o, desc_r, H, anchors, negatives, generator, opts, sync, op: str = "rord_descriptor_loss"
+) -> torch.Tensor:
+    """This rank's descriptor loss; ``op``: the public op (double-backward error)."""
     b, _, hf, wf = desc_o.shape
     size = (hf, wf)
     dev = desc_o.device
     cdt = torch.promote_types(compute_dtype(desc_o.dtype), compute_dtype(desc_r.dtype))
     G = grid_homography(H, b, size, opts.stride, opts.h_coords).to(dev)
+    f64 = torch.float64  # grid points in float64, then rounded to cdt (as computed directly)
     pa = (
-        pixel_points(anchors, opts.stride, cdt)
+        pixel_points(anchors, opts.stride, f64)
         if anchors is not None
-        else default_anchors(opts.num_samples, size, dev, cdt)
+        else default_anchors(opts.num_samples, size, dev, f64)
     )
-    pc = candidate_points(negatives, generator, b, size, opts, dev, cdt)
+    pc = candidate_points(negatives, generator, b, size, opts, dev, f64)
+    radius = None
+    if opts.safe_radius > 0:
+        radius = radius_points(H, anchors, negatives, pa, pc, b, size, opts)
+    pa, pc = pa.to(cdt), pc.to(cdt)
     if resolve_backend(opts.backend, dev) == "triton":
         from .triton_rord import descriptor_loss_triton
 
-        return descriptor_loss_triton(desc_o, desc_r, G, pa, pc, opts, sync)
-    return descriptor_torch(desc_o, desc_r, G, pa, pc, opts, sync)
+        return descriptor_loss_triton(desc_o, desc_r, G, pa, pc, opts, sync, radius, op=op)
+    return descriptor_torch(desc_o, desc_r, G, pa, pc, radius, opts, sync, op=op)
 
 
 def rord_detection_loss(
@@ -625,6 +711,7 @@ def rord_detection_loss(
     check_det_maps(det_original, det_rotated)
     check_homography(H, det_original.shape[0])
     check_same_device({"det_original": det_original, "det_rotated": det_rotated, "H": H})
+    check_bool("return_components", return_components)
     opts = RoRDDetectionOptions.build(options, overrides)
     group = active_group(opts)
     local, comps = _det_share(det_original, det_rotated, H, opts, denominator_sync(group))
@@ -694,13 +781,16 @@ def rord_loss(
         {"det_original": det_original, "det_rotated": det_rotated, "desc_original": desc_original,
          "desc_rotated": desc_rotated, "H": H, "anchors": anchors, "negatives": negatives}
     )  # fmt: skip
+    check_bool("return_components", return_components)
     opts = RoRDOptions.build(options, overrides)
     group = active_group(opts)
     sync = denominator_sync(group)
-    det, det_comps = _det_share(det_original, det_rotated, H, opts.part(RoRDDetectionOptions), sync)
+    det, det_comps = _det_share(
+        det_original, det_rotated, H, opts.part(RoRDDetectionOptions), sync, op="rord_loss"
+    )
     desc = _desc_share(
         desc_original, desc_rotated, H, anchors, negatives, generator,
-        opts.part(RoRDDescriptorOptions), sync,
+        opts.part(RoRDDescriptorOptions), sync, op="rord_loss",
     )  # fmt: skip
     local = opts.w_det * det + opts.w_desc * desc
     extras = torch.cat([det_comps.detach(), desc.detach().reshape(1).to(det_comps.dtype)])
@@ -776,12 +866,31 @@ class RoRDLoss(LossModule):
         )  # fmt: skip
 
 
+WARP_OPTIONS = ("stride", "h_coords")
+
+
 def homography_warp(
-    x: torch.Tensor, H: torch.Tensor, *, stride: float = 8.0, h_coords: str = "pixel"
+    x: torch.Tensor,
+    H: torch.Tensor,
+    *,
+    stride: float = 8.0,
+    h_coords: str = "pixel",
+    **unknown: Any,
 ) -> torch.Tensor:
     """x [B,C,Hf,Wf] sampled at every original cell's image under H: out[b, :, i, j] =
     S(x[b], H(cell (i, j))) (docs/spec.md 11.2), the target T of the detection loss, made
-    explicit (the losses never build it). Differentiable in x (autograd); no gradient into H."""
+    explicit (the losses never build it). Differentiable in x (autograd); no gradient into H.
+    Options ``stride`` and ``h_coords`` only; another keyword is a TypeError naming it (a point
+    beyond the map samples 0: there is no ``outside``)."""
+    for name in unknown:
+        close = difflib.get_close_matches(name, WARP_OPTIONS, n=1, cutoff=0.7)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        if not close and name in RoRDOptions.__dataclass_fields__:
+            hint = " (an option of the RoRD losses; homography_warp samples 0 beyond the map)"
+        raise TypeError(
+            f"{name}: not an option of homography_warp; expected one of "
+            f"{', '.join(WARP_OPTIONS)}{hint}"
+        )
     _check_map("x", x)
     check_homography(H, x.shape[0])
     check_same_device({"x": x, "H": H})

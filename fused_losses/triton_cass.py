@@ -77,7 +77,10 @@ register("cass_soft_target", KernelFn(forward=_target_fwd, fake=_target_fake))
 
 def cass_loss_triton(scores, boxes, box_mask, feat_size, options, sync=None) -> Tensor:
     opts = _options(options, sync, feat_size=list(feat_size), need_grad=_need_grad(scores))
-    return run("cass_loss", (scores, boxes, box_mask), opts)[0]
+    # the boxes (and mask) get no gradient: detached, so that the loss requires grad exactly
+    # when the scores do (as on the torch backend)
+    box_mask = box_mask.detach() if box_mask is not None else None
+    return run("cass_loss", (scores, boxes.detach(), box_mask), opts)[0]
 
 
 def soft_focal_loss_triton(logits, target, options, sync=None) -> Tensor:

@@ -29,6 +29,11 @@ P or Q rounds to 1):
                  + (1 - Y) (P^(b+1) Q / (Q+eps) - b P^b Q log(Q+eps))
     mse:   f = (P - Y)^2,   df/ds = 2 (P - Y) P Q
 
+Every log and difference is formed from the logit, never from a P (or Q) rounded near 1:
+log(P + eps) = log1p(eps - Q) for P >= 1/2 (``primitives.log_prob_pair``), log(Q + eps) likewise,
+and P - Y = (1 - Y) - Q for P >= 1/2, so that confident logits (|s| up to 30 and beyond, a batch
+of empty images) keep float32's relative accuracy.
+
 ``LOG_MODE`` picks how log(P + eps) is evaluated: ``LOG_PLAIN`` (eps >= ``TINY_EPS``: 2^-100 in
 float32, 2^-1000 in float64), ``LOG_EXACT`` (eps = 0: logsigmoid), ``LOG_TINY`` (0 < eps <
 ``TINY_EPS``, where eps may round or flush to 0 and a P below the normal range, flushed to 0, is
@@ -57,7 +62,7 @@ import triton
 import triton.language as tl
 
 from .launch import compute_dtype, f64_bits, launch, mask_view, next_pow2
-from .primitives import div_exact, log1p, log_prob, logsigmoid, option, sigmoid
+from .primitives import div_exact, log1p, log_prob_pair, logsigmoid, option, sigmoid
 from .reduce import DEN_NUMEL, DEN_ONE, NUM_PARTIALS, elementwise_block, ratio_finalize
 
 REDUCTIONS = {"mean": DEN_NUMEL, "sum": DEN_ONE}
@@ -97,7 +102,8 @@ def soft_focal_terms(s, y, alpha, beta, eps, MSE: tl.constexpr, LOG_MODE: tl.con
     p = sigmoid(s)
     q = sigmoid(-s)
     if MSE:
-        d = p - y
+        # P - Y as (1 - Y) - Q where P >= 1/2 (no P rounded near 1)
+        d = tl.where(p >= 0.5, (1.0 - y) - q, p - y)
         f = d * d
         df = 2.0 * d * p * q
     else:
@@ -114,8 +120,8 @@ def soft_focal_terms(s, y, alpha, beta, eps, MSE: tl.constexpr, LOG_MODE: tl.con
             p_ratio = tl.exp(ls_p - log_p)
             q_ratio = tl.exp(ls_q - log_q)
         else:
-            log_p = log_prob(p, eps)
-            log_q = log_prob(q, eps)
+            log_p = log_prob_pair(p, q, eps)
+            log_q = log_prob_pair(q, p, eps)
             p_ratio = p / (p + eps)
             q_ratio = q / (q + eps)
         q_a = pow_from_log(ls_q, alpha)

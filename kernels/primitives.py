@@ -98,6 +98,15 @@ def log_prob(p, eps):
 
 
 @triton.jit
+def log_prob_pair(p, q, eps):
+    """log(p + eps) for a probability p given with its complement q = 1 - p, each accurate (p =
+    sigmoid(s), q = sigmoid(-s) of a logit s), and eps >= 0: log1p(eps - q) for p >= 1/2 (from q,
+    not from a p rounded near 1, which loses q's digits: at s = 12, 1e-2 relative in float32),
+    else log(p + eps)."""
+    return tl.where(p >= 0.5, log1p(eps - q), tl.log(p + eps))
+
+
+@triton.jit
 def softmax_cols(x, cmask):
     """softmax over axis 1 of a [R, C] tile whose columns outside ``cmask`` [C] are padding (a
     row of -inf logits gives NaN, as torch.softmax)."""

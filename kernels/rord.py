@@ -29,15 +29,18 @@ ill-conditioned: Ginv = 0) the whole map is scanned.
 Descriptor. ``_sample_kernel`` samples C channels at a point set (anchors on D_o; positives G p_k
 and candidates on D_r) into [B,C,M] buffers and records each point (u, v, inside, reach).
 ``_mine_kernel`` streams over the candidates per block of anchors: squared plain L2 distances
-over the channels, eligible candidates only (inside with ``IGNORE``; Chebyshev distance
-stride ||c_j - q_k||_inf >= safe_radius unless q_k has W <= 0), a running argmin (ties: smallest
-j); then the triplet d(x, y) = ||x - y + 1e-6|| (or its square), h = d(a,pos) - d(a,neg) + margin,
-writes j*, the gradient coefficients (active / d, or 2 active) and partial sums (sum relu(h),
-valid count). Backward: ``_keys_kernel`` gives every (point, corner) gradient contribution a key
-(the map cell it lands on), one stable device sort groups equal keys, and ``_scatter_kernel``
-sums each group in sorted order into its cell (deterministic, no atomics): anchors into D_o,
-positives (and negatives without ``detach_negative``) into D_r. Never built: the [B,N,K]
-distances, the [B,N,K,C] differences, a warped map or a sampling grid.
+over the channels, eligible candidates only (inside with ``IGNORE``; no NaN coordinate; with
+``USE_RADIUS``, the Chebyshev distance in pixels ||c_j - q_k||_inf >= safe_radius of the pixel
+positions the glue computes in float64 (``fused_losses.rord.radius_points``: the given pixels as
+they are, q_k = H(anchor pixels) where H acts, NaN when q_k has w <= 0 or is not finite, which
+makes every candidate eligible)), a running argmin (ties: smallest j); then the triplet
+d(x, y) = ||x - y + 1e-6|| (or its square), h = d(a,pos) - d(a,neg) + margin, writes j*, the
+gradient coefficients (active / d, or 2 active) and partial sums (sum relu(h), valid count).
+Backward: ``_keys_kernel`` gives every (point, corner) gradient contribution a key (the map cell it
+lands on), one stable device sort groups equal keys, and ``_scatter_kernel`` sums each group in
+sorted order into its cell (deterministic, no atomics): anchors into D_o, positives (and negatives
+without ``detach_negative``) into D_r. Never built: the [B,N,K] distances, the [B,N,K,C]
+differences, a warped map or a sampling grid.
 """
 
 from __future__ import annotations
@@ -417,16 +420,17 @@ def _sample_kernel(
         tl.store(dst, acc, mask=on[:, None] & con[None, :])
 
 
-@triton.jit(do_not_specialize=["margin", "radius", "stride"])
+@triton.jit(do_not_specialize=["margin", "radius"])
 def _mine_kernel(
-    a_ptr, pos_ptr, cand_ptr, arec_ptr, prec_ptr, crec_ptr, jstar_ptr, coef_ptr, part_ptr,
-    N, K, C, margin, radius, stride,
+    a_ptr, pos_ptr, cand_ptr, arec_ptr, prec_ptr, crec_ptr, qpx_ptr, cpx_ptr, jstar_ptr, coef_ptr,
+    part_ptr, N, K, C, margin, radius,
     IGNORE: tl.constexpr, SQUARED: tl.constexpr, USE_RADIUS: tl.constexpr,
     BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):  # fmt: skip
     """Per block of anchors: j* (streaming argmin of the plain L2 distance over the eligible
     candidates), the triplet term and its gradient coefficients; partials (sum relu(h), 0,
-    valid count, 0)."""
+    valid count, 0). With USE_RADIUS, ``qpx`` [B,N,2] and ``cpx`` [B,K,2] are the pixel
+    positions of the safe_radius test (qpx NaN: every candidate is eligible)."""
     cdt: tl.constexpr = a_ptr.dtype.element_ty
     BIG: tl.constexpr = 1.7976931348623157e308 if cdt == tl.float64 else 3.4028234663852886e38
     b = tl.program_id(1)
@@ -434,15 +438,15 @@ def _mine_kernel(
     on = n < N
     bl = b.to(tl.int64)
     prec = prec_ptr + (bl * N + n) * 4
-    qu = tl.load(prec, mask=on, other=0)
-    qv = tl.load(prec + 1, mask=on, other=0)
-    q_far = tl.load(prec + 3, mask=on, other=0) != 0
+    if USE_RADIUS:
+        qx = tl.load(qpx_ptr + (bl * N + n) * 2, mask=on, other=0)
+        qy = tl.load(qpx_ptr + (bl * N + n) * 2 + 1, mask=on, other=0)
+        q_far = qx == qx  # NaN: w <= 0 or not finite
     counts = on
     if IGNORE:
         arec = arec_ptr + (bl * N + n) * 4
         counts = counts & (tl.load(arec + 2, mask=on, other=0) != 0)
         counts = counts & (tl.load(prec + 2, mask=on, other=0) != 0)
-    s = option(stride, cdt)
     rad = option(radius, cdt)
     best = tl.full([BLOCK_N], float("inf"), cdt)
     arg = tl.zeros([BLOCK_N], tl.int32)
@@ -459,9 +463,11 @@ def _mine_kernel(
         # a candidate with a NaN coordinate is at no distance (NaN >= r is false); tl.maximum
         # below would drop the NaN
         elig = elig & ((cu == cu) & (cv == cv))[None, :]
-        if USE_RADIUS:
-            cheb = tl.maximum(tl.abs(cu[None, :] - qu[:, None]), tl.abs(cv[None, :] - qv[:, None]))
-            elig = elig & ((cheb * s >= rad) | ~q_far[:, None])
+        if USE_RADIUS:  # Chebyshev distance in pixels (a NaN q_k: every candidate)
+            cx = tl.load(cpx_ptr + (bl * K + k) * 2, mask=kon, other=0)
+            cy = tl.load(cpx_ptr + (bl * K + k) * 2 + 1, mask=kon, other=0)
+            cheb = tl.maximum(tl.abs(cx[None, :] - qx[:, None]), tl.abs(cy[None, :] - qy[:, None]))
+            elig = elig & ((cheb >= rad) | ~q_far[:, None])
         d2 = tl.zeros([BLOCK_N, BLOCK_K], cdt)
         for c in range(0, C):
             av = tl.load(a_ptr + (bl * C + c) * N + n, mask=on, other=0)
@@ -653,10 +659,12 @@ def _sample(f, pts, G, warp: bool, cdt):
     return out, rec
 
 
-def descriptor_forward(desc_o, desc_r, G, anchors, cands, sync=None, *, outside, margin,
-                       distance, safe_radius, stride, **_unused):  # fmt: skip
+def descriptor_forward(desc_o, desc_r, G, anchors, cands, q_px=None, c_px=None, sync=None, *,
+                       outside, margin, distance, safe_radius, **_unused):  # fmt: skip
     """(loss, aux [1] = 1 / max(valid, 1), samples a, pos, cand, records, j*, coefficients):
-    5 launches (3 samplings, the mining, the fixed-order finalize)."""
+    5 launches (3 samplings, the mining, the fixed-order finalize). ``q_px`` [B,N,2], ``c_px``
+    [B,K,2] (compute dtype, contiguous): the pixel positions of the safe_radius test, needed when
+    ``safe_radius > 0``."""
     b, c = desc_o.shape[:2]
     cdt = compute_dtype(desc_o, desc_r)
     a, arec = _sample(desc_o, anchors, G, False, cdt)
@@ -668,13 +676,17 @@ def descriptor_forward(desc_o, desc_r, G, anchors, cands, sync=None, *, outside,
     coef = torch.empty(b, n, 2, dtype=cdt, device=desc_o.device)
     programs = triton.cdiv(n, MINE_BLOCK_N) * b
     partials = torch.zeros(max(programs, 1), NUM_PARTIALS, dtype=cdt, device=desc_o.device)
+    use_radius = safe_radius > 0
+    if use_radius and (q_px is None or c_px is None):
+        raise ValueError("q_px, c_px: the safe_radius test needs the pixel positions")
     if programs:
         launch(
             _mine_kernel, (triton.cdiv(n, MINE_BLOCK_N), b),
-            a, pos, cand, arec, prec, crec, jstar, coef, partials, n, k, c,
-            f64_bits(margin), f64_bits(safe_radius), f64_bits(stride),
+            a, pos, cand, arec, prec, crec, q_px if use_radius else prec,
+            c_px if use_radius else crec, jstar, coef, partials, n, k, c,
+            f64_bits(margin), f64_bits(safe_radius),
             IGNORE=outside == "ignore", SQUARED=distance == "squared_l2",
-            USE_RADIUS=safe_radius > 0, BLOCK_N=MINE_BLOCK_N, BLOCK_K=MINE_BLOCK_K, num_warps=4,
+            USE_RADIUS=use_radius, BLOCK_N=MINE_BLOCK_N, BLOCK_K=MINE_BLOCK_K, num_warps=4,
             num_stages=1, enable_fp_fusion=False,
         )  # fmt: skip
     loss, aux = ratio_finalize(partials, DEN_POS, 0.0, b * n, sync)

@@ -2,8 +2,12 @@
 detector feature map, and the soft focal (or MSE) loss of a patch-importance head against it.
 
 Literal: each box at each patch centre (broadcast over [B, N, Hp, Wp], the per-box stack that
-DSET builds), the box arithmetic in the boxes' dtype (so that a patch centre lying exactly on a region edge is decided
-as the fused backends decide it), the loss in the scores' dtype, gradients by autograd.
+DSET builds), the box arithmetic in float64 for float64 boxes and in float32 for every other
+dtype (integer and half-precision boxes too, docs/spec.md 10.1; so that a patch centre lying
+exactly on a region edge is decided as the fused backends decide it), the loss in the scores'
+dtype, gradients by autograd. 1 - P is sigmoid(-s) (10.3): a log or a difference that involves a
+P near 1 is formed from it (log(P + eps) = log1p(eps - (1 - P)), P - Y = (1 - Y) - (1 - P)), so
+that the float64 values stay exact to float64 precision for confident logits.
 """
 
 from __future__ import annotations
@@ -111,11 +115,13 @@ def cass_soft_target(
     small_target_threshold: float = 4.0,
     merge: str = "max",
 ) -> torch.Tensor:
-    """Y [B,1,Hp,Wp] in the boxes' dtype: per image, over the boxes with ``box_mask`` set,
+    """Y [B,1,Hp,Wp] in the box dtype (float64 for float64 boxes, else float32, the boxes cast
+    to it first): per image, over the boxes with ``box_mask`` set,
     ``max_n M_n`` (``merge="max"``) or ``min(1, sum_n M_n)`` (``"sum"``); patch (k, l) evaluated
     at its centre ((l + 1/2) Pw, (k + 1/2) Ph). Builds the per-box stack M [B,N,Hp,Wp] (as DSET
     does per image), which the fused backends never hold."""
-    boxes = boxes.detach()
+    bdt = torch.float64 if boxes.dtype == torch.float64 else torch.float32
+    boxes = boxes.detach().to(bdt)
     b, n = boxes.shape[:2]
     ph, pw, hp, wp = patch_grid(feat_size, patch_size)
     dev = boxes.device
@@ -163,14 +169,28 @@ def soft_focal_loss(
     if eps == 0:
         log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)
     else:
-        log_p, log_q = torch.log(p + eps), torch.log(q + eps)
+        log_p, log_q = _log_plus(p, q, eps), _log_plus(q, p, eps)
     f = -y * q**alpha * log_p - (1 - y) * p**beta * log_q
     return _reduce(f, reduction)
 
 
+def _log_plus(p: torch.Tensor, q: torch.Tensor, eps: float) -> torch.Tensor:
+    """log(p + eps) of p = 1 - q: as log(1 + (eps - q)) where p >= 1/2 (p + eps = 1 + eps - q
+    exactly; the p rounded near 1 would lose q's digits), else log(p + eps). Each branch sees a
+    harmless input where it is not taken (its -inf would make autograd's gradient NaN)."""
+    hi = p >= 0.5
+    one = torch.ones((), dtype=p.dtype, device=p.device)
+    return torch.where(
+        hi, torch.log1p(torch.where(hi, eps - q, 0 * one)), torch.log(torch.where(hi, one, p + eps))
+    )
+
+
 def soft_mse_loss(logits: torch.Tensor, target: torch.Tensor, *, reduction: str = "mean"):
-    """f = (sigmoid(s) - Y)^2 (the pre-audit CASS loss)."""
-    f = (torch.sigmoid(logits) - target.to(logits.dtype)) ** 2
+    """f = (sigmoid(s) - Y)^2 (the pre-audit CASS loss); P - Y as (1 - Y) - sigmoid(-s) where
+    P >= 1/2 (the same number, without the P rounded near 1)."""
+    y = target.to(logits.dtype)
+    p, q = torch.sigmoid(logits), torch.sigmoid(-logits)
+    f = torch.where(p >= 0.5, (1 - y) - q, p - y) ** 2
     return _reduce(f, reduction)
 
 

@@ -81,6 +81,43 @@ def transform(
     return torch.stack([u_r, v_r], dim=-1), w
 
 
+def radius_positions(
+    H: torch.Tensor,
+    points_px: torch.Tensor,
+    *,
+    stride: float,
+    h_coords: str,
+    Hf: int,
+    Wf: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q [B,M,2] pixels, w [B,M]): pixels (x, y) [B,M,2] of the original image sent through H
+    where H acts, in pixels (the ``safe_radius`` test of :func:`rord_descriptor_loss`).
+
+    "pixel": (h00 x + h01 y + h02, h10 x + h11 y + h12) / w, w = h20 x + h21 y + h22 (1 for
+    [2,3]). "normalized": n = (2 (x/s) / Wf - 1, 2 (y/s) / Hf - 1), n' = H(n) with the same
+    division, q = (s ((n'_x + 1) Wf / 2), s ((n'_y + 1) Hf / 2)). An H of 0, +-1 and
+    binary-fraction shifts (an identity, a shift, a quarter turn) gives the exact pixels."""
+    H = H.detach().to(points_px.dtype)
+    x, y = points_px[..., 0], points_px[..., 1]
+    if h_coords == "normalized":
+        x = 2 * (x / stride) / Wf - 1
+        y = 2 * (y / stride) / Hf - 1
+    elif h_coords != "pixel":
+        raise ValueError(f"h_coords must be pixel or normalized, got {h_coords!r}")
+    h = [[H[..., i, j][..., None] for j in range(3)] for i in range(H.shape[-2])]
+    if H.shape[-2] == 3:
+        w = h[2][0] * x + h[2][1] * y + h[2][2]
+    else:
+        w = torch.ones_like(x)
+    x_r = (h[0][0] * x + h[0][1] * y + h[0][2]) / w
+    y_r = (h[1][0] * x + h[1][1] * y + h[1][2]) / w
+    if h_coords == "normalized":
+        x_r = stride * ((x_r + 1) * Wf / 2)
+        y_r = stride * ((y_r + 1) * Hf / 2)
+    q = torch.stack([x_r, y_r], dim=-1)
+    return q, w.expand_as(x_r)
+
+
 def grid_sample_points(F_map: torch.Tensor, uv: torch.Tensor) -> torch.Tensor:
     """F.grid_sample(mode="bilinear", padding_mode="zeros", align_corners=False) of F [B,C,Hf,Wf]
     at grid points uv [B,M,2] (gx = (2u+1)/Wf - 1, gy = (2v+1)/Hf - 1), as [B,M,C]: what
@@ -293,8 +330,11 @@ def rord_descriptor_loss(
     :func:`default_anchors`): a_k = S(D_o, p_k), q_k = H(p_k), pos_k = S(D_r, q_k) (0 if w <= 0).
     Candidates j at grid points c_j of the rotated map (``negatives`` [K,2]/[B,K,2] pixels, else
     :func:`random_candidates` of ``generator``, else :func:`r2_candidates`): n_j = S(D_r, c_j).
-    j eligible for k: ("ignore": c_j inside) and ||s(c_j + 1/2) - s(q_k + 1/2)||_inf >= safe_radius
-    (+inf distance if q_k has w <= 0 or is not finite). k counts: "zeros", or p_k and q_k inside.
+    j eligible for k: ("ignore": c_j inside), c_j has no NaN coordinate, and either q_k has
+    w <= 0 or is not finite, or ||x_j - x'_k||_inf >= safe_radius in pixels: x_j the given
+    ``negatives`` as they are (else s (c_j + 1/2)), x'_k = H(a_k) where H acts
+    (:func:`radius_positions`) of the anchor's pixels a_k (the given ``anchors`` as they are,
+    else s (p_k + 1/2)). k counts: "zeros", or p_k and q_k inside.
     j* = argmin over eligible j of ||a_k - n_j||_2 (no grad; ties: smallest j); (b, k) valid iff k
     counts and j* exists. d(x, y) = ||x - y + 1e-6||_2 (squared with distance="squared_l2");
     L_desc = mean over valid (b, k) of relu(d(a_k, pos_k) - d(a_k, n_j*) + margin), 0 if none.
@@ -308,17 +348,22 @@ def rord_descriptor_loss(
     # anchors: original grid points p [B,N,2]
     if anchors is None:
         p = default_anchors(num_samples, hf, wf, dtype).to(dev)
+        a_px = stride * (p + 0.5)  # the anchors' pixels (the safe_radius test)
     else:
-        p = grid_points(anchors.detach().to(device=dev, dtype=dtype), stride)
-    p = _batched(p, b)
-    # candidates: rotated grid points c [B,K,2]
+        a_px = anchors.detach().to(device=dev, dtype=dtype)
+        p = grid_points(a_px, stride)
+    p, a_px = _batched(p, b), _batched(a_px, b)
+    # candidates: rotated grid points c [B,K,2], their pixels c_px
+    c_px = None
     if negatives is not None:
-        c = grid_points(negatives.detach().to(device=dev, dtype=dtype), stride)
+        c_px = negatives.detach().to(device=dev, dtype=dtype)
+        c = grid_points(c_px, stride)
     elif generator is not None:
         c = random_candidates(b, num_candidates, hf, wf, generator, dev, dtype)
     else:
         c = r2_candidates(num_candidates, hf, wf, dtype).to(dev)
     c = _batched(c, b)
+    c_px = _batched(c_px, b) if c_px is not None else stride * (c + 0.5)
     k_count = c.shape[1]
     # samples
     q, w = transform(H, p, stride=stride, h_coords=h_coords, Hf=hf, Wf=wf)  # [B,N,2], [B,N]
@@ -335,13 +380,15 @@ def rord_descriptor_loss(
         counts = inside(p, torch.ones_like(p[..., 0]), hf, wf) & inside(q, w, hf, wf)
     else:
         raise ValueError(f"outside must be zeros or ignore, got {outside!r}")
-    q_px = stride * (q + 0.5)  # [B,N,2]
-    c_px = stride * (c + 0.5)  # [B,K,2]
+    # safe_radius: the Chebyshev distance in pixels of c_j to q_k = H(a_k), every candidate
+    # when q_k has w <= 0 or is not finite; a candidate with a NaN coordinate is never eligible
+    q_px, w_px = radius_positions(H, a_px, stride=stride, h_coords=h_coords, Hf=hf, Wf=wf)
     cheb = (c_px[:, None, :, :] - q_px[:, :, None, :]).abs().amax(dim=-1)  # [B,N,K]
-    q_ok = (w > 0) & torch.isfinite(q).all(dim=-1)  # [B,N]
+    q_ok = (w_px > 0) & torch.isfinite(q_px).all(dim=-1)  # [B,N]
+    far = (cheb >= safe_radius) | ~q_ok[..., None]
+    not_nan = ~torch.isnan(c).any(dim=-1)  # [B,K]
+    eligible = (cand_ok & not_nan)[:, None, :] & far  # [B,N,K]
     inf = torch.full((), math.inf, dtype=dtype, device=dev)
-    cheb = torch.where(q_ok[..., None], cheb, inf)
-    eligible = cand_ok[:, None, :] & (cheb >= safe_radius)  # [B,N,K]
     # hardest negative: j* = argmin of the plain L2 distance over the eligible candidates
     with torch.no_grad():
         dist = torch.norm(a[:, :, None, :] - neg_all[:, None, :, :], dim=-1)  # [B,N,K]

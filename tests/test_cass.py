@@ -14,6 +14,7 @@ from conftest import (
     TOLERANCES,
     assert_grad_close,
     assert_scalar_close,
+    build_loss,
     pairwise,
     upstream_scalar,
 )
@@ -614,3 +615,171 @@ def test_bad_input_of_target_and_soft_focal():
         fl.soft_focal_loss(torch.zeros(2, 3, dtype=torch.int32), torch.zeros(2, 3))
     with pytest.raises(ValueError, match="reduction"):
         fl.soft_focal_loss(torch.zeros(2, 3), torch.zeros(2, 3), reduction="none")
+
+
+# ------------------------------------------------------------------- confident logits (10.3)
+
+# |s| up to 30, each logit in its own loss (so that its term is the whole value): Y = 0 is an image
+# without boxes (the negative term over every patch, 10.4), Y = 1 a box covering the map. beta = 2
+# where the default beta = 4 would take a confident negative's P^4 log(1 - P + eps) below float32's
+# normal range (s < -16: the float64 value itself is then not a float32).
+CONFIDENT = [9.0, 12.0, 16.0, 20.0, 25.0, 30.0]
+
+
+@pytest.mark.parametrize("loss", ["focal", "mse"])
+@pytest.mark.parametrize("y", [0, 1])
+@pytest.mark.parametrize("logit", [-v for v in CONFIDENT] + CONFIDENT)
+def test_confident_logits_keep_float32_accuracy(logit, y, loss, backend):
+    """docs/spec.md 10.3: log(P + eps), log(1 - P + eps) and P - Y are formed from the logit,
+    not from a P rounded near 1 (which gave 9e-3 relative at s = 12, 1e-1 at 16): loss and
+    gradient within spec 6's float32 tolerance of the float64 reference, also for an empty image."""
+    boxes = torch.zeros(2, 0, 4) if y == 0 else torch.tensor([[[0.0, 0.0, 320.0, 224.0]]] * 2)
+    beta = 2.0 if y == 0 and logit < -16 else 4.0
+    opts = dict(feat_size=(7, 10), loss=loss, beta=beta)
+    s = torch.full((2, 6), logit) + torch.tensor([0.0, 0.25, -0.5, 0.75, -1.0, 0.125])
+    ref_s = s.double().requires_grad_()
+    ref = R.cass_loss(ref_s, boxes, **opts)
+    ref.backward()
+    x = s.clone().to(DEVICE).requires_grad_()
+    out = fl.cass_loss(x, boxes.to(DEVICE), backend=backend, **opts)
+    out.backward()
+    loss_tol, grad_tol = TOLERANCES[torch.float32]
+    assert_scalar_close(out, ref, loss_tol)
+    assert_grad_close(x.grad, ref_s.grad, grad_tol, "grad scores")
+
+
+@pytest.mark.parametrize("y", [0.0, 1.0])
+@pytest.mark.parametrize("logit", [-30.0, -12.0, 12.0, 30.0])
+def test_soft_focal_confident_logits_keep_float32_accuracy(logit, y, backend):
+    """The same for soft_focal_loss (alpha = beta = 2: every value here is a normal float32)."""
+    s = torch.full((3, 5), logit) + torch.linspace(-1, 1, 15).reshape(3, 5)
+    t = torch.full((3, 5), y)
+    ref_s = s.double().requires_grad_()
+    ref = R.soft_focal_loss(ref_s, t.double(), alpha=2.0, beta=2.0)
+    ref.backward()
+    x = s.clone().to(DEVICE).requires_grad_()
+    out = fl.soft_focal_loss(x, t.to(DEVICE), alpha=2.0, beta=2.0, backend=backend)
+    out.backward()
+    assert_scalar_close(out, ref, 1e-5)
+    assert_grad_close(x.grad, ref_s.grad, 1e-5, "grad logits")
+
+
+def test_reference_is_exact_for_confident_logits():
+    """The oracle itself (float64) forms the logs and P - Y from 1 - P = sigmoid(-s): checked
+    against the formula in 50-digit arithmetic where the plain float64 P - Y loses 1e-3."""
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 50
+    for logit in (-30.0, -12.0, 12.0, 30.0):
+        for y in (0.0, 1.0, 0.3):
+            p = 1 / (1 + mp.e ** (-mp.mpf(logit)))
+            focal = -y * (1 - p) ** 2 * mp.log(p + 1e-8) - (1 - y) * p**4 * mp.log(1 - p + 1e-8)
+            s = torch.tensor([logit], dtype=torch.float64)
+            t = torch.tensor([y], dtype=torch.float64)
+            got_focal = float(R.soft_focal_loss(s, t))
+            got_mse = float(R.soft_mse_loss(s, t))
+            assert abs(got_focal - focal) <= 1e-12 * abs(focal)
+            assert abs(got_mse - (p - y) ** 2) <= 1e-12 * (p - y) ** 2
+
+
+# ------------------------------------------------------------------- box dtype of the oracle
+
+
+@pytest.mark.parametrize("box_dtype", [torch.float16, torch.bfloat16, torch.int32])
+def test_reference_box_arithmetic_is_float32_for_other_dtypes(box_dtype, backend):
+    """docs/spec.md 10.1: half-precision and integer boxes are evaluated in float32, by the
+    reference as by the library (it built Y in float16 and returned it, 7.5e-3 off)."""
+    g = torch.Generator().manual_seed(0)
+    boxes = (torch.rand(2, 8, 4, generator=g) * 13 * 7.3).to(box_dtype)
+    opts = dict(stride=7.3, patch_size=1)
+    ref = R.cass_soft_target(boxes, (13, 13), **opts)
+    assert ref.dtype == torch.float32
+    assert torch.equal(ref, R.cass_soft_target(boxes.float(), (13, 13), **opts))
+    got = fl.cass_soft_target(boxes.to(DEVICE), (13, 13), backend=backend, **opts).cpu()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, ref, rtol=0, atol=2e-6)
+
+
+# -------------------------------------------------------------------------- requires_grad
+
+
+def test_loss_requires_grad_only_through_the_scores(backend):
+    """The boxes get no gradient (10.1), so boxes that require grad do not make the loss require
+    grad (the triton backend's did, the torch backend's not); the scores do, on both."""
+    boxes = torch.tensor([[[30.0, 20.0, 160.0, 90.0]]], device=DEVICE, requires_grad=True)
+    mask = torch.ones(1, 1, device=DEVICE)
+    scores = torch.randn(1, 6, device=DEVICE)
+    loss = fl.cass_loss(scores, boxes, mask.long(), feat_size=(7, 10), backend=backend)
+    assert not loss.requires_grad
+    scores.requires_grad_()
+    loss = fl.cass_loss(scores, boxes, feat_size=(7, 10), backend=backend)
+    assert loss.requires_grad
+    loss.backward()
+    assert boxes.grad is None and scores.grad is not None
+
+
+# ------------------------------------------------------------------------- bool coordinates
+
+
+@pytest.mark.parametrize("as_list", [False, True])
+def test_bool_boxes_are_refused(as_list):
+    """Boxes are pixel coordinates: a bool tensor (read as 0/1 pixels before) is a TypeError
+    naming the argument, before any kernel."""
+    boxes = torch.ones(2, 3, 4, dtype=torch.bool)
+    name = r"boxes\[0\]" if as_list else "boxes"
+    arg = list(boxes) if as_list else boxes
+    with pytest.raises(TypeError, match=rf"^{name}: expected a floating or integer tensor"):
+        fl.cass_loss(torch.zeros(2, 6), arg, feat_size=(7, 10))
+    with pytest.raises(TypeError, match=rf"^{name}: .*torch.bool"):
+        fl.cass_soft_target(arg, (7, 10))
+
+
+# ------------------------------------------------------------------------- registry (12.1)
+
+
+@pytest.mark.parametrize("name", ["CASSLoss", "SoftFocalLoss"])
+def test_registry_entry_refuses_weight_avg_factor_and_reduction_override(name, backend):
+    """docs/spec.md 12.1: a call's weight, avg_factor or reduction_override is not offered: a
+    ValueError naming it (it was Python's "unexpected keyword argument" TypeError)."""
+    loss = build_loss({"type": name, "backend": backend})
+    if name == "CASSLoss":
+        args, kw = (
+            (torch.randn(2, 6), torch.tensor([[[0.0, 0.0, 90.0, 70.0]]] * 2)),
+            {"feat_size": (7, 10)},
+        )
+    else:
+        args, kw = (torch.randn(2, 6), torch.rand(2, 6)), {}
+    for key, value in (
+        ("weight", torch.ones(2, 6)),
+        ("avg_factor", 2.0),
+        ("reduction_override", "sum"),
+        ("reduction_override", "none"),
+    ):
+        with pytest.raises(ValueError, match=rf"^{key}: not offered by {name} \(it normalises"):
+            loss(*args, **kw, **{key: value})
+    # None (and the built reduction) are what the call gives without them
+    expect = loss(*args, **kw)
+    same = loss(*args, **kw, weight=None, avg_factor=None, reduction_override="mean")
+    assert torch.equal(same, expect)
+
+
+@pytest.mark.parametrize("name", ["CASSLoss", "SoftFocalLoss"])
+def test_registry_entry_offers_the_modules_reduction(name, backend):
+    """docs/spec.md 10.1 / 12.1: CASSLoss and SoftFocalLoss have a reduction option ("mean" or
+    "sum"); their registry entries pass it on (a config's reduction="sum" was refused)."""
+    g = torch.Generator().manual_seed(3)
+    s = torch.randn(2, 6, generator=g, dtype=torch.float64)
+    if name == "CASSLoss":
+        boxes = torch.tensor([[[0.0, 0.0, 90.0, 70.0]]] * 2, dtype=torch.float64)
+        args, kw = (s, boxes), {"feat_size": (7, 10)}
+        ref = R.cass_loss(s, boxes, feat_size=(7, 10), reduction="sum")
+    else:
+        t = torch.rand(2, 6, generator=g, dtype=torch.float64)
+        args, kw = (s, t), {}
+        ref = R.soft_focal_loss(s, t, reduction="sum")
+    loss = build_loss({"type": name, "reduction": "sum", "loss_weight": 2.0, "backend": backend})
+    assert_scalar_close(loss(*args, **kw), 2.0 * ref, 1e-12)
+    for bad in ("none", "batchmean"):
+        with pytest.raises(ValueError, match=r"^reduction: expected one of \['mean', 'sum'\]"):
+            build_loss({"type": name, "reduction": bad})
+    with pytest.raises(ValueError, match=rf"^avg_factor: not offered by {name}"):
+        build_loss({"type": name, "avg_factor": 4.0})

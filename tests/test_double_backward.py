@@ -154,8 +154,8 @@ def _ops():
 # does not pass its name to PrecomputedGradient) the module and function computing it.
 OP_NAMES = {
     "gap_detection_loss": r"(gap_detection_loss|fused_losses\.gap_detection\.\w+)",
-    "rord_loss": r"rord_detection(_loss)?",  # the first node backward reaches
-    "rord_descriptor_loss": r"rord_descriptor(_loss)?",
+    "rord_loss": r"rord_loss",
+    "rord_descriptor_loss": r"rord_descriptor_loss",
     "cass_loss": r"cass_loss",
     "soft_focal_loss": r"soft_focal_loss",
     "masked_focal_loss": r"(masked_focal_loss|fused_losses\.focal\.\w+)",

@@ -13,7 +13,14 @@ import math
 
 import pytest
 import torch
-from conftest import DEVICE, ON_GPU, TOLERANCES, assert_grad_close, assert_scalar_close
+from conftest import (
+    DEVICE,
+    ON_GPU,
+    TOLERANCES,
+    assert_grad_close,
+    assert_scalar_close,
+    build_loss,
+)
 from fused_losses.kernels.launch import launch_count, reset_launch_count
 from fused_losses.reference import rord as R
 
@@ -747,3 +754,231 @@ def test_peak_memory_does_not_grow_with_n_times_k():
         peaks.append(torch.cuda.max_memory_allocated() - base)
     # 3600 more candidates: their samples (B C K floats) and records, not B N K distances
     assert peaks[1] - peaks[0] < 2 * b * (c + 8) * 3600 * 4 + (1 << 20), peaks
+
+
+# ------------------------------------------------------------- safe_radius at an exact tie
+
+
+def _tie_case(stride: float, anchor: tuple[float, float], shift: tuple[float, float],
+              radius: float, axis: int, dtype):  # fmt: skip
+    """Maps zero but for a bump of 5 at cell (8, 8); one anchor, H an exact shift; candidate 0
+    exactly ``radius`` pixels (Chebyshev) from q = H(anchor), candidate 1 on the bump. Candidate 0
+    eligible (a tie counts: >=): the triplet loss is relu(~0 - ~0 + 1) = 1; dropped: 0."""
+    d = torch.zeros(1, 2, 10, 10, dtype=dtype)
+    d[0, :, 8, 8] = 5.0
+    H = torch.tensor([[1.0, 0.0, shift[0]], [0.0, 1.0, shift[1]]], dtype=torch.float64)
+    anchors = torch.tensor([anchor], dtype=torch.float64)
+    q = [anchor[0] + shift[0], anchor[1] + shift[1]]
+    q[axis] += radius
+    negatives = torch.tensor([q, [8.5 * stride, 8.5 * stride]], dtype=torch.float64)
+    return d, H, anchors, negatives
+
+
+TIES = [  # stride, anchor pixels, shift (pixels), radius, axis: all exact binary fractions
+    (3.3, (17.5, 17.5), (0.0, 0.0), 5.0, 0),  # the sweep's reproducer (library: 4.999...)
+    (3.3, (4.25, 9.0), (1.0, -2.5), 7.0, 1),
+    (7.3, (12.125, 20.5), (3.0, 0.0), 11.0, 0),
+    (7.3, (3.0, 5.5), (-1.5, 2.0), 9.5, 1),
+    (0.37, (0.5, 0.75), (0.0, 0.125), 1.5, 0),
+    (0.37, (1.125, 0.25), (0.25, 0.0), 0.625, 1),
+    (5.5, (9.0, 14.25), (2.0, 2.0), 13.0, 0),
+    (2.9, (6.5, 3.75), (0.5, 1.0), 4.25, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("case", TIES, ids=[f"s{t[0]}-r{t[3]}" for t in TIES])
+def test_safe_radius_exact_tie_is_eligible(case, dtype, backend):
+    """docs/spec.md 11.3.2: a candidate whose Chebyshev distance in pixels is exactly
+    safe_radius is eligible, on both backends and in the reference. The library compared grid
+    units times the stride (17.5 px and 22.5 px at stride 3.3: 4.999999999999998, dropped), the
+    reference pixels rebuilt from grid points (right here by luck, wrong in ~8% of such ties)."""
+    stride, anchor, shift, radius, axis = case
+    d, H, anchors, negatives = _tie_case(stride, anchor, shift, radius, axis, dtype)
+    kw = dict(stride=stride, safe_radius=radius, margin=1.0)
+    ref = R.rord_descriptor_loss(d.double(), d.double(), H, anchors, negatives, **kw)
+    assert abs(float(ref) - 1.0) < 1e-9
+    dev = [x.to(DEVICE) for x in (d, H, anchors, negatives)]
+    got = fl.rord_descriptor_loss(dev[0], dev[0], *dev[1:], backend=backend, **kw)
+    assert abs(float(got) - 1.0) < 1e-6
+    # just beyond the radius: the candidate is dropped (the bump's candidate gives 0)
+    far = dict(kw, safe_radius=radius * (1 + 1e-6))
+    assert float(R.rord_descriptor_loss(d.double(), d.double(), H, anchors, negatives, **far)) == 0
+    assert float(fl.rord_descriptor_loss(dev[0], dev[0], *dev[1:], backend=backend, **far)) == 0
+
+
+@pytest.mark.parametrize("h_kind", ["rotation", "perspective", "normalized"])
+def test_safe_radius_decisions_match_the_reference_in_float64(h_kind, backend):
+    """The library and the reference compute the pixel positions of the safe_radius test with the
+    same float64 arithmetic (docs/spec.md 11.3.2), so that every decision, ties included, is the
+    reference's: safe_radius set to the computed distance of one anchor-candidate pair."""
+    H = {"rotation": small_rotation(), "perspective": perspective(),
+         "normalized": torch.tensor([[0.9, -0.2, 0.1], [0.2, 0.9, -0.05]])}[h_kind]  # fmt: skip
+    h_coords = "normalized" if h_kind == "normalized" else "pixel"
+    g = torch.Generator().manual_seed(41)
+    anchors = torch.rand(5, 2, generator=g, dtype=torch.float64) * 40
+    negatives = torch.rand(30, 2, generator=g, dtype=torch.float64) * 48
+    q, _w = R.radius_positions(H.double(), anchors[None], stride=S, h_coords=h_coords, Hf=6, Wf=7)
+    cheb = (negatives[None, None] - q[:, :, None]).abs().amax(-1)[0]  # [N, K]
+    inputs = maps(seed=42, dtype=torch.float64)
+    for radius in (float(cheb[0, 3]), float(cheb[2, 17]), float(cheb[4].median())):
+        kw = dict(stride=S, h_coords=h_coords, safe_radius=radius)
+        ref = R.rord_descriptor_loss(inputs[2], inputs[3], H.double(), anchors, negatives, **kw)
+        got = fl.rord_descriptor_loss(
+            inputs[2].to(DEVICE), inputs[3].to(DEVICE), H.double().to(DEVICE),
+            anchors.to(DEVICE), negatives.to(DEVICE), backend=backend, **kw,
+        )  # fmt: skip
+        assert_scalar_close(got, ref, 1e-12)
+
+
+# ------------------------------------------------------- NaN candidates, q_k with w <= 0
+
+
+def test_nan_candidate_is_never_eligible_also_when_q_has_no_positive_w(backend):
+    """docs/spec.md 11.3.2: a candidate with a NaN coordinate is never eligible; the reference
+    made it eligible when q_k has w <= 0 (its Chebyshev distance replaced by +inf)."""
+    d_o = torch.zeros(1, 2, 6, 7, dtype=torch.float64)
+    d_r = torch.full((1, 2, 6, 7), 3.0, dtype=torch.float64)
+    H = torch.diag(torch.tensor([1.0, 1.0, -1.0], dtype=torch.float64))  # w <= 0 everywhere
+    neg = torch.tensor([[20.0, 20.0], [float("nan"), 12.0]], dtype=torch.float64)
+    for radius in (0.0, 4.0):
+        kw = dict(stride=8.0, num_samples=4, safe_radius=radius)
+        ref = R.rord_descriptor_loss(d_o, d_r, H, None, neg, **kw)
+        # the only eligible candidate samples 3 in both channels: d_neg = 3 sqrt(2) > margin
+        assert float(ref) == 0.0
+        dev = [x.to(DEVICE) for x in (d_o, d_r, H)]
+        got = fl.rord_descriptor_loss(*dev, None, neg.to(DEVICE), backend=backend, **kw)
+        assert float(got) == 0.0
+
+
+# ----------------------------------------------------------------------------- requires_grad
+
+
+def test_loss_requires_grad_only_through_maps_that_get_a_gradient(backend):
+    """loss.requires_grad iff a map that receives a gradient requires grad: with detach_target
+    det_rotated gets none (the torch backend's loss required grad, the triton one's not)."""
+    det_o, det_r, desc_o, desc_r = maps(seed=43)
+    det_r = det_r.to(DEVICE).requires_grad_()
+    det_o, desc_o, desc_r = det_o.to(DEVICE), desc_o.to(DEVICE), desc_r.to(DEVICE)
+    H = small_rotation().to(DEVICE)
+    kw = dict(backend=backend, detach_target=True)
+    assert not fl.rord_detection_loss(det_o, det_r, H, **kw).requires_grad
+    assert not fl.rord_loss(det_o, det_r, desc_o, desc_r, H, **SMALL, **kw).requires_grad
+    assert fl.rord_detection_loss(det_o, det_r, H, backend=backend).requires_grad
+    desc_r.requires_grad_()
+    loss = fl.rord_loss(det_o, det_r, desc_o, desc_r, H, **SMALL, **kw)
+    assert loss.requires_grad
+    loss.backward()
+    assert det_r.grad is None and desc_r.grad is not None
+
+
+# ---------------------------------------------------------------- argument types and names
+
+
+@pytest.mark.parametrize("arg", ["H", "anchors", "negatives"])
+def test_bool_coordinates_are_refused(arg):
+    """H, anchors and negatives are coordinates: a bool tensor (read as 0/1 before) is a
+    TypeError naming the argument, before any kernel."""
+    desc = torch.randn(2, 4, 6, 7)
+    det = torch.rand(2, 1, 6, 7)
+    kw = {"H": small_rotation().float(), "anchors": None, "negatives": None}
+    kw[arg] = torch.ones(3, 3, dtype=torch.bool) if arg == "H" else torch.ones(5, 2).bool()
+    match = rf"^{arg}: expected a floating or integer tensor, got dtype torch.bool"
+    with pytest.raises(TypeError, match=match):
+        fl.rord_descriptor_loss(desc, desc, kw["H"], kw["anchors"], kw["negatives"])
+    with pytest.raises(TypeError, match=match):
+        fl.rord_loss(det, det, desc, desc, kw["H"], kw["anchors"], kw["negatives"])
+    if arg == "H":
+        with pytest.raises(TypeError, match=match):
+            fl.rord_detection_loss(det, det, kw["H"])
+        with pytest.raises(TypeError, match=match):
+            fl.homography_warp(desc, kw["H"])
+
+
+@pytest.mark.parametrize("value", [1, "yes", None])
+def test_return_components_must_be_a_bool(value):
+    det, desc, H = torch.rand(2, 1, 6, 7), torch.randn(2, 4, 6, 7), small_rotation()
+    match = r"^return_components: expected a bool"
+    with pytest.raises(TypeError, match=match):
+        fl.rord_detection_loss(det, det, H, return_components=value)
+    with pytest.raises(TypeError, match=match):
+        fl.rord_loss(det, det, desc, desc, H, return_components=value)
+    with pytest.raises(TypeError, match=match):
+        fl.RoRDLoss()(det, det, desc, desc, H, return_components=value)
+
+
+@pytest.mark.parametrize(("key", "hint"), [("outside", "RoRD losses"), ("strid", "'stride'"),
+                                           ("backend", "")])  # fmt: skip
+def test_homography_warp_unknown_keyword_is_named(key, hint):
+    """As every other op: a TypeError starting with the keyword's name (it was Python's
+    "homography_warp() got an unexpected keyword argument")."""
+    with pytest.raises(TypeError, match=rf"^{key}: not an option of homography_warp; .*{hint}"):
+        fl.homography_warp(torch.randn(1, 2, 3, 4), small_rotation(), **{key: "zeros"})
+
+
+def _double_backward_cases(backend):
+    det, _, desc, _ = maps(seed=44)
+    H = small_rotation().to(DEVICE)
+
+    def leaf(x):
+        return x.to(DEVICE).requires_grad_()
+
+    def rord(which):
+        d, e = (leaf(det), desc.to(DEVICE)) if which == "det" else (det.to(DEVICE), leaf(desc))
+        x = d if which == "det" else e
+        return fl.rord_loss(d, d.flip(-1), e, e.flip(-1), H, **SMALL, backend=backend), x
+
+    def detection():
+        d = leaf(det)
+        return fl.rord_detection_loss(d, d.flip(-1), H, backend=backend), d
+
+    def descriptor():
+        e = leaf(desc)
+        loss = fl.rord_descriptor_loss(e, e.flip(-1), H, **SMALL, safe_radius=4.0,
+                                       backend=backend)  # fmt: skip
+        return loss, e
+
+    return [("rord_loss", lambda: rord("det")), ("rord_loss", lambda: rord("desc")),
+            ("rord_detection_loss", detection), ("rord_descriptor_loss", descriptor)]  # fmt: skip
+
+
+def test_double_backward_names_the_public_op(backend):
+    """docs/spec.md 8: "<op> (<backend> backend): double backward" with the op the user called
+    (the triton backend named its kernels, rord_detection / rord_descriptor, and rord_loss's
+    parts named themselves on both backends)."""
+    for op, make in _double_backward_cases(backend):
+        loss, x = make()
+        (g,) = torch.autograd.grad(loss, x, retain_graph=True)
+        assert torch.isfinite(g).all()
+        with pytest.raises(RuntimeError, match=rf"^{op} \({backend} backend\): double backward"):
+            torch.autograd.grad(loss, x, create_graph=True)
+
+
+# ------------------------------------------------------------------------- registry (12.1)
+
+REGISTRY_CALLS = {
+    "RoRDLoss": lambda det, desc, H: (det, det.flip(-1), desc, desc.flip(-1), H),
+    "RoRDDetectionLoss": lambda det, desc, H: (det, det.flip(-1), H),
+    "RoRDDescriptorLoss": lambda det, desc, H: (desc, desc.flip(-1), H),
+}
+
+
+@pytest.mark.parametrize("name", list(REGISTRY_CALLS))
+def test_registry_entry_refuses_weight_avg_factor_and_reduction_override(name, backend):
+    """docs/spec.md 12.1: the RoRD entries normalise themselves: a call's weight, avg_factor or
+    reduction_override is a ValueError naming it (it was Python's "unexpected keyword argument"),
+    as a configured reduction other than "mean" or an avg_factor."""
+    det, _, desc, _ = maps(seed=45)
+    args = REGISTRY_CALLS[name](det, desc, small_rotation())
+    opts = {} if name == "RoRDDetectionLoss" else dict(SMALL)
+    loss = build_loss({"type": name, "backend": backend, **opts})
+    for key, value in (("weight", torch.ones(2)), ("avg_factor", 3.0),
+                       ("reduction_override", "sum")):  # fmt: skip
+        with pytest.raises(ValueError, match=rf"^{key}: not offered by {name} \(it normalises"):
+            loss(*args, **{key: value})
+    expect = loss(*args)
+    assert torch.equal(loss(*args, weight=None, avg_factor=None, reduction_override="mean"), expect)
+    with pytest.raises(ValueError, match=rf"^reduction: {name} normalises itself"):
+        build_loss({"type": name, "reduction": "sum"})
+    with pytest.raises(ValueError, match=rf"^avg_factor: not offered by {name}"):
+        build_loss({"type": name, "avg_factor": 2.0})
