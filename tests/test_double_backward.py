@@ -210,3 +210,27 @@ def test_gather_double_backward(backend):
     else:
         with pytest.raises(RuntimeError, match="double backward"):
             penalty_grad(ours, x)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("op", ["gap_detection_loss", "CrossEntropyLoss"])
+def test_gradient_penalty_through_a_compiled_loss_raises(op, backend):
+    """Under torch.compile the backward is traced ahead of time: create_graph=True succeeds, and
+    backpropagating the penalty raises AOTAutograd's RuntimeError (spec 8) instead of adding no
+    second-order term."""
+    _skip_unavailable(backend)
+    torch._dynamo.reset()
+    if op == "gap_detection_loss":
+        c = _gap_inputs()
+        x, args = c.offset, c.args()
+        fn = torch.compile(lambda *a: fl.gap_detection_loss(*a, backend=backend),
+                           backend="aot_eager", fullgraph=True)  # fmt: skip
+    else:
+        loss = fl.build_loss({"type": "CrossEntropyLoss", "backend": backend})
+        x = torch.randn(2, 3, 4, 4, device=DEVICE, requires_grad=True)
+        args = (x, torch.randint(0, 3, (2, 4, 4), device=DEVICE))
+        fn = torch.compile(lambda a, b: loss(a, b), backend="aot_eager", fullgraph=True)
+    out = fn(*args)
+    (g,) = torch.autograd.grad(out, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward"):
+        (out + 0.1 * (g**2).sum()).backward()
