@@ -875,3 +875,25 @@ def test_ohem_double_backward_names_the_loss(backend):
     out = loss(x, y)
     with pytest.raises(RuntimeError, match=rf"^OHEMCrossEntropyLoss \({backend} backend\)"):
         torch.autograd.grad(out, x, create_graph=True)
+
+
+def test_utils_name_their_bad_arguments():
+    """The public utilities (spec 12.3) check their arguments like the losses: num_classes 0 gave
+    an IndexError or a RuntimeError, float labels were truncated, a string avg_factor was
+    accepted and a NaN one gave a NaN "mean"."""
+    y = torch.tensor([0, 2, 1])
+    for fn in (lambda **k: U.get_class_weight(method="inverse", **k), U.convert_to_one_hot):
+        with pytest.raises(ValueError, match=r"^num_classes"):
+            fn(labels=y, num_classes=0)
+        with pytest.raises(TypeError, match=r"^labels"):
+            fn(labels=y.float(), num_classes=3)
+        with pytest.raises(TypeError, match=r"^labels"):
+            fn(labels=[0, 1], num_classes=3)
+    with pytest.raises(ValueError, match=r"^labels"):
+        U.convert_to_one_hot(torch.tensor(1), 3)
+    loss = torch.rand(4)
+    for bad, err in (("5", TypeError), (float("nan"), ValueError), (torch.ones(2), ValueError)):
+        with pytest.raises(err, match=r"^avg_factor"):
+            U.weight_reduce_loss(loss, avg_factor=bad)
+    got = U.weight_reduce_loss(loss, avg_factor=torch.tensor(2.0))
+    assert_scalar_close(got, loss.sum() / (2 + EPS32), 1e-6)

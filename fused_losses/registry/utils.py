@@ -19,7 +19,14 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from ..validation import check_bool, check_number, shape_str
+from ..validation import (
+    check_bool,
+    check_integer,
+    check_number,
+    check_positive_int,
+    check_tensor,
+    shape_str,
+)
 
 REDUCTIONS = ("none", "mean", "sum", "batchmean")
 EPS = float(torch.finfo(torch.float32).eps)  # added to every "mean" denominator
@@ -104,8 +111,24 @@ def weight_reduce_loss(
     reduction: str = "mean",
     avg_factor: float | Tensor | None = None,
 ) -> Tensor:
-    """mmseg 1.x's ``weight_reduce_loss``: the rules without a validity mask (eps included)."""
-    return apply_weight_and_reduce(loss, weight, None, reduction, avg_factor)
+    """mmseg 1.x's ``weight_reduce_loss``: the rules without a validity mask (eps included);
+    ``avg_factor`` is checked as BaseLoss checks it (a finite real number or a one-element real
+    tensor)."""
+    from .base_loss import check_avg_factor  # (base_loss imports this module)
+
+    return apply_weight_and_reduce(loss, weight, None, reduction, check_avg_factor(avg_factor))
+
+
+def _check_labels(labels: object, num_classes: object, min_dim: int = 0) -> int:
+    """Integer labels (a TypeError naming ``labels`` otherwise: float labels were truncated) and
+    ``num_classes`` a positive int (a ValueError naming it: 0 gave an IndexError)."""
+    check_tensor("labels", labels)
+    check_integer("labels", labels)
+    if labels.dim() < min_dim:
+        raise ValueError(
+            f"labels: expected at least {min_dim} dims ([N, *]), got {shape_str(labels)}"
+        )
+    return check_positive_int("num_classes", num_classes, 2**31 - 1)
 
 
 def weighted_loss(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
@@ -124,6 +147,7 @@ def convert_to_one_hot(
 ) -> Tensor:
     """[N,C,*] one-hot of labels [N,*] (class axis at dim 1); ignored and out-of-range labels
     (``num_classes`` included) give all zeros."""
+    num_classes = _check_labels(labels, num_classes, min_dim=1)
     ok = (labels >= 0) & (labels < num_classes)
     if ignore_index is not None:
         ok = ok & (labels != ignore_index)
@@ -146,6 +170,7 @@ def get_class_weight(
     methods = ("inverse", "sqrt_inverse", "effective_num", "median_freq")
     if method not in methods:
         raise ValueError(f"method: expected one of {list(methods)}, got {method!r}")
+    num_classes = _check_labels(labels, num_classes)
     flat = labels.reshape(-1).long()
     ok = (flat >= 0) & (flat < num_classes)
     if ignore_index is not None:
