@@ -62,15 +62,7 @@ def transform(
         y = 2 * (v + 0.5) / Hf - 1
     else:
         raise ValueError(f"h_coords must be pixel or normalized, got {h_coords!r}")
-    h = [
-        [H[..., i, j][..., None] for j in range(3)] for i in range(H.shape[-2])
-    ]  # each [B,1] or []
-    if H.shape[-2] == 3:
-        w = h[2][0] * x + h[2][1] * y + h[2][2]
-    else:
-        w = torch.ones_like(x)
-    x_r = (h[0][0] * x + h[0][1] * y + h[0][2]) / w
-    y_r = (h[1][0] * x + h[1][1] * y + h[1][2]) / w
+    x_r, y_r, w = _apply_h(H, x, y)
     if h_coords == "pixel":
         u_r = x_r / stride - 0.5
         v_r = y_r / stride - 0.5
@@ -79,6 +71,19 @@ def transform(
         v_r = ((y_r + 1) * Hf - 1) / 2
     w = w.expand_as(u_r)
     return torch.stack([u_r, v_r], dim=-1), w
+
+
+def _apply_h(
+    H: torch.Tensor, x: torch.Tensor, y: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(x', y', w) = ((h00 x + h01 y + h02) / w, (h10 x + h11 y + h12) / w, h20 x + h21 y + h22)
+    (w = 1 for a [2,3] H); H [B,3,3] / [B,2,3] or unbatched, x, y [B,M] or [M]."""
+    h = [[H[..., i, j][..., None] for j in range(3)] for i in range(H.shape[-2])]
+    if H.shape[-2] == 3:
+        w = h[2][0] * x + h[2][1] * y + h[2][2]
+    else:
+        w = torch.ones_like(x)
+    return (h[0][0] * x + h[0][1] * y + h[0][2]) / w, (h[1][0] * x + h[1][1] * y + h[1][2]) / w, w
 
 
 def radius_positions(
@@ -104,13 +109,7 @@ def radius_positions(
         y = 2 * (y / stride) / Hf - 1
     elif h_coords != "pixel":
         raise ValueError(f"h_coords must be pixel or normalized, got {h_coords!r}")
-    h = [[H[..., i, j][..., None] for j in range(3)] for i in range(H.shape[-2])]
-    if H.shape[-2] == 3:
-        w = h[2][0] * x + h[2][1] * y + h[2][2]
-    else:
-        w = torch.ones_like(x)
-    x_r = (h[0][0] * x + h[0][1] * y + h[0][2]) / w
-    y_r = (h[1][0] * x + h[1][1] * y + h[1][2]) / w
+    x_r, y_r, w = _apply_h(H, x, y)
     if h_coords == "normalized":
         x_r = stride * ((x_r + 1) * Wf / 2)
         y_r = stride * ((y_r + 1) * Hf / 2)
