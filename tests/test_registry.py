@@ -71,6 +71,7 @@ def test_every_registered_name_builds():
     [
         ({"type": "NoSuchLoss"}, "NoSuchLoss.*registered: .*GIoULoss"),
         ({"type": "L1Loss", "beta": 1.0}, "beta: not an option of L1Loss"),
+        ({"type": "GIoULoss", "bbox_fromat": "xyxy"}, "did you mean 'bbox_format'"),
         ({"type": "L1Loss", "weight": 1.0, "loss_weight": 2.0}, "weight"),
         ({"type": "L1Loss", "weight": [1.0]}, "weight"),
         ({"type": "IoULoss", "mode": "cube"}, "mode"),

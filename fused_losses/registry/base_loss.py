@@ -8,6 +8,7 @@ targets, the validity mask (None otherwise). ``forward`` applies the weights, th
 
 from __future__ import annotations
 
+import difflib
 import numbers
 import re
 from typing import Any, ClassVar
@@ -144,9 +145,11 @@ class BaseLoss(torch.nn.Module):
             name = cls.ALIASES.get(key, key)
             if name not in cls.OPTIONS:
                 known = sorted([*cls.OPTIONS, *cls.ALIASES, *COMMON])
+                close = difflib.get_close_matches(str(key), known, n=1)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
                 raise ValueError(
                     f"{key}: not an option of {cls.registry_name or cls.__name__}; expected one "
-                    f"of {', '.join(known)}"
+                    f"of {', '.join(known)}{hint}"
                 )
             if name in seen:
                 raise ValueError(f"{key}: given together with {seen[name]!r}, which it aliases")
