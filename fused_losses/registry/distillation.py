@@ -862,14 +862,40 @@ class MGDLoss(_DistillLoss):
         return alpha_mgd * (diff * diff).sum() / max(n, 1), None
 
 
+_DIFF_CHUNK = 1 << 24  # elements of one [rows, N, D] block of differences in the backward
+
+
+class _SquaredDistances(torch.autograd.Function):
+    """[N,N] |e_i - e_j|^2 of the rows of e [N,D]: ``cdist`` without the matrix product (no
+    cancellation for close rows, O(N^2) memory). Backward: dL/de_i = 2 sum_j (G_ij + G_ji)
+    (e_i - e_j), formed from the differences in blocks of rows (at most ``_DIFF_CHUNK`` elements
+    at a time, never the whole [N, N, D]) with differentiable tensor ops on e, so that a second
+    backward is exact (``cdist``'s own backward has no derivative)."""
+
+    @staticmethod
+    def forward(ctx, e: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(e)
+        return torch.cdist(e, e, compute_mode="donot_use_mm_for_euclid_dist").square()
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        (e,) = ctx.saved_tensors
+        n, dim = e.shape
+        gs = g + g.transpose(0, 1)
+        rows = max(1, _DIFF_CHUNK // max(n * dim, 1))
+        parts = [
+            2 * (gs[i : i + rows, :, None] * (e[i : i + rows, None, :] - e[None, :, :])).sum(1)
+            for i in range(0, n, rows)
+        ]
+        return torch.cat(parts) if parts else torch.zeros_like(e)
+
+
 def _rkd_distances(e: Tensor, eps: float, squared: bool) -> Tensor:
     """[N,N] d_ij = sqrt(max(norm(e_i - e_j)^2, eps)) (no sqrt if squared), diagonal 0, divided
-    by mu, the mean of the d > 0 (mu = 1 when none is: N = 1). The squared distances are sums of
-    the squared differences (as ``cdist`` without the matrix product: no cancellation for close
-    rows), written out ([N, N, D], the footprint of RKDAngleLoss's unit vectors) so that autograd
-    differentiates them to every order (``cdist``'s backward has no derivative)."""
-    diff = e.unsqueeze(1) - e.unsqueeze(0)  # [i, j] = e_i - e_j
-    d2 = (diff * diff).sum(2)
+    by mu, the mean of the d > 0 (mu = 1 when none is: N = 1). The squared distances come from
+    ``_SquaredDistances`` (no cancellation for close rows, O(N^2) memory, double backward
+    exact)."""
+    d2 = _SquaredDistances.apply(e)
     d = d2.clamp(min=eps)
     if not squared:
         d = d.sqrt()
