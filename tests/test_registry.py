@@ -898,3 +898,32 @@ def test_utils_name_their_bad_arguments():
             U.weight_reduce_loss(loss, avg_factor=bad)
     got = U.weight_reduce_loss(loss, avg_factor=torch.tensor(2.0))
     assert_scalar_close(got, loss.sum() / (2 + EPS32), 1e-6)
+
+
+@pytest.mark.parametrize("name", ["DiceLoss", "BoundaryLoss", "HDLoss", "DKDLoss", "GIoULoss"])
+def test_a_weight_that_rounds_to_zero_masks_like_the_reduction(name, backend):
+    """Rule 1 (spec 12.2) with a float64 weight of 1e-50 on float32 inputs: the reduction casts
+    it to 0 (the loss's dtype), so the inputs are masked too (the masks compared the uncast
+    weight: a NaN input there gave NaN gradients)."""
+    nan = float("nan")
+    if name == "DKDLoss":
+        x, t = torch.randn(3, 4), torch.randn(3, 4)
+        x[1] = nan
+        w = torch.tensor([1.0, 1e-50, 1.0], dtype=torch.float64)
+        call = {"labels": torch.tensor([0, 1, 2])}
+    elif name == "GIoULoss":
+        x, t = boxes(3, dtype=torch.float32)
+        x[1] = nan
+        w = torch.tensor([1.0, 1e-50, 1.0], dtype=torch.float64)
+        call = {}
+    else:
+        x, t = torch.randn(2, 3, 6, 6), torch.randint(0, 3, (2, 6, 6))
+        x[1] = nan
+        w = torch.tensor([1.0, 1e-50], dtype=torch.float64)
+        if name == "HDLoss":
+            w = w.view(2, 1, 1, 1).expand(2, 2, 6, 6)
+        call = {}
+    x.requires_grad_()
+    out = build_loss({"type": name, "backend": backend})(x, t, weight=w, **call)
+    (g,) = torch.autograd.grad(out, x)
+    assert torch.isfinite(out) and torch.isfinite(g).all()

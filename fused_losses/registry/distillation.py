@@ -72,7 +72,7 @@ from .dense import (
     dense_as_rows,
     reduce_sums,
 )
-from .utils import REDUCTIONS, expand_weight
+from .utils import REDUCTIONS, weight_keep
 
 F_MSE, F_L1, F_COS, F_ATT = 0, 1, 2, 3  # kernels/feature.py
 
@@ -359,7 +359,7 @@ class DKDLoss(_DistillLoss):
         if not isinstance(weight, Tensor) or pred.dim() != 2 or target.shape != pred.shape:
             return pred, target
         try:
-            keep = expand_weight(weight.detach(), (pred.shape[0],)) != 0
+            keep = weight_keep(weight, (pred.shape[0],), pred)
         except ValueError:
             return pred, target
         if keep.device != pred.device or target.device != pred.device:
@@ -530,7 +530,7 @@ class _FeatureLoss(_DistillLoss):
         cos = self.LOSS_KIND == F_COS
         l_shape = (target.shape[0], *target.shape[2:]) if cos else tuple(target.shape)
         try:
-            keep = expand_weight(weight.detach(), l_shape) != 0
+            keep = weight_keep(weight, l_shape, pred)
         except ValueError:
             return pred, target  # the rules name it
         if keep.device != pred.device or target.device != pred.device:
@@ -720,7 +720,7 @@ class AttentionLoss(_DistillLoss):
         of another shape is left for the rules to name."""
         n, h, w = s.shape[0], s.shape[2], s.shape[3]
         try:
-            keep = expand_weight(weight.detach(), (n, h * w)) != 0
+            keep = weight_keep(weight, (n, h * w), s)
         except ValueError:
             return s, t
         keep = keep.reshape(n, 1, h, w)
@@ -1092,7 +1092,7 @@ class CRDLoss(_DistillLoss):
         s, t = s.to(cdt), t.to(cdt)
         keep = None
         if isinstance(weight, Tensor):  # (checked, on s's device); l is [N]
-            keep = expand_weight(weight.detach(), (s.shape[0],)) != 0  # before Z is touched
+            keep = weight_keep(weight, (s.shape[0],), s)  # before Z is touched
             k2, k3 = keep[:, None], keep[:, None, None]
             s, t = torch.where(k2, s, 0.0), torch.where(k2, t, 0.0)
             bank_t, bank_s = torch.where(k3, bank_t, 0.0), torch.where(k3, bank_s, 0.0)

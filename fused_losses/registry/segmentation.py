@@ -57,7 +57,7 @@ from .dense import (
     index_rows,
     reduce_sums,
 )
-from .utils import expand_weight, squared_distance_transform
+from .utils import expand_weight, squared_distance_transform, weight_keep
 
 ACT_SOFTMAX, ACT_SIGMOID, ACT_NONE = 0, 1, 2  # kernels/dice.py
 
@@ -140,7 +140,7 @@ def mask_zero_weight_images(pred: Any, target: Any, weight: Any, per_image: bool
     if not (isinstance(pred, Tensor) and isinstance(weight, Tensor)) or pred.dim() < 1:
         return pred, target
     try:
-        keep = expand_weight(weight.detach(), (pred.shape[0],) if per_image else ()) != 0
+        keep = weight_keep(weight, (pred.shape[0],) if per_image else (), pred)
     except ValueError:
         return pred, target  # the rules name it
     if keep.device != pred.device:
@@ -551,7 +551,7 @@ class HDLoss(BaseLoss):
         if c < 2:
             return pred, target  # the checks name it
         try:
-            keep = expand_weight(weight.detach(), (n, c - 1, h, w)) != 0
+            keep = weight_keep(weight, (n, c - 1, h, w), pred)
         except ValueError:
             return pred, target  # the rules name it
         if keep.device != pred.device:

@@ -50,6 +50,16 @@ def expand_weight(weight: Tensor, loss: Tensor | torch.Size | tuple[int, ...]) -
         ) from None
 
 
+def weight_keep(weight: Tensor, shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
+    """The elements that ``apply_weight_and_reduce`` keeps: the weight (detached) in the loss's
+    dtype (the compute dtype of ``like``: float64 for float64, else float32), expanded by
+    ``expand_weight`` (its ValueError otherwise), nonzero. Masking a loss's inputs (docs/spec.md
+    12.2 rule 1) with it agrees with the reduction also for a weight that rounds to 0 there (a
+    float64 1e-300 in float32)."""
+    dtype = torch.float64 if like.dtype == torch.float64 else torch.float32
+    return expand_weight(weight.detach().to(dtype), shape) != 0
+
+
 def _denominator(avg_factor, like: Tensor) -> Tensor:
     if isinstance(avg_factor, Tensor):
         return avg_factor.to(device=like.device, dtype=like.dtype) + EPS
