@@ -30,6 +30,7 @@ from .validation import (
     SIGMA_RANGE,
     check_bool,
     check_choice,
+    check_coordinates,
     check_exponent,
     check_floating,
     check_mask_dtype,
@@ -173,7 +174,7 @@ def check_boxes(
             )
         for i, bx in enumerate(boxes):
             check_tensor(f"boxes[{i}]", bx)
-            _check_box_dtype(f"boxes[{i}]", bx)
+            check_coordinates(f"boxes[{i}]", bx)
             check_shape(f"boxes[{i}]", bx, [None, 4], "[N_b, 4]")
         dev = boxes[0].device if boxes else (device or torch.device("cpu"))
         if boxes:
@@ -188,7 +189,7 @@ def check_boxes(
             mask[i, : bx.shape[0]] = True
         return out, mask
     check_tensor("boxes", boxes)
-    _check_box_dtype("boxes", boxes)
+    check_coordinates("boxes", boxes)
     b = batch if batch is not None else None
     check_shape("boxes", boxes, [b, None, 4], f"[{'B' if b is None else b}, N, 4]")
     if box_mask is not None:
@@ -197,17 +198,6 @@ def check_boxes(
         bb, n = boxes.shape[:2]
         check_shape("box_mask", box_mask, [bb, n], f"[{bb}, {n}]")
     return boxes, box_mask
-
-
-def _check_box_dtype(name: str, boxes: torch.Tensor) -> None:
-    """Boxes are pixel coordinates: a floating or integer tensor (a bool tensor, read as 0/1
-    pixels, is refused: a TypeError naming the argument)."""
-    check_real(name, boxes)
-    if boxes.dtype == torch.bool:
-        raise TypeError(
-            f"{name}: expected a floating or integer tensor of pixel coordinates, got dtype "
-            "torch.bool"
-        )
 
 
 def check_feat_size(feat_size: object) -> tuple[int, int]:

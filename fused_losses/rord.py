@@ -28,10 +28,10 @@ from .options import LossModule, LossOptions
 from .validation import (
     check_bool,
     check_choice,
+    check_coordinates,
     check_floating,
     check_number,
     check_range,
-    check_real,
     check_same_device,
     check_tensor,
     shape_str,
@@ -195,17 +195,9 @@ def check_desc_maps(desc_original: object, desc_rotated: object, det: Any = None
         )
 
 
-def _check_coordinates(name: str, x: torch.Tensor) -> None:
-    """Coordinates (H, pixels): a floating or integer tensor; a bool tensor (read as 0/1) is
-    refused with a TypeError naming the argument."""
-    check_real(name, x)
-    if x.dtype == torch.bool:
-        raise TypeError(f"{name}: expected a floating or integer tensor, got dtype torch.bool")
-
-
 def check_homography(H: object, batch: int) -> None:
     check_tensor("H", H)
-    _check_coordinates("H", H)
+    check_coordinates("H", H)
     ok = H.dim() in (2, 3) and tuple(H.shape[-2:]) in ((2, 3), (3, 3))
     if ok and H.dim() == 3:
         ok = H.shape[0] == batch
@@ -218,7 +210,7 @@ def check_homography(H: object, batch: int) -> None:
 
 def check_points(name: str, pts: object, batch: int) -> None:
     check_tensor(name, pts)
-    _check_coordinates(name, pts)
+    check_coordinates(name, pts)
     letter = "N" if name == "anchors" else "K"
     ok = pts.shape[-1:] == (2,) and (pts.dim() == 2 or (pts.dim() == 3 and pts.shape[0] == batch))
     if not ok:

@@ -33,6 +33,15 @@ def check_real(name: str, x: torch.Tensor) -> None:
         raise TypeError(f"{name}: expected a real tensor, got dtype {x.dtype}")
 
 
+def check_coordinates(name: str, x: torch.Tensor) -> None:
+    """Coordinates (boxes, points, H): a floating or integer tensor; complex or bool (read as
+    0/1 pixels) is a TypeError naming the argument."""
+    check_real(name, x)
+    if x.dtype == torch.bool:
+        raise TypeError(f"{name}: expected a floating or integer tensor of coordinates, got dtype "
+                        "torch.bool")  # fmt: skip
+
+
 def check_integer(name: str, x: torch.Tensor) -> None:
     if x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
         raise TypeError(f"{name}: expected an integer tensor, got dtype {x.dtype}")

@@ -593,7 +593,6 @@ class FusedLoss(BaseLoss):
                 raise ValueError(f'avg_factor: can not be used with reduction="{reduction}"')
             s, count = dense_loss(x3, t, q, sw, cw, cp, spec, "sum", self.backend, op)
             use_count = has_valid and options.get("avg_non_ignore", True)
-            avg = avg_factor if avg_factor is not None else self.avg_factor
             out = reduce_sums(
                 s, count if use_count else None, math.prod(l_shape), reduction, avg,
                 pred.shape[0] if pred.dim() else 1,
