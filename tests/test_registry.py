@@ -129,6 +129,24 @@ def test_reductions_and_avg_factor():
     assert_scalar_close(configured(p, t), 0.5 * d.sum() / (4 + EPS32), 1e-12)
 
 
+@pytest.mark.parametrize("name", ["GIoULoss", "DistributionFocalLoss"])
+def test_batchmean_of_one_unbatched_sample_is_its_loss(name):
+    """One box [4] (one DFL row [R+1]) has a 0-dim l: "batchmean" divided it by pred.shape[0]
+    (4 coordinates, R+1 bins) instead of by the one sample."""
+    if name == "GIoULoss":
+        p, t = (b[0] for b in boxes(1))
+        ref = RD.giou_loss(p, t)
+    else:
+        g = torch.Generator().manual_seed(2)
+        p = torch.randn(17, generator=g, dtype=torch.float64)
+        t = torch.tensor(3.3, dtype=torch.float64)
+        ref = RD.distribution_focal_loss(p, t, reg_max=16)
+    got = build_loss({"type": name})(p, t, reduction_override="batchmean")
+    assert ref.dim() == 0
+    assert_scalar_close(got, RU.reduce_with_validity(ref, None, None, "batchmean"), 1e-12)
+    assert_scalar_close(got, ref, 1e-12)
+
+
 def test_weights_of_each_accepted_shape():
     p, t = boxes(5)
     d = (p - t).abs()

@@ -213,6 +213,6 @@ class BaseLoss(torch.nn.Module):
         avg = avg_factor if avg_factor is not None else self.avg_factor
         out = apply_weight_and_reduce(
             loss, weight, valid, reduction, avg, options.get("avg_non_ignore", True),
-            batch=pred.shape[0] if pred.dim() else 1,
+            batch=pred.shape[0] if loss.dim() else 1,  # an unbatched sample (l 0-dim): 1
         )  # fmt: skip
         return out * self.loss_weight if self.loss_weight != 1.0 else out

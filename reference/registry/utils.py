@@ -8,7 +8,8 @@ every denominator is written out, gradients by autograd.
 
 Choices where the spec is silent:
 
-- ``"batchmean"`` divides by ``batch`` (default ``loss.shape[0]``), and by 1 for an empty batch
+- ``"batchmean"`` divides by ``batch`` (default ``loss.shape[0]``; 1 for a 0-dim ``l``, one unbatched
+  sample), and by 1 for an empty batch
   (0, like ``"mean"`` of an empty loss, rather than 0/0).
 - ``reduce_loss`` is rule 2 with no weight, mask or avg_factor: ``"mean"`` of an empty loss is 0
   (mmdet's ``loss.mean()`` would give NaN).
@@ -82,7 +83,7 @@ def reduce_with_validity(
     if reduction == "sum":
         return s
     if reduction == "batchmean":
-        n = loss.shape[0] if batch is None else batch
+        n = (loss.shape[0] if loss.dim() else 1) if batch is None else batch
         return s / max(n, 1)
     if avg_factor is not None:
         return s / (torch.as_tensor(avg_factor, dtype=loss.dtype, device=loss.device) + EPS)
