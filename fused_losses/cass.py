@@ -407,12 +407,18 @@ def cass_soft_target(
     (bool/int, which boxes exist); feat_size (h, w) feature cells. Options
     (:class:`CASSTargetOptions`): ``stride=32, patch_size=4, expansion_ratio=0.3, min_size=1.0,
     decay="gaussian", anisotropic=True, base_sigma=0.5, small_target_gain=1.5,
-    small_target_threshold=4.0, merge="max", backend="auto"``.
+    small_target_threshold=4.0, merge="max", backend="auto"``; ``reduce_across_ranks=True`` is
+    a ValueError (nothing to reduce).
     """
     feat_size = check_feat_size(feat_size)
     boxes, box_mask = check_boxes(boxes, box_mask, None, None)
     check_same_device({"boxes": boxes, "box_mask": box_mask})
     opts = CASSTargetOptions.build(options, overrides)
+    if opts.reduce_across_ranks:  # (inherited from LossOptions; an option is never a no-op)
+        raise ValueError(
+            "reduce_across_ranks: cass_soft_target builds each image's target and has no "
+            "normaliser to reduce across ranks; expected False, got True"
+        )
     if resolve_backend(opts.backend, boxes.device) == "triton":
         from .triton_cass import cass_soft_target_triton
 

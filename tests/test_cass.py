@@ -164,6 +164,15 @@ def test_band_edge_rounds_like_pytorch(backend):
     assert torch.allclose(y, ref, rtol=1e-6, atol=0)
 
 
+def test_soft_target_refuses_reduce_across_ranks(backend):
+    """The target has no normaliser: reduce_across_ranks=True was accepted and did nothing."""
+    boxes = torch.tensor([[[10.0, 10.0, 100.0, 90.0]]])
+    with pytest.raises(ValueError, match=r"^reduce_across_ranks"):
+        fl.cass_soft_target(boxes, (8, 8), backend=backend, reduce_across_ranks=True)
+    y = fl.cass_soft_target(boxes.to(DEVICE), (8, 8), backend=backend, reduce_across_ranks=False)
+    assert torch.allclose(y.cpu(), R.cass_soft_target(boxes, (8, 8)), rtol=1e-6, atol=0)
+
+
 def test_soft_target_region_edges_are_inclusive(backend):
     """Patch centres exactly on a region edge (feat 8x8, patch 4: centres at 2 and 6 cells).
     On the core edge D = 1 as on the core; the band edge matters when the expansion is under one
