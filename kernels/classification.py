@@ -617,7 +617,8 @@ def _softmax_kernel(
             if LOSS == 4:
                 xs = x.to(cdt)
                 x = xs * inv_t
-            p = tl.exp(x.to(cdt) - lse[:, None])
+            if LOSS != 3:  # (the dense focal kind forms p from its guarded log p below)
+                p = tl.exp(x.to(cdt) - lse[:, None])
             if HAS_CW:
                 wc = tl.load(cw_ptr + c, mask=cmask, other=0).to(cdt)[None, :]
             else:
