@@ -67,7 +67,7 @@ Sigmoid family (l per element; QFL sums it over the classes of a row), s = sig(x
 * ``SG_VFL``   F = (q if FLAG else 1) for q > 0, alpha s^g else:  l = B(x, q) F,
                dl/dx = (s - q) F + B [q <= 0] alpha g s^g s' (the second term 0 where q > 0 or
                alpha g s^g s' = 0, also where B is infinite)
-* ``SG_QFL``   d = s - q:  l = B(x, q) |d|^beta,
+* ``SG_QFL``   d = s - q (as (1 - q) - s' for q > 1/2: no cancellation at q ~ 1):  l = B(x, q) |d|^beta,
                dl/dx = d |d|^beta + B beta |d|^(beta-1) sign(d) s s'
 
 Every focal power (sigmoid focal u^g, softmax focal (1-p)^g, VFL s^g, ASL (1-pt)^g, QFL |d|^beta)
@@ -317,7 +317,7 @@ def _sigmoid_terms(x, t, cp, a1, a2, a3, LOSS: tl.constexpr, FLAG: tl.constexpr)
         vt = cp * (a1 * sn) * sg  # d(alpha s^g)/dx; B times it where q <= 0 (no inf * 0)
         d = (s - t) * f + vt * tl.where(pos | (vt == 0.0), 0.0, bce)
     else:  # SG_QFL, t = q, cp = beta
-        dd = s - t
+        dd = tl.where(t > 0.5, (1.0 - t) - sn, s - t)  # (1 - q exact: no cancellation at q ~ 1)
         ad = tl.abs(dd)
         # log |d| from 1 - |d| = s' + q (d > 0) or (1 - q) + s; logsigmoid(x) at q = 0
         lad = log_one_minus(tl.where(dd > 0.0, sn + t, (1.0 - t) + s), ad)

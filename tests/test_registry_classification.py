@@ -796,6 +796,24 @@ def test_quality_focal_labels_outside_the_classes_are_the_background(backend):
     assert_grad_close(torch.autograd.grad(got, xs)[0], torch.autograd.grad(ref, xr)[0], 1e-5)
 
 
+def test_quality_focal_scores_near_one_keep_their_precision(backend):
+    """QFL with q = 1 (or 1 - 2^-20) at confident logits: d = sig(x) - q was formed after
+    rounding sig(x) to 1 in float32, so the loss (|d| ~ 2e-9) and its gradient came out 0 or
+    wrong by up to 100%; d is now (1 - q) - sig(-x)."""
+    x = torch.tensor([[20.0, -3.0], [17.0, 9.0], [12.0, 2.0]])
+    q = torch.tensor([[1.0, 0.0], [1.0 - 2.0**-20, 0.0], [1.0, 0.25]])
+    for beta in (2.0, 0.5):
+        loss = build_loss({"type": "QualityFocalLoss", "beta": beta, "backend": backend})
+        xs = x.clone().requires_grad_()
+        got = loss(xs, q, reduction_override="none")
+        xr = x.double().requires_grad_()
+        ref = RD.quality_focal_loss(xr, q.double(), beta=beta)
+        assert ref[0] > 0 and torch.allclose(got.double(), ref, rtol=1e-5, atol=0), (beta, got)
+        g = torch.autograd.grad(got.sum(), xs)[0]
+        g_ref = torch.autograd.grad(ref.sum(), xr)[0]
+        assert torch.allclose(g.double(), g_ref, rtol=1e-5, atol=0), (beta, g, g_ref)
+
+
 def test_plus_inf_logit_gives_nan_on_both_backends(backend):
     """A +inf logit: NaN (softmax undefined), as the triton backend and the reference; the torch
     backend gave +inf (torch.logsumexp)."""

@@ -340,7 +340,7 @@ def _sigmoid_terms_torch(x: Tensor, t: Tensor, cp, spec: DenseSpec) -> tuple[Ten
         f = torch.where(pos, t if spec.flag else torch.ones_like(t), cp * sg)
         vt = cp * (a1 * sn) * sg  # d(alpha s^g)/dx: B times it where q <= 0, no inf * 0
         return bce * f, (s - t) * f + vt * torch.where(pos | (vt == 0), 0.0, bce)
-    dd = s - t  # SG_QFL, cp = beta
+    dd = torch.where(t > 0.5, (1 - t) - sn, s - t)  # SG_QFL, cp = beta; 1 - q exact for q > 1/2
     ad = dd.abs()
     lad = _log_one_minus(torch.where(dd > 0, sn + t, (1 - t) + s), ad)  # 1 - |d|, terms >= 0
     lad = torch.where(t == 0, ls, lad)
