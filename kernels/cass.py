@@ -438,8 +438,8 @@ def soft_focal_forward(
     logits, target, sync=None, *, need_grad=True, **opts
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(loss, aux [1] = 1/D, df/ds flat or empty) of the soft focal loss, 2 launches."""
-    s = logits.reshape(-1)
-    y = target.reshape(-1)
+    s = logits.reshape(-1).contiguous()  # (reshape keeps a 1-D strided view: indexed flat)
+    y = target.reshape(-1).contiguous()
     n = s.numel()
     block, warps = elementwise_block(n)
     nprog = max(triton.cdiv(n, block), 1)

@@ -504,6 +504,31 @@ def test_soft_focal_loss_matches_reference(shape, eps, reduction, backend):
         assert_grad_close(x.grad, ref_s.grad, grad_tol)
 
 
+def test_soft_focal_loss_reads_strided_views(backend):
+    """A 1-D view with stride 2 (``x[1::2]``) or 0 (``expand``) of the logits or the target: the
+    triton launcher's ``reshape(-1)`` kept the view and the kernel read it as contiguous (the
+    loss of [1, 2, 3] against 0 came out 0.566 instead of 1.388)."""
+    g = torch.Generator().manual_seed(12)
+    base_s = 3 * torch.randn(14, generator=g, dtype=torch.float64)
+    base_y = torch.rand(14, generator=g, dtype=torch.float64)
+    views = [
+        (lambda a: a[1::2], lambda a: a[:7]),
+        (lambda a: a[:7], lambda a: a[::2]),
+        (lambda a: a[:1].expand(7), lambda a: a[3:4].expand(7)),
+    ]
+    for sv, yv in views:
+        ref_s = sv(base_s).detach().requires_grad_()
+        ref = R.soft_focal_loss(ref_s, yv(base_y))
+        (ref_g,) = torch.autograd.grad(ref, ref_s)
+        s_dev, y_dev = base_s.float().to(DEVICE), base_y.float().to(DEVICE)
+        x = sv(s_dev).detach().requires_grad_()
+        assert not sv(s_dev).is_contiguous() or not yv(y_dev).is_contiguous()
+        loss = fl.soft_focal_loss(x, yv(y_dev), backend=backend)
+        (gx,) = torch.autograd.grad(loss, x)
+        assert_scalar_close(loss, ref, TOLERANCES[torch.float32][0])
+        assert_grad_close(gx, ref_g, TOLERANCES[torch.float32][1])
+
+
 def test_soft_focal_module_and_empty_input(backend):
     x = torch.randn(4, 3, device=DEVICE)
     y = torch.rand(4, 3, device=DEVICE)
