@@ -129,6 +129,22 @@ def test_reductions_and_avg_factor():
     assert_scalar_close(configured(p, t), 0.5 * d.sum() / (4 + EPS32), 1e-12)
 
 
+@pytest.mark.parametrize(
+    "cfg", [{"type": "L1Loss"}, {"type": "FocalLoss"}, {"type": "KDLoss"},
+            {"type": "FeatureMSELoss"}, {"type": "OHEMCrossEntropyLoss"}, {"type": "SurfaceLoss"}],
+    ids=lambda c: c["type"],
+)  # fmt: skip
+def test_a_bad_reduction_override_is_named(cfg):
+    """A bad ``reduction_override`` was reported as "reduction: ..." (the build option's name),
+    or not at all by the losses with their own forward; it names the call's argument now, before
+    the inputs are looked at."""
+    loss = build_loss(cfg)
+    x = torch.randn(2, 3, 4)
+    for bad in ("avg", "Mean", 1, ["sum"]):
+        with pytest.raises(ValueError, match=r"^reduction_override: expected None or one of"):
+            loss(x, x, reduction_override=bad)
+
+
 @pytest.mark.parametrize("name", ["GIoULoss", "DistributionFocalLoss"])
 def test_batchmean_of_one_unbatched_sample_is_its_loss(name):
     """One box [4] (one DFL row [R+1]) has a 0-dim l: "batchmean" divided it by pred.shape[0]

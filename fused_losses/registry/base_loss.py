@@ -180,6 +180,17 @@ class BaseLoss(torch.nn.Module):
             options[name] = check_ignore_index(value) if name == "ignore_index" else value
         return options
 
+    def _reduction(self, reduction_override: Any) -> str:
+        """The call's reduction: ``reduction_override`` (checked, named) or the configured one."""
+        if reduction_override is None:
+            return self.reduction
+        if not isinstance(reduction_override, str) or reduction_override not in REDUCTIONS:
+            raise ValueError(
+                f"reduction_override: expected None or one of {list(REDUCTIONS)}, got "
+                f"{reduction_override!r}"
+            )
+        return reduction_override
+
     def _forward(self, pred: Tensor, target: Any, **options: Any) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
@@ -201,7 +212,7 @@ class BaseLoss(torch.nn.Module):
         reduction_override: str | None = None,
         **call_options: Any,
     ) -> Tensor:
-        reduction = reduction_override if reduction_override is not None else self.reduction
+        reduction = self._reduction(reduction_override)
         options = self._call_options(call_options)
         avg_factor = check_avg_factor(avg_factor)
         weight = check_weight(weight, pred)

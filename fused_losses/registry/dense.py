@@ -35,7 +35,7 @@ from torch import Tensor
 from ..backend import compute_dtype, refuse_double_backward, resolve_backend
 from ..validation import shape_str
 from .base_loss import BaseLoss, check_avg_factor, check_weight
-from .utils import EPS, REDUCTIONS, expand_weight
+from .utils import EPS, expand_weight
 
 # kinds (the kernels' constants, repeated here so that the torch backend imports no Triton)
 SM_CE, SM_SOFT, SM_FOCAL, SM_FOCAL_DENSE, SM_KD = 0, 1, 2, 3, 4
@@ -568,9 +568,7 @@ class FusedLoss(BaseLoss):
         reduction_override: str | None = None,
         **call_options: Any,
     ) -> Tensor:
-        reduction = reduction_override if reduction_override is not None else self.reduction
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+        reduction = self._reduction(reduction_override)
         options = self._call_options(call_options)
         avg_factor = check_avg_factor(avg_factor)
         x3, t, q, cw, cp, spec, l_shape, has_valid = self._plan(pred, target, options)

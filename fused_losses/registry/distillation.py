@@ -72,7 +72,7 @@ from .dense import (
     dense_as_rows,
     reduce_sums,
 )
-from .utils import REDUCTIONS, weight_keep
+from .utils import weight_keep
 
 F_MSE, F_L1, F_COS, F_ATT = 0, 1, 2, 3  # kernels/feature.py
 
@@ -549,9 +549,7 @@ class _FeatureLoss(_DistillLoss):
         if weight is not None or resolve_backend(self.backend, device) != "triton":
             return super().forward(pred, target, weight, avg_factor, reduction_override,
                                    **call_options)  # fmt: skip
-        reduction = reduction_override if reduction_override is not None else self.reduction
-        if reduction not in REDUCTIONS:
-            raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}, got {reduction!r}")
+        reduction = self._reduction(reduction_override)
         self._call_options(call_options)
         f, t = self._aligned(pred, target, normalize=False)
         kind = self.LOSS_KIND

@@ -383,11 +383,8 @@ class _OHEMBase(BaseLoss):
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None,
                 **call_options):  # fmt: skip
-        reduction = reduction_override if reduction_override is not None else self.reduction
+        reduction = self._reduction(reduction_override)
         options = self._call_options(call_options)
-        if reduction not in ("none", "mean", "sum", "batchmean"):
-            raise ValueError(f"reduction: expected one of none, mean, sum, batchmean, got "
-                             f"{reduction!r}")  # fmt: skip
         x3, t, spec, cw, q, v, l_shape = self._plan(pred, target, options)
         cdt = compute_dtype(pred.dtype)
         w = None
@@ -495,7 +492,7 @@ class SurfaceLoss(BaseLoss):
 
     def forward(self, pred, target, weight=None, avg_factor=None, reduction_override=None,
                 **call_options):  # fmt: skip
-        reduction = reduction_override if reduction_override is not None else self.reduction
+        reduction = self._reduction(reduction_override)
         self._call_options(call_options)
         x = check_logits(pred)
         phi = check_dense_target(target, x, name="target")
@@ -513,9 +510,6 @@ class SurfaceLoss(BaseLoss):
             x = torch.where(keep, x, torch.zeros((), dtype=x.dtype, device=x.device))
         if reduction == "none":
             out = torch.softmax(x.to(cdt), dim=1) * phi
-        elif reduction not in ("mean", "sum", "batchmean"):
-            raise ValueError(f"reduction: expected one of none, mean, sum, batchmean, got "
-                             f"{reduction!r}")  # fmt: skip
         else:
             sums = dice_sums(as_rows(x), as_rows(phi), self.backend, act=ACT_SOFTMAX,
                              target=T_DENSE, exponent=1.0, ignore_index=None)  # fmt: skip
