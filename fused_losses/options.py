@@ -41,6 +41,14 @@ class LossOptions:
     process_group: Any = None
     backend: str = "auto"
 
+    def __new__(cls, *args: Any, **kwargs: Any):
+        # an unknown keyword is a TypeError naming it (spec 3.5), not the dataclass __init__'s
+        # "got an unexpected keyword argument"
+        for name in kwargs:
+            if name not in cls.__dataclass_fields__:
+                raise TypeError(_unknown_option(cls, name))
+        return super().__new__(cls)
+
     def __post_init__(self) -> None:
         check_backend(self.backend)
         check_bool("reduce_across_ranks", self.reduce_across_ranks)
@@ -58,10 +66,7 @@ class LossOptions:
         cls: type[OptionsT], options: OptionsT | None = None, overrides: dict | None = None
     ) -> OptionsT:
         """``options`` (an instance of this class, or None for the defaults) with ``overrides``
-        (option keywords) applied; an unknown keyword is a TypeError naming it."""
-        for name in overrides or {}:
-            if name not in cls.__dataclass_fields__:
-                raise TypeError(_unknown_option(cls, name))
+        (option keywords) applied; an unknown keyword is a TypeError naming it (``__new__``)."""
         if options is None:
             return cls(**(overrides or {}))
         if not isinstance(options, cls):

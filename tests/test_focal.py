@@ -483,6 +483,12 @@ def test_unknown_option_keyword_leads_with_its_name():
     for module in modules:
         with pytest.raises(TypeError, match=r"^not_an_option: not an option of "):
             module(not_an_option=1)
+        # the options class built directly: the dataclass's own "__init__() got an unexpected
+        # keyword argument" did not lead with the keyword
+        with pytest.raises(
+            TypeError, match=rf"^not_an_option: not an option of {module.Options.__name__}"
+        ):
+            module.Options(not_an_option=1)
 
 
 @pytest.mark.parametrize(
