@@ -334,6 +334,40 @@ def _registry_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     yield "KD[NC]", run({"type": "KnowledgeDistillationLoss"}, "dense", (64, 19))
 
 
+def _box_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
+    """The IoU-family box losses (``kernels/box.py``): every kind (IoULoss in each mode) in both
+    formats in float32 and float64, with the gradient stored; one call without it; SIoU and CIoU
+    (the longest kinds) from float16/bfloat16 boxes."""
+    import torch
+
+    from fused_losses.registry import build_loss
+
+    def run(cfg, grad=True):
+        def call():
+            g = torch.Generator().manual_seed(0)
+            t = torch.rand(300, 4, generator=g) * 50  # 3 programs: a pass, not a finalize
+            t[:, 2:] += t[:, :2] + 1
+            p = (t + torch.randn(300, 4, generator=g)).to(dtype).requires_grad_(grad)
+            loss = build_loss({**cfg, "backend": "triton"})
+            out = loss(p, t.to(dtype))
+            if grad:
+                out.backward()
+
+        return call
+
+    kinds = [("IoULoss", {"mode": m}) for m in ("linear", "square", "log")]
+    kinds += [(n, {}) for n in ("GIoULoss", "DIoULoss", "CIoULoss", "EIoULoss", "SIoULoss")]
+    if dtype not in (torch.float32, torch.float64):
+        yield "SIoU", run({"type": "SIoULoss"})
+        yield "CIoU", run({"type": "CIoULoss"})
+        return
+    for name, opts in kinds:
+        for fmt in ("xyxy", "xywh"):
+            tag = "".join(f"[{v}]" for v in opts.values()) + f"[{fmt}]"
+            yield name + tag, run({"type": name, "bbox_format": fmt, **opts})
+    yield "GIoU[no grad]", run({"type": "GIoULoss"}, grad=False)
+
+
 def _segmentation_scenarios(dtype) -> Iterator[tuple[str, Callable[[], object]]]:
     """The Dice kernels (every activation and target kind in float32, softmax in the other
     dtypes), the Lovasz kernels (softmax in every dtype, per image, many classes and the hinge in
@@ -441,7 +475,7 @@ def record_launches(dtypes=DTYPES) -> list[Launch]:
         dtype = _torch_dtype(name)
         for scenarios in (
             _gap_scenarios, _centernet_scenarios, _cass_scenarios, _rord_scenarios,
-            _registry_scenarios, _segmentation_scenarios, _feature_scenarios,
+            _registry_scenarios, _box_scenarios, _segmentation_scenarios, _feature_scenarios,
         ):  # fmt: skip
             for op, thunk in scenarios(dtype):
                 with _recording(sink, op, name), warnings.catch_warnings():

@@ -1,10 +1,12 @@
 """The registry's fused dense losses as benchmark ops (docs/spec.md 12.4, issue "A config-driven
 loss registry", item 6): ``LIBRARY`` calls the registry loss on a backend, ``EAGER`` is what a
 PyTorch user writes today (``F.cross_entropy``, the torchvision-style sigmoid focal loss, the
-literal GFL/VFL formulas), which ``bench.cases`` also compiles for the ``compile`` variant.
+literal GFL/VFL formulas, the textbook GIoU/CIoU of the box losses, docs/spec.md 12.5), which
+``bench.cases`` also compiles for the ``compile`` variant.
 
-Each op takes ``(logits, target)`` and returns the 0-dim "mean" loss (QFL: mean over positions);
-the distance transform takes a mask [N, H, W] and its baseline is SciPy on the CPU.
+Each op takes ``(logits, target)`` (the box losses: ``(pred, target)`` boxes [N, 4]) and returns
+the 0-dim "mean" loss (QFL: mean over positions); the distance transform takes a mask [N, H, W]
+and its baseline is SciPy on the CPU.
 """
 
 from __future__ import annotations
@@ -68,11 +70,19 @@ def _distance_transform(mask, backend):
     return distance_transform(mask, backend)
 
 
+def _giou(pred, target, backend):
+    return _loss({"type": "GIoULoss"}, backend)(pred, target)
+
+
+def _ciou(pred, target, backend):
+    return _loss({"type": "CIoULoss"}, backend)(pred, target)
+
+
 LIBRARY = SimpleNamespace(
     registry_ce_seg=_ce, registry_ce_seg_bf16=_ce, registry_ce_logits=_ce,
     registry_sigmoid_focal=_focal, registry_qfl=_qfl, registry_vfl=_vfl, registry_kd=_kd,
     registry_dice=_dice, registry_ohem_ce=_ohem, registry_lovasz=_lovasz,
-    registry_distance_transform=_distance_transform,
+    registry_distance_transform=_distance_transform, registry_giou=_giou, registry_ciou=_ciou,
 )  # fmt: skip
 
 
@@ -159,9 +169,21 @@ def eager_distance_transform(mask):
     return torch.stack(out).to(mask.device)
 
 
+def eager_giou(pred, target):
+    """GIoU as users write it (mmdet's ``giou_loss``, torchvision's ``generalized_box_iou_loss``):
+    areas, intersection and enclosing box from the corners, ``1 - IoU + (A_c - U) / A_c``."""
+    return _ref_det.giou_loss(pred, target).mean()
+
+
+def eager_ciou(pred, target):
+    """CIoU as users write it (torchvision's ``complete_box_iou_loss`` with mmdet's eps)."""
+    return _ref_det.ciou_loss(pred, target).mean()
+
+
 EAGER = SimpleNamespace(
     registry_ce_seg=eager_ce, registry_ce_seg_bf16=eager_ce, registry_ce_logits=eager_ce,
     registry_sigmoid_focal=eager_sigmoid_focal, registry_qfl=eager_qfl, registry_vfl=eager_vfl,
     registry_kd=eager_kd, registry_dice=eager_dice, registry_ohem_ce=eager_ohem,
     registry_lovasz=eager_lovasz, registry_distance_transform=eager_distance_transform,
+    registry_giou=eager_giou, registry_ciou=eager_ciou,
 )  # fmt: skip

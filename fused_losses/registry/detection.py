@@ -16,6 +16,16 @@ A_c - U and the differences of centres and sizes without cancellation; any finit
     EIoU  1 - IoU + rho2 / c2 + (w_p - w_g)^2 / (cw^2 + eps) + (h_p - h_g)^2 / (ch^2 + eps)
     SIoU  1 - IoU + (D + O) / 2 (mmyolo; see ``SIoULoss``)
 
+Backends: on the torch backend (the default on the CPU) the box losses are the PyTorch
+expressions of ``box_terms`` and ``_box_loss``, differentiated by autograd (double backward
+exact). On the triton backend (``fused_losses.triton_box``, ``kernels/box.py``) each call is one
+elementwise kernel that evaluates the same terms and the hand-written reverse mode of that graph
+(autograd's subgradients at ties, its NaN pattern for non-finite coordinates), writing l and
+dl/dpred; the backward scales the stored gradient, and a double backward raises a RuntimeError
+naming the loss. ``KIND`` (declared beside each ``_box_loss``) names the kernel's loss and
+``_kernel_options`` passes its options (IoULoss's ``mode``, SIoULoss's ``theta``); a subclass
+with a formula of its own and no ``KIND`` runs on the torch backend.
+
 QualityFocalLoss and VariFocalLoss are fused dense losses (``registry.dense``, the sigmoid kernel).
 """
 
@@ -27,6 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from ..backend import resolve_backend
 from ..validation import (
     check_bool,
     check_choice,
@@ -46,6 +57,7 @@ from .dense import (
     T_SCORE,
     DenseSpec,
     FusedLoss,
+    _NamedTritonOp,
     as_rows,
     check_dense_target,
     check_index_target,
@@ -124,10 +136,37 @@ class _BoxLoss(BaseLoss):
 
     def _forward(self, pred, target, **options):
         _check_pair(pred, target, 4)
+        kind = self._kernel_kind
+        if kind is not None and resolve_backend(self.backend, pred.device) == "triton":
+            from ..triton_box import box_loss_triton
+
+            op = type(self).__name__  # the double-backward error's name (spec 8)
+
+            def name():
+                return op
+
+            loss = box_loss_triton(pred, target, kind=kind, eps=options["eps"],
+                                   bbox_format=options["bbox_format"],
+                                   **self._kernel_options(options))  # fmt: skip
+            return _NamedTritonOp.apply(name, loss), None
         cdt = _compute_dtype(pred)
         t = box_terms(pred.to(cdt), target.detach().to(cdt), options["bbox_format"],
                       options["eps"])  # fmt: skip
         return self._box_loss(t, **options), None
+
+    KIND: ClassVar[str] = ""  # the loss of kernels/box.py (``KINDS``) on the triton backend
+    # the KIND of the class whose ``_box_loss`` this class uses: a subclass with a formula of its
+    # own and no KIND runs on the torch backend (``__init_subclass__``)
+    _kernel_kind: ClassVar[str | None] = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        owner = next(k for k in cls.__mro__ if "_box_loss" in k.__dict__)
+        cls._kernel_kind = owner.__dict__.get("KIND") or None
+
+    def _kernel_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The options of this loss that the triton kernel takes besides eps and bbox_format."""
+        return {}
 
     def _box_loss(self, t: BoxTerms, **options) -> Tensor:
         raise NotImplementedError
@@ -138,11 +177,15 @@ class IoULoss(_BoxLoss):
     """i = max(IoU, eps): "linear" 1 - i, "square" 1 - i^2, "log" -log i."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {**_BoxLoss.OPTIONS, "mode": "log"}
+    KIND = "iou"
 
     @classmethod
     def check_options(cls, options):
         super().check_options(options)
         check_choice("mode", options["mode"], ("linear", "square", "log"))
+
+    def _kernel_options(self, options):
+        return {"mode": options["mode"]}
 
     def _box_loss(self, t, *, eps, mode, **_):
         # i = max(IoU, eps); where IoU >= eps, 1 - i is t.one_minus_iou (no cancellation):
@@ -161,6 +204,8 @@ class IoULoss(_BoxLoss):
 class GIoULoss(_BoxLoss):
     """1 - IoU + (A_c - U) / (A_c + eps)."""
 
+    KIND = "giou"
+
     def _box_loss(self, t, **_):
         return t.one_minus_iou + t.enclose_gap / (t.enclose_w * t.enclose_h + t.eps_area)
 
@@ -173,6 +218,8 @@ def _distance_penalty(t: BoxTerms) -> Tensor:
 class DIoULoss(_BoxLoss):
     """1 - IoU + rho2 / c2."""
 
+    KIND = "diou"
+
     def _box_loss(self, t, **_):
         return t.one_minus_iou + _distance_penalty(t)
 
@@ -180,6 +227,8 @@ class DIoULoss(_BoxLoss):
 @LOSSES.register_module()
 class CIoULoss(_BoxLoss):
     """1 - IoU + rho2 / c2 + a v (a without gradient)."""
+
+    KIND = "ciou"
 
     def _box_loss(self, t, *, eps, **_):
         (wp, hp), (wg, hg), e = t.size_p, t.size_g, t.eps_len
@@ -192,6 +241,8 @@ class CIoULoss(_BoxLoss):
 @LOSSES.register_module()
 class EIoULoss(_BoxLoss):
     """1 - IoU + rho2 / c2 + (w_p - w_g)^2 / (cw^2 + eps) + (h_p - h_g)^2 / (ch^2 + eps)."""
+
+    KIND = "eiou"
 
     def _box_loss(self, t, **_):
         (dw, dh), e = t.size_diff, t.eps_area
@@ -216,11 +267,15 @@ class SIoULoss(_BoxLoss):
     -expm1(-u) (no cancellation for well-fitting boxes)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {**_BoxLoss.OPTIONS, "theta": 4.0}
+    KIND = "siou"
 
     @classmethod
     def check_options(cls, options):
         super().check_options(options)
         options["theta"] = check_number("theta", options["theta"], positive=True)
+
+    def _kernel_options(self, options):
+        return {"theta": options["theta"]}
 
     def _box_loss(self, t, *, theta, **_):
         e = t.eps_len
