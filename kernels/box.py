@@ -8,8 +8,8 @@ node as autograd evaluates it, so that ties, zeros and non-finite coordinates gi
 subgradients and its NaN pattern. One compiled variant per loss kind (``KIND``, IoULoss's
 ``MODE``), format and dtype.
 
-Device helpers here that ``primitives`` lacks: ``expm1`` (a series near 0) and ``_atan`` (two
-range reductions and an odd series), with the constexpr series lengths of ``TERMS``.
+A device helper here that ``primitives`` lacks: ``_atan`` (two range reductions and an odd
+series), with the constexpr series length of ``ATAN_SERIES`` (expm1 is ``primitives.expm1``).
 """
 
 from __future__ import annotations
@@ -20,16 +20,15 @@ import torch
 import triton
 import triton.language as tl
 
-from .cass import sqrt_exact
 from .launch import compute_dtype, interpreting, launch, mask_view, option_arg
-from .primitives import div_exact, log1p, option_value, pow_nonneg
+from .primitives import div_exact, expm1, finite, log1p, option_value, pow_nonneg, sqrt_exact
 
 KINDS = {"iou": 0, "giou": 1, "diou": 2, "ciou": 3, "eiou": 4, "siou": 5}
 IOU_MODES = {"linear": 0, "square": 1, "log": 2}
 BLOCK = 128  # boxes per program (one per thread at 4 warps)
 INTERPRETER_BLOCK = 1024  # fewer programs under Triton's interpreter (numpy per program)
 # (atan, expm1) series lengths per compute dtype: below half an ulp on their reduced ranges
-TERMS = {torch.float32: (7, 8), torch.float64: (14, 13)}
+ATAN_SERIES = {torch.float32: 7, torch.float64: 14}  # atan series terms by dtype
 
 _SQRT3: tl.constexpr = tl.constexpr(math.sqrt(3.0))
 _TAN_PI_12: tl.constexpr = tl.constexpr(2.0 - math.sqrt(3.0))
@@ -39,11 +38,6 @@ _FOUR_OVER_PI2: tl.constexpr = tl.constexpr(4 / math.pi**2)
 
 
 # ------------------------------------------------------------------------------ device helpers
-
-
-@triton.jit
-def _finite(x):
-    return tl.abs(x) < float("inf")
 
 
 @triton.jit
@@ -144,18 +138,6 @@ def _atan(x, TERMS: tl.constexpr):
 
 
 @triton.jit
-def expm1(x, TERMS: tl.constexpr):
-    """exp(x) - 1 without cancellation: x (1 + x/2 (1 + x/3 (... (1 + x/TERMS)))) for |x| < 1/4,
-    exp(x) - 1 elsewhere (NaN stays NaN, -inf gives -1)."""
-    small = tl.abs(x) < 0.25
-    xs = tl.where(small, x, 0.0)
-    p = tl.zeros_like(xs) + 1.0
-    for k in tl.static_range(TERMS, 1, -1):
-        p = 1.0 + xs * p * (1.0 / k)
-    return tl.where(small, xs * p, tl.exp(x) - 1.0)
-
-
-@triton.jit
 def _pow2_scale(m, cdt: tl.constexpr):
     """2^-k for m >= 0: the smallest k >= 0 with m 2^-k < 2^60, from m's exponent bits
     (``utils._power_of_two_scale``; m = inf gives the largest k)."""
@@ -187,14 +169,14 @@ def _corners(c0, c1, s0, s1, XYWH: tl.constexpr):
 def _box_loss_kernel(
     p_ptr, t_ptr, l_ptr, g_ptr, M, eps, eps_floor, c_low, theta,
     KIND: tl.constexpr, MODE: tl.constexpr, XYWH: tl.constexpr, STORE_GRAD: tl.constexpr,
-    ATAN_TERMS: tl.constexpr, EXPM1_TERMS: tl.constexpr, BLOCK: tl.constexpr,
+    ATAN_TERMS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     """BLOCK boxes of pred, target [M,4] (contiguous): ``l[i]``, the loss of ``KIND`` (0 IoU with
     ``MODE`` 0 linear / 1 square / 2 log, 1 GIoU, 2 DIoU, 3 CIoU, 4 EIoU, 5 SIoU), and with
     STORE_GRAD ``g[i, :]`` = dl/dpred, in the compute dtype of ``l``. Options
     (``launch.option_arg``): eps, eps_floor = min(eps, tiny), c_low (IoULoss's value where
     iou < eps: 1 - eps, 1 - eps^2, -log eps, rounded from float64 as torch rounds the scalar),
-    theta (SIoU); ATAN_TERMS / EXPM1_TERMS the series lengths.
+    theta (SIoU); ATAN_TERMS the atan series length.
 
     Scale (per pair, exact): m = max |coordinate| of the 8 (inf for a pair with a NaN or infinite
     coordinate, fin = all finite), s = 2^-k the largest power with m s < 2^60, k >= 0, read from
@@ -274,8 +256,8 @@ def _box_loss_kernel(
     where the torch backend's is. Arithmetic in the compute dtype, divisions and square roots
     correctly rounded, no FMA (the launch disables fp fusion): PyTorch's separate ops' rounding.
     atan: |x| > 1 -> pi/2 - atan(1/x), x > 2 - sqrt(3) -> pi/6 + atan((sqrt(3) x - 1)/(x +
-    sqrt(3))), then ATAN_TERMS terms of the odd series (|x| <= 0.268); expm1: EXPM1_TERMS Taylor
-    terms for |x| < 1/4, exp(x) - 1 beyond.
+    sqrt(3))), then ATAN_TERMS terms of the odd series (|x| <= 0.268); expm1: Kahan's
+    (u - 1) z / log1p(u - 1), u = exp(z), near 0 (``primitives.expm1``).
     """
     cdt: tl.constexpr = l_ptr.dtype.element_ty
     idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
@@ -294,8 +276,8 @@ def _box_loss_kernel(
     floor = option_value(eps_floor, cdt)
 
     # ---- the scale (exact): a non-finite pair takes the largest k, as inf and NaN do in torch
-    fin = _finite(a0) & _finite(a1) & _finite(a2) & _finite(a3)
-    fin = fin & _finite(b0) & _finite(b1) & _finite(b2) & _finite(b3)
+    fin = finite(a0) & finite(a1) & finite(a2) & finite(a3)
+    fin = fin & finite(b0) & finite(b1) & finite(b2) & finite(b3)
     m = tl.maximum(tl.maximum(tl.abs(a0), tl.abs(a1)), tl.maximum(tl.abs(a2), tl.abs(a3)))
     m = tl.maximum(m, tl.maximum(tl.maximum(tl.abs(b0), tl.abs(b1)),
                                  tl.maximum(tl.abs(b2), tl.abs(b3))))  # fmt: skip
@@ -425,16 +407,16 @@ def _box_loss_kernel(
         ng = -gamma
         q1 = r1 * r1
         q2 = r2 * r2
-        e1 = expm1(ng * q1, EXPM1_TERMS)
-        e2 = expm1(ng * q2, EXPM1_TERMS)
+        e1 = expm1(ng * q1)
+        e2 = expm1(ng * q2)
         mw = _max(wp, wg)
         hpe = hp + el
         hge = hg + el
         mh = _max(hpe, hge)
         om_w = _safe_ratio(tl.abs(dw), mw)
         om_h = _safe_ratio(tl.abs(dh), mh)
-        z1 = expm1(-om_w, EXPM1_TERMS)
-        z2 = expm1(-om_h, EXPM1_TERMS)
+        z1 = expm1(-om_w)
+        z2 = expm1(-om_h)
         th = option_value(theta, cdt)
         shape = pow_nonneg(-z1, th) + pow_nonneg(-z2, th)
         loss = omi + ((-e1 - e2) + shape) * 0.5
@@ -624,7 +606,7 @@ def box_loss(
             n, option_arg(eps, cdt), option_arg(floor, cdt), option_arg(low_value(mode, eps), cdt),
             option_arg(theta, cdt),
             KIND=KINDS[kind], MODE=IOU_MODES[mode], XYWH=bbox_format == "xywh",
-            STORE_GRAD=need_grad, ATAN_TERMS=TERMS[cdt][0], EXPM1_TERMS=TERMS[cdt][1],
+            STORE_GRAD=need_grad, ATAN_TERMS=ATAN_SERIES[cdt],
             BLOCK=block, num_warps=4,
             enable_fp_fusion=False,  # no FMA contraction: rounding as PyTorch's separate ops
         )  # fmt: skip

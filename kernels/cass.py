@@ -62,7 +62,17 @@ import triton
 import triton.language as tl
 
 from .launch import compute_dtype, f64_bits, launch, mask_view, next_pow2
-from .primitives import div_exact, log1p, log_prob_pair, logsigmoid, option, sigmoid
+from .primitives import (
+    div_exact,
+    finite,
+    log1p,
+    log_prob_pair,
+    logsigmoid,
+    option,
+    pow_from_log,
+    sigmoid,
+    sqrt_exact,
+)
 from .reduce import DEN_NUMEL, DEN_ONE, NUM_PARTIALS, elementwise_block, ratio_finalize
 
 REDUCTIONS = {"mean": DEN_NUMEL, "sum": DEN_ONE}
@@ -70,22 +80,6 @@ TILE = 256  # patches per program (a power of two)
 LOG_PLAIN, LOG_EXACT, LOG_TINY = 0, 1, 2  # LOG_MODE: how log(P + eps) is evaluated
 # eps below which log(P + eps) is evaluated in log space (fused_losses.cass.TINY_EPS)
 TINY_EPS = {torch.float32: 2.0**-100, torch.float64: 2.0**-1000}
-
-
-@triton.jit
-def sqrt_exact(x):
-    """sqrt(x) correctly rounded (float32 ``tl.sqrt`` may be approximate on the GPU)."""
-    if x.dtype == tl.float32:
-        return tl.sqrt_rn(x)
-    else:
-        return tl.sqrt(x)
-
-
-@triton.jit
-def pow_from_log(log_x, a):
-    """x^a = exp(a log x) from log x (exact for a P or 1 - P that rounds to 1: a large a sees
-    log(1 - P) = logsigmoid(-s), not log 1 = 0); x^0 = 1 for every x, NaN included (as torch)."""
-    return tl.where(a == 0, 1.0, tl.exp(a * log_x))
 
 
 @triton.jit
@@ -131,12 +125,6 @@ def soft_focal_terms(s, y, alpha, beta, eps, MSE: tl.constexpr, LOG_MODE: tl.con
             p_b * p * q_ratio - beta * p_b * q * log_q
         )
     return f, df
-
-
-@triton.jit
-def _finite(x):
-    """x is finite (False for NaN and +-inf)."""
-    return tl.abs(x) < float("inf")
 
 
 @triton.jit
@@ -224,8 +212,8 @@ def _cass_kernel(
         eh = r * bh
         # a box whose arithmetic is not finite (a NaN or infinite coordinate, or an overflow) is
         # in no region (module docstring), and a box whose dilated box misses the tile is skipped
-        keep = keep & _finite(x1) & _finite(y1) & _finite(x2) & _finite(y2)
-        keep = keep & _finite(cx) & _finite(cy) & _finite(ew) & _finite(eh)
+        keep = keep & finite(x1) & finite(y1) & finite(x2) & finite(y2)
+        keep = keep & finite(cx) & finite(cy) & finite(ew) & finite(eh)
         hit_x = (tl.maximum(x1 - ew, 0.0) <= px_hi) & (px_lo <= tl.minimum(x2 + ew, wf))
         hit_y = (tl.maximum(y1 - eh, 0.0) <= py_hi) & (py_lo <= tl.minimum(y2 + eh, hf))
         if keep & hit_x & hit_y:

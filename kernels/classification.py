@@ -92,25 +92,13 @@ import triton
 import triton.language as tl
 
 from .launch import interpreting, launch, option_arg
-from .primitives import log1p, logsigmoid, option_value, sigmoid
+from .primitives import expm1, log1p, logsigmoid, option_value, pow_from_log, sigmoid
 
 SM_CE, SM_SOFT, SM_FOCAL, SM_FOCAL_DENSE, SM_KD = 0, 1, 2, 3, 4
 SG_BCE, SG_BCE_PROB, SG_FOCAL, SG_ASL, SG_VFL, SG_QFL = 0, 1, 2, 3, 4, 5
 T_INDEX, T_DENSE, T_SCORE = 0, 1, 2
 M_SUMS, M_NONE, M_GRAD = 0, 1, 2
 FLOAT_OPTIONS = ("a0", "a1", "a2", "a3")
-
-
-@triton.jit
-def expm1(z):
-    """exp(z) - 1 to the working precision near 0 (Kahan: (u - 1) z / log(u), u = exp(z), with
-    u - 1 exact and log(u) = log1p(u - 1))."""
-    u = tl.exp(z)
-    um1 = u - 1.0
-    near = (tl.abs(z) < 0.5) & (um1 != 0.0)
-    safe = tl.where(near, um1, 1.0)  # (elsewhere no log1p(-1) = log(0), not even untaken)
-    r = tl.where(near, safe * z / log1p(safe), um1)
-    return tl.where(um1 == 0.0, z, r)
 
 
 @triton.jit
@@ -161,15 +149,6 @@ def log_one_minus(p, o):
     lo = tl.log(tl.where(pos & not_(small), o, 1.0))
     lo = tl.where(pos, lo, tl.where(o == 0.0, float("-inf"), float("nan")))
     return tl.where(small, lg, lo)
-
-
-@triton.jit
-def pow_from_log(lu, g):
-    """u^g from lu = log u: exp(g lu), exact in g for every g in [0, 1e30] when lu is (a u that
-    rounds to 1 still has its log). ``pow_nonneg``'s values at the ends: 1 at g = 0 (0^0 = 1,
-    NaN^0 = 1), 0 at u = 0 (lu = -inf) for g > 0, inf for g < 0; a negative u (a target outside
-    [0, 1]; lu NaN) gives NaN for g != 0 and 1 at g = 0, as torch.pow (``pow_nonneg``: NaN)."""
-    return tl.where(g == 0.0, 1.0, tl.exp(g * lu))
 
 
 @triton.jit

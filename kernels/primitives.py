@@ -91,6 +91,42 @@ def log1p(t):
 
 
 @triton.jit
+def sqrt_exact(x):
+    """sqrt(x) correctly rounded (float32 ``tl.sqrt`` may be approximate on the GPU)."""
+    if x.dtype == tl.float32:
+        return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt(x)
+
+
+@triton.jit
+def finite(x):
+    """x is finite (False for NaN and +-inf)."""
+    return tl.abs(x) < float("inf")
+
+
+@triton.jit
+def expm1(z):
+    """exp(z) - 1 to the working precision near 0 (Kahan: (u - 1) z / log(u), u = exp(z), with
+    u - 1 exact and log(u) = log1p(u - 1)); NaN stays NaN, -inf gives -1."""
+    u = tl.exp(z)
+    um1 = u - 1.0
+    near = (tl.abs(z) < 0.5) & (um1 != 0.0)
+    safe = tl.where(near, um1, 1.0)  # (elsewhere no log1p(-1) = log(0), not even untaken)
+    r = tl.where(near, safe * z / log1p(safe), um1)
+    return tl.where(um1 == 0.0, z, r)
+
+
+@triton.jit
+def pow_from_log(lu, g):
+    """u^g from lu = log u: exp(g lu), exact in g for every g in [0, 1e30] when lu is (a u that
+    rounds to 1 still has its log). ``pow_nonneg``'s values at the ends: 1 at g = 0 (0^0 = 1,
+    NaN^0 = 1), 0 at u = 0 (lu = -inf) for g > 0, inf for g < 0; a negative u (lu NaN) gives NaN
+    for g != 0 and 1 at g = 0, as torch.pow."""
+    return tl.where(g == 0.0, 1.0, tl.exp(g * lu))
+
+
+@triton.jit
 def log_prob(p, eps):
     """log(p + eps) for a probability p and eps >= 0, accurate near p = 1 as well:
     log1p((p - 1) + eps) for p >= 1/2 (p - 1 is exact there), else log(p + eps)."""
