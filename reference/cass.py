@@ -162,7 +162,8 @@ def soft_focal_loss(
     reduction: str = "mean",
 ) -> torch.Tensor:
     """f = -Y (1-P)^alpha log(P + eps) - (1-Y) P^beta log(1-P + eps), P = sigmoid(s), 1 - P as
-    sigmoid(-s); eps = 0: the exact logs logsigmoid(s), logsigmoid(-s). Mean over every element
+    sigmoid(-s); eps = 0: the exact logs logsigmoid(s), logsigmoid(-s). The powers are
+    exp(alpha logsigmoid(-s)) and exp(beta logsigmoid(s)) (x^0 = 1). Mean over every element
     (an empty input: 0) or sum."""
     y = target.to(logits.dtype)
     p, q = torch.sigmoid(logits), torch.sigmoid(-logits)
@@ -170,7 +171,11 @@ def soft_focal_loss(
         log_p, log_q = F.logsigmoid(logits), F.logsigmoid(-logits)
     else:
         log_p, log_q = _log_plus(p, q, eps), _log_plus(q, p, eps)
-    f = -y * q**alpha * log_p - (1 - y) * p**beta * log_q
+    # the powers from the exact logs (spec 10.3.1): q**alpha of a q that underflows to 0 would be
+    # 0 for alpha = 1e-40 (the value is 1) and give a NaN gradient; x^0 = 1
+    q_a = torch.exp(alpha * F.logsigmoid(-logits)) if alpha != 0 else torch.ones_like(q)
+    p_b = torch.exp(beta * F.logsigmoid(logits)) if beta != 0 else torch.ones_like(p)
+    f = -y * q_a * log_p - (1 - y) * p_b * log_q
     return _reduce(f, reduction)
 
 

@@ -529,6 +529,27 @@ def test_soft_focal_loss_reads_strided_views(backend):
         assert_grad_close(gx, ref_g, TOLERANCES[torch.float32][1])
 
 
+def test_soft_focal_tiny_exponents_at_saturated_logits_match_the_reference(backend):
+    """alpha, beta = 1e-40 at s = +-1e4: the powers are exp(a logsigmoid(+-s)) = 1 (spec 10.3.1).
+    The float64 reference formed them as sigmoid(+-s) ** a, 0 ** 1e-40 = 0 with a NaN gradient,
+    so it disagreed with both backends there."""
+    s = torch.tensor([1e4, -1e4, 3.0, -2.0], dtype=torch.float64)
+    y = torch.tensor([0.0, 1.0, 0.3, 0.6], dtype=torch.float64)
+    ref_s = s.clone().requires_grad_()
+    ref = R.soft_focal_loss(ref_s, y, alpha=1e-40, beta=1e-40, eps=0.0, reduction="sum")
+    (ref_g,) = torch.autograd.grad(ref, ref_s)
+    assert torch.isfinite(ref_g).all()
+    # closed form (eps 0): the exponents make every power 1, f = -y log P - (1 - y) log(1 - P)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(s, y, reduction="sum")
+    assert_scalar_close(ref, bce, 1e-12)
+    x = s.to(DEVICE).requires_grad_()
+    loss = fl.soft_focal_loss(x, y.to(DEVICE), alpha=1e-40, beta=1e-40, eps=0.0, reduction="sum",
+                              backend=backend)  # fmt: skip
+    (gx,) = torch.autograd.grad(loss, x)
+    assert_scalar_close(loss, ref, 1e-12)
+    assert_grad_close(gx, ref_g, 1e-12)
+
+
 def test_soft_focal_module_and_empty_input(backend):
     x = torch.randn(4, 3, device=DEVICE)
     y = torch.rand(4, 3, device=DEVICE)
