@@ -191,6 +191,12 @@ class BaseLoss(torch.nn.Module):
             )
         return reduction_override
 
+    def _batch(self, pred: Tensor) -> int:
+        """The "batchmean" divisor: pred's leading size (1 for a 0-dim pred). A loss whose pred
+        has a trailing axis per sample (box coordinates, DFL bins) counts one unbatched sample
+        as 1."""
+        return pred.shape[0] if pred.dim() else 1
+
     def _forward(self, pred: Tensor, target: Any, **options: Any) -> tuple[Tensor, Tensor | None]:
         raise NotImplementedError
 
@@ -224,6 +230,6 @@ class BaseLoss(torch.nn.Module):
         avg = avg_factor if avg_factor is not None else self.avg_factor
         out = apply_weight_and_reduce(
             loss, weight, valid, reduction, avg, options.get("avg_non_ignore", True),
-            batch=pred.shape[0] if loss.dim() else 1,  # an unbatched sample (l 0-dim): 1
+            batch=self._batch(pred),
         )  # fmt: skip
         return out * self.loss_weight if self.loss_weight != 1.0 else out

@@ -109,10 +109,19 @@ def _box_weight(weight: Tensor, ndim: int, dtype: torch.dtype) -> Tensor:
     return weight
 
 
+def _batch_of_rows(pred: Tensor) -> int:
+    """The "batchmean" divisor of a loss with a trailing axis per sample (box coordinates, DFL
+    bins): the leading size of [N, ..., k], 1 for one unbatched sample [k]."""
+    return pred.shape[0] if pred.dim() > 1 else 1
+
+
 class _BoxLoss(BaseLoss):
     """A loss of matched boxes [...,4] -> [...]; weight [...] or [...,4] (averaged)."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"eps": 1e-6, "bbox_format": "xyxy"}
+
+    def _batch(self, pred: Tensor) -> int:
+        return _batch_of_rows(pred)
 
     @classmethod
     def check_options(cls, options: dict[str, Any]) -> None:
@@ -414,6 +423,9 @@ class DistributionFocalLoss(BaseLoss):
     NaN target of nonzero weight gives a NaN loss."""
 
     OPTIONS: ClassVar[dict[str, Any]] = {"reg_max": 16}
+
+    def _batch(self, pred: Tensor) -> int:
+        return _batch_of_rows(pred)
 
     @classmethod
     def check_options(cls, options):
