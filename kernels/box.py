@@ -203,7 +203,8 @@ def _box_loss_kernel(
         den = (iw ih + umi) + ea;  omi = fin ? num / den : 1 - iou  (1 - IoU)
         gap = fin & m_x & m_y ? ep_x eg_y + eg_x ep_y : cw ch - U  (A_c - U)
         c = fin ? cE : ((p_lo + p_hi) - g_lo - g_hi)/2  (centre_p - centre_g)
-        (dw, dh) = fin ? dE : size_p - size_g;  rho2 = cx cx + cy cy
+        (dw, dh) = near ? dE : size_p - size_g (near: fin, and for "xyxy" max(|d_lo|, |d_hi|)
+                   <= max(|size_p|, |size_g|) per axis);  rho2 = cx cx + cy cy
 
     Losses (c2 = (cw cw + ch ch) + ea):
 
@@ -332,6 +333,14 @@ def _box_loss_kernel(
         cye = (dly + dhy) * 0.5
         dwe = dhx - dlx
         dhe = dhy - dly
+    # w_p - w_g from the corner differences where they are no larger than the sizes, else from
+    # the sizes (boxes far apart); "xywh": the given sizes' difference
+    if XYWH:
+        nearx = fin
+        neary = fin
+    else:
+        nearx = fin & (_max(tl.abs(dlx), tl.abs(dhx)) <= _max(tl.abs(wp), tl.abs(wg)))
+        neary = fin & (_max(tl.abs(dly), tl.abs(dhy)) <= _max(tl.abs(hp), tl.abs(hg)))
     spx = tl.where(fin, wp, 0.0)
     spy = tl.where(fin, hp, 0.0)
     sgx = tl.where(fin, wg, 0.0)
@@ -352,8 +361,8 @@ def _box_loss_kernel(
     meet = fin & mx & my
     cx = tl.where(fin, cxe, ((p0 + p2) - g0 - g2) * 0.5)  # centre_p - centre_g
     cy = tl.where(fin, cye, ((p1 + p3) - g1 - g3) * 0.5)
-    dw = tl.where(fin, dwe, wp - wg)
-    dh = tl.where(fin, dhe, hp - hg)
+    dw = tl.where(nearx, dwe, wp - wg)
+    dh = tl.where(neary, dhe, hp - hg)
 
     # ---- the loss and its gradient in the terms
     zero = tl.zeros_like(a0)
@@ -490,8 +499,8 @@ def _box_loss_kernel(
         gO_l = tl.where(fin, 0.0, G_omi)
         gX_e = tl.where(fin, G_cx, 0.0)
         gY_e = tl.where(fin, G_cy, 0.0)
-        gW_e = tl.where(fin, G_dw, 0.0)
-        gH_e = tl.where(fin, G_dh, 0.0)
+        gW_e = tl.where(nearx, G_dw, 0.0)
+        gH_e = tl.where(neary, G_dh, 0.0)
         # exact 1 - IoU = num / den, num = U - I + ea, den = iw ih + (U - I) + ea
         g_num, g_den = _div_grad(num, den, gO_e)
         g_umi = g_num + g_den
@@ -543,8 +552,8 @@ def _box_loss_kernel(
             g_union = -gG_l
         g_inter, g_ue = _div_grad(inter, ue, g_iou)
         g_union += g_ue
-        g_wp = G_wp + g_union * hp + tl.where(fin, g_spx, 0.0) + tl.where(fin, 0.0, G_dw)
-        g_hp = G_hp + g_union * wp + tl.where(fin, g_spy, 0.0) + tl.where(fin, 0.0, G_dh)
+        g_wp = G_wp + g_union * hp + tl.where(fin, g_spx, 0.0) + tl.where(nearx, 0.0, G_dw)
+        g_hp = G_hp + g_union * wp + tl.where(fin, g_spy, 0.0) + tl.where(neary, 0.0, G_dh)
         g_inter -= g_union
         g_iw = g_inter * ih + tl.where(fin, g_iwx, 0.0)
         g_ih = g_inter * iw + tl.where(fin, g_iwy, 0.0)

@@ -2313,28 +2313,6 @@ def torch_known_overflow(case: Case, ri: dict) -> bool:
     return bool((bad if hidden is None else bad & ~hidden).any())
 
 
-def siou_known_size_diff(case: Case, ri: dict) -> bool:
-    """KNOWN: SIoU's w_p - w_g ("xyxy") is formed as (x2_p - x2_g) - (x1_p - x1_g) (spec 12.5's
-    exact forms), which loses the sizes when the boxes lie far apart compared with them: the
-    shape cost |w_p - w_g| / max(w_p, w_g) is then off on both backends. Float32, pred [10000.123,
-    20.25, 10001.873, 21.5], target [0.1234567, 0.7654321, 1.0987654, 1.6]: dl/dx1 = -0.0187008,
-    reference -0.0187085 (4e-4); float64 pred a point at (1.5e19, 2.3e19), target [0,0,1,1]:
-    l = 1.6575, reference 2.2896. Excluded where the compute dtype's differences round."""
-    cfg = case.extra["cfg"]
-    if cfg["type"] != "SIoULoss" or case.expect == "error" or cfg["bbox_format"] != "xyxy":
-        return False
-    p, t = ri["pred"].detach().to(F64), ri["target"].to(F64)
-    cdt = F64 if case.tensors["pred"].dtype == F64 else F32
-    pc, tc = p.to(cdt), t.to(cdt)
-    d_lib = ((pc[..., 2:] - tc[..., 2:]) - (pc[..., :2] - tc[..., :2])).to(F64)
-    sp, sg = p[..., 2:] - p[..., :2], t[..., 2:] - t[..., :2]
-    size = torch.maximum(sp.abs(), sg.abs())
-    bad = ((d_lib - (sp - sg)).abs() > (2.0**-45 if cdt == F64 else 2.0**-20) * size).any(-1)
-    bad = bad & torch.isfinite(p).all(-1) & torch.isfinite(t).all(-1)
-    hidden = case.extra.get("hidden")
-    return bool((bad if hidden is None else bad & ~hidden).any())
-
-
 def balanced_known_underflow(case: Case) -> bool:
     """KNOWN: float32 BalancedL1Loss near gamma / alpha = 80 (b = e^80 - 1 = 5.5e34): autograd
     takes the log1p branch's gradient as (upstream alpha (1/b + d)) / (1 + y) times b, whose
@@ -2508,7 +2486,7 @@ def test_registry_detection(backend):
             _, ri = case.build(reference=True)
             assume(not det_kinks(case, ri) and not siou_reference_cancels(case, ri))
             assume(not siou_known_zero_max(case, ri) and not ciou_known_overflow(case, ri))
-            assume(not siou_known_size_diff(case, ri) and not balanced_known_underflow(case))
+            assume(not balanced_known_underflow(case))
             assume(not torch_known_overflow(case, ri))
             if pattern_only(case, ri):
                 if bk == "triton":

@@ -475,3 +475,30 @@ def test_compiles_fullgraph_with_the_eager_result(name, opts, fmt):
     eager.backward()
     assert torch.equal(out, eager)
     assert torch.equal(x.grad, xe.grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("name", ["SIoULoss", "EIoULoss"])
+def test_size_difference_of_boxes_far_apart(backend, name):
+    """w_p - w_g ("xyxy") was always (x2_p - x2_g) - (x1_p - x1_g), which loses the sizes when
+    the boxes lie far apart compared with them: SIoU's shape cost |w_p - w_g| / max(w_p, w_g) came
+    out 4e-4 off in float32 (dl/dx1 -0.0187008 for -0.0187085) and, in float64, l = 1.6575 for
+    2.2896 (a point at (1.5e19, 2.3e19) against [0, 0, 1, 1]). It is now the sizes' difference
+    there (the corner differences where they are no larger than the sizes)."""
+    cases = [
+        (torch.float32, [[10000.123, 20.25, 10001.873, 21.5]],
+         [[0.1234567, 0.7654321, 1.0987654, 1.6]]),
+        (torch.float64, [[1.5e19, 2.3e19, 1.5e19, 2.3e19]], [[0.0, 0.0, 1.0, 1.0]]),
+        (torch.float32, [[1.0, 2.0, 9.0, 8.5], [3.0, 1.0, 3.5, 7.0]],
+         [[1.25, 2.0, 9.0, 8.0], [3.0, 1.0, 3.5, 7.25]]),  # boxes that fit: the corner form
+    ]  # fmt: skip
+    for dtype, p, t in cases:
+        p, t = torch.tensor(p, dtype=dtype), torch.tensor(t, dtype=dtype)
+        x = p.clone().requires_grad_()
+        got = build_loss({"type": name, "backend": backend})(x, t, reduction_override="sum")
+        (g,) = torch.autograd.grad(got, x)
+        xr = p.double().requires_grad_()
+        ref = RD.siou_loss(xr, t.double()) if name == "SIoULoss" else RD.eiou_loss(xr, t.double())
+        (g_ref,) = torch.autograd.grad(ref.sum(), xr)
+        assert_scalar_close(got, ref.sum(), 1e-5 if dtype == torch.float32 else 1e-12)
+        assert_grad_close(g, g_ref, 1e-5 if dtype == torch.float32 else 1e-12)

@@ -306,8 +306,9 @@ def box_terms(pred: Tensor, target: Tensor, bbox_format: str, eps: float) -> Box
     A - I = h (w - iw) + iw (h - ih), where w - iw and h - ih (the part of a box outside the
     intersection, along x and y) come from differences of coordinates, not of areas, so that
     well-fitting boxes keep float32's relative precision; A_c - U of overlapping boxes is
-    a_p b_g + a_g b_p (a, b those parts along x and y); the centre offset and w_p - w_g are
-    differences of coordinates too ("xywh": of the given centres and sizes).
+    a_p b_g + a_g b_p (a, b those parts along x and y); the centre offset is a difference of
+    coordinates too, and so is w_p - w_g where the corner differences are no larger than the sizes
+    ("xyxy"; of the sizes for boxes far apart; "xywh": of the given centres and sizes).
 
     A pair with a non-finite coordinate takes the literal formulas (1 - I / (U + eps), A_c - U,
     the centres and sizes of its corners): the reference's values, and the reference's
@@ -362,7 +363,14 @@ def box_terms(pred: Tensor, target: Tensor, bbox_format: str, eps: float) -> Box
     )
     c_lit = (p[..., :2] + p[..., 2:] - g[..., :2] - g[..., 2:]) / 2
     centre = torch.where(f1, centre, c_lit)  # centre_p - centre_g
-    size_diff = torch.where(f1, size_diff, size_p - size_g)
+    # w_p - w_g from the corner differences where they are no larger than the sizes (boxes that
+    # fit: no cancellation), else from the sizes (boxes far apart: d_hi - d_lo would lose them)
+    near = f1
+    if bbox_format == "xyxy":
+        near = near & (
+            torch.maximum(d_lo.abs(), d_hi.abs()) <= torch.maximum(size_p.abs(), size_g.abs())
+        )
+    size_diff = torch.where(near, size_diff, size_p - size_g)
     cx, cy = centre.unbind(-1)
     return BoxTerms(
         iou, one_minus_iou, union, gap, cw, ch, cx * cx + cy * cy, (wp, hp), (wg, hg),
