@@ -196,6 +196,20 @@ def cass_boxes(g, b: int, n: int, feat, opts: dict, dtype) -> torch.Tensor:
     return boxes.to(dtype)
 
 
+def cass_box_args(draw, g, boxes, b: int, n: int, mask_dtypes: list) -> tuple[str, Any, Any]:
+    """(form, boxes, box_mask): the boxes [B,N,4] as a tensor in a drawn layout (with a box_mask
+    of one of ``mask_dtypes`` for the "mask" form) or as a list of B tensors [N_b,4]."""
+    form = draw(st.sampled_from(["tensor", "tensor", "mask", "list"]))
+    if form == "list":
+        counts = [int(torch.randint(0, n + 1, (), generator=g)) for _ in range(b)]
+        return form, [boxes[i, : counts[i]].clone() for i in range(b)], None
+    arg = Arg(boxes, layout=draw(layouts(3)), keep=True)
+    if form != "mask":
+        return form, arg, None
+    mdt = draw(st.sampled_from(mask_dtypes))
+    return form, arg, Arg((torch.rand(b, n, generator=g) < 0.6).to(mdt))
+
+
 @st.composite
 def cass_target_cases(draw) -> Case:
     seed = draw(seeds)
@@ -210,16 +224,10 @@ def cass_target_cases(draw) -> Case:
     boxes = cass_boxes(g, b, n, feat, opts, dtype)
     if dtype.is_floating_point and chance(draw, 20):  # a box with a NaN/inf coordinate: no region
         boxes = sprinkle(g, boxes, [math.nan, math.inf, -math.inf], 0.15)
-    form = draw(st.sampled_from(["tensor", "tensor", "mask", "list"]))
-    tensors: dict[str, Any] = {"box_mask": None}
-    if form == "list":
-        counts = [int(torch.randint(0, n + 1, (), generator=g)) for _ in range(b)]
-        tensors["boxes"] = [boxes[i, : counts[i]].clone() for i in range(b)]
-    else:
-        tensors["boxes"] = Arg(boxes, layout=draw(layouts(3)), keep=True)
-        if form == "mask":
-            mdt = draw(st.sampled_from([torch.bool, torch.uint8, torch.int64]))
-            tensors["box_mask"] = Arg((torch.rand(b, n, generator=g) < 0.6).to(mdt))
+    tensors: dict[str, Any] = {}
+    form, tensors["boxes"], tensors["box_mask"] = cass_box_args(
+        draw, g, boxes, b, n, [torch.bool, torch.uint8, torch.int64]
+    )
     expect, names = "ok", ()
     if form == "list" and not b:
         expect = "either"
@@ -475,15 +483,9 @@ def cass_loss_cases(draw) -> Case:
     shape = (b, hp * wp) if draw(st.booleans()) else (b, 1, hp, wp)
     x = logits_values(g, shape, extreme=dtype not in (F16, BF16))
     tensors: dict[str, Any] = {"scores": pred_arg(draw, x, dtype), "box_mask": None}
-    form = draw(st.sampled_from(["tensor", "tensor", "mask", "list"]))
-    if form == "list":
-        counts = [int(torch.randint(0, n + 1, (), generator=g)) for _ in range(b)]
-        tensors["boxes"] = [boxes[i, : counts[i]].clone() for i in range(b)]
-    else:
-        tensors["boxes"] = Arg(boxes, layout=draw(layouts(3)), keep=True)
-        if form == "mask":
-            mdt = draw(st.sampled_from([torch.bool, torch.uint8, torch.int32]))
-            tensors["box_mask"] = Arg((torch.rand(b, n, generator=g) < 0.6).to(mdt))
+    form, tensors["boxes"], tensors["box_mask"] = cass_box_args(
+        draw, g, boxes, b, n, [torch.bool, torch.uint8, torch.int32]
+    )
     expect, names = "ok", ()
     if chance(draw, 12):
         kinds = {**CASS_TARGET_OPTIONS, **CASS_LOSS_OPTIONS, "loss": BAD_CHOICE}
