@@ -196,6 +196,16 @@ def cass_boxes(g, b: int, n: int, feat, opts: dict, dtype) -> torch.Tensor:
     return boxes.to(dtype)
 
 
+def cass_problem(draw) -> tuple[int, torch.Generator, int, int, tuple[int, int], dict]:
+    """(seed, generator, B, N, feat_size, target options) of a CASS example."""
+    seed = draw(seeds)
+    g = gen(seed)
+    b = batch_size(draw)
+    n = draw(st.sampled_from([0, 1, 2, 3, 5]))
+    feat = (draw(st.sampled_from([1, 1, 2, 4, 5, 8])), draw(st.integers(1, 9)))
+    return seed, g, b, n, feat, cass_target_options(draw)
+
+
 def cass_box_args(draw, g, boxes, b: int, n: int, mask_dtypes: list) -> tuple[str, Any, Any]:
     """(form, boxes, box_mask): the boxes [B,N,4] as a tensor in a drawn layout (with a box_mask
     of one of ``mask_dtypes`` for the "mask" form) or as a list of B tensors [N_b,4]."""
@@ -212,12 +222,7 @@ def cass_box_args(draw, g, boxes, b: int, n: int, mask_dtypes: list) -> tuple[st
 
 @st.composite
 def cass_target_cases(draw) -> Case:
-    seed = draw(seeds)
-    g = gen(seed)
-    b = batch_size(draw)
-    n = draw(st.sampled_from([0, 1, 2, 3, 5]))
-    feat = (draw(st.sampled_from([1, 1, 2, 4, 5, 8])), draw(st.integers(1, 9)))
-    opts = cass_target_options(draw)
+    seed, g, b, n, feat, opts = cass_problem(draw)
     dtype = draw(st.sampled_from([F32, F32, F64, F64, torch.int32, F16]))
     if dtype == F16 or not dtype.is_floating_point:
         opts["stride"] = draw(st.sampled_from([32.0, 8.0, 4.0]))  # float16 px stay finite
@@ -463,12 +468,7 @@ def test_soft_focal_loss(backend):
 
 @st.composite
 def cass_loss_cases(draw) -> Case:
-    seed = draw(seeds)
-    g = gen(seed)
-    b = batch_size(draw)
-    n = draw(st.sampled_from([0, 1, 2, 3, 5]))
-    feat = (draw(st.sampled_from([1, 1, 2, 4, 5, 8])), draw(st.integers(1, 9)))
-    opts = cass_target_options(draw)
+    seed, g, b, n, feat, opts = cass_problem(draw)
     opts.update(focal_options(draw), loss=draw(st.sampled_from(["focal", "focal", "mse"])))
     dtype = draw(pred_dtypes)
     # Float64 boxes give a float64 Y, which lower-precision scores round to float32 (an input

@@ -790,12 +790,12 @@ def test_attention_zero_weight_hides_non_finite_inputs(s_shape, t_shape, normali
     assert not torch.allclose(masked, plain, rtol=1e-6) or not normalize
 
 
+NORM_CASES = [("FeatureCosineLoss", False), ("FeatureCosineLoss", True),
+              ("FeatureMSELoss", True), ("FeatureL1Loss", True)]  # fmt: skip
+
+
 @pytest.mark.parametrize("scale", [1e20, 1e-20, 1e-30, 1e-35])
-@pytest.mark.parametrize(
-    ("name", "normalize"),
-    [("FeatureCosineLoss", False), ("FeatureCosineLoss", True), ("FeatureMSELoss", True),
-     ("FeatureL1Loss", True)],
-)  # fmt: skip
+@pytest.mark.parametrize(("name", "normalize"), NORM_CASES)
 def test_feature_norms_at_any_scale(name, normalize, scale, backend):
     # float32 features of 1e20 (squares overflow) or 1e-20 .. 1e-35 (squares underflow): the
     # norms are max-scaled, so float32 meets the float64 reference (which has the range) to 1e-5
@@ -818,11 +818,7 @@ def test_feature_norms_at_any_scale(name, normalize, scale, backend):
 
 
 @pytest.mark.parametrize("scale", [1e-28, 1e-30, 1e-35])
-@pytest.mark.parametrize(
-    ("name", "normalize"),
-    [("FeatureCosineLoss", False), ("FeatureCosineLoss", True), ("FeatureMSELoss", True),
-     ("FeatureL1Loss", True)],
-)  # fmt: skip
+@pytest.mark.parametrize(("name", "normalize"), NORM_CASES)
 def test_feature_losses_with_both_inputs_tiny(name, normalize, scale, backend):
     # spec 12.6 "1e-30 gives the float64 values": with s and t both tiny the cosine's clamped
     # norms made the gradient pass through float32 subnormals (qt qa = 1e-44): relative error
